@@ -1,0 +1,193 @@
+"""The `nexus` command: run the platform locally, deploy it, and look at it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from nexus_ray.config import get_settings
+
+app = typer.Typer(help="nexus-ray: the Nexus COS platform on Ray.", no_args_is_help=True, add_completion=False)
+console = Console()
+
+
+def _data_dir() -> Path:
+    return get_settings().data_dir.resolve()
+
+
+def _say(message: str) -> None:
+    console.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {message}")
+
+
+def _store_env() -> dict[str, str]:
+    """Store URLs for the cluster: configured ones, else the embedded servers (started now)."""
+    s = get_settings()
+    env = {"NEXUS_DATA_DIR": str(_data_dir()), "NEXUS_ENVIRONMENT": s.environment}
+    configured = {
+        "NEXUS_POSTGRES_URL": s.postgres_url,
+        "NEXUS_REDIS_URL": s.redis_url,
+        "NEXUS_MONGO_URL": s.mongo_url,
+        "NEXUS_KAFKA_BOOTSTRAP": s.kafka_bootstrap,
+    }
+    if all(configured.values()):
+        return {**env, **configured}
+    from nexus_ray.runtime import embedded
+
+    stores = embedded.start(_data_dir(), progress=_say)
+    return {**env, **stores.env(), **{k: v for k, v in configured.items() if v}}
+
+
+@app.command()
+def up(
+    detach: bool = typer.Option(False, "--detach", "-d", help="Return once everything is ready; leave it running."),
+    timeout: float = typer.Option(240.0, help="Seconds to wait for every service to be ready."),
+) -> None:
+    """Start the embedded stores and a local Ray head, deploy every service, print where to reach them."""
+    from nexus_ray.runtime import cluster, serve_config
+
+    s = get_settings()
+    t0 = time.monotonic()
+    data_dir = _data_dir()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    env = _store_env()
+    head = cluster.start_head(
+        data_dir, env, dashboard_port=s.dashboard_port, metrics_export_port=s.metrics_export_port, progress=_say
+    )
+    config = serve_config.build(host=s.http_host, port=s.http_port, max_ongoing_requests=s.ingress_max_ongoing_requests)
+    cluster.deploy(head.dashboard_url, config)
+    _say("deployed 9 applications; waiting for every service to be ready")
+    api = f"http://{s.http_host}:{s.http_port}"
+    try:
+        cluster.wait_ready(api, head.dashboard_url, timeout=timeout, progress=_say)
+    except (TimeoutError, RuntimeError) as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    _say(f"[green]all 44 services ready in {time.monotonic() - t0:.1f} s[/green]")
+    console.print(f"  API        {api}/<namespace>/v1/<service>/...   (directory: {api}/platform/v1/gateway/services)")
+    console.print(f"  OpenAPI    {api}/<namespace>/docs")
+    console.print(f"  Dashboard  {head.dashboard_url}")
+    console.print(f"  Metrics    {head.metrics_url}")
+    console.print(f"  Data       {data_dir}")
+    if detach:
+        console.print("Running in the background; stop with `nexus down`.")
+        return
+    console.print("Press Ctrl-C to stop everything.")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        while not stop.wait(1.0):
+            pass
+    except KeyboardInterrupt:
+        pass
+    down()
+
+
+@app.command()
+def down() -> None:
+    """Stop the local Ray head and the embedded stores (their data stays in the data directory)."""
+    from nexus_ray.runtime import cluster, embedded
+
+    n = cluster.stop_head(_data_dir())
+    _say(f"ray head stopped ({n} processes)")
+    stopped = embedded.stop(_data_dir())
+    _say(f"stores stopped: {', '.join(stopped) or 'none running'}")
+
+
+@app.command()
+def status(api: str = typer.Option("", help="API base URL; default from settings.")) -> None:
+    """A table of every service and its health, from the namespaces' readiness endpoints."""
+    from nexus_ray.catalog import NAMESPACES
+
+    s = get_settings()
+    base = api or f"http://{s.http_host}:{s.http_port}"
+    table = Table("service", "namespace", "path", "tier", "ready", "stores")
+    ok = 0
+    with httpx.Client(timeout=10) as client:
+        for ns in NAMESPACES:
+            try:
+                body = client.get(f"{base}/{ns}/health/ready").json()
+                rows = body.get("services") or []
+            except (httpx.HTTPError, ValueError):
+                rows = []
+                table.add_row("-", ns, f"/{ns}", "-", "[red]unreachable[/red]", "")
+            for r in rows:
+                ok += bool(r.get("ready"))
+                stores = " ".join(f"{k}:{v}" for k, v in (r.get("stores") or {}).items())
+                table.add_row(r["name"], ns, r["path"], str(r["tier"]),
+                              "[green]yes[/green]" if r.get("ready") else "[red]no[/red]", stores)
+    console.print(table)
+    console.print(f"{ok}/44 services ready")
+    if ok < 44:
+        raise typer.Exit(1)
+
+
+@app.command()
+def deploy(
+    address: str = typer.Option(..., help="Dashboard address of the Ray cluster, e.g. http://head:8265"),
+) -> None:
+    """Deploy every service to an existing Ray cluster (the package must be installed there)."""
+    from nexus_ray.runtime import cluster, serve_config
+
+    config = serve_config.build()
+    cluster.deploy(address.rstrip("/"), config)
+    _say(f"deployed {len(config['applications'])} applications to {address}; `serve status` shows progress")
+
+
+@app.command("serve-config")
+def serve_config_cmd(write: bool = typer.Option(False, help="Write cluster/serve_config.yaml.")) -> None:
+    """Print (or write) the Serve config generated from the catalog."""
+    from nexus_ray.runtime import serve_config
+
+    if write:
+        console.print(f"wrote {serve_config.write()}")
+    else:
+        print(serve_config.render(), end="")
+
+
+@app.command()
+def token(
+    subject: str = typer.Argument(..., help="Who the token is for."),
+    scope: list[str] = typer.Option(["*"], "--scope", "-s", help="Scopes to grant (repeat)."),
+    ttl: int = typer.Option(3600, help="Lifetime in seconds."),
+) -> None:
+    """Mint an access token with the development signing key (development and test only)."""
+    from nexus_ray.edge import tokens
+
+    if get_settings().environment == "production":
+        console.print("[red]refused: mint tokens through auth-service-v2 in production[/red]")
+        raise typer.Exit(2)
+    print(tokens.issue(subject, scope, ttl_s=ttl, kind="operator"))
+
+
+@app.command("api-key")
+def api_key(
+    principal: str = typer.Argument(..., help="Who the key acts for."),
+    name: str = typer.Option("cli", help="A label for the key."),
+    scope: list[str] = typer.Option(..., "--scope", "-s", help="Scopes to grant (repeat)."),
+) -> None:
+    """Create a scoped API key (printed once; only its hash is stored)."""
+    from nexus_ray.edge import apikeys
+
+    if not get_settings().postgres_url:
+        os.environ.update({k: v for k, v in _store_env().items()})
+        get_settings.cache_clear()
+    key_id, key = asyncio.run(apikeys.create(principal=principal, name=name, scopes=scope))
+    console.print(f"key id {key_id}; the key is shown once:")
+    print(key)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

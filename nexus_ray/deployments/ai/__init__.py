@@ -1,0 +1,1 @@
+"""Services of the ai namespace (see nexus_ray.catalog)."""

@@ -1,0 +1,1 @@
+"""Services of the auth namespace (see nexus_ray.catalog)."""

@@ -1,0 +1,1 @@
+"""Services of the commerce namespace (see nexus_ray.catalog)."""

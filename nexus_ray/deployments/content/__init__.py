@@ -1,0 +1,1 @@
+"""Services of the content namespace (see nexus_ray.catalog)."""

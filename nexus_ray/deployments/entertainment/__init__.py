@@ -1,0 +1,1 @@
+"""Services of the entertainment namespace (see nexus_ray.catalog)."""

@@ -1,0 +1,1 @@
+"""Services of the finance namespace (see nexus_ray.catalog)."""

@@ -1,0 +1,1 @@
+"""Services of the logistics namespace (see nexus_ray.catalog)."""

@@ -1,0 +1,1 @@
+"""Services of the platform namespace (see nexus_ray.catalog)."""

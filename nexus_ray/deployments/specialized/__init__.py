@@ -1,0 +1,1 @@
+"""Services of the specialized namespace (see nexus_ray.catalog)."""

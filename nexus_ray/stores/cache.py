@@ -1,0 +1,33 @@
+"""Redis through ``redis.asyncio``: one client (connection pool) per process."""
+
+from __future__ import annotations
+
+import redis.asyncio as aioredis
+
+from nexus_ray.config import get_settings
+
+_client: aioredis.Redis | None = None
+
+
+def redis_client() -> aioredis.Redis:
+    """The process-wide asyncio Redis client, created on first use from settings."""
+    global _client
+    if _client is None:
+        url = get_settings().redis_url
+        if not url:
+            raise RuntimeError("NEXUS_REDIS_URL is not set: start the embedded stores (`nexus up`) or configure Redis")
+        _client = aioredis.Redis.from_url(url, decode_responses=False, health_check_interval=30)
+    return _client
+
+
+async def close_redis() -> None:
+    """Close the process-wide client (tests and shutdown)."""
+    global _client
+    if _client is not None:
+        await _client.aclose()
+        _client = None
+
+
+async def ping() -> bool:
+    """Readiness probe: True when Redis answers PING."""
+    return bool(await redis_client().ping())

@@ -1,0 +1,297 @@
+"""Events on Kafka through a transactional outbox in PostgreSQL.
+
+A service records an event with :func:`emit` on the connection of the transaction
+that makes the change, so the event commits (or rolls back) with it. The
+:class:`OutboxRelay` publishes committed events to Kafka in commit order; one relay
+is active per cluster (a PostgreSQL advisory lock elects it) and any replica may run
+one on standby. The outbox is the durable log: when the broker loses its memory
+(tansu keeps none across restarts) the relay notices the partitions' end offsets
+fall behind what it published and replays the retained events. Consumers
+(:class:`EventConsumer`) are at-least-once and idempotent by event id, so replays
+and redeliveries are harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from nexus_ray.config import get_settings
+from nexus_ray.stores import postgres
+
+log = logging.getLogger(__name__)
+
+_RELAY_LOCK = 0x6E65787573_02
+_NOTIFY_CHANNEL = "nexus_outbox"
+
+
+@dataclass(frozen=True)
+class Event:
+    """One event as consumers see it."""
+
+    id: uuid.UUID
+    topic: str
+    key: str | None
+    data: dict[str, Any]
+    occurred_at: datetime
+    headers: dict[str, str]
+
+
+async def emit(
+    conn: asyncpg.Connection,
+    topic: str,
+    data: dict[str, Any],
+    *,
+    key: str | None = None,
+    event_id: uuid.UUID | None = None,
+    headers: dict[str, str] | None = None,
+) -> uuid.UUID:
+    """Record an event in the outbox on ``conn`` (which must be inside a transaction)."""
+    if not conn.is_in_transaction():
+        raise RuntimeError("emit() must run inside the transaction of the change it reports")
+    event_id = event_id or uuid.uuid4()
+    await conn.execute(
+        "INSERT INTO outbox (event_id, topic, key, payload, headers) VALUES ($1, $2, $3, $4, $5)",
+        event_id,
+        topic,
+        key,
+        data,
+        headers or {},
+    )
+    await conn.execute(f"NOTIFY {_NOTIFY_CHANNEL}")  # delivered on commit: wakes the relay
+    return event_id
+
+
+def _encode(row: asyncpg.Record) -> tuple[bytes, bytes | None, list[tuple[str, bytes]]]:
+    value = json.dumps(
+        {
+            "id": str(row["event_id"]),
+            "topic": row["topic"],
+            "key": row["key"],
+            "occurred_at": row["created_at"].isoformat(),
+            "data": row["payload"],
+        },
+        separators=(",", ":"),
+    ).encode()
+    headers = [("event_id", str(row["event_id"]).encode())]
+    headers += [(k, str(v).encode()) for k, v in (row["headers"] or {}).items()]
+    return value, (row["key"].encode() if row["key"] is not None else None), headers
+
+
+def _decode(msg) -> Event:
+    body = json.loads(msg.value)
+    return Event(
+        id=uuid.UUID(body["id"]),
+        topic=msg.topic,
+        key=body.get("key"),
+        data=body.get("data") or {},
+        occurred_at=datetime.fromisoformat(body["occurred_at"]),
+        headers={k: v.decode(errors="replace") for k, v in (msg.headers or [])},
+    )
+
+
+class OutboxRelay:
+    """Publishes committed outbox events to Kafka; replays them after broker data loss."""
+
+    def __init__(self, *, batch: int = 500, poll_s: float = 1.0, check_s: float = 5.0) -> None:
+        self.batch = batch
+        self.poll_s = poll_s
+        self.check_s = check_s
+        self._stop = asyncio.Event()
+        self._wake = asyncio.Event()
+        self.published = 0
+        self.replayed = 0
+        self.is_leader = False
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Run until :meth:`stop`: wait for leadership, then publish in a loop."""
+        while not self._stop.is_set():
+            try:
+                await self._run_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # broker or database away: try again shortly
+                log.warning("outbox relay interrupted: %s", type(exc).__name__)
+                self.is_leader = False
+                await self._sleep(self.poll_s)
+
+    async def _sleep(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._wake.wait(), seconds)
+        except TimeoutError:
+            pass
+        self._wake.clear()
+
+    async def _run_once(self) -> None:
+        settings = get_settings()
+        pg = await postgres.pool()
+        async with pg.acquire() as lock_conn:
+            # The lock belongs to this connection's session: if the process dies, it is released.
+            while not await lock_conn.fetchval("SELECT pg_try_advisory_lock($1)", _RELAY_LOCK):
+                if self._stop.is_set():
+                    return
+                await self._sleep(self.poll_s * 2)
+            self.is_leader = True
+            wake = lambda *_: self._wake.set()  # noqa: E731
+            await lock_conn.add_listener(_NOTIFY_CHANNEL, wake)
+            producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=2)
+            probe = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
+            await producer.start()
+            await probe.start()
+            try:
+                loop = asyncio.get_running_loop()
+                next_check = 0.0
+                while not self._stop.is_set():
+                    if loop.time() >= next_check:
+                        await self.replay_lost(probe)
+                        next_check = loop.time() + self.check_s
+                    sent = await self.publish_batch(producer)
+                    if sent < self.batch:
+                        await self._sleep(self.poll_s)
+            finally:
+                self.is_leader = False
+                await producer.stop()
+                await probe.stop()
+                await lock_conn.remove_listener(_NOTIFY_CHANNEL, wake)
+                await lock_conn.execute("SELECT pg_advisory_unlock($1)", _RELAY_LOCK)
+
+    async def publish_batch(self, producer: AIOKafkaProducer) -> int:
+        """Publish up to ``batch`` unpublished events in outbox order; returns how many."""
+        pg = await postgres.pool()
+        rows = await pg.fetch(
+            "SELECT id, event_id, topic, key, payload, headers, created_at FROM outbox "
+            "WHERE published_at IS NULL ORDER BY id LIMIT $1",
+            self.batch,
+        )
+        if not rows:
+            return 0
+        futures = []
+        for row in rows:
+            value, key, headers = _encode(row)
+            futures.append(await producer.send(row["topic"], value=value, key=key, headers=headers))
+        metas = await asyncio.gather(*futures)
+        await pg.executemany(
+            'UPDATE outbox SET published_at = now(), partition = $2, "offset" = $3 WHERE id = $1',
+            [(row["id"], m.partition, m.offset) for row, m in zip(rows, metas, strict=True)],
+        )
+        self.published += len(rows)
+        return len(rows)
+
+    async def replay_lost(self, probe: AIOKafkaConsumer) -> int:
+        """Mark for re-publication the events of partitions whose broker log fell behind."""
+        pg = await postgres.pool()
+        marks = await pg.fetch(
+            'SELECT topic, partition, max("offset") AS top FROM outbox '
+            "WHERE published_at IS NOT NULL GROUP BY topic, partition"
+        )
+        if not marks:
+            return 0
+        tps = [TopicPartition(r["topic"], r["partition"]) for r in marks]
+        for tp in tps:  # make sure metadata is known for every topic before asking offsets
+            await probe._client.force_metadata_update() if probe.partitions_for_topic(tp.topic) is None else None
+        ends = await probe.end_offsets(tps)
+        replayed = 0
+        for r, tp in zip(marks, tps, strict=True):
+            if ends.get(tp, 0) <= r["top"]:
+                n = await pg.fetchval(
+                    "WITH u AS (UPDATE outbox SET published_at = NULL, partition = NULL, \"offset\" = NULL "
+                    "WHERE topic = $1 AND partition = $2 AND published_at IS NOT NULL RETURNING 1) "
+                    "SELECT count(*) FROM u",
+                    r["topic"],
+                    r["partition"],
+                )
+                log.warning("broker lost %s[%d] (end %s <= %s): replaying %d events",
+                            r["topic"], r["partition"], ends.get(tp), r["top"], n)
+                replayed += n
+        self.replayed += replayed
+        return replayed
+
+
+Handler = Callable[[asyncpg.Connection, Event], Awaitable[None]]
+
+
+class EventConsumer:
+    """Consumes topics in a consumer group, at-least-once, idempotent by event id.
+
+    ``handler(conn, event)`` runs inside a PostgreSQL transaction together with the
+    record that the event was processed, so a redelivered event is skipped and a
+    handler failure leaves nothing half-written (the offset is not committed and
+    the event comes again).
+    """
+
+    def __init__(self, group: str, topics: list[str], handler: Handler, **consumer_options: Any) -> None:
+        self.group = group
+        self.topics = topics
+        self.handler = handler
+        self.options = {
+            "enable_auto_commit": False,
+            "auto_offset_reset": "earliest",
+            "session_timeout_ms": 10000,
+            "heartbeat_interval_ms": 1000,
+            **consumer_options,
+        }
+        self.handled = 0
+        self.skipped = 0
+        self._stop = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def handle(self, event: Event) -> bool:
+        """Process one event exactly once in effect; False when it was a duplicate."""
+        async with postgres.transaction() as conn:
+            fresh = await conn.fetchval(
+                "INSERT INTO processed_events (consumer, event_id) VALUES ($1, $2) "
+                "ON CONFLICT DO NOTHING RETURNING true",
+                self.group,
+                event.id,
+            )
+            if not fresh:
+                self.skipped += 1
+                return False
+            await self.handler(conn, event)
+        self.handled += 1
+        return True
+
+    async def run(self) -> None:
+        """Consume until :meth:`stop`, committing offsets after each handled batch."""
+        consumer = AIOKafkaConsumer(
+            *self.topics, bootstrap_servers=get_settings().kafka_bootstrap, group_id=self.group, **self.options
+        )
+        await consumer.start()
+        try:
+            while not self._stop.is_set():
+                batches = await consumer.getmany(timeout_ms=500, max_records=200)
+                for _tp, messages in batches.items():
+                    for msg in messages:
+                        await self.handle(_decode(msg))
+                if batches:
+                    await consumer.commit()
+        finally:
+            await consumer.stop()
+
+
+async def ping() -> bool:
+    """Readiness probe: True when the Kafka bootstrap server answers metadata requests."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=get_settings().kafka_bootstrap, request_timeout_ms=3000)
+    await admin.start()
+    try:
+        await admin.list_topics()
+        return True
+    finally:
+        await admin.close()

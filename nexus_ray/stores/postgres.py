@@ -1,0 +1,111 @@
+"""PostgreSQL through asyncpg: one pool per process, migrations, transactions.
+
+Migrations are the files ``migrations/NNNN_name.sql`` beside this module, applied in
+order, each in its own transaction, under a session advisory lock: replicas that
+start together queue on the lock and the later ones find nothing left to apply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib import resources
+
+import asyncpg
+
+from nexus_ray.config import get_settings
+
+# Any fixed 64-bit number: the advisory lock that serialises migrations cluster-wide.
+_MIGRATION_LOCK = 0x6E65787573_01
+
+_pool: asyncpg.Pool | None = None
+_pool_lock = asyncio.Lock()
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    # JSON columns come back as Python objects, not strings.
+    for typ in ("json", "jsonb"):
+        await conn.set_type_codec(typ, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+async def pool() -> asyncpg.Pool:
+    """The process-wide pool, created (and the schema migrated) on first use."""
+    global _pool
+    if _pool is None:
+        async with _pool_lock:
+            if _pool is None:
+                s = get_settings()
+                if not s.postgres_url:
+                    raise RuntimeError("NEXUS_POSTGRES_URL is not set: start the embedded stores or configure it")
+                p = await asyncpg.create_pool(
+                    s.postgres_url,
+                    min_size=s.postgres_pool_min,
+                    max_size=s.postgres_pool_max,
+                    init=_init_connection,
+                    command_timeout=30,
+                )
+                await migrate(p)
+                _pool = p
+    return _pool
+
+
+async def close_pool() -> None:
+    """Close the process-wide pool (tests and shutdown)."""
+    global _pool
+    if _pool is not None:
+        await _pool.close()
+        _pool = None
+
+
+def migration_files() -> list[tuple[str, str]]:
+    """(version, sql) of every migration shipped with the package, in order."""
+    folder = resources.files("nexus_ray.stores") / "migrations"
+    files = sorted(f for f in folder.iterdir() if f.name.endswith(".sql"))
+    return [(f.name.removesuffix(".sql"), f.read_text()) for f in files]
+
+
+async def migrate(p: asyncpg.Pool) -> list[str]:
+    """Apply the migrations not yet applied; returns the versions applied now."""
+    applied_now: list[str] = []
+    async with p.acquire() as conn:
+        await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
+        try:
+            await conn.execute(
+                """CREATE TABLE IF NOT EXISTS schema_migrations (
+                       version text PRIMARY KEY,
+                       checksum text NOT NULL,
+                       applied_at timestamptz NOT NULL DEFAULT now())"""
+            )
+            done = {r["version"]: r["checksum"] for r in await conn.fetch("SELECT version, checksum FROM schema_migrations")}
+            for version, sql in migration_files():
+                checksum = hashlib.sha256(sql.encode()).hexdigest()
+                if version in done:
+                    if done[version] != checksum:
+                        raise RuntimeError(f"migration {version} was changed after it was applied")
+                    continue
+                async with conn.transaction():
+                    await conn.execute(sql)
+                    await conn.execute(
+                        "INSERT INTO schema_migrations (version, checksum) VALUES ($1, $2)", version, checksum
+                    )
+                applied_now.append(version)
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
+    return applied_now
+
+
+@asynccontextmanager
+async def transaction() -> AsyncIterator[asyncpg.Connection]:
+    """A connection inside a transaction: committed on exit, rolled back on error."""
+    p = await pool()
+    async with p.acquire() as conn, conn.transaction():
+        yield conn
+
+
+async def ping() -> bool:
+    """Readiness probe: True when PostgreSQL answers."""
+    p = await pool()
+    return await p.fetchval("SELECT 1") == 1

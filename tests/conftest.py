@@ -1,0 +1,152 @@
+"""One set of real stores and one Ray cluster per test session, started on demand.
+
+Unit tests need neither; integration tests ask for ``stores``; e2e tests ask for
+``ray_cluster`` or ``platform`` (all nine Serve applications deployed). Everything
+started here is stopped by process id at the end of the session.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import tempfile
+from pathlib import Path
+
+import pytest
+
+# Settings are read from the environment once per process: set the test environment first.
+_SESSION_DIR = Path(tempfile.mkdtemp(prefix="nexus-test-"))
+os.environ.update(
+    {
+        "NEXUS_ENVIRONMENT": "test",
+        "NEXUS_MASTER_KEY": secrets.token_urlsafe(48),
+        "NEXUS_DATA_DIR": str(_SESSION_DIR),
+        "NEXUS_JWT_SIGNING_KEY_FILE": str(_SESSION_DIR / "keys" / "signing-key.pem"),
+        "NEXUS_LOG_LEVEL": "INFO",
+    }
+)
+for _k in ("NEXUS_POSTGRES_URL", "NEXUS_REDIS_URL", "NEXUS_MONGO_URL", "NEXUS_KAFKA_BOOTSTRAP"):
+    os.environ.pop(_k, None)
+
+from nexus_ray.config import get_settings  # noqa: E402
+
+get_settings.cache_clear()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    return _SESSION_DIR
+
+
+@pytest.fixture(scope="session")
+def stores(data_dir):
+    """The four embedded stores, started once; their URLs are in this process's settings."""
+    from nexus_ray.runtime import embedded
+
+    started = embedded.start(data_dir)
+    os.environ.update(started.env())
+    get_settings.cache_clear()
+    yield started
+    embedded.stop(data_dir)
+
+
+@pytest.fixture(scope="session")
+async def migrated(stores):
+    """The stores with the schema migrated (the pool creates it on first use)."""
+    from nexus_ray.stores import postgres
+
+    await postgres.pool()
+    yield stores
+    await postgres.close_pool()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(stores, data_dir):
+    """A local Ray head whose workers see the stores; this process is connected to it."""
+    import ray
+
+    from nexus_ray.runtime import cluster
+
+    env = {**stores.env(), **{k: v for k, v in os.environ.items() if k.startswith("NEXUS_")}}
+    head = cluster.start_head(
+        data_dir, env, dashboard_port=free_port(), metrics_export_port=free_port()
+    )
+    ray.init(address=head.address, namespace="nexus", logging_level="WARNING", log_to_driver=False)
+    yield head
+    ray.shutdown()
+    cluster.stop_head(data_dir)
+
+
+@pytest.fixture(scope="session")
+def platform(ray_cluster):
+    """All nine namespace applications deployed on the session cluster; yields the API base URL."""
+    from nexus_ray.runtime import cluster, serve_config
+
+    port = free_port()
+    config = serve_config.build(host="127.0.0.1", port=port)
+    cluster.deploy(ray_cluster.dashboard_url, config)
+    api = f"http://127.0.0.1:{port}"
+    cluster.wait_ready(api, ray_cluster.dashboard_url, timeout=300)
+    yield api
+
+
+class PrefixRouter:
+    """Routes ``/<namespace>/...`` to that namespace's app as Serve does (root_path = prefix)."""
+
+    def __init__(self, apps: dict):
+        self.apps = apps
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "lifespan":
+            return
+        ns = scope["path"].split("/", 2)[1]
+        app = self.apps.get(ns)
+        if app is None:
+            from starlette.responses import PlainTextResponse
+
+            await PlainTextResponse("no application", status_code=404)(scope, receive, send)
+            return
+        await app({**scope, "root_path": f"/{ns}"}, receive, send)
+
+
+@pytest.fixture(scope="session")
+async def apps(migrated):
+    """All nine namespace apps built and started in this process, on the real stores."""
+    import contextlib
+
+    from nexus_ray.catalog import NAMESPACES
+    from nexus_ray.deployments.app import build_app
+
+    built = {ns: build_app(ns) for ns in NAMESPACES}
+    async with contextlib.AsyncExitStack() as stack:
+        for app in built.values():
+            await stack.enter_async_context(app.router.lifespan_context(app))
+        yield built
+
+
+@pytest.fixture(scope="session")
+async def client(apps):
+    """An HTTP client for the in-process platform: full public paths, as a user would call them."""
+    import httpx
+
+    transport = httpx.ASGITransport(app=PrefixRouter(apps), client=("203.0.113.7", 40000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://nexus.test") as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def bearer():
+    """Makes an Authorization header with a platform token: ``bearer("ns:scope", subject=...)``."""
+    from nexus_ray.edge import tokens
+
+    def make(*scopes: str, subject: str = "user-1", ttl_s: int = 600) -> dict[str, str]:
+        return {"Authorization": f"Bearer {tokens.issue(subject, list(scopes), ttl_s=ttl_s)}"}
+
+    return make

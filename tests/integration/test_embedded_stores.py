@@ -1,0 +1,290 @@
+"""The embedded store servers: started detached, reached with the platform's own clients, durable across restarts.
+
+All tests share one data directory (started once by a separate process, stopped at the end whatever
+happens); each test calls ``embedded.start`` itself, which reuses what runs, so the tests do not depend
+on their order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from pymongo import AsyncMongoClient
+
+from nexus_ray.runtime import embedded
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+_REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def store_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A data directory whose servers are started by another process (as `nexus up --detach` does)."""
+    root = tmp_path_factory.mktemp("embedded")
+    directory = root / "stores"
+    try:
+        yield directory
+    finally:
+        embedded.stop(directory, timeout=10.0)
+
+
+def _wait_for(condition: Callable[[], bool], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+def _start_in_another_process(cwd: Path, data_dir: str) -> dict:
+    """Run `embedded.start` in a fresh interpreter that exits right after; return what it started."""
+    script = (
+        "import json, sys\n"
+        "from pathlib import Path\n"
+        "from nexus_ray.runtime import embedded\n"
+        "started = embedded.start(Path(sys.argv[1]), progress=lambda m: print(m, file=sys.stderr))\n"
+        "print(json.dumps({'pids': started.pids, 'env': started.env(), 'data_dir': str(started.data_dir)}))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(_REPO)}
+    # capture_output also proves the daemons hold no copy of our pipes: run() would wait for EOF forever.
+    done = subprocess.run(
+        [sys.executable, "-c", script, data_dir], cwd=cwd, env=env, capture_output=True, text=True, timeout=180
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_servers_outlive_the_process_that_started_them(store_dir: Path) -> None:
+    began = time.monotonic()
+    # A relative data directory, resolved against the starting process's working directory.
+    started = _start_in_another_process(store_dir.parent, store_dir.name)
+    print(f"cold start in a fresh process: {time.monotonic() - began:.2f} s")
+
+    assert started["data_dir"] == str(store_dir.resolve())
+    assert set(started["pids"]) == set(embedded.STORE_NAMES)
+    report = embedded.status(store_dir)
+    for name in embedded.STORE_NAMES:
+        assert report[name]["alive"] and report[name]["ready"], (name, report[name])
+        assert report[name]["pid"] == started["pids"][name]
+    assert {report[name]["url"] for name in embedded.STORE_NAMES} == set(started["env"].values())
+    for name in embedded.STORE_NAMES:
+        assert (store_dir / "logs" / f"{name}.log").stat().st_size > 0
+
+
+def test_start_is_idempotent(store_dir: Path) -> None:
+    first = embedded.start(store_dir)
+    began = time.monotonic()
+    second = embedded.start(store_dir)
+    print(f"warm start: {time.monotonic() - began:.3f} s")
+
+    assert second == first
+    assert second.pids == {name: embedded.status(store_dir)[name]["pid"] for name in embedded.STORE_NAMES}
+    assert second.env() == {
+        "NEXUS_POSTGRES_URL": second.postgres_url,
+        "NEXUS_REDIS_URL": second.redis_url,
+        "NEXUS_MONGO_URL": second.mongo_url,
+        "NEXUS_KAFKA_BOOTSTRAP": second.kafka_bootstrap,
+    }
+    # Another process sees the same servers rather than starting its own.
+    assert _start_in_another_process(store_dir.parent, str(store_dir))["pids"] == second.pids
+
+
+@pytest.mark.asyncio
+async def test_postgres_answers_asyncpg(store_dir: Path) -> None:
+    stores = embedded.start(store_dir)
+    connection = await asyncpg.connect(stores.postgres_url)
+    try:
+        assert await connection.fetchval("SELECT current_database()") == "nexus"
+        assert (await connection.fetchval("SHOW server_version")).startswith("16.")
+        await connection.execute("CREATE TABLE IF NOT EXISTS probe (id text PRIMARY KEY, body jsonb NOT NULL)")
+        key = uuid.uuid4().hex
+        await connection.execute("INSERT INTO probe VALUES ($1, $2::jsonb)", key, json.dumps({"n": 1}))
+        assert json.loads(await connection.fetchval("SELECT body FROM probe WHERE id = $1", key)) == {"n": 1}
+    finally:
+        await connection.close()
+
+
+@pytest.mark.asyncio
+async def test_redis_answers_redis_asyncio(store_dir: Path) -> None:
+    stores = embedded.start(store_dir)
+    client = aioredis.Redis.from_url(stores.redis_url)
+    try:
+        key = f"probe:{uuid.uuid4().hex}"
+        assert await client.set(key, b"value")
+        assert await client.get(key) == b"value"
+        assert await client.config_get("appendonly") == {"appendonly": "yes"}
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.asyncio
+async def test_mongo_answers_async_mongo_client(store_dir: Path) -> None:
+    stores = embedded.start(store_dir)
+    client: AsyncMongoClient = AsyncMongoClient(stores.mongo_url, serverSelectionTimeoutMS=10_000)
+    try:
+        collection = client["nexus"]["probe"]
+        key = uuid.uuid4().hex
+        await collection.insert_one({"_id": key, "n": 1})
+        assert await collection.find_one({"_id": key}) == {"_id": key, "n": 1}
+    finally:
+        await client.close()
+
+
+async def _round_trip(bootstrap: str) -> None:
+    """Produce one record to a fresh topic and read it back through a consumer group."""
+    topic = f"probe-{uuid.uuid4().hex[:12]}"
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, b"payload", key=b"key")
+    finally:
+        await producer.stop()
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=f"group-{uuid.uuid4().hex[:12]}",
+        auto_offset_reset="earliest",
+        session_timeout_ms=6000,
+        heartbeat_interval_ms=500,
+    )
+    await consumer.start()
+    try:
+        record = await asyncio.wait_for(consumer.getone(), timeout=30)
+        assert (record.key, record.value) == (b"key", b"payload")
+    finally:
+        await consumer.stop()
+
+
+@pytest.mark.asyncio
+async def test_kafka_answers_aiokafka(store_dir: Path) -> None:
+    stores = embedded.start(store_dir)
+    await _round_trip(stores.kafka_bootstrap)
+
+
+@pytest.mark.asyncio
+async def test_data_survives_stop_and_start(store_dir: Path) -> None:
+    before = embedded.start(store_dir)
+    key = uuid.uuid4().hex
+
+    connection = await asyncpg.connect(before.postgres_url)
+    await connection.execute("CREATE TABLE IF NOT EXISTS kept (id text PRIMARY KEY)")
+    await connection.execute("INSERT INTO kept VALUES ($1)", key)
+    await connection.close()
+    cache = aioredis.Redis.from_url(before.redis_url)
+    await cache.set(f"kept:{key}", b"1")
+    await cache.aclose()
+    documents: AsyncMongoClient = AsyncMongoClient(before.mongo_url)
+    await documents["nexus"]["kept"].insert_one({"_id": key})
+    await documents.close()
+
+    assert embedded.stop(store_dir) == list(embedded.STORE_NAMES)
+    report = embedded.status(store_dir)
+    assert not any(report[name]["alive"] for name in embedded.STORE_NAMES)
+    assert all(report[name]["pid"] is None for name in embedded.STORE_NAMES)
+    assert embedded.stop(store_dir) == []
+
+    began = time.monotonic()
+    after = embedded.start(store_dir)
+    print(f"restart after stop: {time.monotonic() - began:.2f} s")
+    assert after.env() == before.env()  # same ports
+    assert set(after.pids.values()).isdisjoint(before.pids.values())
+
+    connection = await asyncpg.connect(after.postgres_url)
+    try:
+        assert await connection.fetchval("SELECT id FROM kept WHERE id = $1", key) == key
+    finally:
+        await connection.close()
+    cache = aioredis.Redis.from_url(after.redis_url)
+    try:
+        assert await cache.get(f"kept:{key}") == b"1"
+    finally:
+        await cache.aclose()
+    documents = AsyncMongoClient(after.mongo_url)
+    try:
+        assert await documents["nexus"]["kept"].find_one({"_id": key}) == {"_id": key}
+    finally:
+        await documents.close()
+
+
+@pytest.mark.asyncio
+async def test_restart_kafka_keeps_the_bootstrap_address(store_dir: Path) -> None:
+    before = embedded.start(store_dir)
+    await _round_trip(before.kafka_bootstrap)
+
+    after = embedded.restart_kafka(store_dir)
+
+    assert after.kafka_bootstrap == before.kafka_bootstrap
+    assert after.pids["kafka"] != before.pids["kafka"]
+    assert {k: v for k, v in after.pids.items() if k != "kafka"} == {
+        k: v for k, v in before.pids.items() if k != "kafka"
+    }
+    assert embedded.status(store_dir)["kafka"]["ready"]
+    await _round_trip(after.kafka_bootstrap)
+
+
+def test_a_dead_or_reused_pid_is_started_again(store_dir: Path) -> None:
+    before = embedded.start(store_dir)
+    os.kill(before.pids["kafka"], signal.SIGKILL)
+    _wait_for(lambda: not embedded.status(store_dir)["kafka"]["alive"])
+    # As after a reboot: the recorded pid now belongs to some other live process.
+    state_file = store_dir / "run" / "stores.json"
+    state = json.loads(state_file.read_text())
+    state["stores"]["kafka"]["pid"] = os.getpid()
+    state_file.write_text(json.dumps(state))
+    assert not embedded.status(store_dir)["kafka"]["alive"]
+
+    messages: list[str] = []
+    after = embedded.start(store_dir, progress=messages.append)
+
+    assert after.pids["kafka"] not in (before.pids["kafka"], os.getpid())
+    assert after.kafka_bootstrap == before.kafka_bootstrap
+    assert {k: v for k, v in after.pids.items() if k != "kafka"} == {
+        k: v for k, v in before.pids.items() if k != "kafka"
+    }
+    assert any(message.startswith("kafka ready") for message in messages), messages
+    assert embedded.status(store_dir)["kafka"]["ready"]
+
+
+def test_a_taken_port_moves_the_server(store_dir: Path) -> None:
+    import socket
+
+    before = embedded.start(store_dir)
+    embedded.stop(store_dir)
+    port = int(before.kafka_bootstrap.rsplit(":", 1)[1])
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", port))
+        squatter.listen()
+        after = embedded.start(store_dir)
+    assert after.kafka_bootstrap != before.kafka_bootstrap
+    assert after.redis_url == before.redis_url
+    assert embedded.status(store_dir)["kafka"]["ready"]
+
+
+def test_stop_ends_every_server(store_dir: Path) -> None:
+    stores = embedded.start(store_dir)
+    assert sorted(embedded.stop(store_dir)) == sorted(embedded.STORE_NAMES)
+    for name, pid in stores.pids.items():
+        assert not _pid_alive(pid), name
+    assert embedded.stop(store_dir) == []
+
+
+def _pid_alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

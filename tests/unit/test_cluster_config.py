@@ -1,0 +1,90 @@
+"""The cluster configs are valid for the tools that read them, and have the node groups we rely on."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+import ray.autoscaler
+import yaml
+from ray.autoscaler._private.util import prepare_config, validate_config
+
+ROOT = Path(__file__).resolve().parents[2]
+HAPROXY_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+
+
+def _load(relative: str) -> dict:
+    return yaml.safe_load((ROOT / relative).read_text())
+
+
+@pytest.fixture(scope="module")
+def launcher() -> dict:
+    return _load("ray_cluster.yaml")
+
+
+def test_launcher_config_matches_rays_schema(launcher):
+    schema = json.loads((Path(ray.autoscaler.__file__).parent / "ray-schema.json").read_text())
+    jsonschema.validate(launcher, schema)
+    # What `ray up` does: merge the provider's defaults, then check the result.
+    validate_config(prepare_config(launcher))
+
+
+def test_launcher_has_head_cpu_and_gpu_workers(launcher):
+    types = launcher["available_node_types"]
+    assert launcher["head_node_type"] in types
+    workers = {name: spec for name, spec in types.items() if name != launcher["head_node_type"]}
+    gpu = [spec for spec in workers.values() if spec["resources"].get("GPU", 0) >= 1]
+    cpu = [spec for spec in workers.values() if not spec["resources"].get("GPU") and spec["resources"].get("CPU")]
+    assert gpu and cpu
+    assert all(spec["max_workers"] >= 1 for spec in gpu + cpu)
+    assert sum(spec.get("min_workers", 0) for spec in workers.values()) <= launcher["max_workers"]
+
+
+def test_launcher_installs_the_package_and_starts_serve_with_haproxy(launcher):
+    assert launcher["file_mounts"]["~/nexus-ray"] == "."
+    assert any("pip install -e ~/nexus-ray" in command for command in launcher["setup_commands"])
+    head_start = " ".join(launcher["head_start_ray_commands"])
+    for name, value in HAPROXY_ENV.items():
+        assert f"{name}={value}" in head_start
+    for flag in ("ray start --head", "--dashboard-host=0.0.0.0", "--metrics-export-port=8080"):
+        assert flag in head_start
+    assert "ray start --address=" in " ".join(launcher["worker_start_ray_commands"])
+
+
+def _containers(group: dict) -> list[dict]:
+    return group["template"]["spec"]["containers"]
+
+
+def _env(container: dict) -> dict[str, str]:
+    return {item["name"]: item.get("value") for item in container.get("env", [])}
+
+
+def test_rayservice_has_head_cpu_and_gpu_groups():
+    service = _load("cluster/kuberay/rayservice.yaml")
+    assert (service["apiVersion"], service["kind"]) == ("ray.io/v1", "RayService")
+    assert isinstance(yaml.safe_load(service["spec"]["serveConfigV2"])["applications"], list)
+
+    cluster = service["spec"]["rayClusterConfig"]
+    head = cluster["headGroupSpec"]
+    workers = {group["groupName"]: group for group in cluster["workerGroupSpecs"]}
+    assert set(workers) == {"cpu", "gpu"}
+    assert all(c["resources"]["limits"]["nvidia.com/gpu"] >= 1 for c in _containers(workers["gpu"]))
+    assert not any("nvidia.com/gpu" in c["resources"]["limits"] for c in _containers(workers["cpu"]))
+    assert workers["gpu"]["minReplicas"] == 0 <= workers["gpu"]["maxReplicas"]
+
+    for container in _containers(head):
+        assert HAPROXY_ENV.items() <= _env(container).items()
+    for group in (head, *workers.values()):
+        for container in _containers(group):
+            assert {"secretRef": {"name": "nexus-stores"}} in container["envFrom"]
+
+
+def test_rayjob_runs_nexus_status():
+    job = _load("cluster/kuberay/rayjob.yaml")
+    assert (job["apiVersion"], job["kind"]) == ("ray.io/v1", "RayJob")
+    assert job["spec"]["entrypoint"] == "nexus status"
+    spec = job["spec"]["rayClusterSpec"]
+    assert _containers(spec["headGroupSpec"])
+    assert [group["groupName"] for group in spec["workerGroupSpecs"]] == ["cpu"]
