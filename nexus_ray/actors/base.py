@@ -260,10 +260,12 @@ def _actor_class(cls: type[PersistentActor]) -> ActorClass:
                 super().__init__(key)
                 await self.restore()
 
-        Restoring.__name__ = cls.__name__  # what the dashboard shows
-        # A qualname that no module attribute matches makes cloudpickle ship the class
-        # by value instead of importing `cls` (whose constructor does not restore).
-        Restoring.__qualname__ = f"{cls.__qualname__}.<restoring>"
+        Restoring.__name__ = cls.__name__
+        # Ray names the class by its qualname in logs and the dashboard ("Ledger[ray].set"),
+        # and keys its export by it: distinct from `cls`, should a job also remote `cls`.
+        # cloudpickle finds no module attribute of that name, so it ships the class by value
+        # rather than importing `cls` (whose constructor does not restore).
+        Restoring.__qualname__ = f"{cls.__qualname__}[ray]"
         Restoring.__module__ = cls.__module__
         Restoring.__doc__ = cls.__doc__
         _actor_classes[cls] = ray.remote(Restoring)

@@ -141,5 +141,12 @@ def build_app(namespace: str) -> FastAPI:
             allow_headers=["Authorization", "Content-Type", "X-API-Key", "X-Request-ID", "Idempotency-Key"],
             expose_headers=["X-Request-ID", "Retry-After"],
         )
-    app.add_middleware(EdgeMiddleware, namespace=namespace, max_body_bytes=settings.max_body_bytes)
+    from ray.serve.context import _get_internal_replica_context
+
+    app.add_middleware(
+        EdgeMiddleware,
+        namespace=namespace,
+        max_body_bytes=settings.max_body_bytes,
+        echo_request_id=_get_internal_replica_context() is None,
+    )
     return app

@@ -48,9 +48,11 @@ class IngressArgs(BaseModel):
     namespace: str = Field(description="The namespace whose services this application serves.")
 
 
-def app_builder(args: IngressArgs):
-    """Serve application builder: the ingress of ``args.namespace``."""
-    return NamespaceIngress.options(name=deployment_name(args.namespace)).bind(args.namespace)
+def app_builder(args: dict):
+    """Serve application builder: the ingress of ``args["namespace"]``."""
+    # Validated here: with postponed annotations Serve passes the raw dict.
+    parsed = IngressArgs.model_validate(args)
+    return NamespaceIngress.options(name=deployment_name(parsed.namespace)).bind(parsed.namespace)
 
 
 async def namespace_health(namespace: str) -> list[dict]:

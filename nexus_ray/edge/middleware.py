@@ -29,8 +29,11 @@ class _BodyTooLarge(Exception):
 class EdgeMiddleware:
     """Sets the request id, enforces the body limit, records metrics and the access log."""
 
-    def __init__(self, app: ASGIApp, *, namespace: str, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, *, namespace: str, max_body_bytes: int, echo_request_id: bool = True) -> None:
         self.app = app
+        # Inside Serve, Serve's own RequestIdMiddleware sets and echoes x-request-id (honouring the
+        # client's); echoing it here too would send the header twice.
+        self.echo_request_id = echo_request_id
         self.namespace = namespace
         self.max_body = max_body_bytes
 
@@ -51,7 +54,8 @@ class EdgeMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", raw_rid)]
+                if self.echo_request_id:
+                    message["headers"] = [*message.get("headers", []), (b"x-request-id", raw_rid)]
             await send(message)
 
         try:

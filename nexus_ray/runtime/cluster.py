@@ -151,15 +151,25 @@ def stop_head(data_dir: Path, *, timeout: float = 15.0) -> int:
     return len(procs)
 
 
+def dashboard_headers() -> dict[str, str]:
+    """Ray's token-auth header for the dashboard's REST API (empty when token auth is off)."""
+    # Ray >= 2.5x starts local clusters with token auth on; the token is in ~/.ray/auth_token.
+    from ray._private.authentication.authentication_token_setup import maybe_enable_token_auth_if_token_available
+    from ray._private.authentication.http_token_authentication import get_auth_headers_if_auth_enabled
+
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+    return get_auth_headers_if_auth_enabled({})
+
+
 def deploy(dashboard_url: str, config: dict[str, Any]) -> None:
     """Deploy a Serve config through the dashboard's REST API (what `serve deploy` does)."""
-    r = httpx.put(f"{dashboard_url}/api/serve/applications/", json=config, timeout=60)
+    r = httpx.put(f"{dashboard_url}/api/serve/applications/", json=config, timeout=60, headers=dashboard_headers())
     r.raise_for_status()
 
 
 def serve_status(dashboard_url: str) -> dict[str, str]:
     """Status of each Serve application (RUNNING, DEPLOYING, DEPLOY_FAILED...)."""
-    r = httpx.get(f"{dashboard_url}/api/serve/applications/", timeout=10)
+    r = httpx.get(f"{dashboard_url}/api/serve/applications/", timeout=10, headers=dashboard_headers())
     r.raise_for_status()
     apps = r.json().get("applications") or {}
     return {name: app.get("status", "UNKNOWN") for name, app in apps.items()}
@@ -167,7 +177,7 @@ def serve_status(dashboard_url: str) -> dict[str, str]:
 
 def serve_errors(dashboard_url: str) -> dict[str, str]:
     """Messages of failed applications (import errors, crashed constructors)."""
-    r = httpx.get(f"{dashboard_url}/api/serve/applications/", timeout=10)
+    r = httpx.get(f"{dashboard_url}/api/serve/applications/", timeout=10, headers=dashboard_headers())
     apps = r.json().get("applications") or {}
     return {n: a.get("message", "") for n, a in apps.items() if a.get("status") == "DEPLOY_FAILED"}
 

