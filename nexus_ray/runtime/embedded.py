@@ -40,6 +40,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import pwd
 
+    import psutil
+
 STORE_NAMES = ("postgres", "redis", "mongo", "kafka")
 
 _HOST = "127.0.0.1"
@@ -348,6 +350,13 @@ class _Postgres(_Server):
                 return pid, tcp_port
             # A postmaster without TCP (e.g. pgserver.get_server's) cannot serve our DSN: replace it.
             _terminate({self.name: _Record(port=0, url="", pid=pid)}, timeout=_PG_STOP_TIMEOUT_S)
+        # After a crashed postmaster its backends linger a moment (every one runs in PGDATA), and a new
+        # postmaster refuses to start while they hold the old shared memory.
+        try:
+            _poll(lambda: not _processes_in(pgdata), timeout=_PG_STOP_TIMEOUT_S, what="the old server's processes")
+        except TimeoutError:
+            pids = sorted(process.pid for process in _processes_in(pgdata))
+            raise _ServerExited(f"processes {pids} of an earlier server still run in {pgdata}") from None
         log.touch()
         if user is not None:
             os.chown(log, user.pw_uid, user.pw_gid)
@@ -838,24 +847,32 @@ def _orphans(layout: _Layout, names: Iterable[str]) -> dict[str, int]:
     Left alone they would hold WiredTiger's lock or share Redis's append-only file with a new server.
     Call only for names whose recorded server is not alive: any match is then an orphan.
     """
-    import psutil
-
     found: dict[str, int] = {}
     names = list(names)
     if "postgres" in names:
         running = _Postgres.running_postmaster(layout.data("postgres"))
         if running is not None:
             found["postgres"] = running[0]
-    wanted = {str(_SERVERS[name].workdir(layout)): _SERVERS[name] for name in names if name != "postgres"}
-    if not wanted:
-        return found
-    for process in psutil.process_iter(["pid", "cwd", "cmdline", "status"]):
-        server = wanted.get(process.info["cwd"] or "")
-        if server is None or process.info["status"] == psutil.STATUS_ZOMBIE:
+    for name in names:
+        if name == "postgres":
             continue
-        if server.is_ours(process.info["cmdline"] or []):
-            found[server.name] = process.info["pid"]
+        server = _SERVERS[name]
+        for process in _processes_in(server.workdir(layout)):
+            if server.is_ours(process.info["cmdline"] or []):
+                found[name] = process.pid
     return found
+
+
+def _processes_in(directory: Path) -> list[psutil.Process]:
+    """Live processes whose working directory is ``directory``."""
+    import psutil
+
+    wanted = str(directory)
+    return [
+        process
+        for process in psutil.process_iter(["cwd", "cmdline", "status"])
+        if process.info["cwd"] == wanted and process.info["status"] != psutil.STATUS_ZOMBIE
+    ]
 
 
 def _read_state(layout: _Layout) -> dict[str, _Record]:

@@ -258,6 +258,33 @@ def test_a_dead_or_reused_pid_is_started_again(store_dir: Path) -> None:
     assert embedded.status(store_dir)["kafka"]["ready"]
 
 
+@pytest.mark.asyncio
+async def test_postgres_comes_back_after_a_crash_with_a_stale_pid_file(store_dir: Path) -> None:
+    before = embedded.start(store_dir)
+    key = uuid.uuid4().hex
+    connection = await asyncpg.connect(before.postgres_url)
+    await connection.execute("CREATE TABLE IF NOT EXISTS crash (id text PRIMARY KEY)")
+    await connection.execute("INSERT INTO crash VALUES ($1)", key)
+    await connection.close()
+
+    os.kill(before.pids["postgres"], signal.SIGKILL)
+    _wait_for(lambda: not _pid_alive(before.pids["postgres"]))
+    # As after a reboot: postmaster.pid names a pid that another live program now has.
+    pid_file = store_dir / "postgres" / "postmaster.pid"
+    lines = pid_file.read_text().splitlines()
+    pid_file.write_text("\n".join([str(os.getpid()), *lines[1:]]) + "\n")
+
+    after = embedded.start(store_dir)
+
+    assert after.pids["postgres"] != before.pids["postgres"]
+    assert after.postgres_url == before.postgres_url
+    connection = await asyncpg.connect(after.postgres_url)
+    try:
+        assert await connection.fetchval("SELECT id FROM crash WHERE id = $1", key) == key
+    finally:
+        await connection.close()
+
+
 def test_a_taken_port_moves_the_server(store_dir: Path) -> None:
     import socket
 
