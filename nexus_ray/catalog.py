@@ -112,7 +112,7 @@ SERVICES: tuple[Service, ...] = (
     _s("puabo-nexus-route-optimizer", "logistics", 3016, "routes", 2, "Vehicle routing with time windows", _PG),
     _s("puabo-nexus", "logistics", 3050, "deliveries", 1, "Delivery lifecycle and proof of delivery", _PG_K),
     # platform
-    _s("backend-api", "platform", 3000, "gateway", 1, "Service directory, aggregated views, OpenAPI index", ()),
+    _s("backend-api", "platform", 3000, "gateway", 1, "Service directory, notices, aggregated views, OpenAPI index", ("redis",)),
     _s("session-mgr", "platform", 3030, "sessions", 1, "Sessions held by SessionActors", _PG_R),
     _s("scheduler", "platform", 3036, "scheduler", 2, "Cron and one-off schedules, run history", _PG),
     _s("notification-service", "platform", 3042, "notifications", 2, "Email, push and SMS with retries", _PG_K),
@@ -133,7 +133,6 @@ SERVICES: tuple[Service, ...] = (
 
 #: Resources and replicas of each namespace ingress in the default Serve config.
 PLACEMENT: dict[str, Placement] = {ns: Placement() for ns in NAMESPACES}
-PLACEMENT["platform"] = Placement(min_replicas=1, max_replicas=1)
 
 _BY_NAME = {s.name: s for s in SERVICES}
 

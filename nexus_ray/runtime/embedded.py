@@ -183,7 +183,9 @@ def stop(data_dir: Path, *, timeout: float = 20.0) -> list[str]:
     Servers of this data directory that the state file lost track of are stopped too. Ports and URLs
     stay in the state file so the next `start` reuses them; data stays on disk.
     """
-    layout = _prepare(data_dir)
+    layout = _Layout(Path(data_dir).expanduser().resolve())
+    if not layout.run.is_dir():
+        return []  # never started here
     with _locked(layout):
         state = _read_state(layout)
         stopped = _terminate(dict(state), timeout=timeout)
@@ -425,8 +427,9 @@ class _Postgres(_Server):
     def running_postmaster(pgdata: Path) -> tuple[int, int | None] | None:
         """The live postmaster of ``pgdata`` from postmaster.pid: (pid, TCP port or None).
 
-        A stale file whose pid now belongs to another program would make PostgreSQL refuse to start
-        ("lock file already exists"), so it is removed.
+        A stale file whose pid now belongs to another program (another cluster's postgres included) would
+        make PostgreSQL refuse to start ("lock file already exists"), so it is removed. A postmaster
+        runs in its PGDATA, which tells ours from others.
         """
         pid_file = pgdata / "postmaster.pid"
         try:
@@ -436,7 +439,7 @@ class _Postgres(_Server):
             return None
         if not _alive(pid, None):
             return None
-        if _process_name(pid) != "postgres":
+        if pid not in {process.pid for process in _processes_in(pgdata)}:
             pid_file.unlink(missing_ok=True)
             return None
         # Line 4 is the port, line 6 the first listen address (empty without TCP).
@@ -634,15 +637,6 @@ def _create_time(pid: int) -> float | None:
         return None
 
 
-def _process_name(pid: int) -> str:
-    import psutil
-
-    try:
-        return psutil.Process(pid).name()
-    except psutil.Error:
-        return ""
-
-
 def _terminate(records: dict[str, _Record], *, timeout: float) -> set[str]:
     """Signal every live recorded server, wait for all together, SIGKILL those still up after ``timeout``."""
     signalled: dict[str, int] = {}
@@ -664,7 +658,10 @@ def _terminate(records: dict[str, _Record], *, timeout: float) -> set[str]:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     if left:
-        _poll(lambda: not remaining(), timeout=10.0, what=f"killed servers {sorted(left)} to go")
+        try:
+            _poll(lambda: not remaining(), timeout=10.0, what="killed servers to go")
+        except TimeoutError:
+            raise EmbeddedStoreError(f"servers still running after SIGKILL: {remaining()}") from None
     return set(signalled)
 
 
