@@ -24,7 +24,7 @@ def deployment_name(namespace: str) -> str:
     return f"{namespace}-ingress"
 
 
-@serve.deployment(max_ongoing_requests=256, health_check_period_s=5, health_check_timeout_s=10)
+@serve.deployment(max_ongoing_requests=256, health_check_period_s=10, health_check_timeout_s=30)
 @serve.ingress()
 class NamespaceIngress:
     """Serves every route of one namespace; answers readiness reports for the service directory."""

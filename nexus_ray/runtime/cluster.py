@@ -57,16 +57,23 @@ def _free_port() -> int:
 
 
 def processes(temp_dir: str) -> list[psutil.Process]:
-    """Every live process of the cluster that uses ``temp_dir``."""
-    found = []
+    """Every live process of the cluster that uses ``temp_dir``, with all their descendants.
+
+    Descendants matter: Ray's agents rename themselves (``ray::DashboardAgent``) and
+    their command lines no longer name the temp dir, but they are the raylet's children.
+    """
+    found: dict[int, psutil.Process] = {}
     for p in psutil.process_iter(["cmdline", "pid"]):
         try:
             cmd = " ".join(p.info["cmdline"] or [])
+            if temp_dir in cmd and p.pid != os.getpid():
+                found[p.pid] = p
+                for child in p.children(recursive=True):
+                    found[child.pid] = child
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
-        if temp_dir in cmd and p.pid != os.getpid():
-            found.append(p)
-    return found
+    found.pop(os.getpid(), None)
+    return list(found.values())
 
 
 def running(data_dir: Path) -> HeadInfo | None:
@@ -123,7 +130,7 @@ def start_head(
     return info
 
 
-def stop_head(data_dir: Path, *, timeout: float = 15.0) -> int:
+def stop_head(data_dir: Path, *, timeout: float = 5.0) -> int:
     """Stop every process of the head recorded for ``data_dir``; returns how many were stopped."""
     f = _state_file(data_dir)
     temp_dir = json.loads(f.read_text())["temp_dir"] if f.exists() else temp_dir_for(data_dir)
@@ -140,13 +147,6 @@ def stop_head(data_dir: Path, *, timeout: float = 15.0) -> int:
         except psutil.NoSuchProcess:
             pass
     psutil.wait_procs(alive, timeout=5)
-    # Processes outside the temp dir's command lines (HAProxy, workers) die with their raylet;
-    # anything left that still names the dir is ended too.
-    for p in processes(temp_dir):
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
     f.unlink(missing_ok=True)
     return len(procs)
 

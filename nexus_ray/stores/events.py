@@ -5,8 +5,8 @@ that makes the change, so the event commits (or rolls back) with it. The
 :class:`OutboxRelay` publishes committed events to Kafka in commit order; one relay
 is active per cluster (a PostgreSQL advisory lock elects it) and any replica may run
 one on standby. The outbox is the durable log: when the broker loses its memory
-(tansu keeps none across restarts) the relay notices the partitions' end offsets
-fall behind what it published and replays the retained events. Consumers
+(tansu keeps none across restarts) the relay notices that its epoch marker is gone
+and replays the retained events. Consumers
 (:class:`EventConsumer`) are at-least-once and idempotent by event id, so replays
 and redeliveries are harmless.
 """
@@ -24,6 +24,7 @@ from typing import Any
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
 
 from nexus_ray.config import get_settings
 from nexus_ray.stores import postgres
@@ -31,6 +32,7 @@ from nexus_ray.stores import postgres
 log = logging.getLogger(__name__)
 
 _RELAY_LOCK = 0x6E65787573_02
+EPOCH_TOPIC = "_nexus_outbox_epoch"
 _NOTIFY_CHANNEL = "nexus_outbox"
 
 
@@ -102,10 +104,11 @@ def _decode(msg) -> Event:
 class OutboxRelay:
     """Publishes committed outbox events to Kafka; replays them after broker data loss."""
 
-    def __init__(self, *, batch: int = 500, poll_s: float = 1.0, check_s: float = 5.0) -> None:
+    def __init__(self, *, batch: int = 500, poll_s: float = 5.0, check_s: float = 10.0, standby_s: float = 10.0) -> None:
         self.batch = batch
         self.poll_s = poll_s
         self.check_s = check_s
+        self.standby_s = standby_s
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
         self.published = 0
@@ -143,7 +146,7 @@ class OutboxRelay:
             while not await lock_conn.fetchval("SELECT pg_try_advisory_lock($1)", _RELAY_LOCK):
                 if self._stop.is_set():
                     return
-                await self._sleep(self.poll_s * 2)
+                await self._sleep(self.standby_s)
             self.is_leader = True
             wake = lambda *_: self._wake.set()  # noqa: E731
             await lock_conn.add_listener(_NOTIFY_CHANNEL, wake)
@@ -156,7 +159,7 @@ class OutboxRelay:
                 next_check = 0.0
                 while not self._stop.is_set():
                     if loop.time() >= next_check:
-                        await self.replay_lost(probe)
+                        await self.replay_lost(probe, producer)
                         next_check = loop.time() + self.check_s
                     sent = await self.publish_batch(producer)
                     if sent < self.batch:
@@ -190,32 +193,38 @@ class OutboxRelay:
         self.published += len(rows)
         return len(rows)
 
-    async def replay_lost(self, probe: AIOKafkaConsumer) -> int:
-        """Mark for re-publication the events of partitions whose broker log fell behind."""
+    async def replay_lost(self, probe: AIOKafkaConsumer, producer: AIOKafkaProducer) -> int:
+        """Re-publish every retained event if the broker lost its data; returns how many.
+
+        The relay keeps an epoch marker record in a topic of its own and the epoch in
+        PostgreSQL. A broker that comes back without the marker has lost its log (tansu
+        keeps none across restarts; a real cluster after a disaster), so every retained
+        event is marked for publication again, in order. End offsets alone cannot tell:
+        tansu reports the last batch's base offset, not the high watermark.
+        """
         pg = await postgres.pool()
-        marks = await pg.fetch(
-            'SELECT topic, partition, max("offset") AS top FROM outbox '
-            "WHERE published_at IS NOT NULL GROUP BY topic, partition"
-        )
-        if not marks:
+        tp = TopicPartition(EPOCH_TOPIC, 0)
+        recorded = await pg.fetchval("SELECT epoch FROM outbox_relay_state WHERE id = 1")
+        try:
+            end = (await probe.end_offsets([tp])).get(tp, 0)
+        except KafkaError:
+            end = 0
+        if recorded is not None and end > 0:
             return 0
-        tps = [TopicPartition(r["topic"], r["partition"]) for r in marks]
-        for tp in tps:  # make sure metadata is known for every topic before asking offsets
-            await probe._client.force_metadata_update() if probe.partitions_for_topic(tp.topic) is None else None
-        ends = await probe.end_offsets(tps)
         replayed = 0
-        for r, tp in zip(marks, tps, strict=True):
-            if ends.get(tp, 0) <= r["top"]:
-                n = await pg.fetchval(
-                    "WITH u AS (UPDATE outbox SET published_at = NULL, partition = NULL, \"offset\" = NULL "
-                    "WHERE topic = $1 AND partition = $2 AND published_at IS NOT NULL RETURNING 1) "
-                    "SELECT count(*) FROM u",
-                    r["topic"],
-                    r["partition"],
-                )
-                log.warning("broker lost %s[%d] (end %s <= %s): replaying %d events",
-                            r["topic"], r["partition"], ends.get(tp), r["top"], n)
-                replayed += n
+        if recorded is not None:
+            replayed = await pg.fetchval(
+                'WITH u AS (UPDATE outbox SET published_at = NULL, partition = NULL, "offset" = NULL '
+                "WHERE published_at IS NOT NULL RETURNING 1) SELECT count(*) FROM u"
+            )
+            log.warning("broker lost its log (epoch marker gone): replaying %d retained events", replayed)
+        epoch = uuid.uuid4()
+        await producer.send_and_wait(EPOCH_TOPIC, value=str(epoch).encode(), partition=0)
+        await pg.execute(
+            "INSERT INTO outbox_relay_state (id, epoch) VALUES (1, $1) "
+            "ON CONFLICT (id) DO UPDATE SET epoch = $1, updated_at = now()",
+            epoch,
+        )
         self.replayed += replayed
         return replayed
 
