@@ -30,7 +30,7 @@ from nexus_ray.config import get_settings
 from nexus_ray.deployments import health
 from nexus_ray.edge import errors
 from nexus_ray.edge.middleware import EdgeMiddleware
-from nexus_ray.edge.security import check_route_security, public
+from nexus_ray.edge.security import api_routes, check_route_security, public
 from nexus_ray.exceptions import PROBLEM_JSON, ServiceUnavailable
 from nexus_ray.logs import configure as configure_logs
 from nexus_ray.stores import cache, documents, events, postgres
@@ -143,10 +143,12 @@ def build_app(namespace: str) -> FastAPI:
         )
     from ray.serve.context import _get_internal_replica_context
 
+    templates = {(rc.endpoint, rc.path.split("/", 2)[1]): rc.path for rc in api_routes(app.routes)}
     app.add_middleware(
         EdgeMiddleware,
         namespace=namespace,
         max_body_bytes=settings.max_body_bytes,
         echo_request_id=_get_internal_replica_context() is None,
+        templates=templates,
     )
     return app

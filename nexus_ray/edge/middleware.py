@@ -29,8 +29,19 @@ class _BodyTooLarge(Exception):
 class EdgeMiddleware:
     """Sets the request id, enforces the body limit, records metrics and the access log."""
 
-    def __init__(self, app: ASGIApp, *, namespace: str, max_body_bytes: int, echo_request_id: bool = True) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        namespace: str,
+        max_body_bytes: int,
+        echo_request_id: bool = True,
+        templates: dict[tuple[object, str], str] | None = None,
+    ) -> None:
         self.app = app
+        # (endpoint, first path segment) -> full route template: metrics are labelled with
+        # templates, never raw paths, and an included router's route only knows its own suffix.
+        self.templates = templates or {}
         # Inside Serve, Serve's own RequestIdMiddleware sets and echoes x-request-id (honouring the
         # client's); echoing it here too would send the header twice.
         self.echo_request_id = echo_request_id
@@ -79,8 +90,7 @@ class EdgeMiddleware:
             await problem_response(err, scope.get("path"))(scope, receive, send_wrapper)
         finally:
             elapsed = time.perf_counter() - start
-            route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
+            template = self._template(scope)
             metrics.observe(self.namespace, template, scope["method"], status, elapsed)
             if status >= 500 or log.isEnabledFor(logging.DEBUG):
                 log.log(
@@ -90,3 +100,12 @@ class EdgeMiddleware:
                            "ms": round(elapsed * 1000, 2)},
                 )
             request_id_var.reset(token)
+
+    def _template(self, scope: Scope) -> str:
+        endpoint = scope.get("endpoint")
+        if endpoint is None:
+            return "unmatched"
+        path = scope["path"][len(scope.get("root_path", "")):]
+        first = path.split("/", 2)[1] if path.count("/") >= 1 else ""
+        found = self.templates.get((endpoint, first))
+        return found or getattr(scope.get("route"), "path", "unmatched")

@@ -151,13 +151,26 @@ def stop_head(data_dir: Path, *, timeout: float = 5.0) -> int:
     return len(procs)
 
 
+def enable_token_auth() -> bool:
+    """Use Ray's token auth in this process when a token exists (Ray starts local heads with it on)."""
+    from ray._private.authentication.authentication_token_setup import maybe_enable_token_auth_if_token_available
+
+    return maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+
+
+def connect(address: str, **init_options: Any) -> None:
+    """Connect this process to the cluster at ``address`` as a driver (namespace ``nexus``)."""
+    import ray
+
+    enable_token_auth()
+    ray.init(address=address, namespace="nexus", **init_options)
+
+
 def dashboard_headers() -> dict[str, str]:
     """Ray's token-auth header for the dashboard's REST API (empty when token auth is off)."""
-    # Ray >= 2.5x starts local clusters with token auth on; the token is in ~/.ray/auth_token.
-    from ray._private.authentication.authentication_token_setup import maybe_enable_token_auth_if_token_available
     from ray._private.authentication.http_token_authentication import get_auth_headers_if_auth_enabled
 
-    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+    enable_token_auth()
     return get_auth_headers_if_auth_enabled({})
 
 
