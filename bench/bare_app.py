@@ -1,21 +1,21 @@
 """The baseline of bench/throughput.py: a bare uvicorn + FastAPI app doing the same work.
 
-GET /notice verifies the bearer JWT (ES256, the platform's public key, the same
-checks as the edge: alg, aud, iss, exp) and reads one Redis key. Run as
-``python bench/bare_app.py PORT`` with NEXUS_REDIS_URL and NEXUS_BENCH_PUBLIC_KEY
-(PEM) in the environment.
+GET /notice verifies the bearer JWT (the platform's public keys from its JWKS, the
+same checks as the edge: kid, alg, aud, iss, exp, scope) and reads one Redis key.
+Run as ``python bench/bare_app.py PORT`` with NEXUS_REDIS_URL and NEXUS_BENCH_JWKS
+(the JWKS document) in the environment.
 """
 
+import json
 import os
 import sys
 
 import jwt
 import redis.asyncio as aioredis
 import uvicorn
-from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from fastapi import FastAPI, Header, HTTPException
 
-PUBLIC_KEY = load_pem_public_key(os.environ["NEXUS_BENCH_PUBLIC_KEY"].encode())
+KEYS = {k["kid"]: jwt.PyJWK(k) for k in json.loads(os.environ["NEXUS_BENCH_JWKS"])["keys"]}
 ISSUER = os.environ.get("NEXUS_JWT_ISSUER", "https://nexus.local")
 AUDIENCE = os.environ.get("NEXUS_JWT_AUDIENCE", "nexus-api")
 r = aioredis.Redis.from_url(os.environ["NEXUS_REDIS_URL"])
@@ -24,10 +24,11 @@ app = FastAPI()
 
 @app.get("/notice")
 async def notice(authorization: str = Header("")):
+    token = authorization.removeprefix("Bearer ")
     try:
-        claims = jwt.decode(authorization.removeprefix("Bearer "), PUBLIC_KEY, algorithms=["ES256"],
-                            audience=AUDIENCE, issuer=ISSUER)
-    except jwt.PyJWTError:
+        key = KEYS[jwt.get_unverified_header(token)["kid"]]
+        claims = jwt.decode(token, key.key, algorithms=[key.algorithm_name], audience=AUDIENCE, issuer=ISSUER)
+    except (jwt.PyJWTError, KeyError):
         raise HTTPException(401) from None
     if "platform:gateway:read" not in claims["scope"].split() and "*" not in claims["scope"].split():
         raise HTTPException(403)

@@ -54,21 +54,15 @@ def main() -> None:
 
     token = subprocess.run([str(ROOT / ".venv/bin/nexus"), "token", "bench", "-s", "platform:gateway:read"],
                            capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
-    from cryptography.hazmat.primitives import serialization
-
     from nexus_ray.config import get_settings
-    from nexus_ray.edge import tokens
     from nexus_ray.runtime import embedded
 
     redis_url = get_settings().redis_url or embedded.status(get_settings().data_dir.resolve())["redis"]["url"]
-
-    pem = tokens.signing_key().public_key.public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    ).decode()
+    jwks = httpx.get(f"{args.api}/specialized/v1/keys/jwks", timeout=10).text
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "NEXUS_REDIS_URL": redis_url, "NEXUS_BENCH_PUBLIC_KEY": pem}
+    env = {**os.environ, "NEXUS_REDIS_URL": redis_url, "NEXUS_BENCH_JWKS": jwks}
     bare = subprocess.Popen([sys.executable, str(ROOT / "bench/bare_app.py"), str(port)], env=env)
     try:
         bare_url = f"http://127.0.0.1:{port}/notice"

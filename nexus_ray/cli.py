@@ -159,13 +159,33 @@ def token(
     scope: list[str] = typer.Option(["*"], "--scope", "-s", help="Scopes to grant (repeat)."),
     ttl: int = typer.Option(3600, help="Lifetime in seconds."),
 ) -> None:
-    """Mint an access token with the development signing key (development and test only)."""
+    """Mint an access token with key-service's current signing key (development and test only)."""
+    from nexus_ray.deployments.specialized import keys
     from nexus_ray.edge import tokens
+    from nexus_ray.exceptions import ValidationFailed
+    from nexus_ray.stores import postgres
 
     if get_settings().environment == "production":
         console.print("[red]refused: mint tokens through auth-service-v2 in production[/red]")
         raise typer.Exit(2)
-    print(tokens.issue(subject, scope, ttl_s=ttl, kind="operator"))
+    if not get_settings().postgres_url:  # the signing keys are in PostgreSQL (key-service)
+        os.environ.update({k: v for k, v in _store_env().items()})
+        get_settings.cache_clear()
+
+    async def mint() -> str:
+        try:
+            await tokens.prepare()
+            token = tokens.issue(subject, scope, ttl_s=ttl, kind="operator", actor="cli")
+            await keys.flush_audit()
+            return token
+        finally:
+            await postgres.close_pool()
+
+    try:
+        print(asyncio.run(mint()))
+    except ValidationFailed as exc:
+        console.print(f"[red]{exc.detail}[/red] (--ttl is at most NEXUS_TOKEN_MAX_TTL_S)")
+        raise typer.Exit(2) from None
 
 
 @app.command("api-key")

@@ -10,6 +10,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -28,7 +29,7 @@ class Settings(BaseSettings):
     )
     data_dir: Path = Field(
         Path(".nexus"),
-        description="Directory of the embedded stores' data, the development signing key and run state.",
+        description="Directory of the embedded stores' data and run state.",
     )
 
     # Stores. Empty means: use the embedded server that `nexus up` / the tests start.
@@ -41,18 +42,43 @@ class Settings(BaseSettings):
     postgres_pool_max: int = Field(8, ge=1, description="Maximum connections in each replica's asyncpg pool.")
 
     # Edge.
-    jwt_issuer: str = Field("https://nexus.local", description="Issuer (iss) every access token must carry.")
-    jwt_audience: str = Field("nexus-api", description="Audience (aud) every access token must carry.")
-    jwt_signing_key_file: Path | None = Field(
-        None,
-        description="PEM file of the ES256 development signing key. Default: <data_dir>/keys/dev-signing-key.pem, "
-        "created on first use in development only.",
+    jwt_issuer: str = Field(
+        "http://127.0.0.1:8000/auth/v2/oauth",
+        description="Issuer (iss) every access token must carry. It is also the issuer identifier of the OAuth 2.0 "
+        "/ OpenID Connect provider (auth-service-v2), so it must be the public URL of that service, the one its "
+        "discovery document is served under: <public base URL>/auth/v2/oauth. The default fits `nexus up` on this "
+        "machine. An http(s) URL without query or fragment.",
     )
+    jwt_audience: str = Field("nexus-api", description="Audience (aud) every access token must carry.")
     jwt_leeway_s: int = Field(30, ge=0, le=300, description="Clock skew tolerated when checking exp/nbf, seconds.")
     master_key: SecretStr = Field(
         SecretStr(DEV_MASTER_KEY),
-        description="Master secret for keyed hashes of API keys and for envelope encryption. Must be set "
-        "(32+ characters) outside development.",
+        description="Master secret for keyed hashes of API keys and, through key-service, for the encryption of "
+        "signing keys and data keys. Must be set (32+ characters) outside development.",
+    )
+    token_max_ttl_s: int = Field(
+        3600,
+        ge=1,
+        description="Longest lifetime of a token signed by key-service, seconds. A rotated signing key keeps "
+        "verifying (and stays in the JWKS) this long after its rotation, then stops.",
+    )
+    jwks_cache_s: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds a replica trusts its cached verification keys before re-reading them in the "
+        "background (bounds how late it learns of a rotation or a revoked key). Less than token_max_ttl_s.",
+    )
+    jwks_refresh_min_s: float = Field(
+        1.0,
+        ge=0,
+        description="Least seconds between two reads of the verification keys caused by tokens with an unknown "
+        "key id, so made-up key ids cannot flood PostgreSQL.",
+    )
+    pv_key_max_ttl_s: int = Field(
+        365 * 86400,
+        ge=60,
+        description="Longest lifetime of a pv-keys access key, seconds; a rotated pv-keys signing key keeps "
+        "verifying this long after its rotation.",
     )
     rate_limit_per_principal: int = Field(6000, ge=1, description="Requests per minute allowed per principal.")
     rate_limit_per_address: int = Field(12000, ge=1, description="Requests per minute allowed per client address.")
@@ -60,6 +86,82 @@ class Settings(BaseSettings):
     cors_origins: list[str] = Field(default_factory=list, description="Origins allowed by CORS; empty: none.")
     api_key_cache_s: float = Field(
         10.0, ge=0, description="Seconds an API key lookup is cached in a replica (bounds revocation delay)."
+    )
+
+    # Identity: user-auth, auth-service (legacy login) and session-mgr.
+    password_min_length: int = Field(10, ge=8, le=64, description="Shortest password accepted, characters.")
+    password_time_cost: int = Field(
+        3, ge=1, description="argon2id iterations (RFC 9106 low-memory profile: 3). Raising it slows every guess."
+    )
+    password_memory_kib: int = Field(
+        65536, ge=8192, description="argon2id memory per hash, KiB (RFC 9106 low-memory profile: 64 MiB)."
+    )
+    password_parallelism: int = Field(4, ge=1, description="argon2id lanes per hash (RFC 9106: 4).")
+    email_verification_ttl_s: int = Field(
+        86400, ge=60, description="Seconds an email verification token stays usable (it is single-use)."
+    )
+    mail_provider: str = Field(
+        "mailbox",
+        description="Provider that delivers the identity services' mail (verification links). 'mailbox': "
+        "written to the mail_outbox table in the transaction of the change, where a relay or a test reads it.",
+    )
+    auth_lockout_threshold: int = Field(
+        5, ge=1, description="Failed logins for one account, within auth_lockout_window_s, that lock it."
+    )
+    auth_lockout_window_s: int = Field(
+        900, ge=1, description="Seconds over which an account's failed logins are counted towards a lockout."
+    )
+    auth_lockout_duration_s: int = Field(
+        900, ge=1, description="Seconds a locked account refuses every login (423 with Retry-After) before release."
+    )
+    auth_address_max_failures: int = Field(
+        30, ge=1, description="Failed logins one client address may make, over all accounts, per auth_address_window_s "
+        "before its logins are refused (429 with Retry-After).",
+    )
+    auth_address_window_s: int = Field(
+        300, ge=1, description="Seconds over which a client address's failed logins are counted."
+    )
+    auth_session_idle_s: int = Field(
+        1800, ge=1, description="A legacy session token unused this many seconds expires."
+    )
+    auth_session_absolute_s: int = Field(
+        43200, ge=1, description="A legacy session token expires this many seconds after login, however used."
+    )
+    auth_exchange_ttl_s: int = Field(
+        900, ge=30, le=86400, description="Lifetime of a v2 access token obtained by exchanging a legacy session, s."
+    )
+    session_idle_timeout_s: int = Field(
+        1800, ge=1, description="session-mgr: default (and largest) idle timeout of a session, seconds."
+    )
+    session_absolute_timeout_s: int = Field(
+        604800, ge=1, description="session-mgr: default (and largest) absolute lifetime of a session, seconds."
+    )
+    session_max_per_user: int = Field(
+        100, ge=1, description="session-mgr: sessions one user may hold; creating one more evicts the least recently "
+        "used.",
+    )
+
+    # Identity: auth-service-v2 (OAuth 2.0 / OpenID Connect provider; its issuer is jwt_issuer).
+    oauth_code_ttl_s: int = Field(
+        60, ge=5, le=600, description="Seconds an authorization code can be exchanged (once) for tokens. RFC 6749 "
+        "recommends at most 600.",
+    )
+    oauth_access_token_ttl_s: int = Field(
+        900, ge=30, description="Lifetime of the access and ID tokens the OAuth provider issues, seconds; never more "
+        "than token_max_ttl_s. A revoked access token keeps passing the edge (it verifies tokens offline) until then.",
+    )
+    oauth_refresh_token_ttl_s: int = Field(
+        14 * 86400, ge=60, description="Lifetime of a refresh token, seconds. Each use rotates it: its successor "
+        "gets a new lifetime, within oauth_grant_max_age_s.",
+    )
+    oauth_grant_max_age_s: int = Field(
+        90 * 86400, ge=60, description="Longest life of one sign-in at a client (a refresh-token family), seconds: "
+        "after it, the user signs in again however often the tokens were refreshed.",
+    )
+    oauth_session_cookie: str = Field(
+        "nexus_session", pattern=r"^[A-Za-z0-9_-]{1,64}$", description="Cookie in which the OAuth provider's "
+        "/authorize keeps the user's legacy session token (set by its login form, HttpOnly, limited to the "
+        "provider's path), so that a signed-in user is not asked for the password again.",
     )
 
     # Serve / Ray.
@@ -72,6 +174,10 @@ class Settings(BaseSettings):
         256, ge=1, description="Concurrent requests one ingress replica takes before Serve queues."
     )
     cross_call_timeout_s: float = Field(5.0, gt=0, description="Timeout of DeploymentHandle calls across namespaces.")
+    actor_call_timeout_s: float = Field(
+        30.0, gt=0, description="Timeout of a route's call to a stateful actor; it covers the actor's restart after "
+        "a crash (state restored from Redis).",
+    )
     log_level: str = Field("INFO", description="Log level of platform loggers.")
 
     @model_validator(mode="after")
@@ -80,13 +186,14 @@ class Settings(BaseSettings):
             secret = self.master_key.get_secret_value()
             if secret == DEV_MASTER_KEY or len(secret) < 32:
                 raise ValueError("NEXUS_MASTER_KEY must be set to a secret of 32+ characters outside development")
-            if self.environment == "production" and self.jwt_signing_key_file is None:
-                raise ValueError("NEXUS_JWT_SIGNING_KEY_FILE must be set in production")
+        issuer = urlsplit(self.jwt_issuer)
+        if issuer.scheme not in ("http", "https") or not issuer.netloc or issuer.query or issuer.fragment:
+            # OpenID Connect Discovery: the issuer is a URL without query or fragment.
+            raise ValueError("NEXUS_JWT_ISSUER must be an http(s) URL without query or fragment")
+        if self.jwks_cache_s >= self.token_max_ttl_s:
+            # A replica must learn that a key was rotated before that key's overlap ends.
+            raise ValueError("NEXUS_JWKS_CACHE_S must be less than NEXUS_TOKEN_MAX_TTL_S")
         return self
-
-    @property
-    def signing_key_path(self) -> Path:
-        return self.jwt_signing_key_file or self.data_dir / "keys" / "dev-signing-key.pem"
 
 
 @lru_cache(maxsize=1)

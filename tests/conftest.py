@@ -22,8 +22,10 @@ os.environ.update(
         "NEXUS_ENVIRONMENT": "test",
         "NEXUS_MASTER_KEY": secrets.token_urlsafe(48),
         "NEXUS_DATA_DIR": str(_SESSION_DIR),
-        "NEXUS_JWT_SIGNING_KEY_FILE": str(_SESSION_DIR / "keys" / "signing-key.pem"),
         "NEXUS_LOG_LEVEL": "INFO",
+        # The OAuth provider's public URL in the in-process platform (the `client` fixture's base URL):
+        # its discovery document's issuer and the iss of every platform token.
+        "NEXUS_JWT_ISSUER": "http://nexus.test/auth/v2/oauth",
     }
 )
 for _k in ("NEXUS_POSTGRES_URL", "NEXUS_REDIS_URL", "NEXUS_MONGO_URL", "NEXUS_KAFKA_BOOTSTRAP"):
@@ -78,7 +80,11 @@ def ray_cluster(stores, data_dir):
     head = cluster.start_head(
         data_dir, env, dashboard_port=free_port(), metrics_export_port=free_port()
     )
-    ray.init(address=head.address, namespace="nexus", logging_level="WARNING", log_to_driver=False)
+    try:
+        cluster.connect(head.address, logging_level="WARNING", log_to_driver=False)
+    except BaseException:
+        cluster.stop_head(data_dir)  # a fixture that fails before its yield gets no teardown
+        raise
     yield head
     ray.shutdown()
     cluster.stop_head(data_dir)
@@ -142,11 +148,26 @@ async def client(apps):
 
 
 @pytest.fixture(scope="session")
-def bearer():
-    """Makes an Authorization header with a platform token: ``bearer("ns:scope", subject=...)``."""
+async def ray_client(ray_cluster, client):
+    """The in-process ``client`` with this process connected to the session's Ray cluster, so routes reach actors.
+
+    ``ray_cluster`` comes first so the apps start connected (their actor-backed background work runs).
+    """
+    yield client
+
+
+@pytest.fixture(scope="session")
+async def bearer(migrated):
+    """Makes an Authorization header with a platform token: ``bearer("ns:scope", subject=...)``.
+
+    Signed with key-service's current ES256 key (loaded here once; rotations in this process
+    replace it), so the edge verifies it against the live JWKS like any other token.
+    """
     from nexus_ray.edge import tokens
 
+    await tokens.prepare()
+
     def make(*scopes: str, subject: str = "user-1", ttl_s: int = 600) -> dict[str, str]:
-        return {"Authorization": f"Bearer {tokens.issue(subject, list(scopes), ttl_s=ttl_s)}"}
+        return {"Authorization": f"Bearer {tokens.issue(subject, list(scopes), ttl_s=ttl_s, actor='tests')}"}
 
     return make

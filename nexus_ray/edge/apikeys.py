@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import asyncpg
+
 from nexus_ray.config import get_settings
 from nexus_ray.exceptions import Unauthorized
 from nexus_ray.stores import postgres
@@ -51,12 +53,20 @@ def split(key: str) -> tuple[str, str]:
 
 
 async def create(
-    *, principal: str, name: str, scopes: list[str], expires_at: datetime | None = None
+    *,
+    principal: str,
+    name: str,
+    scopes: list[str],
+    expires_at: datetime | None = None,
+    conn: asyncpg.Connection | None = None,
 ) -> tuple[str, str]:
-    """Create a key; returns (key id, the full key). The full key is never stored or shown again."""
+    """Create a key; returns (key id, the full key). The full key is never stored or shown again.
+
+    With ``conn`` the key is written in that connection's transaction (it exists only if it commits).
+    """
     key_id = secrets.token_hex(8)
     secret = secrets.token_urlsafe(32)
-    pg = await postgres.pool()
+    pg = conn if conn is not None else await postgres.pool()
     await pg.execute(
         "INSERT INTO api_keys (key_id, secret_hash, principal, name, scopes, expires_at) VALUES ($1,$2,$3,$4,$5,$6)",
         key_id,

@@ -68,7 +68,16 @@ async def authenticate(
 ) -> Principal:
     """The principal behind the presented credential; Unauthorized when there is none or it is invalid."""
     if bearer is not None:
-        claims = tokens.verify(bearer.credentials)
+        if bearer.credentials.count(".") != 2:
+            # Not a JWT: a legacy session token, which auth-service resolves (imported here, on use,
+            # so the edge does not load a service at import time).
+            from nexus_ray.deployments.auth.auth.service import session_principal
+
+            principal = await session_principal(bearer.credentials)
+            if principal is None:
+                raise Unauthorized("invalid or expired session token")
+            return principal
+        claims = await tokens.verify(bearer.credentials)
         return Principal(
             subject=str(claims["sub"]),
             scopes=frozenset(str(claims.get("scope", "")).split()),
@@ -79,6 +88,15 @@ async def authenticate(
         record = await apikeys.verify(api_key)
         return Principal(record.principal, record.scopes, "api_key", record.key_id)
     raise Unauthorized("a bearer token or an API key is required")
+
+
+def ensure_self_or(principal: Principal, subject: str, admin_scope: str) -> None:
+    """Refuse (403) unless ``principal`` is ``subject`` itself or holds ``admin_scope``: self-service routes."""
+    if principal.subject != str(subject) and not principal.can(admin_scope):
+        raise Forbidden(
+            f"only the account itself or a holder of {admin_scope} may do this",
+            extra={"required_scopes": [admin_scope]},
+        )
 
 
 def authorize(*scopes: str):

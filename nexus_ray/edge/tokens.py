@@ -1,123 +1,214 @@
-"""Access tokens: the platform's signing key and JWT issue/verification.
+"""Platform access tokens: signed with key-service's keys, verified at the edge against the live JWKS.
 
-Until the identity services take over (key-service, auth-service-v2), the platform
-signs with one ES256 development key kept in the data directory. Verification pins
-the algorithm list to the key's own algorithm, so ``alg: none`` and HMAC tokens
-made with the public key as secret are refused.
+Verification runs on every request, so its hot path reads no store and parses no key: each
+replica holds the verification keys of key-service's ``platform`` purpose (public JWKs read
+from PostgreSQL), parsed once, in a :class:`KeyRing`. The ring is re-read
+
+* in the background once it is older than ``jwks_cache_s`` -- how a replica learns that a key
+  was rotated (its ``retires_at``) or revoked elsewhere; and
+* at once when a token names a key id the ring does not know (a key made current in another
+  replica), at most once per ``jwks_refresh_min_s``: tokens with made-up key ids wait for the
+  next allowed read, shared by all of them, instead of each causing one.
+
+A token is accepted only with the algorithm of the key its ``kid`` names (RS256, ES256 or
+EdDSA), so ``alg: none``, HMAC with a public key as secret and alg/key mix-ups are refused.
+A rotated key verifies until its ``retires_at`` (rotation time + ``token_max_ttl_s``), which
+the ring enforces itself between reads; then its tokens stop verifying.
+
+Issuing: :func:`issue` signs platform claims with the current key loaded in this process by
+:func:`prepare` (the ``nexus token`` command and the tests' ``bearer`` fixture). Services
+sign through key-service itself (``await keys.sign(claims)``).
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
+import asyncio
+import logging
+import re
 import time
 import uuid
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from functools import lru_cache
-from pathlib import Path
+from datetime import datetime
 from typing import Any
 
 import jwt
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from nexus_ray.config import get_settings
 from nexus_ray.exceptions import Unauthorized
 
-ALGORITHM = "ES256"
+log = logging.getLogger(__name__)
+
+#: The algorithms a platform token may be signed with; each key verifies only its own.
+ACCEPTED_ALGORITHMS = frozenset({"RS256", "ES256", "EdDSA"})
+_KID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+_READ_TIMEOUT_S = 5.0
+_VERIFIED_MAX = 20_000
 
 
 @dataclass(frozen=True)
-class SigningKey:
-    """A private key with its key id (``kid``)."""
+class VerificationKey:
+    """A public key of the ring: parsed once, bound to its algorithm."""
 
     kid: str
-    private_key: ec.EllipticCurvePrivateKey = field(repr=False)
-
-    @property
-    def public_key(self) -> ec.EllipticCurvePublicKey:
-        return self.private_key.public_key()
-
-
-def _load_or_create(path: Path) -> bytes:
-    if path.exists():
-        return path.read_bytes()
-    settings = get_settings()
-    if settings.environment == "production":
-        raise RuntimeError(f"signing key file {path} does not exist")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pem = ec.generate_private_key(ec.SECP256R1()).private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    # Write-then-rename so replicas starting together all read one complete key.
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(pem)
-    try:
-        os.link(tmp, path)  # fails if another process won the race: theirs is the key
-    except FileExistsError:
-        pass
-    finally:
-        tmp.unlink()
-    return path.read_bytes()
+    alg: str
+    jwk: jwt.PyJWK = field(repr=False)
+    source: tuple = field(repr=False)  # (alg, sorted JWK items): re-parse only when it changes
+    retires_at: float | None = None  # epoch seconds; None while the key is current
 
 
-@lru_cache(maxsize=1)
-def signing_key() -> SigningKey:
-    """The platform's current signing key (created in development on first use)."""
-    pem = _load_or_create(get_settings().signing_key_path.resolve())
-    key = serialization.load_pem_private_key(pem, password=None)
-    if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise RuntimeError("the signing key must be an EC P-256 key")
-    der = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return SigningKey(kid=hashlib.sha256(der).hexdigest()[:16], private_key=key)
-
-
-def issue(
-    subject: str,
-    scopes: list[str] | tuple[str, ...],
-    *,
-    ttl_s: int = 900,
-    kind: str = "user",
-    extra: dict[str, Any] | None = None,
-) -> str:
-    """A signed access token for ``subject`` with ``scopes``, valid ``ttl_s`` seconds."""
-    s = get_settings()
-    key = signing_key()
-    now = int(time.time())
-    claims = {
-        "iss": s.jwt_issuer,
-        "aud": s.jwt_audience,
-        "sub": subject,
-        "scope": " ".join(scopes),
-        "kind": kind,
-        "iat": now,
-        "nbf": now,
-        "exp": now + ttl_s,
-        "jti": uuid.uuid4().hex,
-        **(extra or {}),
-    }
-    return jwt.encode(claims, key.private_key, algorithm=ALGORITHM, headers={"kid": key.kid})
-
-
-def verify(token: str) -> dict[str, Any]:
-    """The claims of a valid token; :class:`Unauthorized` otherwise (the reason, never the token)."""
-    s = get_settings()
-    key = signing_key()
+def header_of(token: str) -> tuple[str, str]:
+    """(alg, kid) of a token's header, refusing what no platform key could have signed."""
     try:
         header = jwt.get_unverified_header(token)
-    except jwt.PyJWTError:
+    except (jwt.PyJWTError, ValueError, TypeError):
         raise Unauthorized("malformed bearer token") from None
-    if header.get("alg") != ALGORITHM:
+    alg, kid = header.get("alg"), header.get("kid")
+    if alg not in ACCEPTED_ALGORITHMS:
         raise Unauthorized("token algorithm not accepted")
-    if header.get("kid") not in (None, key.kid):
-        raise Unauthorized("token signed by an unknown key")
+    if not isinstance(kid, str) or not _KID.match(kid):
+        raise Unauthorized("token has no usable key id")
+    return alg, kid
+
+
+class KeyRing:
+    """The verification keys one process trusts, by ``kid``, read through ``load``."""
+
+    def __init__(
+        self,
+        load: Callable[[], Awaitable[list[dict[str, Any]]]],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._load = load
+        self._clock = clock
+        self._keys: dict[str, VerificationKey] = {}
+        self._verified: dict[str, tuple[str, float, dict[str, Any]]] = {}  # token -> (kid, expires, claims)
+        self._loaded_at = float("-inf")  # last successful read (clock time)
+        self._last_read = float("-inf")  # last read started, successful or not
+        self._lock: asyncio.Lock | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._background: asyncio.Task | None = None
+        self.reads = 0
+
+    @property
+    def kids(self) -> frozenset[str]:
+        return frozenset(self._keys)
+
+    def replace(self, rows: Iterable[dict[str, Any]]) -> None:
+        """Trust exactly ``rows`` (``kid``, ``alg``, ``public_jwk``, ``retires_at``) from now on."""
+        keys: dict[str, VerificationKey] = {}
+        for row in rows:
+            kid, alg, jwk = row["kid"], row["alg"], row["public_jwk"]
+            retires = row.get("retires_at")
+            if isinstance(retires, datetime):
+                retires = retires.timestamp()
+            source = (alg, tuple(sorted(jwk.items())))
+            old = self._keys.get(kid)
+            if old is not None and old.source == source:
+                keys[kid] = VerificationKey(kid, alg, old.jwk, source, retires)
+                continue
+            if alg not in ACCEPTED_ALGORITHMS:
+                continue
+            try:
+                parsed = jwt.PyJWK({**jwk, "alg": alg}, algorithm=alg)
+            except jwt.PyJWTError as exc:
+                log.error("verification key %s cannot be parsed: %s", kid, type(exc).__name__)
+                continue
+            keys[kid] = VerificationKey(kid, alg, parsed, source, retires)
+        self._keys = keys
+
+    def check(self, token: str) -> dict[str, Any]:
+        """The claims of ``token`` if a key of the ring verifies it; Unauthorized (with the reason) otherwise."""
+        alg, kid = header_of(token)
+        key = self._keys.get(kid)
+        if key is None:
+            raise Unauthorized("token signed by an unknown key")
+        return _decode(token, alg, key)
+
+    async def verify(self, token: str) -> dict[str, Any]:
+        """:meth:`check`, reading the keys again first when the token names a key id the ring lacks.
+
+        A token that verified once is remembered until it expires: a client presents the same
+        token on every call for its lifetime, and its signature cannot change. A remembered
+        token still stops working the moment its key leaves the ring or retires.
+        """
+        hit = self._verified.get(token)
+        if hit is not None:
+            kid, expires, claims = hit
+            key = self._keys.get(kid)
+            now = time.time()
+            if key is not None and now <= expires and (key.retires_at is None or now <= key.retires_at):
+                self._refresh_if_stale()
+                return dict(claims)
+            del self._verified[token]
+        kid, claims = await self._verify_signed(token)
+        if len(self._verified) >= _VERIFIED_MAX:
+            self._verified.clear()  # bounded memory; the next requests verify again
+        self._verified[token] = (kid, float(claims["exp"]) + get_settings().jwt_leeway_s, claims)
+        return dict(claims)
+
+    async def _verify_signed(self, token: str) -> tuple[str, dict[str, Any]]:
+        alg, kid = header_of(token)
+        self._refresh_if_stale()
+        key = self._keys.get(kid)
+        if key is None:
+            await self.refresh(min_interval=get_settings().jwks_refresh_min_s)
+            key = self._keys.get(kid)
+            if key is None:
+                raise Unauthorized("token signed by an unknown key")
+        return kid, _decode(token, alg, key)
+
+    def _get_lock(self) -> asyncio.Lock:
+        loop = asyncio.get_running_loop()
+        if self._lock is None or self._loop is not loop:
+            self._lock, self._loop = asyncio.Lock(), loop
+        return self._lock
+
+    async def refresh(self, *, min_interval: float = 0.0) -> bool:
+        """Read the keys again, at most once per ``min_interval`` seconds; concurrent callers share one read.
+
+        Returns False when the read failed: the ring keeps the keys it had (stale beats none while
+        PostgreSQL is away).
+        """
+        asked = self._clock()
+        async with self._get_lock():
+            if self._last_read >= asked:  # a read started after we asked: it is as fresh as ours would be
+                return self._loaded_at >= asked
+            wait = self._last_read + min_interval - self._clock()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            self._last_read = self._clock()
+            self.reads += 1
+            try:
+                rows = await asyncio.wait_for(self._load(), _READ_TIMEOUT_S)
+            except Exception as exc:
+                log.warning("verification keys could not be read: %s", type(exc).__name__)
+                return False
+            self.replace(rows)
+            self._loaded_at = self._last_read
+            return True
+
+    def _refresh_if_stale(self) -> None:
+        s = get_settings()
+        now = self._clock()
+        if now - self._loaded_at <= s.jwks_cache_s or now - self._last_read < s.jwks_refresh_min_s:
+            return
+        if self._background is None or self._background.done():
+            self._background = asyncio.get_running_loop().create_task(self.refresh(), name="jwks-refresh")
+
+
+def _decode(token: str, alg: str, key: VerificationKey) -> dict[str, Any]:
+    if alg != key.alg:
+        raise Unauthorized("token algorithm does not match its key")
+    if key.retires_at is not None and time.time() > key.retires_at:
+        raise Unauthorized("token signed by a retired key")
+    s = get_settings()
     try:
         return jwt.decode(
             token,
-            key.public_key,
-            algorithms=[ALGORITHM],
+            key.jwk,
+            algorithms=[key.alg],
             audience=s.jwt_audience,
             issuer=s.jwt_issuer,
             leeway=s.jwt_leeway_s,
@@ -131,3 +222,76 @@ def verify(token: str) -> dict[str, Any]:
         raise Unauthorized("token issuer not accepted") from None
     except jwt.PyJWTError:
         raise Unauthorized("invalid bearer token") from None
+
+
+async def load_platform_keys() -> list[dict[str, Any]]:
+    """The platform's verification keys, as key-service holds them in PostgreSQL."""
+    # Imported on use: the edge loads before any service module.
+    from nexus_ray.deployments.specialized.keys import service
+
+    return await service.verification_keys("platform")
+
+
+_ring = KeyRing(load_platform_keys)
+
+
+def ring() -> KeyRing:
+    """This process's ring of platform verification keys."""
+    return _ring
+
+
+async def verify(token: str) -> dict[str, Any]:
+    """The claims of a valid platform token; :class:`Unauthorized` otherwise (the reason, never the token)."""
+    return await _ring.verify(token)
+
+
+def access_claims(
+    subject: str,
+    scopes: list[str] | tuple[str, ...],
+    *,
+    ttl_s: int = 900,
+    kind: str = "user",
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The claims of a platform access token for ``subject`` with ``scopes``, valid ``ttl_s`` seconds."""
+    s = get_settings()
+    now = int(time.time())
+    return {
+        "iss": s.jwt_issuer,
+        "aud": s.jwt_audience,
+        "sub": subject,
+        "scope": " ".join(scopes),
+        "kind": kind,
+        "iat": now,
+        "nbf": now,
+        "exp": now + ttl_s,
+        "jti": uuid.uuid4().hex,
+        **(extra or {}),
+    }
+
+
+async def prepare(alg: str = "ES256") -> None:
+    """Load the current ``alg`` signing key into this process (creating the first one) for :func:`issue`."""
+    from nexus_ray.deployments.specialized.keys import service
+
+    await service.current_signer(alg, purpose="platform")
+
+
+def issue(
+    subject: str,
+    scopes: list[str] | tuple[str, ...],
+    *,
+    ttl_s: int = 900,
+    kind: str = "user",
+    extra: dict[str, Any] | None = None,
+    alg: str = "ES256",
+    actor: str = "platform",
+) -> str:
+    """A platform access token signed with the current key :func:`prepare` loaded; audited by key-service.
+
+    ``ttl_s`` may be at most ``token_max_ttl_s`` (ValidationFailed naming ``exp`` otherwise).
+    """
+    from nexus_ray.deployments.specialized.keys import service
+
+    claims = access_claims(subject, scopes, ttl_s=ttl_s, kind=kind, extra=extra)
+    return service.sign_loaded(claims, alg=alg, purpose="platform", actor=actor)

@@ -104,7 +104,9 @@ def _decode(msg) -> Event:
 class OutboxRelay:
     """Publishes committed outbox events to Kafka; replays them after broker data loss."""
 
-    def __init__(self, *, batch: int = 500, poll_s: float = 5.0, check_s: float = 10.0, standby_s: float = 10.0) -> None:
+    def __init__(
+        self, *, batch: int = 500, poll_s: float = 5.0, check_s: float = 10.0, standby_s: float = 10.0
+    ) -> None:
         self.batch = batch
         self.poll_s = poll_s
         self.check_s = check_s
@@ -140,36 +142,48 @@ class OutboxRelay:
 
     async def _run_once(self) -> None:
         settings = get_settings()
-        pg = await postgres.pool()
-        async with pg.acquire() as lock_conn:
-            # The lock belongs to this connection's session: if the process dies, it is released.
+        # A connection of its own, outside the pool: the lock belongs to this session (released
+        # if the process dies), and standby relays must not hold pool connections while waiting.
+        lock_conn = await asyncpg.connect(settings.postgres_url, timeout=10)
+        try:
             while not await lock_conn.fetchval("SELECT pg_try_advisory_lock($1)", _RELAY_LOCK):
                 if self._stop.is_set():
                     return
                 await self._sleep(self.standby_s)
-            self.is_leader = True
-            wake = lambda *_: self._wake.set()  # noqa: E731
-            await lock_conn.add_listener(_NOTIFY_CHANNEL, wake)
-            producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=2)
-            probe = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
+            await self._lead(lock_conn)
+        finally:
+            await lock_conn.close(timeout=5)
+
+    async def _lead(self, lock_conn: asyncpg.Connection) -> None:
+        settings = get_settings()
+        self.is_leader = True
+        await lock_conn.add_listener(_NOTIFY_CHANNEL, lambda *_: self._wake.set())
+        producer = AIOKafkaProducer(
+            bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=2, request_timeout_ms=15000
+        )
+        probe = AIOKafkaConsumer(
+            bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False, request_timeout_ms=15000
+        )
+        try:
             await producer.start()
             await probe.start()
-            try:
-                loop = asyncio.get_running_loop()
-                next_check = 0.0
-                while not self._stop.is_set():
-                    if loop.time() >= next_check:
-                        await self.replay_lost(probe, producer)
-                        next_check = loop.time() + self.check_s
-                    sent = await self.publish_batch(producer)
-                    if sent < self.batch:
-                        await self._sleep(self.poll_s)
-            finally:
-                self.is_leader = False
-                await producer.stop()
-                await probe.stop()
-                await lock_conn.remove_listener(_NOTIFY_CHANNEL, wake)
-                await lock_conn.execute("SELECT pg_advisory_unlock($1)", _RELAY_LOCK)
+            loop = asyncio.get_running_loop()
+            next_check = 0.0
+            while not self._stop.is_set():
+                if loop.time() >= next_check:
+                    await self.replay_lost(probe, producer)
+                    next_check = loop.time() + self.check_s
+                sent = await self.publish_batch(producer)
+                if sent < self.batch:
+                    await self._sleep(self.poll_s)
+        finally:
+            self.is_leader = False
+            # Bounded: a broker that went away must not keep this relay (and its lock) forever.
+            for client in (producer, probe):
+                try:
+                    await asyncio.wait_for(client.stop(), 10)
+                except Exception as exc:
+                    log.warning("kafka client did not stop cleanly: %s", type(exc).__name__)
 
     async def publish_batch(self, producer: AIOKafkaProducer) -> int:
         """Publish up to ``batch`` unpublished events in outbox order; returns how many."""
@@ -185,7 +199,7 @@ class OutboxRelay:
         for row in rows:
             value, key, headers = _encode(row)
             futures.append(await producer.send(row["topic"], value=value, key=key, headers=headers))
-        metas = await asyncio.gather(*futures)
+        metas = await asyncio.wait_for(asyncio.gather(*futures), 60)
         await pg.executemany(
             'UPDATE outbox SET published_at = now(), partition = $2, "offset" = $3 WHERE id = $1',
             [(row["id"], m.partition, m.offset) for row, m in zip(rows, metas, strict=True)],

@@ -79,7 +79,8 @@ async def migrate(p: asyncpg.Pool) -> list[str]:
                        checksum text NOT NULL,
                        applied_at timestamptz NOT NULL DEFAULT now())"""
             )
-            done = {r["version"]: r["checksum"] for r in await conn.fetch("SELECT version, checksum FROM schema_migrations")}
+            rows = await conn.fetch("SELECT version, checksum FROM schema_migrations")
+            done = {r["version"]: r["checksum"] for r in rows}
             for version, sql in migration_files():
                 checksum = hashlib.sha256(sql.encode()).hexdigest()
                 if version in done:

@@ -16,6 +16,7 @@ from fastapi import APIRouter, FastAPI
 from pydantic import BaseModel, Field
 
 from nexus_ray.config import get_settings
+from nexus_ray.deployments.specialized import keys
 from nexus_ray.edge import apikeys, tokens
 from nexus_ray.edge.security import api_routes, authorize, check_route_security, public, route_guard
 
@@ -39,9 +40,9 @@ def _b64(obj) -> str:
     return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
 
 
-def _bad_tokens() -> dict[str, str]:
+async def _bad_tokens() -> dict[str, str]:
     s = get_settings()
-    key = tokens.signing_key()
+    key = await keys.current_signer("ES256")
     now = int(time.time())
     base = {"iss": s.jwt_issuer, "aud": s.jwt_audience, "sub": "u1", "scope": "*", "iat": now, "exp": now + 60}
     good = tokens.issue("u1", ["*"])
@@ -78,7 +79,7 @@ async def test_unguarded_route_refused_at_build():
 
 async def test_authorization_sweep(client, apps, bearer):
     """No token, bad signature, expired, alg none, wrong audience, wrong scope: 401/403 everywhere."""
-    bad = _bad_tokens()
+    bad = await _bad_tokens()
     checked = 0
     for _ns, method, path, guard in _route_table(apps):
         if guard[0] == "public":
@@ -194,7 +195,9 @@ async def test_validation_error_names_the_field(probe_client, bearer):
     assert r.headers["content-type"] == "application/problem+json"
     fields = [e["field"] for e in r.json()["errors"]]
     assert fields == ["items[0].qty"]
-    r = await probe_client.post("/v1/probe/orders", content=b"{not json", headers={**h, "Content-Type": "application/json"})
+    r = await probe_client.post(
+        "/v1/probe/orders", content=b"{not json", headers={**h, "Content-Type": "application/json"}
+    )
     assert r.status_code == 422
     r = await probe_client.post("/v1/probe/orders", json={"items": [{"sku": "abcd", "qty": 2}]}, headers=h)
     assert r.status_code == 201 and r.json() == {"n": 1}
@@ -227,3 +230,15 @@ async def test_rate_limit_per_principal_and_address(probe_client, bearer, monkey
     assert codes == [201, 201, 201, 429]
     other = bearer("probe:orders:write", subject="patient-user")
     assert (await probe_client.post("/v1/probe/orders", json=body, headers=other)).status_code == 201
+
+
+async def test_metrics_label_full_route_templates(apps):
+    from nexus_ray.edge.middleware import EdgeMiddleware
+
+    app = apps["platform"]
+    stack = app.middleware_stack or app.build_middleware_stack()
+    edge = stack
+    while not isinstance(edge, EdgeMiddleware):
+        edge = edge.app
+    assert "/v1/gateway/notice" in edge.templates.values()
+    assert "/v1/sessions/health/ready" in edge.templates.values()

@@ -27,12 +27,21 @@ def test_short_master_key_refused(monkeypatch):
         Settings()
 
 
-def test_production_needs_a_signing_key_file(monkeypatch):
+def test_production_starts_with_a_master_key_alone(monkeypatch):
+    # Signing keys live in key-service (sealed under the master key): no key file to configure.
     monkeypatch.setenv("NEXUS_ENVIRONMENT", "production")
     monkeypatch.setenv("NEXUS_MASTER_KEY", "x" * 40)
-    monkeypatch.delenv("NEXUS_JWT_SIGNING_KEY_FILE", raising=False)
-    with pytest.raises(ValidationError, match="SIGNING_KEY_FILE"):
+    assert Settings().environment == "production"
+
+
+def test_jwks_cache_must_be_shorter_than_the_token_lifetime(monkeypatch):
+    # Otherwise a replica could learn of a rotation only after the rotated key's overlap ended.
+    monkeypatch.setenv("NEXUS_TOKEN_MAX_TTL_S", "60")
+    monkeypatch.setenv("NEXUS_JWKS_CACHE_S", "60")
+    with pytest.raises(ValidationError, match="JWKS_CACHE_S"):
         Settings()
+    monkeypatch.setenv("NEXUS_JWKS_CACHE_S", "59")
+    assert Settings().jwks_cache_s == 59
 
 
 def test_every_field_is_described():

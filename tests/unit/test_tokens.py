@@ -1,17 +1,39 @@
-"""Token verification refuses everything but a valid ES256 token from the platform's key."""
+"""Token verification against a key ring: only a valid token from a trusted key, by that key's own algorithm.
 
+No store here: the ring is filled from keys generated in the test (the integration tests in
+tests/integration/test_tokens_jwks.py read them from key-service in PostgreSQL).
+"""
+
+import asyncio
 import base64
+import hashlib
+import hmac
 import json
 import time
 
 import jwt
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from nexus_ray.config import get_settings
+from nexus_ray.deployments.specialized.keys import crypto
 from nexus_ray.edge import tokens
+from nexus_ray.edge.tokens import KeyRing
 from nexus_ray.exceptions import Unauthorized
+
+KEYS = {alg: crypto.generate(alg) for alg in crypto.ALGORITHMS}
+
+
+def _row(key: crypto.GeneratedKey, retires_at: float | None = None) -> dict:
+    return {"kid": key.kid, "alg": key.alg, "public_jwk": key.jwk, "retires_at": retires_at}
+
+
+def _ring(*rows) -> KeyRing:
+    async def load():
+        return list(rows)
+
+    ring = KeyRing(load)
+    ring.replace(rows or [_row(k) for k in KEYS.values()])
+    return ring
 
 
 def _b64(obj) -> str:
@@ -25,69 +47,248 @@ def _claims(**over):
             **over}
 
 
-def test_issue_and_verify_round_trip():
-    claims = tokens.verify(tokens.issue("alice", ["commerce:orders:read"], ttl_s=60))
-    assert claims["sub"] == "alice"
-    assert claims["scope"] == "commerce:orders:read"
+def _sign(key: crypto.GeneratedKey, claims=None, *, alg=None, kid=None) -> str:
+    return jwt.encode(claims or _claims(), key.private_key, algorithm=alg or key.alg, headers={"kid": kid or key.kid})
+
+
+@pytest.mark.parametrize("alg", crypto.ALGORITHMS)
+def test_each_algorithm_round_trips(alg):
+    ring = _ring()
+    claims = ring.check(_sign(KEYS[alg]))
+    assert claims["sub"] == "u1" and claims["scope"] == "a:b"
 
 
 def test_expired_refused():
-    key = tokens.signing_key()
-    t = jwt.encode(_claims(exp=int(time.time()) - 120), key.private_key, algorithm="ES256", headers={"kid": key.kid})
     with pytest.raises(Unauthorized, match="expired"):
-        tokens.verify(t)
+        _ring().check(_sign(KEYS["ES256"], _claims(exp=int(time.time()) - 120)))
 
 
 def test_alg_none_refused():
-    t = _b64({"alg": "none", "typ": "JWT"}) + "." + _b64(_claims()) + "."
+    t = _b64({"alg": "none", "typ": "JWT", "kid": KEYS["ES256"].kid}) + "." + _b64(_claims()) + "."
     with pytest.raises(Unauthorized, match="algorithm"):
-        tokens.verify(t)
+        _ring().check(t)
 
 
-def test_hmac_with_public_key_as_secret_refused():
-    pub = tokens.signing_key().public_key.public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    header = _b64({"alg": "HS256", "typ": "JWT"})
+@pytest.mark.parametrize("alg", ["HS256", "HS512"])
+def test_hmac_with_public_key_as_secret_refused(alg):
+    key = KEYS["RS256"]
+    secret = json.dumps(key.jwk).encode()
+    header = _b64({"alg": alg, "typ": "JWT", "kid": key.kid})
     body = _b64(_claims())
-    import hashlib
-    import hmac
-
-    sig = base64.urlsafe_b64encode(hmac.new(pub, f"{header}.{body}".encode(), hashlib.sha256).digest()).rstrip(b"=")
-    with pytest.raises(Unauthorized):
-        tokens.verify(f"{header}.{body}.{sig.decode()}")
+    digest = hashlib.sha256 if alg == "HS256" else hashlib.sha512
+    sig = base64.urlsafe_b64encode(hmac.new(secret, f"{header}.{body}".encode(), digest).digest()).rstrip(b"=")
+    with pytest.raises(Unauthorized, match="algorithm"):
+        _ring().check(f"{header}.{body}.{sig.decode()}")
 
 
-def test_other_key_refused():
-    other = ec.generate_private_key(ec.SECP256R1())
-    t = jwt.encode(_claims(), other, algorithm="ES256", headers={"kid": tokens.signing_key().kid})
+def test_alg_and_key_mismatch_refused():
+    # An RS256 token that names the ES256 key: refused before any signature check.
+    t = _sign(KEYS["RS256"], kid=KEYS["ES256"].kid)
+    with pytest.raises(Unauthorized, match="does not match"):
+        _ring().check(t)
+
+
+def test_other_key_under_a_known_kid_refused():
+    other = crypto.generate("ES256")
     with pytest.raises(Unauthorized, match="invalid"):
-        tokens.verify(t)
+        _ring().check(_sign(other, kid=KEYS["ES256"].kid))
 
 
 def test_unknown_kid_refused():
-    other = ec.generate_private_key(ec.SECP256R1())
-    t = jwt.encode(_claims(), other, algorithm="ES256", headers={"kid": "someone-else"})
     with pytest.raises(Unauthorized, match="unknown key"):
-        tokens.verify(t)
+        _ring().check(_sign(crypto.generate("ES256")))
+
+
+@pytest.mark.parametrize("kid", [None, "", "../../etc", "x" * 200, 7])
+def test_unusable_kid_refused(kid):
+    header = {"alg": "ES256", "typ": "JWT"} | ({"kid": kid} if kid is not None else {})
+    body = _b64(_claims())
+    with pytest.raises(Unauthorized):
+        _ring().check(f"{_b64(header)}.{body}.AAAA")
 
 
 def test_wrong_audience_and_issuer_refused():
-    key = tokens.signing_key()
     for over, reason in (({"aud": "other-api"}, "audience"), ({"iss": "https://evil"}, "issuer")):
-        t = jwt.encode(_claims(**over), key.private_key, algorithm="ES256", headers={"kid": key.kid})
         with pytest.raises(Unauthorized, match=reason):
-            tokens.verify(t)
+            _ring().check(_sign(KEYS["ES256"], _claims(**over)))
+
+
+@pytest.mark.parametrize("missing", ["exp", "sub", "aud", "iss", "iat"])
+def test_required_claims(missing):
+    claims = _claims()
+    del claims[missing]
+    with pytest.raises(Unauthorized):
+        _ring().check(_sign(KEYS["EdDSA"], claims))
 
 
 def test_tampered_payload_refused():
-    t = tokens.issue("alice", ["a:b"])
-    head, _body, sig = t.split(".")
-    forged = _b64(_claims(sub="mallory", scope="*"))
-    with pytest.raises(Unauthorized):
-        tokens.verify(f"{head}.{forged}.{sig}")
+    head, _body, sig = _sign(KEYS["ES256"]).split(".")
+    with pytest.raises(Unauthorized, match="invalid"):
+        _ring().check(f"{head}.{_b64(_claims(sub='mallory', scope='*'))}.{sig}")
 
 
 def test_garbage_refused():
-    with pytest.raises(Unauthorized, match="malformed"):
-        tokens.verify("not-a-token")
+    for garbage in ("not-a-token", "abc.def", "a.b.c", ""):
+        with pytest.raises(Unauthorized, match="malformed"):
+            _ring().check(garbage)
+
+
+def test_retired_key_refused_and_retiring_key_accepted():
+    key = KEYS["ES256"]
+    token = _sign(key)
+    assert _ring(_row(key, retires_at=time.time() + 60)).check(token)["sub"] == "u1"
+    with pytest.raises(Unauthorized, match="retired"):
+        _ring(_row(key, retires_at=time.time() - 1)).check(token)
+
+
+def test_replace_keeps_parsed_keys_and_drops_removed_ones():
+    es, rs = KEYS["ES256"], KEYS["RS256"]
+    ring = _ring(_row(es), _row(rs))
+    parsed = ring._keys[es.kid].jwk
+    ring.replace([_row(es, retires_at=time.time() + 5)])
+    assert ring._keys[es.kid].jwk is parsed  # no re-parse per refresh
+    assert ring.kids == {es.kid}
+
+
+async def test_unknown_kid_reads_the_keys_again():
+    es, fresh = KEYS["ES256"], crypto.generate("EdDSA")
+    rows = [_row(es)]
+
+    async def load():
+        return list(rows)
+
+    ring = KeyRing(load)
+    await ring.refresh()
+    rows.append(_row(fresh))  # made current elsewhere after this replica read its keys
+    claims = await ring.verify(_sign(fresh))
+    assert claims["sub"] == "u1" and ring.reads == 2
+
+
+async def test_made_up_kids_share_one_read_per_interval(monkeypatch):
+    monkeypatch.setattr(get_settings(), "jwks_refresh_min_s", 0.3)
+    calls = []
+
+    async def load():
+        calls.append(time.monotonic())
+        return [_row(KEYS["ES256"])]
+
+    ring = KeyRing(load)
+    await ring.refresh()
+    bogus = [_sign(KEYS["ES256"], kid=f"made-up-{i}") for i in range(50)]
+    results = await asyncio.gather(*(ring.verify(t) for t in bogus), return_exceptions=True)
+    assert all(isinstance(r, Unauthorized) and "unknown key" in r.detail for r in results)
+    assert len(calls) == 2  # the first read, then one shared by all 50
+    assert calls[1] - calls[0] >= 0.29
+    # Verification of known kids never reads.
+    for _ in range(20):
+        await ring.verify(_sign(KEYS["ES256"]))
+    assert len(calls) == 2
+
+
+async def test_failed_read_keeps_the_keys():
+    es = KEYS["ES256"]
+    state = {"fail": False}
+
+    async def load():
+        if state["fail"]:
+            raise ConnectionError("postgres away")
+        return [_row(es)]
+
+    ring = KeyRing(load)
+    assert await ring.refresh()
+    state["fail"] = True
+    assert not await ring.refresh()
+    assert ring.check(_sign(es))["sub"] == "u1"
+
+
+async def test_stale_ring_refreshes_in_the_background(monkeypatch):
+    s = get_settings()
+    monkeypatch.setattr(s, "jwks_cache_s", 10.0)
+    monkeypatch.setattr(s, "jwks_refresh_min_s", 0.0)
+    now = [1000.0]
+    es = KEYS["ES256"]
+    rows = [_row(es)]
+
+    async def load():
+        return list(rows)
+
+    ring = KeyRing(load, clock=lambda: now[0])
+    await ring.refresh()
+    rows[0] = _row(es, retires_at=time.time() - 1)  # rotated and retired elsewhere
+    token = _sign(es)
+    assert (await ring.verify(token))["sub"] == "u1"  # still fresh: no read
+    assert ring.reads == 1
+    now[0] += 11
+    await ring.verify(token)  # served from the ring; a read starts in the background
+    await asyncio.sleep(0.01)
+    assert ring.reads == 2
+    with pytest.raises(Unauthorized, match="retired"):
+        await ring.verify(token)
+
+
+def test_access_claims_shape():
+    c = tokens.access_claims("alice", ["a:b", "c:d"], ttl_s=60, kind="service", extra={"client_id": "x"})
+    s = get_settings()
+    assert c["sub"] == "alice" and c["scope"] == "a:b c:d" and c["kind"] == "service"
+    assert c["iss"] == s.jwt_issuer and c["aud"] == s.jwt_audience and c["exp"] - c["iat"] == 60
+    assert c["client_id"] == "x" and len(c["jti"]) == 32
+
+
+def _counting_ring(rows: list[dict]):
+    """A ring that reads ``rows`` (changeable by the test) and counts full signature checks."""
+
+    async def load():
+        return list(rows)
+
+    ring = KeyRing(load)
+    ring.replace(rows)
+    return ring
+
+
+def test_verified_token_is_remembered_until_its_key_goes(monkeypatch):
+    key = KEYS["ES256"]
+    rows = [_row(key)]
+    ring = _counting_ring(rows)
+    token = _sign(key)
+    checks = {"n": 0}
+    real = tokens._decode
+
+    def counting(*a, **k):
+        checks["n"] += 1
+        return real(*a, **k)
+
+    monkeypatch.setattr(tokens, "_decode", counting)
+    first = asyncio.run(ring.verify(token))
+    again = asyncio.run(ring.verify(token))
+    assert again == first and checks["n"] == 1  # the second call checked no signature
+    again["sub"] = "mallory"  # callers get a copy: the remembered claims cannot be changed
+    assert asyncio.run(ring.verify(token))["sub"] == "u1"
+    rows[:] = [_row(KEYS["RS256"])]  # the key is revoked: it leaves key-service's JWKS
+    ring.replace(rows)
+    with pytest.raises(Unauthorized, match="unknown key"):
+        asyncio.run(ring.verify(token))
+
+
+def test_remembered_token_rechecked_after_its_expiry_and_refused_after_retirement(monkeypatch):
+    key = KEYS["ES256"]
+    rows = [_row(key)]
+    ring = _counting_ring(rows)
+    token = _sign(key)
+    asyncio.run(ring.verify(token))
+    kid, expires, claims = ring._verified[token]
+    assert expires == claims["exp"] + get_settings().jwt_leeway_s
+    checks = {"n": 0}
+    real = tokens._decode
+
+    def counting(*a, **k):
+        checks["n"] += 1
+        return real(*a, **k)
+
+    monkeypatch.setattr(tokens, "_decode", counting)
+    ring._verified[token] = (kid, time.time() - 1, claims)  # its remembered lifetime is over
+    asyncio.run(ring.verify(token))
+    assert checks["n"] == 1  # checked in full again, not served from memory
+    rows[:] = [_row(key, retires_at=time.time() - 1)]
+    ring.replace(rows)
+    with pytest.raises(Unauthorized, match="retired"):
+        asyncio.run(ring.verify(token))

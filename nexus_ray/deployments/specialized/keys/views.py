@@ -1,0 +1,83 @@
+"""key-service routes, under /specialized/v1/keys: thin translations to :mod:`.service`."""
+
+from __future__ import annotations
+
+import base64
+from typing import Literal
+
+from fastapi import APIRouter, Path, Query, Response
+
+from nexus_ray.config import get_settings
+from nexus_ray.edge.security import Principal, authorize, public
+
+from . import service
+from .models import (
+    KID_PATTERN,
+    AuditPage,
+    DecryptCreate,
+    DecryptRead,
+    EncryptCreate,
+    Envelope,
+    Jwks,
+    PurposeName,
+    RotationCreate,
+    RotationRead,
+    SigningKeyList,
+    SigningKeyRead,
+)
+
+router = APIRouter()
+
+
+@router.get("/jwks", response_model=Jwks, dependencies=[public()], summary="The platform's JWKS")
+async def get_jwks(response: Response) -> dict:
+    """Public keys that verify platform tokens: the current keys and rotated ones still in their overlap."""
+    response.headers["Cache-Control"] = f"public, max-age={int(get_settings().jwks_cache_s)}"
+    return await service.jwks("platform")
+
+
+@router.get("/signing-keys", response_model=SigningKeyList, summary="Signing keys and their status")
+async def list_signing_keys(
+    purpose: PurposeName | None = Query(None, description="Only keys of this purpose."),
+    _principal: Principal = authorize("specialized:keys:admin"),
+) -> dict:
+    return {"items": await service.list_keys(purpose=purpose)}
+
+
+@router.post("/signing-keys/rotate", response_model=RotationRead, status_code=201, summary="Rotate a signing key")
+async def rotate(body: RotationCreate, principal: Principal = authorize("specialized:keys:admin")) -> dict:
+    """A new key becomes current; the previous one keeps verifying until its ``retires_at``."""
+    return await service.rotate(body.alg, purpose=body.purpose, actor=principal.subject)
+
+
+@router.post("/signing-keys/{kid}/revoke", response_model=SigningKeyRead, summary="Revoke a signing key now")
+async def revoke(
+    kid: str = Path(pattern=KID_PATTERN, description="Key id."),
+    principal: Principal = authorize("specialized:keys:admin"),
+) -> dict:
+    """For a compromised key: it stops verifying at once (within jwks_cache_s in every replica)."""
+    return await service.revoke_key(kid, actor=principal.subject)
+
+
+@router.post("/encrypt", response_model=Envelope, summary="Envelope-encrypt data under a context")
+async def encrypt(body: EncryptCreate, principal: Principal = authorize("specialized:keys:encrypt")) -> dict:
+    return await service.encrypt(body.data(), context=body.context, actor=principal.subject)
+
+
+@router.post("/decrypt", response_model=DecryptRead, summary="Open an envelope under its context")
+async def decrypt(body: DecryptCreate, principal: Principal = authorize("specialized:keys:decrypt")) -> dict:
+    """422 ``envelope-tampered`` when the envelope was altered or the context differs."""
+    plaintext = await service.decrypt(body.envelope.model_dump(), context=body.context, actor=principal.subject)
+    return {"plaintext": base64.b64encode(plaintext).decode()}
+
+
+@router.get("/audit", response_model=AuditPage, summary="The audit of key use, newest first")
+async def audit(
+    kid: str | None = Query(None, pattern=KID_PATTERN, description="Only uses of this key."),
+    action: Literal["generate", "sign", "rotate", "revoke", "encrypt", "decrypt"] | None = Query(None),
+    before: int | None = Query(None, ge=1, description="Only rows older than this id (paging)."),
+    limit: int = Query(100, ge=1, le=1000),
+    _principal: Principal = authorize("specialized:keys:audit"),
+) -> dict:
+    items = await service.audit_log(kid=kid, action=action, before=before, limit=limit)
+    return {"items": items, "next_before": items[-1]["id"] if len(items) == limit else None}

@@ -1,0 +1,126 @@
+"""pv-keys routes, under /specialized/v1/pv-keys: thin translations to :mod:`.service`."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from fastapi import APIRouter, Header, Path, Query, Response
+
+from nexus_ray.edge.security import Principal, authorize, public
+from nexus_ray.exceptions import ValidationFailed
+
+from . import offline, service
+from .models import (
+    ID_PATTERN,
+    KEY_ID_PATTERN,
+    AccessKeyCreate,
+    AccessKeyIssued,
+    AccessKeyRead,
+    AssetCreate,
+    AssetRead,
+    RevocationList,
+    RevokeCreate,
+    TransferCreate,
+    TransferRead,
+    VerifyCreate,
+    VerifyRead,
+)
+
+router = APIRouter()
+
+_KEY_ID = Path(pattern=KEY_ID_PATTERN, description="Access key id (pvk_...).")
+_ASSET_ID = Path(pattern=ID_PATTERN, description="Asset id.")
+
+
+@router.get("/public-key", dependencies=[public()], summary="Public keys that verify access keys offline (JWKS)")
+async def public_key(response: Response) -> dict:
+    response.headers["Cache-Control"] = "public, max-age=300"
+    return await service.public_keys()
+
+
+@router.post("/assets", response_model=AssetRead, status_code=201, summary="Register an asset and its owner")
+async def register_asset(
+    body: AssetCreate, response: Response, principal: Principal = authorize("specialized:pv-keys:issue")
+) -> dict:
+    """201 when new; 200 when it is already registered to the same owner; 409 for another owner."""
+    asset, created = await service.register_asset(asset_id=body.asset_id, owner=body.owner, actor=principal.subject)
+    response.status_code = 201 if created else 200
+    return asset
+
+
+@router.get("/assets/{asset_id}", response_model=AssetRead, summary="An asset, its owner and active keys")
+async def get_asset(
+    asset_id: str = _ASSET_ID, _principal: Principal = authorize("specialized:pv-keys:verify")
+) -> dict:
+    return await service.get_asset(asset_id)
+
+
+@router.post(
+    "/assets/{asset_id}/transfer", response_model=TransferRead, summary="Transfer an asset's ownership (idempotent)"
+)
+async def transfer(
+    body: TransferCreate,
+    asset_id: str = _ASSET_ID,
+    idempotency_key: str = Header(
+        alias="Idempotency-Key", min_length=8, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$",
+        description="Chosen by the client; repeating it with the same request replays the first result.",
+    ),
+    principal: Principal = authorize("specialized:pv-keys:transfer"),
+) -> dict:
+    """Revokes the old holder's keys to the asset and issues the new holder a key, in one transaction."""
+    return await service.transfer(
+        asset_id=asset_id, from_holder=body.from_holder, to_holder=body.to_holder, idempotency_key=idempotency_key,
+        permissions=body.permissions, ttl_s=body.ttl_s, actor=principal.subject,
+    )
+
+
+@router.post("/access-keys", response_model=AccessKeyIssued, status_code=201, summary="Issue an access key")
+async def issue(body: AccessKeyCreate, principal: Principal = authorize("specialized:pv-keys:issue")) -> dict:
+    return await service.issue(
+        asset_id=body.asset_id, holder=body.holder, permissions=body.permissions, ttl_s=body.ttl_s,
+        actor=principal.subject,
+    )
+
+
+@router.post("/access-keys/verify", response_model=VerifyRead, summary="Verify an access key online")
+async def verify(body: VerifyCreate, _principal: Principal = authorize("specialized:pv-keys:verify")) -> dict:
+    """Signature, validity period, asset, permission and revocation. ``valid: false`` says why not;
+    text that is not an access key at all is a 422 naming ``access_key``."""
+    try:
+        claims = await service.verify(body.access_key, asset_id=body.asset_id, permission=body.permission)
+    except offline.MalformedAccessKey as exc:
+        raise ValidationFailed.for_field("access_key", exc.detail) from None
+    except offline.InvalidAccessKey as exc:
+        return {"valid": False, "reason": exc.reason}
+    return {"valid": True, "claims": claims}
+
+
+@router.get("/access-keys/{key_id}/status", response_model=AccessKeyRead, summary="Revocation check of a key")
+async def status(key_id: str = _KEY_ID, _principal: Principal = authorize("specialized:pv-keys:verify")) -> dict:
+    return await service.status(key_id)
+
+
+@router.post("/access-keys/{key_id}/revoke", response_model=AccessKeyRead, summary="Revoke an access key")
+async def revoke(
+    body: RevokeCreate | None = None,
+    key_id: str = _KEY_ID,
+    principal: Principal = authorize("specialized:pv-keys:revoke"),
+) -> dict:
+    reason = body.reason if body is not None else "revoked"
+    return await service.revoke(key_id=key_id, reason=reason, actor=principal.subject)
+
+
+@router.get("/revocations", response_model=RevocationList, summary="Revoked keys, for offline verifiers")
+async def revocations(
+    since: datetime | None = Query(None, description="Only revocations after this time (with `after`)."),
+    after: str = Query("", max_length=40, description="Key id of the last item seen at `since`."),
+    limit: int = Query(500, ge=1, le=5000),
+    _principal: Principal = authorize("specialized:pv-keys:verify"),
+) -> dict:
+    items = await service.revocations(since=since, after=after, limit=limit)
+    last = items[-1] if items else None
+    return {
+        "items": items,
+        "next": {"since": last["revoked_at"], "after": last["key_id"]} if last else None,
+        "more": len(items) == limit,
+    }
