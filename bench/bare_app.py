@@ -16,8 +16,10 @@ import uvicorn
 from fastapi import FastAPI, Header, HTTPException
 
 KEYS = {k["kid"]: jwt.PyJWK(k) for k in json.loads(os.environ["NEXUS_BENCH_JWKS"])["keys"]}
-ISSUER = os.environ.get("NEXUS_JWT_ISSUER", "https://nexus.local")
-AUDIENCE = os.environ.get("NEXUS_JWT_AUDIENCE", "nexus-api")
+from nexus_ray.config import get_settings  # noqa: E402  (issuer and audience as the platform has them)
+
+ISSUER = get_settings().jwt_issuer
+AUDIENCE = get_settings().jwt_audience
 r = aioredis.Redis.from_url(os.environ["NEXUS_REDIS_URL"])
 app = FastAPI()
 

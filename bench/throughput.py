@@ -67,11 +67,13 @@ def main() -> None:
     try:
         bare_url = f"http://127.0.0.1:{port}/notice"
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
+        while True:
             try:
-                if httpx.get(bare_url, headers={"Authorization": f"Bearer {token}"}).status_code == 200:
-                    break
+                status = httpx.get(bare_url, headers={"Authorization": f"Bearer {token}"}).status_code
+                assert status == 200, f"bare app answers {status}"
+                break
             except httpx.HTTPError:
+                assert time.monotonic() < deadline, "bare app did not start"
                 time.sleep(0.2)
         platform_url = f"{args.api}/platform/v1/gateway/notice"
         assert httpx.get(platform_url, headers={"Authorization": f"Bearer {token}"}).status_code == 200

@@ -21,7 +21,8 @@ _REDACTIONS = [
     (re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+"), r"\1[redacted]"),
     (re.compile(r"eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*"), "[redacted-jwt]"),
     (re.compile(r"nxk_[A-Za-z0-9]+_[A-Za-z0-9_-]+"), "[redacted-api-key]"),
-    (re.compile(r"nx[sv]_[A-Za-z0-9_-]{20,}"), "[redacted-token]"),  # legacy session / email verification
+    # legacy session, email verification, OAuth refresh token, authorization code
+    (re.compile(r"nx[svra]_[A-Za-z0-9_-]{20,}"), "[redacted-token]"),
     (re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----", re.S), "[redacted-key]"),
     (
         re.compile(r"""(?i)(["']?(?:password|passwd|secret|token|api[_-]?key|authorization|client_secret)["']?\s*[:=]\s*["']?)[^"',\s}&]+"""),

@@ -25,6 +25,7 @@ from nexus_ray.deployments.auth.oauth.models import ClientCreate, check_redirect
         (["c:*"], ["c:d:write", "c:e:read"], None, ["c:d:write", "c:e:read"]),
         (["*"], ["a:b:read"], None, ["a:b:read"]),
         (["a:b:read", "a:*"], ["*"], None, ["a:*"]),  # redundant scopes collapse
+        (["offline_access", "Foo", "a:b:read"], ["*"], None, ["a:b:read"]),  # not platform scopes: never granted
         # a user's token: also within what the user holds
         (["a:b:read", "a:b:write"], ["a:*"], ["a:b:read"], ["a:b:read"]),
         (None, ["*"], ["a:b:read", "c:d:e"], ["a:b:read", "c:d:e"]),
