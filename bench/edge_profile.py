@@ -60,7 +60,7 @@ async def drive(n: int, profile: bool) -> None:
         print(f"{n} requests: {wall / n * 1e6:.0f} us wall, {cpu / n * 1e6:.0f} us CPU per request "
               f"(limits {get_settings().rate_limit_per_principal}/min per principal)")
         if prof:
-            pstats.Stats(prof).sort_stats("cumulative").print_stats(30)
+            pstats.Stats(prof).sort_stats(os.environ.get("SORT", "cumulative")).print_stats(30)
 
 
 def main() -> None:

@@ -99,7 +99,19 @@ def kill_replica_under_load(api: str = "http://127.0.0.1:8000") -> dict:
     token = _token("platform:gateway:read")
     url = f"{api}/platform/v1/gateway/notice"
     headers = {"Authorization": f"Bearer {token}"}
-    victim = next(p for p in stack_processes() if "ServeReplica:platform" in " ".join(p.cmdline()))
+    def replicas() -> set[int]:
+        found = set()
+        for p in stack_processes():
+            try:
+                if "ServeReplica:platform" in " ".join(p.cmdline()):
+                    found.add(p.pid)
+            except psutil.Error:
+                pass
+        return found
+
+    before = replicas()
+    victim = psutil.Process(min(before))
+    replaced_at: dict[str, float | None] = {"t": None}
     results: list[tuple[float, int]] = []
 
     async def worker(client: httpx.AsyncClient, stop_at: float) -> None:
@@ -119,10 +131,16 @@ def kill_replica_under_load(api: str = "http://127.0.0.1:8000") -> dict:
             await asyncio.sleep(5)
             killed_at = time.monotonic()
             os.kill(victim.pid, signal.SIGKILL)
+            while time.monotonic() < stop_at and replaced_at["t"] is None:
+                if len(await asyncio.to_thread(replicas) - {victim.pid}) == len(before):
+                    replaced_at["t"] = time.monotonic()
+                await asyncio.sleep(0.5)
             await asyncio.gather(*tasks)
             return killed_at
 
     killed_at = asyncio.run(run())
+    replaced_s = replaced_at["t"] and round(replaced_at["t"] - killed_at, 1)
+    replicas_now = replicas()
     after = [(t, s) for t, s in results if t >= killed_at]
     failures = [(t, s) for t, s in after if s != 200]
     last_failure = max((t for t, _ in failures), default=killed_at)
@@ -134,9 +152,10 @@ def kill_replica_under_load(api: str = "http://127.0.0.1:8000") -> dict:
         "failure_statuses": sorted({s for _, s in failures}),
         "recovered_after_s": round(last_failure - killed_at, 1),
         "ok_requests_after_recovery": sum(1 for s in tail if s == 200),
-        "new_replica_pid": next((p.pid for p in stack_processes()
-                                 if "ServeReplica:platform" in " ".join(p.cmdline())), None),
-        "old_replica_pid": victim.pid,
+        "replicas_before": sorted(before),
+        "killed": victim.pid,
+        "replicas_after": sorted(replicas_now),
+        "replacement_started_after_s": replaced_s,
     }
 
 
@@ -178,12 +197,14 @@ def down_up_keeps_data() -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["startup", "idle", "faults"])
+    ap.add_argument("what", choices=["startup", "idle", "faults", "kill"])
     args = ap.parse_args()
     if args.what == "startup":
         out = startup()
     elif args.what == "idle":
         out = idle()
+    elif args.what == "kill":
+        out = {"kill_ingress_replica_under_load": kill_replica_under_load()}
     else:
         out = {"kill_ingress_replica_under_load": kill_replica_under_load(), "down_up": down_up_keeps_data()}
     print(json.dumps(out, indent=2))
