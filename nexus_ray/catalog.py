@@ -131,8 +131,13 @@ SERVICES: tuple[Service, ...] = (
     _s("pv-keys", "specialized", 3005, "pv-keys", 3, "Ed25519 access keys for virtual-world assets", _PG),
 )
 
-#: Resources and replicas of each namespace ingress in the default Serve config.
+#: Resources and replicas of each namespace ingress in the default Serve config. The front
+#: door (platform: directory, notices, sessions) and identity (auth: every login and token)
+#: take the most traffic, and one Python process per namespace caps a namespace at about
+#: one core: they get two replicas (bench/RESULTS.md: 0.78 of a bare app with two, 0.48 with one).
 PLACEMENT: dict[str, Placement] = {ns: Placement() for ns in NAMESPACES}
+PLACEMENT["platform"] = Placement(min_replicas=2, max_replicas=2)
+PLACEMENT["auth"] = Placement(min_replicas=2, max_replicas=2)
 
 _BY_NAME = {s.name: s for s in SERVICES}
 

@@ -171,3 +171,72 @@ async def bearer(migrated):
         return {"Authorization": f"Bearer {tokens.issue(subject, list(scopes), ttl_s=ttl_s, actor='tests')}"}
 
     return make
+
+
+# -- No secret in any log of the run ------------------------------------------------------
+# Every record of the platform's loggers is kept as it was logged (before redaction), and at
+# the end of the session those records and every log file of the session's Ray cluster
+# (replicas, actors, tasks) are searched for credentials. Finding one fails the run.
+import logging  # noqa: E402
+import re  # noqa: E402
+
+_SECRET_PATTERNS = {
+    "jwt": re.compile(r"eyJ[A-Za-z0-9_-]{10,}\.eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}"),
+    "api key": re.compile(r"nxk_[A-Za-z0-9]+_[A-Za-z0-9_-]{20,}"),
+    "session/refresh/code/verification token": re.compile(r"\bnx[svra]_[A-Za-z0-9_-]{20,}"),
+    "private key": re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"),
+}
+
+
+class _Recorder(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if getattr(record, "_secret_checked", False):  # reached both the nexus_ray and the root logger
+            return
+        record._secret_checked = True
+        try:
+            text = record.getMessage()
+        except Exception:
+            text = f"{record.msg} {record.args!r}"
+        if record.exc_info and record.exc_info[1] is not None:
+            text += f" {record.exc_info[1]!r}"
+        self.lines.append(f"{record.name}: {text}")
+
+
+_RECORDER = _Recorder()
+for _name in ("nexus_ray", ""):
+    logging.getLogger(_name).addHandler(_RECORDER)
+
+
+def _secrets_in(lines, where: str) -> list[str]:
+    found = []
+    for line in lines:
+        for kind, pattern in _SECRET_PATTERNS.items():
+            if pattern.search(line):
+                found.append(f"{where}: {kind}: {pattern.sub('<...>', line)[:200]}")
+    return found
+
+
+def pytest_sessionfinish(session, exitstatus):
+    from nexus_ray.runtime import cluster
+
+    found = _secrets_in(_RECORDER.lines, "log record")
+    ray_logs = Path(cluster.temp_dir_for(_SESSION_DIR))
+    for f in ray_logs.glob("session_*/logs/**/*"):
+        if f.is_file() and f.suffix in (".log", ".out", ".err", ""):
+            try:
+                found += _secrets_in(f.read_text(errors="replace").splitlines(), f.name)
+            except OSError:
+                pass
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if found:
+        if reporter:
+            reporter.write_line(f"SECRETS IN LOGS ({len(found)}):", red=True)
+            for line in found[:50]:
+                reporter.write_line("  " + line)
+        session.exitstatus = 1
+    elif reporter:
+        reporter.write_line(f"logs checked for secrets: {len(_RECORDER.lines)} records, Ray logs in {ray_logs}: none")
