@@ -103,6 +103,30 @@ def platform(ray_cluster):
     yield api
 
 
+@pytest.fixture(scope="module")
+def captured_logs():
+    """Every log record of a module's tests, as emitted (before any redaction).
+
+    Modules that check their own secrets never reach a log ask for it in ``pytestmark``
+    (``pytest.mark.usefixtures("captured_logs")``) so that it records from their first test.
+    """
+    import logging
+
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    handler = Keep(level=logging.DEBUG)
+    loggers = [logging.getLogger(), logging.getLogger("nexus_ray")]
+    for logger in loggers:
+        logger.addHandler(handler)
+    yield records
+    for logger in loggers:
+        logger.removeHandler(handler)
+
+
 class PrefixRouter:
     """Routes ``/<namespace>/...`` to that namespace's app as Serve does (root_path = prefix)."""
 

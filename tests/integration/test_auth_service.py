@@ -5,7 +5,6 @@ accepting legacy tokens. Passwords and tokens the tests handle never reach a log
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 import uuid
 
@@ -18,29 +17,11 @@ from nexus_ray.deployments.auth.auth.service import session_principal
 from nexus_ray.edge.security import api_routes, route_guard
 from nexus_ray.stores.cache import redis_client
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("captured_logs")]
 
 AUTH = "/auth/v1/auth"
 USERS = "/auth/v1/users"
 SECRETS: list[str] = []
-
-
-@pytest.fixture(scope="module", autouse=True)
-def captured_logs():
-    """Every log record of this module's tests, as emitted (before any redaction)."""
-    records: list[logging.LogRecord] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            records.append(record)
-
-    handler = Keep(level=logging.DEBUG)
-    loggers = [logging.getLogger(), logging.getLogger("nexus_ray")]
-    for logger in loggers:
-        logger.addHandler(handler)
-    yield records
-    for logger in loggers:
-        logger.removeHandler(handler)
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import logging
 import uuid
 from urllib.parse import parse_qs, urlsplit
 
@@ -30,7 +29,7 @@ from nexus_ray.config import get_settings
 from nexus_ray.edge.security import api_routes, route_guard
 from nexus_ray.stores import postgres
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("captured_logs")]
 
 BASE = "http://nexus.test"
 OAUTH = "/auth/v2/oauth"
@@ -39,24 +38,6 @@ CALLBACK = "https://app.example/callback"
 USERS = "/auth/v1/users"
 SECRETS: list[str] = []
 """Every password, session token, client secret, code and token these tests handle."""
-
-
-@pytest.fixture(scope="module", autouse=True)
-def captured_logs():
-    """Every log record of this module's tests, as emitted (before any redaction)."""
-    records: list[logging.LogRecord] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            records.append(record)
-
-    handler = Keep(level=logging.DEBUG)
-    loggers = [logging.getLogger(), logging.getLogger("nexus_ray")]
-    for logger in loggers:
-        logger.addHandler(handler)
-    yield records
-    for logger in loggers:
-        logger.removeHandler(handler)
 
 
 @pytest.fixture(scope="module")

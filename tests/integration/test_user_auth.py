@@ -3,7 +3,6 @@ RBAC, API keys, export and erasure. Passwords, tokens and keys the tests handle 
 
 from __future__ import annotations
 
-import logging
 import re
 import uuid
 
@@ -14,7 +13,7 @@ from nexus_ray.deployments.auth.users import service as users
 from nexus_ray.stores import postgres
 from nexus_ray.stores.cache import redis_client
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("captured_logs")]
 
 USERS = "/auth/v1/users"
 LOGIN = "/auth/v1/auth/login"
@@ -22,24 +21,6 @@ ADMIN = ("auth:users:admin", "auth:users:read", "auth:users:write")
 
 SECRETS: list[str] = []
 """Every password, session token, verification code and API key these tests handle."""
-
-
-@pytest.fixture(scope="module", autouse=True)
-def captured_logs():
-    """Every log record of this module's tests, as emitted (before any redaction)."""
-    records: list[logging.LogRecord] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            records.append(record)
-
-    handler = Keep(level=logging.DEBUG)
-    loggers = [logging.getLogger(), logging.getLogger("nexus_ray")]
-    for logger in loggers:
-        logger.addHandler(handler)
-    yield records
-    for logger in loggers:
-        logger.removeHandler(handler)
 
 
 def _name() -> str:
