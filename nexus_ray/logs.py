@@ -24,6 +24,8 @@ _REDACTIONS = [
     # legacy session, email verification, OAuth refresh token, authorization code
     (re.compile(r"nx[svra]_[A-Za-z0-9_-]{20,}"), "[redacted-token]"),
     (re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----", re.S), "[redacted-key]"),
+    # Personal data: e-mail addresses are identifiers of people, not of requests.
+    (re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"), "[redacted-email]"),
     (
         re.compile(r"""(?i)(["']?(?:password|passwd|secret|token|api[_-]?key|authorization|client_secret)["']?\s*[:=]\s*["']?)[^"',\s}&]+"""),
         r"\1[redacted]",
@@ -52,6 +54,16 @@ class RedactingFilter(logging.Filter):
         return True
 
 
+def _serve_request_id() -> str | None:
+    """The request id Serve carries for the request being handled (also across DeploymentHandle calls)."""
+    try:
+        from ray.serve.context import _get_serve_request_context
+
+        return _get_serve_request_context().request_id or None
+    except Exception:
+        return None
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object a line: time, level, logger, message, request id, extra fields."""
 
@@ -64,7 +76,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        rid = request_id_var.get()
+        rid = request_id_var.get() or _serve_request_id()
         if rid:
             out["request_id"] = rid
         for key, value in vars(record).items():

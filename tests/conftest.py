@@ -244,7 +244,10 @@ def _secrets_in(lines, where: str) -> list[str]:
     return found
 
 
+@pytest.hookimpl(trylast=True)  # after the session's fixtures (stores, Ray) are torn down
 def pytest_sessionfinish(session, exitstatus):
+    import shutil
+
     from nexus_ray.runtime import cluster
 
     found = _secrets_in(_RECORDER.lines, "log record")
@@ -264,3 +267,6 @@ def pytest_sessionfinish(session, exitstatus):
         session.exitstatus = 1
     elif reporter:
         reporter.write_line(f"logs checked for secrets: {len(_RECORDER.lines)} records, Ray logs in {ray_logs}: none")
+    if session.exitstatus == 0:  # a failed run keeps its data and logs for a look
+        shutil.rmtree(ray_logs, ignore_errors=True)
+        shutil.rmtree(_SESSION_DIR, ignore_errors=True)

@@ -61,3 +61,8 @@ def test_json_log_line_has_request_id_and_no_secret(capsys):
     data = json.loads(line)
     assert data["request_id"] == "rid-123"
     assert "hunter2" not in line
+
+
+def test_email_addresses_are_masked():
+    out = logs.redact("welcome mail sent to jane.doe+news@example.co.uk for user 42")
+    assert "jane.doe" not in out and "example.co.uk" not in out and "user 42" in out
