@@ -112,7 +112,8 @@ def start_head(
     if num_cpus is not None:
         cmd.append(f"--num-cpus={num_cpus}")
     t0 = time.monotonic()
-    full_env = {**os.environ, **env, **SERVE_ENV, "RAY_USAGE_STATS_ENABLED": "0"}
+    ensure_auth_token()
+    full_env = {**os.environ, **env, **SERVE_ENV, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token"}
     log = data_dir / "logs" / "ray-start.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:
@@ -149,6 +150,22 @@ def stop_head(data_dir: Path, *, timeout: float = 5.0) -> int:
     psutil.wait_procs(alive, timeout=5)
     f.unlink(missing_ok=True)
     return len(procs)
+
+
+def ensure_auth_token() -> None:
+    """Make sure Ray's auth token exists, so the head always starts with token auth on.
+
+    ``ray start`` turns token auth on only when a token already exists (``~/.ray/auth_token``);
+    on a fresh machine it would start an open cluster that anyone who reaches it can run code on.
+    """
+    from ray._private.authentication.authentication_token_setup import (
+        _get_default_token_path,
+        generate_and_save_token,
+    )
+
+    if not os.environ.get("RAY_AUTH_TOKEN") and not _get_default_token_path().exists():
+        generate_and_save_token()
+        _get_default_token_path().chmod(0o600)  # a credential: readable by its owner only
 
 
 def enable_token_auth() -> bool:
