@@ -1,25 +1,41 @@
-"""Rate limits kept in Redis: fixed one-minute windows, several keys in one round trip."""
+"""Rate limits kept in Redis: fixed one-minute windows, several keys in one round trip.
+
+The same round trip also checks the revocation list (:mod:`nexus_ray.edge.revocations`)
+for the token presented, so admitting an authenticated request costs one Redis call.
+"""
 
 from __future__ import annotations
 
 import time
 
-from nexus_ray.exceptions import RateLimited
+from nexus_ray.exceptions import RateLimited, Unauthorized
 from nexus_ray.stores.cache import redis_client
 
 WINDOW_S = 60
 
-# Counts the request against every key; reports the first key over its limit and the
-# seconds left in its window. All keys are counted even when one is over, so a client
-# that keeps hammering stays limited.
+# ARGV: window seconds, number of limit keys, the limits, then the token's iat.
+# KEYS: the limit keys, then the revocation keys (token, grant: present = revoked; subject:
+# a time, tokens issued before it are revoked). A revoked token is refused before it is
+# counted. Every limit key is counted even when one is over, so a client that keeps
+# hammering stays limited; the first key over its limit is reported with its seconds left.
 _SCRIPT = """
+local n_limits = tonumber(ARGV[2])
+local iat = tonumber(ARGV[3 + n_limits])
+for i = n_limits + 1, #KEYS do
+  local v = redis.call('GET', KEYS[i])
+  if v then
+    if string.find(KEYS[i], ':sub:', 1, true) == nil or (iat and iat < tonumber(v)) then
+      return {-1, 0}
+    end
+  end
+end
 local over, wait = 0, 0
-for i, key in ipairs(KEYS) do
-  local n = redis.call('INCR', key)
-  if n == 1 then redis.call('EXPIRE', key, ARGV[1]) end
-  if over == 0 and n > tonumber(ARGV[i + 1]) then
+for i = 1, n_limits do
+  local n = redis.call('INCR', KEYS[i])
+  if n == 1 then redis.call('EXPIRE', KEYS[i], ARGV[1]) end
+  if over == 0 and n > tonumber(ARGV[i + 2]) then
     over = i
-    wait = redis.call('TTL', key)
+    wait = redis.call('TTL', KEYS[i])
   end
 end
 return {over, wait}
@@ -28,15 +44,27 @@ return {over, wait}
 _script = None
 
 
-async def hit(limits: list[tuple[str, str, int]]) -> None:
-    """Count one request against each ``(scope, identity, per_minute)``; raise RateLimited when over."""
+async def admit(
+    limits: list[tuple[str, str, int]], *, revocation_keys: list[str] = (), issued_at: int | None = None
+) -> None:
+    """Count one request against each ``(scope, identity, per_minute)`` and check the token's revocation keys.
+
+    Raises Unauthorized for a revoked token, RateLimited when a limit is over.
+    """
     global _script
     client = redis_client()
     if _script is None:
         _script = client.register_script(_SCRIPT)
     window = int(time.time()) // WINDOW_S
-    keys = [f"nexus:rl:{scope}:{ident}:{window}" for scope, ident, _ in limits]
-    over, wait = await _script(keys=keys, args=[WINDOW_S + 1, *(limit for _, _, limit in limits)], client=client)
+    keys = [f"nexus:rl:{scope}:{ident}:{window}" for scope, ident, _ in limits] + list(revocation_keys)
+    args = [WINDOW_S + 1, len(limits), *(limit for _, _, limit in limits), issued_at if issued_at is not None else ""]
+    over, wait = await _script(keys=keys, args=args, client=client)
+    if int(over) == -1:
+        raise Unauthorized("token revoked")
     if over:
         raise RateLimited.retry_after(int(wait) if int(wait) > 0 else WINDOW_S, limits[int(over) - 1][0])
 
+
+async def hit(limits: list[tuple[str, str, int]]) -> None:
+    """Count one request against each ``(scope, identity, per_minute)``; raise RateLimited when over."""
+    await admit(limits)

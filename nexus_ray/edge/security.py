@@ -21,7 +21,7 @@ from fastapi.routing import APIRoute, iter_route_contexts
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from nexus_ray.config import get_settings
-from nexus_ray.edge import apikeys, ratelimit, tokens
+from nexus_ray.edge import apikeys, ratelimit, revocations, tokens
 from nexus_ray.exceptions import Forbidden, Unauthorized
 
 
@@ -33,6 +33,9 @@ class Principal:
     scopes: frozenset[str]
     kind: str  # user | service | api_key
     credential_id: str | None = None
+    #: For access tokens: the revocation-list keys that would refuse this token, and its iat.
+    revocation_keys: tuple[str, ...] = ()
+    issued_at: int | None = None
 
     def can(self, scope: str) -> bool:
         return has_scope(self.scopes, scope)
@@ -78,11 +81,19 @@ async def authenticate(
                 raise Unauthorized("invalid or expired session token")
             return principal
         claims = await tokens.verify(bearer.credentials)
+        subject = str(claims["sub"])
+        keys = [revocations.subject_key(subject)]
+        if claims.get("jti"):
+            keys.append(revocations.token_key(str(claims["jti"])))
+        if claims.get("gid"):
+            keys.append(revocations.grant_key(str(claims["gid"])))
         return Principal(
-            subject=str(claims["sub"]),
+            subject=subject,
             scopes=frozenset(str(claims.get("scope", "")).split()),
             kind=str(claims.get("kind", "user")),
             credential_id=claims.get("jti"),
+            revocation_keys=tuple(keys),
+            issued_at=int(claims["iat"]),
         )
     if api_key:
         record = await apikeys.verify(api_key)
@@ -108,16 +119,19 @@ def authorize(*scopes: str):
         api_key: str | None = Depends(_api_key),
     ) -> Principal:
         principal = await authenticate(bearer, api_key)
+        settings = get_settings()
+        # One Redis call: refuses a revoked token and counts the request (refused-for-scope ones too).
+        await ratelimit.admit(
+            [
+                ("principal", principal.subject, settings.rate_limit_per_principal),
+                ("address", client_address(request), settings.rate_limit_per_address),
+            ],
+            revocation_keys=list(principal.revocation_keys),
+            issued_at=principal.issued_at,
+        )
         missing = [s for s in scopes if not principal.can(s)]
         if missing:
             raise Forbidden(f"missing scope: {' '.join(missing)}", extra={"required_scopes": list(scopes)})
-        s = get_settings()
-        await ratelimit.hit(
-            [
-                ("principal", principal.subject, s.rate_limit_per_principal),
-                ("address", client_address(request), s.rate_limit_per_address),
-            ]
-        )
         request.state.principal = principal
         return principal
 

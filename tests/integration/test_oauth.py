@@ -605,6 +605,9 @@ async def test_revocation_and_introspection(client, meta, bearer):
     garbage = await oauth.introspect_token(meta["introspection_endpoint"], token="not-a-token")
     assert garbage.json() == {"active": False}
 
+    edge = {"Authorization": f"Bearer {access}"}
+    assert (await client.get("/platform/v1/gateway/notice", headers=edge)).status_code == 200
+
     anonymous = await client.post(meta["introspection_endpoint"].removeprefix(BASE), data={"token": access})
     assert anonymous.status_code == 401 and anonymous.json()["error"] == "invalid_client"
 
@@ -619,6 +622,8 @@ async def test_revocation_and_introspection(client, meta, bearer):
     assert r.status_code == 200
     gone = await oauth.introspect_token(meta["introspection_endpoint"], token=access)
     assert gone.json() == {"active": False}
+    refused = await client.get("/platform/v1/gateway/notice", headers=edge)  # the edge refuses it at once
+    assert refused.status_code == 401 and refused.json()["detail"] == "token revoked"
 
 
 async def test_revoking_a_refresh_token_ends_the_sign_in(client, browser, meta, bearer):
@@ -627,12 +632,16 @@ async def test_revoking_a_refresh_token_ends_the_sign_in(client, browser, meta, 
     session = await session_of(client, user["username"], password)
     oauth, token, _, _ = await sign_in(client, browser, meta, registered, scope="openid auth:users:read",
                                        session=session)
+    edge = {"Authorization": f"Bearer {token['access_token']}"}
+    assert (await client.get("/auth/v1/users/me", headers=edge)).status_code == 200
     r = await oauth.revoke_token(meta["revocation_endpoint"], token=token["refresh_token"],
                                  token_type_hint="refresh_token")
     assert r.status_code == 200
     with pytest.raises(OAuthError) as refused:
         await oauth.refresh_token(meta["token_endpoint"], refresh_token=token["refresh_token"])
     assert refused.value.error == "invalid_grant"
+    # The sign-in's access token ends with it at the edge (by its grant id).
+    assert (await client.get("/auth/v1/users/me", headers=edge)).status_code == 401
 
 
 # -- administration -------------------------------------------------------------------------------

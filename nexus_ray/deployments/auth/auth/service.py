@@ -17,7 +17,7 @@ from nexus_ray.config import get_settings
 from nexus_ray.deployments.auth.auth import lockout, passwords, sessions
 from nexus_ray.deployments.auth.users import service as users
 from nexus_ray.deployments.specialized.keys import service as keys
-from nexus_ray.edge import tokens
+from nexus_ray.edge import revocations, tokens
 from nexus_ray.edge.security import Principal
 from nexus_ray.exceptions import Conflict, Forbidden, NotFound, Unauthorized, ValidationFailed
 from nexus_ray.stores import postgres
@@ -147,6 +147,8 @@ async def set_password(*, user_id: uuid.UUID, new_password: str) -> int:
     new_hash = await passwords.hash_password(new_password)
     revoked = await _set_password(user_id=user_id, new_hash=new_hash, expected=record["password_hash"], keep=None)
     await lockout.release(username=record["username"])
+    # An administrator's reset is what a compromised account gets: its v2 access tokens end too.
+    await revocations.revoke_subject(str(user_id))
     return revoked
 
 

@@ -18,7 +18,8 @@ primitives: its error classes, RFC 7636's S256 challenge and verifier syntax, OI
 Tokens:
 
 * access tokens are platform JWTs (``tokens.access_claims``, signed by key-service, ``typ: at+jwt``)
-  with ``client_id`` and, for a user's sign-in, ``gid`` (the grant); the edge verifies them offline;
+  with ``client_id`` and, for a user's sign-in, ``gid`` (the grant); the edge verifies them offline
+  and refuses revoked ones through :mod:`nexus_ray.edge.revocations`;
 * ID tokens (``aud`` = the client, ``nonce``, ``at_hash``) are signed with the client's algorithm;
 * refresh tokens are opaque (``nxr_...``), stored as keyed hashes, rotated on every use; presenting
   a rotated one revokes its grant, the whole family;
@@ -67,7 +68,7 @@ from nexus_ray.deployments.auth.auth import sessions as legacy_sessions
 from nexus_ray.deployments.auth.users import service as users
 from nexus_ray.deployments.auth.users.models import check_scope
 from nexus_ray.deployments.specialized.keys import service as keys
-from nexus_ray.edge import tokens
+from nexus_ray.edge import revocations, tokens
 from nexus_ray.edge.security import Principal, has_scope
 from nexus_ray.exceptions import Conflict, Forbidden, NotFound, Unauthorized, ValidationFailed
 from nexus_ray.stores import postgres
@@ -576,6 +577,9 @@ async def _new_refresh_token(conn: asyncpg.Connection, *, grant_id: uuid.UUID, g
 
 
 async def _revoke_grant(conn: asyncpg.Connection | asyncpg.Pool, grant_id: uuid.UUID, reason: str) -> bool:
+    # The edge refuses the grant's access tokens from now on (before the commit: revoking early
+    # is the safe direction if the transaction then fails).
+    await revocations.revoke_grant(str(grant_id))
     return bool(await conn.fetchval(
         "UPDATE oauth_grants SET revoked_at = now(), revoked_reason = $2 WHERE grant_id = $1 AND revoked_at IS NULL "
         "RETURNING true",
@@ -789,8 +793,8 @@ def _check_hint(hint: str | None) -> None:
 
 async def revoke(*, client: Client, params: dict[str, str]) -> None:
     """Token revocation (RFC 7009). A refresh token revokes its whole grant; an access token is remembered
-    as revoked until it expires (introspection reports it inactive; the edge, verifying offline, keeps
-    accepting it until then). Unknown, invalid and expired tokens are no error (section 2.2)."""
+    as revoked until it expires (introspection reports it inactive; the edge refuses it through the
+    revocation list). Unknown, invalid and expired tokens are no error (section 2.2)."""
     value = params.get("token")
     if not value:
         raise InvalidRequestError("token: required")
@@ -807,6 +811,7 @@ async def revoke(*, client: Client, params: dict[str, str]) -> None:
             "ON CONFLICT (jti) DO NOTHING",
             str(claims.get("jti")), client.client_id, float(claims["exp"]),
         )
+        await revocations.revoke_token(str(claims.get("jti")), expires_at=float(claims["exp"]))
         return
     if not value.startswith(REFRESH_PREFIX):
         return

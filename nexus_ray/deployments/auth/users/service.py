@@ -24,7 +24,7 @@ import asyncpg
 
 from nexus_ray.config import get_settings
 from nexus_ray.deployments.auth.users import mail
-from nexus_ray.edge import apikeys
+from nexus_ray.edge import apikeys, revocations
 from nexus_ray.edge.security import Principal, has_scope
 from nexus_ray.exceptions import Conflict, Forbidden, NotFound, ValidationFailed
 from nexus_ray.stores import events, postgres
@@ -584,6 +584,7 @@ async def erase_user(*, user_id: uuid.UUID) -> dict[str, Any]:
         )
         await events.emit(conn, ERASED_TOPIC, {"user_id": str(user_id)}, key=str(user_id))
         sessions_revoked = await legacy_sessions.revoke_all(user_id=str(user_id))
+        await revocations.revoke_subject(str(user_id))  # its v2 access tokens end at the edge too
     for key in keys:
         await apikeys.revoke(key_id=key["key_id"])  # already revoked in the database: forgets this replica's cache
     return {
