@@ -26,6 +26,10 @@ import psutil
 from nexus_ray.catalog import NAMESPACES
 
 SERVE_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+# A local head shares a small machine with everything else: Serve's controller loop (default
+# every 0.1 s) and each replica's metrics export (every 0.1 s) are most of the idle CPU, and
+# neither needs that pace on a laptop (bench/RESULTS.md, idle cost).
+LOCAL_ENV = {"RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5", "RAY_SERVE_METRICS_EXPORT_INTERVAL_MS": "1000"}
 
 
 @dataclass
@@ -113,7 +117,9 @@ def start_head(
         cmd.append(f"--num-cpus={num_cpus}")
     t0 = time.monotonic()
     ensure_auth_token()
-    full_env = {**os.environ, **env, **SERVE_ENV, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token"}
+    full_env = {
+        **os.environ, **LOCAL_ENV, **env, **SERVE_ENV, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token"
+    }
     log = data_dir / "logs" / "ray-start.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:
