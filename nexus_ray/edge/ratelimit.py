@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 
 from nexus_ray.exceptions import RateLimited, Unauthorized
-from nexus_ray.stores.cache import redis_client
+from nexus_ray.stores.cache import redis_client, script
 
 WINDOW_S = 60
 
@@ -41,9 +41,6 @@ end
 return {over, wait}
 """
 
-_script = None
-
-
 async def admit(
     limits: list[tuple[str, str, int]], *, revocation_keys: list[str] = (), issued_at: int | None = None
 ) -> None:
@@ -51,14 +48,10 @@ async def admit(
 
     Raises Unauthorized for a revoked token, RateLimited when a limit is over.
     """
-    global _script
-    client = redis_client()
-    if _script is None:
-        _script = client.register_script(_SCRIPT)
     window = int(time.time()) // WINDOW_S
     keys = [f"nexus:rl:{scope}:{ident}:{window}" for scope, ident, _ in limits] + list(revocation_keys)
     args = [WINDOW_S + 1, len(limits), *(limit for _, _, limit in limits), issued_at if issued_at is not None else ""]
-    over, wait = await _script(keys=keys, args=args, client=client)
+    over, wait = await script(_SCRIPT)(keys=keys, args=args, client=redis_client())
     if int(over) == -1:
         raise Unauthorized("token revoked")
     if over:

@@ -20,6 +20,20 @@ def redis_client() -> aioredis.Redis:
     return _client
 
 
+_scripts: dict[str, object] = {}
+
+
+def script(body: str):
+    """The Lua script ``body``, registered once per process; call it with ``keys=``, ``args=``, ``client=``.
+
+    redis-py runs it by EVALSHA and loads it again if the server has lost it (a restart).
+    """
+    found = _scripts.get(body)
+    if found is None:
+        found = _scripts[body] = redis_client().register_script(body)
+    return found
+
+
 async def close_redis() -> None:
     """Close the process-wide client (tests and shutdown)."""
     global _client

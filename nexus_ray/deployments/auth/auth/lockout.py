@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from nexus_ray.config import get_settings
 from nexus_ray.exceptions import NexusError, RateLimited
-from nexus_ray.stores.cache import redis_client
+from nexus_ray.stores.cache import redis_client, script
 
 
 class AccountLocked(NexusError):
@@ -70,9 +70,6 @@ if tonumber(redis.call('GET', KEYS[3]) or '0') > 0 then redis.call('DECR', KEYS[
 return 1
 """
 
-_scripts: dict[str, object] = {}
-
-
 @dataclass(frozen=True)
 class Attempt:
     """A counted attempt: its keys and the account's count including it."""
@@ -95,17 +92,12 @@ def _keys(account: str, address: str) -> list[str]:
     return [f"nexus:auth:lock:{account}", f"nexus:auth:fail:{account}", f"nexus:auth:addr-fail:{address}"]
 
 
-def _script(name: str, body: str):
-    if name not in _scripts:
-        _scripts[name] = redis_client().register_script(body)
-    return _scripts[name]
-
 
 async def begin(*, username: str, address: str) -> Attempt:
     """Count an attempt for ``username`` from ``address``; AccountLocked or RateLimited when refused."""
     s = get_settings()
     account = account_key(username)
-    verdict, value = await _script("begin", _BEGIN)(
+    verdict, value = await script(_BEGIN)(
         keys=_keys(account, address),
         args=[s.auth_lockout_threshold, s.auth_lockout_window_s, s.auth_lockout_duration_s,
               s.auth_address_max_failures, s.auth_address_window_s],
@@ -137,7 +129,7 @@ async def failed(attempt: Attempt) -> None:
 
 async def succeeded(attempt: Attempt) -> None:
     """The attempt succeeded: the account's count restarts and the address is not charged for it."""
-    await _script("succeeded", _SUCCEEDED)(keys=attempt.keys, client=redis_client())
+    await script(_SUCCEEDED)(keys=attempt.keys, client=redis_client())
 
 
 async def locked_for(*, username: str) -> int:

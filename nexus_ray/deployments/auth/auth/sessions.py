@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from nexus_ray.config import get_settings
-from nexus_ray.stores.cache import redis_client
+from nexus_ray.stores.cache import redis_client, script
 
 PREFIX = "nxs_"
 _SESSION_KEY = "nexus:auth:session:"
@@ -57,9 +57,6 @@ end
 return n
 """
 
-_scripts: dict[str, Any] = {}
-
-
 @dataclass(frozen=True)
 class LegacySession:
     """One session as its user may see it (never the token)."""
@@ -86,11 +83,6 @@ def session_id_of(token: str) -> str:
     master = get_settings().master_key.get_secret_value().encode()
     return hmac.new(master, b"legacy-session:" + token.encode(), hashlib.sha256).hexdigest()
 
-
-def _script(name: str, body: str):
-    if name not in _scripts:
-        _scripts[name] = redis_client().register_script(body)
-    return _scripts[name]
 
 
 def _decode(session_id: str, values: list[Any]) -> LegacySession:
@@ -122,7 +114,7 @@ async def resolve(token: str) -> LegacySession | None:
         return None
     sid = session_id_of(token)
     client = redis_client()
-    values = await _script("resolve", _RESOLVE)(
+    values = await script(_RESOLVE)(
         keys=[_SESSION_KEY + sid], args=[repr(time.time()), get_settings().auth_session_idle_s], client=client
     )
     return None if values is None else _decode(sid, values)
@@ -151,7 +143,7 @@ async def revoke_id(*, user_id: str, session_id: str) -> bool:
 async def revoke_all(*, user_id: str, keep: str | None = None) -> int:
     """Revoke every session of ``user_id`` but ``keep`` (a session id); returns how many were live."""
     return int(
-        await _script("revoke_all", _REVOKE_ALL)(
+        await script(_REVOKE_ALL)(
             keys=[_USER_KEY + user_id], args=[_SESSION_KEY, keep or ""], client=redis_client()
         )
     )
