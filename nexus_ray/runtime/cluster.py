@@ -203,19 +203,16 @@ def deploy(dashboard_url: str, config: dict[str, Any]) -> None:
     r.raise_for_status()
 
 
-def serve_status(dashboard_url: str) -> dict[str, str]:
-    """Status of each Serve application (RUNNING, DEPLOYING, DEPLOY_FAILED...)."""
+def serve_applications(dashboard_url: str) -> dict[str, dict[str, Any]]:
+    """Serve's view of each application (status, message, deployments), from the dashboard's REST API."""
     r = httpx.get(f"{dashboard_url}/api/serve/applications/", timeout=10, headers=dashboard_headers())
     r.raise_for_status()
-    apps = r.json().get("applications") or {}
-    return {name: app.get("status", "UNKNOWN") for name, app in apps.items()}
+    return r.json().get("applications") or {}
 
 
-def serve_errors(dashboard_url: str) -> dict[str, str]:
-    """Messages of failed applications (import errors, crashed constructors)."""
-    r = httpx.get(f"{dashboard_url}/api/serve/applications/", timeout=10, headers=dashboard_headers())
-    apps = r.json().get("applications") or {}
-    return {n: a.get("message", "") for n, a in apps.items() if a.get("status") == "DEPLOY_FAILED"}
+def serve_status(dashboard_url: str) -> dict[str, str]:
+    """Status of each Serve application (RUNNING, DEPLOYING, DEPLOY_FAILED...)."""
+    return {name: app.get("status", "UNKNOWN") for name, app in serve_applications(dashboard_url).items()}
 
 
 def wait_ready(
@@ -232,14 +229,15 @@ def wait_ready(
     with httpx.Client(timeout=5) as client:
         while time.monotonic() < deadline:
             try:
-                status = serve_status(dashboard_url)
+                apps = serve_applications(dashboard_url)
             except httpx.HTTPError:
-                status = {}
-            failed = serve_errors(dashboard_url) if "DEPLOY_FAILED" in status.values() else {}
+                apps = {}
+            # Import errors and crashed constructors: say why instead of waiting out the timeout.
+            failed = {n: a.get("message", "") for n, a in apps.items() if a.get("status") == "DEPLOY_FAILED"}
             if failed:
                 raise RuntimeError(f"Serve applications failed: {failed}")
-            for name, st in status.items():
-                if st == "RUNNING" and name not in seen_running:
+            for name, app in apps.items():
+                if app.get("status") == "RUNNING" and name not in seen_running:
                     seen_running.add(name)
                     progress(f"application {name} RUNNING")
             for ns in NAMESPACES:
