@@ -103,6 +103,28 @@ def platform(ray_cluster):
     yield api
 
 
+async def _until(condition, *, within_s: float = 30.0, every: float = 0.1):
+    """Poll ``condition()`` -- a value, or an awaitable of one -- until truthy; fail after ``within_s``."""
+    import asyncio
+    import time
+
+    deadline = time.monotonic() + within_s
+    while True:
+        result = condition()
+        if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
+            result = await result
+        if result:
+            return result
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(every)
+
+
+@pytest.fixture(scope="session")
+def until():
+    """The tests' one way to wait for a condition: ``await until(lambda: ..., within_s=...)``."""
+    return _until
+
+
 @pytest.fixture(scope="module")
 def captured_logs():
     """Every log record of a module's tests, as emitted (before any redaction).

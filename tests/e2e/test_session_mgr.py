@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import time
 import uuid
 
 import pytest
@@ -29,16 +28,6 @@ async def user_id():
     uid = f"user-{uuid.uuid4().hex[:12]}"
     yield uid
     await forget_user(user_id=uid)
-
-
-async def until(predicate, *, within_s: float = 30.0, every: float = 0.2):
-    deadline = time.monotonic() + within_s
-    while True:
-        result = await predicate()
-        if result:
-            return result
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(every)
 
 
 async def open_session(client, headers, uid: str, **body) -> dict:
@@ -105,7 +94,7 @@ async def test_bad_input_names_the_field(ray_client, bearer, user_id):
     assert r.status_code == 422 and [e["field"] for e in r.json()["errors"]] == ["user_id"]
 
 
-async def test_idle_and_absolute_timeouts(ray_client, bearer, user_id):
+async def test_idle_and_absolute_timeouts(ray_client, bearer, user_id, until):
     me = bearer(*SELF, subject=user_id)
     keeper = await open_session(ray_client, me, user_id, device="keeper")
     idle = await open_session(ray_client, me, user_id, device="idle", idle_timeout_s=1)
@@ -163,7 +152,7 @@ async def test_killing_the_actor_loses_no_session(ray_client, bearer, user_id):
     assert await actor.pid.remote() not in (first_pid, second_pid)
 
 
-async def test_erasing_the_account_forgets_its_sessions(ray_client):
+async def test_erasing_the_account_forgets_its_sessions(ray_client, until):
     username = f"e{uuid.uuid4().hex[:10]}"
     password = f"erase me later {uuid.uuid4().hex[:6]}"
     r = await ray_client.post("/auth/v1/users", json={"username": username, "email": f"{username}@example.org",

@@ -5,7 +5,6 @@ accepting legacy tokens. Passwords and tokens the tests handle never reach a log
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 
 import httpx
@@ -51,17 +50,6 @@ def an_address() -> str:
     """A documentation-range address of its own, so one test's failed logins do not throttle another's."""
     n = uuid.uuid4().int
     return f"198.51.{n % 100 + 100}.{(n >> 8) % 250 + 1}"
-
-
-async def until(predicate, *, within_s: float = 20.0, every: float = 0.1):
-    """Poll ``predicate`` (async) until it returns something truthy; fail after ``within_s`` seconds."""
-    deadline = time.monotonic() + within_s
-    while True:
-        result = await predicate()
-        if result:
-            return result
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(every)
 
 
 async def new_user(client) -> tuple[dict, str]:
@@ -149,7 +137,7 @@ async def test_wrong_password_and_unknown_user_are_refused_alike(client):
     assert r.status_code == 422 and [e["field"] for e in r.json()["errors"]] == ["password"]
 
 
-async def test_lockout_engages_and_releases(client, bearer, settings, from_address):
+async def test_lockout_engages_and_releases(client, bearer, settings, from_address, until):
     settings(auth_lockout_threshold=3, auth_lockout_window_s=60, auth_lockout_duration_s=2)
     user, password = await new_user(client)
     attacker = from_address(an_address())
@@ -197,7 +185,7 @@ async def test_admin_lifts_a_lockout(client, bearer, settings, from_address):
     assert await lockout.locked_for(username=user["username"]) == 0
 
 
-async def test_failed_logins_are_throttled_per_address(client, from_address, settings):
+async def test_failed_logins_are_throttled_per_address(client, from_address, settings, until):
     settings(auth_address_max_failures=4, auth_address_window_s=2, auth_lockout_threshold=100)
     attacker = from_address(an_address())
     user, password = await new_user(client)
@@ -227,7 +215,7 @@ async def test_logout_ends_the_session_and_is_idempotent(client):
     assert (await client.post(f"{AUTH}/logout")).status_code == 401
 
 
-async def test_sessions_end_when_idle(client, settings):
+async def test_sessions_end_when_idle(client, settings, until):
     settings(auth_session_idle_s=1)
     user, password = await new_user(client)
     r = await login(client, user["username"], password)

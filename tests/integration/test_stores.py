@@ -14,21 +14,6 @@ from nexus_ray.stores import events, postgres
 pytestmark = pytest.mark.integration
 
 
-async def _poll(condition, timeout: float = 30.0, interval: float = 0.1):
-    """Await ``condition()`` (sync or async) until truthy; fail after ``timeout``."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        value = condition()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if loop.time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(interval)
-
-
 async def test_migrations_applied_once_under_concurrency(migrated):
     url = get_settings().postgres_url
     pools = [await asyncpg.create_pool(url, min_size=1, max_size=2) for _ in range(4)]
@@ -99,7 +84,7 @@ async def relay(migrated):
     await asyncio.wait_for(task, 30)
 
 
-async def test_relay_publishes_and_consumer_is_idempotent(relay):
+async def test_relay_publishes_and_consumer_is_idempotent(relay, until):
     topic = f"test.orders.{uuid.uuid4().hex[:6]}"
     seen: list[tuple[uuid.UUID, int]] = []
 
@@ -111,7 +96,7 @@ async def test_relay_publishes_and_consumer_is_idempotent(relay):
     task = asyncio.create_task(consumer.run())
     try:
         ids = await _emit_n(topic, 10)
-        await _poll(lambda: len(seen) == 10)
+        await until(lambda: len(seen) == 10)
         assert sorted(i for _, i in seen) == list(range(10))
         assert {e for e, _ in seen} == set(ids)
         # Redelivery of an already-processed event is skipped, not applied twice.
@@ -127,7 +112,7 @@ async def test_relay_publishes_and_consumer_is_idempotent(relay):
         await asyncio.wait_for(task, 30)
 
 
-async def test_failed_handler_leaves_nothing_and_event_comes_again(relay):
+async def test_failed_handler_leaves_nothing_and_event_comes_again(relay, until):
     topic = f"test.flaky.{uuid.uuid4().hex[:6]}"
     p = await postgres.pool()
     await p.execute("CREATE TABLE IF NOT EXISTS t_effects (event_id uuid PRIMARY KEY)")
@@ -151,20 +136,20 @@ async def test_failed_handler_leaves_nothing_and_event_comes_again(relay):
     # A new run gets the same event again (its offset was never committed) and applies it once.
     task = asyncio.create_task(consumer.run())
     try:
-        await _poll(lambda: attempts["n"] == 2, timeout=60)
+        await until(lambda: attempts["n"] == 2, within_s=60)
     finally:
         consumer.stop()
         await asyncio.wait_for(task, 30)
     assert await p.fetchval("SELECT count(*) FROM t_effects WHERE event_id = $1", event_id) == 1
 
 
-async def test_broker_restart_loses_no_committed_event(relay, data_dir):
+async def test_broker_restart_loses_no_committed_event(relay, data_dir, until):
     from nexus_ray.runtime import embedded
 
     topic = f"test.durable.{uuid.uuid4().hex[:6]}"
     before = await _emit_n(topic, 5)
     p = await postgres.pool()
-    await _poll(lambda: p.fetchval("SELECT count(*) = 5 FROM outbox WHERE topic = $1 AND published_at IS NOT NULL",
+    await until(lambda: p.fetchval("SELECT count(*) = 5 FROM outbox WHERE topic = $1 AND published_at IS NOT NULL",
                                    topic))
     await asyncio.to_thread(embedded.restart_kafka, data_dir)  # the broker's memory is gone
     after = await _emit_n(topic, 3)
@@ -178,13 +163,13 @@ async def test_broker_restart_loses_no_committed_event(relay, data_dir):
     task = asyncio.create_task(consumer.run())
     try:
         # The consumer joined after the restart: it can only see `before` if the outbox replayed it.
-        await _poll(lambda: seen >= set(before) | set(after), timeout=60)
+        await until(lambda: seen >= set(before) | set(after), within_s=60)
     finally:
         consumer.stop()
         await asyncio.wait_for(task, 30)
 
 
-async def test_only_one_relay_leads(migrated):
+async def test_only_one_relay_leads(migrated, until):
     a = events.OutboxRelay(poll_s=0.2, standby_s=0.2)
     b = events.OutboxRelay(poll_s=0.2, standby_s=0.2)
     ta, tb = asyncio.create_task(a.run()), asyncio.create_task(b.run())
@@ -192,7 +177,7 @@ async def test_only_one_relay_leads(migrated):
     holders = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND objid = $1"
     try:
         # Other relays of this session (the apps') may lead; exactly one session holds the lock.
-        await _poll(lambda: p.fetchval(holders, events._RELAY_LOCK & 0xFFFFFFFF))
+        await until(lambda: p.fetchval(holders, events._RELAY_LOCK & 0xFFFFFFFF))
         for _ in range(10):
             assert await p.fetchval(holders, events._RELAY_LOCK & 0xFFFFFFFF) == 1
             assert not (a.is_leader and b.is_leader)
