@@ -28,14 +28,14 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from collections import Counter
 from pathlib import Path
+
+from scratch import scratch_stores  # bench/ is on sys.path when a bench runs
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -196,19 +196,8 @@ def main() -> None:
     parser.add_argument("--address-window-s", type=int, default=10, help="address window in the spraying scenario")
     args = parser.parse_args()
 
-    data_dir = Path(tempfile.mkdtemp(prefix="nexus-bench-bruteforce-"))
-    os.environ.update({"NEXUS_DATA_DIR": str(data_dir), "NEXUS_LOG_LEVEL": "WARNING"})
-    for k in ("NEXUS_POSTGRES_URL", "NEXUS_REDIS_URL", "NEXUS_MONGO_URL", "NEXUS_KAFKA_BOOTSTRAP"):
-        os.environ.pop(k, None)
-    from nexus_ray.runtime import embedded
-
-    stores = embedded.start(data_dir)
-    try:
-        os.environ.update(stores.env())
+    with scratch_stores("nexus-bench-bruteforce-"):
         results = asyncio.run(run(args))
-    finally:
-        embedded.stop(data_dir)
-        shutil.rmtree(data_dir, ignore_errors=True)
     results["machine"] = {"cpus": os.cpu_count(), "python": sys.version.split()[0]}
     print(json.dumps(results, indent=2))
 

@@ -17,9 +17,9 @@ import cProfile
 import os
 import pstats
 import secrets
-import tempfile
 import time
-from pathlib import Path
+
+from scratch import scratch_stores  # bench/ is on sys.path when a bench runs
 
 
 async def drive(n: int, profile: bool) -> None:
@@ -68,18 +68,10 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=5000)
     ap.add_argument("--profile", action="store_true")
     args = ap.parse_args()
-    data = Path(tempfile.mkdtemp(prefix="nexus-edge-profile-"))
-    os.environ.update({"NEXUS_DATA_DIR": str(data), "NEXUS_RATE_LIMIT_PER_PRINCIPAL": "100000000",
-                       "NEXUS_RATE_LIMIT_PER_ADDRESS": "100000000", "NEXUS_ENVIRONMENT": "test",
-                       "NEXUS_MASTER_KEY": secrets.token_urlsafe(48), "NEXUS_LOG_LEVEL": "WARNING"})
-    from nexus_ray.runtime import embedded
-
-    stores = embedded.start(data)
-    os.environ.update(stores.env())
-    try:
+    with scratch_stores("nexus-edge-profile-", NEXUS_RATE_LIMIT_PER_PRINCIPAL="100000000",
+                        NEXUS_RATE_LIMIT_PER_ADDRESS="100000000", NEXUS_ENVIRONMENT="test",
+                        NEXUS_MASTER_KEY=secrets.token_urlsafe(48)):
         asyncio.run(drive(args.requests, args.profile))
-    finally:
-        embedded.stop(data)
 
 
 if __name__ == "__main__":

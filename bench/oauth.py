@@ -21,15 +21,15 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections import Counter
 from pathlib import Path
+
+from scratch import scratch_stores  # bench/ is on sys.path when a bench runs
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -155,23 +155,10 @@ def main() -> None:
         results = asyncio.run(over_http(args, admin))
         results["mode"] = f"http {args.api}"
     else:
-        data_dir = Path(tempfile.mkdtemp(prefix="nexus-bench-oauth-"))
-        os.environ.update({
-            "NEXUS_DATA_DIR": str(data_dir), "NEXUS_LOG_LEVEL": "WARNING",
-            # The limiter still runs (a Redis round trip per request); it just never refuses.
-            "NEXUS_RATE_LIMIT_PER_ADDRESS": str(10**9), "NEXUS_RATE_LIMIT_PER_PRINCIPAL": str(10**9),
-        })
-        for k in ("NEXUS_POSTGRES_URL", "NEXUS_REDIS_URL", "NEXUS_MONGO_URL", "NEXUS_KAFKA_BOOTSTRAP"):
-            os.environ.pop(k, None)
-        from nexus_ray.runtime import embedded
-
-        stores = embedded.start(data_dir)
-        try:
-            os.environ.update(stores.env())
+        # The limiter still runs (a Redis round trip per request); it just never refuses.
+        with scratch_stores("nexus-bench-oauth-", NEXUS_RATE_LIMIT_PER_ADDRESS=str(10**9),
+                            NEXUS_RATE_LIMIT_PER_PRINCIPAL=str(10**9)):
             results = asyncio.run(in_process(args))
-        finally:
-            embedded.stop(data_dir)
-            shutil.rmtree(data_dir, ignore_errors=True)
         results["mode"] = "in-process (auth app + load generator in one process, embedded stores)"
     results["machine"] = {"cpus": os.cpu_count(), "python": sys.version.split()[0]}
     print(json.dumps(results, indent=2))
