@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, model_validator
+from typing import Any
+
+from pydantic import Field, PrivateAttr, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_MASTER_KEY = "dev-master-key-change-me-0123456789abcdef"
@@ -55,6 +57,12 @@ class Settings(BaseSettings):
         SecretStr(DEV_MASTER_KEY),
         description="Master secret for keyed hashes of API keys and, through key-service, for the encryption of "
         "signing keys and data keys. Must be set (32+ characters) outside development.",
+    )
+    previous_master_keys: list[SecretStr] = Field(
+        default_factory=list,
+        description="Master secrets replaced by master_key, newest first (a JSON list). During a master-key "
+        "rotation, keyed hashes made under them still verify and signing keys sealed under them are re-sealed "
+        "under master_key; remove them once every replica runs with the new key and re-sealing is done.",
     )
     token_max_ttl_s: int = Field(
         3600,
@@ -179,6 +187,13 @@ class Settings(BaseSettings):
         "a crash (state restored from Redis).",
     )
     log_level: str = Field("INFO", description="Log level of platform loggers.")
+
+    # Per-process cache of the services' own settings (nexus_ray.deployments.kit.settings).
+    _service_sections: dict[type, Any] = PrivateAttr(default_factory=dict)
+
+    @property
+    def service_sections(self) -> dict[type, Any]:
+        return self._service_sections
 
     @model_validator(mode="after")
     def _refuse_development_secrets(self) -> Settings:

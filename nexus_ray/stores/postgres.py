@@ -1,18 +1,24 @@
 """PostgreSQL through asyncpg: one pool per process, migrations, transactions.
 
-Migrations are the files ``migrations/NNNN_name.sql`` beside this module, applied in
-order, each in its own transaction, under a session advisory lock: replicas that
-start together queue on the lock and the later ones find nothing left to apply.
+Migrations are SQL files ``NNNN_name.sql``: the core tables' in ``migrations/`` beside
+this module, and each service's in the ``migrations/`` folder of its package (found
+through the catalog, so a service owns its tables). They are applied in the order of
+their version numbers across all folders -- a service that references another's
+tables takes a higher number -- each in its own transaction, under a session advisory
+lock: replicas that start together queue on the lock and the later ones find nothing
+left to apply.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import importlib.util
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
+from pathlib import Path
 
 import asyncpg
 
@@ -60,11 +66,36 @@ async def close_pool() -> None:
         _pool = None
 
 
+def migration_folders() -> list[Path]:
+    """The core migrations folder, then each catalogued service's ``migrations/`` that exists."""
+    from nexus_ray.catalog import SERVICES
+
+    folders = [Path(str(resources.files("nexus_ray.stores") / "migrations"))]
+    for s in SERVICES:
+        try:
+            # find_spec imports the parents (namespace packages), not the service package itself.
+            spec = importlib.util.find_spec(s.package)
+        except ModuleNotFoundError:
+            continue
+        for location in (spec.submodule_search_locations or []) if spec else []:
+            folder = Path(location) / "migrations"
+            if folder.is_dir():
+                folders.append(folder)
+    return folders
+
+
 def migration_files() -> list[tuple[str, str]]:
-    """(version, sql) of every migration shipped with the package, in order."""
-    folder = resources.files("nexus_ray.stores") / "migrations"
-    files = sorted(f for f in folder.iterdir() if f.name.endswith(".sql"))
-    return [(f.name.removesuffix(".sql"), f.read_text()) for f in files]
+    """(version, sql) of every migration of the core and the services, in version order."""
+    found: dict[str, Path] = {}
+    for folder in migration_folders():
+        for f in folder.glob("*.sql"):
+            version = f.name.removesuffix(".sql")
+            number = version.split("_", 1)[0]
+            clash = [v for v in found if v.split("_", 1)[0] == number]
+            if clash:
+                raise RuntimeError(f"migration number {number} is used twice: {clash[0]} and {f}")
+            found[version] = f
+    return [(v, found[v].read_text()) for v in sorted(found)]
 
 
 async def migrate(p: asyncpg.Pool) -> list[str]:
