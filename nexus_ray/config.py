@@ -23,7 +23,8 @@ DEV_MASTER_KEY = "dev-master-key-change-me-0123456789abcdef"
 class Settings(BaseSettings):
     """Platform settings; one instance per process (see :func:`get_settings`)."""
 
-    model_config = SettingsConfigDict(env_prefix="NEXUS_", env_file=None, extra="ignore")
+    # hide_input_in_errors: a refused setting's error must not repeat the value (the master key).
+    model_config = SettingsConfigDict(env_prefix="NEXUS_", env_file=None, extra="ignore", hide_input_in_errors=True)
 
     environment: Literal["development", "test", "production"] = Field(
         "development",
