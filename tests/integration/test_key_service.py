@@ -9,6 +9,9 @@ import base64
 import json
 import os
 import secrets
+import subprocess
+import sys
+from pathlib import Path
 
 import jwt
 import pytest
@@ -346,3 +349,38 @@ async def test_master_key_rotation_keeps_everything_working_and_reseals(client, 
         _restart_with(monkeypatch, old, [])
         await tokens.prepare()
     assert await pg.fetchval("SELECT count(*) FROM signing_keys WHERE master_key_id <> $1", old_id) == 0
+
+
+def _nexus(*args: str, master: str, previous: list[str]) -> subprocess.CompletedProcess:
+    """The `nexus` command in a process of its own, on the session's stores, with these master keys."""
+    env = {**os.environ, "NEXUS_MASTER_KEY": master, "NEXUS_PREVIOUS_MASTER_KEYS": json.dumps(previous)}
+    return subprocess.run([sys.executable, "-m", "nexus_ray.cli", *args], env=env, cwd=Path(__file__).parents[2],
+                          capture_output=True, text=True, timeout=120)
+
+
+async def test_nexus_reseal_keys_command(migrated):
+    old, new, lost = os.environ["NEXUS_MASTER_KEY"], secrets.token_urlsafe(48), secrets.token_urlsafe(48)
+    await keys.current_signer("ES256")
+    pg = await postgres.pool()
+
+    def sealed_under() -> set[str]:
+        return {r["master_key_id"] for r in rows}
+
+    try:
+        done = await asyncio.to_thread(_nexus, "reseal-keys", master=new, previous=[old])
+        assert done.returncode == 0, done.stderr
+        rows = await pg.fetch("SELECT master_key_id FROM signing_keys")
+        assert sealed_under() == {crypto.master_keys(new).id}
+        assert f"under master key {crypto.master_keys(new).id}" in done.stdout
+        # A master key that is not the one the keys were sealed under, and the right one not given: nothing
+        # changes, and the command says which keys it could not open.
+        refused = await asyncio.to_thread(_nexus, "reseal-keys", master=lost, previous=[])
+        assert refused.returncode == 1 and "NEXUS_PREVIOUS_MASTER_KEYS" in refused.stdout
+        rows = await pg.fetch("SELECT master_key_id FROM signing_keys")
+        assert sealed_under() == {crypto.master_keys(new).id}
+    finally:
+        back = await asyncio.to_thread(_nexus, "reseal-keys", master=old, previous=[new])
+    assert back.returncode == 0, back.stderr
+    rows = await pg.fetch("SELECT master_key_id FROM signing_keys")
+    assert sealed_under() == {crypto.master_keys(old).id}
+    assert new not in back.stdout + back.stderr and old not in back.stdout + back.stderr
