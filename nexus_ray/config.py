@@ -83,12 +83,6 @@ class Settings(BaseSettings):
         description="Least seconds between two reads of the verification keys caused by tokens with an unknown "
         "key id, so made-up key ids cannot flood PostgreSQL.",
     )
-    pv_key_max_ttl_s: int = Field(
-        365 * 86400,
-        ge=60,
-        description="Longest lifetime of a pv-keys access key, seconds; a rotated pv-keys signing key keeps "
-        "verifying this long after its rotation.",
-    )
     rate_limit_per_principal: int = Field(6000, ge=1, description="Requests per minute allowed per principal.")
     rate_limit_per_address: int = Field(12000, ge=1, description="Requests per minute allowed per client address.")
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest accepted request body, bytes.")

@@ -49,6 +49,7 @@ import jwt
 from cryptography.exceptions import InvalidTag
 
 from nexus_ray.config import Settings, get_settings
+from nexus_ray.deployments.kit.settings import settings_of
 from nexus_ray.exceptions import NotFound, ServiceUnavailable, ValidationFailed
 from nexus_ray.logs import request_id_var
 from nexus_ray.stores import postgres
@@ -67,11 +68,18 @@ class Purpose:
     max_ttl_s: Callable[[Settings], int]
 
 
+def _pv_key_max_ttl_s(_settings: Settings) -> int:
+    # pv-keys' own setting, imported on use: pv-keys imports this module.
+    from nexus_ray.deployments.specialized.pv_keys.settings import PvKeysSettings
+
+    return settings_of(PvKeysSettings).pv_key_max_ttl_s
+
+
 PURPOSES: dict[str, Purpose] = {
     p.name: p
     for p in (
         Purpose("platform", crypto.ALGORITHMS, lambda s: s.token_max_ttl_s),
-        Purpose("pv-keys", ("EdDSA",), lambda s: s.pv_key_max_ttl_s),
+        Purpose("pv-keys", ("EdDSA",), _pv_key_max_ttl_s),
     )
 }
 

@@ -29,11 +29,13 @@ from typing import Any
 import asyncpg
 
 from nexus_ray.config import get_settings
+from nexus_ray.deployments.kit.settings import settings_of
 from nexus_ray.deployments.specialized import keys
 from nexus_ray.exceptions import Conflict, NotFound, ValidationFailed
 from nexus_ray.stores import postgres
 
 from . import offline
+from .settings import PvKeysSettings
 
 PURPOSE = "pv-keys"
 DEFAULT_TTL_S = 30 * 86400
@@ -58,7 +60,7 @@ def _key_not_found(key_id: str) -> NotFound:
 
 
 def _check_ttl(ttl_s: int) -> int:
-    limit = get_settings().pv_key_max_ttl_s
+    limit = settings_of(PvKeysSettings).pv_key_max_ttl_s
     if isinstance(ttl_s, bool) or not isinstance(ttl_s, int) or not 60 <= ttl_s <= limit:
         raise ValidationFailed.for_field("ttl_s", f"must be between 60 and {limit} seconds")
     return ttl_s
