@@ -54,21 +54,24 @@ class NamespaceIngress:
             handle = serve.get_deployment_handle(app, app_name=app)
             return await asyncio.wait_for(handle.invoke.remote(service_name, function, kwargs, request_id),
                                           get_settings().cross_call_timeout_s)
-        token = request_id_var.set(request_id)
-        try:
-            return await run_export(service_name, function, kwargs)
-        finally:
-            request_id_var.reset(token)
+        return await run_export(service_name, function, kwargs, request_id=request_id)
 
 
-async def run_export(service_name: str, function: str, kwargs: dict[str, Any]) -> Any:
-    """Call ``function`` from the ``exports`` of a service's package in this process."""
+# Module-level, not a method: Serve pickles the deployment class by value, and a method that
+# names a ContextVar (request_id_var) would make it unpicklable.
+async def run_export(service_name: str, function: str, kwargs: dict[str, Any], *, request_id: str | None = None) -> Any:
+    """Call ``function`` from the ``exports`` of a service's package in this process, under ``request_id``."""
     module = service_module(service(service_name))
     exports = getattr(module, "exports", {}) if module is not None else {}
     fn = exports.get(function)
     if fn is None:
         raise NotFound(f"{service_name} exports no function {function!r}")
-    return await fn(**kwargs)
+    token = request_id_var.set(request_id) if request_id else None
+    try:
+        return await fn(**kwargs)
+    finally:
+        if token is not None:
+            request_id_var.reset(token)
 
 
 class IngressArgs(BaseModel):
