@@ -38,6 +38,12 @@ class Settings(BaseSettings):
     mongo_url: str = Field("", description="MongoDB URL for PyMongo's AsyncMongoClient. Empty: embedded secantusd.")
     mongo_database: str = Field("nexus", description="Database name in the document store.")
     kafka_bootstrap: str = Field("", description="Kafka bootstrap servers host:port[,...]. Empty: embedded tansu.")
+    redis_pool_max: int = Field(
+        64, ge=1, description="Most connections one process opens to Redis; commands beyond them wait for a free one."
+    )
+    redis_pool_wait_s: float = Field(
+        10.0, gt=0, description="Longest wait of a Redis command for a free pooled connection before it fails, s."
+    )
     postgres_pool_min: int = Field(1, ge=0, description="Minimum connections in each replica's asyncpg pool.")
     postgres_pool_max: int = Field(8, ge=1, description="Maximum connections in each replica's asyncpg pool.")
 
