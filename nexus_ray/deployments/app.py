@@ -20,6 +20,8 @@ import importlib
 import importlib.util
 import logging
 from collections.abc import AsyncIterator
+from types import ModuleType
+from typing import Any
 
 from fastapi import APIRouter, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -38,7 +40,7 @@ from nexus_ray.stores import cache, documents, events, postgres
 log = logging.getLogger(__name__)
 
 
-def service_module(service: Service):
+def service_module(service: Service) -> ModuleType | None:
     """The module holding a service's routes, or None while the service has none yet."""
     try:
         spec = importlib.util.find_spec(service.package)
@@ -55,7 +57,7 @@ def _health_router(service: Service) -> APIRouter:
         return {"service": service.name, "status": "live"}
 
     @router.get("/health/ready", dependencies=[public(rate_limited=False)], summary=f"{service.name} readiness")
-    async def ready():
+    async def ready() -> Any:
         report = await health.service_report(service)
         if not report["ready"]:
             err = ServiceUnavailable(f"{service.name} is not ready", extra={"stores": report["stores"]})
@@ -130,7 +132,7 @@ def build_app(
             return {"namespace": namespace, "status": "live"}
 
         @app.get("/health/ready", dependencies=[public(rate_limited=False)], tags=["health"])
-        async def namespace_ready():
+        async def namespace_ready() -> JSONResponse:
             report = await health.namespace_report(namespace)
             body = {"namespace": namespace, "ready": all(r["ready"] for r in report), "services": report}
             return JSONResponse(body, status_code=200 if body["ready"] else 503)

@@ -8,12 +8,14 @@ does not open with the same check as its first line.
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import Depends, Request
 
 from nexus_ray.edge.security import Principal, authorize, ensure_self_or
 
 
-def self_or_admin(scope: str, admin_scope: str, *, param: str = "user_id"):
+def self_or_admin(scope: str, admin_scope: str, *, param: str = "user_id") -> Any:
     """Dependency: a principal holding ``scope`` that is the path's ``param`` itself or holds ``admin_scope``."""
     guard = authorize(scope)
 

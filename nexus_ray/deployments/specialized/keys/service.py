@@ -271,10 +271,8 @@ def _status(row: asyncpg.Record | dict, now: datetime) -> str:
     return "previous" if row["retires_at"] > now else "retired"
 
 
-def _meta(row: asyncpg.Record | None) -> dict[str, Any] | None:
+def _meta(row: asyncpg.Record) -> dict[str, Any]:
     """What may be shown of a signing key: everything but the sealed private key."""
-    if row is None:
-        return None
     out = {k: row[k] for k in ("kid", "purpose", "alg", "public_jwk", "created_at", "rotated_at", "retires_at",
                                "revoked_at")}
     out["status"] = _status(row, datetime.now(UTC))
@@ -383,7 +381,7 @@ def _check_claims(claims: Any, purpose: Purpose) -> None:
 
 
 def _sign_use(signer: Signer, claims: dict[str, Any], typ: str, actor: str) -> KeyUse:
-    detail = {k: claims[k] for k in ("sub", "jti", "exp") if k in claims}
+    detail: dict[str, Any] = {k: claims[k] for k in ("sub", "jti", "exp") if k in claims}
     return KeyUse("sign", actor, signer.kid, signer.alg, signer.purpose, detail={**detail, "typ": typ})
 
 
@@ -456,7 +454,7 @@ async def rotate(alg: str, *, purpose: str = "platform", actor: str = "system") 
         await _audit_in(conn, KeyUse("rotate", actor, new.kid, alg, purpose, detail=detail))
     _signers[(purpose, alg)] = Signer(new.kid, alg, purpose, new.private_key)
     log.info("rotated the %s %s signing key", purpose, alg, extra={"kid": new.kid})
-    return {"current": _meta(current), "previous": _meta(previous)}
+    return {"current": _meta(current), "previous": _meta(previous) if previous is not None else None}
 
 
 async def revoke_key(kid: str, *, actor: str = "system") -> dict[str, Any]:
