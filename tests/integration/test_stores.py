@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import sys
 import uuid
+from datetime import UTC, datetime
 
 import asyncpg
 import pytest
@@ -320,3 +323,44 @@ async def test_only_one_relay_leads(migrated, until):
         a.stop()
         b.stop()
         await asyncio.wait_for(asyncio.gather(ta, tb), 30)
+
+
+async def _nexus(*args: str) -> tuple[int, str]:
+    """Run the `nexus` CLI on this session's stores (their URLs are in the environment); returns (status, output)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "nexus_ray.cli", *args, env={**os.environ, "COLUMNS": "250"},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 120)
+    return proc.returncode, out.decode()
+
+
+async def test_cli_lists_and_replays_dead_letters(migrated):
+    fixed = {"yes": False}
+
+    async def handler(conn, event):
+        if not fixed["yes"]:
+            raise KeyError("customer")
+
+    group = f"g-{uuid.uuid4().hex[:6]}"
+    consumer = events.EventConsumer(group, ["test.cli"], handler, max_attempts=1)
+    event = events.Event(uuid.uuid4(), "test.cli", None, {"n": 1}, datetime.now(UTC), {})
+    assert await consumer.handle(event) == "dead-lettered"
+    (letter,) = await events.list_dead_letters(consumer=group)
+
+    status, out = await _nexus("events", "dead-letters", "--consumer", group)
+    assert status == 0, out
+    assert str(letter.id) in out and str(event.id) in out and "KeyError: 'customer'" in out
+
+    status, out = await _nexus("events", "replay", str(letter.id))
+    assert status == 0 and "replay requested" in out, out
+    fixed["yes"] = True
+    assert await consumer.deliver_replays() == 1
+    status, out = await _nexus("events", "replay", str(letter.id))
+    assert status == 0 and "replayed at" in out, out
+    assert await consumer.deliver_replays() == 0
+
+    status, out = await _nexus("events", "replay", "987654321")
+    assert status == 2 and "no dead letter 987654321" in out, out
+    status, out = await _nexus("events", "dead-letters", "--limit", "0")
+    assert status == 2 and "limit" in out, out
