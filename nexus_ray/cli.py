@@ -274,7 +274,7 @@ def _run_on_stores(work):
 def dead_letters(
     consumer: str = typer.Option("", "--consumer", "-c", help="Only this consumer group's; default: every consumer's."),
     after: int = typer.Option(0, help="Start after this dead letter id (the last id of the previous page)."),
-    limit: int = typer.Option(50, help="Most dead letters to show (1-500)."),
+    limit: int = typer.Option(50, help="Most dead letters to show (1-1000)."),
 ) -> None:
     """List the events consumers gave up on, oldest first, with their last error."""
     from nexus_ray.exceptions import ValidationFailed

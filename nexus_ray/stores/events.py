@@ -331,8 +331,8 @@ class DeadLetter:
         )
 
 
-DEAD_LETTER_PAGE_MAX = 500
-"""Most dead letters :func:`list_dead_letters` returns at once."""
+DEAD_LETTER_PAGE_MAX = 1000
+"""Most dead letters :func:`list_dead_letters` returns at once (above the kit's page bound: its extra row fits)."""
 
 
 async def list_dead_letters(
@@ -341,7 +341,10 @@ async def list_dead_letters(
     """Dead letters in the order they died, of one consumer (group) or of all.
 
     Keyset-paged: pass the ``id`` of the last one of a page as ``after`` to get the next page;
-    a page shorter than ``limit`` is the last.
+    a page shorter than ``limit`` is the last. With the kit's pages::
+
+        rows = await list_dead_letters(consumer=..., after=page.after_value(0), limit=page.fetch_limit)
+        return page.of(rows, key=lambda d: (d.id,))
     """
     if not 1 <= limit <= DEAD_LETTER_PAGE_MAX:
         raise ValidationFailed.for_field("limit", f"must be between 1 and {DEAD_LETTER_PAGE_MAX}")
