@@ -25,7 +25,7 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import asyncpg
@@ -256,6 +256,7 @@ Outcome = Literal["handled", "duplicate", "dead-lettered"]
 
 _MAX_BACKOFF_S = 60.0
 _ERROR_MESSAGE_CHARS = 1000
+_UNDECODABLE_CHARS = 65536
 
 # Claims the event for this consumer and, in the same statement, forgets its failed attempts: a
 # handled event needs no count, and this costs the handled path no extra round trip.
@@ -399,7 +400,8 @@ class EventConsumer:
     handler failure leaves nothing half-written. A failed event is retried, after a
     backoff during which only its partition waits, until it has failed ``max_attempts``
     times (counted in PostgreSQL, across restarts); then it moves to the dead letters,
-    with the last error, and the consumer commits past it. The consumer also delivers
+    with the last error, and the consumer commits past it. A message that is not an event
+    (it cannot be decoded) goes to the dead letters at once. The consumer also delivers
     the replays requested for its dead letters (:func:`request_replay`), looking for
     them every ``replay_poll_s``.
     """
@@ -486,31 +488,7 @@ class EventConsumer:
             attempts = counted["attempts"]
             dead = attempts >= self.max_attempts
             if dead:
-                await conn.execute(
-                    "INSERT INTO dead_letters (consumer, event_id, topic, key, payload, headers, occurred_at, "
-                    "attempts, error_type, error_message, first_failed_at) "
-                    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (consumer, event_id) DO NOTHING",
-                    self.group,
-                    event.id,
-                    event.topic,
-                    event.key,
-                    event.data,
-                    event.headers,
-                    event.occurred_at,
-                    attempts,
-                    error_type,
-                    error_message,
-                    counted["first_failed_at"],
-                )
-                # Processed, as far as delivery goes: a redelivery is skipped; only a replay runs it again.
-                await conn.execute(
-                    "INSERT INTO processed_events (consumer, event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-                    self.group,
-                    event.id,
-                )
-                await conn.execute(
-                    "DELETE FROM event_attempts WHERE consumer = $1 AND event_id = $2", self.group, event.id
-                )
+                await self._bury(conn, event, attempts, error_type, error_message, counted["first_failed_at"])
         if dead:
             self.dead_lettered += 1
             log.error(
@@ -523,6 +501,70 @@ class EventConsumer:
             self.group, event.id, attempts, self.max_attempts, error_type,
         )
         raise HandlerFailed(event.id, attempts) from failure
+
+    async def _bury(
+        self,
+        conn: asyncpg.Connection,
+        event: Event,
+        attempts: int,
+        error_type: str,
+        error_message: str,
+        first_failed_at: datetime,
+    ) -> None:
+        """Move ``event`` to this consumer's dead letters, on ``conn`` (in the caller's transaction)."""
+        await conn.execute(
+            "INSERT INTO dead_letters (consumer, event_id, topic, key, payload, headers, occurred_at, "
+            "attempts, error_type, error_message, first_failed_at) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (consumer, event_id) DO NOTHING",
+            self.group,
+            event.id,
+            event.topic,
+            event.key,
+            event.data,
+            event.headers,
+            event.occurred_at,
+            attempts,
+            error_type,
+            error_message,
+            first_failed_at,
+        )
+        # Processed, as far as delivery goes: a redelivery is skipped; only a replay runs it again.
+        await conn.execute(
+            "INSERT INTO processed_events (consumer, event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            self.group,
+            event.id,
+        )
+        await conn.execute("DELETE FROM event_attempts WHERE consumer = $1 AND event_id = $2", self.group, event.id)
+
+    async def _undecodable(self, msg: Any, failure: Exception) -> None:
+        """Move a message that is not an event of ours straight to the dead letters: reading it again cannot help.
+
+        It keeps its event id when its headers carry a valid one, else gets one derived from where it
+        lies in the log; its value is kept as text under ``undecodable``.
+        """
+        headers = {k: v.decode(errors="replace") for k, v in (msg.headers or [])}
+        try:
+            event_id = uuid.UUID(headers.get("event_id", ""))
+        except ValueError:
+            event_id = uuid.uuid5(uuid.NAMESPACE_URL, f"kafka:{msg.topic}/{msg.partition}/{msg.offset}")
+        # PostgreSQL's jsonb refuses NUL characters, which arbitrary bytes may hold.
+        raw = (msg.value or b"").decode(errors="replace").replace("\x00", "\ufffd")
+        event = Event(
+            id=event_id,
+            topic=msg.topic,
+            key=msg.key.decode(errors="replace") if msg.key is not None else None,
+            data={"undecodable": raw[:_UNDECODABLE_CHARS]},
+            occurred_at=datetime.fromtimestamp(msg.timestamp / 1000, UTC),
+            headers=headers,
+        )
+        error_type, error_message = _error_of(failure)
+        async with postgres.transaction() as conn:
+            await self._bury(conn, event, 1, error_type, error_message, datetime.now(UTC))
+        self.dead_lettered += 1
+        log.error(
+            "consumer %s moved an undecodable message (%s, partition %d, offset %d) to its dead letters: %s",
+            self.group, msg.topic, msg.partition, msg.offset, error_type,
+        )
 
     def backoff_s(self, attempts: int) -> float:
         """Seconds to wait before the next attempt after ``attempts`` failures."""
@@ -600,7 +642,13 @@ class EventConsumer:
                 for tp, messages in batches.items():
                     for msg in messages:
                         try:
-                            await self.handle(_decode(msg))
+                            event = _decode(msg)
+                        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                            await self._undecodable(msg, exc)
+                            done[tp] = msg.offset + 1
+                            continue
+                        try:
+                            await self.handle(event)
                         except HandlerFailed as failed:
                             if tp in consumer.assignment():
                                 # Fetch it again, after the backoff; the partition's later events wait behind it.

@@ -365,3 +365,27 @@ async def test_cli_lists_and_replays_dead_letters(migrated):
     assert status == 2 and "no dead letter 987654321" in out, out
     status, out = await _nexus("events", "dead-letters", "--limit", "0")
     assert status == 2 and "limit" in out, out
+
+
+async def test_message_that_is_not_an_event_is_dead_lettered_at_once(relay, until):
+    from aiokafka import AIOKafkaProducer
+
+    topic = f"test.garbage.{uuid.uuid4().hex[:6]}"
+    seen: list[int] = []
+
+    async def handler(conn, event):
+        seen.append(event.data["i"])
+
+    producer = AIOKafkaProducer(bootstrap_servers=get_settings().kafka_bootstrap)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, b"\x00not json", key=b"k")
+    finally:
+        await producer.stop()
+    consumer = _consumer(topic, handler, max_attempts=3)
+    async with _running(consumer):
+        await _emit_n(topic, 2)
+        await until(lambda: seen == [0, 1], within_s=60)
+    (letter,) = await events.list_dead_letters(consumer=consumer.group)
+    assert letter.data == {"undecodable": "\ufffdnot json"} and letter.key == "k" and letter.attempts == 1
+    assert letter.error_type in ("json.decoder.JSONDecodeError", "UnicodeDecodeError")
