@@ -48,6 +48,16 @@ class Settings(BaseSettings):
     postgres_pool_min: int = Field(1, ge=0, description="Minimum connections in each replica's asyncpg pool.")
     postgres_pool_max: int = Field(8, ge=1, description="Maximum connections in each replica's asyncpg pool.")
 
+    event_max_attempts: int = Field(
+        5, ge=1, description="Times a consumer's handler may fail on one event before the event is moved to the "
+        "consumer's dead letters and the consumer goes on past it. Failures are counted in PostgreSQL, so a "
+        "restarted consumer goes on counting.",
+    )
+    event_retry_backoff_s: float = Field(
+        1.0, ge=0, description="Seconds a consumer waits before it retries an event its handler failed on, doubled "
+        "after each failure (at most 60 s). Only that event's partition waits; the others go on.",
+    )
+
     # Edge.
     jwt_issuer: str = Field(
         "http://127.0.0.1:8000/auth/v2/oauth",
