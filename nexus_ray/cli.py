@@ -143,14 +143,17 @@ def deploy(
 
 
 @app.command("serve-config")
-def serve_config_cmd(write: bool = typer.Option(False, help="Write cluster/serve_config.yaml.")) -> None:
-    """Print (or write) the Serve config generated from the catalog."""
+def serve_config_cmd(
+    write: bool = typer.Option(False, help="Write cluster/serve_config.yaml (the catalog's placement alone)."),
+) -> None:
+    """Print the Serve config this machine's settings give (NEXUS_DEDICATED_SERVICES included), or write the
+    checked-in one."""
     from nexus_ray.runtime import serve_config
 
     if write:
         console.print(f"wrote {serve_config.write()}")
     else:
-        print(serve_config.render(), end="")
+        print(serve_config.render(serve_config.build()), end="")
 
 
 @app.command()
