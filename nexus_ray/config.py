@@ -99,6 +99,11 @@ class Settings(BaseSettings):
         10.0, gt=0, le=300, description="Seconds a WebSocket client that offered no credential in its subprotocols "
         "has, once accepted, to send its auth message before the connection is closed (4408).",
     )
+    ws_recheck_s: float = Field(
+        60.0, gt=0, description="Seconds between two checks of an open WebSocket connection's credential, made as "
+        "for a new connection: it bounds how long a connection outlives its token's expiry or revocation, its API "
+        "key's revocation or its scopes (it is then closed with 4401 or 4403).",
+    )
     ws_messages_per_minute: int = Field(
         600, ge=1, description="Messages one WebSocket connection may send per minute (fixed one-minute windows); "
         "the next one closes it with 4429.",

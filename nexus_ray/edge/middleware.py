@@ -26,6 +26,10 @@ from nexus_ray.exceptions import PayloadTooLarge
 from nexus_ray.logs import request_id_var
 
 log = logging.getLogger("nexus_ray.access")
+
+#: Scope key of a WebSocket connection's ``async close(code, reason)`` that ends it from outside
+#: the endpoint (the message limit, the guard's re-check): the endpoint sees the client leave.
+EDGE_CLOSE = "nexus.edge_close"
 _VALID_RID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 
@@ -119,7 +123,16 @@ class EdgeMiddleware:
         accepted_at: float | None = None
         code: int | str = "denied"
         closed = False  # a close went out or the client left: nothing more may be sent
+        failed = False  # ended by an error on this side (1011), not by a client that sent 1011
         window, in_window = float("-inf"), 0
+
+        async def edge_close(close_code: int, reason: str) -> None:
+            nonlocal closed, code
+            if not closed:
+                code, closed = close_code, True
+                await send({"type": "websocket.close", "code": close_code, "reason": reason})
+
+        scope[EDGE_CLOSE] = edge_close
 
         def route_tags() -> dict[str, str]:
             nonlocal tags
@@ -139,15 +152,14 @@ class EdgeMiddleware:
                 if in_window > limit and not closed:
                     # The edge ends the connection; the endpoint sees the client leave with 4429.
                     reason = f"more than {limit} messages a minute"
-                    code, closed = 4429, True
-                    await send({"type": "websocket.close", "code": 4429, "reason": reason})
+                    await edge_close(4429, reason)
                     return {"type": "websocket.disconnect", "code": 4429, "reason": reason}
             elif message["type"] == "websocket.disconnect" and not closed:
                 code, closed = message.get("code", 1005), True
             return message
 
         async def ws_send(message: Message) -> None:
-            nonlocal closed, code, accepted_at
+            nonlocal closed, code, accepted_at, failed
             kind = message["type"]
             if closed:
                 if kind == "websocket.send":
@@ -167,6 +179,7 @@ class EdgeMiddleware:
                 closed = True
                 if accepted_at is not None:  # closed before acceptance, it stays "denied"
                     code = message.get("code", 1000)
+                    failed = code == 1011
             await send(message)
 
         try:
@@ -175,18 +188,16 @@ class EdgeMiddleware:
             pass  # the client left while the endpoint was sending: not an error
         except Exception:
             log.exception("unhandled error on WebSocket %s", self._template(scope))
+            failed = True
             if not closed:
                 code, closed = 1011, True
-                if accepted_at is not None:
-                    await send({"type": "websocket.close", "code": 1011, "reason": "internal error"})
-                else:
-                    await send({"type": "websocket.close", "code": 1011})
+                await send({"type": "websocket.close", "code": 1011, "reason": "internal error"})
         finally:
             seconds = None if accepted_at is None else time.perf_counter() - accepted_at
             metrics.ws_closed(route_tags(), str(code), seconds)
-            if code == 1011 or log.isEnabledFor(logging.DEBUG):
+            if failed or log.isEnabledFor(logging.DEBUG):
                 log.log(
-                    logging.ERROR if code == 1011 else logging.DEBUG,
+                    logging.ERROR if failed else logging.DEBUG,
                     "websocket",
                     extra={"route": route_tags()["route"], "code": code,
                            "ms": None if seconds is None else round(seconds * 1000, 2)},

@@ -39,7 +39,9 @@ refusal on an HTTP route, so a client handles both alike; the reason is the prob
 1013   a platform dependency is unavailable (503): try again later
 ====== ==========================================================================
 
-**Rate limits**: every connection attempt counts against the client address's per-minute
+**While open**, the credential is checked again every ``ws_recheck_s`` as on a new
+connection; a refusal (expired, revoked, scope taken away) ends the connection with its
+close code. **Rate limits**: every connection attempt counts against the client address's per-minute
 limit (the same budget as its HTTP requests) before anything else, so failed
 authentications count too; an authenticated one also counts against the principal's,
 in the Redis call that checks the token's revocation list.
@@ -49,6 +51,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -59,8 +62,11 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from nexus_ray.config import get_settings
 from nexus_ray.edge import ratelimit
+from nexus_ray.edge.middleware import EDGE_CLOSE
 from nexus_ray.edge.security import Principal, authenticate, client_address
 from nexus_ray.exceptions import Forbidden, NexusError, Unauthorized
+
+log = logging.getLogger(__name__)
 
 #: Subprotocol markers: the value offered right after one of them is the credential.
 BEARER_PROTOCOL = "nexus.bearer"
@@ -93,15 +99,14 @@ def _refusal(err: NexusError) -> WebSocketException:
     return WebSocketException(close_code(err), close_reason(err.detail or err.title))
 
 
-def _offered_credential(websocket: WebSocket) -> tuple[str | None, str | None, bool]:
-    """(marker, credential, offered) from the subprotocols: offered is True when a marker was present."""
+def _offered_credential(websocket: WebSocket) -> tuple[str | None, str | None]:
+    """(marker, credential) from the offered subprotocols; (None, None) when no marker was offered."""
     offered = list(websocket.scope.get("subprotocols") or [])
     for marker in (BEARER_PROTOCOL, API_KEY_PROTOCOL):
         if marker in offered:
             i = offered.index(marker)
-            value = offered[i + 1] if i + 1 < len(offered) else None
-            return marker, value, True
-    return None, None, False
+            return marker, offered[i + 1] if i + 1 < len(offered) else None
+    return None, None
 
 
 def _auth_message(text: str | None) -> tuple[str, str]:
@@ -151,27 +156,33 @@ async def _count_attempt(websocket: WebSocket, marker: str | None) -> None:
         raise _refusal(err) from None
 
 
-async def _admit(websocket: WebSocket, scopes: tuple[str, ...]) -> Principal:
-    """Authenticate, rate-limit and scope-check a connection, then accept it; WebSocketException on refusal."""
-    marker, credential, offered = _offered_credential(websocket)
+async def _check(marker: str, credential: str | None, scopes: tuple[str, ...], *, count: bool) -> Principal:
+    """The principal of a credential holding every scope; the NexusError of its refusal otherwise.
+
+    ``count``: also count it against the principal's rate limit (a new connection, not a re-check).
+    """
+    principal = await _principal_of(marker, credential)
+    limits = [("principal", principal.subject, get_settings().rate_limit_per_principal)] if count else []
+    if limits or principal.revocation_keys:
+        await ratelimit.admit(limits, revocation_keys=list(principal.revocation_keys), issued_at=principal.issued_at)
+    missing = [s for s in scopes if not principal.can(s)]
+    if missing:
+        raise Forbidden(f"missing scope: {' '.join(missing)}")
+    return principal
+
+
+async def _admit(websocket: WebSocket, scopes: tuple[str, ...]) -> tuple[Principal, str, str]:
+    """(principal, marker, credential) of an accepted connection; WebSocketException on refusal."""
+    marker, credential = _offered_credential(websocket)
     await _count_attempt(websocket, marker)
     # Accepted before authentication when the credential comes in the first message (it
     # cannot be read otherwise); after it when it came in the handshake, so a refused
     # subprotocol client still gets its close code (4401) instead of a bare 403.
-    if not offered:
+    if marker is None:
         await websocket.accept()
         marker, credential = await _read_auth_message(websocket)
     try:
-        principal = await _principal_of(marker, credential)
-        settings = get_settings()
-        await ratelimit.admit(
-            [("principal", principal.subject, settings.rate_limit_per_principal)],
-            revocation_keys=list(principal.revocation_keys),
-            issued_at=principal.issued_at,
-        )
-        missing = [s for s in scopes if not principal.can(s)]
-        if missing:
-            raise Forbidden(f"missing scope: {' '.join(missing)}")
+        principal = await _check(marker, credential, scopes, count=True)
     except NexusError as err:
         if websocket.application_state == WebSocketState.CONNECTING:
             await websocket.accept(subprotocol=marker)
@@ -179,7 +190,39 @@ async def _admit(websocket: WebSocket, scopes: tuple[str, ...]) -> Principal:
     if websocket.application_state == WebSocketState.CONNECTING:
         await websocket.accept(subprotocol=marker)
     websocket.state.principal = principal
-    return principal
+    return principal, marker, credential
+
+
+async def _end(websocket: WebSocket, code: int, reason: str) -> None:
+    """Close the connection from outside its endpoint: through the edge middleware when it is there.
+
+    The middleware then refuses the endpoint's further sends as a server does once the
+    peer is gone (WebSocketDisconnect in the endpoint), and its receive sees the end.
+    """
+    edge_close = websocket.scope.get(EDGE_CLOSE)
+    if edge_close is not None:
+        await edge_close(code, reason)
+    else:
+        await websocket.close(code, reason)
+
+
+async def _recheck(websocket: WebSocket, marker: str, credential: str, scopes: tuple[str, ...]) -> None:
+    """Check an open connection's credential again every ``ws_recheck_s``, as a new one; a refusal ends it.
+
+    So a connection ends within that time of its token expiring or being revoked, its API
+    key revoked, its account disabled, or its scopes taken away.
+    """
+    while True:
+        await asyncio.sleep(get_settings().ws_recheck_s)
+        try:
+            await _check(marker, credential, scopes, count=False)
+        except NexusError as err:
+            await _end(websocket, close_code(err), close_reason(err.detail or err.title))
+            return
+        except Exception as exc:  # the stores cannot answer: refused, as a new request would be
+            log.warning("WebSocket credential re-check failed: %s", type(exc).__name__)
+            await _end(websocket, CLOSE_TRY_AGAIN, "credential check unavailable; reconnect")
+            return
 
 
 def ws_authorize(*scopes: str):
@@ -190,13 +233,16 @@ def ws_authorize(*scopes: str):
     """
 
     async def ws_guard(websocket: WebSocket) -> AsyncIterator[Principal]:
-        principal = await _admit(websocket, scopes)
+        principal, marker, credential = await _admit(websocket, scopes)
+        watchdog = asyncio.create_task(_recheck(websocket, marker, credential, scopes), name="ws-recheck")
         # A platform error raised by the endpoint ends the connection with its close code (an
         # HTTP route would answer it as problem+json); anything else is the middleware's 1011.
         try:
             yield principal
         except NexusError as err:
             raise _refusal(err) from err
+        finally:
+            watchdog.cancel()
 
     ws_guard.nexus_scopes = scopes  # type: ignore[attr-defined]
     ws_guard.nexus_websocket = True  # type: ignore[attr-defined]

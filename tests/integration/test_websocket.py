@@ -51,6 +51,10 @@ async def server(migrated, until):
     async def room(websocket: WebSocket, room: str, principal: Principal = ws_authorize("probe:echo:read")):
         raise NotFound(f"no room {room}")
 
+    @router.websocket("/boom")
+    async def boom(websocket: WebSocket, principal: Principal = ws_authorize("probe:echo:read")):
+        raise RuntimeError("a bug")
+
     app = FastAPI()
     errors.install(app)
     app.include_router(router, prefix="/v1/probe")
@@ -151,6 +155,29 @@ async def test_revoked_token_is_refused(server, token):
         assert await closed_with(ws) == (4401, "token revoked")
 
 
+async def test_open_connection_ends_when_its_token_is_revoked(server, token, monkeypatch):
+    from nexus_ray.edge import revocations
+
+    monkeypatch.setattr(get_settings(), "ws_recheck_s", 0.2)
+    t = token("probe:echo:read", subject="revoked-later-user")
+    async with connect(f"{server}/v1/probe/echo", subprotocols=["nexus.bearer", t]) as ws:
+        await ws.recv()
+        await ws.send("still here")
+        assert await ws.recv() == "still here"
+        await revocations.revoke_subject("revoked-later-user")
+        # Bounded, so that a connection the fix would leave open fails instead of hanging.
+        assert await asyncio.wait_for(closed_with(ws), 30) == (4401, "token revoked")
+
+
+async def test_open_connection_ends_when_its_token_expires(server, token, bearer, monkeypatch):
+    monkeypatch.setattr(get_settings(), "ws_recheck_s", 0.2)
+    monkeypatch.setattr(get_settings(), "jwt_leeway_s", 0)
+    t = bearer("probe:echo:read", subject="short-lived", ttl_s=3)["Authorization"].split()[1]
+    async with connect(f"{server}/v1/probe/echo", subprotocols=["nexus.bearer", t]) as ws:
+        assert json.loads(await ws.recv())["subject"] == "short-lived"
+        assert await asyncio.wait_for(closed_with(ws), 30) == (4401, "token expired")
+
+
 async def test_auth_message_deadline(server, monkeypatch):
     monkeypatch.setattr(get_settings(), "ws_auth_timeout_s", 0.2)
     async with connect(f"{server}/v1/probe/echo") as ws:
@@ -193,6 +220,13 @@ async def test_connection_attempts_count_against_the_address(server, token, monk
 async def test_endpoint_errors_close_with_their_code(server, token):
     async with connect(f"{server}/v1/probe/rooms/r-9", subprotocols=["nexus.bearer", token("probe:echo:read")]) as ws:
         assert await closed_with(ws) == (4404, "no room r-9")
+
+
+async def test_unexpected_errors_close_with_1011_and_are_logged(server, token, captured_logs):
+    async with connect(f"{server}/v1/probe/boom", subprotocols=["nexus.bearer", token("probe:echo:read")]) as ws:
+        assert await closed_with(ws) == (1011, "internal error")
+    logged = [r for r in captured_logs if r.name == "nexus_ray.access" and r.levelname == "ERROR"]
+    assert any(r.exc_info and "a bug" in str(r.exc_info[1]) for r in logged)
 
 
 async def test_connection_metrics_by_route_template_and_close_code(server, token, monkeypatch, until):
