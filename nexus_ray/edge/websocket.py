@@ -18,7 +18,8 @@ handshake, the client sees a bare HTTP 403 and close code 1006, with no reason.
 * the subprotocol header: the client offers ``nexus.bearer`` followed by the access token
   (``new WebSocket(url, ["nexus.bearer", token])``), or ``nexus.api-key`` followed by an
   API key. The server selects only the marker (``nexus.bearer``); the credential is never
-  echoed. Browsers cannot set an ``Authorization`` header on a WebSocket, hence this.
+  echoed. Browsers cannot set an ``Authorization`` header on a WebSocket, hence this; like
+  that header, it must not be logged by a proxy (the platform's HAProxy logs no headers).
 * the first message: a client that offers no marker is accepted and must send, within
   ``ws_auth_timeout_s``, the text message ``{"type": "auth", "token": "..."}`` (or
   ``"api_key"``) before anything else.
@@ -41,10 +42,15 @@ refusal on an HTTP route, so a client handles both alike; the reason is the prob
 
 **While open**, the credential is checked again every ``ws_recheck_s`` as on a new
 connection; a refusal (expired, revoked, scope taken away) ends the connection with its
-close code. **Rate limits**: every connection attempt counts against the client address's per-minute
+close code.
+
+**Rate limits**: every connection attempt counts against the client address's per-minute
 limit (the same budget as its HTTP requests) before anything else, so failed
 authentications count too; an authenticated one also counts against the principal's,
 in the Redis call that checks the token's revocation list.
+
+A server-to-client stream (notices, positions, prices) is one line:
+``await send_until_closed(websocket, updates)`` with ``updates`` an async iterator.
 """
 
 from __future__ import annotations
@@ -225,7 +231,7 @@ async def _recheck(websocket: WebSocket, marker: str, credential: str, scopes: t
             return
 
 
-def ws_authorize(*scopes: str):
+def ws_authorize(*scopes: str) -> Any:
     """Dependency of a WebSocket route: the authenticated principal holding every scope; the connection accepted.
 
     Use it as a parameter (``principal: Principal = ws_authorize("ns:svc:read")``) or in
@@ -249,7 +255,7 @@ def ws_authorize(*scopes: str):
     return Depends(ws_guard)
 
 
-def ws_public(*, rate_limited: bool = True):
+def ws_public(*, rate_limited: bool = True) -> Any:
     """Dependency marking a WebSocket route open to anyone; accepts the connection, rate-limited per address."""
 
     async def ws_open(websocket: WebSocket) -> AsyncIterator[None]:

@@ -112,6 +112,18 @@ async def test_token_in_first_message(server, token):
         assert json.loads(await ws.recv()) == {"subject": "msg-user", "request_id": "ws-req-1"}
 
 
+async def test_api_key_in_subprotocol_and_first_message(server):
+    from nexus_ray.edge import apikeys
+
+    _kid, key = await apikeys.create(principal="svc-ws", name="ws", scopes=["probe:echo:read"])
+    async with connect(f"{server}/v1/probe/echo", subprotocols=["nexus.api-key", key]) as ws:
+        assert ws.subprotocol == "nexus.api-key"
+        assert json.loads(await ws.recv())["subject"] == "svc-ws"
+    async with connect(f"{server}/v1/probe/echo") as ws:
+        await ws.send(json.dumps({"type": "auth", "api_key": key}))
+        assert json.loads(await ws.recv())["subject"] == "svc-ws"
+
+
 async def test_no_credential_is_refused(server):
     async with connect(f"{server}/v1/probe/echo", subprotocols=["nexus.bearer"]) as ws:
         code, reason = await closed_with(ws)
