@@ -19,7 +19,7 @@ from nexus_ray.config import get_settings
 from nexus_ray.deployments.platform import notice_live
 from nexus_ray.edge import metrics
 from nexus_ray.edge.security import Principal, check_route_security
-from nexus_ray.edge.websocket import ws_authorize
+from nexus_ray.edge.websocket import ws_authorize, ws_public
 from nexus_ray.exceptions import NotFound
 from nexus_ray.logs import request_id_var
 
@@ -50,6 +50,10 @@ async def server(migrated, until):
     @router.websocket("/rooms/{room}")
     async def room(websocket: WebSocket, room: str, principal: Principal = ws_authorize("probe:echo:read")):
         raise NotFound(f"no room {room}")
+
+    @router.websocket("/open", dependencies=[ws_public()])
+    async def open_echo(websocket: WebSocket):
+        await websocket.send_text(await websocket.receive_text())
 
     @router.websocket("/boom")
     async def boom(websocket: WebSocket, principal: Principal = ws_authorize("probe:echo:read")):
@@ -122,6 +126,12 @@ async def test_api_key_in_subprotocol_and_first_message(server):
     async with connect(f"{server}/v1/probe/echo") as ws:
         await ws.send(json.dumps({"type": "auth", "api_key": key}))
         assert json.loads(await ws.recv())["subject"] == "svc-ws"
+
+
+async def test_public_route_needs_no_credential(server):
+    async with connect(f"{server}/v1/probe/open") as ws:
+        await ws.send("hi")
+        assert await ws.recv() == "hi"
 
 
 async def test_no_credential_is_refused(server):
