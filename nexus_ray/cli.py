@@ -205,6 +205,47 @@ def api_key(
     print(key)
 
 
+@app.callback()
+def _refuse_invalid_settings() -> None:
+    # Before any command: invalid settings (the development master key outside development, above
+    # all) stop everything with one clear line, not a traceback, and never with the value itself.
+    from pydantic import ValidationError
+
+    try:
+        get_settings()
+    except ValidationError as exc:
+        for error in exc.errors(include_url=False, include_input=False):
+            console.print(f"[red]refused to start: {error['msg'].removeprefix('Value error, ')}[/red]")
+        raise typer.Exit(2) from None
+
+
+@app.command("reseal-keys")
+def reseal_keys() -> None:
+    """Re-seal key-service's signing keys under NEXUS_MASTER_KEY after a master-key rotation (idempotent).
+
+    Run it once every replica has the new NEXUS_MASTER_KEY and the old one in NEXUS_PREVIOUS_MASTER_KEYS;
+    then the old one can be dropped.
+    """
+    from nexus_ray.deployments.specialized import keys
+    from nexus_ray.stores import postgres
+
+    if not get_settings().postgres_url:
+        os.environ.update(_store_env())
+        get_settings.cache_clear()
+
+    async def run() -> dict:
+        try:
+            return await keys.reseal(actor="cli")
+        finally:
+            await postgres.close_pool()
+
+    done = asyncio.run(run())
+    console.print(f"{len(done['resealed'])} signing keys re-sealed under master key {done['master_key_id']}")
+    if done["unreadable"]:
+        console.print(f"[red]sealed under a master key not in NEXUS_PREVIOUS_MASTER_KEYS: {done['unreadable']}[/red]")
+        raise typer.Exit(1)
+
+
 def main() -> None:
     app()
 
