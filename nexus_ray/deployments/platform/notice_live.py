@@ -9,7 +9,8 @@ the current notice on connect, then the notice after every change::
 Every change goes through :func:`publish_notice`, which stores the notice and publishes it
 on a Redis channel in one transaction, so a stream never misses a change that was stored.
 Each replica holds one subscription to that channel, shared by all of its open streams:
-Redis connections follow the number of replicas, not of clients.
+Redis connections follow the number of replicas, not of clients (a subscription holds
+a connection of the process's bounded pool for as long as it lasts).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from datetime import UTC, datetime
 
 from fastapi import APIRouter, WebSocket
 
+from nexus_ray.deployments.kit.scopes import scopes_of
 from nexus_ray.edge.security import Principal
 from nexus_ray.edge.websocket import send_until_closed, ws_authorize
 from nexus_ray.exceptions import ServiceUnavailable
@@ -30,6 +32,7 @@ from nexus_ray.stores.cache import redis_client
 
 log = logging.getLogger(__name__)
 router = APIRouter()
+SCOPES = scopes_of("backend-api")
 
 NOTICE_KEY = "nexus:platform:notice"
 CHANNEL = "nexus:platform:notice:changes"
@@ -149,6 +152,6 @@ async def _notices() -> AsyncIterator[dict]:
 
 
 @router.websocket("/notice/live", name="notice_live")
-async def notice_live(websocket: WebSocket, principal: Principal = ws_authorize("platform:gateway:read")) -> None:
+async def notice_live(websocket: WebSocket, principal: Principal = ws_authorize(SCOPES.read)) -> None:
     """The current platform notice, then the notice after each change (WebSocket)."""
     await send_until_closed(websocket, _notices())
