@@ -104,6 +104,19 @@ class Settings(BaseSettings):
     api_key_cache_s: float = Field(
         10.0, ge=0, description="Seconds an API key lookup is cached in a replica (bounds revocation delay)."
     )
+    ws_auth_timeout_s: float = Field(
+        10.0, gt=0, le=300, description="Seconds a WebSocket client that offered no credential in its subprotocols "
+        "has, once accepted, to send its auth message before the connection is closed (4408).",
+    )
+    ws_recheck_s: float = Field(
+        60.0, gt=0, description="Seconds between two checks of an open WebSocket connection's credential, made as "
+        "for a new connection: it bounds how long a connection outlives its token's expiry or revocation, its API "
+        "key's revocation or its scopes (it is then closed with 4401 or 4403).",
+    )
+    ws_messages_per_minute: int = Field(
+        600, ge=1, description="Messages one WebSocket connection may send per minute (fixed one-minute windows); "
+        "the next one closes it with 4429.",
+    )
 
     # Identity: user-auth, auth-service (legacy login) and session-mgr.
     password_min_length: int = Field(10, ge=8, le=64, description="Shortest password accepted, characters.")
