@@ -31,7 +31,7 @@ def serve(sock: socket.socket) -> None:
     import uvicorn
     from fastapi import FastAPI
 
-    from nexus_ray.deployments.platform import notice_live
+    from nexus_ray.deployments.platform.gateway import live as notice_live
     from nexus_ray.edge import errors
     from nexus_ray.edge.middleware import EdgeMiddleware
     from nexus_ray.edge.security import check_route_security
@@ -47,7 +47,7 @@ def serve(sock: socket.socket) -> None:
 async def drive(port: int, server: psutil.Process, n: int) -> None:
     from websockets.asyncio.client import connect
 
-    from nexus_ray.deployments.platform import notice_live
+    from nexus_ray.deployments.platform.gateway import live as notice_live
     from nexus_ray.edge import tokens
     from nexus_ray.stores.cache import redis_client
 

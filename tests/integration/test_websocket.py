@@ -16,7 +16,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from nexus_ray.config import get_settings
-from nexus_ray.deployments.platform import notice_live
+from nexus_ray.deployments.platform.gateway import live as notice_live
 from nexus_ray.edge import metrics
 from nexus_ray.edge.security import Principal, check_route_security
 from nexus_ray.edge.websocket import ws_authorize, ws_public
