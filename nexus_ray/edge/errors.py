@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from nexus_ray.catalog import API_VERSIONS
+from nexus_ray.edge.security import api_routes, route_guard
 from nexus_ray.exceptions import PROBLEM_JSON, NexusError, NotFound, ValidationFailed, for_status
 from nexus_ray.logs import request_id_var
 
@@ -138,9 +139,10 @@ def _rate_limited(guard_call) -> bool:
 
 
 def problem_responses(route) -> dict[str, dict]:
-    """The problem+json responses an API route can give, derived from its guard, parameters and method."""
-    from nexus_ray.edge.security import route_guard
+    """The problem+json responses an API route can give, derived from its guard, parameters and method.
 
+    Said as "can give", so a little wide: 409 for every write, 404 wherever a path or a body names an object.
+    """
     guard = route_guard(route)
     methods = set(route.methods or ())
     dependant = route.dependant
@@ -172,6 +174,7 @@ def problem_responses(route) -> dict[str, dict]:
 
 
 def _public_call(route):
+    # The public() dependency of a route, to read how it was declared (route_guard says only that it is public).
     stack = list(route.dependant.dependencies)
     while stack:
         dep = stack.pop()
@@ -187,8 +190,6 @@ def document_problems(app: FastAPI) -> None:
     What a route declares itself (``responses=``, its success status) is kept; FastAPI's default 422
     (application/json, HTTPValidationError) is replaced by the problem+json one the edge really sends.
     """
-    from nexus_ray.edge.security import api_routes, route_guard
-
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
