@@ -1,0 +1,43 @@
+"""backend-api's routes under ``/platform/v1/gateway``."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+
+from nexus_ray.deployments.kit.scopes import scopes_of
+from nexus_ray.edge.security import Principal, authorize, public
+
+from . import service
+from .models import CurrentNotice, Directory, NoticeIn, NoticeRead, OpenApiIndex
+
+SCOPES = scopes_of("backend-api")
+router = APIRouter()
+
+
+@router.get("/services", response_model=Directory, dependencies=[authorize(SCOPES.read)],
+            summary="Every service with live health")
+async def directory() -> Directory:
+    return await service.directory()
+
+
+@router.get("/notice", response_model=CurrentNotice, dependencies=[authorize(SCOPES.read)],
+            summary="The current platform notice")
+async def get_notice() -> CurrentNotice:
+    return await service.current_notice()
+
+
+@router.put("/notice", response_model=NoticeRead, summary="Set the platform notice")
+async def set_notice(body: NoticeIn, principal: Principal = authorize(SCOPES.admin)) -> NoticeRead:
+    return await service.set_notice(notice=body, set_by=principal.subject)
+
+
+@router.delete("/notice", status_code=204, dependencies=[authorize(SCOPES.admin)], summary="Clear the platform notice")
+async def clear_notice() -> Response:
+    await service.clear_notice()
+    return Response(status_code=204)
+
+
+@router.get("/openapi", response_model=OpenApiIndex, dependencies=[public()],
+            summary="Where each namespace's OpenAPI document is")
+async def openapi_index() -> OpenApiIndex:
+    return service.openapi_index()
