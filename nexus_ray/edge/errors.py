@@ -5,11 +5,13 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import RouteContext
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -66,21 +68,21 @@ def install(app: FastAPI) -> None:
     """Register the problem+json handlers on ``app``."""
 
     @app.exception_handler(NexusError)
-    async def _nexus(request: Request, exc: NexusError):
+    async def _nexus(request: Request, exc: NexusError) -> JSONResponse:
         return problem_response(exc, request.url.path)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(request: Request, exc: RequestValidationError):
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         return problem_response(validation_problem(exc), request.url.path)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException):
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         err = _unknown_route(request, exc.status_code, str(exc.detail))
         err.headers.update(exc.headers or {})
         return problem_response(err, request.url.path)
 
     @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception):
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return problem_response(NexusError("an unexpected error occurred; it has been logged"), request.url.path)
 
@@ -133,12 +135,14 @@ def _problem(description: str, model: type[BaseModel] = ProblemDetails, headers:
     return response
 
 
-def _rate_limited(guard_call) -> bool:
+def _rate_limited(guard_call: Callable[..., Any] | None) -> bool:
     # public(rate_limited=False) (health probes) is the one guard that never counts requests.
+    if guard_call is None:
+        return False
     return inspect.getclosurevars(guard_call).nonlocals.get("rate_limited", True) is not False
 
 
-def problem_responses(route) -> dict[str, dict]:
+def problem_responses(route: RouteContext) -> dict[str, dict[str, Any]]:
     """The problem+json responses an API route can give, derived from its guard, parameters and method.
 
     Said as "can give", so a little wide: 409 for every write, 404 wherever a path or a body names an object.
@@ -173,7 +177,7 @@ def problem_responses(route) -> dict[str, dict]:
     return responses
 
 
-def _public_call(route):
+def _public_call(route: RouteContext) -> Callable[..., Any] | None:
     # The public() dependency of a route, to read how it was declared (route_guard says only that it is public).
     stack = list(route.dependant.dependencies)
     while stack:
