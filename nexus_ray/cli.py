@@ -7,7 +7,9 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any, TypeVar
 
 import httpx
 import typer
@@ -264,11 +266,14 @@ def _with_stores() -> None:
         get_settings.cache_clear()
 
 
-def _run_on_stores(work):
+T = TypeVar("T")
+
+
+def _run_on_stores(work: Coroutine[Any, Any, T]) -> T:
     """Run the coroutine ``work`` on the stores, closing the pool after it."""
     from nexus_ray.stores import postgres
 
-    async def run():
+    async def run() -> T:
         try:
             return await work
         finally:
@@ -311,7 +316,7 @@ def replay(
     from nexus_ray.exceptions import NotFound
     from nexus_ray.stores import events
 
-    async def request():
+    async def request() -> events.DeadLetter:
         letter = await events.request_replay(dead_letter_id=dead_letter_id)
         deadline = time.monotonic() + wait
         while letter.status == "replaying" and time.monotonic() < deadline:

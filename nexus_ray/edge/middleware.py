@@ -211,7 +211,7 @@ class EdgeMiddleware:
         path = scope["path"][len(scope.get("root_path", "")):]
         first = path.split("/", 2)[1] if path.count("/") >= 1 else ""
         found = self.templates.get((endpoint, first))
-        return found or getattr(scope.get("route"), "path", "unmatched")
+        return found or str(getattr(scope.get("route"), "path", None) or "unmatched")
 
 
 def _request_id(headers: dict[bytes, bytes]) -> str:

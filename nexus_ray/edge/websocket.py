@@ -184,7 +184,7 @@ async def _admit(websocket: WebSocket, scopes: tuple[str, ...]) -> tuple[Princip
     # Accepted before authentication when the credential comes in the first message (it
     # cannot be read otherwise); after it when it came in the handshake, so a refused
     # subprotocol client still gets its close code (4401) instead of a bare 403.
-    if marker is None:
+    if marker is None or credential is None:
         await websocket.accept()
         marker, credential = await _read_auth_message(websocket)
     try:

@@ -79,7 +79,8 @@ class _Changes:
                 self._ready = asyncio.get_running_loop().create_future()
                 self._task = asyncio.create_task(self._run(self._ready), name="notice-subscription")
             # Subscribed before the caller reads the current notice: no change falls in between.
-            await asyncio.shield(self._ready)
+            if self._ready is not None:
+                await asyncio.shield(self._ready)
             yield queue
         finally:
             self._queues.discard(queue)
