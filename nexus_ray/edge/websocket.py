@@ -184,7 +184,7 @@ async def _admit(websocket: WebSocket, scopes: tuple[str, ...]) -> tuple[Princip
     # Accepted before authentication when the credential comes in the first message (it
     # cannot be read otherwise); after it when it came in the handshake, so a refused
     # subprotocol client still gets its close code (4401) instead of a bare 403.
-    if marker is None or credential is None:
+    if marker is None:
         await websocket.accept()
         marker, credential = await _read_auth_message(websocket)
     try:
@@ -196,7 +196,7 @@ async def _admit(websocket: WebSocket, scopes: tuple[str, ...]) -> tuple[Princip
     if websocket.application_state == WebSocketState.CONNECTING:
         await websocket.accept(subprotocol=marker)
     websocket.state.principal = principal
-    return principal, marker, credential
+    return principal, marker, credential or ""  # a marker without a credential was refused above
 
 
 async def _end(websocket: WebSocket, code: int, reason: str) -> None:
