@@ -91,9 +91,9 @@ class Settings(BaseSettings):
     rate_limit_per_principal: int = Field(6000, ge=1, description="Requests per minute allowed per principal.")
     rate_limit_per_address: int = Field(12000, ge=1, description="Requests per minute allowed per client address.")
     rate_limit_auth_failures_per_address: int = Field(
-        120, ge=1, description="Failed authentications (missing, bad, expired, revoked or unknown-key tokens, bad API "
-        "keys) one client address may make per minute; past it, every request of that address to a guarded route "
-        "is refused (429 with Retry-After) until the minute ends. A client that handles a 401 by signing in again "
+        120, ge=1, description="Refused credentials (bad, expired, revoked or unknown-key tokens, bad API keys or "
+        "session tokens) one client address may present per minute; past it, every credential from that address "
+        "is refused (429 with Retry-After) until the minute ends, without being checked. A client that handles a 401 by signing in again "
         "fails a few times a minute at most, so 120 leaves room for many users behind one NAT while a flood of "
         "forged credentials costs one cheap refusal per request instead of a verification.",
     )

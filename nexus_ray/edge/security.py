@@ -162,7 +162,9 @@ def authorize(*scopes: str):
     ) -> Principal:
         settings = get_settings()
         address = client_address(request)
-        ratelimit.refuse_failing(address)
+        presented = bearer is not None or bool(api_key)
+        if presented:
+            ratelimit.refuse_failing(address)
         try:
             principal = await authenticate(bearer, api_key)
             # One Redis call: refuses a revoked token and counts the request (refused-for-scope ones too).
@@ -175,9 +177,11 @@ def authorize(*scopes: str):
                 issued_at=principal.issued_at,
             )
         except Unauthorized:
-            # Refused credentials are counted against the address (429 past its budget), so that
-            # guessing or flooding with forged tokens is throttled like failed logins are.
-            await ratelimit.failed(address, settings.rate_limit_auth_failures_per_address)
+            # Refused credentials count against the address (429 past its budget), so that forged
+            # tokens or guessed API keys are throttled like failed logins. A request without any
+            # credential costs nothing to refuse and is not counted.
+            if presented:
+                await ratelimit.failed(address, settings.rate_limit_auth_failures_per_address)
             raise
         missing = [s for s in scopes if not principal.can(s)]
         if missing:

@@ -10,7 +10,8 @@ from PostgreSQL), parsed once, in a :class:`KeyRing`. The ring is re-read
   in the background, no sooner than ``jwks_refresh_min_s`` after the previous read and one read
   at a time, however many such tokens arrive.
 
-A token naming an unknown key id is refused at once (401): it never waits for that read. Until
+A token naming an unknown key id is refused at once (401): it never waits for that read (only
+the first tokens a replica sees wait for its first read, which it cannot do without). Until
 the read, a replica cannot tell a made-up key id from a key made current elsewhere, and waiting
 is what let a flood of made-up key ids hold every request slot for a second each. So the first
 tokens of a freshly rotated key are refused by a replica that has not read the key yet -- for
@@ -160,6 +161,12 @@ class KeyRing:
         alg, kid = header_of(token)
         self._refresh_if_stale()
         key = self._keys.get(kid)
+        if key is None and self._loaded_at == float("-inf"):
+            # A replica that has not read the keys yet knows no key id at all: its first tokens
+            # wait for that one read (shared, as every read) instead of all being refused.
+            self._refresh_in_background(get_settings().jwks_refresh_min_s)
+            await asyncio.shield(self._background)  # a request that goes away leaves the read running
+            key = self._keys.get(kid)
         if key is None:
             self._refresh_in_background(get_settings().jwks_refresh_min_s)
             raise Unauthorized("token signed by an unknown key")

@@ -182,6 +182,16 @@ async def test_unknown_kid_refused_at_once_then_learnt_in_the_background(until):
     assert claims["sub"] == "u1" and ring.reads == 2
 
 
+async def test_a_replica_that_never_read_its_keys_waits_for_the_first_read():
+    # A fresh replica knows no key id yet: its first token is not "unknown", it waits for the read.
+    load = GatedLoad([_row(KEYS["ES256"])])
+    ring = KeyRing(load)
+    results = await asyncio.gather(*(ring.verify(_sign(KEYS["ES256"])) for _ in range(5)))
+    assert all(r["sub"] == "u1" for r in results) and ring.reads == 1
+    with pytest.raises(Unauthorized, match="unknown key"):  # once read, made-up kids are refused as before
+        await ring.verify(_sign(KEYS["ES256"], kid="made-up"))
+
+
 async def test_made_up_kids_are_refused_at_once_and_share_one_read_per_interval(monkeypatch, until):
     monkeypatch.setattr(get_settings(), "jwks_refresh_min_s", 0.3)
     load = GatedLoad([_row(KEYS["ES256"])])
