@@ -87,10 +87,12 @@ def haproxy_binary() -> str:
 
 def write_haproxy_launcher(path: Path, real: str | None = None) -> Path:
     """Write the executable that Serve starts as HAProxy: the real one, with INGRESS_RULES in its frontend."""
+    real = real or haproxy_binary()
+    if Path(real).resolve() == path.resolve():
+        raise ValueError(f"RAY_SERVE_HAPROXY_BINARY_PATH names the launcher itself ({path}): set it to a real HAProxy")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(
-        _LAUNCHER.format(python=sys.executable, real=real or haproxy_binary(), rules=INGRESS_RULES,
-                         frontend=_HTTP_FRONTEND)
+        _LAUNCHER.format(python=sys.executable, real=real, rules=INGRESS_RULES, frontend=_HTTP_FRONTEND)
     )
     path.chmod(0o755)
     return path
