@@ -28,7 +28,7 @@ os.environ.update(
         "NEXUS_JWT_ISSUER": "http://nexus.test/auth/v2/oauth",
         # The sweeps present hundreds of refused credentials a minute from one address, which the
         # edge would answer with 429 past its failure budget (tests/integration/test_edge_hardening.py
-        # tests that budget with a budget of its own).
+        # sets a small one to test it).
         "NEXUS_RATE_LIMIT_AUTH_FAILURES_PER_ADDRESS": "1000000",
     }
 )
