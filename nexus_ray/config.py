@@ -99,6 +99,23 @@ class Settings(BaseSettings):
     )
     rate_limit_per_principal: int = Field(6000, ge=1, description="Requests per minute allowed per principal.")
     rate_limit_per_address: int = Field(12000, ge=1, description="Requests per minute allowed per client address.")
+    rate_limit_auth_failures_per_address: int = Field(
+        120, ge=1, description="Refused credentials (bad, expired, revoked or unknown-key tokens, bad API keys or "
+        "session tokens) one client address may present per minute; past it, every credential from that address "
+        "is refused (429 with Retry-After) until the minute ends, without being checked. A client that handles a 401 by signing in again "
+        "fails a few times a minute at most, so 120 leaves room for many users behind one NAT while a flood of "
+        "forged credentials costs one cheap refusal per request instead of a verification.",
+    )
+    trusted_proxies: list[str] = Field(
+        ["127.0.0.0/8", "::1"],
+        description="Addresses or CIDR networks of the proxies whose X-Forwarded-For the edge believes (a JSON "
+        "list). The client address is found by walking X-Forwarded-For from the right, starting at the TCP peer, "
+        "for as long as the address reached is one of these proxies; from anyone else the header is ignored. The "
+        "default is loopback only: on a head, Serve's HAProxy reaches the replicas of its own node over loopback "
+        "and sets X-Forwarded-For to the real peer. On a multi-node cluster add the nodes' network (HAProxy on one "
+        "node reaches replicas on another from its node address). Never add networks that clients can connect "
+        "from: each listed address may name any client address it likes.",
+    )
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest accepted request body, bytes.")
     cors_origins: list[str] = Field(default_factory=list, description="Origins allowed by CORS; empty: none.")
     api_key_cache_s: float = Field(
@@ -215,6 +232,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _refuse_development_secrets(self) -> Settings:
+        from ipaddress import ip_network  # here, not at the top: the Edge block's only use of it
+
         if self.environment != "development":
             secret = self.master_key.get_secret_value()
             if secret == DEV_MASTER_KEY or len(secret) < 32:
@@ -223,6 +242,11 @@ class Settings(BaseSettings):
         if issuer.scheme not in ("http", "https") or not issuer.netloc or issuer.query or issuer.fragment:
             # OpenID Connect Discovery: the issuer is a URL without query or fragment.
             raise ValueError("NEXUS_JWT_ISSUER must be an http(s) URL without query or fragment")
+        for entry in self.trusted_proxies:
+            try:
+                ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"NEXUS_TRUSTED_PROXIES: {entry!r} is not an address or a CIDR network") from None
         if self.jwks_cache_s >= self.token_max_ttl_s:
             # A replica must learn that a key was rotated before that key's overlap ends.
             raise ValueError("NEXUS_JWKS_CACHE_S must be less than NEXUS_TOKEN_MAX_TTL_S")

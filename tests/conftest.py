@@ -26,6 +26,10 @@ os.environ.update(
         # The OAuth provider's public URL in the in-process platform (the `client` fixture's base URL):
         # its discovery document's issuer and the iss of every platform token.
         "NEXUS_JWT_ISSUER": "http://nexus.test/auth/v2/oauth",
+        # The sweeps present hundreds of refused credentials a minute from one address, which the
+        # edge would answer with 429 past its failure budget (tests/integration/test_edge_hardening.py
+        # sets a small one to test it).
+        "NEXUS_RATE_LIMIT_AUTH_FAILURES_PER_ADDRESS": "1000000",
     }
 )
 for _k in ("NEXUS_POSTGRES_URL", "NEXUS_REDIS_URL", "NEXUS_MONGO_URL", "NEXUS_KAFKA_BOOTSTRAP"):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+from functools import lru_cache
 
 from fastapi import Depends, Request
 from fastapi.routing import APIRoute, APIWebSocketRoute, iter_route_contexts
@@ -56,16 +57,57 @@ _api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="Scoped 
 
 
 def client_address(request: Request) -> str:
-    """The caller's address: the peer, or the last hop a local proxy (HAProxy) appended."""
+    """The caller's address: the TCP peer, or what the trusted proxies in front of it say the client was."""
     peer = request.client.host if request.client else "unknown"
-    forwarded = request.headers.get("x-forwarded-for")
-    if forwarded:
-        try:
-            if ipaddress.ip_address(peer).is_loopback:
-                return forwarded.rsplit(",", 1)[-1].strip()
-        except ValueError:
-            pass
-    return peer
+    return forwarded_client(peer, request.headers.getlist("x-forwarded-for"), get_settings().trusted_proxies)
+
+
+def forwarded_client(peer: str, forwarded: list[str], trusted_proxies: list[str] | tuple[str, ...]) -> str:
+    """The client behind ``peer``, from its X-Forwarded-For header lines, believing only ``trusted_proxies``.
+
+    Each proxy appends the address it received the request from, so the header is read from the
+    right: an entry counts only if the hop that wrote it -- the peer first, then each entry taken --
+    is a trusted proxy. The first hop that is not a proxy is the client; an entry that is not an
+    address stops the walk (the hop before it is the last one vouched for). Everything left of the
+    client is whatever the client chose to send and is never looked at.
+    """
+    networks = _networks(tuple(trusted_proxies))
+    ip = _ip(peer)
+    if ip is None or not _trusted(ip, networks):
+        return peer
+    hops = [hop for line in forwarded for hop in line.split(",")]
+    address = peer
+    for hop in reversed(hops):
+        ip = _ip(hop.strip())
+        if ip is None:
+            break
+        address = str(ip)
+        if not _trusted(ip, networks):
+            break
+    return address
+
+
+@lru_cache(maxsize=16)
+def _networks(entries: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return tuple(ipaddress.ip_network(e, strict=False) for e in entries)
+
+
+def _trusted(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, networks) -> bool:
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped  # ::ffff:127.0.0.1 is the IPv4 loopback seen through a dual-stack socket
+    return any(ip in net for net in networks)
+
+
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address of an X-Forwarded-For entry or a peer: ``a.b.c.d``, ``::1``, ``[::1]``, with or without a port."""
+    if text.startswith("["):
+        text = text[1:text.find("]")] if "]" in text else ""
+    elif text.count(":") == 1:
+        text = text.split(":", 1)[0]  # IPv4 with a port
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
 
 
 async def authenticate(
@@ -120,17 +162,29 @@ def authorize(*scopes: str):
         bearer: HTTPAuthorizationCredentials | None = Depends(_bearer),
         api_key: str | None = Depends(_api_key),
     ) -> Principal:
-        principal = await authenticate(bearer, api_key)
         settings = get_settings()
-        # One Redis call: refuses a revoked token and counts the request (refused-for-scope ones too).
-        await ratelimit.admit(
-            [
-                ("principal", principal.subject, settings.rate_limit_per_principal),
-                ("address", client_address(request), settings.rate_limit_per_address),
-            ],
-            revocation_keys=list(principal.revocation_keys),
-            issued_at=principal.issued_at,
-        )
+        address = client_address(request)
+        presented = bearer is not None or bool(api_key)
+        if presented:
+            ratelimit.refuse_failing(address)
+        try:
+            principal = await authenticate(bearer, api_key)
+            # One Redis call: refuses a revoked token and counts the request (refused-for-scope ones too).
+            await ratelimit.admit(
+                [
+                    ("principal", principal.subject, settings.rate_limit_per_principal),
+                    ("address", address, settings.rate_limit_per_address),
+                ],
+                revocation_keys=list(principal.revocation_keys),
+                issued_at=principal.issued_at,
+            )
+        except Unauthorized:
+            # Refused credentials count against the address (429 past its budget), so that forged
+            # tokens or guessed API keys are throttled like failed logins. A request without any
+            # credential costs nothing to refuse and is not counted.
+            if presented:
+                await ratelimit.failed(address, settings.rate_limit_auth_failures_per_address)
+            raise
         missing = [s for s in scopes if not principal.can(s)]
         if missing:
             raise Forbidden(f"missing scope: {' '.join(missing)}", extra={"required_scopes": list(scopes)})

@@ -6,9 +6,18 @@ from PostgreSQL), parsed once, in a :class:`KeyRing`. The ring is re-read
 
 * in the background once it is older than ``jwks_cache_s`` -- how a replica learns that a key
   was rotated (its ``retires_at``) or revoked elsewhere; and
-* at once when a token names a key id the ring does not know (a key made current in another
-  replica), at most once per ``jwks_refresh_min_s``: tokens with made-up key ids wait for the
-  next allowed read, shared by all of them, instead of each causing one.
+* when a token names a key id the ring does not know (a key made current in another replica),
+  in the background, no sooner than ``jwks_refresh_min_s`` after the previous read and one read
+  at a time, however many such tokens arrive.
+
+A token naming an unknown key id is refused at once (401): it never waits for that read (only
+the first tokens a replica sees wait for its first read, which it cannot do without). Until
+the read, a replica cannot tell a made-up key id from a key made current elsewhere, and waiting
+is what let a flood of made-up key ids hold every request slot for a second each. So the first
+tokens of a freshly rotated key are refused by a replica that has not read the key yet -- for
+the few milliseconds of the read it starts, or up to ``jwks_refresh_min_s`` while made-up key
+ids are being sent -- and accepted from then on, so the same token sent again gets through.
+Rotations are rare and planned, floods are not: a short refusal after a rotation is the price.
 
 A token is accepted only with the algorithm of the key its ``kid`` names (RS256, ES256 or
 EdDSA), so ``alg: none``, HMAC with a public key as secret and alg/key mix-ups are refused.
@@ -127,7 +136,7 @@ class KeyRing:
         return _decode(token, alg, key)
 
     async def verify(self, token: str) -> dict[str, Any]:
-        """:meth:`check`, reading the keys again first when the token names a key id the ring lacks.
+        """:meth:`check`, starting a background read of the keys when the token names a key id the ring lacks.
 
         A token that verified once is remembered until it expires: a client presents the same
         token on every call for its lifetime, and its signature cannot change. A remembered
@@ -152,11 +161,15 @@ class KeyRing:
         alg, kid = header_of(token)
         self._refresh_if_stale()
         key = self._keys.get(kid)
-        if key is None:
-            await self.refresh(min_interval=get_settings().jwks_refresh_min_s)
+        if key is None and self._loaded_at == float("-inf"):
+            # A replica that has not read the keys yet knows no key id at all: its first tokens
+            # wait for that one read (shared, as every read) instead of all being refused.
+            self._refresh_in_background(get_settings().jwks_refresh_min_s)
+            await asyncio.shield(self._background)  # a request that goes away leaves the read running
             key = self._keys.get(kid)
-            if key is None:
-                raise Unauthorized("token signed by an unknown key")
+        if key is None:
+            self._refresh_in_background(get_settings().jwks_refresh_min_s)
+            raise Unauthorized("token signed by an unknown key")
         return kid, _decode(token, alg, key)
 
     def _get_lock(self) -> asyncio.Lock:
@@ -194,8 +207,14 @@ class KeyRing:
         now = self._clock()
         if now - self._loaded_at <= s.jwks_cache_s or now - self._last_read < s.jwks_refresh_min_s:
             return
+        self._refresh_in_background(0.0)
+
+    def _refresh_in_background(self, min_interval: float) -> None:
+        """Start a read of the keys unless one is already under way or waiting for its turn."""
         if self._background is None or self._background.done():
-            self._background = asyncio.get_running_loop().create_task(self.refresh(), name="jwks-refresh")
+            self._background = asyncio.get_running_loop().create_task(
+                self.refresh(min_interval=min_interval), name="jwks-refresh"
+            )
 
 
 def _decode(token: str, alg: str, key: VerificationKey) -> dict[str, Any]:

@@ -313,6 +313,14 @@ async def _lock(conn: asyncpg.Connection, purpose: str, alg: str) -> None:
     await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"nexus:signing-key:{purpose}:{alg}")
 
 
+async def _keys_changed(purpose: str) -> None:
+    """Make this process's edge read the platform keys now: it refuses a key id it has not read (tokens.py)."""
+    if purpose == "platform":
+        from nexus_ray.edge import tokens
+
+        await tokens.ring().refresh()
+
+
 async def current_signer(alg: str = "ES256", *, purpose: str = "platform") -> Signer:
     """The current key of (purpose, alg), unsealed and cached in this process; created on first use."""
     purpose_of(purpose, alg)
@@ -326,6 +334,7 @@ async def current_signer(alg: str = "ES256", *, purpose: str = "platform") -> Si
         async with postgres.transaction() as conn:
             if await _insert(conn, new, purpose) is not None:
                 await _audit_in(conn, KeyUse("generate", "key-service", new.kid, alg, purpose))
+        await _keys_changed(purpose)
         row = await pg.fetchrow(_CURRENT, purpose, alg)
     signer = _unseal(row)
     _signers[(purpose, alg)] = signer
@@ -453,6 +462,7 @@ async def rotate(alg: str, *, purpose: str = "platform", actor: str = "system") 
         detail = {"previous": previous["kid"], "previous_retires_at": previous["retires_at"]} if previous else {}
         await _audit_in(conn, KeyUse("rotate", actor, new.kid, alg, purpose, detail=detail))
     _signers[(purpose, alg)] = Signer(new.kid, alg, purpose, new.private_key)
+    await _keys_changed(purpose)
     log.info("rotated the %s %s signing key", purpose, alg, extra={"kid": new.kid})
     return {"current": _meta(current), "previous": _meta(previous) if previous is not None else None}
 
@@ -489,6 +499,7 @@ async def revoke_key(kid: str, *, actor: str = "system") -> dict[str, Any]:
         _signers[(purpose, alg)] = Signer(new.kid, alg, purpose, new.private_key)
     elif _signers.get((purpose, alg)) and _signers[(purpose, alg)].kid == kid:
         _signers.pop((purpose, alg), None)
+    await _keys_changed(purpose)
     log.warning("revoked the %s %s signing key", purpose, alg, extra={"kid": kid})
     return _meta(row)
 
