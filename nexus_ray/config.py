@@ -102,7 +102,8 @@ class Settings(BaseSettings):
     rate_limit_auth_failures_per_address: int = Field(
         120, ge=1, description="Refused credentials (bad, expired, revoked or unknown-key tokens, bad API keys or "
         "session tokens) one client address may present per minute; past it, every credential from that address "
-        "is refused (429 with Retry-After) until the minute ends, without being checked. A client that handles a 401 by signing in again "
+        "is refused (429 with Retry-After) until the minute ends, without being checked. A client that handles a "
+        "401 by signing in again "
         "fails a few times a minute at most, so 120 leaves room for many users behind one NAT while a flood of "
         "forged credentials costs one cheap refusal per request instead of a verification.",
     )

@@ -40,7 +40,7 @@ def _auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-async def accepted(client, token: str) -> None:
+async def accepted(client, token: str, until) -> None:
     """Wait until the edge accepts ``token``; before that it may only be refused as signed by an unknown key.
 
     That is what a replica answers, at once, to the first tokens of a key it has not read yet (a key
@@ -52,7 +52,7 @@ async def accepted(client, token: str) -> None:
         assert r.status_code == 200 or (r.status_code == 401 and "unknown key" in r.json()["detail"]), r.text
         return r.status_code == 200
 
-    await wait_for(ok)
+    await until(ok)
 
 
 def _b64(obj) -> str:
@@ -71,10 +71,10 @@ def short_lived(monkeypatch):
 
 
 @pytest.mark.parametrize("alg", crypto.ALGORITHMS)
-async def test_edge_accepts_tokens_signed_by_key_service(client, migrated, alg):
+async def test_edge_accepts_tokens_signed_by_key_service(client, migrated, alg, until):
     token = await keys.sign(tokens.access_claims("svc-a", [SCOPE], ttl_s=60), alg=alg, actor="test")
     assert jwt.get_unverified_header(token)["alg"] == alg
-    await accepted(client, token)  # the first use of an algorithm creates its key
+    await accepted(client, token, until)  # the first use of an algorithm creates its key
 
 
 async def test_bearer_fixture_and_issue_use_the_live_key(client, bearer):
@@ -91,7 +91,7 @@ async def test_rotation_keeps_old_tokens_until_expiry_only(client, migrated, sho
     # verifying when the key retires, although its own exp is far off.
     long_lived = jwt.encode(tokens.access_claims("forger", [SCOPE], ttl_s=600), old.private_key,
                             algorithm="EdDSA", headers={"kid": old.kid})
-    await accepted(client, long_lived)
+    await accepted(client, long_lived, until)
 
     rotated = await keys.rotate("EdDSA", actor="test-rotation")
     assert rotated["previous"]["kid"] == old.kid
@@ -103,7 +103,7 @@ async def test_rotation_keeps_old_tokens_until_expiry_only(client, migrated, sho
     kids = [k["kid"] for k in (await client.get("/specialized/v1/keys/jwks")).json()["keys"]]
     assert old.kid in kids and rotated["current"]["kid"] in kids
     assert (await client.get(GUARDED, headers=_auth(old_token))).status_code == 200
-    await accepted(client, new_token)
+    await accepted(client, new_token, until)
 
     # After rotated_at + token_max_ttl_s the old key leaves the JWKS ...
     async def old_key_gone() -> bool:
@@ -118,7 +118,7 @@ async def test_rotation_keeps_old_tokens_until_expiry_only(client, migrated, sho
     r = await client.get(GUARDED, headers=_auth(old_token))
     assert r.status_code == 401
     fresh = await keys.sign(tokens.access_claims("holder", [SCOPE], ttl_s=3), alg="EdDSA")
-    await accepted(client, fresh)
+    await accepted(client, fresh, until)
 
 
 async def test_another_replica_learns_of_rotation(migrated, short_lived, until):
@@ -136,7 +136,7 @@ async def test_another_replica_learns_of_rotation(migrated, short_lived, until):
     reads = replica.reads
     with pytest.raises(Unauthorized, match="unknown key"):
         await replica.verify(token)
-    await wait_for(lambda: rotated["current"]["kid"] in replica.kids)
+    await until(lambda: rotated["current"]["kid"] in replica.kids)
     assert (await replica.verify(token))["sub"] == "after-rotation"
     assert replica.reads > reads
     # Within jwks_cache_s it also learns when the old key retires, and refuses its tokens after.
@@ -165,14 +165,14 @@ async def test_synchronous_issue_follows_a_rotation_done_elsewhere(client, migra
     key_service._signers[("platform", "ES256")] = stale
     token = tokens.issue("u", [SCOPE], ttl_s=60)  # still the stale key: verifies during the overlap
     assert jwt.get_unverified_header(token)["kid"] == stale.kid
-    await accepted(client, token)
+    await accepted(client, token, until)
     assert (await tokens.verify(token))["sub"] == "u"
     await keys.flush_audit()  # its audit write reports the current key: the signer reloads
     await until(lambda: key_service._signers[("platform", "ES256")].kid == rotated["current"]["kid"])
     assert jwt.get_unverified_header(tokens.issue("u", [SCOPE]))["kid"] == rotated["current"]["kid"]
 
 
-async def test_refused_tokens(client, migrated):
+async def test_refused_tokens(client, migrated, until):
     s = get_settings()
     signer = await keys.current_signer("ES256")
     rs = await keys.current_signer("RS256")
@@ -202,7 +202,7 @@ async def test_refused_tokens(client, migrated):
         "hmac with public key": f"{hs_head}.{body}.{hs_sig}",
         "no kid": jwt.encode(base, signer.private_key, algorithm="ES256"),
     }
-    await accepted(client, good)
+    await accepted(client, good, until)
     for name, token in refused.items():
         r = await client.get(GUARDED, headers=_auth(token))
         assert r.status_code == 401, (name, r.status_code, r.text)
