@@ -21,6 +21,7 @@ from functools import lru_cache
 from fastapi import Depends, Request
 from fastapi.routing import APIRoute, APIWebSocketRoute, iter_route_contexts
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from starlette.requests import HTTPConnection
 from starlette.routing import WebSocketRoute
 
 from nexus_ray.config import get_settings
@@ -56,7 +57,7 @@ _bearer = HTTPBearer(auto_error=False, description="Access token (JWT) issued by
 _api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="Scoped API key (nxk_...)")
 
 
-def client_address(request: Request) -> str:
+def client_address(request: HTTPConnection) -> str:
     """The caller's address: the TCP peer, or what the trusted proxies in front of it say the client was."""
     peer = request.client.host if request.client else "unknown"
     return forwarded_client(peer, request.headers.getlist("x-forwarded-for"), get_settings().trusted_proxies)

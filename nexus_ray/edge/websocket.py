@@ -187,8 +187,15 @@ async def _admit(websocket: WebSocket, scopes: tuple[str, ...]) -> tuple[Princip
     if marker is None:
         await websocket.accept()
         marker, credential = await _read_auth_message(websocket)
+    address = client_address(websocket)
     try:
-        principal = await _check(marker, credential, scopes, count=True)
+        ratelimit.refuse_failing(address)
+        try:
+            principal = await _check(marker, credential, scopes, count=True)
+        except Unauthorized:
+            # As on HTTP: refused credentials spend the address's failed-authentication budget.
+            await ratelimit.failed(address, get_settings().rate_limit_auth_failures_per_address)
+            raise
     except NexusError as err:
         if websocket.application_state == WebSocketState.CONNECTING:
             await websocket.accept(subprotocol=marker)
