@@ -8,8 +8,6 @@ revoked key keeps working.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import secrets
 import time
 from dataclasses import dataclass
@@ -18,6 +16,7 @@ from datetime import UTC, datetime
 import asyncpg
 
 from nexus_ray.config import get_settings
+from nexus_ray.edge import digests
 from nexus_ray.exceptions import Unauthorized
 from nexus_ray.stores import postgres
 
@@ -37,9 +36,7 @@ class ApiKeyRecord:
 _cache: dict[str, tuple[float, bytes, ApiKeyRecord | None]] = {}
 
 
-def _digest(secret: str) -> bytes:
-    master = get_settings().master_key.get_secret_value().encode()
-    return hmac.new(master, secret.encode(), hashlib.sha256).digest()
+_PURPOSE = "api-key"
 
 
 def split(key: str) -> tuple[str, str]:
@@ -70,7 +67,7 @@ async def create(
     await pg.execute(
         "INSERT INTO api_keys (key_id, secret_hash, principal, name, scopes, expires_at) VALUES ($1,$2,$3,$4,$5,$6)",
         key_id,
-        _digest(secret),
+        digests.digest(_PURPOSE, secret),
         principal,
         name,
         sorted(set(scopes)),
@@ -92,7 +89,6 @@ async def revoke(*, key_id: str) -> bool:
 async def verify(key: str) -> ApiKeyRecord:
     """The record of a valid, unrevoked, unexpired key; Unauthorized otherwise."""
     key_id, secret = split(key)
-    digest = _digest(secret)
     now = time.monotonic()
     hit = _cache.get(key_id)
     if hit is None or hit[0] < now:
@@ -109,7 +105,7 @@ async def verify(key: str) -> ApiKeyRecord:
         hit = (now + get_settings().api_key_cache_s, stored, record)
         _cache[key_id] = hit
     _, stored, record = hit
-    if record is None or not hmac.compare_digest(stored, digest):
+    if record is None or not digests.matches(stored, _PURPOSE, secret):
         raise Unauthorized("invalid API key")
     if record.expires_at is not None and record.expires_at <= datetime.now(UTC):
         raise Unauthorized("API key expired")

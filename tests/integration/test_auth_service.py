@@ -82,7 +82,7 @@ async def test_every_route_is_guarded(apps, client, bearer):
         kind, scopes = route_guard(r)
         if kind == "public":
             continue
-        path = "/auth" + r.path.replace("{user_id}", str(uuid.uuid4())).replace("{session_id}", "0" * 64)
+        path = "/auth" + r.path.replace("{user_id}", str(uuid.uuid4())).replace("{session_id}", "0" * 72)
         path = path.replace("{username}", "someone").replace("{role}", "user").replace("{name}", "user")
         path = path.replace("{key_id}", "0" * 16)
         for method in r.methods - {"HEAD"}:
@@ -241,6 +241,27 @@ async def test_sessions_are_listed_and_revoked_one_by_one(client):
     assert (await client.get(f"{USERS}/me", headers=bearer_of(phone))).status_code == 200
     r = await client.delete(f"{AUTH}/sessions/not-an-id", headers=bearer_of(phone))
     assert r.status_code == 422 and [e["field"] for e in r.json()["errors"]] == ["session_id"]
+
+
+async def test_another_users_session_cannot_be_ended_by_its_id(client, bearer):
+    """Used to answer 204 and end the victim's session; now 404, as for an unknown id, and nothing ends."""
+    victim, victim_password = await new_user(client)
+    attacker, attacker_password = await new_user(client)
+    theirs = await login(client, victim["username"], victim_password)
+    mine = await login(client, attacker["username"], attacker_password)
+    r = await client.delete(f"{AUTH}/sessions/{theirs.json()['session_id']}", headers=bearer_of(mine))
+    assert r.status_code == 404 and r.headers["content-type"] == "application/problem+json"
+    unknown = await client.delete(f"{AUTH}/sessions/{'0' * len(theirs.json()['session_id'])}", headers=bearer_of(mine))
+    assert unknown.status_code == 404 and unknown.json()["detail"] == r.json()["detail"]
+    assert (await client.get(f"{USERS}/me", headers=bearer_of(theirs))).status_code == 200
+    # An administrator may end it, if it holds every scope of the owner (a lesser one may not).
+    lesser = bearer("auth:auth:admin", "auth:auth:write", subject="admin-1")
+    r = await client.delete(f"{AUTH}/sessions/{theirs.json()['session_id']}", headers=lesser)
+    assert r.status_code == 403 and [e["field"] for e in r.json()["errors"]] == ["user_id"]
+    r = await client.delete(f"{AUTH}/sessions/{theirs.json()['session_id']}",
+                            headers=bearer("auth:*", "platform:*", subject="admin-2"))
+    assert r.status_code == 204
+    assert (await client.get(f"{USERS}/me", headers=bearer_of(theirs))).status_code == 401
 
 
 async def test_password_change_keeps_this_session_and_ends_the_others(client):

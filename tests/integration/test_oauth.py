@@ -26,6 +26,7 @@ from joserfc.jwk import KeySet
 
 from nexus_ray.catalog import NAMESPACES
 from nexus_ray.config import get_settings
+from nexus_ray.edge import digests
 from nexus_ray.edge.security import api_routes, route_guard
 from nexus_ray.stores import postgres
 
@@ -684,7 +685,7 @@ async def test_client_administration(client, meta, bearer):
     cid = created["client_id"]
     pg = await postgres.pool()
     stored = await pg.fetchval("SELECT secret_hash FROM oauth_clients WHERE client_id = $1", cid)
-    assert len(stored) == 32 and secret.encode() not in stored
+    assert len(stored) == digests.DIGEST_BYTES and secret.encode() not in stored
 
     r = await client.get(f"{OAUTH}/clients/{cid}", headers=admin)
     assert r.status_code == 200 and "client_secret" not in r.json()

@@ -10,6 +10,7 @@ import pytest
 
 from nexus_ray.deployments.auth.users import mail
 from nexus_ray.deployments.auth.users import service as users
+from nexus_ray.edge import digests
 from nexus_ray.stores import postgres
 from nexus_ray.stores.cache import redis_client
 
@@ -65,7 +66,8 @@ async def test_registration_sends_a_single_use_verification_code(client):
 
     pg = await postgres.pool()
     stored = await pg.fetch("SELECT token_hash FROM email_verifications WHERE user_id = $1", uuid.UUID(user["user_id"]))
-    assert len(stored) == 1 and len(stored[0]["token_hash"]) == 32 and code.encode() not in stored[0]["token_hash"]
+    assert len(stored) == 1 and len(stored[0]["token_hash"]) == digests.DIGEST_BYTES
+    assert code.encode() not in stored[0]["token_hash"]
 
     r = await client.post(f"{USERS}/verify-email", json={"token": code})
     assert r.status_code == 200, r.text

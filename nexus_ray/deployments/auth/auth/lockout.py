@@ -14,16 +14,15 @@ attempts cost a Redis round trip, not an argon2 hash.
   refuse that address's logins for the rest of the window (429 with Retry-After).
 
 Redis keys: ``nexus:auth:lock:<account>``, ``nexus:auth:fail:<account>``,
-``nexus:auth:addr-fail:<address>``; ``<account>`` is a keyed hash of the username.
+``nexus:auth:addr-fail:<address>``; ``<account>`` is a keyed digest (:mod:`nexus_ray.edge.digests`) of the username.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from dataclasses import dataclass
 
 from nexus_ray.config import get_settings
+from nexus_ray.edge import digests
 from nexus_ray.exceptions import NexusError, RateLimited
 from nexus_ray.stores.cache import redis_client, script
 
@@ -84,8 +83,9 @@ class Attempt:
 
 
 def account_key(username: str) -> str:
-    master = get_settings().master_key.get_secret_value().encode()
-    return hmac.new(master, b"login-account:" + username.strip().lower().encode(), hashlib.sha256).hexdigest()[:32]
+    # Under the current master key only: a rotation restarts the counts once, which costs an
+    # attacker's guesses nothing they did not have before the window, and lookups stay one call.
+    return digests.hex_digest("login-account", username.strip().lower())
 
 
 def _keys(account: str, address: str) -> list[str]:

@@ -18,10 +18,12 @@ from nexus_ray.deployments.auth.auth import lockout, passwords, sessions
 from nexus_ray.deployments.auth.users import service as users
 from nexus_ray.deployments.specialized.keys import service as keys
 from nexus_ray.edge import revocations, tokens
-from nexus_ray.edge.security import Principal
+from nexus_ray.edge.security import Principal, ensure_self_or
 from nexus_ray.exceptions import Conflict, Forbidden, NotFound, Unauthorized, ValidationFailed
 from nexus_ray.stores import postgres
 
+ADMIN_SCOPE = "auth:auth:admin"
+"""Acts on other accounts' passwords, sessions and lockouts."""
 SESSION_CREDENTIAL = "session:"
 """Prefix of ``Principal.credential_id`` for a principal authenticated by a legacy session."""
 
@@ -196,9 +198,20 @@ async def list_sessions(*, principal: Principal) -> list[dict[str, Any]]:
     ]
 
 
-async def revoke_session(*, principal: Principal, session_id: str) -> bool:
-    """End one of the caller's sessions by id (idempotent)."""
-    return await sessions.revoke_id(user_id=principal.subject, session_id=session_id)
+async def revoke_session(*, principal: Principal, session_id: str) -> None:
+    """End a session by id: one of the caller's, or anyone's for an administrator who outranks its owner.
+
+    NotFound alike for an unknown id and for another user's session, so ids cannot be probed.
+    """
+    unknown = "no such session"
+    owner = await sessions.owner_of(session_id)
+    if owner is None:
+        raise NotFound(unknown)
+    ensure_self_or(principal, owner, ADMIN_SCOPE, not_found=unknown)
+    if owner != principal.subject:
+        await users.ensure_may_manage(principal, owner)
+    if not await sessions.revoke_id(user_id=owner, session_id=session_id):
+        raise NotFound(unknown)
 
 
 async def lockout_status(*, username: str) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from nexus_ray.deployments.auth.auth import service
+from nexus_ray.deployments.auth.auth import service, sessions
 from nexus_ray.deployments.auth.auth.models import (
     ExchangeRequest,
     ExchangeResult,
@@ -30,7 +30,7 @@ from nexus_ray.exceptions import Unauthorized
 
 READ = "auth:auth:read"
 WRITE = "auth:auth:write"
-ADMIN = "auth:auth:admin"
+ADMIN = service.ADMIN_SCOPE
 
 router = APIRouter()
 _session_bearer = HTTPBearer(auto_error=False, description="The legacy session token to end")
@@ -78,9 +78,10 @@ async def list_sessions(principal: Principal = authorize(READ)) -> list[dict]:
     return await service.list_sessions(principal=principal)
 
 
-@router.delete("/sessions/{session_id}", status_code=204, summary="End one of the caller's sessions")
+@router.delete("/sessions/{session_id}", status_code=204,
+               summary="End a session: the caller's own (an administrator: anyone's)")
 async def revoke_session(
-    session_id: str = Path(pattern=r"^[0-9a-f]{64}$"), principal: Principal = authorize(WRITE)
+    session_id: str = Path(pattern=sessions.SESSION_ID_PATTERN), principal: Principal = authorize(WRITE)
 ) -> Response:
     await service.revoke_session(principal=principal, session_id=session_id)
     return Response(status_code=204)

@@ -35,7 +35,6 @@ held open while waiting for another connection deadlocks a busy pool.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
 import logging
 import re
@@ -68,7 +67,7 @@ from nexus_ray.deployments.auth.auth import sessions as legacy_sessions
 from nexus_ray.deployments.auth.users import service as users
 from nexus_ray.deployments.auth.users.models import check_scope
 from nexus_ray.deployments.specialized.keys import service as keys
-from nexus_ray.edge import revocations, tokens
+from nexus_ray.edge import digests, revocations, tokens
 from nexus_ray.edge.security import Principal, has_scope
 from nexus_ray.exceptions import Conflict, Forbidden, NotFound, Unauthorized, ValidationFailed
 from nexus_ray.stores import postgres
@@ -131,8 +130,12 @@ _COLUMNS = (
 
 def _digest(kind: str, value: str) -> bytes:
     """Keyed hash under which a credential of ``kind`` (client-secret, code, refresh) is stored."""
-    master = get_settings().master_key.get_secret_value().encode()
-    return hmac.new(master, f"oauth-{kind}:{value}".encode(), hashlib.sha256).digest()
+    return digests.digest(f"oauth-{kind}", value)
+
+
+def _candidates(kind: str, value: str) -> list[bytes]:
+    """The keyed hashes a stored credential of ``kind`` may have (one per live master key)."""
+    return digests.candidates(f"oauth-{kind}", value)
 
 
 def _read(row: asyncpg.Record) -> dict[str, Any]:
@@ -318,7 +321,7 @@ async def authenticate_client(*, client_id: str, secret: str | None, method: str
         return client
     if not client.confidential or client.secret_hash is None:
         raise InvalidClientError("client_secret: a public client has no secret", status_code=401)
-    if not hmac.compare_digest(client.secret_hash, _digest("client-secret", secret or "")):
+    if not digests.matches(client.secret_hash, "oauth-client-secret", secret or ""):
         raise InvalidClientError("client_secret: does not match", status_code=401)
     return client
 
@@ -640,15 +643,15 @@ async def exchange_code(*, client: Client, params: dict[str, str]) -> dict[str, 
         raise InvalidRequestError("code_verifier: required (PKCE)")
     if not CODE_VERIFIER_PATTERN.match(verifier):
         raise InvalidRequestError("code_verifier: 43 to 128 characters of A-Z, a-z, 0-9 and - . _ ~")
-    digest = _digest("code", code)
     pg = await postgres.pool()
     row = await pg.fetchrow(
-        "SELECT client_id, user_id, redirect_uri, scopes, nonce, code_challenge, auth_time, used_at, "
-        "expires_at <= now() AS expired FROM oauth_codes WHERE code_hash = $1",
-        digest,
+        "SELECT code_hash, client_id, user_id, redirect_uri, scopes, nonce, code_challenge, auth_time, used_at, "
+        "expires_at <= now() AS expired FROM oauth_codes WHERE code_hash = ANY($1::bytea[])",
+        _candidates("code", code),
     )
     if row is None:
         raise _used_code()
+    digest = bytes(row["code_hash"])
     if row["used_at"] is not None:
         await _code_replayed(digest)
         raise _used_code()
@@ -706,17 +709,17 @@ async def refresh(*, client: Client, params: dict[str, str]) -> dict[str, Any]:
     if not presented:
         raise InvalidRequestError("refresh_token: required")
     requested = parse_scope(params.get("scope"))
-    digest = _digest("refresh", presented)
     pg = await postgres.pool()
     row = await pg.fetchrow(
-        "SELECT r.grant_id, r.used_at, r.expires_at <= now() AS expired, g.client_id, g.user_id, g.scopes, "
-        "g.auth_time, g.created_at AS grant_created_at, g.revoked_at, "
+        "SELECT r.token_hash, r.grant_id, r.used_at, r.expires_at <= now() AS expired, g.client_id, g.user_id, "
+        "g.scopes, g.auth_time, g.created_at AS grant_created_at, g.revoked_at, "
         "g.created_at + make_interval(secs => $2) <= now() AS grant_expired "
-        "FROM oauth_refresh_tokens r JOIN oauth_grants g USING (grant_id) WHERE r.token_hash = $1",
-        digest, float(get_settings().oauth_grant_max_age_s),
+        "FROM oauth_refresh_tokens r JOIN oauth_grants g USING (grant_id) WHERE r.token_hash = ANY($1::bytea[])",
+        _candidates("refresh", presented), float(get_settings().oauth_grant_max_age_s),
     )
     if row is None:
         raise InvalidGrantError("refresh_token: unknown")
+    digest = bytes(row["token_hash"])
     if row["client_id"] != client.client_id:
         raise InvalidGrantError("refresh_token: was issued to another client")
     if row["revoked_at"] is not None:
@@ -818,8 +821,8 @@ async def revoke(*, client: Client, params: dict[str, str]) -> None:
     pg = await postgres.pool()
     row = await pg.fetchrow(
         "SELECT g.grant_id, g.client_id FROM oauth_refresh_tokens r JOIN oauth_grants g USING (grant_id) "
-        "WHERE r.token_hash = $1",
-        _digest("refresh", value),
+        "WHERE r.token_hash = ANY($1::bytea[])",
+        _candidates("refresh", value),
     )
     if row is None:
         return
@@ -882,9 +885,9 @@ async def _introspect_refresh_token(client: Client, value: str) -> dict[str, Any
     pg = await postgres.pool()
     row = await pg.fetchrow(
         "SELECT r.issued_at, r.expires_at, g.client_id, g.user_id, g.scopes FROM oauth_refresh_tokens r "
-        "JOIN oauth_grants g USING (grant_id) WHERE r.token_hash = $1 AND r.used_at IS NULL "
+        "JOIN oauth_grants g USING (grant_id) WHERE r.token_hash = ANY($1::bytea[]) AND r.used_at IS NULL "
         "AND r.expires_at > now() AND g.revoked_at IS NULL AND g.created_at + make_interval(secs => $2) > now()",
-        _digest("refresh", value), float(get_settings().oauth_grant_max_age_s),
+        _candidates("refresh", value), float(get_settings().oauth_grant_max_age_s),
     )
     if row is None or (row["client_id"] != client.client_id and not client.introspect_any):
         return dict(_INACTIVE)

@@ -12,8 +12,6 @@ import time.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import secrets
 import uuid
 from collections.abc import Iterable
@@ -24,7 +22,7 @@ import asyncpg
 
 from nexus_ray.config import get_settings
 from nexus_ray.deployments.auth.users import mail
-from nexus_ray.edge import apikeys, revocations
+from nexus_ray.edge import apikeys, digests, revocations
 from nexus_ray.edge.security import Principal, has_scope
 from nexus_ray.exceptions import Conflict, Forbidden, NotFound, ValidationFailed
 from nexus_ray.stores import events, postgres
@@ -73,9 +71,7 @@ def _conflict(exc: asyncpg.UniqueViolationError) -> Conflict:
     )
 
 
-def _token_digest(token: str) -> bytes:
-    master = get_settings().master_key.get_secret_value().encode()
-    return hmac.new(master, b"email-verification:" + token.encode(), hashlib.sha256).digest()
+_VERIFICATION_PURPOSE = "email-verification"
 
 
 def ensure_grantable(grantor: Principal, scopes: Iterable[str], *, field: str = "scopes") -> None:
@@ -90,6 +86,34 @@ def ensure_grantable(grantor: Principal, scopes: Iterable[str], *, field: str = 
                             "message": f"the caller does not hold {s}", "type": "scope_not_held"}
                            for i, s in missing],
             },
+        )
+
+
+async def _role_scopes_of(conn: asyncpg.Connection | asyncpg.Pool, user_id: uuid.UUID) -> list[str]:
+    """The scopes of the account's roles, whatever its status."""
+    return list(await conn.fetchval(
+        "SELECT coalesce(array_agg(DISTINCT rs.scope), '{}') FROM user_roles ur "
+        "JOIN role_scopes rs ON rs.role = ur.role WHERE ur.user_id = $1",
+        user_id,
+    ))
+
+
+async def ensure_may_manage(
+    grantor: Principal, user_id: str | uuid.UUID, *, conn: asyncpg.Connection | None = None
+) -> None:
+    """Refuse (403 naming ``user_id``) an administrator acting on another account that holds scopes the
+    administrator does not: a lesser administrator cannot reset, disable, erase or strip a greater one."""
+    uid = as_user_id(user_id)
+    if uid is None or str(uid) == grantor.subject:
+        return
+    held = await _role_scopes_of(conn if conn is not None else await postgres.pool(), uid)
+    missing = sorted(s for s in held if not grantor.can(s))
+    if missing:
+        raise Forbidden(
+            "the account holds scopes the caller does not: " + " ".join(missing),
+            extra={"scopes_not_held": missing,
+                   "errors": [{"field": "user_id", "message": "the account outranks the caller",
+                               "type": "outranked"}]},
         )
 
 
@@ -241,7 +265,7 @@ async def _send_verification(conn: asyncpg.Connection, *, user_id: uuid.UUID, em
     expires_at = await conn.fetchval(
         "INSERT INTO email_verifications (token_hash, user_id, email, expires_at) "
         "VALUES ($1, $2, $3, now() + make_interval(secs => $4)) RETURNING expires_at",
-        _token_digest(token), user_id, email, float(get_settings().email_verification_ttl_s),
+        digests.digest(_VERIFICATION_PURPOSE, token), user_id, email, float(get_settings().email_verification_ttl_s),
     )
     body = (
         "Confirm that this address belongs to your Nexus account.\n\n"
@@ -277,8 +301,8 @@ async def verify_email(*, token: str) -> dict[str, Any]:
     async with postgres.transaction() as conn:
         used = await conn.fetchrow(
             "UPDATE email_verifications SET used_at = now() "
-            "WHERE token_hash = $1 AND used_at IS NULL AND expires_at > now() RETURNING user_id, email",
-            _token_digest(token),
+            "WHERE token_hash = ANY($1::bytea[]) AND used_at IS NULL AND expires_at > now() RETURNING user_id, email",
+            digests.candidates(_VERIFICATION_PURPOSE, token),
         )
         if used is None:
             raise ValidationFailed.for_field("token", "unknown, expired or already used", "invalid_token")
