@@ -95,6 +95,15 @@ class Settings(BaseSettings):
     api_key_cache_s: float = Field(
         10.0, ge=0, description="Seconds an API key lookup is cached in a replica (bounds revocation delay)."
     )
+    api_key_cache_size: int = Field(
+        10_000, ge=1, description="Most API key look-ups (unknown key ids included) one replica caches; the least "
+        "recently used go first.",
+    )
+    api_key_max_lookups: int = Field(
+        4, ge=1, description="API key look-ups one replica runs against PostgreSQL at once (less than "
+        "postgres_pool_max, so unknown key ids cannot take the pool); up to four times as many wait, and any "
+        "further one is answered 503 with Retry-After.",
+    )
 
     # Identity: user-auth, auth-service (legacy login) and session-mgr.
     password_min_length: int = Field(10, ge=8, le=64, description="Shortest password accepted, characters.")

@@ -279,13 +279,21 @@ async def rotate_secret(*, client_id: str) -> dict[str, Any]:
 
 
 async def delete_client(*, client_id: str) -> bool:
-    """Delete a client with its codes, grants and refresh tokens; its access tokens then introspect inactive
-    (and pass the edge until they expire). False if there was none."""
-    pg = await postgres.pool()
-    done = await pg.fetchval("DELETE FROM oauth_clients WHERE client_id = $1 RETURNING true", client_id)
-    if done:
-        log.info("deleted OAuth client", extra={"client_id": client_id})
-    return bool(done)
+    """Delete a client with its codes, grants and refresh tokens, and end its access tokens at the edge: those
+    of its users' sign-ins (by grant) and its own (client credentials: the client is their subject). In the
+    deletion's transaction, the revocations written before the commit (see
+    :mod:`nexus_ray.deployments.auth.credentials`). False if there was none."""
+    async with postgres.transaction() as conn:
+        if not await conn.fetchval("SELECT true FROM oauth_clients WHERE client_id = $1 FOR UPDATE", client_id):
+            return False
+        grants = await conn.fetch(
+            "SELECT grant_id FROM oauth_grants WHERE client_id = $1 AND revoked_at IS NULL", client_id
+        )
+        await revocations.revoke_grants([str(g["grant_id"]) for g in grants])
+        await revocations.revoke_subject(client_id)
+        await conn.execute("DELETE FROM oauth_clients WHERE client_id = $1", client_id)
+    log.info("deleted OAuth client", extra={"client_id": client_id, "grants_revoked": len(grants)})
+    return True
 
 
 async def find_client(client_id: str) -> Client | None:
@@ -533,7 +541,7 @@ async def _issue(
     """The token response: an access token (and an ID token when asked and ``openid`` is granted), signed by
     key-service. The caller adds the refresh token once it is stored."""
     ttl = _ttl()
-    extra: dict[str, Any] = {"client_id": client.client_id}
+    extra: dict[str, Any] = {"client_id": client.client_id, "iat": await revocations.issued_at_for(subject)}
     if grant_id is not None:
         extra["gid"] = str(grant_id)
     claims = tokens.access_claims(subject, scopes, ttl_s=ttl, kind=kind, extra=extra)

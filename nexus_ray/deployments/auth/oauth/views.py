@@ -289,7 +289,7 @@ async def rotate_secret(client_id: ClientId) -> dict:
 
 @router.delete("/clients/{client_id}", status_code=204, dependencies=[authorize(ADMIN)], summary="Delete a client")
 async def delete_client(client_id: ClientId) -> Response:
-    """Its refresh tokens stop working at once; its access tokens introspect inactive."""
+    """Its refresh tokens stop working at once, and its access tokens (its users' and its own) at the edge."""
     if not await service.delete_client(client_id=client_id):
         raise NotFound("no such client")
     return Response(status_code=204)
