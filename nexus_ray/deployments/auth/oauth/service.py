@@ -758,6 +758,12 @@ async def refresh(*, client: Client, params: dict[str, str]) -> dict[str, Any]:
     body = await _issue(client=client, subject=user_id, kind="user", scopes=scopes, grant_id=row["grant_id"],
                         id_token={"auth_time": row["auth_time"].timestamp()})
     async with postgres.transaction() as conn:
+        # Waits for a revocation of the grant in flight (a password change holds the row until it commits).
+        live = await conn.fetchval(
+            "SELECT revoked_at IS NULL FROM oauth_grants WHERE grant_id = $1 FOR SHARE", row["grant_id"]
+        )
+        if not live:
+            raise InvalidGrantError("refresh_token: revoked")
         won = await conn.fetchval(
             "UPDATE oauth_refresh_tokens SET used_at = now() WHERE token_hash = $1 AND used_at IS NULL "
             "RETURNING true",
