@@ -58,6 +58,7 @@ class ApiKeyRecord:
 _cache: OrderedDict[str, tuple[float, ApiKeyRecord | None]] = OrderedDict()
 _pending: dict[str, asyncio.Future] = {}
 _slots: asyncio.Semaphore | None = None
+_slots_limit = [0]
 _waiting = 0
 
 
@@ -161,8 +162,9 @@ async def _query(key_id: str) -> ApiKeyRecord | None:
 
 def _semaphore() -> asyncio.Semaphore:
     global _slots
-    if _slots is None:
-        _slots = asyncio.Semaphore(get_settings().api_key_max_lookups)
+    limit = get_settings().api_key_max_lookups
+    if _slots is None or _slots_limit[0] != limit:
+        _slots, _slots_limit[0] = asyncio.Semaphore(limit), limit
     return _slots
 
 
