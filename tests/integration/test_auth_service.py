@@ -10,9 +10,9 @@ import uuid
 import httpx
 import pytest
 
-from nexus_ray.config import get_settings
 from nexus_ray.deployments.auth.auth import lockout, sessions
 from nexus_ray.deployments.auth.auth.service import session_principal
+from nexus_ray.deployments.auth.auth.settings import settings as auth_settings
 from nexus_ray.edge.security import api_routes, route_guard
 from nexus_ray.stores.cache import redis_client
 
@@ -25,8 +25,8 @@ SECRETS: list[str] = []
 
 @pytest.fixture
 def settings(monkeypatch):
-    """The process's settings, for tests that shorten windows (restored afterwards)."""
-    s = get_settings()
+    """auth-service's settings, for tests that shorten windows (restored afterwards)."""
+    s = auth_settings()
     yield lambda **values: [monkeypatch.setattr(s, k, v) for k, v in values.items()]
 
 
@@ -102,7 +102,7 @@ async def test_login_gives_an_opaque_session_the_edge_accepts(client):
     body = r.json()
     token = body["session_token"]
     assert token.startswith("nxs_") and token.count(".") == 0 and body["token_type"] == "session"
-    assert body["user_id"] == user["user_id"] and body["idle_timeout_s"] == get_settings().auth_session_idle_s
+    assert body["user_id"] == user["user_id"] and body["idle_timeout_s"] == auth_settings().auth_session_idle_s
 
     me = await client.get(f"{USERS}/me", headers=bearer_of(r))
     assert me.status_code == 200 and me.json()["user_id"] == user["user_id"]
@@ -357,7 +357,7 @@ async def test_exchange_gives_a_v2_token_with_the_users_scopes(client):
     body = r.json()
     SECRETS.append(body["access_token"])
     assert body["token_type"] == "Bearer" and body["access_token"].count(".") == 2
-    assert 0 < body["expires_in"] <= get_settings().auth_exchange_ttl_s
+    assert 0 < body["expires_in"] <= auth_settings().auth_exchange_ttl_s
     assert set(body["scope"].split()) == {"auth:users:read", "auth:users:write", "auth:auth:read", "auth:auth:write",
                                           "platform:sessions:read", "platform:sessions:write"}
     v2 = {"Authorization": f"Bearer {body['access_token']}"}

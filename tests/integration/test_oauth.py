@@ -26,6 +26,7 @@ from joserfc.jwk import KeySet
 
 from nexus_ray.catalog import NAMESPACES
 from nexus_ray.config import get_settings
+from nexus_ray.deployments.auth.auth.settings import settings as auth_settings
 from nexus_ray.edge import digests
 from nexus_ray.edge.security import api_routes, route_guard
 from nexus_ray.stores import postgres
@@ -303,7 +304,7 @@ async def test_sign_in_form_with_lockout_and_csrf(client, browser, meta, bearer)
     locker = browser()
     page = await locker.get(url)
     statuses = []
-    for _ in range(get_settings().auth_lockout_threshold + 1):
+    for _ in range(auth_settings().auth_lockout_threshold + 1):
         csrf = page.text.split('name="csrf_token" value="', 1)[1].split('"', 1)[0]
         page = await locker.post(meta["authorization_endpoint"],
                                  data={**query(url), "csrf_token": csrf, "username": user["username"],

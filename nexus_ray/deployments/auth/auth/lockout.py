@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from nexus_ray.config import get_settings
+from nexus_ray.deployments.auth.auth.settings import settings as auth_settings
 from nexus_ray.edge import digests
 from nexus_ray.exceptions import NexusError, RateLimited
 from nexus_ray.stores.cache import redis_client, script
@@ -95,7 +95,7 @@ def _keys(account: str, address: str) -> list[str]:
 
 async def begin(*, username: str, address: str) -> Attempt:
     """Count an attempt for ``username`` from ``address``; AccountLocked or RateLimited when refused."""
-    s = get_settings()
+    s = auth_settings()
     account = account_key(username)
     verdict, value = await script(_BEGIN)(
         keys=_keys(account, address),
@@ -117,7 +117,7 @@ async def begin(*, username: str, address: str) -> Attempt:
 
 async def failed(attempt: Attempt) -> None:
     """The attempt's password was wrong: lock the account when this was the last allowed failure."""
-    s = get_settings()
+    s = auth_settings()
     if attempt.number >= s.auth_lockout_threshold:
         lock, fails, _ = attempt.keys
         async with redis_client().pipeline(transaction=True) as pipe:

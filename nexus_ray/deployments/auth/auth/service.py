@@ -16,6 +16,7 @@ from typing import Any
 from nexus_ray.config import get_settings
 from nexus_ray.deployments.auth import credentials
 from nexus_ray.deployments.auth.auth import lockout, passwords, sessions
+from nexus_ray.deployments.auth.auth.settings import settings as auth_settings
 from nexus_ray.deployments.auth.users import service as users
 from nexus_ray.deployments.specialized.keys import service as keys
 from nexus_ray.edge import revocations, tokens
@@ -99,7 +100,7 @@ async def _open_session(*, user_id: uuid.UUID, address: str, user_agent: str, de
         "user_id": user_id,
         "session_id": session.session_id,
         "expires_at": _at(session.expires_at),
-        "idle_timeout_s": min(get_settings().auth_session_idle_s, get_settings().auth_session_absolute_s),
+        "idle_timeout_s": min(auth_settings().auth_session_idle_s, auth_settings().auth_session_absolute_s),
     }
 
 
@@ -182,7 +183,7 @@ async def exchange(*, session_token: str, scope: str | None = None) -> dict[str,
             )
         granted = requested
     s = get_settings()
-    ttl = int(min(s.auth_exchange_ttl_s, s.token_max_ttl_s, session.expires_at - time.time()))
+    ttl = int(min(auth_settings().auth_exchange_ttl_s, s.token_max_ttl_s, session.expires_at - time.time()))
     if ttl < 1:
         raise Unauthorized("invalid or expired session token")
     iat = await revocations.issued_at_for(session.user_id)

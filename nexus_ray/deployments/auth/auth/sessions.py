@@ -18,7 +18,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from nexus_ray.config import get_settings
+from nexus_ray.deployments.auth.auth.settings import settings as auth_settings
 from nexus_ray.edge import digests
 from nexus_ray.stores.cache import redis_client, script
 
@@ -104,7 +104,7 @@ def _decode(session_id: str, values: list[Any]) -> LegacySession:
 
 async def create(*, user_id: str, ip: str, user_agent: str, device: str) -> tuple[str, LegacySession]:
     """A new session for ``user_id``: (the token, shown once, and the session)."""
-    s = get_settings()
+    s = auth_settings()
     token = PREFIX + secrets.token_urlsafe(32)
     sid = session_id_of(token)
     now = time.time()
@@ -127,7 +127,7 @@ async def resolve(token: str) -> LegacySession | None:
     client = redis_client()
     for sid in _ids_of(token):  # one call, unless a master-key rotation is under way
         values = await script(_RESOLVE)(
-            keys=[_SESSION_KEY + sid], args=[repr(time.time()), get_settings().auth_session_idle_s], client=client
+            keys=[_SESSION_KEY + sid], args=[repr(time.time()), auth_settings().auth_session_idle_s], client=client
         )
         if values is not None:
             return _decode(sid, values)

@@ -64,6 +64,7 @@ from authlib.oidc.core.util import create_half_hash
 
 from nexus_ray.config import get_settings
 from nexus_ray.deployments.auth.auth import sessions as legacy_sessions
+from nexus_ray.deployments.auth.oauth.settings import settings as oauth_settings
 from nexus_ray.deployments.auth.users import service as users
 from nexus_ray.deployments.auth.users.models import check_scope
 from nexus_ray.deployments.specialized.keys import service as keys
@@ -500,7 +501,7 @@ async def issue_code(*, request: AuthorizationRequest, user_id: str, auth_time: 
         "auth_time, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, to_timestamp($8), "
         "now() + make_interval(secs => $9))",
         _digest("code", code), request.client.client_id, uuid.UUID(user_id), request.redirect_uri, scopes,
-        request.nonce, request.code_challenge, auth_time, float(get_settings().oauth_code_ttl_s),
+        request.nonce, request.code_challenge, auth_time, float(oauth_settings().oauth_code_ttl_s),
     )
     return code
 
@@ -526,7 +527,7 @@ async def token(*, client: Client, params: dict[str, str]) -> dict[str, Any]:
 
 def _ttl() -> int:
     s = get_settings()
-    return min(s.oauth_access_token_ttl_s, s.token_max_ttl_s)
+    return min(oauth_settings().oauth_access_token_ttl_s, s.token_max_ttl_s)
 
 
 async def _issue(
@@ -576,13 +577,12 @@ async def _id_token(
 
 async def _new_refresh_token(conn: asyncpg.Connection, *, grant_id: uuid.UUID, grant_created_at) -> str:
     """A refresh token in ``grant_id``'s family, living oauth_refresh_token_ttl_s within the grant's max age."""
-    s = get_settings()
     value = REFRESH_PREFIX + secrets.token_urlsafe(32)
     await conn.execute(
         "INSERT INTO oauth_refresh_tokens (token_hash, grant_id, expires_at) VALUES ($1, $2, "
         "least(now() + make_interval(secs => $3), $4::timestamptz + make_interval(secs => $5)))",
-        _digest("refresh", value), grant_id, float(s.oauth_refresh_token_ttl_s), grant_created_at,
-        float(s.oauth_grant_max_age_s),
+        _digest("refresh", value), grant_id, float(oauth_settings().oauth_refresh_token_ttl_s), grant_created_at,
+        float(oauth_settings().oauth_grant_max_age_s),
     )
     return value
 
@@ -723,7 +723,7 @@ async def refresh(*, client: Client, params: dict[str, str]) -> dict[str, Any]:
         "g.scopes, g.auth_time, g.created_at AS grant_created_at, g.revoked_at, "
         "g.created_at + make_interval(secs => $2) <= now() AS grant_expired "
         "FROM oauth_refresh_tokens r JOIN oauth_grants g USING (grant_id) WHERE r.token_hash = ANY($1::bytea[])",
-        _candidates("refresh", presented), float(get_settings().oauth_grant_max_age_s),
+        _candidates("refresh", presented), float(oauth_settings().oauth_grant_max_age_s),
     )
     if row is None:
         raise InvalidGrantError("refresh_token: unknown")
@@ -901,7 +901,7 @@ async def _introspect_refresh_token(client: Client, value: str) -> dict[str, Any
         "SELECT r.issued_at, r.expires_at, g.client_id, g.user_id, g.scopes FROM oauth_refresh_tokens r "
         "JOIN oauth_grants g USING (grant_id) WHERE r.token_hash = ANY($1::bytea[]) AND r.used_at IS NULL "
         "AND r.expires_at > now() AND g.revoked_at IS NULL AND g.created_at + make_interval(secs => $2) > now()",
-        _candidates("refresh", value), float(get_settings().oauth_grant_max_age_s),
+        _candidates("refresh", value), float(oauth_settings().oauth_grant_max_age_s),
     )
     if row is None or (row["client_id"] != client.client_id and not client.introspect_any):
         return dict(_INACTIVE)
@@ -991,7 +991,7 @@ async def purge_expired() -> dict[str, int]:
             ("grants",
              "DELETE FROM oauth_grants WHERE revoked_at < now() - make_interval(secs => $1) "
              "OR created_at + make_interval(secs => $2) < now()",
-             (float(s.token_max_ttl_s + s.jwt_leeway_s), float(s.oauth_grant_max_age_s + 86400))),
+             (float(s.token_max_ttl_s + s.jwt_leeway_s), float(oauth_settings().oauth_grant_max_age_s + 86400))),
         ):
             status = await conn.execute(sql, *args)
             counts[name] = int(status.split()[-1])

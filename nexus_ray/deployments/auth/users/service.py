@@ -20,8 +20,8 @@ from typing import Any
 
 import asyncpg
 
-from nexus_ray.config import get_settings
 from nexus_ray.deployments.auth.users import mail
+from nexus_ray.deployments.auth.users.settings import settings as users_settings
 from nexus_ray.edge import apikeys, digests
 from nexus_ray.edge.security import Principal, has_scope
 from nexus_ray.exceptions import Conflict, Forbidden, NotFound, ValidationFailed
@@ -265,7 +265,7 @@ async def _send_verification(conn: asyncpg.Connection, *, user_id: uuid.UUID, em
     expires_at = await conn.fetchval(
         "INSERT INTO email_verifications (token_hash, user_id, email, expires_at) "
         "VALUES ($1, $2, $3, now() + make_interval(secs => $4)) RETURNING expires_at",
-        digests.digest(_VERIFICATION_PURPOSE, token), user_id, email, float(get_settings().email_verification_ttl_s),
+        digests.digest(_VERIFICATION_PURPOSE, token), user_id, email, float(users_settings().email_verification_ttl_s),
     )
     body = (
         "Confirm that this address belongs to your Nexus account.\n\n"
