@@ -33,7 +33,7 @@ API_VERSIONS: tuple[str, ...] = ("v1", "v2")
 
 @dataclass(frozen=True)
 class Placement:
-    """Where a namespace's ingress runs: replicas and the resources of each."""
+    """Where a namespace's ingress (or a dedicated service) runs: replicas and the resources of each."""
 
     min_replicas: int = 1
     max_replicas: int = 1
@@ -71,7 +71,10 @@ _PG_K: tuple[Store, ...] = ("postgres", "kafka")
 _DOC: tuple[Store, ...] = ("documents",)
 
 
-def _s(name, namespace, port, slug, tier, title, stores=_PG, versions=("v1",)) -> Service:
+def _s(
+    name: str, namespace: str, port: int, slug: str, tier: int, title: str,
+    stores: tuple[Store, ...] = _PG, versions: tuple[str, ...] = ("v1",),
+) -> Service:
     return Service(name, namespace, port, slug, tier, title, tuple(stores), tuple(versions))
 
 
@@ -138,6 +141,11 @@ SERVICES: tuple[Service, ...] = (
 PLACEMENT: dict[str, Placement] = {ns: Placement() for ns in NAMESPACES}
 PLACEMENT["platform"] = Placement(min_replicas=2, max_replicas=2)
 PLACEMENT["auth"] = Placement(min_replicas=2, max_replicas=2)
+
+#: Services that run in a deployment of their own instead of their namespace's ingress
+#: (nexus_ray.runtime.placement; the setting ``dedicated_services`` adds to these). None by
+#: default: on a small machine every extra deployment is a process and its idle cost.
+DEDICATED: dict[str, Placement] = {}
 
 _BY_NAME = {s.name: s for s in SERVICES}
 

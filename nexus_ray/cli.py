@@ -143,14 +143,17 @@ def deploy(
 
 
 @app.command("serve-config")
-def serve_config_cmd(write: bool = typer.Option(False, help="Write cluster/serve_config.yaml.")) -> None:
-    """Print (or write) the Serve config generated from the catalog."""
+def serve_config_cmd(
+    write: bool = typer.Option(False, help="Write cluster/serve_config.yaml (the catalog's placement alone)."),
+) -> None:
+    """Print the Serve config this machine's settings give (NEXUS_DEDICATED_SERVICES included), or write the
+    checked-in one."""
     from nexus_ray.runtime import serve_config
 
     if write:
         console.print(f"wrote {serve_config.write()}")
     else:
-        print(serve_config.render(), end="")
+        print(serve_config.render(serve_config.build()), end="")
 
 
 @app.command()
@@ -203,6 +206,130 @@ def api_key(
     key_id, key = asyncio.run(apikeys.create(principal=principal, name=name, scopes=scope))
     console.print(f"key id {key_id}; the key is shown once:")
     print(key)
+
+
+@app.callback()
+def _refuse_invalid_settings() -> None:
+    # Before any command: invalid settings (the development master key outside development, above
+    # all) stop everything with one clear line, not a traceback, and never with the value itself.
+    from pydantic import ValidationError
+
+    try:
+        get_settings()
+    except ValidationError as exc:
+        for error in exc.errors(include_url=False, include_input=False):
+            console.print(f"[red]refused to start: {error['msg'].removeprefix('Value error, ')}[/red]")
+        raise typer.Exit(2) from None
+
+
+@app.command("reseal-keys")
+def reseal_keys() -> None:
+    """Re-seal key-service's signing keys under NEXUS_MASTER_KEY after a master-key rotation (idempotent).
+
+    Run it once every replica has the new NEXUS_MASTER_KEY and the old one in NEXUS_PREVIOUS_MASTER_KEYS;
+    then the old one can be dropped.
+    """
+    from nexus_ray.deployments.specialized import keys
+    from nexus_ray.stores import postgres
+
+    if not get_settings().postgres_url:
+        os.environ.update(_store_env())
+        get_settings.cache_clear()
+
+    async def run() -> dict:
+        try:
+            return await keys.reseal(actor="cli")
+        finally:
+            await postgres.close_pool()
+
+    done = asyncio.run(run())
+    console.print(f"{len(done['resealed'])} signing keys re-sealed under master key {done['master_key_id']}")
+    if done["unreadable"]:
+        console.print(f"[red]sealed under a master key not in NEXUS_PREVIOUS_MASTER_KEYS: {done['unreadable']}[/red]")
+        raise typer.Exit(1)
+
+
+events_app = typer.Typer(help="Events: consumers' dead letters and their replay.", no_args_is_help=True)
+app.add_typer(events_app, name="events")
+
+
+def _with_stores() -> None:
+    """Point this process at the stores: the configured ones, else the embedded servers (started if need be)."""
+    if not get_settings().postgres_url:
+        os.environ.update(_store_env())
+        get_settings.cache_clear()
+
+
+def _run_on_stores(work):
+    """Run the coroutine ``work`` on the stores, closing the pool after it."""
+    from nexus_ray.stores import postgres
+
+    async def run():
+        try:
+            return await work
+        finally:
+            await postgres.close_pool()
+
+    return asyncio.run(run())
+
+
+@events_app.command("dead-letters")
+def dead_letters(
+    consumer: str = typer.Option("", "--consumer", "-c", help="Only this consumer group's; default: every consumer's."),
+    after: int = typer.Option(0, help="Start after this dead letter id (the last id of the previous page)."),
+    limit: int = typer.Option(50, help="Most dead letters to show (1-1000)."),
+) -> None:
+    """List the events consumers gave up on, oldest first, with their last error."""
+    from nexus_ray.exceptions import ValidationFailed
+    from nexus_ray.stores import events
+
+    _with_stores()
+    try:
+        letters = _run_on_stores(events.list_dead_letters(consumer=consumer or None, after=after, limit=limit))
+    except ValidationFailed as exc:
+        console.print(f"[red]{exc.detail}[/red]")
+        raise typer.Exit(2) from None
+    table = Table("id", "consumer", "topic", "event", "status", "attempts", "died", "last error")
+    for d in letters:
+        table.add_row(str(d.id), d.consumer, d.topic, str(d.event_id), d.status, str(d.attempts),
+                      d.dead_at.strftime("%Y-%m-%d %H:%M:%S"), f"{d.error_type}: {d.error_message}"[:120])
+    console.print(table)
+    if len(letters) == limit:
+        console.print(f"more: --after {letters[-1].id}")
+
+
+@events_app.command("replay")
+def replay(
+    dead_letter_id: int = typer.Argument(..., help="Id of the dead letter (from `nexus events dead-letters`)."),
+    wait: float = typer.Option(0.0, help="Seconds to wait for the consumer to deliver it; 0: do not wait."),
+) -> None:
+    """Ask a dead letter's consumer to deliver it to its handler once more (asking twice delivers once)."""
+    from nexus_ray.exceptions import NotFound
+    from nexus_ray.stores import events
+
+    async def request():
+        letter = await events.request_replay(dead_letter_id=dead_letter_id)
+        deadline = time.monotonic() + wait
+        while letter.status == "replaying" and time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
+            letter = await events.get_dead_letter(dead_letter_id=dead_letter_id)
+        return letter
+
+    _with_stores()
+    try:
+        letter = _run_on_stores(request())
+    except NotFound as exc:
+        console.print(f"[red]{exc.detail}[/red]")
+        raise typer.Exit(2) from None
+    if letter.status == "replaying":
+        said = f"replay requested: a running consumer of {letter.consumer} delivers it at its next look"
+    elif letter.status == "replayed":
+        said = f"replayed at {letter.replayed_at:%Y-%m-%d %H:%M:%S}"
+    else:
+        said = f"the replay failed again: {letter.error_type}: {letter.error_message}"[:200]
+    console.print(f"dead letter {letter.id} (event {letter.event_id}, {letter.topic}): {said}")
+    if letter.status == "dead":
+        raise typer.Exit(1)
 
 
 def main() -> None:

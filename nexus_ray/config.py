@@ -9,10 +9,8 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
-
-from typing import Any
 
 from pydantic import Field, PrivateAttr, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -23,7 +21,8 @@ DEV_MASTER_KEY = "dev-master-key-change-me-0123456789abcdef"
 class Settings(BaseSettings):
     """Platform settings; one instance per process (see :func:`get_settings`)."""
 
-    model_config = SettingsConfigDict(env_prefix="NEXUS_", env_file=None, extra="ignore")
+    # hide_input_in_errors: a refused setting's error must not repeat the value (the master key).
+    model_config = SettingsConfigDict(env_prefix="NEXUS_", env_file=None, extra="ignore", hide_input_in_errors=True)
 
     environment: Literal["development", "test", "production"] = Field(
         "development",
@@ -40,8 +39,24 @@ class Settings(BaseSettings):
     mongo_url: str = Field("", description="MongoDB URL for PyMongo's AsyncMongoClient. Empty: embedded secantusd.")
     mongo_database: str = Field("nexus", description="Database name in the document store.")
     kafka_bootstrap: str = Field("", description="Kafka bootstrap servers host:port[,...]. Empty: embedded tansu.")
+    redis_pool_max: int = Field(
+        64, ge=1, description="Most connections one process opens to Redis; commands beyond them wait for a free one."
+    )
+    redis_pool_wait_s: float = Field(
+        10.0, gt=0, description="Longest wait of a Redis command for a free pooled connection before it fails, s."
+    )
     postgres_pool_min: int = Field(1, ge=0, description="Minimum connections in each replica's asyncpg pool.")
     postgres_pool_max: int = Field(8, ge=1, description="Maximum connections in each replica's asyncpg pool.")
+
+    event_max_attempts: int = Field(
+        5, ge=1, description="Times a consumer's handler may fail on one event before the event is moved to the "
+        "consumer's dead letters and the consumer goes on past it. Failures are counted in PostgreSQL, so a "
+        "restarted consumer goes on counting.",
+    )
+    event_retry_backoff_s: float = Field(
+        1.0, ge=0, description="Seconds a consumer waits before it retries an event its handler failed on, doubled "
+        "after each failure (at most 60 s). Only that event's partition waits; the others go on.",
+    )
 
     # Edge.
     jwt_issuer: str = Field(
@@ -82,12 +97,6 @@ class Settings(BaseSettings):
         description="Least seconds between two reads of the verification keys caused by tokens with an unknown "
         "key id, so made-up key ids cannot flood PostgreSQL.",
     )
-    pv_key_max_ttl_s: int = Field(
-        365 * 86400,
-        ge=60,
-        description="Longest lifetime of a pv-keys access key, seconds; a rotated pv-keys signing key keeps "
-        "verifying this long after its rotation.",
-    )
     rate_limit_per_principal: int = Field(6000, ge=1, description="Requests per minute allowed per principal.")
     rate_limit_per_address: int = Field(12000, ge=1, description="Requests per minute allowed per client address.")
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest accepted request body, bytes.")
@@ -105,24 +114,18 @@ class Settings(BaseSettings):
         "further one is answered 503 with Retry-After.",
     )
 
-    # Identity: session-mgr. (auth-service, auth-service-v2 and user-auth keep theirs in their packages' settings.py.)
-    session_idle_timeout_s: int = Field(
-        1800, ge=1, description="session-mgr: default (and largest) idle timeout of a session, seconds."
-    )
-    session_absolute_timeout_s: int = Field(
-        604800, ge=1, description="session-mgr: default (and largest) absolute lifetime of a session, seconds."
-    )
-    session_max_per_user: int = Field(
-        100, ge=1, description="session-mgr: sessions one user may hold; creating one more evicts the least recently "
-        "used.",
-    )
-
     # Serve / Ray.
     http_host: str = Field("127.0.0.1", description="Address the public HTTP entrypoint binds.")
     http_port: int = Field(8000, description="Port of the public HTTP entrypoint (Serve proxy / HAProxy).")
     dashboard_port: int = Field(8265, description="Ray dashboard port.")
     metrics_export_port: int = Field(8080, description="Port where Ray exports Prometheus metrics.")
     ray_address: str = Field("", description="Ray cluster address for `nexus deploy`; empty: local head.")
+    dedicated_services: dict[str, dict[str, float]] = Field(
+        default_factory=dict,
+        description="Services to run in a deployment of their own instead of their namespace's ingress (a JSON "
+        "object: service name -> {min_replicas, max_replicas, num_cpus, num_gpus}); `nexus serve-config` and "
+        "`nexus up` place them so. See nexus_ray/runtime/placement.py.",
+    )
     ingress_max_ongoing_requests: int = Field(
         256, ge=1, description="Concurrent requests one ingress replica takes before Serve queues."
     )

@@ -1,14 +1,15 @@
-"""SessionActor: one user's sessions (device, address, user agent, last use), with idle and absolute timeouts.
+"""UserSessions: one user's sessions (device, address, user agent, last use), with idle and absolute timeouts.
 
-One actor per user (key: the user id), reached through
-``get_or_create(SessionActor, user_id)``. Every change is journaled by
+One entity per user (key: the user id), living in one of session-mgr's shard actors
+(:mod:`nexus_ray.actors.shards`), reached through an
+:class:`~nexus_ray.actors.client.EntityClient`. Every change is journaled by
 :class:`~nexus_ray.actors.base.PersistentActor` before it is acknowledged, so a killed
-actor comes back with every session it had.
+shard comes back with every session of every user it held.
 
-Ops are idempotent because Ray retries a call whose actor died mid-flight: the caller
+Ops are idempotent because Ray retries a call whose shard died mid-flight: the caller
 chooses the session id (creating it twice is one session), a touch sets "last used at
 T" (never backwards), removal names the ids. Time is an argument of every op, never
-read inside :meth:`SessionActor.apply`, so a replay computes the same state.
+read inside :meth:`UserSessions.apply`, so a replay computes the same state.
 
 A session is valid while ``now < last_used_at + idle_timeout_s`` and
 ``now < created_at + absolute_timeout_s``. Expired sessions are reported invalid (with
@@ -43,7 +44,7 @@ def with_expiries(session: dict[str, Any]) -> dict[str, Any]:
             "idle_expires_at": min(absolute, session["last_used_at"] + session["idle_timeout_s"])}
 
 
-class SessionActor(PersistentActor):
+class UserSessions(PersistentActor):
     """The live sessions of one user."""
 
     kind = "session"

@@ -20,6 +20,8 @@ import importlib
 import importlib.util
 import logging
 from collections.abc import AsyncIterator
+from types import ModuleType
+from typing import Any
 
 from fastapi import APIRouter, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -38,7 +40,7 @@ from nexus_ray.stores import cache, documents, events, postgres
 log = logging.getLogger(__name__)
 
 
-def service_module(service: Service):
+def service_module(service: Service) -> ModuleType | None:
     """The module holding a service's routes, or None while the service has none yet."""
     try:
         spec = importlib.util.find_spec(service.package)
@@ -55,7 +57,7 @@ def _health_router(service: Service) -> APIRouter:
         return {"service": service.name, "status": "live"}
 
     @router.get("/health/ready", dependencies=[public(rate_limited=False)], summary=f"{service.name} readiness")
-    async def ready():
+    async def ready() -> Any:
         report = await health.service_report(service)
         if not report["ready"]:
             err = ServiceUnavailable(f"{service.name} is not ready", extra={"stores": report["stores"]})
@@ -74,11 +76,21 @@ def _routers_of(service: Service) -> dict[str, APIRouter]:
     return {"v1": module.router} if hasattr(module, "router") else {}
 
 
-def build_app(namespace: str) -> FastAPI:
-    """The ASGI app of ``namespace``: every service's routes, health, OpenAPI, the edge."""
+def build_app(
+    namespace: str, *, exclude: frozenset[str] | set[str] = frozenset(), only: str | None = None,
+    version: str | None = None,
+) -> FastAPI:
+    """The ASGI app of ``namespace``: every service's routes, health, OpenAPI, the edge.
+
+    ``exclude`` leaves out services that run in deployments of their own; ``only`` (with
+    ``version``) builds the app of one such service: its routes alone, mounted at the root
+    of its application's route prefix ``/<namespace>/<version>/<slug>``.
+    """
     settings = get_settings()
     configure_logs(settings.log_level)
-    services = in_namespace(namespace)
+    services = tuple(s for s in in_namespace(namespace) if s.name not in exclude and (only is None or s.name == only))
+    if only is not None and not services:
+        raise KeyError(f"{only} is not a service of {namespace}")
     background = []
     for s in services:
         module = service_module(s)
@@ -106,7 +118,7 @@ def build_app(namespace: str) -> FastAPI:
             await documents.close_mongo()
 
     app = FastAPI(
-        title=f"nexus-ray {namespace}",
+        title=f"nexus-ray {namespace}" + (f" {only} {version}" if only else ""),
         version="1",
         description=f"Services of the {namespace} namespace: "
         + ", ".join(s.name for s in services),
@@ -114,23 +126,33 @@ def build_app(namespace: str) -> FastAPI:
     )
     errors.install(app)
 
-    @app.get("/health/live", dependencies=[public(rate_limited=False)], tags=["health"])
-    async def namespace_live() -> dict:
-        return {"namespace": namespace, "status": "live"}
+    if only is None:
+        @app.get("/health/live", dependencies=[public(rate_limited=False)], tags=["health"])
+        async def namespace_live() -> dict:
+            return {"namespace": namespace, "status": "live"}
 
-    @app.get("/health/ready", dependencies=[public(rate_limited=False)], tags=["health"])
-    async def namespace_ready():
-        report = await health.namespace_report(namespace)
-        body = {"namespace": namespace, "ready": all(r["ready"] for r in report), "services": report}
-        return JSONResponse(body, status_code=200 if body["ready"] else 503)
+        @app.get("/health/ready", dependencies=[public(rate_limited=False)], tags=["health"])
+        async def namespace_ready() -> JSONResponse:
+            report = await health.namespace_report(namespace)
+            body = {"namespace": namespace, "ready": all(r["ready"] for r in report), "services": report}
+            return JSONResponse(body, status_code=200 if body["ready"] else 503)
+
+    # A dedicated service's app sits at /<namespace>/<version>/<slug>: its routes mount at the root,
+    # and metrics name them by the same templates as when the namespace ingress hosts them.
+    def prefix_of(s: Service, v: str) -> str:
+        return "" if only is not None else f"/{v}/{s.slug}"
 
     for s in services:
-        for version in s.versions:
-            app.include_router(_health_router(s), prefix=f"/{version}/{s.slug}")
-        for version, router in _routers_of(s).items():
-            if version not in s.versions:
-                raise RuntimeError(f"{s.name} has a {version} router but the catalog lists {s.versions}")
-            app.include_router(router, prefix=f"/{version}/{s.slug}", tags=[s.name])
+        versions = [version] if only is not None and version else list(s.versions)
+        for v in versions:
+            if v not in s.versions:
+                raise RuntimeError(f"{s.name} has no API version {v}")
+            app.include_router(_health_router(s), prefix=prefix_of(s, v))
+        for v, router in _routers_of(s).items():
+            if v not in s.versions:
+                raise RuntimeError(f"{s.name} has a {v} router but the catalog lists {s.versions}")
+            if v in versions:
+                app.include_router(router, prefix=prefix_of(s, v), tags=[s.name])
 
     check_route_security(app.routes)
     if settings.cors_origins:
@@ -143,7 +165,8 @@ def build_app(namespace: str) -> FastAPI:
         )
     from ray.serve.context import _get_internal_replica_context
 
-    templates = {(rc.endpoint, rc.path.split("/", 2)[1]): rc.path for rc in api_routes(app.routes)}
+    mounted_at = f"/{version}/{services[0].slug}" if only is not None else ""
+    templates = {(rc.endpoint, rc.path.split("/", 2)[1]): mounted_at + rc.path for rc in api_routes(app.routes)}
     app.add_middleware(
         EdgeMiddleware,
         namespace=namespace,

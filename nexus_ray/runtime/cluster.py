@@ -247,7 +247,8 @@ def wait_ready(
                         ready[ns] = r.status_code == 200
                     except httpx.HTTPError:
                         pass
-            if all(ready.values()):
+            # Dedicated services' applications (nexus_ray.runtime.placement) must be up as well.
+            if all(ready.values()) and all(a.get("status") == "RUNNING" for a in apps.values()):
                 return ready
             time.sleep(0.5)
     raise TimeoutError(f"not ready after {timeout:.0f} s: {[ns for ns, ok in ready.items() if not ok]}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
 
 from nexus_ray.config import get_settings
 
@@ -10,20 +11,29 @@ _client: aioredis.Redis | None = None
 
 
 def redis_client() -> aioredis.Redis:
-    """The process-wide asyncio Redis client, created on first use from settings."""
+    """The process-wide asyncio Redis client, created on first use from settings.
+
+    Its pool is bounded and *blocking*: past ``redis_pool_max`` connections a command waits
+    for a free one (up to ``redis_pool_wait_s``) instead of failing. redis-py's default pool
+    raises "Too many connections" at 100 in use, which a replica with 256 requests in flight
+    (or a shard actor restoring hundreds of entities at once) reaches.
+    """
     global _client
     if _client is None:
-        url = get_settings().redis_url
-        if not url:
+        s = get_settings()
+        if not s.redis_url:
             raise RuntimeError("NEXUS_REDIS_URL is not set: start the embedded stores (`nexus up`) or configure Redis")
-        _client = aioredis.Redis.from_url(url, decode_responses=False, health_check_interval=30)
+        pool = aioredis.BlockingConnectionPool.from_url(
+            s.redis_url, max_connections=s.redis_pool_max, timeout=s.redis_pool_wait_s, health_check_interval=30
+        )
+        _client = aioredis.Redis.from_pool(pool)
     return _client
 
 
-_scripts: dict[str, object] = {}
+_scripts: dict[str, AsyncScript] = {}
 
 
-def script(body: str):
+def script(body: str) -> AsyncScript:
     """The Lua script ``body``, registered once per process; call it with ``keys=``, ``args=``, ``client=``.
 
     redis-py runs it by EVALSHA and loads it again if the server has lost it (a restart).

@@ -1,6 +1,7 @@
-"""session-mgr through the in-process platform with real SessionActors on the session's Ray cluster:
-create, touch, list, revoke; idle and absolute timeouts; SIGKILL of the actor loses no session;
-erasing the account (user-auth) makes session-mgr forget its sessions."""
+"""session-mgr through the in-process platform with real shard actors on the session's Ray cluster:
+create, touch, list (paged), revoke; idle and absolute timeouts; SIGKILL of a user's shard loses no
+session; users share a bounded set of processes; erasing the account (user-auth) makes session-mgr
+forget its sessions."""
 
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ import signal
 import uuid
 
 import pytest
+import ray
 
-from nexus_ray.actors import get_or_create
-from nexus_ray.actors.session import SessionActor
-from nexus_ray.deployments.platform.sessions import forget_user
+from nexus_ray.actors import NAMESPACE
+from nexus_ray.actors.session import UserSessions
+from nexus_ray.deployments.platform.sessions import forget_user, sessions_client
 
 pytestmark = pytest.mark.e2e
 
@@ -43,12 +45,12 @@ async def test_create_touch_list_and_revoke(ray_client, bearer, user_id):
     laptop = await open_session(ray_client, me, user_id, device="laptop", ip="2001:db8::7", user_agent="Firefox")
     assert laptop["ip"] == "2001:db8::7"
 
-    listed = (await ray_client.get(f"{BASE}/{user_id}/sessions", headers=me)).json()["sessions"]
+    listed = (await ray_client.get(f"{BASE}/{user_id}/sessions", headers=me)).json()["items"]
     assert [s["device"] for s in listed] == ["laptop", "phone"]  # most recently used first
 
     touched = await ray_client.post(f"{BASE}/{user_id}/sessions/{phone['session_id']}/touch", headers=me)
     assert touched.status_code == 200 and touched.json()["last_used_at"] > phone["last_used_at"]
-    listed = (await ray_client.get(f"{BASE}/{user_id}/sessions", headers=me)).json()["sessions"]
+    listed = (await ray_client.get(f"{BASE}/{user_id}/sessions", headers=me)).json()["items"]
     assert [s["device"] for s in listed] == ["phone", "laptop"]
     got = await ray_client.get(f"{BASE}/{user_id}/sessions/{laptop['session_id']}", headers=me)
     assert got.status_code == 200 and got.json()["device"] == "laptop"
@@ -69,7 +71,7 @@ async def test_create_touch_list_and_revoke(ray_client, bearer, user_id):
     tablet = await open_session(ray_client, me, user_id, device="tablet")
     r = await ray_client.delete(f"{BASE}/{user_id}/sessions", params={"keep": tablet["session_id"]}, headers=me)
     assert r.status_code == 200 and r.json() == {"revoked": 1}
-    listed = (await ray_client.get(f"{BASE}/{user_id}/sessions", headers=me)).json()["sessions"]
+    listed = (await ray_client.get(f"{BASE}/{user_id}/sessions", headers=me)).json()["items"]
     assert [s["session_id"] for s in listed] == [tablet["session_id"]]
 
 
@@ -105,7 +107,7 @@ async def test_idle_and_absolute_timeouts(ray_client, bearer, user_id, until):
 
     assert (await until(idle_expired))["reason"] == "idle_timeout"
     # Reported once, then pruned: it is gone from the list and unknown from now on.
-    listed = (await ray_client.get(f"{BASE}/{user_id}/sessions", headers=me)).json()["sessions"]
+    listed = (await ray_client.get(f"{BASE}/{user_id}/sessions", headers=me)).json()["items"]
     assert [s["device"] for s in listed] == ["keeper"]
     r = await ray_client.get(f"{BASE}/{user_id}/sessions/{idle['session_id']}", headers=me)
     assert r.json()["reason"] == "unknown"
@@ -129,17 +131,17 @@ async def test_killing_the_actor_loses_no_session(ray_client, bearer, user_id):
     for s in created[:5]:
         r = await ray_client.post(f"{BASE}/{user_id}/sessions/{s['session_id']}/touch", headers=me)
         assert r.status_code == 200
-    before = (await ray_client.get(f"{BASE}/{user_id}/sessions", headers=me)).json()["sessions"]
+    before = (await ray_client.get(f"{BASE}/{user_id}/sessions", headers=me)).json()["items"]
     assert len(before) == 15
 
-    actor = get_or_create(SessionActor, user_id)
-    first_pid = await actor.pid.remote()
+    shards = sessions_client()
+    first_pid = await shards.call_shard(user_id, "pid")
     os.kill(first_pid, signal.SIGKILL)
 
     after = await ray_client.get(f"{BASE}/{user_id}/sessions", headers=me)  # waits for the restart
     assert after.status_code == 200, after.text
-    assert after.json()["sessions"] == before
-    second_pid = await actor.pid.remote()
+    assert after.json()["items"] == before
+    second_pid = await shards.call_shard(user_id, "pid")
     assert second_pid != first_pid
 
     # Writes after the restart are as durable as before it.
@@ -147,9 +149,9 @@ async def test_killing_the_actor_loses_no_session(ray_client, bearer, user_id):
     revoked = created[0]["session_id"]
     assert (await ray_client.delete(f"{BASE}/{user_id}/sessions/{revoked}", headers=me)).status_code == 204
     os.kill(second_pid, signal.SIGKILL)
-    final = (await ray_client.get(f"{BASE}/{user_id}/sessions", headers=me)).json()["sessions"]
+    final = (await ray_client.get(f"{BASE}/{user_id}/sessions", headers=me)).json()["items"]
     assert {s["session_id"] for s in final} == ({s["session_id"] for s in before} - {revoked}) | {extra["session_id"]}
-    assert await actor.pid.remote() not in (first_pid, second_pid)
+    assert await shards.call_shard(user_id, "pid") not in (first_pid, second_pid)
 
 
 async def test_erasing_the_account_forgets_its_sessions(ray_client, until):
@@ -165,10 +167,10 @@ async def test_erasing_the_account_forgets_its_sessions(ray_client, until):
     # The user's own legacy session token works at the platform namespace's edge too.
     await open_session(ray_client, legacy, uid, device="phone")
     await open_session(ray_client, legacy, uid, device="tv")
-    assert len((await ray_client.get(f"{BASE}/{uid}/sessions", headers=legacy)).json()["sessions"]) == 2
+    assert len((await ray_client.get(f"{BASE}/{uid}/sessions", headers=legacy)).json()["items"]) == 2
 
     assert (await ray_client.delete(f"/auth/v1/users/{uid}", headers=legacy)).status_code == 200
-    persisted = SessionActor(uid)
+    persisted = UserSessions(uid)
 
     async def forgotten():
         from nexus_ray.stores.cache import redis_client
@@ -176,3 +178,38 @@ async def test_erasing_the_account_forgets_its_sessions(ray_client, until):
         return not await redis_client().exists(persisted.journal_key, persisted.snapshot_key)
 
     await until(forgotten, within_s=120, every=0.5)  # outbox -> Kafka -> session-mgr's consumer
+
+
+async def test_pages_of_sessions(ray_client, bearer, user_id):
+    me = bearer(*SELF, subject=user_id)
+    for i in range(5):
+        await open_session(ray_client, me, user_id, device=f"d{i}")
+    seen, cursor = [], None
+    while True:
+        params = {"limit": 2, **({"cursor": cursor} if cursor else {})}
+        page = (await ray_client.get(f"{BASE}/{user_id}/sessions", params=params, headers=me)).json()
+        assert len(page["items"]) <= 2
+        seen += [s["device"] for s in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == [f"d{i}" for i in reversed(range(5))]  # most recently used first, none twice
+    r = await ray_client.get(f"{BASE}/{user_id}/sessions", params={"cursor": "not-a-cursor"}, headers=me)
+    assert r.status_code == 422 and [e["field"] for e in r.json()["errors"]] == ["cursor"]
+    r = await ray_client.get(f"{BASE}/{user_id}/sessions", params={"limit": 101}, headers=me)
+    assert r.status_code == 422 and [e["field"] for e in r.json()["errors"]] == ["limit"]
+
+
+async def test_many_users_share_a_bounded_set_of_processes(ray_client, bearer):
+    users = [f"user-{uuid.uuid4().hex[:12]}" for _ in range(24)]
+    try:
+        await asyncio.gather(*(open_session(ray_client, bearer(*SELF, subject=u), u) for u in users))
+        shards = sessions_client()
+        names = {a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                 if a["namespace"] == NAMESPACE and a["name"].startswith(f"{UserSessions.kind}:")}
+        assert names == {shards.actor_name(u) for u in users}
+        assert len(names) <= shards.shards < len(users)
+        pids = {await shards.call_shard(u, "pid") for u in users}
+        assert len(pids) == len(names)
+    finally:
+        await asyncio.gather(*(forget_user(user_id=u) for u in users))

@@ -1,17 +1,24 @@
 """key-service on the real stores: JWKS, signing keys sealed at rest, rotation and revocation routes,
-envelope encryption with tamper detection, and an audit that records every use and no key material."""
+envelope encryption with tamper detection, an audit that records every use and no key material, and
+master-key rotation (what the old key sealed keeps working, and is re-sealed under the new one)."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import json
+import os
+import secrets
+import subprocess
+import sys
+from pathlib import Path
 
 import jwt
 import pytest
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import serialization
 
+from nexus_ray.config import get_settings
 from nexus_ray.deployments.specialized import keys
 from nexus_ray.deployments.specialized.keys import crypto
 from nexus_ray.deployments.specialized.keys import service as key_service
@@ -273,3 +280,107 @@ async def test_audit_paging_and_filters(client, bearer, migrated):
     assert r.status_code == 422 and _fields(r) == ["action"]
     r = await client.get(f"{BASE}/audit", headers=bearer(ADMIN))
     assert r.status_code == 403
+
+
+def _restart_with(monkeypatch, master: str, previous: list[str]) -> None:
+    """What a replica restarted with these master keys holds: the settings read again, no signing key unsealed."""
+    monkeypatch.setenv("NEXUS_MASTER_KEY", master)
+    monkeypatch.setenv("NEXUS_PREVIOUS_MASTER_KEYS", json.dumps(previous))
+    get_settings.cache_clear()
+    key_service._signers.clear()
+
+
+async def test_master_key_rotation_keeps_everything_working_and_reseals(client, bearer, monkeypatch, migrated):
+    old, new = os.environ["NEXUS_MASTER_KEY"], secrets.token_urlsafe(48)
+    old_id, new_id = crypto.master_keys(old).id, crypto.master_keys(new).id
+    platform_signer = await keys.current_signer("ES256")
+    pv_signer = await keys.current_signer("EdDSA", purpose="pv-keys")
+    token_before = await keys.sign(tokens.access_claims("rotating", ["x:y"], ttl_s=600))
+    envelope_before = await keys.encrypt(b"sealed under the old key", context="rotation:probe")
+    pg = await postgres.pool()
+    assert await pg.fetchval("SELECT count(*) FROM signing_keys WHERE master_key_id = $1", old_id) >= 2
+    both = bearer(ADMIN, "specialized:keys:encrypt", "specialized:keys:decrypt", subject="key-custodian")
+    try:
+        # The new master key, the old one kept as previous: what the old one sealed still opens.
+        _restart_with(monkeypatch, new, [old])
+        assert (await keys.current_signer("ES256")).kid == platform_signer.kid
+        assert (await keys.current_signer("EdDSA", purpose="pv-keys")).kid == pv_signer.kid
+        token = await keys.sign(tokens.access_claims("rotating", ["x:y"], ttl_s=600))
+        assert (await tokens.verify(token))["sub"] == "rotating"
+        assert await keys.decrypt(envelope_before, context="rotation:probe") == b"sealed under the old key"
+        assert (await keys.encrypt(b"new", context="rotation:probe"))["master_key_id"] == new_id
+        assert await pg.fetchval("SELECT count(*) FROM signing_keys WHERE master_key_id = $1", old_id) >= 2
+
+        r = await client.post(f"{BASE}/master-key/reseal", headers=both)
+        assert r.status_code == 200, r.text
+        assert r.json()["master_key_id"] == new_id and r.json()["unreadable"] == []
+        assert {platform_signer.kid, pv_signer.kid} <= set(r.json()["resealed"])
+        assert await pg.fetchval("SELECT count(*) FROM signing_keys WHERE master_key_id <> $1", new_id) == 0
+        audited = await pg.fetchrow(
+            "SELECT * FROM key_audit WHERE action = 'reseal' AND kid = $1 ORDER BY id DESC LIMIT 1",
+            platform_signer.kid,
+        )
+        assert audited["actor"] == "key-custodian"
+        assert audited["detail"] == {"from_master_key_id": old_id, "to_master_key_id": new_id}
+        again = await client.post(f"{BASE}/master-key/reseal", headers=both)
+        assert again.status_code == 200 and again.json()["resealed"] == []  # idempotent
+        r = await client.post(f"{BASE}/rewrap", json={"envelope": envelope_before, "context": "rotation:probe"},
+                              headers=both)
+        assert r.status_code == 200, r.text
+        envelope_after = r.json()
+        assert envelope_after["master_key_id"] == new_id
+        assert envelope_after["ciphertext"] != envelope_before["ciphertext"]
+
+        # The old master key dropped: the re-sealed keys and the re-wrapped envelope work without it.
+        _restart_with(monkeypatch, new, [])
+        assert (await keys.current_signer("ES256")).kid == platform_signer.kid
+        assert (await keys.current_signer("EdDSA", purpose="pv-keys")).kid == pv_signer.kid
+        token = await keys.sign(tokens.access_claims("rotated", ["x:y"], ttl_s=600))
+        assert (await tokens.verify(token))["sub"] == "rotated"
+        assert (await tokens.verify(token_before))["sub"] == "rotating"
+        assert await keys.decrypt(envelope_after, context="rotation:probe") == b"sealed under the old key"
+        r = await client.post(f"{BASE}/decrypt", json={"envelope": envelope_before, "context": "rotation:probe"},
+                              headers=both)
+        assert r.status_code == 422 and _fields(r) == ["envelope.master_key_id"]
+    finally:
+        # Back to the session's master key the same way, for the tests that follow.
+        _restart_with(monkeypatch, old, [new])
+        await keys.reseal(actor="tests")
+        _restart_with(monkeypatch, old, [])
+        await tokens.prepare()
+    assert await pg.fetchval("SELECT count(*) FROM signing_keys WHERE master_key_id <> $1", old_id) == 0
+
+
+def _nexus(*args: str, master: str, previous: list[str]) -> subprocess.CompletedProcess:
+    """The `nexus` command in a process of its own, on the session's stores, with these master keys."""
+    env = {**os.environ, "NEXUS_MASTER_KEY": master, "NEXUS_PREVIOUS_MASTER_KEYS": json.dumps(previous)}
+    return subprocess.run([sys.executable, "-m", "nexus_ray.cli", *args], env=env, cwd=Path(__file__).parents[2],
+                          capture_output=True, text=True, timeout=120)
+
+
+async def test_nexus_reseal_keys_command(migrated):
+    old, new, lost = os.environ["NEXUS_MASTER_KEY"], secrets.token_urlsafe(48), secrets.token_urlsafe(48)
+    await keys.current_signer("ES256")
+    pg = await postgres.pool()
+
+    def sealed_under() -> set[str]:
+        return {r["master_key_id"] for r in rows}
+
+    try:
+        done = await asyncio.to_thread(_nexus, "reseal-keys", master=new, previous=[old])
+        assert done.returncode == 0, done.stderr
+        rows = await pg.fetch("SELECT master_key_id FROM signing_keys")
+        assert sealed_under() == {crypto.master_keys(new).id}
+        assert f"under master key {crypto.master_keys(new).id}" in done.stdout
+        # A master key that is not the one the keys were sealed under, and the right one not given: nothing
+        # changes, and the command says which keys it could not open.
+        refused = await asyncio.to_thread(_nexus, "reseal-keys", master=lost, previous=[])
+        assert refused.returncode == 1 and "NEXUS_PREVIOUS_MASTER_KEYS" in refused.stdout
+        rows = await pg.fetch("SELECT master_key_id FROM signing_keys")
+        assert sealed_under() == {crypto.master_keys(new).id}
+    finally:
+        back = await asyncio.to_thread(_nexus, "reseal-keys", master=old, previous=[new])
+    assert back.returncode == 0, back.stderr
+    rows = await pg.fetch("SELECT master_key_id FROM signing_keys")
+    assert sealed_under() == {crypto.master_keys(old).id}
+    assert new not in back.stdout + back.stderr and old not in back.stdout + back.stderr

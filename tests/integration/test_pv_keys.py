@@ -1,5 +1,6 @@
 """pv-keys on the real stores: assets, Ed25519 access keys verified offline from the public key,
-online revocation checks, and ownership transfers that are transactional and idempotent."""
+online revocation checks, ownership transfers that are transactional and idempotent, and objects
+that belong to their owner (another principal's asset or key is a 404)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ pytestmark = pytest.mark.integration
 BASE = "/specialized/v1/pv-keys"
 ALL = ("specialized:pv-keys:issue", "specialized:pv-keys:verify", "specialized:pv-keys:revoke",
        "specialized:pv-keys:transfer")
+ADMIN = "specialized:pv-keys:admin"
 
 
 def _fields(r) -> list[str]:
@@ -35,7 +37,14 @@ def _asset() -> str:
 
 @pytest.fixture
 def staff(bearer):
-    return bearer(*ALL, subject="puaboverse-v2")
+    """The game service that manages every player's assets: an administrator of pv-keys."""
+    return bearer(*ALL, ADMIN, subject="puaboverse-v2")
+
+
+def _user(bearer, name: str) -> tuple[str, dict[str, str]]:
+    """A user holding every pv-keys scope but the admin one: (its id, its Authorization header)."""
+    subject = f"{name}-{uuid.uuid4().hex[:8]}"
+    return subject, bearer(*ALL, subject=subject)
 
 
 async def _register_and_issue(client, staff, *, owner="alice", permissions=("owner",)) -> tuple[str, dict]:
@@ -268,3 +277,100 @@ async def test_access_key_signatures_are_audited_by_key_service(client, staff):
     assert row is not None and row["actor"] == "puaboverse-v2" and row["kid"] == issued["kid"]
     assert issued["access_key"] not in json.dumps(dict(row), default=str)
     assert time.time() < issued["expires_at"]
+
+
+async def test_another_principals_asset_and_keys_are_not_found_and_stay_untouched(client, bearer, staff):
+    alice, as_alice = _user(bearer, "alice")
+    mallory, as_mallory = _user(bearer, "mallory")
+    guest, as_guest = _user(bearer, "guest")
+    asset = _asset()
+    r = await client.post(f"{BASE}/assets", json={"asset_id": asset, "owner": alice}, headers=as_alice)
+    assert r.status_code == 201, r.text
+    owner_key = (await client.post(f"{BASE}/access-keys", headers=as_alice, json={
+        "asset_id": asset, "holder": alice, "permissions": ["owner"]})).json()
+    guest_key = (await client.post(f"{BASE}/access-keys", headers=as_alice, json={
+        "asset_id": asset, "holder": guest, "permissions": ["enter"]})).json()
+    assert owner_key["holder"] == alice and guest_key["holder"] == guest
+
+    # What any holder of the pv-keys scopes could do to alice's asset before: read it, issue itself an
+    # owner key, read and revoke her key, and transfer the asset to itself. Each reads as "no such object".
+    def attempts(asset_id: str, key_id: str) -> list[tuple[str, str, dict | None, str]]:
+        return [
+            ("GET", f"{BASE}/assets/{asset_id}", None, "asset_id"),
+            ("POST", f"{BASE}/access-keys", {"asset_id": asset_id, "holder": mallory, "permissions": ["owner"]},
+             "asset_id"),
+            ("GET", f"{BASE}/access-keys/{key_id}/status", None, "key_id"),
+            ("POST", f"{BASE}/access-keys/{key_id}/revoke", {"reason": "mine now"}, "key_id"),
+            ("POST", f"{BASE}/assets/{asset_id}/transfer", {"from_holder": alice, "to_holder": mallory}, "asset_id"),
+        ]
+
+    nowhere, no_key = _asset(), "pvk_" + "0" * 24
+    tried = zip(attempts(asset, owner_key["key_id"]), attempts(nowhere, no_key), strict=True)
+    for (method, path, body, field), (_, path_of_nothing, body_of_nothing, _) in tried:
+        idem = {**as_mallory, "Idempotency-Key": f"mallory-{uuid.uuid4().hex}"}
+        r = await client.request(method, path, json=body, headers=idem)
+        assert r.status_code == 404 and _fields(r) == [field], (path, r.text)
+        # Word for word what a missing object gets: the answer does not tell that the asset exists.
+        nothing = await client.request(method, path_of_nothing, json=body_of_nothing, headers=idem)
+        assert nothing.status_code == 404
+        unnamed = (r.json()["detail"].replace(asset, "?").replace(owner_key["key_id"], "?"),
+                   nothing.json()["detail"].replace(nowhere, "?").replace(no_key, "?"))
+        assert unnamed[0] == unnamed[1], path
+    # Registering an asset in someone else's name is refused too.
+    r = await client.post(f"{BASE}/assets", json={"asset_id": _asset(), "owner": alice}, headers=as_mallory)
+    assert r.status_code == 403 and r.json()["required_scopes"] == [ADMIN]
+
+    # Nothing changed: alice still owns it, her key still verifies, mallory holds no key to it.
+    now = await pv_keys.get_asset(asset)
+    assert now["owner"] == alice
+    assert {k["key_id"] for k in now["active_keys"]} == {owner_key["key_id"], guest_key["key_id"]}
+    assert (await pv_keys.verify(owner_key["access_key"], asset_id=asset, permission="owner"))["sub"] == alice
+
+    # A key's holder sees and may give up its own key, and nothing else of the asset.
+    assert (await client.get(f"{BASE}/access-keys/{guest_key['key_id']}/status", headers=as_guest)).status_code == 200
+    for path in (f"{BASE}/assets/{asset}", f"{BASE}/access-keys/{owner_key['key_id']}/status"):
+        assert (await client.get(path, headers=as_guest)).status_code == 404
+    r = await client.post(f"{BASE}/access-keys/{owner_key['key_id']}/revoke", headers=as_guest)
+    assert r.status_code == 404
+    r = await client.post(f"{BASE}/access-keys/{guest_key['key_id']}/revoke", headers=as_guest)
+    assert r.status_code == 200 and r.json()["state"] == "revoked"
+
+    # The owner and an administrator may.
+    assert (await client.get(f"{BASE}/assets/{asset}", headers=as_alice)).json()["owner"] == alice
+    assert (await client.get(f"{BASE}/assets/{asset}", headers=staff)).json()["owner"] == alice
+    r = await client.post(f"{BASE}/assets/{asset}/transfer", json={"from_holder": alice, "to_holder": guest},
+                          headers={**as_alice, "Idempotency-Key": f"gift-{uuid.uuid4().hex}"})
+    assert r.status_code == 200 and r.json()["to_holder"] == guest
+    # Once transferred it is the new owner's: alice is now the stranger.
+    assert (await client.get(f"{BASE}/assets/{asset}", headers=as_alice)).status_code == 404
+    assert (await client.get(f"{BASE}/assets/{asset}", headers=as_guest)).json()["owner"] == guest
+
+
+async def test_idempotency_keys_belong_to_the_principal_that_sent_them(client, bearer, staff):
+    alice, as_alice = _user(bearer, "alice")
+    bob, as_bob = _user(bearer, "bob")
+    asset_a, asset_b = _asset(), _asset()
+    for asset, owner, headers in ((asset_a, alice, as_alice), (asset_b, bob, as_bob)):
+        r = await client.post(f"{BASE}/assets", json={"asset_id": asset, "owner": owner}, headers=headers)
+        assert r.status_code == 201, r.text
+    shared = {"Idempotency-Key": f"shared-{uuid.uuid4().hex}"}
+    alice_body = {"from_holder": alice, "to_holder": "carol"}
+
+    first = await client.post(f"{BASE}/assets/{asset_a}/transfer", json=alice_body, headers={**as_alice, **shared})
+    assert first.status_code == 200 and first.json()["replayed"] is False
+    # Another principal repeating alice's request with her key used to be handed her result, carol's
+    # owner key included (replayed: true). An administrator makes a transfer of its own instead: alice
+    # no longer holds the asset.
+    r = await client.post(f"{BASE}/assets/{asset_a}/transfer", json=alice_body, headers={**staff, **shared})
+    assert r.status_code == 409 and _fields(r) == ["from_holder"], r.text
+    # bob's own transfer with the same key is his, not "already used for another request".
+    bob_body = {"from_holder": bob, "to_holder": "dave"}
+    mine = await client.post(f"{BASE}/assets/{asset_b}/transfer", json=bob_body, headers={**as_bob, **shared})
+    assert mine.status_code == 200, mine.text
+    assert mine.json()["replayed"] is False and mine.json()["to_holder"] == "dave"
+
+    # Each replays its own result.
+    again_a = await client.post(f"{BASE}/assets/{asset_a}/transfer", json=alice_body, headers={**as_alice, **shared})
+    again_b = await client.post(f"{BASE}/assets/{asset_b}/transfer", json=bob_body, headers={**as_bob, **shared})
+    assert again_a.json()["replayed"] and again_a.json()["access_key"] == first.json()["access_key"]
+    assert again_b.json()["replayed"] and again_b.json()["access_key"] == mine.json()["access_key"]

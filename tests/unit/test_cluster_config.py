@@ -1,15 +1,22 @@
-"""The cluster configs are valid for the tools that read them, and have the node groups we rely on."""
+"""The cluster configs are valid for the tools that read them, have the node groups we rely on, and run
+the platform in production with its master key taken from a secret."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import jsonschema
 import pytest
 import ray.autoscaler
 import yaml
+from pydantic import ValidationError
 from ray.autoscaler._private.util import prepare_config, validate_config
+
+from nexus_ray.config import DEV_MASTER_KEY, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 HAPROXY_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
@@ -88,3 +95,57 @@ def test_rayjob_runs_nexus_status():
     spec = job["spec"]["rayClusterSpec"]
     assert _containers(spec["headGroupSpec"])
     assert [group["groupName"] for group in spec["workerGroupSpecs"]] == ["cpu"]
+
+
+# What a process started by `ray start` sees of the settings that guard the secrets.
+_PROBE = (
+    f"{sys.executable} -c 'import os; "
+    'print(os.environ.get("NEXUS_ENVIRONMENT"), os.environ.get("NEXUS_MASTER_KEY") == "k" * 48)\''
+)
+
+
+@pytest.mark.parametrize("commands", ["head_start_ray_commands", "worker_start_ray_commands"])
+def test_launcher_nodes_start_in_production_only_with_the_master_key_of_nexus_env(launcher, commands, tmp_path):
+    assert launcher["file_mounts"]["~/nexus.env"] == "~/nexus.env"
+    assert "NEXUS_MASTER_KEY=" not in (ROOT / "ray_cluster.yaml").read_text()  # never a literal key
+    [start] = [c for c in launcher[commands] if "ray start" in c]
+    script = start.replace("ray start", _PROBE)
+
+    def node_start() -> subprocess.CompletedProcess:
+        env = {"HOME": str(tmp_path), "PATH": os.environ["PATH"]}
+        return subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=60)
+
+    r = node_start()
+    assert r.returncode != 0 and "~/nexus.env is missing" in r.stderr
+    (tmp_path / "nexus.env").write_text("NEXUS_POSTGRES_URL=postgresql://db.internal/nexus\n")
+    r = node_start()
+    assert r.returncode != 0 and "NEXUS_MASTER_KEY is not set" in r.stderr
+    # Even a file that asks for development gets production: the refusal of development secrets stays on.
+    (tmp_path / "nexus.env").write_text(f"NEXUS_ENVIRONMENT=development\nNEXUS_MASTER_KEY={'k' * 48}\n")
+    r = node_start()
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["production", "True"]
+
+
+def _secret_refs(container: dict) -> dict[str, dict]:
+    return {item["name"]: item["valueFrom"]["secretKeyRef"] for item in container.get("env", [])
+            if "secretKeyRef" in item.get("valueFrom", {})}
+
+
+@pytest.mark.parametrize("relative", ["cluster/kuberay/rayservice.yaml", "cluster/kuberay/rayjob.yaml"])
+def test_kuberay_pods_run_in_production_with_the_master_key_from_a_secret(relative):
+    spec = _load(relative)["spec"]
+    cluster = spec.get("rayClusterConfig") or spec["rayClusterSpec"]
+    containers = [c for group in (cluster["headGroupSpec"], *cluster["workerGroupSpecs"]) for c in _containers(group)]
+    assert containers
+    for container in containers:
+        environment = _env(container)["NEXUS_ENVIRONMENT"]
+        refs = _secret_refs(container)
+        # Required (not optional): a pod without the Secret does not start at all.
+        assert refs["NEXUS_MASTER_KEY"] == {"name": "nexus-master-key", "key": "NEXUS_MASTER_KEY"}
+        assert refs["NEXUS_PREVIOUS_MASTER_KEYS"]["optional"] is True
+        literal = [i["name"] for i in container["env"] if "MASTER_KEY" in i["name"] and "value" in i]
+        assert literal == []
+        # The environment named is one that refuses the development master key.
+        with pytest.raises(ValidationError, match="NEXUS_MASTER_KEY"):
+            Settings(environment=environment, master_key=DEV_MASTER_KEY)

@@ -1,11 +1,11 @@
-"""Pure parts of the identity services, without stores or Ray: the SessionActor state machine, input
+"""Pure parts of the identity services, without stores or Ray: the UserSessions state machine, input
 validation (emails, scopes), the password policy and argon2id hashing."""
 
 from __future__ import annotations
 
 import pytest
 
-from nexus_ray.actors.session import ABSOLUTE, IDLE, SessionActor, expiry_reason, with_expiries
+from nexus_ray.actors.session import ABSOLUTE, IDLE, UserSessions, expiry_reason, with_expiries
 from nexus_ray.deployments.auth.auth import passwords
 from nexus_ray.deployments.auth.users.models import check_scope, normalize_email
 from nexus_ray.exceptions import ValidationFailed
@@ -17,7 +17,7 @@ def _session(sid: str, at: float, *, idle: int = 60, absolute: int = 3600) -> di
 
 
 def test_create_is_idempotent_and_evicts_the_least_recently_used():
-    actor = SessionActor("u1")
+    actor = UserSessions("u1")
     state = actor.initial_state()
     state = actor.apply(state, "create", {"session": _session("a", 100.0), "max_sessions": 2})
     retried = actor.apply(state, "create", {"session": {**_session("a", 999.0), "device": "other"}, "max_sessions": 2})
@@ -29,7 +29,7 @@ def test_create_is_idempotent_and_evicts_the_least_recently_used():
 
 
 def test_touch_never_goes_back_and_ops_do_not_mutate_their_input():
-    actor = SessionActor("u1")
+    actor = UserSessions("u1")
     state = actor.apply(actor.initial_state(), "create", {"session": _session("a", 100.0), "max_sessions": 5})
     frozen = repr(state)
     later = actor.apply(state, "touch", {"session_id": "a", "at": 200.0})

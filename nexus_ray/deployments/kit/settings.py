@@ -18,7 +18,8 @@ from nexus_ray.config import get_settings
 class ServiceSettings(BaseSettings):
     """Base of a service's settings: environment variables with the ``NEXUS_`` prefix."""
 
-    model_config = SettingsConfigDict(env_prefix="NEXUS_", env_file=None, extra="ignore")
+    # hide_input_in_errors: a refused value (a secret, say) is never repeated in the error.
+    model_config = SettingsConfigDict(env_prefix="NEXUS_", env_file=None, extra="ignore", hide_input_in_errors=True)
 
 
 S = TypeVar("S", bound=ServiceSettings)
@@ -34,4 +35,4 @@ def settings_of(cls: type[S]) -> S:
     found = sections.get(cls)
     if found is None:
         found = sections[cls] = cls()
-    return found  # type: ignore[return-value]
+    return found

@@ -8,6 +8,8 @@ in-process (see :mod:`.service`)::
     await rotate("ES256")                    -> {"current": ..., "previous": ...}
     await encrypt(data, context="ctx")       -> envelope (dict)
     await decrypt(envelope, context="ctx")   -> data
+    await rewrap(envelope, context="ctx")    -> envelope under the current master key
+    await reseal()                           -> signing keys re-sealed under the current master key
 """
 
 from .crypto import TamperedEnvelope
@@ -18,7 +20,9 @@ from .service import (
     flush_audit,
     jwks,
     list_keys,
+    reseal,
     revoke_key,
+    rewrap,
     rotate,
     sign,
     verification_keys,
@@ -33,7 +37,9 @@ __all__ = [
     "flush_audit",
     "jwks",
     "list_keys",
+    "reseal",
     "revoke_key",
+    "rewrap",
     "rotate",
     "router",
     "sign",

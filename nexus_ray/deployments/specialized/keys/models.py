@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 Algorithm = Literal["RS256", "ES256", "EdDSA"]
 PurposeName = Literal["platform", "pv-keys"]
 KeyStatus = Literal["current", "previous", "retired", "revoked"]
+AuditAction = Literal["generate", "sign", "rotate", "revoke", "encrypt", "decrypt", "reseal"]
 
 KID_PATTERN = r"^[A-Za-z0-9_-]{1,128}$"
 _B64URL = r"^[A-Za-z0-9_-]+$"
@@ -110,6 +111,26 @@ class DecryptCreate(BaseModel):
     context: str = _CONTEXT
 
 
+class RewrapCreate(BaseModel):
+    """An envelope to re-wrap under the current master key, with the context it was sealed for."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    envelope: Envelope
+    context: str = _CONTEXT
+
+
+class ResealRead(BaseModel):
+    """What re-sealing the signing keys under the current master key did."""
+
+    master_key_id: str = Field(description="The current master key's id: every re-sealed key is sealed under it.")
+    resealed: list[str] = Field(description="Kids of the signing keys re-sealed now (empty when none was left).")
+    unreadable: list[str] = Field(
+        description="Kids of signing keys sealed under a master key this platform does not hold (not in "
+        "NEXUS_PREVIOUS_MASTER_KEYS): left as they were."
+    )
+
+
 class DecryptRead(BaseModel):
     plaintext: str = Field(description="The decrypted data, standard base64.")
 
@@ -119,7 +140,7 @@ class AuditRead(BaseModel):
 
     id: int
     at: datetime
-    action: Literal["generate", "sign", "rotate", "revoke", "encrypt", "decrypt"]
+    action: AuditAction
     outcome: str = Field(description="ok, tampered or malformed.")
     kid: str | None = Field(description="Signing key id, or the master key id for envelopes.")
     alg: str | None

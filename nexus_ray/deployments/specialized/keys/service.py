@@ -20,6 +20,16 @@ Audit: every key use writes a ``key_audit`` row before its result is returned (n
 material, tokens or plaintext). Concurrent uses share one round trip (group commit), and that
 statement also reports the current key of every (purpose, algorithm): a replica that signed
 with a key rotated elsewhere since it loaded it notices, and signs again with the new key.
+
+Master-key rotation: set ``master_key`` to the new secret and put the old one first in
+``previous_master_keys``. Signing keys sealed under a previous master key still unseal, and
+envelopes wrapped under one still open, by their ``master_key_id``; new ones are sealed under
+the current key. :func:`reseal` (``POST .../master-key/reseal``, ``nexus reseal-keys``)
+re-seals every stored signing key under the current master key, in one audited transaction,
+and :func:`rewrap` does the same for an envelope its holder sends back. Re-sealing is asked
+for, not done at start-up: during a rolling update, replicas still on the old master key would
+no longer open keys re-sealed by a replica that already has the new one. Once every replica
+runs with the new key, re-seal (and re-wrap), then drop the previous key.
 """
 
 from __future__ import annotations
@@ -39,6 +49,7 @@ import jwt
 from cryptography.exceptions import InvalidTag
 
 from nexus_ray.config import Settings, get_settings
+from nexus_ray.deployments.kit.settings import settings_of
 from nexus_ray.exceptions import NotFound, ServiceUnavailable, ValidationFailed
 from nexus_ray.logs import request_id_var
 from nexus_ray.stores import postgres
@@ -57,11 +68,18 @@ class Purpose:
     max_ttl_s: Callable[[Settings], int]
 
 
+def _pv_key_max_ttl_s(_settings: Settings) -> int:
+    # pv-keys' own setting, imported on use: pv-keys imports this module.
+    from nexus_ray.deployments.specialized.pv_keys.settings import PvKeysSettings
+
+    return settings_of(PvKeysSettings).pv_key_max_ttl_s
+
+
 PURPOSES: dict[str, Purpose] = {
     p.name: p
     for p in (
         Purpose("platform", crypto.ALGORITHMS, lambda s: s.token_max_ttl_s),
-        Purpose("pv-keys", ("EdDSA",), lambda s: s.pv_key_max_ttl_s),
+        Purpose("pv-keys", ("EdDSA",), _pv_key_max_ttl_s),
     )
 }
 
@@ -76,14 +94,26 @@ def purpose_of(name: str, alg: str | None = None) -> Purpose:
     return p
 
 
-@lru_cache(maxsize=4)
+@lru_cache(maxsize=8)
 def _derive(secret: str) -> crypto.MasterKeys:
     return crypto.master_keys(secret)
 
 
 def master() -> crypto.MasterKeys:
-    """The keys derived from the configured master key."""
+    """The keys derived from the configured master key: everything new is sealed under them."""
     return _derive(get_settings().master_key.get_secret_value())
+
+
+def masters() -> dict[str, crypto.MasterKeys]:
+    """Every master key this process holds, by id: the configured one first, then the previous ones, newest first."""
+    held: dict[str, crypto.MasterKeys] = {}
+    for keys in (master(), *(_derive(k.get_secret_value()) for k in get_settings().previous_master_keys)):
+        held.setdefault(keys.id, keys)
+    return held
+
+
+def _held(master_key_id: Any) -> crypto.MasterKeys | None:
+    return masters().get(master_key_id) if isinstance(master_key_id, str) else None
 
 
 # -- audit ----------------------------------------------------------------------------------------
@@ -241,10 +271,8 @@ def _status(row: asyncpg.Record | dict, now: datetime) -> str:
     return "previous" if row["retires_at"] > now else "retired"
 
 
-def _meta(row: asyncpg.Record | None) -> dict[str, Any] | None:
+def _meta(row: asyncpg.Record) -> dict[str, Any]:
     """What may be shown of a signing key: everything but the sealed private key."""
-    if row is None:
-        return None
     out = {k: row[k] for k in ("kid", "purpose", "alg", "public_jwk", "created_at", "rotated_at", "retires_at",
                                "revoked_at")}
     out["status"] = _status(row, datetime.now(UTC))
@@ -252,10 +280,13 @@ def _meta(row: asyncpg.Record | None) -> dict[str, Any] | None:
 
 
 def _unseal(row: asyncpg.Record) -> Signer:
-    keys = master()
     kid = row["kid"]
-    if row["master_key_id"] != keys.id:
-        raise ServiceUnavailable(f"signing key {kid} was sealed under another master key")
+    keys = _held(row["master_key_id"])
+    if keys is None:
+        raise ServiceUnavailable(
+            f"signing key {kid} was sealed under a master key this platform does not hold: "
+            "put it in NEXUS_PREVIOUS_MASTER_KEYS until the keys are re-sealed"
+        )
     try:
         private_key = crypto.open_private_key(
             bytes(row["private_key"]), storage=keys.storage, kid=kid, alg=row["alg"], purpose=row["purpose"]
@@ -350,7 +381,7 @@ def _check_claims(claims: Any, purpose: Purpose) -> None:
 
 
 def _sign_use(signer: Signer, claims: dict[str, Any], typ: str, actor: str) -> KeyUse:
-    detail = {k: claims[k] for k in ("sub", "jti", "exp") if k in claims}
+    detail: dict[str, Any] = {k: claims[k] for k in ("sub", "jti", "exp") if k in claims}
     return KeyUse("sign", actor, signer.kid, signer.alg, signer.purpose, detail={**detail, "typ": typ})
 
 
@@ -423,7 +454,7 @@ async def rotate(alg: str, *, purpose: str = "platform", actor: str = "system") 
         await _audit_in(conn, KeyUse("rotate", actor, new.kid, alg, purpose, detail=detail))
     _signers[(purpose, alg)] = Signer(new.kid, alg, purpose, new.private_key)
     log.info("rotated the %s %s signing key", purpose, alg, extra={"kid": new.kid})
-    return {"current": _meta(current), "previous": _meta(previous)}
+    return {"current": _meta(current), "previous": _meta(previous) if previous is not None else None}
 
 
 async def revoke_key(kid: str, *, actor: str = "system") -> dict[str, Any]:
@@ -514,7 +545,8 @@ async def decrypt(envelope: dict[str, Any], *, context: str, actor: str = "syste
     ValidationFailed naming the field when it is malformed. Failures are audited too.
     """
     crypto.check_context(context)
-    keys = master()
+    # Wrapped under a previous master key during a rotation: opened with that one.
+    keys = _held(envelope.get("master_key_id") if isinstance(envelope, dict) else None) or master()
     try:
         plaintext = crypto.open_envelope(envelope, context=context, master=keys)
     except ValidationFailed as exc:
@@ -524,6 +556,61 @@ async def decrypt(envelope: dict[str, Any], *, context: str, actor: str = "syste
     await _audit.record(KeyUse("decrypt", actor, keys.id, "A256GCM", context=context,
                                detail={"bytes": len(plaintext)}))
     return plaintext
+
+
+async def rewrap(envelope: dict[str, Any], *, context: str, actor: str = "system") -> dict[str, Any]:
+    """The envelope re-sealed under the current master key (itself when it already is): for a master-key rotation.
+
+    The plaintext never leaves key-service; both the opening and the sealing are audited.
+    """
+    plaintext = await decrypt(envelope, context=context, actor=actor)
+    if envelope.get("master_key_id") == master().id:
+        return dict(envelope)
+    return await encrypt(plaintext, context=context, actor=actor)
+
+
+# -- master-key rotation --------------------------------------------------------------------------
+
+
+async def reseal(*, actor: str = "system") -> dict[str, Any]:
+    """Re-seal under the current master key every signing key sealed under a previous one.
+
+    One transaction, one ``reseal`` audit row per key; running it again changes nothing. Keys
+    sealed under a master key this process does not hold (or whose sealed bytes were altered)
+    are left as they are and listed in ``unreadable``.
+    """
+    current = master()
+    resealed: list[str] = []
+    unreadable: list[str] = []
+    async with postgres.transaction() as conn:
+        rows = await conn.fetch(
+            "SELECT kid, purpose, alg, private_key, master_key_id FROM signing_keys WHERE master_key_id <> $1 "
+            "ORDER BY created_at, kid FOR UPDATE",
+            current.id,
+        )
+        for row in rows:
+            try:
+                signer = _unseal(row)
+            except ServiceUnavailable:
+                unreadable.append(row["kid"])
+                continue
+            sealed = crypto.seal_private_key(
+                signer.private_key, storage=current.storage, kid=signer.kid, alg=signer.alg, purpose=signer.purpose
+            )
+            await conn.execute(
+                "UPDATE signing_keys SET private_key = $2, master_key_id = $3 WHERE kid = $1",
+                signer.kid, sealed, current.id,
+            )
+            await _audit_in(conn, KeyUse("reseal", actor, signer.kid, signer.alg, signer.purpose,
+                                         detail={"from_master_key_id": row["master_key_id"],
+                                                 "to_master_key_id": current.id}))
+            resealed.append(signer.kid)
+    if resealed:
+        log.info("re-sealed %d signing keys under the current master key", len(resealed))
+    if unreadable:
+        log.warning("%d signing keys are sealed under a master key this platform does not hold", len(unreadable),
+                    extra={"kids": unreadable})
+    return {"master_key_id": current.id, "resealed": resealed, "unreadable": unreadable}
 
 
 # -- audit reads ----------------------------------------------------------------------------------

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-from typing import Literal
 
 from fastapi import APIRouter, Path, Query, Response
 
@@ -13,6 +12,7 @@ from nexus_ray.edge.security import Principal, authorize, public
 from . import service
 from .models import (
     KID_PATTERN,
+    AuditAction,
     AuditPage,
     DecryptCreate,
     DecryptRead,
@@ -20,6 +20,8 @@ from .models import (
     Envelope,
     Jwks,
     PurposeName,
+    ResealRead,
+    RewrapCreate,
     RotationCreate,
     RotationRead,
     SigningKeyList,
@@ -59,6 +61,16 @@ async def revoke(
     return await service.revoke_key(kid, actor=principal.subject)
 
 
+@router.post(
+    "/master-key/reseal", response_model=ResealRead, summary="Re-seal the signing keys under the current master key"
+)
+async def reseal(principal: Principal = authorize("specialized:keys:admin")) -> dict:
+    """After a master-key rotation (NEXUS_MASTER_KEY new, the old one in NEXUS_PREVIOUS_MASTER_KEYS) and once
+    every replica runs with the new key: signing keys sealed under a previous master key are re-sealed under
+    the current one, in one audited transaction. Repeating it changes nothing."""
+    return await service.reseal(actor=principal.subject)
+
+
 @router.post("/encrypt", response_model=Envelope, summary="Envelope-encrypt data under a context")
 async def encrypt(body: EncryptCreate, principal: Principal = authorize("specialized:keys:encrypt")) -> dict:
     return await service.encrypt(body.data(), context=body.context, actor=principal.subject)
@@ -71,10 +83,20 @@ async def decrypt(body: DecryptCreate, principal: Principal = authorize("special
     return {"plaintext": base64.b64encode(plaintext).decode()}
 
 
+@router.post("/rewrap", response_model=Envelope, summary="Re-wrap an envelope under the current master key")
+async def rewrap(
+    body: RewrapCreate,
+    principal: Principal = authorize("specialized:keys:encrypt", "specialized:keys:decrypt"),
+) -> dict:
+    """For a master-key rotation: the same data in an envelope of the current master key, without the
+    plaintext leaving key-service. An envelope of the current key comes back as it was."""
+    return await service.rewrap(body.envelope.model_dump(), context=body.context, actor=principal.subject)
+
+
 @router.get("/audit", response_model=AuditPage, summary="The audit of key use, newest first")
 async def audit(
     kid: str | None = Query(None, pattern=KID_PATTERN, description="Only uses of this key."),
-    action: Literal["generate", "sign", "rotate", "revoke", "encrypt", "decrypt"] | None = Query(None),
+    action: AuditAction | None = Query(None),
     before: int | None = Query(None, ge=1, description="Only rows older than this id (paging)."),
     limit: int = Query(100, ge=1, le=1000),
     _principal: Principal = authorize("specialized:keys:audit"),

@@ -7,6 +7,10 @@ Routes under ``/specialized/v1/pv-keys`` (see :mod:`.views`). Python API (see :m
     await revoke(key_id=...)
     await transfer(asset_id=..., from_holder=..., to_holder=..., idempotency_key=...)
     verify_offline(access_key, public_key)                         -> claims (no network, no store)
+
+Objects belong to someone: given ``caller=<principal>``, a call acts only on that principal's
+assets (and keys it holds); anything else is NotFound. Without it (trusted in-process callers,
+administrators) a call acts on every asset.
 """
 
 from .offline import InvalidAccessKey, MalformedAccessKey, verify_offline

@@ -7,7 +7,14 @@ Their format and offline verification are in :mod:`.offline`.
 A transfer moves an asset from its owner to a new holder in one transaction: the old holder's
 active keys for the asset are revoked, the owner changes and the new holder gets a key. It is
 idempotent by its idempotency key: the same key with the same request replays the first result
-(the same access key), with another request it is refused.
+(the same access key), with another request it is refused. Idempotency keys belong to the principal
+that sent them (``actor``): another principal's identical key is another transfer.
+
+Objects belong to someone. Every function that acts on an asset or an access key takes
+``caller``: the principal it acts for, or None for administrators and trusted in-process
+callers. A caller may act on the assets it owns (and, for a key, on the keys it holds);
+anything else reads exactly as an object that does not exist (404), so that nobody learns
+which asset ids are taken by probing.
 """
 
 from __future__ import annotations
@@ -22,11 +29,13 @@ from typing import Any
 import asyncpg
 
 from nexus_ray.config import get_settings
+from nexus_ray.deployments.kit.settings import settings_of
 from nexus_ray.deployments.specialized import keys
 from nexus_ray.exceptions import Conflict, NotFound, ValidationFailed
 from nexus_ray.stores import postgres
 
 from . import offline
+from .settings import PvKeysSettings
 
 PURPOSE = "pv-keys"
 DEFAULT_TTL_S = 30 * 86400
@@ -42,8 +51,16 @@ def _not_found(field: str, what: str) -> NotFound:
     return NotFound(what, extra={"errors": [{"field": field, "message": "not found", "type": "not_found"}]})
 
 
+def _asset_not_found(asset_id: str) -> NotFound:
+    return _not_found("asset_id", f"no asset {asset_id}: register it first")
+
+
+def _key_not_found(key_id: str) -> NotFound:
+    return _not_found("key_id", f"no access key {key_id}")
+
+
 def _check_ttl(ttl_s: int) -> int:
-    limit = get_settings().pv_key_max_ttl_s
+    limit = settings_of(PvKeysSettings).pv_key_max_ttl_s
     if isinstance(ttl_s, bool) or not isinstance(ttl_s, int) or not 60 <= ttl_s <= limit:
         raise ValidationFailed.for_field("ttl_s", f"must be between 60 and {limit} seconds")
     return ttl_s
@@ -99,13 +116,21 @@ async def register_asset(*, asset_id: str, owner: str, actor: str = "system") ->
     return dict(row), False
 
 
-async def get_asset(asset_id: str) -> dict[str, Any]:
-    """The asset, its owner and its active access keys."""
+async def _asset_for(conn: asyncpg.Connection, asset_id: str, caller: str | None, lock: str = "") -> asyncpg.Record:
+    """The asset row when ``caller`` (None: anyone) owns it, locked with ``lock``; NotFound otherwise."""
+    asset = await conn.fetchrow(
+        f"SELECT asset_id, owner, created_at, updated_at FROM pv_assets WHERE asset_id = $1 {lock}", asset_id
+    )
+    if asset is None or (caller is not None and asset["owner"] != caller):
+        raise _asset_not_found(asset_id)
+    return asset
+
+
+async def get_asset(asset_id: str, *, caller: str | None = None) -> dict[str, Any]:
+    """The asset, its owner and its active access keys (for its owner, or any caller when ``caller`` is None)."""
     pg = await postgres.pool()
-    asset = await pg.fetchrow("SELECT asset_id, owner, created_at, updated_at FROM pv_assets WHERE asset_id = $1",
-                              asset_id)
-    if asset is None:
-        raise _not_found("asset_id", f"no asset {asset_id}")
+    async with pg.acquire() as conn:
+        asset = await _asset_for(conn, asset_id, caller)
     rows = await pg.fetch(
         f"SELECT {_KEY_COLUMNS} FROM pv_access_keys WHERE asset_id = $1 AND revoked_at IS NULL "
         "AND expires_at > extract(epoch FROM now()) ORDER BY issued_at, key_id",
@@ -134,30 +159,58 @@ def _unique(permissions: list[str]) -> list[str]:
 
 
 async def issue(
-    *, asset_id: str, holder: str, permissions: list[str], ttl_s: int = DEFAULT_TTL_S, actor: str = "system"
+    *,
+    asset_id: str,
+    holder: str,
+    permissions: list[str],
+    ttl_s: int = DEFAULT_TTL_S,
+    actor: str = "system",
+    caller: str | None = None,
 ) -> dict[str, Any]:
     """A new access key to ``asset_id`` for ``holder`` granting ``permissions``, valid ``ttl_s`` seconds.
 
-    Returns its record with ``access_key``, the signed key (not stored: shown to the caller).
+    Only the asset's owner issues keys to it (``caller``; None: an administrator). Returns the
+    key's record with ``access_key``, the signed key (not stored: shown to the caller).
     """
     _check_ttl(ttl_s)
     if not permissions:
         raise ValidationFailed.for_field("permissions", "must grant at least one permission")
     async with postgres.transaction() as conn:
-        if await conn.fetchval("SELECT 1 FROM pv_assets WHERE asset_id = $1", asset_id) is None:
-            raise _not_found("asset_id", f"no asset {asset_id}: register it first")
+        # FOR SHARE: a transfer committing meanwhile would otherwise leave the old owner's new key active.
+        await _asset_for(conn, asset_id, caller, "FOR SHARE")
         row = await _insert_key(conn, asset_id=asset_id, holder=holder, permissions=permissions, ttl_s=ttl_s,
                                 actor=actor)
     return {**_read(row), "access_key": await _sign(row, actor=actor)}
 
 
-async def status(key_id: str) -> dict[str, Any]:
-    """The record of an access key with its state (active, expired, revoked): the online revocation check."""
+_KEY_AND_OWNER = (
+    "SELECT {columns}, a.owner FROM pv_access_keys k JOIN pv_assets a USING (asset_id) WHERE k.key_id = $1 {lock}"
+)
+
+
+async def _key_for(conn: asyncpg.Connection, key_id: str, caller: str | None, lock: str = "") -> asyncpg.Record:
+    """The key row when ``caller`` (None: anyone) holds it or owns its asset, locked with ``lock``; NotFound else."""
+    columns = ", ".join(f"k.{c.strip()}" for c in _KEY_COLUMNS.split(","))
+    row = await conn.fetchrow(_KEY_AND_OWNER.format(columns=columns, lock=lock), key_id)
+    if row is None or (caller is not None and caller not in (row["owner"], row["holder"])):
+        raise _key_not_found(key_id)
+    return row
+
+
+def _key_read(row: asyncpg.Record) -> dict[str, Any]:
+    out = _read(row)
+    out.pop("owner", None)
+    return out
+
+
+async def status(key_id: str, *, caller: str | None = None) -> dict[str, Any]:
+    """The record of an access key with its state (active, expired, revoked): the online revocation check.
+
+    For the key's holder or its asset's owner (``caller``; None: anyone).
+    """
     pg = await postgres.pool()
-    row = await pg.fetchrow(f"SELECT {_KEY_COLUMNS} FROM pv_access_keys WHERE key_id = $1", key_id)
-    if row is None:
-        raise _not_found("key_id", f"no access key {key_id}")
-    return _read(row)
+    async with pg.acquire() as conn:
+        return _key_read(await _key_for(conn, key_id, caller))
 
 
 async def verify(access_key: str, *, asset_id: str | None = None, permission: str | None = None) -> dict[str, Any]:
@@ -175,9 +228,16 @@ async def verify(access_key: str, *, asset_id: str | None = None, permission: st
     return claims
 
 
-async def revoke(*, key_id: str, reason: str = "revoked", actor: str = "system") -> dict[str, Any]:
-    """Revoke an access key (revoking a revoked key changes nothing); its record."""
+async def revoke(
+    *, key_id: str, reason: str = "revoked", actor: str = "system", caller: str | None = None
+) -> dict[str, Any]:
+    """Revoke an access key (revoking a revoked key changes nothing); its record.
+
+    For the asset's owner and the key's own holder (``caller``; None: an administrator).
+    """
     async with postgres.transaction() as conn:
+        # The asset row is locked so that the owner checked is the owner until this commits.
+        await _key_for(conn, key_id, caller, "FOR SHARE OF a")
         row = await conn.fetchrow(
             "UPDATE pv_access_keys SET revoked_at = now(), revoked_by = $2, revoked_reason = $3 "
             f"WHERE key_id = $1 AND revoked_at IS NULL RETURNING {_KEY_COLUMNS}",
@@ -185,8 +245,6 @@ async def revoke(*, key_id: str, reason: str = "revoked", actor: str = "system")
         )
         if row is None:
             row = await conn.fetchrow(f"SELECT {_KEY_COLUMNS} FROM pv_access_keys WHERE key_id = $1", key_id)
-    if row is None:
-        raise _not_found("key_id", f"no access key {key_id}")
     return _read(row)
 
 
@@ -230,12 +288,15 @@ async def transfer(
     permissions: list[str] | None = None,
     ttl_s: int = DEFAULT_TTL_S,
     actor: str = "system",
+    caller: str | None = None,
 ) -> dict[str, Any]:
     """Move ``asset_id`` from ``from_holder`` (its owner) to ``to_holder``, in one transaction.
 
     The old holder's active keys to the asset are revoked and the new holder gets a key with
-    ``permissions`` (default: owner). Replaying the same ``idempotency_key`` with the same
-    request returns the first result (``replayed: true``, the same access key).
+    ``permissions`` (default: owner). Only the owner transfers its asset (``caller``; None: an
+    administrator). Replaying the same ``idempotency_key`` from the same ``actor`` with the same
+    request returns the first result (``replayed: true``, the same access key); the key of another
+    actor is another transfer.
     """
     _check_ttl(ttl_s)
     if to_holder == from_holder:
@@ -243,16 +304,14 @@ async def transfer(
     permissions = _unique(list(permissions or OWNER_PERMISSIONS))
     request_hash = _request_hash(asset_id=asset_id, from_holder=from_holder, to_holder=to_holder,
                                  permissions=permissions, ttl_s=ttl_s)
-    select_done = "SELECT * FROM pv_transfers WHERE idempotency_key = $1"
+    select_done = "SELECT * FROM pv_transfers WHERE actor = $1 AND idempotency_key = $2"
     try:
         async with postgres.transaction() as conn:
-            done = await conn.fetchrow(select_done, idempotency_key)
+            done = await conn.fetchrow(select_done, actor, idempotency_key)
             if done is None:
-                asset = await conn.fetchrow("SELECT owner FROM pv_assets WHERE asset_id = $1 FOR UPDATE", asset_id)
-                if asset is None:
-                    raise _not_found("asset_id", f"no asset {asset_id}")
+                asset = await _asset_for(conn, asset_id, caller, "FOR UPDATE")
                 # A concurrent transfer with this key held the lock until it committed: look again.
-                done = await conn.fetchrow(select_done, idempotency_key)
+                done = await conn.fetchrow(select_done, actor, idempotency_key)
             if done is not None:
                 result = await _replay(conn, done, request_hash)
             else:
@@ -279,9 +338,9 @@ async def transfer(
                 )
                 result = {"done": done, "key": row, "replayed": False}
     except asyncpg.UniqueViolationError:
-        # The same idempotency key committed meanwhile by a transfer of another asset.
+        # The same actor's idempotency key committed meanwhile by a transfer of another asset.
         async with postgres.transaction() as conn:
-            result = await _replay(conn, await conn.fetchrow(select_done, idempotency_key), request_hash)
+            result = await _replay(conn, await conn.fetchrow(select_done, actor, idempotency_key), request_hash)
     done, row = result["done"], result["key"]
     return {
         "idempotency_key": done["idempotency_key"],

@@ -1,4 +1,10 @@
-"""pv-keys routes, under /specialized/v1/pv-keys: thin translations to :mod:`.service`."""
+"""pv-keys routes, under /specialized/v1/pv-keys: thin translations to :mod:`.service`.
+
+Objects belong to someone: a route that names an asset or an access key acts for the caller
+(the asset's owner, or a key's holder for that key), and another principal's object is a 404
+as if it did not exist. Holders of ``specialized:pv-keys:admin`` (e.g. the game services that
+manage assets for their players) act on every asset.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,8 @@ from datetime import datetime
 
 from fastapi import APIRouter, Header, Path, Query, Response
 
-from nexus_ray.edge.security import Principal, authorize, public
+from nexus_ray.deployments.kit.scopes import scopes_of
+from nexus_ray.edge.security import Principal, authorize, ensure_self_or, public
 from nexus_ray.exceptions import ValidationFailed
 
 from . import offline, service
@@ -28,6 +35,14 @@ from .models import (
 
 router = APIRouter()
 
+ADMIN = scopes_of("pv-keys").admin
+
+
+def _caller(principal: Principal) -> str | None:
+    """Whose objects ``principal`` may act on: its own, or (None) everyone's for an administrator."""
+    return None if principal.can(ADMIN) else principal.subject
+
+
 _KEY_ID = Path(pattern=KEY_ID_PATTERN, description="Access key id (pvk_...).")
 _ASSET_ID = Path(pattern=ID_PATTERN, description="Asset id.")
 
@@ -42,7 +57,10 @@ async def public_key(response: Response) -> dict:
 async def register_asset(
     body: AssetCreate, response: Response, principal: Principal = authorize("specialized:pv-keys:issue")
 ) -> dict:
-    """201 when new; 200 when it is already registered to the same owner; 409 for another owner."""
+    """201 when new; 200 when it is already registered to the same owner; 409 for another owner.
+
+    A principal registers assets it owns itself; only an administrator names another owner (403)."""
+    ensure_self_or(principal, body.owner, ADMIN)
     asset, created = await service.register_asset(asset_id=body.asset_id, owner=body.owner, actor=principal.subject)
     response.status_code = 201 if created else 200
     return asset
@@ -50,9 +68,10 @@ async def register_asset(
 
 @router.get("/assets/{asset_id}", response_model=AssetRead, summary="An asset, its owner and active keys")
 async def get_asset(
-    asset_id: str = _ASSET_ID, _principal: Principal = authorize("specialized:pv-keys:verify")
+    asset_id: str = _ASSET_ID, principal: Principal = authorize("specialized:pv-keys:verify")
 ) -> dict:
-    return await service.get_asset(asset_id)
+    """For the asset's owner (or an administrator); 404 for anyone else."""
+    return await service.get_asset(asset_id, caller=_caller(principal))
 
 
 @router.post(
@@ -67,18 +86,22 @@ async def transfer(
     ),
     principal: Principal = authorize("specialized:pv-keys:transfer"),
 ) -> dict:
-    """Revokes the old holder's keys to the asset and issues the new holder a key, in one transaction."""
+    """Revokes the old holder's keys to the asset and issues the new holder a key, in one transaction.
+
+    By the asset's owner (or an administrator); 404 for anyone else. The Idempotency-Key is the
+    caller's own: another principal sending the same one makes a transfer of its own."""
     return await service.transfer(
         asset_id=asset_id, from_holder=body.from_holder, to_holder=body.to_holder, idempotency_key=idempotency_key,
-        permissions=body.permissions, ttl_s=body.ttl_s, actor=principal.subject,
+        permissions=body.permissions, ttl_s=body.ttl_s, actor=principal.subject, caller=_caller(principal),
     )
 
 
 @router.post("/access-keys", response_model=AccessKeyIssued, status_code=201, summary="Issue an access key")
 async def issue(body: AccessKeyCreate, principal: Principal = authorize("specialized:pv-keys:issue")) -> dict:
+    """By the asset's owner (or an administrator), to any holder; 404 naming asset_id for anyone else."""
     return await service.issue(
         asset_id=body.asset_id, holder=body.holder, permissions=body.permissions, ttl_s=body.ttl_s,
-        actor=principal.subject,
+        actor=principal.subject, caller=_caller(principal),
     )
 
 
@@ -96,8 +119,9 @@ async def verify(body: VerifyCreate, _principal: Principal = authorize("speciali
 
 
 @router.get("/access-keys/{key_id}/status", response_model=AccessKeyRead, summary="Revocation check of a key")
-async def status(key_id: str = _KEY_ID, _principal: Principal = authorize("specialized:pv-keys:verify")) -> dict:
-    return await service.status(key_id)
+async def status(key_id: str = _KEY_ID, principal: Principal = authorize("specialized:pv-keys:verify")) -> dict:
+    """For the key's holder and its asset's owner (or an administrator); 404 for anyone else."""
+    return await service.status(key_id, caller=_caller(principal))
 
 
 @router.post("/access-keys/{key_id}/revoke", response_model=AccessKeyRead, summary="Revoke an access key")
@@ -106,8 +130,9 @@ async def revoke(
     key_id: str = _KEY_ID,
     principal: Principal = authorize("specialized:pv-keys:revoke"),
 ) -> dict:
+    """By the asset's owner or the key's own holder (or an administrator); 404 for anyone else."""
     reason = body.reason if body is not None else "revoked"
-    return await service.revoke(key_id=key_id, reason=reason, actor=principal.subject)
+    return await service.revoke(key_id=key_id, reason=reason, actor=principal.subject, caller=_caller(principal))
 
 
 @router.get("/revocations", response_model=RevocationList, summary="Revoked keys, for offline verifiers")
