@@ -83,6 +83,11 @@ class LegacySession:
         return asdict(self)
 
 
+def _text(value: bytes | str) -> str:
+    # The client returns bytes (decode_responses=False); its type hints also allow str.
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def looks_like_token(token: str) -> bool:
     return token.startswith(PREFIX) and 40 <= len(token) <= 80
 
@@ -109,6 +114,7 @@ async def create(*, user_id: str, ip: str, user_agent: str, device: str) -> tupl
     sid = session_id_of(token)
     now = time.time()
     session = LegacySession(sid, user_id, now, now, now + s.auth_session_absolute_s, ip, user_agent[:512], device)
+    fields: dict[bytes | bytearray | memoryview | str | int | float, bytes | bytearray | memoryview | str | int | float]
     fields = {k: str(v) for k, v in asdict(session).items() if k != "session_id"}
     async with redis_client().pipeline(transaction=True) as pipe:
         pipe.hset(_SESSION_KEY + sid, mapping=fields)
@@ -141,14 +147,14 @@ async def revoke(token: str) -> bool:
     for sid in _ids_of(token):
         user_id = await redis_client().hget(_SESSION_KEY + sid, "user_id")
         if user_id is not None:
-            return await revoke_id(user_id=user_id.decode(), session_id=sid)
+            return await revoke_id(user_id=_text(user_id), session_id=sid)
     return False
 
 
 async def owner_of(session_id: str) -> str | None:
     """The user id of the live session ``session_id``; None if there is none."""
     owner = await redis_client().hget(_SESSION_KEY + session_id, "user_id")
-    return owner.decode() if owner is not None else None
+    return _text(owner) if owner is not None else None
 
 
 async def revoke_id(*, user_id: str, session_id: str) -> bool:
@@ -173,7 +179,7 @@ async def revoke_all(*, user_id: str, keep: str | None = None) -> int:
 async def list_for(*, user_id: str) -> list[LegacySession]:
     """``user_id``'s live sessions, most recently used first; forgets ids whose session expired."""
     client = redis_client()
-    sids = sorted(m.decode() for m in await client.smembers(_USER_KEY + user_id))
+    sids = sorted(_text(m) for m in await client.smembers(_USER_KEY + user_id))
     if not sids:
         return []
     async with client.pipeline(transaction=False) as pipe:

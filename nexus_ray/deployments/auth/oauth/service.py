@@ -43,6 +43,7 @@ import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -575,7 +576,7 @@ async def _id_token(
     return await keys.sign(claims, alg=client.id_token_alg, typ="JWT", actor=ACTOR)
 
 
-async def _new_refresh_token(conn: asyncpg.Connection, *, grant_id: uuid.UUID, grant_created_at) -> str:
+async def _new_refresh_token(conn: asyncpg.Connection, *, grant_id: uuid.UUID, grant_created_at: datetime) -> str:
     """A refresh token in ``grant_id``'s family, living oauth_refresh_token_ttl_s within the grant's max age."""
     value = REFRESH_PREFIX + secrets.token_urlsafe(32)
     await conn.execute(

@@ -205,9 +205,9 @@ async def _authorize(request: Request) -> Response:
 
     if signed_in is None:
         if "none" in authz.prompt:
-            err = LoginRequiredError("prompt: none, and the user is not signed in", state=authz.state,
-                                     redirect_uri=authz.redirect_uri)
-            return protocol.error_redirect(err, issuer=issuer)
+            required = LoginRequiredError("prompt: none, and the user is not signed in", state=authz.state,
+                                          redirect_uri=authz.redirect_uri)
+            return protocol.error_redirect(required, issuer=issuer)
         return _sign_in_form(authz, params)
     try:
         code = await service.issue_code(request=authz, user_id=signed_in[0], auth_time=signed_in[1])
@@ -258,7 +258,7 @@ async def register_client(body: ClientCreate, principal: Principal = authorize(A
     """The secret of a confidential client is in this response only."""
     return await service.register_client(
         name=body.name, client_type=body.client_type, redirect_uris=body.redirect_uris,
-        allowed_scopes=body.allowed_scopes, grant_types=body.grant_types,
+        allowed_scopes=body.allowed_scopes, grant_types=[str(g) for g in body.grant_types],
         id_token_alg=body.id_token_signed_response_alg, introspect_any=body.introspect_any, grantor=principal,
     )
 
