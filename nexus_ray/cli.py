@@ -7,7 +7,9 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any, TypeVar
 
 import httpx
 import typer
@@ -104,13 +106,15 @@ def down() -> None:
 
 @app.command()
 def status(api: str = typer.Option("", help="API base URL; default from settings.")) -> None:
-    """A table of every service and its health, from the namespaces' readiness endpoints."""
+    """A table of every service: its readiness, the API routes it serves beyond health, its stores."""
     from nexus_ray.catalog import NAMESPACES
+    from nexus_ray.deployments.health import state
 
     s = get_settings()
     base = api or f"http://{s.http_host}:{s.http_port}"
-    table = Table("service", "namespace", "path", "tier", "ready", "stores")
-    ok = 0
+    table = Table("service", "namespace", "path", "tier", "state", "routes", "stores")
+    colour = {"ready": "green", "health only": "yellow", "not ready": "red"}
+    ok = serving = 0
     with httpx.Client(timeout=10) as client:
         for ns in NAMESPACES:
             try:
@@ -118,14 +122,16 @@ def status(api: str = typer.Option("", help="API base URL; default from settings
                 rows = body.get("services") or []
             except (httpx.HTTPError, ValueError):
                 rows = []
-                table.add_row("-", ns, f"/{ns}", "-", "[red]unreachable[/red]", "")
+                table.add_row("-", ns, f"/{ns}", "-", "[red]unreachable[/red]", "", "")
             for r in rows:
                 ok += bool(r.get("ready"))
+                serving += bool(r.get("ready") and r.get("routes"))
+                word = state(bool(r.get("ready")), int(r.get("routes") or 0))
                 stores = " ".join(f"{k}:{v}" for k, v in (r.get("stores") or {}).items())
-                table.add_row(r["name"], ns, r["path"], str(r["tier"]),
-                              "[green]yes[/green]" if r.get("ready") else "[red]no[/red]", stores)
+                table.add_row(r["name"], ns, r["path"], str(r["tier"]), f"[{colour[word]}]{word}[/{colour[word]}]",
+                              str(r.get("routes", "?")), stores)
     console.print(table)
-    console.print(f"{ok}/44 services ready")
+    console.print(f"{ok}/44 services ready: {serving} serve API routes, {ok - serving} health only")
     if ok < 44:
         raise typer.Exit(1)
 
@@ -260,11 +266,14 @@ def _with_stores() -> None:
         get_settings.cache_clear()
 
 
-def _run_on_stores(work):
+T = TypeVar("T")
+
+
+def _run_on_stores(work: Coroutine[Any, Any, T]) -> T:
     """Run the coroutine ``work`` on the stores, closing the pool after it."""
     from nexus_ray.stores import postgres
 
-    async def run():
+    async def run() -> T:
         try:
             return await work
         finally:
@@ -307,7 +316,7 @@ def replay(
     from nexus_ray.exceptions import NotFound
     from nexus_ray.stores import events
 
-    async def request():
+    async def request() -> events.DeadLetter:
         letter = await events.request_replay(dead_letter_id=dead_letter_id)
         deadline = time.monotonic() + wait
         while letter.status == "replaying" and time.monotonic() < deadline:

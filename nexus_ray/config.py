@@ -113,6 +113,19 @@ class Settings(BaseSettings):
         "postgres_pool_max, so unknown key ids cannot take the pool); up to four times as many wait, and any "
         "further one is answered 503 with Retry-After.",
     )
+    ws_auth_timeout_s: float = Field(
+        10.0, gt=0, le=300, description="Seconds a WebSocket client that offered no credential in its subprotocols "
+        "has, once accepted, to send its auth message before the connection is closed (4408).",
+    )
+    ws_recheck_s: float = Field(
+        60.0, gt=0, description="Seconds between two checks of an open WebSocket connection's credential, made as "
+        "for a new connection: it bounds how long a connection outlives its token's expiry or revocation, its API "
+        "key's revocation or its scopes (it is then closed with 4401 or 4403).",
+    )
+    ws_messages_per_minute: int = Field(
+        600, ge=1, description="Messages one WebSocket connection may send per minute (fixed one-minute windows); "
+        "the next one closes it with 4429.",
+    )
 
     # Serve / Ray.
     http_host: str = Field("127.0.0.1", description="Address the public HTTP entrypoint binds.")

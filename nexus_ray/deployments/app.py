@@ -56,7 +56,8 @@ def _health_router(service: Service) -> APIRouter:
     async def live() -> dict:
         return {"service": service.name, "status": "live"}
 
-    @router.get("/health/ready", dependencies=[public(rate_limited=False)], summary=f"{service.name} readiness")
+    @router.get("/health/ready", dependencies=[public(rate_limited=False)], summary=f"{service.name} readiness",
+                responses={503: {"description": "A store the service needs does not answer."}})
     async def ready() -> Any:
         report = await health.service_report(service)
         if not report["ready"]:
@@ -125,13 +126,15 @@ def build_app(
         lifespan=lifespan,
     )
     errors.install(app)
+    errors.document_problems(app)
 
     if only is None:
         @app.get("/health/live", dependencies=[public(rate_limited=False)], tags=["health"])
         async def namespace_live() -> dict:
             return {"namespace": namespace, "status": "live"}
 
-        @app.get("/health/ready", dependencies=[public(rate_limited=False)], tags=["health"])
+        @app.get("/health/ready", dependencies=[public(rate_limited=False)], tags=["health"],
+                 responses={503: {"description": "Not every service is ready.", "content": {"application/json": {}}}})
         async def namespace_ready() -> JSONResponse:
             report = await health.namespace_report(namespace)
             body = {"namespace": namespace, "ready": all(r["ready"] for r in report), "services": report}

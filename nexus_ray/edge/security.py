@@ -8,7 +8,8 @@ Every route declares exactly one of:
 * ``dependencies=[public()]`` -- explicitly open to anyone.
 
 :func:`check_route_security` refuses to build an app with a route that declares
-neither, so a forgotten guard is a start-up error, not an open endpoint.
+neither, so a forgotten guard is a start-up error, not an open endpoint. WebSocket
+routes declare ``ws_authorize(...)`` or ``ws_public()`` instead (:mod:`nexus_ray.edge.websocket`).
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ import ipaddress
 from dataclasses import dataclass
 
 from fastapi import Depends, Request
-from fastapi.routing import APIRoute, iter_route_contexts
+from fastapi.routing import APIRoute, APIWebSocketRoute, iter_route_contexts
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from starlette.routing import WebSocketRoute
 
 from nexus_ray.config import get_settings
 from nexus_ray.edge import apikeys, ratelimit, revocations, tokens
@@ -163,21 +165,37 @@ def api_routes(routes) -> list:
 
 
 def route_guard(route) -> tuple[str, tuple[str, ...]] | None:
-    """("public", ()) or ("scopes", scopes) for a route, from its dependencies; None if unguarded."""
+    """("public", ()) or ("scopes", scopes) for a route, from its dependencies; None if unguarded.
+
+    A WebSocket route counts only the WebSocket guards (``ws_authorize``/``ws_public``) and an
+    HTTP route only the HTTP ones: a guard of the other kind cannot work there.
+    """
+    websocket = isinstance(getattr(route, "original_route", route), WebSocketRoute)
     stack = list(route.dependant.dependencies)
     while stack:
         dep = stack.pop()
         call = dep.call
+        stack.extend(dep.dependencies)
+        if getattr(call, "nexus_websocket", False) != websocket:
+            continue
         if getattr(call, "nexus_public", False):
             return ("public", ())
         if hasattr(call, "nexus_scopes"):
             return ("scopes", tuple(call.nexus_scopes))
-        stack.extend(dep.dependencies)
     return None
 
 
 def check_route_security(routes) -> None:
-    """Raise if any API route declares neither ``authorize(...)`` nor ``public()``."""
+    """Raise if a route has no guard of its kind: ``authorize()``/``public()``, ``ws_authorize()``/``ws_public()``."""
     unguarded = [f"{','.join(sorted(r.methods))} {r.path}" for r in api_routes(routes) if route_guard(r) is None]
+    unguarded += [
+        f"WEBSOCKET {rc.path}"
+        for rc in iter_route_contexts(routes)
+        if isinstance(rc.original_route, WebSocketRoute)
+        # A plain Starlette WebSocket route has no dependencies, so it can have no guard.
+        and (not isinstance(rc.original_route, APIWebSocketRoute) or route_guard(rc) is None)
+    ]
     if unguarded:
-        raise RuntimeError(f"routes without authorize() or public(): {unguarded}")
+        raise RuntimeError(
+            f"routes without authorize() or public() (WebSocket: ws_authorize() or ws_public()): {unguarded}"
+        )

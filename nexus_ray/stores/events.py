@@ -97,7 +97,7 @@ def _encode(row: asyncpg.Record) -> tuple[bytes, bytes | None, list[tuple[str, b
     return value, (row["key"].encode() if row["key"] is not None else None), headers
 
 
-def _decode(msg) -> Event:
+def _decode(msg: Any) -> Event:
     body = json.loads(msg.value)
     return Event(
         id=uuid.UUID(body["id"]),

@@ -33,20 +33,6 @@ GUARDED = "/specialized/v1/keys/signing-keys"  # any guarded route will do
 SCOPE = "specialized:keys:admin"
 
 
-async def wait_for(condition, *, within: float = 15.0, interval: float = 0.1) -> None:
-    """Poll ``condition`` (sync or async) until it is true; fail after ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while True:
-        result = condition()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {within} s")
-        await asyncio.sleep(interval)
-
-
 def _auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
@@ -81,7 +67,7 @@ async def test_bearer_fixture_and_issue_use_the_live_key(client, bearer):
     assert kid in [k["kid"] for k in (await keys.jwks())["keys"]]
 
 
-async def test_rotation_keeps_old_tokens_until_expiry_only(client, migrated, short_lived):
+async def test_rotation_keeps_old_tokens_until_expiry_only(client, migrated, short_lived, until):
     old = await keys.current_signer("EdDSA")
     old_token = await keys.sign(tokens.access_claims("holder", [SCOPE], ttl_s=3), alg="EdDSA")
     # What sign() never issues: a token of the old key that outlives the overlap. It must stop
@@ -106,7 +92,7 @@ async def test_rotation_keeps_old_tokens_until_expiry_only(client, migrated, sho
         jwks = (await client.get("/specialized/v1/keys/jwks")).json()
         return old.kid not in [k["kid"] for k in jwks["keys"]]
 
-    await wait_for(old_key_gone)
+    await until(old_key_gone)
     # ... and nothing it signed verifies any more: the old token (expired by now too) and the
     # long-lived one (not expired, but its key retired).
     r = await client.get(GUARDED, headers=_auth(long_lived))
@@ -117,7 +103,7 @@ async def test_rotation_keeps_old_tokens_until_expiry_only(client, migrated, sho
     assert (await client.get(GUARDED, headers=_auth(fresh))).status_code == 200
 
 
-async def test_another_replica_learns_of_rotation(migrated, short_lived):
+async def test_another_replica_learns_of_rotation(migrated, short_lived, until):
     """A second ring (another replica) that read its keys before a rotation done elsewhere."""
     replica = KeyRing(tokens.load_platform_keys)
     assert await replica.refresh()
@@ -139,7 +125,7 @@ async def test_another_replica_learns_of_rotation(migrated, short_lived):
             return "retired" in str(exc) or "unknown key" in str(exc)
         return False
 
-    await wait_for(refused)
+    await until(refused)
 
 
 async def test_sign_notices_a_rotation_done_in_another_replica(migrated):
@@ -151,7 +137,7 @@ async def test_sign_notices_a_rotation_done_in_another_replica(migrated):
     assert (await keys.current_signer("RS256")).kid == rotated["current"]["kid"]
 
 
-async def test_synchronous_issue_follows_a_rotation_done_elsewhere(migrated):
+async def test_synchronous_issue_follows_a_rotation_done_elsewhere(migrated, until):
     stale = await keys.current_signer("ES256")
     rotated = await keys.rotate("ES256", actor="other-replica")
     key_service._signers[("platform", "ES256")] = stale
@@ -159,7 +145,7 @@ async def test_synchronous_issue_follows_a_rotation_done_elsewhere(migrated):
     assert jwt.get_unverified_header(token)["kid"] == stale.kid
     assert (await tokens.verify(token))["sub"] == "u"
     await keys.flush_audit()  # its audit write reports the current key: the signer reloads
-    await wait_for(lambda: key_service._signers[("platform", "ES256")].kid == rotated["current"]["kid"])
+    await until(lambda: key_service._signers[("platform", "ES256")].kid == rotated["current"]["kid"])
     assert jwt.get_unverified_header(tokens.issue("u", [SCOPE]))["kid"] == rotated["current"]["kid"]
 
 

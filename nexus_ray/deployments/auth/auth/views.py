@@ -38,7 +38,10 @@ _session_bearer = HTTPBearer(auto_error=False, description="The legacy session t
 Username = Annotated[str, Path(min_length=1, max_length=64)]
 
 
-@router.post("/login", response_model=LoginResult, dependencies=[public()], summary="Log in with a password")
+@router.post("/login", response_model=LoginResult, dependencies=[public()], summary="Log in with a password",
+             responses={401: {"description": "Wrong username or password."},
+                        403: {"description": "The account is disabled."},
+                        423: {"description": "The account is locked after repeated failures."}})
 async def login(body: LoginRequest, request: Request) -> dict:
     return await service.login(
         username=body.username,
@@ -49,7 +52,8 @@ async def login(body: LoginRequest, request: Request) -> dict:
     )
 
 
-@router.post("/logout", status_code=204, dependencies=[public()], summary="End the session of the bearer token")
+@router.post("/logout", status_code=204, dependencies=[public()], summary="End the session of the bearer token",
+             responses={401: {"description": "No session token was sent."}})
 async def logout(credentials: HTTPAuthorizationCredentials | None = Depends(_session_bearer)) -> Response:
     if credentials is None:
         raise Unauthorized("send the session token as Authorization: Bearer <token>")
@@ -58,7 +62,9 @@ async def logout(credentials: HTTPAuthorizationCredentials | None = Depends(_ses
 
 
 @router.post("/exchange", response_model=ExchangeResult, dependencies=[public()],
-             summary="Exchange a legacy session for a v2 access token")
+             summary="Exchange a legacy session for a v2 access token",
+             responses={401: {"description": "The session token is invalid or expired."},
+                        403: {"description": "The session may not have the scope asked for."}})
 async def exchange(body: ExchangeRequest) -> dict:
     return await service.exchange(session_token=body.session_token, scope=body.scope)
 

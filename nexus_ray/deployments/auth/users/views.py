@@ -64,7 +64,8 @@ async def list_users(
     return {"users": users, "next_after": next_after}
 
 
-@router.get("/me", response_model=UserRead, summary="The caller's account")
+@router.get("/me", response_model=UserRead, summary="The caller's account",
+            responses={404: {"description": "The caller is not a user account (a service or an API key)."}})
 async def me(principal: Principal = authorize(READ)) -> dict:
     user_id = service.as_user_id(principal.subject)
     if user_id is None:
@@ -89,7 +90,8 @@ async def list_roles() -> list[dict]:
     return await service.list_roles()
 
 
-@router.put("/roles/{name}", response_model=RoleRead, summary="Create or replace a role")
+@router.put("/roles/{name}", response_model=RoleRead, summary="Create or replace a role",
+            responses={201: {"model": RoleRead, "description": "The role did not exist: created."}})
 async def put_role(
     body: RoleWrite, response: Response, name: RoleName, principal: Principal = authorize(ADMIN)
 ) -> dict:

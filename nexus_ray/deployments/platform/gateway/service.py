@@ -12,6 +12,7 @@ from nexus_ray.exceptions import ValidationFailed
 from nexus_ray.stores import events
 from nexus_ray.stores.cache import redis_client
 
+from .live import NOTICE_KEY, publish_notice
 from .models import (
     CurrentNotice,
     DeadLetterRead,
@@ -22,8 +23,6 @@ from .models import (
     OpenApiIndex,
     ServiceHealth,
 )
-
-NOTICE_KEY = "nexus:platform:notice"
 
 
 async def _namespace(namespace: str) -> list[ServiceHealth]:
@@ -59,12 +58,12 @@ async def set_notice(*, notice: NoticeIn, set_by: str) -> NoticeRead:
         if ttl <= 0:
             raise ValidationFailed.for_field("until", "must be in the future")
     stored = NoticeRead(**notice.model_dump(), set_by=set_by, set_at=now)
-    await redis_client().set(NOTICE_KEY, stored.model_dump_json(), ex=ttl)
+    await publish_notice(stored.model_dump_json(), ttl_s=ttl)
     return stored
 
 
 async def clear_notice() -> None:
-    await redis_client().delete(NOTICE_KEY)
+    await publish_notice(None)
 
 
 def openapi_index() -> OpenApiIndex:

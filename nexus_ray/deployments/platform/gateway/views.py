@@ -10,11 +10,12 @@ from nexus_ray.deployments.kit.pages import Page, PageRequest, page_params
 from nexus_ray.deployments.kit.scopes import scopes_of
 from nexus_ray.edge.security import Principal, authorize, public
 
-from . import service
+from . import live, service
 from .models import CurrentNotice, DeadLetterRead, Directory, NoticeIn, NoticeRead, OpenApiIndex
 
 SCOPES = scopes_of("backend-api")
 router = APIRouter()
+router.include_router(live.router)
 
 
 @router.get("/services", response_model=Directory, dependencies=[authorize(SCOPES.read)],

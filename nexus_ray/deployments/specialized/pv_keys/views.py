@@ -53,7 +53,8 @@ async def public_key(response: Response) -> dict:
     return await service.public_keys()
 
 
-@router.post("/assets", response_model=AssetRead, status_code=201, summary="Register an asset and its owner")
+@router.post("/assets", response_model=AssetRead, status_code=201, summary="Register an asset and its owner",
+             responses={200: {"model": AssetRead, "description": "Already registered to this owner: nothing changed."}})
 async def register_asset(
     body: AssetCreate, response: Response, principal: Principal = authorize("specialized:pv-keys:issue")
 ) -> dict:
