@@ -122,6 +122,15 @@ class Settings(BaseSettings):
     api_key_cache_s: float = Field(
         10.0, ge=0, description="Seconds an API key lookup is cached in a replica (bounds revocation delay)."
     )
+    api_key_cache_size: int = Field(
+        10_000, ge=1, description="Most API key look-ups (unknown key ids included) one replica caches; the least "
+        "recently used go first.",
+    )
+    api_key_max_lookups: int = Field(
+        4, ge=1, description="API key look-ups one replica runs against PostgreSQL at once (less than "
+        "postgres_pool_max, so unknown key ids cannot take the pool); up to four times as many wait, and any "
+        "further one is answered 503 with Retry-After.",
+    )
     ws_auth_timeout_s: float = Field(
         10.0, gt=0, le=300, description="Seconds a WebSocket client that offered no credential in its subprotocols "
         "has, once accepted, to send its auth message before the connection is closed (4408).",
@@ -134,72 +143,6 @@ class Settings(BaseSettings):
     ws_messages_per_minute: int = Field(
         600, ge=1, description="Messages one WebSocket connection may send per minute (fixed one-minute windows); "
         "the next one closes it with 4429.",
-    )
-
-    # Identity: user-auth, auth-service (legacy login) and session-mgr.
-    password_min_length: int = Field(10, ge=8, le=64, description="Shortest password accepted, characters.")
-    password_time_cost: int = Field(
-        3, ge=1, description="argon2id iterations (RFC 9106 low-memory profile: 3). Raising it slows every guess."
-    )
-    password_memory_kib: int = Field(
-        65536, ge=8192, description="argon2id memory per hash, KiB (RFC 9106 low-memory profile: 64 MiB)."
-    )
-    password_parallelism: int = Field(4, ge=1, description="argon2id lanes per hash (RFC 9106: 4).")
-    email_verification_ttl_s: int = Field(
-        86400, ge=60, description="Seconds an email verification token stays usable (it is single-use)."
-    )
-    mail_provider: str = Field(
-        "mailbox",
-        description="Provider that delivers the identity services' mail (verification links). 'mailbox': "
-        "written to the mail_outbox table in the transaction of the change, where a relay or a test reads it.",
-    )
-    auth_lockout_threshold: int = Field(
-        5, ge=1, description="Failed logins for one account, within auth_lockout_window_s, that lock it."
-    )
-    auth_lockout_window_s: int = Field(
-        900, ge=1, description="Seconds over which an account's failed logins are counted towards a lockout."
-    )
-    auth_lockout_duration_s: int = Field(
-        900, ge=1, description="Seconds a locked account refuses every login (423 with Retry-After) before release."
-    )
-    auth_address_max_failures: int = Field(
-        30, ge=1, description="Failed logins one client address may make, over all accounts, per auth_address_window_s "
-        "before its logins are refused (429 with Retry-After).",
-    )
-    auth_address_window_s: int = Field(
-        300, ge=1, description="Seconds over which a client address's failed logins are counted."
-    )
-    auth_session_idle_s: int = Field(
-        1800, ge=1, description="A legacy session token unused this many seconds expires."
-    )
-    auth_session_absolute_s: int = Field(
-        43200, ge=1, description="A legacy session token expires this many seconds after login, however used."
-    )
-    auth_exchange_ttl_s: int = Field(
-        900, ge=30, le=86400, description="Lifetime of a v2 access token obtained by exchanging a legacy session, s."
-    )
-
-    # Identity: auth-service-v2 (OAuth 2.0 / OpenID Connect provider; its issuer is jwt_issuer).
-    oauth_code_ttl_s: int = Field(
-        60, ge=5, le=600, description="Seconds an authorization code can be exchanged (once) for tokens. RFC 6749 "
-        "recommends at most 600.",
-    )
-    oauth_access_token_ttl_s: int = Field(
-        900, ge=30, description="Lifetime of the access and ID tokens the OAuth provider issues, seconds; never more "
-        "than token_max_ttl_s. A revoked access token keeps passing the edge (it verifies tokens offline) until then.",
-    )
-    oauth_refresh_token_ttl_s: int = Field(
-        14 * 86400, ge=60, description="Lifetime of a refresh token, seconds. Each use rotates it: its successor "
-        "gets a new lifetime, within oauth_grant_max_age_s.",
-    )
-    oauth_grant_max_age_s: int = Field(
-        90 * 86400, ge=60, description="Longest life of one sign-in at a client (a refresh-token family), seconds: "
-        "after it, the user signs in again however often the tokens were refreshed.",
-    )
-    oauth_session_cookie: str = Field(
-        "nexus_session", pattern=r"^[A-Za-z0-9_-]{1,64}$", description="Cookie in which the OAuth provider's "
-        "/authorize keeps the user's legacy session token (set by its login form, HttpOnly, limited to the "
-        "provider's path), so that a signed-in user is not asked for the password again.",
     )
 
     # Serve / Ray.

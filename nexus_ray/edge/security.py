@@ -26,7 +26,7 @@ from starlette.routing import WebSocketRoute
 
 from nexus_ray.config import get_settings
 from nexus_ray.edge import apikeys, ratelimit, revocations, tokens
-from nexus_ray.exceptions import Forbidden, Unauthorized
+from nexus_ray.exceptions import Forbidden, NotFound, Unauthorized
 
 
 @dataclass(frozen=True)
@@ -146,9 +146,16 @@ async def authenticate(
     raise Unauthorized("a bearer token or an API key is required")
 
 
-def ensure_self_or(principal: Principal, subject: str, admin_scope: str) -> None:
-    """Refuse (403) unless ``principal`` is ``subject`` itself or holds ``admin_scope``: self-service routes."""
+def ensure_self_or(principal: Principal, subject: str, admin_scope: str, *, not_found: str | None = None) -> None:
+    """Refuse unless ``principal`` is ``subject`` itself or holds ``admin_scope``: self-service routes.
+
+    403 for a subject named in the path. For an object found by its id and owned by ``subject``, pass
+    ``not_found`` (the route's detail for an unknown id): the refusal is that same 404, so another's
+    ids cannot be told from made-up ones.
+    """
     if principal.subject != str(subject) and not principal.can(admin_scope):
+        if not_found is not None:
+            raise NotFound(not_found)
         raise Forbidden(
             f"only the account itself or a holder of {admin_scope} may do this",
             extra={"required_scopes": [admin_scope]},

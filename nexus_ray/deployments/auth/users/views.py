@@ -28,6 +28,7 @@ from nexus_ray.deployments.auth.users.models import (
     UserPage,
     UserRead,
     UserRoles,
+    UserStatus,
     UserUpdate,
     VerificationSent,
 )
@@ -101,9 +102,9 @@ async def put_role(
     return role
 
 
-@router.delete("/roles/{name}", status_code=204, dependencies=[authorize(ADMIN)], summary="Delete a role")
-async def delete_role(name: RoleName) -> Response:
-    await service.delete_role(name=name)
+@router.delete("/roles/{name}", status_code=204, summary="Delete a role")
+async def delete_role(name: RoleName, principal: Principal = authorize(ADMIN)) -> Response:
+    await service.delete_role(name=name, grantor=principal)
     return Response(status_code=204)
 
 
@@ -125,7 +126,7 @@ async def update_user(user_id: uuid.UUID, body: UserUpdate, principal: Principal
 @router.delete("/{user_id}", response_model=ErasureReceipt, summary="Erase the account and its personal data")
 async def erase_user(user_id: uuid.UUID, principal: Principal = authorize(WRITE)) -> dict:
     ensure_self_or(principal, str(user_id), ADMIN)
-    return await service.erase_user(user_id=user_id)
+    return await service.erase_user(user_id=user_id, grantor=principal)
 
 
 @router.get("/{user_id}/export", response_model=PersonalData, summary="Export all personal data")
@@ -155,10 +156,17 @@ async def grant_role(user_id: uuid.UUID, role: RoleName, principal: Principal = 
     return await service.grant_role(user_id=user_id, role=role, grantor=principal)
 
 
-@router.delete("/{user_id}/roles/{role}", status_code=204, dependencies=[authorize(ADMIN)], summary="Revoke a role")
-async def revoke_role(user_id: uuid.UUID, role: RoleName) -> Response:
-    await service.revoke_role(user_id=user_id, role=role)
+@router.delete("/{user_id}/roles/{role}", status_code=204, summary="Revoke a role")
+async def revoke_role(user_id: uuid.UUID, role: RoleName, principal: Principal = authorize(ADMIN)) -> Response:
+    await service.revoke_role(user_id=user_id, role=role, grantor=principal)
     return Response(status_code=204)
+
+
+@router.put("/{user_id}/status", response_model=UserRead, summary="Disable or enable an account")
+async def set_status(user_id: uuid.UUID, body: UserStatus, principal: Principal = authorize(ADMIN)) -> dict:
+    """Disabling ends the account's sessions, access tokens and OAuth sign-ins; its API keys are refused until it
+    is enabled again."""
+    return await service.set_status(user_id=user_id, status=body.status, grantor=principal)
 
 
 @router.post("/{user_id}/api-keys", status_code=201, response_model=ApiKeyCreated, summary="Create an API key")
