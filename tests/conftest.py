@@ -95,8 +95,13 @@ def ray_cluster(stores, data_dir):
 
 
 @pytest.fixture(scope="session")
-def platform(ray_cluster):
-    """All nine namespace applications deployed on the session cluster; yields the API base URL."""
+def platform(ray_cluster, bearer):
+    """All nine namespace applications deployed on the session cluster; yields the API base URL.
+
+    After ``bearer``: the signing key the tests' tokens use exists before the replicas read their
+    keys, as in a running platform (a replica refuses a key it has not read yet at once, and only
+    learns of it on a background read).
+    """
     from nexus_ray.runtime import cluster, serve_config
 
     port = free_port()
