@@ -34,7 +34,10 @@ async def run(args) -> dict:
 
     from nexus_ray.config import get_settings
     from nexus_ray.deployments.app import build_app
+    from nexus_ray.deployments.wiring import wire_edge
     from nexus_ray.edge import apikeys, tokens
+
+    wire_edge()
     from nexus_ray.stores import postgres
 
     get_settings.cache_clear()

@@ -48,7 +48,10 @@ async def drive(port: int, server: psutil.Process, n: int) -> None:
     from websockets.asyncio.client import connect
 
     from nexus_ray.deployments.platform.gateway import live as notice_live
+    from nexus_ray.deployments.wiring import wire_edge
     from nexus_ray.edge import tokens
+
+    wire_edge()
     from nexus_ray.stores.cache import redis_client
 
     await tokens.prepare()

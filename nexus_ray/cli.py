@@ -170,9 +170,12 @@ def token(
 ) -> None:
     """Mint an access token with key-service's current signing key (development and test only)."""
     from nexus_ray.deployments.specialized import keys
+    from nexus_ray.deployments.wiring import wire_edge
     from nexus_ray.edge import tokens
     from nexus_ray.exceptions import ValidationFailed
     from nexus_ray.stores import postgres
+
+    wire_edge()
 
     if get_settings().environment == "production":
         console.print("[red]refused: mint tokens through auth-service-v2 in production[/red]")

@@ -39,6 +39,11 @@ from nexus_ray.config import get_settings  # noqa: E402
 
 get_settings.cache_clear()
 
+# What every app's start-up does (build_app): key-service and legacy sessions registered with the edge.
+from nexus_ray.deployments.wiring import wire_edge  # noqa: E402
+
+wire_edge()
+
 
 def free_port() -> int:
     with socket.socket() as s:

@@ -30,6 +30,7 @@ from fastapi.responses import JSONResponse
 from nexus_ray.catalog import Service, in_namespace, stores_of
 from nexus_ray.config import get_settings
 from nexus_ray.deployments import health
+from nexus_ray.deployments.wiring import wire_edge
 from nexus_ray.edge import errors
 from nexus_ray.edge.middleware import EdgeMiddleware
 from nexus_ray.edge.security import api_routes, check_route_security, public
@@ -89,6 +90,7 @@ def build_app(
     """
     settings = get_settings()
     configure_logs(settings.log_level)
+    wire_edge()
     services = tuple(s for s in in_namespace(namespace) if s.name not in exclude and (only is None or s.name == only))
     if only is not None and not services:
         raise KeyError(f"{only} is not a service of {namespace}")

@@ -15,6 +15,7 @@ routes declare ``ws_authorize(...)`` or ``ws_public()`` instead (:mod:`nexus_ray
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -111,17 +112,27 @@ def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         return None
 
 
+#: Resolves an opaque bearer token (a legacy session) to its principal, or None when it is not valid.
+SessionResolver = Callable[[str], Awaitable["Principal | None"]]
+_session_resolver: SessionResolver | None = None
+
+
+def use_session_resolver(resolver: SessionResolver) -> None:
+    """Register who resolves opaque session tokens (auth-service, at start-up): the edge imports no service."""
+    global _session_resolver
+    _session_resolver = resolver
+
+
 async def authenticate(
     bearer: HTTPAuthorizationCredentials | None, api_key: str | None
 ) -> Principal:
     """The principal behind the presented credential; Unauthorized when there is none or it is invalid."""
     if bearer is not None:
         if bearer.credentials.count(".") != 2:
-            # Not a JWT: a legacy session token, which auth-service resolves (imported here, on use,
-            # so the edge does not load a service at import time).
-            from nexus_ray.deployments.auth.auth.service import session_principal
-
-            principal = await session_principal(bearer.credentials)
+            # Not a JWT: an opaque session token, resolved by whoever start-up registered (auth-service).
+            if _session_resolver is None:
+                raise Unauthorized("session tokens are not accepted here")
+            principal = await _session_resolver(bearer.credentials)
             if principal is None:
                 raise Unauthorized("invalid or expired session token")
             return principal

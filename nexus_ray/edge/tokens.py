@@ -27,6 +27,10 @@ the ring enforces itself between reads; then its tokens stop verifying.
 Issuing: :func:`issue` signs platform claims with the current key loaded in this process by
 :func:`prepare` (the ``nexus token`` command and the tests' ``bearer`` fixture). Services
 sign through key-service itself (``await keys.sign(claims)``).
+
+The edge stands below the services: it never imports key-service. Key-service is registered
+as the edge's :class:`KeySource` at start-up (:func:`use_key_source`, called by
+:func:`nexus_ray.deployments.wiring.wire_edge`).
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import jwt
 
@@ -243,12 +247,35 @@ def _decode(token: str, alg: str, key: VerificationKey) -> dict[str, Any]:
         raise Unauthorized("invalid bearer token") from None
 
 
-async def load_platform_keys() -> list[dict[str, Any]]:
-    """The platform's verification keys, as key-service holds them in PostgreSQL."""
-    # Imported on use: the edge loads before any service module.
-    from nexus_ray.deployments.specialized.keys import service
+class KeySource(Protocol):
+    """What the edge needs of the service that holds the signing keys (key-service)."""
 
-    return await service.verification_keys("platform")
+    async def verification_keys(self, purpose: str = ...) -> list[dict[str, Any]]: ...
+
+    async def current_signer(self, alg: str = ..., *, purpose: str = ...) -> Any: ...
+
+    def sign_loaded(self, claims: dict[str, Any], *, alg: str = ..., purpose: str = ..., actor: str = ...) -> str: ...
+
+
+_source: KeySource | None = None
+
+
+def use_key_source(source: KeySource) -> None:
+    """Register where verification keys come from and who signs (done once at start-up)."""
+    global _source
+    _source = source
+
+
+def key_source() -> KeySource:
+    """The registered key source; RuntimeError if start-up did not register one."""
+    if _source is None:
+        raise RuntimeError("no key source is registered with the edge: call nexus_ray.deployments.wiring.wire_edge()")
+    return _source
+
+
+async def load_platform_keys() -> list[dict[str, Any]]:
+    """The platform's verification keys, as the key source (key-service, in PostgreSQL) holds them."""
+    return await key_source().verification_keys("platform")
 
 
 _ring = KeyRing(load_platform_keys)
@@ -291,9 +318,7 @@ def access_claims(
 
 async def prepare(alg: str = "ES256") -> None:
     """Load the current ``alg`` signing key into this process (creating the first one) for :func:`issue`."""
-    from nexus_ray.deployments.specialized.keys import service
-
-    await service.current_signer(alg, purpose="platform")
+    await key_source().current_signer(alg, purpose="platform")
 
 
 def issue(
@@ -310,7 +335,5 @@ def issue(
 
     ``ttl_s`` may be at most ``token_max_ttl_s`` (ValidationFailed naming ``exp`` otherwise).
     """
-    from nexus_ray.deployments.specialized.keys import service
-
     claims = access_claims(subject, scopes, ttl_s=ttl_s, kind=kind, extra=extra)
-    return service.sign_loaded(claims, alg=alg, purpose="platform", actor=actor)
+    return key_source().sign_loaded(claims, alg=alg, purpose="platform", actor=actor)
