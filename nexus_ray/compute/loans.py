@@ -192,9 +192,10 @@ def rounding_bound(schedule: Schedule) -> int:
     (at most half a cent) each period shift the final balance by at most one cent grown
     at the note rate to the end; the bound is that annuity factor, rounded up.
     """
-    growth = 1 + schedule.annual_rate / MONTHS_PER_YEAR
-    bound = sum((growth**k for k in range(schedule.months)), Fraction(0))
-    return math.ceil(bound)
+    r = schedule.annual_rate / MONTHS_PER_YEAR
+    if r == 0:
+        return schedule.months
+    return math.ceil(((1 + r) ** schedule.months - 1) / r)
 
 
 def present_value(payments: Sequence[int], periodic_rate: Rate) -> Fraction:

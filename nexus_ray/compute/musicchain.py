@@ -377,10 +377,9 @@ def merkle_root(record_hashes: Iterable[str]) -> str:
         return hashlib.sha256(b"").hexdigest()
     # The odd subtrees, smallest (rightmost) first, join their left neighbours upwards.
     acc: bytes | None = None
-    for node in stack:
-        if node is None:
-            continue
-        acc = node if acc is None else node_hash(node, acc)
+    for subtree in stack:
+        if subtree is not None:
+            acc = subtree if acc is None else node_hash(subtree, acc)
     assert acc is not None
     return acc.hex()
 
