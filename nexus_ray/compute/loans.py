@@ -20,7 +20,9 @@ Rules, stated once:
   Its distance from the level payment is at most one cent per period compounded at the
   note rate (:func:`rounding_bound`). A payment never exceeds what is owed: in the
   degenerate case of a few cents spread over many months, where a rounded-up payment
-  would overpay, it is capped at the balance plus interest and later payments are zero.
+  would overpay, it is capped at the balance plus interest and later payments are zero;
+  and it never falls below the period's interest (a payment that rounds to almost nothing
+  would otherwise let the balance grow).
 * **Fees** are prepaid finance charges, paid at closing: the amount financed is the
   principal minus the fees, and the payments are computed on the full principal.
 * **APR**, by the actuarial method of US Regulation Z, Appendix J, with a one-month unit
@@ -178,7 +180,8 @@ def amortization_schedule(principal: int, annual_rate: Rate, months: int, fees: 
         interest = (2 * accrued + den) // (2 * den) - charged
         charged += interest
         due = balance + interest
-        pay = due if period == months else min(payment, due)
+        # Never more than is owed, never less than the interest (no negative amortization).
+        pay = due if period == months else max(interest, min(payment, due))
         principal_part = pay - interest
         balance -= principal_part
         rows.append(Installment(period, pay, interest, principal_part, balance))

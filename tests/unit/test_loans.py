@@ -71,6 +71,14 @@ def test_a_payment_never_exceeds_what_is_owed():
     assert all(r.balance >= 0 for r in s.installments)
 
 
+def test_a_payment_always_covers_the_interest():
+    # One cent over 20 years at 2.5 %: the level payment rounds to 0, the interest does not.
+    s = amortization_schedule(1, "0.025", 241)
+    assert s.level_payment == 0
+    assert all(r.principal >= 0 and 0 <= r.balance <= 1 for r in s.installments)
+    assert sum(r.principal for r in s.installments) == 1
+
+
 def test_fees_raise_the_apr_above_the_note_rate():
     no_fee = amortization_schedule(20_000_000, "0.065", 360)
     with_fee = amortization_schedule(20_000_000, "0.065", 360, fees=400_000)
@@ -179,8 +187,13 @@ def test_schedule_properties(loan):
         assert row.payment >= 0 and row.interest >= 0 and row.principal >= 0 and row.balance >= 0
         assert row.payment == row.interest + row.principal
     for row in s.installments[:-1]:
-        # Every payment but the last is the level one, unless the loan was already paid off.
-        assert row.payment == s.level_payment or (row.payment < s.level_payment and row.balance == 0)
+        # Every payment but the last is the level one, unless the loan was already paid off
+        # or the level payment rounded below the interest (loans of a few cents).
+        assert (
+            row.payment == s.level_payment
+            or (row.payment < s.level_payment and row.balance == 0)
+            or (row.payment > s.level_payment and row.principal == 0)
+        )
     assert abs(s.installments[-1].payment - s.level_payment) <= rounding_bound(s)
     assert abs(s.level_payment - level_payment(principal, rate, months)) <= Fraction(1, 2)
 
