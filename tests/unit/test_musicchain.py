@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import itertools
 from fractions import Fraction
 
 import pytest
@@ -55,7 +56,7 @@ def findings(records: list[dict], anchor: Anchor | None = None) -> list[tuple[st
 def test_records_link_and_hash():
     records = chain(5)
     assert records[0]["prev"] == GENESIS
-    for before, after in zip(records, records[1:], strict=False):
+    for before, after in itertools.pairwise(records):
         assert after["prev"] == before["hash"]
         assert after["seq"] == before["seq"] + 1
     assert all(r["hash"] == record_hash(r) for r in records)
