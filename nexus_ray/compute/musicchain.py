@@ -194,7 +194,8 @@ class _Verifier:
             # An altered seq is not evidence of a move: the record is taken to be in its place.
             seq = self.expected
         if seq == self.expected:
-            self.link(prev, seq, position)
+            if intact:  # an altered record's prev proves nothing about its predecessor
+                self.link(prev, seq, position)
             self.advance(seq, stored, position)
         elif seq > self.expected:
             if upcoming is not None and upcoming.get("seq") == self.expected:

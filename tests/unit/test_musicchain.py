@@ -147,6 +147,16 @@ def test_duplicates_and_several_damages_in_one_pass():
     assert findings(damaged, anchor_of(records)) == [("altered", 3), ("removed", 10), ("duplicated", 5)]
 
 
+def test_a_malformed_or_relinked_record_is_one_finding():
+    records = chain(6)
+    malformed = copy.deepcopy(records)
+    del malformed[2]["prev"]
+    assert findings(malformed, anchor_of(records)) == [("altered", 2)]
+    relinked = copy.deepcopy(records)
+    relinked[3]["prev"] = GENESIS  # not rehashed: the record is altered, its predecessor is not blamed
+    assert findings(relinked, anchor_of(records)) == [("altered", 3)]
+
+
 def test_verification_streams():
     # A generator is read once; nothing needs the whole chain in memory.
     report = verify_chain(build_chain(entries(2_000)))
