@@ -36,8 +36,9 @@ Rules, stated once:
 * **Late payment** (:func:`late_charge`): interest at the note rate on the overdue principal
   part for every day late (30/360; the money stayed out that long), and a late fee when the
   payment is later than the grace period: ``fee_bps`` of the installment, kept between
-  ``fee_min`` and ``fee_max``, charged once per late installment (never on an installment
-  that was paid on time but short only because an earlier late fee was unpaid: no pyramiding).
+  ``fee_min`` and ``fee_max``, charged once per late installment. The caller applies a
+  payment to the installment due before any fee, so an installment paid on time is never
+  late only because an earlier fee is unpaid (no pyramiding of late fees).
 """
 
 from __future__ import annotations
