@@ -302,6 +302,16 @@ class MerkleProof:
         """The proof as plain JSON data (what the service returns)."""
         return {"index": self.index, "size": self.size, "path": [[side, h] for side, h in self.path]}
 
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> MerkleProof:
+        """A proof from what :meth:`to_json` gave; sides other than ``L``/``R`` are refused."""
+        path: list[tuple[Side, str]] = []
+        for side, sibling in data["path"]:
+            if side not in ("L", "R") or not isinstance(sibling, str):
+                raise ValueError(f"bad proof step {[side, sibling]!r}")
+            path.append(("L" if side == "L" else "R", sibling))
+        return cls(int(data["index"]), int(data["size"]), tuple(path))
+
     @property
     def byte_size(self) -> int:
         """Bytes of the proof in binary: 32 a hash, one byte a side."""

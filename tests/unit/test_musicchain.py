@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import itertools
+import json
 from fractions import Fraction
 
 import pytest
@@ -14,6 +15,7 @@ from hypothesis import strategies as st
 from nexus_ray.compute.musicchain import (
     GENESIS,
     Anchor,
+    MerkleProof,
     MerkleTree,
     build_chain,
     canonical_json,
@@ -224,6 +226,10 @@ def test_every_proof_verifies_and_is_short():
         assert len(proof.path) <= 6  # ceil(log2 37)
         assert proof.byte_size == 33 * len(proof.path)
     assert tree.proof(36).to_json()["size"] == 37
+    # Through JSON and back, as a client gets it.
+    assert MerkleProof.from_json(json.loads(json.dumps(tree.proof(5).to_json()))) == tree.proof(5)
+    with pytest.raises(ValueError):
+        MerkleProof.from_json({"index": 0, "size": 1, "path": [["X", "00"]]})
     with pytest.raises(IndexError):
         tree.proof(37)
 
