@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 
 from nexus_ray.exceptions import RateLimited, Unauthorized
 from nexus_ray.stores.cache import redis_client, script
@@ -48,7 +49,7 @@ return {over, wait}
 """
 
 async def admit(
-    limits: list[tuple[str, str, int]], *, revocation_keys: list[str] = (), issued_at: int | None = None
+    limits: list[tuple[str, str, int]], *, revocation_keys: Sequence[str] = (), issued_at: int | None = None
 ) -> None:
     """Count one request against each ``(scope, identity, per_minute)`` and check the token's revocation keys.
 

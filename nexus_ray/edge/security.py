@@ -15,15 +15,16 @@ routes declare ``ws_authorize(...)`` or ``ws_public()`` instead (:mod:`nexus_ray
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 from fastapi import Depends, Request
 from fastapi.routing import APIRoute, APIWebSocketRoute, iter_route_contexts
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from starlette.requests import HTTPConnection
-from starlette.routing import WebSocketRoute
+from starlette.routing import BaseRoute, WebSocketRoute
 
 from nexus_ray.config import get_settings
 from nexus_ray.edge import apikeys, ratelimit, revocations, tokens
@@ -94,7 +95,10 @@ def _networks(entries: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddre
     return tuple(ipaddress.ip_network(e, strict=False) for e in entries)
 
 
-def _trusted(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, networks) -> bool:
+def _trusted(
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address,
+    networks: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network],
+) -> bool:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped  # ::ffff:127.0.0.1 is the IPv4 loopback seen through a dual-stack socket
     return any(ip in net for net in networks)
@@ -173,7 +177,7 @@ def ensure_self_or(principal: Principal, subject: str, admin_scope: str, *, not_
         )
 
 
-def authorize(*scopes: str):
+def authorize(*scopes: str) -> Any:
     """Dependency: an authenticated principal holding every scope in ``scopes``; rate-limited."""
 
     async def guard(
@@ -214,7 +218,7 @@ def authorize(*scopes: str):
     return Depends(guard)
 
 
-def public(*, rate_limited: bool = True):
+def public(*, rate_limited: bool = True) -> Any:
     """Dependency marking a route open to anyone; still rate-limited per address unless told not to."""
 
     async def open_route(request: Request) -> None:
@@ -225,12 +229,12 @@ def public(*, rate_limited: bool = True):
     return Depends(open_route)
 
 
-def api_routes(routes) -> list:
+def api_routes(routes: Sequence[BaseRoute]) -> list[Any]:
     """Every API route of an app with its effective path, methods and dependant (included routers flattened)."""
     return [rc for rc in iter_route_contexts(routes) if isinstance(rc.original_route, APIRoute)]
 
 
-def route_guard(route) -> tuple[str, tuple[str, ...]] | None:
+def route_guard(route: Any) -> tuple[str, tuple[str, ...]] | None:
     """("public", ()) or ("scopes", scopes) for a route, from its dependencies; None if unguarded.
 
     A WebSocket route counts only the WebSocket guards (``ws_authorize``/``ws_public``) and an
@@ -251,7 +255,7 @@ def route_guard(route) -> tuple[str, tuple[str, ...]] | None:
     return None
 
 
-def check_route_security(routes) -> None:
+def check_route_security(routes: Sequence[BaseRoute]) -> None:
     """Raise if a route has no guard of its kind: ``authorize()``/``public()``, ``ws_authorize()``/``ws_public()``."""
     unguarded = [f"{','.join(sorted(r.methods))} {r.path}" for r in api_routes(routes) if route_guard(r) is None]
     unguarded += [

@@ -169,7 +169,8 @@ class KeyRing:
             # A replica that has not read the keys yet knows no key id at all: its first tokens
             # wait for that one read (shared, as every read) instead of all being refused.
             self._refresh_in_background(get_settings().jwks_refresh_min_s)
-            await asyncio.shield(self._background)  # a request that goes away leaves the read running
+            if self._background is not None:  # a request that goes away leaves the read running
+                await asyncio.shield(self._background)
             key = self._keys.get(kid)
         if key is None:
             self._refresh_in_background(get_settings().jwks_refresh_min_s)
