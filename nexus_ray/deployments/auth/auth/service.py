@@ -18,13 +18,14 @@ from nexus_ray.deployments.auth import credentials
 from nexus_ray.deployments.auth.auth import lockout, passwords, sessions
 from nexus_ray.deployments.auth.auth.settings import settings as auth_settings
 from nexus_ray.deployments.auth.users import service as users
+from nexus_ray.deployments.kit.scopes import scopes_of
 from nexus_ray.deployments.specialized.keys import service as keys
 from nexus_ray.edge import revocations, tokens
 from nexus_ray.edge.security import Principal, ensure_self_or
 from nexus_ray.exceptions import Conflict, Forbidden, NotFound, Unauthorized, ValidationFailed
 from nexus_ray.stores import postgres
 
-ADMIN_SCOPE = "auth:auth:admin"
+ADMIN_SCOPE = scopes_of("auth-service").admin
 """Acts on other accounts' passwords, sessions and lockouts."""
 SESSION_CREDENTIAL = "session:"
 """Prefix of ``Principal.credential_id`` for a principal authenticated by a legacy session."""

@@ -26,12 +26,12 @@ from nexus_ray.deployments.auth.auth.models import (
     PasswordSet,
     SessionRead,
 )
+from nexus_ray.deployments.kit.scopes import scopes_of
 from nexus_ray.edge.security import Principal, authorize, client_address, public
 from nexus_ray.exceptions import Unauthorized
 
-READ = "auth:auth:read"
-WRITE = "auth:auth:write"
-ADMIN = service.ADMIN_SCOPE
+SCOPES = scopes_of("auth-service")
+READ, WRITE, ADMIN = SCOPES.read, SCOPES.write, SCOPES.admin
 
 router = APIRouter()
 _session_bearer = HTTPBearer(auto_error=False, description="The legacy session token to end")

@@ -36,6 +36,7 @@ from nexus_ray.deployments.auth.auth import service as legacy
 from nexus_ray.deployments.auth.auth.lockout import AccountLocked
 from nexus_ray.deployments.auth.auth.settings import settings as auth_settings
 from nexus_ray.deployments.auth.oauth.settings import settings as oauth_settings
+from nexus_ray.deployments.kit.scopes import scopes_of
 from nexus_ray.edge import ratelimit
 from nexus_ray.edge.security import Principal, authorize, client_address, public
 from nexus_ray.exceptions import Forbidden, NexusError, NotFound, RateLimited, Unauthorized
@@ -56,7 +57,7 @@ from .models import (
 
 log = logging.getLogger(__name__)
 
-ADMIN = "auth:oauth:admin"
+ADMIN = scopes_of("auth-service-v2").admin
 
 router = APIRouter()
 ClientId = Annotated[str, Path(pattern=CLIENT_ID_PATTERN, description="The client's id (nxc_...).")]

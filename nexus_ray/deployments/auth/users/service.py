@@ -22,6 +22,7 @@ import asyncpg
 
 from nexus_ray.deployments.auth.users import mail
 from nexus_ray.deployments.auth.users.settings import settings as users_settings
+from nexus_ray.deployments.kit.scopes import scopes_of
 from nexus_ray.edge import apikeys, digests
 from nexus_ray.edge.security import Principal, has_scope
 from nexus_ray.exceptions import Conflict, Forbidden, NotFound, ValidationFailed
@@ -29,7 +30,7 @@ from nexus_ray.stores import events, postgres
 
 DEFAULT_ROLE = "user"
 """Role every registered person gets."""
-ADMIN_SCOPE = "auth:users:admin"
+ADMIN_SCOPE = scopes_of("user-auth").admin
 ERASED_TOPIC = "auth.user.erased"
 """Event emitted (through the outbox, in the erasure's transaction) when an account is erased."""
 VERIFICATION_PREFIX = "nxv_"
