@@ -269,10 +269,20 @@ def dashboard_headers() -> dict[str, str]:
     return get_auth_headers_if_auth_enabled({})
 
 
-def deploy(dashboard_url: str, config: dict[str, Any]) -> None:
-    """Deploy a Serve config through the dashboard's REST API (what `serve deploy` does)."""
-    r = httpx.put(f"{dashboard_url}/api/serve/applications/", json=config, timeout=60, headers=dashboard_headers())
-    r.raise_for_status()
+def deploy(dashboard_url: str, config: dict[str, Any], *, attempts: int = 4) -> None:
+    """Deploy a Serve config through the dashboard's REST API (what `serve deploy` does).
+
+    A 5xx is tried again: on a first deploy the dashboard starts Serve, and on a busy node
+    Serve's controller can kill its ingress (HAProxy) manager for missing health checks while
+    that actor is still starting; the dashboard answers 500 and a second PUT finds Serve up.
+    """
+    for attempt in range(1, attempts + 1):
+        r = httpx.put(f"{dashboard_url}/api/serve/applications/", json=config, timeout=60,
+                      headers=dashboard_headers())
+        if r.status_code < 500 or attempt == attempts:
+            r.raise_for_status()
+            return
+        time.sleep(2.0 * attempt)
 
 
 def serve_applications(dashboard_url: str) -> dict[str, dict[str, Any]]:
