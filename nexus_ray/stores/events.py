@@ -81,6 +81,37 @@ async def emit(
     return event_id
 
 
+async def emit_many(
+    conn: asyncpg.Connection,
+    topic: str,
+    items: list[tuple[str | None, dict[str, Any]]],
+    *,
+    headers: dict[str, str] | None = None,
+) -> list[uuid.UUID]:
+    """Record one event per ``(key, data)`` of ``items`` in one statement, in order (see :func:`emit`).
+
+    For changes that make many facts at once (a ledger batch): one round trip and one wake-up of
+    the relay instead of two per event.
+    """
+    if not conn.is_in_transaction():
+        raise RuntimeError("emit_many() must run inside the transaction of the change it reports")
+    if not items:
+        return []
+    ids = [uuid.uuid4() for _ in items]
+    await conn.execute(
+        "INSERT INTO outbox (event_id, topic, key, payload, headers) "
+        "SELECT e, $2, k, p::jsonb, $5 FROM unnest($1::uuid[], $3::text[], $4::text[]) "
+        "WITH ORDINALITY AS u(e, k, p, n) ORDER BY n",
+        ids,
+        topic,
+        [k for k, _ in items],
+        [json.dumps(d, separators=(",", ":")) for _, d in items],
+        headers or {},
+    )
+    await conn.execute(f"NOTIFY {_NOTIFY_CHANNEL}")
+    return ids
+
+
 def _encode(row: asyncpg.Record) -> tuple[bytes, bytes | None, list[tuple[str, bytes]]]:
     value = json.dumps(
         {
