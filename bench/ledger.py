@@ -16,6 +16,9 @@ Four runs, each on fresh accounts:
 * ``single spread``  -- POST /transfers, one transfer per request, ``--concurrency`` in flight;
 * ``single hot``     -- the same, every transfer into the fee account.
 
+With ``--core`` the same four runs call :mod:`nexus_ray.deployments.commerce.ledger.service` directly
+(no HTTP, no edge, no outbox relay publishing in the same process): what the ledger itself costs.
+
 Every transfer carries its own idempotency key and an outbox event is written per entry, as in
 production. Only posted transfers count. At the end the reconciliation report must be clean.
 """
@@ -115,6 +118,75 @@ async def _run(c: Any, headers: dict[str, str], *, batch: int, concurrency: int,
     }
 
 
+async def _core_run(*, batch: int, concurrency: int, seconds: float, hot: bool) -> dict[str, Any]:
+    from nexus_ray.deployments.commerce.ledger import service
+
+    async def open_(**kw: Any) -> uuid.UUID:
+        acct = await service.create_account(caller="bench", privileged=True, name="x", currency="USD",
+                                            owner="platform", metadata={}, **kw)
+        return acct.id
+
+    bank = await open_(type="asset", allow_negative=True, shards=16)
+    fee = await open_(type="revenue", allow_negative=False, shards=16)
+    wallets = [await open_(type="liability", allow_negative=False, shards=None) for _ in range(200)]
+    await service.post_batch(caller="bench", privileged=True, requests=[service.transfer_request(
+        debit_account_id=bank, credit_account_id=w, amount=10**12, currency="USD",
+        idempotency_key=uuid.uuid4().hex) for w in wallets])
+    rng = random.Random(1)
+    posted = 0
+    latencies: list[float] = []
+
+    def one() -> Any:
+        debit, credit = (rng.choice(wallets), fee) if hot else rng.sample(wallets, 2)
+        return service.transfer_request(debit_account_id=debit, credit_account_id=credit,
+                                        amount=rng.randint(1, 10_000), currency="USD",
+                                        idempotency_key=uuid.uuid4().hex)
+
+    async def worker() -> None:
+        nonlocal posted
+        while time.monotonic() < stop:
+            t0 = time.perf_counter()
+            out = await service.post_batch(caller="bench", privileged=True, requests=[one() for _ in range(batch)])
+            latencies.append(time.perf_counter() - t0)
+            posted += out.posted
+
+    stop = time.monotonic() + 2
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    posted = 0
+    latencies.clear()
+    started = time.monotonic()
+    stop = started + seconds
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.monotonic() - started
+    return {"seconds": round(elapsed, 1), "batch": batch, "in_flight": concurrency, "calls": len(latencies),
+            "transfers_per_s": round(posted / elapsed, 1),
+            "call_p50_ms": round(statistics.median(latencies) * 1000, 1),
+            "call_p99_ms": round(_percentile(latencies, 99) * 1000, 1)}
+
+
+async def core(args: argparse.Namespace) -> dict[str, Any]:
+    """The four runs against the service functions, in this process, without the app."""
+    from nexus_ray.config import get_settings
+    from nexus_ray.deployments.commerce.ledger import service
+
+    get_settings.cache_clear()
+    results: dict[str, Any] = {}
+    for name, batch, conc, hot in (("batch spread", args.batch, args.batch_concurrency, False),
+                                   ("batch hot", args.batch, args.batch_concurrency, True),
+                                   ("single spread", 1, args.concurrency, False),
+                                   ("single hot", 1, args.concurrency, True)):
+        if args.only and args.only not in name:
+            continue
+        results[name] = await _core_run(batch=batch, concurrency=conc, seconds=args.duration, hot=hot)
+        print(name, json.dumps(results[name]), file=sys.stderr, flush=True)
+    results["reconciliation_clean"] = (await service.reconcile()).clean
+    for kind in ("batch", "single"):
+        if f"{kind} hot" in results and f"{kind} spread" in results:
+            results[f"{kind} hot / spread"] = round(
+                results[f"{kind} hot"]["transfers_per_s"] / max(results[f"{kind} spread"]["transfers_per_s"], 1), 2)
+    return results
+
+
 async def in_process(args: argparse.Namespace) -> dict[str, Any]:
     import httpx
 
@@ -154,11 +226,13 @@ def main() -> None:
     parser.add_argument("--batch-concurrency", type=int, default=4, help="batch calls in flight")
     parser.add_argument("--concurrency", type=int, default=32, help="single-transfer requests in flight")
     parser.add_argument("--only", default="", help="run only the runs whose name contains this")
+    parser.add_argument("--core", action="store_true", help="call the service functions, not the HTTP app")
     args = parser.parse_args()
     with scratch_stores("nexus-bench-ledger-", NEXUS_RATE_LIMIT_PER_ADDRESS=str(10**9),
                         NEXUS_RATE_LIMIT_PER_PRINCIPAL=str(10**9)):
-        results = asyncio.run(in_process(args))
-    results["mode"] = "in-process (commerce app + load generator in one process, embedded stores)"
+        results = asyncio.run(core(args) if args.core else in_process(args))
+    results["mode"] = ("service functions, no HTTP (--core)" if args.core else
+                       "in-process (commerce app + load generator in one process, embedded stores)")
     results["machine"] = {"cpus": os.cpu_count(), "python": sys.version.split()[0],
                           "load_average": [round(x, 1) for x in os.getloadavg()]}
     print(json.dumps(results, indent=2))

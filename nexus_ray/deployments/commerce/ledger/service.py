@@ -585,7 +585,9 @@ async def post_entries(*, caller: str, privileged: bool, requests: Sequence[Entr
         duplicates: list[tuple[_Op, _Op]] = []
         for op, req in zip(ops, requests, strict=True):
             if req.key is None:
-                op.error = ValidationFailed.for_field(
+                # Checked after the accounts: what may not be touched is refused as such, whatever the key.
+                _check_entry(req, accounts, op, caller, privileged)
+                op.error = op.error or ValidationFailed.for_field(
                     "idempotency_key", "is required (field or Idempotency-Key header)", "missing")
                 continue
             if req.key in first:  # the same key twice in one batch: answered like a retry, after the first
@@ -752,8 +754,6 @@ async def place_hold(
 ) -> tuple[HoldRead, bool]:
     """Reserve ``amount`` of the debit account for a transfer to the credit account: (the hold, replayed)."""
     metadata = metadata or {}
-    if idempotency_key is None:
-        raise ValidationFailed.for_field("idempotency_key", "is required (field or Idempotency-Key header)", "missing")
     limit = settings_of(LedgerSettings).ledger_hold_max_s
     if expires_in_s > limit:
         raise ValidationFailed.for_field("expires_in_s", f"must be at most {limit}", "less_than_equal")
@@ -772,6 +772,9 @@ async def place_hold(
         op.changes.clear()
         _hold_changes(op, accounts[debit_account_id], accounts[credit_account_id], amount, 0)
         _check_owners(req, op, caller, privileged)
+        if op.error is None and idempotency_key is None:
+            op.error = ValidationFailed.for_field("idempotency_key", "is required (field or Idempotency-Key header)",
+                                                  "missing")
         if op.error is not None:
             return op
         await _claim(conn, caller, [op])
@@ -827,6 +830,7 @@ async def capture_hold(
 ) -> tuple[HoldRead, bool]:
     """Post the hold (all, or ``amount`` of it, the rest released) as a capture entry: (the hold, replayed)."""
     if idempotency_key is None:
+        await get_hold(hold_id=hold_id, caller=caller, privileged=privileged)  # another's hold: 404 first
         raise ValidationFailed.for_field("idempotency_key", "is required (field or Idempotency-Key header)", "missing")
     h = request_hash("capture", {"hold_id": str(hold_id), "amount": amount})
 
