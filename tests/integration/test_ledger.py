@@ -582,3 +582,42 @@ async def test_racing_debits_on_one_wallet_spend_exactly_its_funds(client, admin
     b = await balance_of(client, admin, wallet)
     assert (b["posted"], b["available"]) == (0, 0)
     assert (await reconciled(client, admin))["clean"]
+
+
+async def test_a_cursor_that_is_not_ours_names_the_field(client, admin):
+    from nexus_ray.deployments.kit.pages import encode_cursor
+
+    _, wallet = await funded_wallet(client, admin, 100)
+    for url, bad in ((f"{API}/accounts/{wallet}/statement", ["x"]), (f"{API}/accounts", ["not-a-uuid"]),
+                     (f"{API}/accounts/{wallet}/statement", [-1])):
+        r = await client.get(url, params={"cursor": encode_cursor(bad)}, headers=admin)
+        assert r.status_code == 422 and r.json()["errors"][0]["field"] == "cursor", r.text
+
+
+async def test_other_namespaces_call_the_exports(client, admin):
+    """finance posts through ``call`` (in-process here, over the commerce DeploymentHandle under Serve)."""
+    from nexus_ray.deployments.kit.calls import call
+    from nexus_ray.exceptions import Conflict
+
+    _, wallet = await funded_wallet(client, admin, 1_000)
+    payee = await open_account(client, admin)
+    k = key()
+    entry = await call("ledger-mgr", "post_transfer", caller="finance-loans", debit_account_id=wallet,
+                       credit_account_id=payee, amount=250, currency="USD", idempotency_key=k)
+    again = await call("ledger-mgr", "post_transfer", caller="finance-loans", debit_account_id=wallet,
+                       credit_account_id=payee, amount=250, currency="USD", idempotency_key=k)
+    assert again.id == entry.id
+    hold = await call("ledger-mgr", "place_hold", caller="finance-loans", debit_account_id=wallet,
+                      credit_account_id=payee, amount=500, currency="USD", idempotency_key=key())
+    assert (await call("ledger-mgr", "balance", account_id=wallet)).available == 250
+    with pytest.raises(Conflict):
+        await call("ledger-mgr", "place_hold", caller="finance-loans", debit_account_id=wallet,
+                   credit_account_id=payee, amount=251, currency="USD", idempotency_key=key())
+    captured = await call("ledger-mgr", "capture_hold", caller="finance-loans", hold_id=hold.id,
+                          idempotency_key=key())
+    assert captured.status == "captured"
+    other = await call("ledger-mgr", "place_hold", caller="finance-loans", debit_account_id=wallet,
+                       credit_account_id=payee, amount=100, currency="USD", idempotency_key=key())
+    assert (await call("ledger-mgr", "void_hold", caller="finance-loans", hold_id=other.id)).status == "voided"
+    b = await call("ledger-mgr", "balance", account_id=wallet)
+    assert (b.posted, b.available) == (250, 250)

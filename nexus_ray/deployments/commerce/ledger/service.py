@@ -198,10 +198,33 @@ async def balance(*, account_id: UUID) -> Balance:
     return _balance(row["type"], row["currency"].strip(), int(t["d"]), int(t["c"]), int(t["dp"]), int(t["cp"]))
 
 
+def _not_our_cursor() -> ValidationFailed:
+    return ValidationFailed.for_field("cursor", "is not a cursor returned by this list")
+
+
+def _cursor_uuid(page: PageRequest) -> UUID | None:
+    """The account id in an accounts cursor (None on the first page); 422 naming ``cursor`` otherwise."""
+    value = page.after_value(0)
+    if value is None:
+        return None
+    try:
+        return UUID(str(value))
+    except ValueError:
+        raise _not_our_cursor() from None
+
+
+def _cursor_posting(page: PageRequest) -> int:
+    """The posting id in a statement cursor (0 on the first page); 422 naming ``cursor`` otherwise."""
+    value = page.after_value(0, 0)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise _not_our_cursor()
+    return value
+
+
 async def list_accounts(*, owner: str, page: PageRequest) -> Page[AccountRead]:
     """The accounts of ``owner``, oldest id order (keyset on id)."""
     pg = await postgres.pool()
-    after = page.after_value(0)
+    after = _cursor_uuid(page)
     rows = await pg.fetch(
         f"SELECT {_ACCOUNT_COLUMNS} FROM ledger_accounts WHERE owner = $1 AND ($2::uuid IS NULL OR id > $2::uuid) "
         "ORDER BY id LIMIT $3",
@@ -220,7 +243,7 @@ async def statement(*, account_id: UUID, caller: str, privileged: bool, page: Pa
     pg = await postgres.pool()
     account = await _visible_account(pg, account_id, caller, privileged)
     sign = 1 if account["type"] in DEBIT_NORMAL else -1
-    after = int(page.after_value(0, 0))
+    after = _cursor_posting(page)
     rows = await pg.fetch(
         "SELECT id, entry_id, side, amount, created_at FROM ledger_postings "
         "WHERE account_id = $1 AND id > $2 ORDER BY id LIMIT $3",
