@@ -112,7 +112,8 @@ class BatchTransfer(TransferCreate):
 
 
 class BatchCreate(_In):
-    items: list[BatchTransfer] = Field(min_length=1, max_length=5000)
+    items: list[BatchTransfer] = Field(
+        min_length=1, max_length=2000, description="At most 2,000 (about 500 KB, within the edge's body limit).")
 
 
 class LineRead(BaseModel):

@@ -20,4 +20,7 @@ class LedgerSettings(ServiceSettings):
     ledger_hold_sweep_s: float = Field(
         2.0, gt=0, description="How often expired holds are looked for and voided, seconds.",
     )
-    ledger_batch_max: int = Field(5000, ge=1, le=5000, description="Transfers one batch request may carry.")
+    ledger_batch_max: int = Field(
+        2000, ge=1, le=2000, description="Transfers one batch request may carry (2,000 at most: about 500 KB of "
+        "JSON, within the edge's default 1 MiB body limit).",
+    )
