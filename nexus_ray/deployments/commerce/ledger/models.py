@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
+import orjson
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from .currencies import known
@@ -32,7 +33,35 @@ Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$", description="ISO 4217 cod
                      AfterValidator(_currency)]
 Amount = Annotated[int, Field(strict=True, ge=1, le=BIGINT_MAX, description="Minor units (cents for USD), > 0.")]
 IdempotencyKey = Annotated[str, Field(pattern=KEY_PATTERN, description="Unique per caller; a retry sends the same.")]
-Metadata = Annotated[dict[str, Any], Field(default_factory=dict, max_length=50)]
+OWNER_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"
+
+
+def _storable(text: str) -> str:
+    # PostgreSQL text holds neither NUL nor lone surrogates (which JSON's \ud800 escapes can produce).
+    if "\x00" in text:
+        raise ValueError("must not contain NUL characters")
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode text") from None
+    return text
+
+
+def _metadata(value: dict[str, Any]) -> dict[str, Any]:
+    try:
+        raw = orjson.dumps(value)
+    except TypeError:  # integers past 64 bits, lone surrogates
+        raise ValueError("must be JSON with integers within 64 bits and valid Unicode text") from None
+    if b"\\u0000" in raw:
+        raise ValueError("must not contain NUL characters")
+    if len(raw) > 8192:
+        raise ValueError("must be at most 8 KiB of JSON")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_storable)]
+Owner = Annotated[str, Field(pattern=OWNER_PATTERN, description="A principal (token subject), or `platform`.")]
+Metadata = Annotated[dict[str, Any], Field(default_factory=dict, max_length=50), AfterValidator(_metadata)]
 
 
 class _In(BaseModel):
@@ -40,13 +69,13 @@ class _In(BaseModel):
 
 
 class AccountCreate(_In):
-    name: str = Field(min_length=1, max_length=200)
+    name: Text = Field(min_length=1, max_length=200)
     type: AccountType
     currency: Currency
     allow_negative: bool = Field(
         False, description="Whether the balance may go below zero (platform revenue, clearing accounts).")
-    owner: str | None = Field(
-        None, min_length=1, max_length=128,
+    owner: Owner | None = Field(
+        None,
         description="The principal the account belongs to; default: the caller. Another owner (or `platform`) "
                     "needs the admin scope.")
     shards: int | None = Field(
@@ -90,7 +119,7 @@ class LineIn(_In):
 
 class EntryCreate(_In):
     lines: list[LineIn] = Field(min_length=2, max_length=100)
-    description: str = Field("", max_length=500)
+    description: Text = Field("", max_length=500)
     metadata: Metadata
     idempotency_key: IdempotencyKey | None = Field(None, description="Or the Idempotency-Key header.")
 
@@ -102,7 +131,7 @@ class TransferCreate(_In):
     credit_account_id: UUID
     amount: Amount
     currency: Currency
-    description: str = Field("", max_length=500)
+    description: Text = Field("", max_length=500)
     metadata: Metadata
     idempotency_key: IdempotencyKey | None = Field(None, description="Or the Idempotency-Key header.")
 
@@ -150,7 +179,7 @@ class BatchResult(BaseModel):
 
 
 class ReverseCreate(_In):
-    description: str = Field("", max_length=500)
+    description: Text = Field("", max_length=500)
     idempotency_key: IdempotencyKey | None = Field(None, description="Or the Idempotency-Key header.")
 
 
@@ -162,7 +191,7 @@ class HoldCreate(_In):
     amount: Amount
     currency: Currency
     expires_in_s: int = Field(3600, ge=1, description="Voided by itself after this long (at most the settings').")
-    description: str = Field("", max_length=500)
+    description: Text = Field("", max_length=500)
     metadata: Metadata
     idempotency_key: IdempotencyKey | None = Field(None, description="Or the Idempotency-Key header.")
 

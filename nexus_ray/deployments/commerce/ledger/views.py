@@ -23,6 +23,7 @@ from nexus_ray.exceptions import Forbidden, ValidationFailed
 from . import service
 from .models import (
     KEY_PATTERN,
+    OWNER_PATTERN,
     AccountCreate,
     AccountRead,
     BatchCreate,
@@ -74,7 +75,7 @@ async def create_account(body: AccountCreate, principal: Principal = authorize(S
 
 @router.get("/accounts", response_model=Page[AccountRead], summary="Accounts of an owner (default: the caller's)")
 async def list_accounts(
-    owner: str | None = Query(None, min_length=1, max_length=128, description="Another owner's: admin scope."),
+    owner: str | None = Query(None, pattern=OWNER_PATTERN, description="Another owner's: admin scope."),
     page: PageRequest = page_params(default=50, maximum=500),
     principal: Principal = authorize(SCOPES.read),
 ) -> Page[AccountRead]:
