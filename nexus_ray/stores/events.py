@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import asyncpg
+import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
@@ -79,6 +81,38 @@ async def emit(
     )
     await conn.execute(f"NOTIFY {_NOTIFY_CHANNEL}")  # delivered on commit: wakes the relay
     return event_id
+
+
+async def emit_many(
+    conn: asyncpg.Connection,
+    topic: str,
+    items: list[tuple[str | None, dict[str, Any]]],
+    *,
+    headers: dict[str, str] | None = None,
+) -> list[uuid.UUID]:
+    """Record one event per ``(key, data)`` of ``items`` in one statement, in order (see :func:`emit`).
+
+    For changes that make many facts at once (a ledger batch): one round trip and one wake-up of
+    the relay instead of two per event.
+    """
+    if not conn.is_in_transaction():
+        raise RuntimeError("emit_many() must run inside the transaction of the change it reports")
+    if not items:
+        return []
+    raw = os.urandom(16 * len(items))  # one read of the random source for the lot, not one per event
+    ids = [uuid.UUID(bytes=raw[i:i + 16], version=4) for i in range(0, len(raw), 16)]
+    await conn.execute(
+        "INSERT INTO outbox (event_id, topic, key, payload, headers) "
+        "SELECT e, $2, k, p::jsonb, $5 FROM unnest($1::uuid[], $3::text[], $4::text[]) "
+        "WITH ORDINALITY AS u(e, k, p, n) ORDER BY n",
+        ids,
+        topic,
+        [k for k, _ in items],
+        [orjson.dumps(d).decode() for _, d in items],
+        headers or {},
+    )
+    await conn.execute(f"NOTIFY {_NOTIFY_CHANNEL}")
+    return ids
 
 
 def _encode(row: asyncpg.Record) -> tuple[bytes, bytes | None, list[tuple[str, bytes]]]:
