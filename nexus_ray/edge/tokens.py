@@ -10,14 +10,15 @@ from PostgreSQL), parsed once, in a :class:`KeyRing`. The ring is re-read
   in the background, no sooner than ``jwks_refresh_min_s`` after the previous read and one read
   at a time, however many such tokens arrive.
 
-A token naming an unknown key id is refused at once (401): it never waits for that read (only
-the first tokens a replica sees wait for its first read, which it cannot do without). Until
-the read, a replica cannot tell a made-up key id from a key made current elsewhere, and waiting
-is what let a flood of made-up key ids hold every request slot for a second each. So the first
-tokens of a freshly rotated key are refused by a replica that has not read the key yet -- for
-the few milliseconds of the read it starts, or up to ``jwks_refresh_min_s`` while made-up key
-ids are being sent -- and accepted from then on, so the same token sent again gets through.
-Rotations are rare and planned, floods are not: a short refusal after a rotation is the price.
+A token naming an unknown key id is refused at once (401), with one exception: the request
+whose unknown key id *starts* a read (at most one per ``jwks_refresh_min_s``) waits for that
+read, at most half a second, and is accepted if the read finds its key. Until a read, a replica
+cannot tell a made-up key id from a key made current elsewhere; waiting is what let a flood of
+made-up key ids hold every request slot for a second each, and now a flood holds one request
+per interval. So the first token of a freshly rotated key gets in on a replica that has not
+read the key yet (it starts the read), while during a flood of made-up key ids such a token
+may be refused until the read started for the flood ends -- then the same token gets through.
+(Before its first read a replica knows no key at all: its first tokens all wait for that read.)
 
 A token is accepted only with the algorithm of the key its ``kid`` names (RS256, ES256 or
 EdDSA), so ``alg: none``, HMAC with a public key as secret and alg/key mix-ups are refused.
@@ -36,6 +37,7 @@ as the edge's :class:`KeySource` at start-up (:func:`use_key_source`, called by
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
@@ -56,6 +58,8 @@ log = logging.getLogger(__name__)
 ACCEPTED_ALGORITHMS = frozenset({"RS256", "ES256", "EdDSA"})
 _KID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 _READ_TIMEOUT_S = 5.0
+#: Longest wait of the one request whose unknown key id starts a read of the keys.
+_UNKNOWN_KID_WAIT_S = 0.5
 _VERIFIED_MAX = 20_000
 
 
@@ -173,8 +177,20 @@ class KeyRing:
                 await asyncio.shield(self._background)
             key = self._keys.get(kid)
         if key is None:
-            self._refresh_in_background(get_settings().jwks_refresh_min_s)
-            raise Unauthorized("token signed by an unknown key")
+            min_interval = get_settings().jwks_refresh_min_s
+            starts_read = self._clock() - self._last_read >= min_interval and (
+                self._background is None or self._background.done()
+            )
+            self._refresh_in_background(min_interval)
+            if starts_read and self._background is not None:
+                # The one request that starts a read waits for it, briefly: so the first token of a
+                # key made current in another replica gets in. Every other unknown key id in the
+                # same interval is refused at once, so a flood ties up one request per interval.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(self._background), _UNKNOWN_KID_WAIT_S)
+                key = self._keys.get(kid)
+            if key is None:
+                raise Unauthorized("token signed by an unknown key")
         return kid, _decode(token, alg, key)
 
     def _get_lock(self) -> asyncio.Lock:

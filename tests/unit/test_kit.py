@@ -35,7 +35,7 @@ def test_a_page_has_a_cursor_only_when_more_follow():
     rows = [{"id": i} for i in range(6)]
     page = PageRequest(limit=5).of(rows, key=lambda r: (r["id"],))
     assert [r["id"] for r in page.items] == [0, 1, 2, 3, 4] and decode_cursor(page.next_cursor) == [4]
-    last = PageRequest(limit=5, after=[4]).of(rows[5:], key=lambda r: (r["id"],))
+    last = PageRequest(limit=5, cursor=encode_cursor([4])).of(rows[5:], key=lambda r: (r["id"],))
     assert [r["id"] for r in last.items] == [5] and last.next_cursor is None
     assert PageRequest(limit=3).of([], key=lambda r: (r,)).model_dump() == {"items": [], "next_cursor": None}
 

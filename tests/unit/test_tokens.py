@@ -320,3 +320,31 @@ def test_remembered_token_rechecked_after_its_expiry_and_refused_after_retiremen
     ring.replace(rows)
     with pytest.raises(Unauthorized, match="retired"):
         asyncio.run(ring.verify(token))
+
+
+async def test_the_request_that_starts_a_read_gets_a_key_made_current_elsewhere(monkeypatch):
+    # Another replica rotated: this one's first token of the new key starts a read and waits for it.
+    monkeypatch.setattr(get_settings(), "jwks_refresh_min_s", 0.0)
+    es, fresh = KEYS["ES256"], crypto.generate("EdDSA")
+    load = GatedLoad([_row(es)])
+    ring = KeyRing(load)
+    await ring.refresh()
+    load.rows.append(_row(fresh))
+    claims = await ring.verify(_sign(fresh))
+    assert claims["sub"] == "u1" and ring.reads == 2
+
+
+async def test_in_a_flood_of_made_up_kids_only_the_request_that_starts_a_read_waits(monkeypatch, until):
+    monkeypatch.setattr(get_settings(), "jwks_refresh_min_s", 0.0)
+    load = GatedLoad([_row(KEYS["ES256"])])
+    ring = KeyRing(load)
+    await ring.refresh()
+    load.gate.clear()  # the read the flood starts never ends
+    bogus = [ring.verify(_sign(KEYS["ES256"], kid=f"made-up-{i}")) for i in range(50)]
+    tasks = [asyncio.ensure_future(b) for b in bogus]
+    # All but the one that started the read are refused without waiting on it.
+    await until(lambda: sum(t.done() for t in tasks) == 49, within_s=5)
+    results = await asyncio.gather(*tasks, return_exceptions=True)  # the last gives up after its short wait
+    assert all(isinstance(r, Unauthorized) and "unknown key" in r.detail for r in results)
+    assert len(load.started) == 2
+    load.gate.set()

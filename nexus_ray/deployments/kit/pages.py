@@ -60,10 +60,19 @@ def decode_cursor(cursor: str) -> list[Any]:
 
 @dataclass(frozen=True)
 class PageRequest:
-    """What a list route was asked for: how many items, after which sort key."""
+    """What a list route was asked for: how many items, after which sort key (the cursor's)."""
 
     limit: int
-    after: list[Any] | None = None
+    cursor: str | None = None
+
+    @property
+    def after(self) -> list[Any] | None:
+        """The sort key of the last item already shown; 422 naming ``cursor`` for a cursor that is not one.
+
+        Decoded on use, in the service, not while FastAPI resolves the route's parameters: a bad
+        cursor must not answer 422 before the guard answers 401 to a caller without credentials.
+        """
+        return decode_cursor(self.cursor) if self.cursor else None
 
     @property
     def fetch_limit(self) -> int:
@@ -72,11 +81,12 @@ class PageRequest:
 
     def after_value(self, index: int = 0, default: Any = None) -> Any:
         """Component ``index`` of the cursor's sort key, or ``default`` on the first page."""
-        if self.after is None:
+        after = self.after
+        if after is None:
             return default
-        if index >= len(self.after):
+        if index >= len(after):
             raise ValidationFailed.for_field("cursor", "is not a cursor returned by this list")
-        return self.after[index]
+        return after[index]
 
     def of(self, rows: Sequence[R], *, key: Callable[[R], Sequence[Any]],
            item: Callable[[R], Any] | None = None) -> Page[Any]:
@@ -94,7 +104,7 @@ def page_params(*, default: int = 50, maximum: int = 500) -> Any:
         limit: int = Query(default, ge=1, le=maximum, description=f"Items per page (at most {maximum})."),
         cursor: str | None = Query(None, max_length=512, description="`next_cursor` of the previous page."),
     ) -> PageRequest:
-        return PageRequest(limit=limit, after=decode_cursor(cursor) if cursor else None)
+        return PageRequest(limit=limit, cursor=cursor)
 
     return Depends(params)
 
