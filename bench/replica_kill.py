@@ -136,6 +136,20 @@ def one_run(url: str, tok: str, temp_dir: str, args: argparse.Namespace) -> dict
     # A port of the dead replica still listening (held by another process) would take connections and never answer.
     still_listening = sorted({c.laddr.port for c in psutil.net_connections("tcp")
                               if c.status == psutil.CONN_LISTEN and c.laddr.port in victim_ports})
+    if args.py_spy:
+        # Where the surviving replica spends its time after the kill, and who holds the CPU meanwhile.
+        survivor = next(p.pid for p in before if p.pid != victim.pid)
+        result_diag = {}
+        for label in ("2s", "8s"):
+            result_diag[f"top_{label}"] = subprocess.run(["top", "-b", "-n1", "-w", "160", "-o", "%CPU"],
+                                                         capture_output=True, text=True).stdout.splitlines()[:30]
+            result_diag[f"py_spy_survivor_{label}"] = subprocess.run(
+                [args.py_spy, "dump", "--pid", str(survivor)], capture_output=True, text=True).stdout.splitlines()
+            time.sleep(5)
+        rec = subprocess.run([args.py_spy, "record", "--pid", str(survivor), "--duration", "8", "--format", "raw",
+                              "--output", "/dev/stdout", "--nonblocking"], capture_output=True, text=True).stdout
+        result_diag["py_spy_record_survivor_top"] = sorted(
+            (ln.rsplit(" ", 1) for ln in rec.splitlines() if " " in ln), key=lambda x: -int(x[1]))[:25]
     out, _ = wrk.communicate(timeout=args.duration + 60)
     stop.set()
     sampler.join()
@@ -153,6 +167,8 @@ def one_run(url: str, tok: str, temp_dir: str, args: argparse.Namespace) -> dict
                                      for s in range(start_s, max(per_second, default=0) + 1)]
     result["killed_pid"] = victim.pid
     result["killed_at_s"] = round(killed_at, 2)
+    if args.py_spy:
+        result["diagnosis"] = result_diag
     result["victim_listening_ports"] = victim_ports
     result["still_listening_1s_after_kill"] = still_listening
     # What HAProxy and the process table saw, only where it changed.
@@ -202,6 +218,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=1)
     ap.add_argument("--haproxy-stats-port", type=int, default=int(os.environ.get("RAY_SERVE_HAPROXY_STATS_PORT", 8404)))
     ap.add_argument("--raw", action="store_true", help="include wrk2's whole output")
+    ap.add_argument("--py-spy", help="path of py-spy: dump and record the surviving replica after the kill")
     args = ap.parse_args()
 
     from nexus_ray.config import get_settings
@@ -217,7 +234,7 @@ def main() -> None:
         subprocess.run(["wrk2", "-t2", f"-c{args.connections}", "-d5s", f"-R{args.rate}", "-H",
                         f"Authorization: Bearer {tok}", url], capture_output=True, check=True)
         r = one_run(url, tok, temp_dir, args)
-        bulky = ("timeline", "per_second_ok_other", "in_flight_by_server", "wrk2_output")
+        bulky = ("timeline", "per_second_ok_other", "in_flight_by_server", "wrk2_output", "diagnosis")
         print(json.dumps({"run": i + 1, **{k: v for k, v in r.items() if k not in bulky}}), file=sys.stderr)
         results.append(r)
     print(json.dumps({"rate": args.rate, "duration_s": args.duration, "kill_at_s": args.kill_at,
