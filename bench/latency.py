@@ -26,8 +26,9 @@ from throughput import start_bare_app, wrk
 
 
 def wrk2(url: str, tok: str, rate: int, duration: int, connections: int) -> dict:
-    out = subprocess.run(["wrk2", "-t2", f"-c{connections}", f"-d{duration}s", f"-R{rate}", "--latency",
-                          "-H", f"Authorization: Bearer {tok}", url], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([os.environ.get("WRK2", "wrk2"), "-t2", f"-c{connections}", f"-d{duration}s", f"-R{rate}",
+                          "--latency", "-H", f"Authorization: Bearer {tok}", url],
+                         capture_output=True, text=True, check=True).stdout
     return {k: v for k, v in parse_wrk2(out).items() if k != "max_ms"}
 
 

@@ -109,7 +109,7 @@ def one_run(url: str, tok: str, temp_dir: str, args: argparse.Namespace) -> dict
         f.write(LUA)
         lua = f.name
     answers = lua + ".answers"
-    cmd = ["wrk2", "-t2", f"-c{args.connections}", f"-d{args.duration}s", f"-R{args.rate}", "--latency",
+    cmd = [args.wrk2, "-t2", f"-c{args.connections}", f"-d{args.duration}s", f"-R{args.rate}", "--latency",
            "-s", lua, "-H", f"Authorization: Bearer {tok}", url, "--", answers]
     samples: list[dict] = []
     stop = threading.Event()
@@ -121,6 +121,9 @@ def one_run(url: str, tok: str, temp_dir: str, args: argparse.Namespace) -> dict
                 "t": round(time.monotonic() - t0, 2),
                 "servers": {r["svname"]: [r["status"], int(r["scur"] or 0), int(r["qcur"] or 0),
                                           int(r["stot"] or 0)] for r in rows},
+                # HAProxy's own count of connection errors, response errors, retries and redispatches
+                "errors": {r["svname"]: {k: int(r[k] or 0) for k in ("econ", "eresp", "wretr", "wredis", "hrsp_5xx")}
+                           for r in rows},
                 "replicas": sorted(p.pid for p in platform_replicas(temp_dir)),
             })
             stop.wait(0.25)
@@ -149,7 +152,8 @@ def one_run(url: str, tok: str, temp_dir: str, args: argparse.Namespace) -> dict
         rec = subprocess.run([args.py_spy, "record", "--pid", str(survivor), "--duration", "8", "--format", "raw",
                               "--output", "/dev/stdout", "--nonblocking"], capture_output=True, text=True).stdout
         result_diag["py_spy_record_survivor_top"] = sorted(
-            (ln.rsplit(" ", 1) for ln in rec.splitlines() if " " in ln), key=lambda x: -int(x[1]))[:25]
+            (ln.rsplit(" ", 1) for ln in rec.splitlines() if ln.rsplit(" ", 1)[-1].isdigit()),
+            key=lambda x: -int(x[1]))[:25]
     out, _ = wrk.communicate(timeout=args.duration + 60)
     stop.set()
     sampler.join()
@@ -185,6 +189,13 @@ def one_run(url: str, tok: str, temp_dir: str, args: argparse.Namespace) -> dict
                          for k, v in s["servers"].items()}}
         for s in samples[::4]
     ]
+    # Cumulative per HAProxy process: a reload starts them again from zero, so keep the largest seen.
+    result["haproxy_errors"] = {}
+    for s in samples:
+        for name, counts in s["errors"].items():
+            seen = result["haproxy_errors"].setdefault(name, {})
+            for k, v in counts.items():
+                seen[k] = max(seen.get(k, 0), v)
     result["max_queued_by_server"] = {}
     for s in samples:
         for name, (_status, _scur, qcur, _stot) in s["servers"].items():
@@ -217,6 +228,9 @@ def main() -> None:
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--runs", type=int, default=1)
     ap.add_argument("--haproxy-stats-port", type=int, default=int(os.environ.get("RAY_SERVE_HAPROXY_STATS_PORT", 8404)))
+    ap.add_argument("--wrk2", default=os.environ.get("WRK2", "wrk2"),
+                    help="wrk2 binary; bench/build_wrk2_eof.sh builds one that counts a connection closed with a "
+                         "request outstanding as an error instead of hanging on it (see the script)")
     ap.add_argument("--raw", action="store_true", help="include wrk2's whole output")
     ap.add_argument("--py-spy", help="path of py-spy: dump and record the surviving replica after the kill")
     args = ap.parse_args()
@@ -231,7 +245,7 @@ def main() -> None:
     for i in range(args.runs):
         wait_two_replicas(temp_dir, url, tok)
         # Warm-up at the same rate so the run starts from a steady state.
-        subprocess.run(["wrk2", "-t2", f"-c{args.connections}", "-d5s", f"-R{args.rate}", "-H",
+        subprocess.run([args.wrk2, "-t2", f"-c{args.connections}", "-d5s", f"-R{args.rate}", "-H",
                         f"Authorization: Bearer {tok}", url], capture_output=True, check=True)
         r = one_run(url, tok, temp_dir, args)
         bulky = ("timeline", "per_second_ok_other", "in_flight_by_server", "wrk2_output", "diagnosis")
