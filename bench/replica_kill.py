@@ -134,12 +134,15 @@ def one_run(url: str, tok: str, temp_dir: str, args: argparse.Namespace) -> dict
     sampler.start()
     time.sleep(args.kill_at)
     killed_at = time.monotonic() - t0
-    os.kill(victim.pid, signal.SIGKILL)
+    if args.no_kill:
+        victim_ports = []  # the same load without the kill: the baseline of the run
+    else:
+        os.kill(victim.pid, signal.SIGKILL)
     time.sleep(1)
     # A port of the dead replica still listening (held by another process) would take connections and never answer.
     still_listening = sorted({c.laddr.port for c in psutil.net_connections("tcp")
                               if c.status == psutil.CONN_LISTEN and c.laddr.port in victim_ports})
-    if args.py_spy:
+    if args.py_spy and not args.no_kill:
         # Where the surviving replica spends its time after the kill, and who holds the CPU meanwhile.
         survivor = next(p.pid for p in before if p.pid != victim.pid)
         result_diag = {}
@@ -169,9 +172,9 @@ def one_run(url: str, tok: str, temp_dir: str, args: argparse.Namespace) -> dict
     # [second of the run, answered 200, answered otherwise]; a second with no answer at all is listed as 0, 0.
     result["per_second_ok_other"] = [[s - start_s, *per_second.get(s, [0, 0])]
                                      for s in range(start_s, max(per_second, default=0) + 1)]
-    result["killed_pid"] = victim.pid
+    result["killed_pid"] = None if args.no_kill else victim.pid
     result["killed_at_s"] = round(killed_at, 2)
-    if args.py_spy:
+    if args.py_spy and not args.no_kill:
         result["diagnosis"] = result_diag
     result["victim_listening_ports"] = victim_ports
     result["still_listening_1s_after_kill"] = still_listening
@@ -231,6 +234,7 @@ def main() -> None:
     ap.add_argument("--wrk2", default=os.environ.get("WRK2", "wrk2"),
                     help="wrk2 binary; bench/build_wrk2_eof.sh builds one that counts a connection closed with a "
                          "request outstanding as an error instead of hanging on it (see the script)")
+    ap.add_argument("--no-kill", action="store_true", help="the same run without the kill (baseline)")
     ap.add_argument("--raw", action="store_true", help="include wrk2's whole output")
     ap.add_argument("--py-spy", help="path of py-spy: dump and record the surviving replica after the kill")
     args = ap.parse_args()
