@@ -19,7 +19,8 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 lint: $(STAMP)
-	$(BIN)/ruff check nexus_ray tests
+	$(BIN)/ruff check nexus_ray tests bench
+	$(BIN)/mypy
 
 down: $(STAMP)
 	$(BIN)/nexus down

@@ -107,9 +107,10 @@ async def attack(app, *, seconds: float, concurrency: int, target) -> dict:
 
 async def run(args) -> dict:
     from nexus_ray.config import get_settings
+    from nexus_ray.deployments.auth.auth.settings import settings as auth_settings
 
     get_settings.cache_clear()
-    s = get_settings()
+    s = auth_settings()
     defaults = {k: getattr(s, k) for k in ("auth_lockout_threshold", "auth_lockout_window_s",
                                            "auth_lockout_duration_s", "auth_address_max_failures",
                                            "auth_address_window_s", "password_time_cost", "password_memory_kib",

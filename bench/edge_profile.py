@@ -25,7 +25,10 @@ from scratch import scratch_stores  # bench/ is on sys.path when a bench runs
 async def drive(n: int, profile: bool) -> None:
     from nexus_ray.config import get_settings
     from nexus_ray.deployments.app import build_app
+    from nexus_ray.deployments.wiring import wire_edge
     from nexus_ray.edge import tokens
+
+    wire_edge()
 
     app = build_app("platform")
     async with app.router.lifespan_context(app):

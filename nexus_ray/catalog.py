@@ -71,7 +71,10 @@ _PG_K: tuple[Store, ...] = ("postgres", "kafka")
 _DOC: tuple[Store, ...] = ("documents",)
 
 
-def _s(name, namespace, port, slug, tier, title, stores=_PG, versions=("v1",)) -> Service:
+def _s(
+    name: str, namespace: str, port: int, slug: str, tier: int, title: str,
+    stores: tuple[Store, ...] = _PG, versions: tuple[str, ...] = ("v1",),
+) -> Service:
     return Service(name, namespace, port, slug, tier, title, tuple(stores), tuple(versions))
 
 

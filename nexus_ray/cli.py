@@ -7,7 +7,9 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any, TypeVar
 
 import httpx
 import typer
@@ -104,13 +106,15 @@ def down() -> None:
 
 @app.command()
 def status(api: str = typer.Option("", help="API base URL; default from settings.")) -> None:
-    """A table of every service and its health, from the namespaces' readiness endpoints."""
+    """A table of every service: its readiness, the API routes it serves beyond health, its stores."""
     from nexus_ray.catalog import NAMESPACES
+    from nexus_ray.deployments.health import state
 
     s = get_settings()
     base = api or f"http://{s.http_host}:{s.http_port}"
-    table = Table("service", "namespace", "path", "tier", "ready", "stores")
-    ok = 0
+    table = Table("service", "namespace", "path", "tier", "state", "routes", "stores")
+    colour = {"ready": "green", "health only": "yellow", "not ready": "red"}
+    ok = serving = 0
     with httpx.Client(timeout=10) as client:
         for ns in NAMESPACES:
             try:
@@ -118,14 +122,16 @@ def status(api: str = typer.Option("", help="API base URL; default from settings
                 rows = body.get("services") or []
             except (httpx.HTTPError, ValueError):
                 rows = []
-                table.add_row("-", ns, f"/{ns}", "-", "[red]unreachable[/red]", "")
+                table.add_row("-", ns, f"/{ns}", "-", "[red]unreachable[/red]", "", "")
             for r in rows:
                 ok += bool(r.get("ready"))
+                serving += bool(r.get("ready") and r.get("routes"))
+                word = state(bool(r.get("ready")), int(r.get("routes") or 0))
                 stores = " ".join(f"{k}:{v}" for k, v in (r.get("stores") or {}).items())
-                table.add_row(r["name"], ns, r["path"], str(r["tier"]),
-                              "[green]yes[/green]" if r.get("ready") else "[red]no[/red]", stores)
+                table.add_row(r["name"], ns, r["path"], str(r["tier"]), f"[{colour[word]}]{word}[/{colour[word]}]",
+                              str(r.get("routes", "?")), stores)
     console.print(table)
-    console.print(f"{ok}/44 services ready")
+    console.print(f"{ok}/44 services ready: {serving} serve API routes, {ok - serving} health only")
     if ok < 44:
         raise typer.Exit(1)
 
@@ -143,14 +149,17 @@ def deploy(
 
 
 @app.command("serve-config")
-def serve_config_cmd(write: bool = typer.Option(False, help="Write cluster/serve_config.yaml.")) -> None:
-    """Print (or write) the Serve config generated from the catalog."""
+def serve_config_cmd(
+    write: bool = typer.Option(False, help="Write cluster/serve_config.yaml (the catalog's placement alone)."),
+) -> None:
+    """Print the Serve config this machine's settings give (NEXUS_DEDICATED_SERVICES included), or write the
+    checked-in one."""
     from nexus_ray.runtime import serve_config
 
     if write:
         console.print(f"wrote {serve_config.write()}")
     else:
-        print(serve_config.render(), end="")
+        print(serve_config.render(serve_config.build()), end="")
 
 
 @app.command()
@@ -161,9 +170,12 @@ def token(
 ) -> None:
     """Mint an access token with key-service's current signing key (development and test only)."""
     from nexus_ray.deployments.specialized import keys
+    from nexus_ray.deployments.wiring import wire_edge
     from nexus_ray.edge import tokens
     from nexus_ray.exceptions import ValidationFailed
     from nexus_ray.stores import postgres
+
+    wire_edge()
 
     if get_settings().environment == "production":
         console.print("[red]refused: mint tokens through auth-service-v2 in production[/red]")
@@ -243,6 +255,92 @@ def reseal_keys() -> None:
     console.print(f"{len(done['resealed'])} signing keys re-sealed under master key {done['master_key_id']}")
     if done["unreadable"]:
         console.print(f"[red]sealed under a master key not in NEXUS_PREVIOUS_MASTER_KEYS: {done['unreadable']}[/red]")
+        raise typer.Exit(1)
+
+
+events_app = typer.Typer(help="Events: consumers' dead letters and their replay.", no_args_is_help=True)
+app.add_typer(events_app, name="events")
+
+
+def _with_stores() -> None:
+    """Point this process at the stores: the configured ones, else the embedded servers (started if need be)."""
+    if not get_settings().postgres_url:
+        os.environ.update(_store_env())
+        get_settings.cache_clear()
+
+
+T = TypeVar("T")
+
+
+def _run_on_stores(work: Coroutine[Any, Any, T]) -> T:
+    """Run the coroutine ``work`` on the stores, closing the pool after it."""
+    from nexus_ray.stores import postgres
+
+    async def run() -> T:
+        try:
+            return await work
+        finally:
+            await postgres.close_pool()
+
+    return asyncio.run(run())
+
+
+@events_app.command("dead-letters")
+def dead_letters(
+    consumer: str = typer.Option("", "--consumer", "-c", help="Only this consumer group's; default: every consumer's."),
+    after: int = typer.Option(0, help="Start after this dead letter id (the last id of the previous page)."),
+    limit: int = typer.Option(50, help="Most dead letters to show (1-1000)."),
+) -> None:
+    """List the events consumers gave up on, oldest first, with their last error."""
+    from nexus_ray.exceptions import ValidationFailed
+    from nexus_ray.stores import events
+
+    _with_stores()
+    try:
+        letters = _run_on_stores(events.list_dead_letters(consumer=consumer or None, after=after, limit=limit))
+    except ValidationFailed as exc:
+        console.print(f"[red]{exc.detail}[/red]")
+        raise typer.Exit(2) from None
+    table = Table("id", "consumer", "topic", "event", "status", "attempts", "died", "last error")
+    for d in letters:
+        table.add_row(str(d.id), d.consumer, d.topic, str(d.event_id), d.status, str(d.attempts),
+                      d.dead_at.strftime("%Y-%m-%d %H:%M:%S"), f"{d.error_type}: {d.error_message}"[:120])
+    console.print(table)
+    if len(letters) == limit:
+        console.print(f"more: --after {letters[-1].id}")
+
+
+@events_app.command("replay")
+def replay(
+    dead_letter_id: int = typer.Argument(..., help="Id of the dead letter (from `nexus events dead-letters`)."),
+    wait: float = typer.Option(0.0, help="Seconds to wait for the consumer to deliver it; 0: do not wait."),
+) -> None:
+    """Ask a dead letter's consumer to deliver it to its handler once more (asking twice delivers once)."""
+    from nexus_ray.exceptions import NotFound
+    from nexus_ray.stores import events
+
+    async def request() -> events.DeadLetter:
+        letter = await events.request_replay(dead_letter_id=dead_letter_id)
+        deadline = time.monotonic() + wait
+        while letter.status == "replaying" and time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
+            letter = await events.get_dead_letter(dead_letter_id=dead_letter_id)
+        return letter
+
+    _with_stores()
+    try:
+        letter = _run_on_stores(request())
+    except NotFound as exc:
+        console.print(f"[red]{exc.detail}[/red]")
+        raise typer.Exit(2) from None
+    if letter.status == "replaying":
+        said = f"replay requested: a running consumer of {letter.consumer} delivers it at its next look"
+    elif letter.status == "replayed":
+        said = f"replayed at {letter.replayed_at:%Y-%m-%d %H:%M:%S}"
+    else:
+        said = f"the replay failed again: {letter.error_type}: {letter.error_message}"[:200]
+    console.print(f"dead letter {letter.id} (event {letter.event_id}, {letter.topic}): {said}")
+    if letter.status == "dead":
         raise typer.Exit(1)
 
 

@@ -48,6 +48,16 @@ class Settings(BaseSettings):
     postgres_pool_min: int = Field(1, ge=0, description="Minimum connections in each replica's asyncpg pool.")
     postgres_pool_max: int = Field(8, ge=1, description="Maximum connections in each replica's asyncpg pool.")
 
+    event_max_attempts: int = Field(
+        5, ge=1, description="Times a consumer's handler may fail on one event before the event is moved to the "
+        "consumer's dead letters and the consumer goes on past it. Failures are counted in PostgreSQL, so a "
+        "restarted consumer goes on counting.",
+    )
+    event_retry_backoff_s: float = Field(
+        1.0, ge=0, description="Seconds a consumer waits before it retries an event its handler failed on, doubled "
+        "after each failure (at most 60 s). Only that event's partition waits; the others go on.",
+    )
+
     # Edge.
     jwt_issuer: str = Field(
         "http://127.0.0.1:8000/auth/v2/oauth",
@@ -89,76 +99,50 @@ class Settings(BaseSettings):
     )
     rate_limit_per_principal: int = Field(6000, ge=1, description="Requests per minute allowed per principal.")
     rate_limit_per_address: int = Field(12000, ge=1, description="Requests per minute allowed per client address.")
+    rate_limit_auth_failures_per_address: int = Field(
+        120, ge=1, description="Refused credentials (bad, expired, revoked or unknown-key tokens, bad API keys or "
+        "session tokens) one client address may present per minute; past it, every credential from that address "
+        "is refused (429 with Retry-After) until the minute ends, without being checked. A client that handles a "
+        "401 by signing in again "
+        "fails a few times a minute at most, so 120 leaves room for many users behind one NAT while a flood of "
+        "forged credentials costs one cheap refusal per request instead of a verification.",
+    )
+    trusted_proxies: list[str] = Field(
+        ["127.0.0.0/8", "::1"],
+        description="Addresses or CIDR networks of the proxies whose X-Forwarded-For the edge believes (a JSON "
+        "list). The client address is found by walking X-Forwarded-For from the right, starting at the TCP peer, "
+        "for as long as the address reached is one of these proxies; from anyone else the header is ignored. The "
+        "default is loopback only: on a head, Serve's HAProxy reaches the replicas of its own node over loopback "
+        "and sets X-Forwarded-For to the real peer. On a multi-node cluster add the nodes' network (HAProxy on one "
+        "node reaches replicas on another from its node address). Never add networks that clients can connect "
+        "from: each listed address may name any client address it likes.",
+    )
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest accepted request body, bytes.")
     cors_origins: list[str] = Field(default_factory=list, description="Origins allowed by CORS; empty: none.")
     api_key_cache_s: float = Field(
         10.0, ge=0, description="Seconds an API key lookup is cached in a replica (bounds revocation delay)."
     )
-
-    # Identity: user-auth, auth-service (legacy login) and session-mgr.
-    password_min_length: int = Field(10, ge=8, le=64, description="Shortest password accepted, characters.")
-    password_time_cost: int = Field(
-        3, ge=1, description="argon2id iterations (RFC 9106 low-memory profile: 3). Raising it slows every guess."
+    api_key_cache_size: int = Field(
+        10_000, ge=1, description="Most API key look-ups (unknown key ids included) one replica caches; the least "
+        "recently used go first.",
     )
-    password_memory_kib: int = Field(
-        65536, ge=8192, description="argon2id memory per hash, KiB (RFC 9106 low-memory profile: 64 MiB)."
+    api_key_max_lookups: int = Field(
+        4, ge=1, description="API key look-ups one replica runs against PostgreSQL at once (less than "
+        "postgres_pool_max, so unknown key ids cannot take the pool); up to four times as many wait, and any "
+        "further one is answered 503 with Retry-After.",
     )
-    password_parallelism: int = Field(4, ge=1, description="argon2id lanes per hash (RFC 9106: 4).")
-    email_verification_ttl_s: int = Field(
-        86400, ge=60, description="Seconds an email verification token stays usable (it is single-use)."
+    ws_auth_timeout_s: float = Field(
+        10.0, gt=0, le=300, description="Seconds a WebSocket client that offered no credential in its subprotocols "
+        "has, once accepted, to send its auth message before the connection is closed (4408).",
     )
-    mail_provider: str = Field(
-        "mailbox",
-        description="Provider that delivers the identity services' mail (verification links). 'mailbox': "
-        "written to the mail_outbox table in the transaction of the change, where a relay or a test reads it.",
+    ws_recheck_s: float = Field(
+        60.0, gt=0, description="Seconds between two checks of an open WebSocket connection's credential, made as "
+        "for a new connection: it bounds how long a connection outlives its token's expiry or revocation, its API "
+        "key's revocation or its scopes (it is then closed with 4401 or 4403).",
     )
-    auth_lockout_threshold: int = Field(
-        5, ge=1, description="Failed logins for one account, within auth_lockout_window_s, that lock it."
-    )
-    auth_lockout_window_s: int = Field(
-        900, ge=1, description="Seconds over which an account's failed logins are counted towards a lockout."
-    )
-    auth_lockout_duration_s: int = Field(
-        900, ge=1, description="Seconds a locked account refuses every login (423 with Retry-After) before release."
-    )
-    auth_address_max_failures: int = Field(
-        30, ge=1, description="Failed logins one client address may make, over all accounts, per auth_address_window_s "
-        "before its logins are refused (429 with Retry-After).",
-    )
-    auth_address_window_s: int = Field(
-        300, ge=1, description="Seconds over which a client address's failed logins are counted."
-    )
-    auth_session_idle_s: int = Field(
-        1800, ge=1, description="A legacy session token unused this many seconds expires."
-    )
-    auth_session_absolute_s: int = Field(
-        43200, ge=1, description="A legacy session token expires this many seconds after login, however used."
-    )
-    auth_exchange_ttl_s: int = Field(
-        900, ge=30, le=86400, description="Lifetime of a v2 access token obtained by exchanging a legacy session, s."
-    )
-
-    # Identity: auth-service-v2 (OAuth 2.0 / OpenID Connect provider; its issuer is jwt_issuer).
-    oauth_code_ttl_s: int = Field(
-        60, ge=5, le=600, description="Seconds an authorization code can be exchanged (once) for tokens. RFC 6749 "
-        "recommends at most 600.",
-    )
-    oauth_access_token_ttl_s: int = Field(
-        900, ge=30, description="Lifetime of the access and ID tokens the OAuth provider issues, seconds; never more "
-        "than token_max_ttl_s. A revoked access token keeps passing the edge (it verifies tokens offline) until then.",
-    )
-    oauth_refresh_token_ttl_s: int = Field(
-        14 * 86400, ge=60, description="Lifetime of a refresh token, seconds. Each use rotates it: its successor "
-        "gets a new lifetime, within oauth_grant_max_age_s.",
-    )
-    oauth_grant_max_age_s: int = Field(
-        90 * 86400, ge=60, description="Longest life of one sign-in at a client (a refresh-token family), seconds: "
-        "after it, the user signs in again however often the tokens were refreshed.",
-    )
-    oauth_session_cookie: str = Field(
-        "nexus_session", pattern=r"^[A-Za-z0-9_-]{1,64}$", description="Cookie in which the OAuth provider's "
-        "/authorize keeps the user's legacy session token (set by its login form, HttpOnly, limited to the "
-        "provider's path), so that a signed-in user is not asked for the password again.",
+    ws_messages_per_minute: int = Field(
+        600, ge=1, description="Messages one WebSocket connection may send per minute (fixed one-minute windows); "
+        "the next one closes it with 4429.",
     )
 
     # Serve / Ray.
@@ -192,6 +176,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _refuse_development_secrets(self) -> Settings:
+        from ipaddress import ip_network  # here, not at the top: the Edge block's only use of it
+
         if self.environment != "development":
             secret = self.master_key.get_secret_value()
             if secret == DEV_MASTER_KEY or len(secret) < 32:
@@ -200,6 +186,11 @@ class Settings(BaseSettings):
         if issuer.scheme not in ("http", "https") or not issuer.netloc or issuer.query or issuer.fragment:
             # OpenID Connect Discovery: the issuer is a URL without query or fragment.
             raise ValueError("NEXUS_JWT_ISSUER must be an http(s) URL without query or fragment")
+        for entry in self.trusted_proxies:
+            try:
+                ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"NEXUS_TRUSTED_PROXIES: {entry!r} is not an address or a CIDR network") from None
         if self.jwks_cache_s >= self.token_max_ttl_s:
             # A replica must learn that a key was rotated before that key's overlap ends.
             raise ValueError("NEXUS_JWKS_CACHE_S must be less than NEXUS_TOKEN_MAX_TTL_S")

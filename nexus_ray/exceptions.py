@@ -38,7 +38,7 @@ class NexusError(Exception):
         self.extra = extra or {}
         self.headers = headers or {}
 
-    def __reduce__(self):  # keyword-only arguments need an explicit reduce to pickle
+    def __reduce__(self) -> tuple[Any, ...]:  # keyword-only arguments need an explicit reduce to pickle
         return (_rebuild, (type(self), self.detail, self.extra, self.headers))
 
     def problem(self, instance: str | None = None) -> dict[str, Any]:
@@ -52,7 +52,9 @@ class NexusError(Exception):
         return body
 
 
-def _rebuild(cls, detail, extra, headers):
+def _rebuild(
+    cls: type[NexusError], detail: str, extra: dict[str, Any], headers: dict[str, str]
+) -> NexusError:
     return cls(detail, extra=extra, headers=headers)
 
 
@@ -73,7 +75,9 @@ class ValidationFailed(BadRequest):
 class Unauthorized(NexusError):
     status, title, slug = 401, "Unauthorized", "unauthorized"
 
-    def __init__(self, detail: str = "", *, extra=None, headers=None):
+    def __init__(
+        self, detail: str = "", *, extra: dict[str, Any] | None = None, headers: dict[str, str] | None = None
+    ):
         super().__init__(detail, extra=extra, headers={"WWW-Authenticate": "Bearer", **(headers or {})})
 
 

@@ -17,27 +17,82 @@ import time
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("nexus_request_id", default=None)
 
-_REDACTIONS = [
+# Every redaction must run in time linear in the length of the text: a log line can carry a
+# megabyte of someone else's input, and a pattern that backtracks over it stalls the replica's
+# event loop. A pattern that could start anywhere inside a long run of the characters it spans
+# (an e-mail's local part, a JWT) is tried only where it can first succeed, and a secret with
+# an opening and a closing marker (a PEM block) stops looking once no closing marker is left.
+_TOKEN = "A-Za-z0-9_-"
+
+_PATTERNS = [
     (re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+"), r"\1[redacted]"),
-    (re.compile(r"eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*"), "[redacted-jwt]"),
+    # A JWT starts at the first "eyJ" of a run of token characters (a later one could only match
+    # less), so the run is read once, from its start, and what precedes the "eyJ" is kept.
+    (
+        re.compile(rf"(?<![{_TOKEN}])((?:(?!eyJ)[{_TOKEN}])*+)eyJ[{_TOKEN}]{{5,}}+\.[{_TOKEN}]{{5,}}+\.[{_TOKEN}]*+"),
+        r"\1[redacted-jwt]",
+    ),
     (re.compile(r"nxk_[A-Za-z0-9]+_[A-Za-z0-9_-]+"), "[redacted-api-key]"),
     # legacy session, email verification, OAuth refresh token, authorization code
     (re.compile(r"nx[svra]_[A-Za-z0-9_-]{20,}"), "[redacted-token]"),
-    (re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----", re.S), "[redacted-key]"),
-    # Personal data: e-mail addresses are identifiers of people, not of requests.
-    (re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"), "[redacted-email]"),
-    (
-        re.compile(r"""(?i)(["']?(?:password|passwd|secret|token|api[_-]?key|authorization|client_secret)["']?\s*[:=]\s*["']?)[^"',\s}&]+"""),
-        r"\1[redacted]",
-    ),
 ]
+
+_PEM_BEGIN = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----")
+_PEM_END = re.compile(r"-----END [A-Z ]*PRIVATE KEY-----")
+
+# Personal data: e-mail addresses are identifiers of people, not of requests.
+_EMAIL_LOCAL = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._%+-")
+_EMAIL_DOMAIN = re.compile(r"@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
+
+_FIELD = re.compile(
+    r"""(?i)(["']?(?:password|passwd|secret|token|api[_-]?key|authorization|client_secret)["']?\s*[:=]\s*["']?)"""
+    r"""[^"',\s}&]+"""
+)
+
+
+def _mask_private_keys(text: str) -> str:
+    """``text`` with each PEM private key block, from its BEGIN line to the first END line after it, masked."""
+    out, done = [], 0
+    while begin := _PEM_BEGIN.search(text, done):
+        end = _PEM_END.search(text, begin.end())
+        if end is None:
+            break  # a later BEGIN would need an END after this one's: there is none
+        out += [text[done : begin.start()], "[redacted-key]"]
+        done = end.end()
+    out.append(text[done:])
+    return "".join(out)
+
+
+def _mask_emails(text: str) -> str:
+    """``text`` with each e-mail address (a run of local-part characters, ``@``, a domain) masked.
+
+    The local part always runs back to the start of its run of local-part characters (or to the end
+    of the previous address), so it is found by walking back from the ``@``, each character at most
+    once, instead of by a pattern that would be tried, and fail, at every character of a long run.
+    """
+    out, done = [], 0
+    at = _EMAIL_DOMAIN.search(text, 1)
+    while at:
+        start = at.start()
+        while start > done and text[start - 1] in _EMAIL_LOCAL:
+            start -= 1
+        if start == at.start():  # nothing of a local part before this "@"
+            at = _EMAIL_DOMAIN.search(text, at.start() + 1)
+            continue
+        out += [text[done:start], "[redacted-email]"]
+        done = at.end()
+        at = _EMAIL_DOMAIN.search(text, done + 1)
+    out.append(text[done:])
+    return "".join(out)
 
 
 def redact(text: str) -> str:
     """``text`` with every recognisable secret masked."""
-    for pattern, replacement in _REDACTIONS:
+    for pattern, replacement in _PATTERNS:
         text = pattern.sub(replacement, text)
-    return text
+    text = _mask_private_keys(text)
+    text = _mask_emails(text)
+    return _FIELD.sub(r"\1[redacted]", text)
 
 
 class RedactingFilter(logging.Filter):

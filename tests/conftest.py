@@ -26,6 +26,10 @@ os.environ.update(
         # The OAuth provider's public URL in the in-process platform (the `client` fixture's base URL):
         # its discovery document's issuer and the iss of every platform token.
         "NEXUS_JWT_ISSUER": "http://nexus.test/auth/v2/oauth",
+        # The sweeps present hundreds of refused credentials a minute from one address, which the
+        # edge would answer with 429 past its failure budget (tests/integration/test_edge_hardening.py
+        # sets a small one to test it).
+        "NEXUS_RATE_LIMIT_AUTH_FAILURES_PER_ADDRESS": "1000000",
     }
 )
 for _k in ("NEXUS_POSTGRES_URL", "NEXUS_REDIS_URL", "NEXUS_MONGO_URL", "NEXUS_KAFKA_BOOTSTRAP"):
@@ -34,6 +38,11 @@ for _k in ("NEXUS_POSTGRES_URL", "NEXUS_REDIS_URL", "NEXUS_MONGO_URL", "NEXUS_KA
 from nexus_ray.config import get_settings  # noqa: E402
 
 get_settings.cache_clear()
+
+# What every app's start-up does (build_app): key-service and legacy sessions registered with the edge.
+from nexus_ray.deployments.wiring import wire_edge  # noqa: E402
+
+wire_edge()
 
 
 def free_port() -> int:
@@ -91,8 +100,13 @@ def ray_cluster(stores, data_dir):
 
 
 @pytest.fixture(scope="session")
-def platform(ray_cluster):
-    """All nine namespace applications deployed on the session cluster; yields the API base URL."""
+def platform(ray_cluster, bearer):
+    """All nine namespace applications deployed on the session cluster; yields the API base URL.
+
+    After ``bearer``: the signing key the tests' tokens use exists before the replicas read their
+    keys, as in a running platform (a replica refuses a key it has not read yet at once, and only
+    learns of it on a background read).
+    """
     from nexus_ray.runtime import cluster, serve_config
 
     port = free_port()

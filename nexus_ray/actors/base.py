@@ -41,7 +41,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Self, cast
 
 import orjson
 import ray
@@ -137,7 +137,7 @@ class PersistentActor:
                 self._stale = True
                 raise
             self.state = new_state
-            self._last_id = entry_id.decode()
+            self._last_id = _text(entry_id)
             self._since_snapshot += 1
             if self._since_snapshot >= self.snapshot_every:
                 await self._snapshot_quietly()
@@ -178,10 +178,10 @@ class PersistentActor:
         while True:
             # "(id" is an exclusive bound: entries strictly after the snapshot.
             start = "-" if last_id is None else f"({last_id}"
-            entries = await client.xrange(self.journal_key, min=start, max="+", count=_REPLAY_PAGE)
+            entries: list[Any] = await client.xrange(self.journal_key, min=start, max="+", count=_REPLAY_PAGE) or []
             for entry_id, fields in entries:
-                state = self.apply(state, fields[b"op"].decode(), orjson.loads(fields[b"data"]))
-                last_id = entry_id.decode()
+                state = self.apply(state, _text(fields[b"op"]), orjson.loads(fields[b"data"]))
+                last_id = _text(entry_id)
             replayed += len(entries)
             if len(entries) < _REPLAY_PAGE:
                 break
@@ -205,6 +205,11 @@ class PersistentActor:
             await self._snapshot_locked()
         except Exception:
             logger.warning("snapshot of %s:%s failed", self.kind, self.key, exc_info=True)
+
+
+def _text(value: bytes | str) -> str:
+    """A Redis reply as text (the client returns bytes: decode_responses is off)."""
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _next_id(entry_id: str) -> str:
@@ -244,7 +249,7 @@ def get_or_create(cls: type[PersistentActor], key: str, **options: Any) -> Actor
         # actors wait on I/O; CPU work goes to tasks (nexus_ray.compute).
         "num_cpus": 0,
     }
-    return _actor_class(cls).options(**{**defaults, **options}).remote(key)
+    return cast(ActorHandle, _actor_class(cls).options(**{**defaults, **options}).remote(key))
 
 
 def _actor_class(cls: type[PersistentActor]) -> ActorClass:

@@ -23,20 +23,20 @@ from __future__ import annotations
 import asyncio
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import ray
-from ray.actor import ActorHandle
+from ray.actor import ActorClass, ActorHandle
 from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError
 
 from nexus_ray.actors.base import NAMESPACE, PersistentActor, actor_name, get_or_create
 from nexus_ray.actors.shards import EntityShard, shard_name, shard_of
 from nexus_ray.exceptions import ServiceUnavailable
 
-_shard_class = None
+_shard_class: ActorClass | None = None
 
 
-def _shard_actor_class():
+def _shard_actor_class() -> ActorClass:
     global _shard_class
     if _shard_class is None:
         _shard_class = ray.remote(EntityShard)
@@ -75,16 +75,17 @@ class EntityClient:
 
     def _handle(self, key: str) -> tuple[str, ActorHandle]:
         name = self.actor_name(key)
-        handle = self._handles.get(name)
-        if handle is not None:
+        cached = self._handles.get(name)
+        if cached is not None:
             self._handles.move_to_end(name)
-            return name, handle
+            return name, cached
+        handle: ActorHandle
         if not ray.is_initialized():  # never let a call start a private Ray cluster in this process
             raise ServiceUnavailable(f"{self.label} state needs a Ray cluster and this process is not connected to one")
         if self.shards is None:
             handle = get_or_create(self.entity_cls, key)
         else:
-            handle = (
+            handle = cast(ActorHandle, (
                 _shard_actor_class()
                 .options(
                     name=name,
@@ -97,7 +98,7 @@ class EntityClient:
                     num_cpus=0,  # waits on I/O; CPU work goes to tasks
                 )
                 .remote(self.entity_cls, shard_of(key, self.shards), self.shards, self.max_resident)
-            )
+            ))
         self._handles[name] = handle
         if len(self._handles) > self._max_handles:
             self._handles.popitem(last=False)

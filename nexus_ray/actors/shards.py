@@ -23,9 +23,11 @@ Callers use :class:`nexus_ray.actors.client.EntityClient`, never these actors di
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 from collections import OrderedDict
+from collections.abc import Iterator
 from typing import Any
 
 from nexus_ray.actors.base import PersistentActor
@@ -64,34 +66,22 @@ class EntityShard:
             raise ValueError(f"entity {key!r} does not belong to shard {self.index} of {self.shards}")
         if method.startswith("_") or method in ("commit", "restore", "erase", "apply"):
             raise ValueError(f"{method!r} is not an entity operation")
-        self._busy[key] = self._busy.get(key, 0) + 1
         try:
-            entity = await self._entity(key)
-            result = getattr(entity, method)(*args, **(kwargs or {}))
-            if asyncio.iscoroutine(result):
-                result = await result
-            return result
+            with self._in_use(key):
+                entity = await self._entity(key)
+                result = getattr(entity, method)(*args, **(kwargs or {}))
+                if asyncio.iscoroutine(result):
+                    result = await result
+                return result
         finally:
-            left = self._busy[key] - 1
-            if left:
-                self._busy[key] = left
-            else:
-                del self._busy[key]
             self._evict()
 
     async def forget(self, key: str) -> None:
         """Delete entity ``key``'s persisted state and drop it from memory (the entity ended)."""
-        self._busy[key] = self._busy.get(key, 0) + 1
-        try:
+        with self._in_use(key):
             entity = await self._entity(key)
             await entity.erase()
             self._resident.pop(key, None)
-        finally:
-            left = self._busy[key] - 1
-            if left:
-                self._busy[key] = left
-            else:
-                del self._busy[key]
 
     def stats(self) -> dict[str, Any]:
         """What this shard holds: resident entities, restores so far, its process id."""
@@ -101,6 +91,19 @@ class EntityShard:
     def pid(self) -> int:
         """Process id of the shard (fault tests kill it to force a restart)."""
         return os.getpid()
+
+    @contextlib.contextmanager
+    def _in_use(self, key: str) -> Iterator[None]:
+        """Count a call in progress on ``key``: an entity in use is never evicted."""
+        self._busy[key] = self._busy.get(key, 0) + 1
+        try:
+            yield
+        finally:
+            left = self._busy[key] - 1
+            if left:
+                self._busy[key] = left
+            else:
+                del self._busy[key]
 
     async def _entity(self, key: str) -> PersistentActor:
         entity = self._resident.get(key)

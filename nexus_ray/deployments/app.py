@@ -20,6 +20,8 @@ import importlib
 import importlib.util
 import logging
 from collections.abc import AsyncIterator
+from types import ModuleType
+from typing import Any
 
 from fastapi import APIRouter, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -28,6 +30,7 @@ from fastapi.responses import JSONResponse
 from nexus_ray.catalog import Service, in_namespace, stores_of
 from nexus_ray.config import get_settings
 from nexus_ray.deployments import health
+from nexus_ray.deployments.wiring import wire_edge
 from nexus_ray.edge import errors
 from nexus_ray.edge.middleware import EdgeMiddleware
 from nexus_ray.edge.security import api_routes, check_route_security, public
@@ -38,7 +41,7 @@ from nexus_ray.stores import cache, documents, events, postgres
 log = logging.getLogger(__name__)
 
 
-def service_module(service: Service):
+def service_module(service: Service) -> ModuleType | None:
     """The module holding a service's routes, or None while the service has none yet."""
     try:
         spec = importlib.util.find_spec(service.package)
@@ -54,8 +57,9 @@ def _health_router(service: Service) -> APIRouter:
     async def live() -> dict:
         return {"service": service.name, "status": "live"}
 
-    @router.get("/health/ready", dependencies=[public(rate_limited=False)], summary=f"{service.name} readiness")
-    async def ready():
+    @router.get("/health/ready", dependencies=[public(rate_limited=False)], summary=f"{service.name} readiness",
+                responses={503: {"description": "A store the service needs does not answer."}})
+    async def ready() -> Any:
         report = await health.service_report(service)
         if not report["ready"]:
             err = ServiceUnavailable(f"{service.name} is not ready", extra={"stores": report["stores"]})
@@ -86,6 +90,7 @@ def build_app(
     """
     settings = get_settings()
     configure_logs(settings.log_level)
+    wire_edge()
     services = tuple(s for s in in_namespace(namespace) if s.name not in exclude and (only is None or s.name == only))
     if only is not None and not services:
         raise KeyError(f"{only} is not a service of {namespace}")
@@ -123,14 +128,16 @@ def build_app(
         lifespan=lifespan,
     )
     errors.install(app)
+    errors.document_problems(app)
 
     if only is None:
         @app.get("/health/live", dependencies=[public(rate_limited=False)], tags=["health"])
         async def namespace_live() -> dict:
             return {"namespace": namespace, "status": "live"}
 
-        @app.get("/health/ready", dependencies=[public(rate_limited=False)], tags=["health"])
-        async def namespace_ready():
+        @app.get("/health/ready", dependencies=[public(rate_limited=False)], tags=["health"],
+                 responses={503: {"description": "Not every service is ready.", "content": {"application/json": {}}}})
+        async def namespace_ready() -> JSONResponse:
             report = await health.namespace_report(namespace)
             body = {"namespace": namespace, "ready": all(r["ready"] for r in report), "services": report}
             return JSONResponse(body, status_code=200 if body["ready"] else 503)

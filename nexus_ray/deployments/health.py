@@ -1,8 +1,9 @@
-"""Liveness and readiness: which stores each service needs, and whether they answer."""
+"""Liveness and readiness: which stores each service needs, whether they answer, and what the service serves."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 
 from nexus_ray.catalog import Service, Store, in_namespace
@@ -36,17 +37,38 @@ async def probe(store: Store, timeout: float = 3.0) -> str:
         return result
 
 
+@functools.cache
+def route_count(service: Service) -> int:
+    """How many API routes ``service`` serves beyond the health probes every service gets (0: health only)."""
+    # Imported here: the app builder imports this module.
+    from nexus_ray.deployments.app import _routers_of
+    from nexus_ray.edge.security import api_routes
+
+    return sum(len(api_routes(router.routes)) for router in _routers_of(service).values())
+
+
+def state(ready: bool, routes: int) -> str:
+    """One word for a service in the directory and `nexus status`: not ready, health only, or ready."""
+    if not ready:
+        return "not ready"
+    return "ready" if routes else "health only"
+
+
 async def service_report(service: Service) -> dict:
-    """Readiness of one service: its stores and whether all answer."""
+    """Readiness of one service: its stores and whether all answer, and how many API routes it serves."""
     results = await asyncio.gather(*(probe(s) for s in service.stores))
     stores = dict(zip(service.stores, results, strict=True))
+    ready = all(r == "ok" for r in results)
+    routes = route_count(service)
     return {
         "name": service.name,
         "namespace": service.namespace,
         "path": service.path(),
         "port": service.port,
         "tier": service.tier,
-        "ready": all(r == "ok" for r in results),
+        "ready": ready,
+        "routes": routes,
+        "state": state(ready, routes),
         "stores": stores,
     }
 

@@ -9,10 +9,13 @@ one application per API version of each dedicated service (:mod:`nexus_ray.runti
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, cast
 
+from fastapi import FastAPI
 from pydantic import BaseModel, Field
 from ray import serve
+from ray.serve import Application
+from ray.serve.deployment import Deployment
 
 from nexus_ray.catalog import NAMESPACES, service
 from nexus_ray.config import get_settings
@@ -37,7 +40,7 @@ class NamespaceIngress:
         self.only = only
         self.version = version
 
-    def __serve_build_asgi_app__(self):
+    def __serve_build_asgi_app__(self) -> FastAPI:
         return build_app(self.namespace, exclude=self.dedicated, only=self.only, version=self.version)
 
     async def health_report(self) -> list[dict]:
@@ -85,14 +88,17 @@ class IngressArgs(BaseModel):
     version: str | None = Field(None, description="With `service`: the API version this application serves.")
 
 
-def app_builder(args: dict):
+def app_builder(args: dict[str, Any]) -> Application:
     """Serve application builder: the ingress of a namespace, or of one dedicated service's version."""
     # Validated here: with postponed annotations Serve passes the raw dict.
     parsed = IngressArgs.model_validate(args)
     if parsed.service is not None:
         s = service(parsed.service)
         name = service_app(s, parsed.version or "v1")
-        return NamespaceIngress.options(name=name).bind(s.namespace, None, s.name, parsed.version or "v1")
-    return NamespaceIngress.options(name=ingress_deployment(parsed.namespace)).bind(
-        parsed.namespace, parsed.dedicated
-    )
+        return _ingress().options(name=name).bind(s.namespace, None, s.name, parsed.version or "v1")
+    return _ingress().options(name=ingress_deployment(parsed.namespace)).bind(parsed.namespace, parsed.dedicated)
+
+
+def _ingress() -> Deployment:
+    # @serve.deployment turns the class into a Deployment; type checkers only see the class.
+    return cast(Deployment, NamespaceIngress)

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import inspect
+import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import RouteContext
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from nexus_ray.catalog import API_VERSIONS
+from nexus_ray.edge.security import api_routes, route_guard
 from nexus_ray.exceptions import PROBLEM_JSON, NexusError, NotFound, ValidationFailed, for_status
 from nexus_ray.logs import request_id_var
 
@@ -62,20 +68,168 @@ def install(app: FastAPI) -> None:
     """Register the problem+json handlers on ``app``."""
 
     @app.exception_handler(NexusError)
-    async def _nexus(request: Request, exc: NexusError):
+    async def _nexus(request: Request, exc: NexusError) -> JSONResponse:
         return problem_response(exc, request.url.path)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(request: Request, exc: RequestValidationError):
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         return problem_response(validation_problem(exc), request.url.path)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException):
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         err = _unknown_route(request, exc.status_code, str(exc.detail))
         err.headers.update(exc.headers or {})
         return problem_response(err, request.url.path)
 
     @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception):
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return problem_response(NexusError("an unexpected error occurred; it has been logged"), request.url.path)
+
+
+# -- The errors in the OpenAPI documents ------------------------------------------------------------
+
+
+class ProblemDetails(BaseModel):
+    """An RFC 9457 problem: the body of every error the platform answers with (application/problem+json)."""
+
+    model_config = ConfigDict(extra="allow")  # errors add their own members (required_scopes, max_bytes...)
+
+    type: str = Field(description="URI naming the kind of problem.")
+    title: str = Field(description="Short summary of the kind of problem.")
+    status: int = Field(description="The HTTP status code of the response.")
+    detail: str | None = Field(None, description="What went wrong with this request.")
+    instance: str | None = Field(None, description="The path of the request.")
+    request_id: str | None = Field(None, description="The request's id (X-Request-ID), for support.")
+
+
+class FieldError(BaseModel):
+    """One offending field of a request that failed validation."""
+
+    model_config = ConfigDict(extra="allow")
+
+    field: str = Field(description="Dotted path of the field: items[0].qty.")
+    message: str = Field(description="Why the value was refused.")
+    type: str = Field(description="Machine-readable kind of error.")
+    in_: str | None = Field(None, alias="in", description="Where the field is: body, query, path, header.")
+
+
+class ValidationProblem(ProblemDetails):
+    """A request that does not fit the operation's schema: every offending field is named."""
+
+    errors: list[FieldError] = Field(default_factory=list, description="The offending fields.")
+
+
+_REF = "#/components/schemas/"
+_WRITES = {"POST", "PUT", "PATCH", "DELETE"}
+_HEADER_SCHEMA = {"schema": {"type": "string"}}
+
+
+def _problem(description: str, model: type[BaseModel] = ProblemDetails, headers: dict | None = None) -> dict:
+    response: dict[str, Any] = {
+        "description": description,
+        "content": {PROBLEM_JSON: {"schema": {"$ref": _REF + model.__name__}}},
+    }
+    if headers:
+        response["headers"] = {name: {"description": text, **_HEADER_SCHEMA} for name, text in headers.items()}
+    return response
+
+
+def _rate_limited(guard_call: Callable[..., Any] | None) -> bool:
+    # public(rate_limited=False) (health probes) is the one guard that never counts requests.
+    if guard_call is None:
+        return False
+    return inspect.getclosurevars(guard_call).nonlocals.get("rate_limited", True) is not False
+
+
+def problem_responses(route: RouteContext) -> dict[str, dict[str, Any]]:
+    """The problem+json responses an API route can give, derived from its guard, parameters and method.
+
+    Said as "can give", so a little wide: 409 for every write, 404 wherever a path or a body names an object.
+    """
+    guard = route_guard(route)
+    methods = set(route.methods or ())
+    dependant = route.dependant
+    has_params = bool(dependant.path_params or dependant.query_params or dependant.header_params
+                      or dependant.cookie_params)
+    has_body = route.body_field is not None or bool(methods & {"POST", "PUT", "PATCH"})
+    responses: dict[str, dict] = {}
+    if guard and guard[0] == "scopes":
+        responses["401"] = _problem("No valid credential: missing, malformed, expired or revoked.",
+                                    headers={"WWW-Authenticate": "The scheme to authenticate with (Bearer)."})
+        responses["403"] = _problem(f"The credential lacks a scope this operation needs: {' '.join(guard[1])}.")
+    if dependant.path_params or route.body_field is not None:
+        # An id in the path, or a body that names objects (an asset, roles...) that may not be there.
+        responses["404"] = _problem("No such object (or none the caller may see).")
+    if methods & _WRITES:
+        responses["409"] = _problem("The change conflicts with the current state of the object.")
+    if has_body:
+        responses["400"] = _problem("The body could not be read: not UTF-8, or not the declared content type.")
+        responses["413"] = _problem("The request body is larger than the platform accepts.")
+    if has_params or route.body_field is not None:
+        responses["422"] = _problem("A field of the request is invalid; each one is named.", ValidationProblem)
+    counted = guard is not None and (guard[0] == "scopes" or _rate_limited(_public_call(route)))
+    if counted:
+        responses["429"] = _problem("Too many requests from this caller or address.",
+                                    headers={"Retry-After": "Seconds until the limit resets."})
+        # Counting a request needs Redis: when it (or the route's own store) is away, the answer is 503.
+        responses["503"] = _problem("A store or service the operation needs is unavailable; retry.")
+    return responses
+
+
+def _public_call(route: RouteContext) -> Callable[..., Any] | None:
+    # The public() dependency of a route, to read how it was declared (route_guard says only that it is public).
+    stack = list(route.dependant.dependencies)
+    while stack:
+        dep = stack.pop()
+        if getattr(dep.call, "nexus_public", False):
+            return dep.call
+        stack.extend(dep.dependencies)
+    return None
+
+
+def document_problems(app: FastAPI) -> None:
+    """Declare in ``app``'s OpenAPI document the problem+json responses of every operation, with their schemas.
+
+    What a route declares itself (``responses=``, its success status) is kept; FastAPI's default 422
+    (application/json, HTTPValidationError) is replaced by the problem+json one the edge really sends.
+    """
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = generate()
+        by_operation = {(rc.path_format, m.lower()): rc for rc in api_routes(app.routes) for m in rc.methods or ()}
+        for path, operations in schema.get("paths", {}).items():
+            for method, operation in operations.items():
+                route = by_operation.get((path, method))
+                if route is None:
+                    continue
+                guard = route_guard(route)
+                if guard and guard[0] == "scopes":
+                    # Said once here for clients and contract checks: security alone cannot tell a guarded
+                    # operation from a public one that reads a credential itself (logout).
+                    operation["x-required-scopes"] = list(guard[1])
+                declared = operation.setdefault("responses", {})
+                if "HTTPValidationError" in json.dumps(declared.get("422", {})):
+                    del declared["422"]
+                for status, response in problem_responses(route).items():
+                    declared.setdefault(status, response)
+                for status, response in declared.items():
+                    # An error a route declares itself (``responses={401: {"description": ...}}``) is a problem too.
+                    if status[:1] in "45" and "content" not in response:
+                        response.update({**_problem(response.get("description", "")), **response})
+                operation["responses"] = dict(sorted(declared.items()))
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        for model in (ProblemDetails, ValidationProblem):
+            model_schema = model.model_json_schema(ref_template=_REF + "{model}", by_alias=True)
+            components.update(model_schema.pop("$defs", {}))
+            components[model.__name__] = model_schema
+        if "HTTPValidationError" not in json.dumps(schema["paths"]):
+            components.pop("HTTPValidationError", None)
+            components.pop("ValidationError", None)
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

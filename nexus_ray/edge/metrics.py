@@ -41,3 +41,53 @@ def observe(namespace: str, route: str, method: str, status: int, seconds: float
         _tag_cache[key] = tags
     REQUESTS.inc(1, tags=tags)
     LATENCY.observe(seconds, tags=tags)
+
+
+# WebSocket connections: labelled by route template like the HTTP ones; a connection's
+# close code is known only when it ends, so it labels the closed count and the duration.
+_WS_TAGS = ("namespace", "service", "route")
+
+WS_OPENED = Counter(
+    "nexus_ws_connections_opened_total",
+    description="WebSocket connections accepted by the platform's ingresses.",
+    tag_keys=_WS_TAGS,
+)
+WS_CLOSED = Counter(
+    "nexus_ws_connections_closed_total",
+    description="WebSocket connections ended, by close code (refused handshakes included: 'denied').",
+    tag_keys=(*_WS_TAGS, "code"),
+)
+WS_MESSAGES = Counter(
+    "nexus_ws_messages_total",
+    description="WebSocket messages received (direction=in) and sent (direction=out).",
+    tag_keys=(*_WS_TAGS, "direction"),
+)
+WS_DURATION = Histogram(
+    "nexus_ws_connection_duration_seconds",
+    description="Time from a WebSocket connection's acceptance to its end, seconds.",
+    boundaries=[0.1, 1.0, 10.0, 60.0, 300.0, 900.0, 3600.0, 4 * 3600.0, 24 * 3600.0],
+    tag_keys=(*_WS_TAGS, "code"),
+)
+
+
+def ws_tags(namespace: str, route: str) -> dict[str, str]:
+    """The tags of one WebSocket route's metrics (computed once per connection)."""
+    return {"namespace": namespace, "service": service_of(route), "route": route}
+
+
+def ws_opened(tags: dict[str, str]) -> None:
+    """Record one accepted connection."""
+    WS_OPENED.inc(1, tags=tags)
+
+
+def ws_message(tags: dict[str, str], direction: str) -> None:
+    """Record one message, ``direction`` "in" (from the client) or "out"."""
+    WS_MESSAGES.inc(1, tags={**tags, "direction": direction})
+
+
+def ws_closed(tags: dict[str, str], code: str, seconds: float | None) -> None:
+    """Record one ended connection; ``seconds`` is None for one never accepted."""
+    closed = {**tags, "code": code}
+    WS_CLOSED.inc(1, tags=closed)
+    if seconds is not None:
+        WS_DURATION.observe(seconds, tags=closed)

@@ -2,6 +2,11 @@
 
 Pure ASGI rather than ``BaseHTTPMiddleware`` because it sits on every request of
 every ingress: it adds no task or stream copy per request.
+
+A WebSocket connection gets the same: a request id for its whole life (every log line
+of its messages carries it; it is echoed in the handshake response), connection and
+message metrics by route template and close code, and the per-connection message
+limit. Authentication is the route's guard (:mod:`nexus_ray.edge.websocket`).
 """
 
 from __future__ import annotations
@@ -12,13 +17,19 @@ import time
 import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.websockets import WebSocketDisconnect
 
+from nexus_ray.config import get_settings
 from nexus_ray.edge import metrics
 from nexus_ray.edge.errors import problem_response
 from nexus_ray.exceptions import PayloadTooLarge
 from nexus_ray.logs import request_id_var
 
 log = logging.getLogger("nexus_ray.access")
+
+#: Scope key of a WebSocket connection's ``async close(code, reason)`` that ends it from outside
+#: the endpoint (the message limit, the guard's re-check): the endpoint sees the client leave.
+EDGE_CLOSE = "nexus.edge_close"
 _VALID_RID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 
@@ -37,6 +48,7 @@ class EdgeMiddleware:
         max_body_bytes: int,
         echo_request_id: bool = True,
         templates: dict[tuple[object, str], str] | None = None,
+        ws_messages_per_minute: int | None = None,
     ) -> None:
         self.app = app
         # (endpoint, first path segment) -> full route template: metrics are labelled with
@@ -47,15 +59,17 @@ class EdgeMiddleware:
         self.echo_request_id = echo_request_id
         self.namespace = namespace
         self.max_body = max_body_bytes
+        self.ws_messages_per_minute = ws_messages_per_minute or get_settings().ws_messages_per_minute
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
-            await self.app(scope, receive, send)
+            if scope["type"] == "websocket":
+                await self._websocket(scope, receive, send)
+            else:
+                await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
-        rid = headers.get(b"x-request-id", b"").decode("latin-1")
-        if not _VALID_RID.match(rid):
-            rid = uuid.uuid4().hex
+        rid = _request_id(headers)
         token = request_id_var.set(rid)
         start = time.perf_counter()
         status = 500
@@ -101,6 +115,95 @@ class EdgeMiddleware:
                 )
             request_id_var.reset(token)
 
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        rid = _request_id(dict(scope["headers"]))
+        token = request_id_var.set(rid)
+        limit = self.ws_messages_per_minute
+        tags: dict[str, str] | None = None
+        accepted_at: float | None = None
+        code: int | str = "denied"
+        closed = False  # a close went out or the client left: nothing more may be sent
+        failed = False  # ended by an error on this side (1011), not by a client that sent 1011
+        window, in_window = float("-inf"), 0
+
+        async def edge_close(close_code: int, reason: str) -> None:
+            nonlocal closed, code
+            if not closed:
+                code, closed = close_code, True
+                await send({"type": "websocket.close", "code": close_code, "reason": reason})
+
+        scope[EDGE_CLOSE] = edge_close
+
+        def route_tags() -> dict[str, str]:
+            nonlocal tags
+            if tags is None:  # the route is matched (scope["route"] set) before anything is sent
+                tags = metrics.ws_tags(self.namespace, self._template(scope))
+            return tags
+
+        async def ws_receive() -> Message:
+            nonlocal closed, code, window, in_window
+            message = await receive()
+            if message["type"] == "websocket.receive":
+                metrics.ws_message(route_tags(), "in")
+                now = time.monotonic()
+                if now - window >= 60:  # a window opens with the first message after the last one ended
+                    window, in_window = now, 0
+                in_window += 1
+                if in_window > limit and not closed:
+                    # The edge ends the connection; the endpoint sees the client leave with 4429.
+                    reason = f"more than {limit} messages a minute"
+                    await edge_close(4429, reason)
+                    return {"type": "websocket.disconnect", "code": 4429, "reason": reason}
+            elif message["type"] == "websocket.disconnect" and not closed:
+                code, closed = message.get("code", 1005), True
+            return message
+
+        async def ws_send(message: Message) -> None:
+            nonlocal closed, code, accepted_at, failed
+            kind = message["type"]
+            if closed:
+                if kind == "websocket.send":
+                    # What a server raises when the peer is gone: Starlette turns it into WebSocketDisconnect.
+                    raise OSError("the WebSocket connection is closed")
+                if kind == "websocket.close":
+                    return
+            if kind == "websocket.accept":
+                accepted_at = time.perf_counter()
+                code = 1006  # until a close says otherwise
+                # Serve's RequestIdMiddleware does not echo it on a WebSocket: this is the only echo.
+                message = {**message, "headers": [*message.get("headers", []), (b"x-request-id", rid.encode())]}
+                metrics.ws_opened(route_tags())
+            elif kind == "websocket.send":
+                metrics.ws_message(route_tags(), "out")
+            elif kind == "websocket.close":
+                closed = True
+                if accepted_at is not None:  # closed before acceptance, it stays "denied"
+                    code = message.get("code", 1000)
+                    failed = code == 1011
+            await send(message)
+
+        try:
+            await self.app(scope, ws_receive, ws_send)
+        except WebSocketDisconnect:
+            pass  # the client left while the endpoint was sending: not an error
+        except Exception:
+            log.exception("unhandled error on WebSocket %s", self._template(scope))
+            failed = True
+            if not closed:
+                code, closed = 1011, True
+                await send({"type": "websocket.close", "code": 1011, "reason": "internal error"})
+        finally:
+            seconds = None if accepted_at is None else time.perf_counter() - accepted_at
+            metrics.ws_closed(route_tags(), str(code), seconds)
+            if failed or log.isEnabledFor(logging.DEBUG):
+                log.log(
+                    logging.ERROR if failed else logging.DEBUG,
+                    "websocket",
+                    extra={"route": route_tags()["route"], "code": code,
+                           "ms": None if seconds is None else round(seconds * 1000, 2)},
+                )
+            request_id_var.reset(token)
+
     def _template(self, scope: Scope) -> str:
         endpoint = scope.get("endpoint")
         if endpoint is None:
@@ -108,4 +211,10 @@ class EdgeMiddleware:
         path = scope["path"][len(scope.get("root_path", "")):]
         first = path.split("/", 2)[1] if path.count("/") >= 1 else ""
         found = self.templates.get((endpoint, first))
-        return found or getattr(scope.get("route"), "path", "unmatched")
+        return found or str(getattr(scope.get("route"), "path", None) or "unmatched")
+
+
+def _request_id(headers: dict[bytes, bytes]) -> str:
+    """The client's (or Serve's) request id when well-formed, else a new one."""
+    rid = headers.get(b"x-request-id", b"").decode("latin-1")
+    return rid if _VALID_RID.match(rid) else uuid.uuid4().hex

@@ -2,11 +2,18 @@
 
 The same round trip also checks the revocation list (:mod:`nexus_ray.edge.revocations`)
 for the token presented, so admitting an authenticated request costs one Redis call.
+
+Failed authentications have a budget of their own per client address (:func:`failed`), far
+lower than the request budget. Once an address has spent it, the replica that saw it refuses
+that address's credentials at once (:func:`refuse_failing`) until the window ends, without a
+store or a signature check: a flood of forged tokens costs a dictionary lookup per request.
 """
 
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Sequence
 
 from nexus_ray.exceptions import RateLimited, Unauthorized
 from nexus_ray.stores.cache import redis_client, script
@@ -42,7 +49,7 @@ return {over, wait}
 """
 
 async def admit(
-    limits: list[tuple[str, str, int]], *, revocation_keys: list[str] = (), issued_at: int | None = None
+    limits: list[tuple[str, str, int]], *, revocation_keys: Sequence[str] = (), issued_at: int | None = None
 ) -> None:
     """Count one request against each ``(scope, identity, per_minute)`` and check the token's revocation keys.
 
@@ -56,6 +63,39 @@ async def admit(
         raise Unauthorized("token revoked")
     if over:
         raise RateLimited.retry_after(int(wait) if int(wait) > 0 else WINDOW_S, limits[int(over) - 1][0])
+
+
+#: Client addresses over their failed-authentication budget, as this replica learnt from Redis:
+#: address -> monotonic time their window ends. Bounded; Redis stays the authority.
+_failing: dict[str, float] = {}
+_FAILING_MAX = 10_000
+_FAILURES = "address (failed authentications)"
+
+
+def refuse_failing(address: str) -> None:
+    """Raise RateLimited if this replica saw ``address`` spend its failed-authentication budget this window."""
+    until = _failing.get(address)
+    if until is None:
+        return
+    left = until - time.monotonic()
+    if left > 0:
+        raise RateLimited.retry_after(math.ceil(left), _FAILURES)
+    del _failing[address]
+
+
+async def failed(address: str, per_minute: int) -> None:
+    """Count one failed authentication of ``address``; raise RateLimited once it made more than ``per_minute``."""
+    try:
+        await admit([("authfail", address, per_minute)])
+    except RateLimited as exc:
+        wait = exc.extra["retry_after"]
+        if len(_failing) >= _FAILING_MAX:
+            now = time.monotonic()
+            for stale in [a for a, t in _failing.items() if t <= now]:
+                del _failing[stale]
+        if len(_failing) < _FAILING_MAX:
+            _failing[address] = time.monotonic() + wait
+        raise RateLimited.retry_after(wait, _FAILURES) from None
 
 
 async def hit(limits: list[tuple[str, str, int]]) -> None:

@@ -6,9 +6,18 @@ from PostgreSQL), parsed once, in a :class:`KeyRing`. The ring is re-read
 
 * in the background once it is older than ``jwks_cache_s`` -- how a replica learns that a key
   was rotated (its ``retires_at``) or revoked elsewhere; and
-* at once when a token names a key id the ring does not know (a key made current in another
-  replica), at most once per ``jwks_refresh_min_s``: tokens with made-up key ids wait for the
-  next allowed read, shared by all of them, instead of each causing one.
+* when a token names a key id the ring does not know (a key made current in another replica),
+  in the background, no sooner than ``jwks_refresh_min_s`` after the previous read and one read
+  at a time, however many such tokens arrive.
+
+A token naming an unknown key id is refused at once (401): it never waits for that read (only
+the first tokens a replica sees wait for its first read, which it cannot do without). Until
+the read, a replica cannot tell a made-up key id from a key made current elsewhere, and waiting
+is what let a flood of made-up key ids hold every request slot for a second each. So the first
+tokens of a freshly rotated key are refused by a replica that has not read the key yet -- for
+the few milliseconds of the read it starts, or up to ``jwks_refresh_min_s`` while made-up key
+ids are being sent -- and accepted from then on, so the same token sent again gets through.
+Rotations are rare and planned, floods are not: a short refusal after a rotation is the price.
 
 A token is accepted only with the algorithm of the key its ``kid`` names (RS256, ES256 or
 EdDSA), so ``alg: none``, HMAC with a public key as secret and alg/key mix-ups are refused.
@@ -18,6 +27,10 @@ the ring enforces itself between reads; then its tokens stop verifying.
 Issuing: :func:`issue` signs platform claims with the current key loaded in this process by
 :func:`prepare` (the ``nexus token`` command and the tests' ``bearer`` fixture). Services
 sign through key-service itself (``await keys.sign(claims)``).
+
+The edge stands below the services: it never imports key-service. Key-service is registered
+as the edge's :class:`KeySource` at start-up (:func:`use_key_source`, called by
+:func:`nexus_ray.deployments.wiring.wire_edge`).
 """
 
 from __future__ import annotations
@@ -30,7 +43,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import jwt
 
@@ -127,7 +140,7 @@ class KeyRing:
         return _decode(token, alg, key)
 
     async def verify(self, token: str) -> dict[str, Any]:
-        """:meth:`check`, reading the keys again first when the token names a key id the ring lacks.
+        """:meth:`check`, starting a background read of the keys when the token names a key id the ring lacks.
 
         A token that verified once is remembered until it expires: a client presents the same
         token on every call for its lifetime, and its signature cannot change. A remembered
@@ -152,11 +165,16 @@ class KeyRing:
         alg, kid = header_of(token)
         self._refresh_if_stale()
         key = self._keys.get(kid)
-        if key is None:
-            await self.refresh(min_interval=get_settings().jwks_refresh_min_s)
+        if key is None and self._loaded_at == float("-inf"):
+            # A replica that has not read the keys yet knows no key id at all: its first tokens
+            # wait for that one read (shared, as every read) instead of all being refused.
+            self._refresh_in_background(get_settings().jwks_refresh_min_s)
+            if self._background is not None:  # a request that goes away leaves the read running
+                await asyncio.shield(self._background)
             key = self._keys.get(kid)
-            if key is None:
-                raise Unauthorized("token signed by an unknown key")
+        if key is None:
+            self._refresh_in_background(get_settings().jwks_refresh_min_s)
+            raise Unauthorized("token signed by an unknown key")
         return kid, _decode(token, alg, key)
 
     def _get_lock(self) -> asyncio.Lock:
@@ -194,8 +212,14 @@ class KeyRing:
         now = self._clock()
         if now - self._loaded_at <= s.jwks_cache_s or now - self._last_read < s.jwks_refresh_min_s:
             return
+        self._refresh_in_background(0.0)
+
+    def _refresh_in_background(self, min_interval: float) -> None:
+        """Start a read of the keys unless one is already under way or waiting for its turn."""
         if self._background is None or self._background.done():
-            self._background = asyncio.get_running_loop().create_task(self.refresh(), name="jwks-refresh")
+            self._background = asyncio.get_running_loop().create_task(
+                self.refresh(min_interval=min_interval), name="jwks-refresh"
+            )
 
 
 def _decode(token: str, alg: str, key: VerificationKey) -> dict[str, Any]:
@@ -224,12 +248,35 @@ def _decode(token: str, alg: str, key: VerificationKey) -> dict[str, Any]:
         raise Unauthorized("invalid bearer token") from None
 
 
-async def load_platform_keys() -> list[dict[str, Any]]:
-    """The platform's verification keys, as key-service holds them in PostgreSQL."""
-    # Imported on use: the edge loads before any service module.
-    from nexus_ray.deployments.specialized.keys import service
+class KeySource(Protocol):
+    """What the edge needs of the service that holds the signing keys (key-service)."""
 
-    return await service.verification_keys("platform")
+    async def verification_keys(self, purpose: str = ...) -> list[dict[str, Any]]: ...
+
+    async def current_signer(self, alg: str = ..., *, purpose: str = ...) -> Any: ...
+
+    def sign_loaded(self, claims: dict[str, Any], *, alg: str = ..., purpose: str = ..., actor: str = ...) -> str: ...
+
+
+_source: KeySource | None = None
+
+
+def use_key_source(source: KeySource) -> None:
+    """Register where verification keys come from and who signs (done once at start-up)."""
+    global _source
+    _source = source
+
+
+def key_source() -> KeySource:
+    """The registered key source; RuntimeError if start-up did not register one."""
+    if _source is None:
+        raise RuntimeError("no key source is registered with the edge: call nexus_ray.deployments.wiring.wire_edge()")
+    return _source
+
+
+async def load_platform_keys() -> list[dict[str, Any]]:
+    """The platform's verification keys, as the key source (key-service, in PostgreSQL) holds them."""
+    return await key_source().verification_keys("platform")
 
 
 _ring = KeyRing(load_platform_keys)
@@ -272,9 +319,7 @@ def access_claims(
 
 async def prepare(alg: str = "ES256") -> None:
     """Load the current ``alg`` signing key into this process (creating the first one) for :func:`issue`."""
-    from nexus_ray.deployments.specialized.keys import service
-
-    await service.current_signer(alg, purpose="platform")
+    await key_source().current_signer(alg, purpose="platform")
 
 
 def issue(
@@ -291,7 +336,5 @@ def issue(
 
     ``ttl_s`` may be at most ``token_max_ttl_s`` (ValidationFailed naming ``exp`` otherwise).
     """
-    from nexus_ray.deployments.specialized.keys import service
-
     claims = access_claims(subject, scopes, ttl_s=ttl_s, kind=kind, extra=extra)
-    return service.sign_loaded(claims, alg=alg, purpose="platform", actor=actor)
+    return key_source().sign_loaded(claims, alg=alg, purpose="platform", actor=actor)

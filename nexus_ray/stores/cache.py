@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
 
 from nexus_ray.config import get_settings
 
@@ -29,10 +30,10 @@ def redis_client() -> aioredis.Redis:
     return _client
 
 
-_scripts: dict[str, object] = {}
+_scripts: dict[str, AsyncScript] = {}
 
 
-def script(body: str):
+def script(body: str) -> AsyncScript:
     """The Lua script ``body``, registered once per process; call it with ``keys=``, ``args=``, ``client=``.
 
     redis-py runs it by EVALSHA and loads it again if the server has lost it (a restart).

@@ -9,6 +9,12 @@ one on standby. The outbox is the durable log: when the broker loses its memory
 and replays the retained events. Consumers
 (:class:`EventConsumer`) are at-least-once and idempotent by event id, so replays
 and redeliveries are harmless.
+
+A consumer whose handler keeps failing on one event retries it a bounded number of
+times (``event_max_attempts``, counted in PostgreSQL), then moves it to its dead
+letters and goes on. Dead letters are listed with :func:`list_dead_letters` and
+replayed with :func:`request_replay`: the consumer delivers a requested replay to its
+handler once, in the transaction that marks it replayed.
 """
 
 from __future__ import annotations
@@ -16,17 +22,21 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, Literal
 
 import asyncpg
+import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from nexus_ray.config import get_settings
+from nexus_ray.exceptions import NotFound, ValidationFailed
+from nexus_ray.logs import redact
 from nexus_ray.stores import postgres
 
 log = logging.getLogger(__name__)
@@ -73,6 +83,38 @@ async def emit(
     return event_id
 
 
+async def emit_many(
+    conn: asyncpg.Connection,
+    topic: str,
+    items: list[tuple[str | None, dict[str, Any]]],
+    *,
+    headers: dict[str, str] | None = None,
+) -> list[uuid.UUID]:
+    """Record one event per ``(key, data)`` of ``items`` in one statement, in order (see :func:`emit`).
+
+    For changes that make many facts at once (a ledger batch): one round trip and one wake-up of
+    the relay instead of two per event.
+    """
+    if not conn.is_in_transaction():
+        raise RuntimeError("emit_many() must run inside the transaction of the change it reports")
+    if not items:
+        return []
+    raw = os.urandom(16 * len(items))  # one read of the random source for the lot, not one per event
+    ids = [uuid.UUID(bytes=raw[i:i + 16], version=4) for i in range(0, len(raw), 16)]
+    await conn.execute(
+        "INSERT INTO outbox (event_id, topic, key, payload, headers) "
+        "SELECT e, $2, k, p::jsonb, $5 FROM unnest($1::uuid[], $3::text[], $4::text[]) "
+        "WITH ORDINALITY AS u(e, k, p, n) ORDER BY n",
+        ids,
+        topic,
+        [k for k, _ in items],
+        [orjson.dumps(d).decode() for _, d in items],
+        headers or {},
+    )
+    await conn.execute(f"NOTIFY {_NOTIFY_CHANNEL}")
+    return ids
+
+
 def _encode(row: asyncpg.Record) -> tuple[bytes, bytes | None, list[tuple[str, bytes]]]:
     value = json.dumps(
         {
@@ -89,7 +131,7 @@ def _encode(row: asyncpg.Record) -> tuple[bytes, bytes | None, list[tuple[str, b
     return value, (row["key"].encode() if row["key"] is not None else None), headers
 
 
-def _decode(msg) -> Event:
+def _decode(msg: Any) -> Event:
     body = json.loads(msg.value)
     return Event(
         id=uuid.UUID(body["id"]),
@@ -244,6 +286,144 @@ class OutboxRelay:
 
 
 Handler = Callable[[asyncpg.Connection, Event], Awaitable[None]]
+Outcome = Literal["handled", "duplicate", "dead-lettered"]
+
+_MAX_BACKOFF_S = 60.0
+_ERROR_MESSAGE_CHARS = 1000
+_UNDECODABLE_CHARS = 65536
+
+# Claims the event for this consumer and, in the same statement, forgets its failed attempts: a
+# handled event needs no count, and this costs the handled path no extra round trip.
+_CLAIM = (
+    "WITH forget AS (DELETE FROM event_attempts WHERE consumer = $1 AND event_id = $2) "
+    "INSERT INTO processed_events (consumer, event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING true"
+)
+
+
+class HandlerFailed(Exception):
+    """A consumer's handler failed on an event that has attempts left; the cause is chained."""
+
+    def __init__(self, event_id: uuid.UUID, attempts: int) -> None:
+        super().__init__(event_id, attempts)
+        self.event_id = event_id
+        self.attempts = attempts
+
+    def __str__(self) -> str:
+        return f"handler failed on event {self.event_id} (attempt {self.attempts})"
+
+
+def _error_of(exc: BaseException) -> tuple[str, str]:
+    """The type and message of a handler's error as kept in the database: redacted and bounded."""
+    cls = type(exc)
+    name = cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    return name, redact(str(exc))[:_ERROR_MESSAGE_CHARS]
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """An event a consumer gave up on: the event whole, why, and where its replay stands."""
+
+    id: int
+    consumer: str
+    event_id: uuid.UUID
+    topic: str
+    key: str | None
+    data: dict[str, Any]
+    headers: dict[str, str]
+    occurred_at: datetime
+    attempts: int
+    error_type: str
+    error_message: str
+    first_failed_at: datetime
+    dead_at: datetime
+    status: Literal["dead", "replaying", "replayed"]
+    replay_requested_at: datetime | None
+    replayed_at: datetime | None
+
+    @property
+    def event(self) -> Event:
+        return Event(self.event_id, self.topic, self.key, self.data, self.occurred_at, self.headers)
+
+    @classmethod
+    def from_row(cls, row: asyncpg.Record) -> DeadLetter:
+        return cls(
+            id=row["id"],
+            consumer=row["consumer"],
+            event_id=row["event_id"],
+            topic=row["topic"],
+            key=row["key"],
+            data=row["payload"],
+            headers=row["headers"],
+            occurred_at=row["occurred_at"],
+            attempts=row["attempts"],
+            error_type=row["error_type"],
+            error_message=row["error_message"],
+            first_failed_at=row["first_failed_at"],
+            dead_at=row["dead_at"],
+            status=row["status"],
+            replay_requested_at=row["replay_requested_at"],
+            replayed_at=row["replayed_at"],
+        )
+
+
+DEAD_LETTER_PAGE_MAX = 1000
+"""Most dead letters :func:`list_dead_letters` returns at once (above the kit's page bound: its extra row fits)."""
+
+
+async def list_dead_letters(
+    *, consumer: str | None = None, after: int | None = None, limit: int = 50
+) -> list[DeadLetter]:
+    """Dead letters in the order they died, of one consumer (group) or of all.
+
+    Keyset-paged: pass the ``id`` of the last one of a page as ``after`` to get the next page;
+    a page shorter than ``limit`` is the last. With the kit's pages::
+
+        rows = await list_dead_letters(consumer=..., after=page.after_value(0), limit=page.fetch_limit)
+        return page.of(rows, key=lambda d: (d.id,))
+    """
+    if not 1 <= limit <= DEAD_LETTER_PAGE_MAX:
+        raise ValidationFailed.for_field("limit", f"must be between 1 and {DEAD_LETTER_PAGE_MAX}")
+    if after is not None and after < 0:
+        raise ValidationFailed.for_field("after", "must not be negative")
+    pg = await postgres.pool()
+    if consumer is None:
+        rows = await pg.fetch("SELECT * FROM dead_letters WHERE id > $1 ORDER BY id LIMIT $2", after or 0, limit)
+    else:
+        rows = await pg.fetch(
+            "SELECT * FROM dead_letters WHERE consumer = $1 AND id > $2 ORDER BY id LIMIT $3",
+            consumer,
+            after or 0,
+            limit,
+        )
+    return [DeadLetter.from_row(r) for r in rows]
+
+
+async def get_dead_letter(*, dead_letter_id: int) -> DeadLetter:
+    """One dead letter by its id; :class:`~nexus_ray.exceptions.NotFound` if there is none."""
+    pg = await postgres.pool()
+    row = await pg.fetchrow("SELECT * FROM dead_letters WHERE id = $1", dead_letter_id)
+    if row is None:
+        raise NotFound(f"no dead letter {dead_letter_id}")
+    return DeadLetter.from_row(row)
+
+
+async def request_replay(*, dead_letter_id: int) -> DeadLetter:
+    """Ask the dead letter's consumer to deliver it to its handler once more; returns it as it stands now.
+
+    Idempotent: a replay already requested or done is left as it is, so asking twice delivers
+    once. The consumer (any running replica of its group) delivers the event in the transaction
+    that marks it ``replayed``; when its handler fails again the letter is ``dead`` again, with
+    the new error, and may be replayed again.
+    """
+    pg = await postgres.pool()
+    row = await pg.fetchrow(
+        "UPDATE dead_letters SET status = 'replaying', replay_requested_at = now() "
+        "WHERE id = $1 AND status = 'dead' RETURNING *",
+        dead_letter_id,
+    )
+    if row is None:
+        return await get_dead_letter(dead_letter_id=dead_letter_id)
+    return DeadLetter.from_row(row)
 
 
 class EventConsumer:
@@ -251,14 +431,35 @@ class EventConsumer:
 
     ``handler(conn, event)`` runs inside a PostgreSQL transaction together with the
     record that the event was processed, so a redelivered event is skipped and a
-    handler failure leaves nothing half-written (the offset is not committed and
-    the event comes again).
+    handler failure leaves nothing half-written. A failed event is retried, after a
+    backoff during which only its partition waits, until it has failed ``max_attempts``
+    times (counted in PostgreSQL, across restarts); then it moves to the dead letters,
+    with the last error, and the consumer commits past it. A message that is not an event
+    (it cannot be decoded) goes to the dead letters at once. The consumer also delivers
+    the replays requested for its dead letters (:func:`request_replay`), looking for
+    them every ``replay_poll_s``.
     """
 
-    def __init__(self, group: str, topics: list[str], handler: Handler, **consumer_options: Any) -> None:
+    def __init__(
+        self,
+        group: str,
+        topics: list[str],
+        handler: Handler,
+        *,
+        max_attempts: int | None = None,
+        retry_backoff_s: float | None = None,
+        replay_poll_s: float = 5.0,
+        **consumer_options: Any,
+    ) -> None:
+        settings = get_settings()
         self.group = group
         self.topics = topics
         self.handler = handler
+        self.max_attempts = max_attempts if max_attempts is not None else settings.event_max_attempts
+        self.retry_backoff_s = retry_backoff_s if retry_backoff_s is not None else settings.event_retry_backoff_s
+        self.replay_poll_s = replay_poll_s
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
         self.options = {
             "enable_auto_commit": False,
             "auto_offset_reset": "earliest",
@@ -268,41 +469,230 @@ class EventConsumer:
         }
         self.handled = 0
         self.skipped = 0
+        self.dead_lettered = 0
+        self.replayed = 0
         self._stop = asyncio.Event()
 
     def stop(self) -> None:
         self._stop.set()
 
-    async def handle(self, event: Event) -> bool:
-        """Process one event exactly once in effect; False when it was a duplicate."""
+    async def handle(self, event: Event) -> Outcome:
+        """Process one event exactly once in effect; returns what came of it.
+
+        ``duplicate``: it was processed (or dead-lettered) before. ``dead-lettered``: the
+        handler failed on it for the last allowed time. A failure with attempts left raises
+        :class:`HandlerFailed` once the attempt is counted; any other error (the database
+        away) propagates as it is and counts no attempt.
+        """
+        failure: Exception | None = None
+        try:
+            async with postgres.transaction() as conn:
+                fresh = await conn.fetchval(_CLAIM, self.group, event.id)
+                if not fresh:
+                    self.skipped += 1
+                    return "duplicate"
+                try:
+                    await self.handler(conn, event)
+                except Exception as exc:
+                    failure = exc
+                    raise
+        except Exception:
+            if failure is None:
+                raise
+        if failure is None:
+            self.handled += 1
+            return "handled"
+        return await self._failed(event, failure)
+
+    async def _failed(self, event: Event, failure: Exception) -> Outcome:
+        """Count a failed attempt; at the last one, move the event to the dead letters (one transaction)."""
+        error_type, error_message = _error_of(failure)
         async with postgres.transaction() as conn:
-            fresh = await conn.fetchval(
-                "INSERT INTO processed_events (consumer, event_id) VALUES ($1, $2) "
-                "ON CONFLICT DO NOTHING RETURNING true",
+            counted = await conn.fetchrow(
+                "INSERT INTO event_attempts (consumer, event_id, attempts, error_type, error_message) "
+                "VALUES ($1, $2, 1, $3, $4) ON CONFLICT (consumer, event_id) DO UPDATE SET "
+                "attempts = event_attempts.attempts + 1, error_type = EXCLUDED.error_type, "
+                "error_message = EXCLUDED.error_message, last_failed_at = now() "
+                "RETURNING attempts, first_failed_at",
                 self.group,
                 event.id,
+                error_type,
+                error_message,
             )
-            if not fresh:
-                self.skipped += 1
-                return False
-            await self.handler(conn, event)
-        self.handled += 1
-        return True
+            attempts = counted["attempts"]
+            dead = attempts >= self.max_attempts
+            if dead:
+                await self._bury(conn, event, attempts, error_type, error_message, counted["first_failed_at"])
+        if dead:
+            self.dead_lettered += 1
+            log.error(
+                "consumer %s moved event %s (%s) to its dead letters after %d failed attempts: %s",
+                self.group, event.id, event.topic, attempts, error_type,
+            )
+            return "dead-lettered"
+        log.warning(
+            "consumer %s: handler failed on event %s (attempt %d of %d): %s",
+            self.group, event.id, attempts, self.max_attempts, error_type,
+        )
+        raise HandlerFailed(event.id, attempts) from failure
+
+    async def _bury(
+        self,
+        conn: asyncpg.Connection,
+        event: Event,
+        attempts: int,
+        error_type: str,
+        error_message: str,
+        first_failed_at: datetime,
+    ) -> None:
+        """Move ``event`` to this consumer's dead letters, on ``conn`` (in the caller's transaction)."""
+        await conn.execute(
+            "INSERT INTO dead_letters (consumer, event_id, topic, key, payload, headers, occurred_at, "
+            "attempts, error_type, error_message, first_failed_at) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (consumer, event_id) DO NOTHING",
+            self.group,
+            event.id,
+            event.topic,
+            event.key,
+            event.data,
+            event.headers,
+            event.occurred_at,
+            attempts,
+            error_type,
+            error_message,
+            first_failed_at,
+        )
+        # Processed, as far as delivery goes: a redelivery is skipped; only a replay runs it again.
+        await conn.execute(
+            "INSERT INTO processed_events (consumer, event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            self.group,
+            event.id,
+        )
+        await conn.execute("DELETE FROM event_attempts WHERE consumer = $1 AND event_id = $2", self.group, event.id)
+
+    async def _undecodable(self, msg: Any, failure: Exception) -> None:
+        """Move a message that is not an event of ours straight to the dead letters: reading it again cannot help.
+
+        It keeps its event id when its headers carry a valid one, else gets one derived from where it
+        lies in the log; its value is kept as text under ``undecodable``.
+        """
+        headers = {k: v.decode(errors="replace") for k, v in (msg.headers or [])}
+        try:
+            event_id = uuid.UUID(headers.get("event_id", ""))
+        except ValueError:
+            event_id = uuid.uuid5(uuid.NAMESPACE_URL, f"kafka:{msg.topic}/{msg.partition}/{msg.offset}")
+        # PostgreSQL's jsonb refuses NUL characters, which arbitrary bytes may hold.
+        raw = (msg.value or b"").decode(errors="replace").replace("\x00", "\ufffd")
+        event = Event(
+            id=event_id,
+            topic=msg.topic,
+            key=msg.key.decode(errors="replace") if msg.key is not None else None,
+            data={"undecodable": raw[:_UNDECODABLE_CHARS]},
+            occurred_at=datetime.fromtimestamp(msg.timestamp / 1000, UTC),
+            headers=headers,
+        )
+        error_type, error_message = _error_of(failure)
+        async with postgres.transaction() as conn:
+            await self._bury(conn, event, 1, error_type, error_message, datetime.now(UTC))
+        self.dead_lettered += 1
+        log.error(
+            "consumer %s moved an undecodable message (%s, partition %d, offset %d) to its dead letters: %s",
+            self.group, msg.topic, msg.partition, msg.offset, error_type,
+        )
+
+    def backoff_s(self, attempts: int) -> float:
+        """Seconds to wait before the next attempt after ``attempts`` failures."""
+        return min(_MAX_BACKOFF_S, self.retry_backoff_s * 2 ** (attempts - 1))
+
+    async def deliver_replays(self) -> int:
+        """Deliver the replays requested for this consumer's dead letters; returns how many succeeded.
+
+        Each runs the handler in the transaction that marks the letter ``replayed`` (a row lock,
+        skipped by other replicas, makes it one delivery); a handler that fails again has its
+        writes undone and the letter goes back to ``dead`` with the new error.
+        """
+        delivered = 0
+        while not self._stop.is_set():
+            failure: Exception | None = None
+            async with postgres.transaction() as conn:
+                row = await conn.fetchrow(
+                    "SELECT * FROM dead_letters WHERE consumer = $1 AND status = 'replaying' "
+                    "ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED",
+                    self.group,
+                )
+                if row is None:
+                    break
+                letter = DeadLetter.from_row(row)
+                try:
+                    async with conn.transaction():  # a savepoint: a failure undoes the handler's writes only
+                        await self.handler(conn, letter.event)
+                except Exception as exc:
+                    failure = exc
+                    error_type, error_message = _error_of(exc)
+                    await conn.execute(
+                        "UPDATE dead_letters SET status = 'dead', attempts = attempts + 1, error_type = $2, "
+                        "error_message = $3, dead_at = now() WHERE id = $1",
+                        letter.id,
+                        error_type,
+                        error_message,
+                    )
+                else:
+                    await conn.execute(
+                        "UPDATE dead_letters SET status = 'replayed', replayed_at = now() WHERE id = $1", letter.id
+                    )
+            if failure is None:
+                delivered += 1
+                self.replayed += 1
+                log.info("consumer %s replayed dead letter %d (event %s)", self.group, letter.id, letter.event_id)
+            else:
+                log.warning(
+                    "consumer %s: replay of dead letter %d failed: %s", self.group, letter.id, type(failure).__name__
+                )
+        return delivered
 
     async def run(self) -> None:
-        """Consume until :meth:`stop`, committing offsets after each handled batch."""
+        """Consume until :meth:`stop`, committing offsets after each batch, retrying and dead-lettering failures."""
         consumer = AIOKafkaConsumer(
             *self.topics, bootstrap_servers=get_settings().kafka_bootstrap, group_id=self.group, **self.options
         )
         await consumer.start()
+        loop = asyncio.get_running_loop()
+        waiting: dict[TopicPartition, float] = {}  # partitions paused after a failure: when to resume them
+        next_replays = 0.0
         try:
             while not self._stop.is_set():
-                batches = await consumer.getmany(timeout_ms=500, max_records=200)
-                for _tp, messages in batches.items():
+                now = loop.time()
+                due = [tp for tp, at in waiting.items() if at <= now]
+                for tp in due:
+                    del waiting[tp]
+                if resumable := [tp for tp in due if tp in consumer.assignment()]:
+                    consumer.resume(*resumable)
+                if now >= next_replays:
+                    await self.deliver_replays()
+                    next_replays = loop.time() + self.replay_poll_s
+                wait_s = min([0.5, next_replays - now, *(at - now for at in waiting.values())])
+                batches = await consumer.getmany(timeout_ms=max(10, int(wait_s * 1000)), max_records=200)
+                done: dict[TopicPartition, int] = {}
+                for tp, messages in batches.items():
                     for msg in messages:
-                        await self.handle(_decode(msg))
-                if batches:
-                    await consumer.commit()
+                        try:
+                            event = _decode(msg)
+                        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                            await self._undecodable(msg, exc)
+                            done[tp] = msg.offset + 1
+                            continue
+                        try:
+                            await self.handle(event)
+                        except HandlerFailed as failed:
+                            if tp in consumer.assignment():
+                                # Fetch it again, after the backoff; the partition's later events wait behind it.
+                                consumer.seek(tp, msg.offset)
+                                consumer.pause(tp)
+                                waiting[tp] = loop.time() + self.backoff_s(failed.attempts)
+                            break
+                        done[tp] = msg.offset + 1
+                if done:
+                    await consumer.commit(done)
         finally:
             await consumer.stop()
 

@@ -4,26 +4,13 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 
 import httpx
-import psutil
 import pytest
 
 from nexus_ray.catalog import NAMESPACES, SERVICES
 
 pytestmark = pytest.mark.e2e
-
-
-def _poll(condition, timeout: float = 60.0, interval: float = 0.25):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(interval)
 
 
 def test_all_applications_running(platform, ray_cluster):
@@ -61,44 +48,59 @@ def test_refusals_are_problems_through_serve(platform, bearer):
         assert r.headers.get_list("x-request-id") == ["e2e-trace-1"]
 
 
-def test_request_metrics_exported(platform, ray_cluster, bearer):
-    with httpx.Client(base_url=platform, timeout=10) as c:
+def test_status_shows_health_only_services_as_such(platform):
+    """`nexus status`: the services with API routes read "ready", the ones that answer only health "health only"."""
+    from typer.testing import CliRunner
+
+    from nexus_ray.cli import app
+
+    result = CliRunner().invoke(app, ["status", "--api", platform], env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    rows = {line.split("│")[1].strip(): line for line in result.output.splitlines() if line.count("│") > 3}
+    assert "ready" in rows["auth-service"] and "health only" not in rows["auth-service"]
+    assert "health only" in rows["puabo-nuki-order-processor"]
+    assert "44/44 services ready" in result.output and "health only" in result.output.splitlines()[-1]
+
+
+async def test_request_metrics_exported(platform, ray_cluster, bearer, until):
+    async with httpx.AsyncClient(base_url=platform, timeout=10) as c:
         for _ in range(5):
-            c.get("/platform/v1/gateway/notice", headers=bearer("platform:gateway:read"))
+            await c.get("/platform/v1/gateway/notice", headers=bearer("platform:gateway:read"))
 
-    def exported():
-        text = httpx.get(ray_cluster.metrics_url, timeout=10).text
-        return [
-            line for line in text.splitlines()
-            if line.startswith("ray_nexus_http_requests_total") and 'namespace="platform"' in line
-            and 'route="/v1/gateway/notice"' in line and 'service="gateway"' in line
-        ]
+        async def exported():
+            text = (await c.get(ray_cluster.metrics_url)).text
+            return [
+                line for line in text.splitlines()
+                if line.startswith("ray_nexus_http_requests_total") and 'namespace="platform"' in line
+                and 'route="/v1/gateway/notice"' in line and 'service="gateway"' in line
+            ]
 
-    lines = _poll(exported, timeout=90, interval=2)
+        lines = await until(exported, within_s=90, every=2)
     assert any('status="200"' in line for line in lines)
 
 
-def test_killed_ingress_replica_recovers(platform, ray_cluster, bearer):
+async def test_killed_ingress_replica_recovers(platform, ray_cluster, bearer, until):
     from nexus_ray.runtime import cluster
 
     headers = bearer("platform:gateway:read")
     url = f"{platform}/platform/v1/gateway/notice"
-    assert httpx.get(url, headers=headers, timeout=10).status_code == 200
-    victim = next(p for p in cluster.processes(ray_cluster.temp_dir)
-                  if "ServeReplica:platform" in " ".join(p.cmdline()))
-    os.kill(victim.pid, signal.SIGKILL)
-    psutil.wait_procs([victim], timeout=10)
+    async with httpx.AsyncClient(timeout=10) as c:
+        assert (await c.get(url, headers=headers)).status_code == 200
+        victim = next(p for p in cluster.processes(ray_cluster.temp_dir)
+                      if "ServeReplica:platform" in " ".join(p.cmdline()))
+        os.kill(victim.pid, signal.SIGKILL)
+        await until(lambda: not victim.is_running(), within_s=10)
 
-    def served_by_new_replica():
-        try:
-            ok = httpx.get(url, headers=headers, timeout=5).status_code == 200
-        except httpx.HTTPError:
-            return False
-        replicas = [p for p in cluster.processes(ray_cluster.temp_dir)
-                    if "ServeReplica:platform" in " ".join(p.cmdline())]
-        return ok and replicas and all(p.pid != victim.pid for p in replicas)
+        async def served_by_new_replica():
+            try:
+                ok = (await c.get(url, headers=headers, timeout=5)).status_code == 200
+            except httpx.HTTPError:
+                return False
+            replicas = [p for p in cluster.processes(ray_cluster.temp_dir)
+                        if "ServeReplica:platform" in " ".join(p.cmdline())]
+            return ok and replicas and all(p.pid != victim.pid for p in replicas)
 
-    _poll(served_by_new_replica, timeout=120, interval=0.5)
-    codes = [httpx.get(url, headers=headers, timeout=10).status_code for _ in range(20)]
+        await until(served_by_new_replica, within_s=120, every=0.5)
+        codes = [(await c.get(url, headers=headers)).status_code for _ in range(20)]
     assert codes == [200] * 20
-    _poll(lambda: cluster.serve_status(ray_cluster.dashboard_url).get("platform") == "RUNNING", timeout=60)
+    await until(lambda: cluster.serve_status(ray_cluster.dashboard_url).get("platform") == "RUNNING", within_s=60)

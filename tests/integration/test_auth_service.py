@@ -10,9 +10,9 @@ import uuid
 import httpx
 import pytest
 
-from nexus_ray.config import get_settings
 from nexus_ray.deployments.auth.auth import lockout, sessions
 from nexus_ray.deployments.auth.auth.service import session_principal
+from nexus_ray.deployments.auth.auth.settings import settings as auth_settings
 from nexus_ray.edge.security import api_routes, route_guard
 from nexus_ray.stores.cache import redis_client
 
@@ -25,8 +25,8 @@ SECRETS: list[str] = []
 
 @pytest.fixture
 def settings(monkeypatch):
-    """The process's settings, for tests that shorten windows (restored afterwards)."""
-    s = get_settings()
+    """auth-service's settings, for tests that shorten windows (restored afterwards)."""
+    s = auth_settings()
     yield lambda **values: [monkeypatch.setattr(s, k, v) for k, v in values.items()]
 
 
@@ -82,7 +82,7 @@ async def test_every_route_is_guarded(apps, client, bearer):
         kind, scopes = route_guard(r)
         if kind == "public":
             continue
-        path = "/auth" + r.path.replace("{user_id}", str(uuid.uuid4())).replace("{session_id}", "0" * 64)
+        path = "/auth" + r.path.replace("{user_id}", str(uuid.uuid4())).replace("{session_id}", "0" * 72)
         path = path.replace("{username}", "someone").replace("{role}", "user").replace("{name}", "user")
         path = path.replace("{key_id}", "0" * 16)
         for method in r.methods - {"HEAD"}:
@@ -102,7 +102,7 @@ async def test_login_gives_an_opaque_session_the_edge_accepts(client):
     body = r.json()
     token = body["session_token"]
     assert token.startswith("nxs_") and token.count(".") == 0 and body["token_type"] == "session"
-    assert body["user_id"] == user["user_id"] and body["idle_timeout_s"] == get_settings().auth_session_idle_s
+    assert body["user_id"] == user["user_id"] and body["idle_timeout_s"] == auth_settings().auth_session_idle_s
 
     me = await client.get(f"{USERS}/me", headers=bearer_of(r))
     assert me.status_code == 200 and me.json()["user_id"] == user["user_id"]
@@ -243,44 +243,107 @@ async def test_sessions_are_listed_and_revoked_one_by_one(client):
     assert r.status_code == 422 and [e["field"] for e in r.json()["errors"]] == ["session_id"]
 
 
-async def test_password_change_keeps_this_session_and_ends_the_others(client):
-    user, password = await new_user(client)
+async def test_another_users_session_cannot_be_ended_by_its_id(client, bearer):
+    """Used to answer 204 and end the victim's session; now 404, as for an unknown id, and nothing ends."""
+    victim, victim_password = await new_user(client)
+    attacker, attacker_password = await new_user(client)
+    theirs = await login(client, victim["username"], victim_password)
+    mine = await login(client, attacker["username"], attacker_password)
+    r = await client.delete(f"{AUTH}/sessions/{theirs.json()['session_id']}", headers=bearer_of(mine))
+    assert r.status_code == 404 and r.headers["content-type"] == "application/problem+json"
+    unknown = await client.delete(f"{AUTH}/sessions/{'0' * len(theirs.json()['session_id'])}", headers=bearer_of(mine))
+    assert unknown.status_code == 404 and unknown.json()["detail"] == r.json()["detail"]
+    assert (await client.get(f"{USERS}/me", headers=bearer_of(theirs))).status_code == 200
+    # An administrator may end it, if it holds every scope of the owner (a lesser one may not).
+    lesser = bearer("auth:auth:admin", "auth:auth:write", subject="admin-1")
+    r = await client.delete(f"{AUTH}/sessions/{theirs.json()['session_id']}", headers=lesser)
+    assert r.status_code == 403 and [e["field"] for e in r.json()["errors"]] == ["user_id"]
+    r = await client.delete(f"{AUTH}/sessions/{theirs.json()['session_id']}",
+                            headers=bearer("auth:*", "platform:*", subject="admin-2"))
+    assert r.status_code == 204
+    assert (await client.get(f"{USERS}/me", headers=bearer_of(theirs))).status_code == 401
+
+
+async def credentials_of(client, user: dict, password: str) -> dict[str, dict[str, str]]:
+    """One credential of each kind the account can hold: two legacy sessions, a v2 token, an API key."""
     here = await login(client, user["username"], password, device="here")
     there = await login(client, user["username"], password, device="there")
+    v2 = (await client.post(f"{AUTH}/exchange", json={"session_token": there.json()["session_token"]})).json()
+    SECRETS.append(v2["access_token"])
+    r = await client.post(f"{USERS}/{user['user_id']}/api-keys", json={"name": "ci", "scopes": ["auth:users:read"]},
+                          headers=bearer_of(here))
+    assert r.status_code == 201, r.text
+    SECRETS.append(r.json()["key"])
+    creds = {"here": bearer_of(here), "there": bearer_of(there),
+             "v2": {"Authorization": f"Bearer {v2['access_token']}"}, "api key": {"X-API-Key": r.json()["key"]}}
+    for name, headers in creds.items():
+        assert (await client.get(f"{USERS}/{user['user_id']}", headers=headers)).status_code == 200, name
+    return creds
+
+
+async def still_working(client, user: dict, creds: dict) -> list[str]:
+    return [name for name, headers in creds.items()
+            if (await client.get(f"{USERS}/{user['user_id']}", headers=headers)).status_code != 401]
+
+
+async def test_password_change_ends_every_credential_and_signs_in_anew(client):
+    """Used to end only the other legacy sessions: v2 tokens and API keys kept working after the change."""
+    user, password = await new_user(client)
+    creds = await credentials_of(client, user, password)
     new_password = f"a new passphrase {uuid.uuid4().hex[:6]}"
     SECRETS.append(new_password)
 
+    here = creds["here"]
     r = await client.post(f"{AUTH}/password", json={"current_password": "wrong one entirely", "new_password":
-                                                    new_password}, headers=bearer_of(here))
+                                                    new_password}, headers=here)
     assert r.status_code == 422 and [e["field"] for e in r.json()["errors"]] == ["current_password"]
     r = await client.post(f"{AUTH}/password", json={"current_password": password, "new_password": "short"},
-                          headers=bearer_of(here))
+                          headers=here)
     assert r.status_code == 422 and [e["field"] for e in r.json()["errors"]] == ["new_password"]
     r = await client.post(f"{AUTH}/password", json={"current_password": password, "new_password": password},
-                          headers=bearer_of(here))
+                          headers=here)
     assert r.status_code == 422 and [e["field"] for e in r.json()["errors"]] == ["new_password"]
+    assert await still_working(client, user, creds) == list(creds)  # refused changes end nothing
 
     r = await client.post(f"{AUTH}/password", json={"current_password": password, "new_password": new_password},
-                          headers=bearer_of(here))
-    assert r.status_code == 200 and r.json() == {"sessions_revoked": 1}
-    assert (await client.get(f"{USERS}/me", headers=bearer_of(here))).status_code == 200
-    assert (await client.get(f"{USERS}/me", headers=bearer_of(there))).status_code == 401
+                          headers=here)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    SECRETS.append(body["session"]["session_token"])
+    assert (body["sessions_revoked"], body["api_keys_revoked"], body["grants_revoked"]) == (2, 1, 0)
+    assert await still_working(client, user, creds) == []  # the session that made the change too
+
+    # The caller was signed in anew: its new session works, and so does a v2 token exchanged from it at once.
+    fresh = {"Authorization": f"Bearer {body['session']['session_token']}"}
+    assert (await client.get(f"{USERS}/me", headers=fresh)).status_code == 200
+    v2 = await client.post(f"{AUTH}/exchange", json={"session_token": body["session"]["session_token"]})
+    SECRETS.append(v2.json()["access_token"])
+    assert (await client.get(f"{USERS}/me", headers={"Authorization": f"Bearer {v2.json()['access_token']}"})
+            ).status_code == 200
     assert (await login(client, user["username"], password)).status_code == 401
     assert (await login(client, user["username"], new_password)).status_code == 200
 
 
-async def test_admin_sets_a_password_and_ends_every_session(client, bearer):
+async def test_admin_reset_ends_every_credential_if_the_admin_outranks_the_account(client, bearer):
+    """An auth:auth:admin holder used to reset anyone's password, a platform administrator's included."""
     user, password = await new_user(client)
-    session = await login(client, user["username"], password)
+    creds = await credentials_of(client, user, password)
     new_password = f"set by an admin {uuid.uuid4().hex[:6]}"
     SECRETS.append(new_password)
+    lesser = bearer("auth:auth:admin", subject="admin-1")  # holds none of the account's own scopes
     r = await client.put(f"{AUTH}/users/{user['user_id']}/password", json={"new_password": new_password},
-                         headers=bearer("auth:auth:admin"))
-    assert r.status_code == 200 and r.json() == {"sessions_revoked": 1}
-    assert (await client.get(f"{USERS}/me", headers=bearer_of(session))).status_code == 401
+                         headers=lesser)
+    assert r.status_code == 403 and [e["field"] for e in r.json()["errors"]] == ["user_id"]
+    assert await still_working(client, user, creds) == list(creds)
+
+    admin = bearer("auth:*", "platform:*", subject="admin-2")
+    r = await client.put(f"{AUTH}/users/{user['user_id']}/password", json={"new_password": new_password},
+                         headers=admin)
+    assert r.status_code == 200, r.text
+    assert r.json() == {"sessions_revoked": 2, "api_keys_revoked": 1, "grants_revoked": 0}
+    assert await still_working(client, user, creds) == []
     assert (await login(client, user["username"], new_password)).status_code == 200
-    r = await client.put(f"{AUTH}/users/{user['user_id']}/password", json={"new_password": "weak"},
-                         headers=bearer("auth:auth:admin"))
+    r = await client.put(f"{AUTH}/users/{user['user_id']}/password", json={"new_password": "weak"}, headers=admin)
     assert r.status_code == 422 and [e["field"] for e in r.json()["errors"]] == ["new_password"]
 
 
@@ -294,7 +357,7 @@ async def test_exchange_gives_a_v2_token_with_the_users_scopes(client):
     body = r.json()
     SECRETS.append(body["access_token"])
     assert body["token_type"] == "Bearer" and body["access_token"].count(".") == 2
-    assert 0 < body["expires_in"] <= get_settings().auth_exchange_ttl_s
+    assert 0 < body["expires_in"] <= auth_settings().auth_exchange_ttl_s
     assert set(body["scope"].split()) == {"auth:users:read", "auth:users:write", "auth:auth:read", "auth:auth:write",
                                           "platform:sessions:read", "platform:sessions:write"}
     v2 = {"Authorization": f"Bearer {body['access_token']}"}
@@ -315,15 +378,18 @@ async def test_exchange_gives_a_v2_token_with_the_users_scopes(client):
     await client.post(f"{AUTH}/logout", headers=bearer_of(session))
     assert (await client.post(f"{AUTH}/exchange", json={"session_token": token})).status_code == 401
 
-    # A password change made with a v2 token (no session of its own) ends every legacy session.
+    # A password change made with a v2 token ends every legacy session, and that token.
     other = await login(client, user["username"], password)
     v2_token = (await client.post(f"{AUTH}/exchange", json={"session_token": other.json()["session_token"]})).json()
     SECRETS.append(v2_token["access_token"])
     new_password = f"changed via v2 {uuid.uuid4().hex[:6]}"
     SECRETS.append(new_password)
+    v2 = {"Authorization": f"Bearer {v2_token['access_token']}"}
     r = await client.post(f"{AUTH}/password", json={"current_password": password, "new_password": new_password},
-                          headers={"Authorization": f"Bearer {v2_token['access_token']}"})
-    assert r.status_code == 200 and r.json() == {"sessions_revoked": 1}
+                          headers=v2)
+    assert r.status_code == 200 and r.json()["sessions_revoked"] == 1
+    SECRETS.append(r.json()["session"]["session_token"])
+    assert (await client.get(f"{USERS}/me", headers=v2)).status_code == 401
 
 
 async def test_api_key_works_only_for_its_scopes(client):

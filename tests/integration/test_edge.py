@@ -6,62 +6,53 @@ every route a service adds is covered the day it is added.
 
 from __future__ import annotations
 
-import base64
 import json
-import time
 
-import jwt
 import pytest
+import sweep
 from fastapi import APIRouter, FastAPI
 from pydantic import BaseModel, Field
 
 from nexus_ray.config import get_settings
-from nexus_ray.deployments.specialized import keys
-from nexus_ray.edge import apikeys, tokens
-from nexus_ray.edge.security import api_routes, authorize, check_route_security, public, route_guard
+from nexus_ray.edge import apikeys
+from nexus_ray.edge.security import authorize, check_route_security, public
 
 pytestmark = pytest.mark.integration
 
 
-def _route_table(apps):
-    """(namespace, method, concrete path, guard) of every API route of every namespace app."""
-    table = []
-    for ns, app in apps.items():
-        for r in api_routes(app.routes):
-            path = r.path
-            for p in r.dependant.path_params:
-                path = path.replace("{" + p.name + "}", "x1")
-            for method in sorted(r.methods - {"HEAD"}):
-                table.append((ns, method, f"/{ns}{path}", route_guard(r)))
-    return table
-
-
-def _b64(obj) -> str:
-    return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
-
-
-async def _bad_tokens() -> dict[str, str]:
-    s = get_settings()
-    key = await keys.current_signer("ES256")
-    now = int(time.time())
-    base = {"iss": s.jwt_issuer, "aud": s.jwt_audience, "sub": "u1", "scope": "*", "iat": now, "exp": now + 60}
-    good = tokens.issue("u1", ["*"])
-    head, body, sig = good.split(".")
-    return {
-        "bad signature": f"{head}.{body}.{sig[:-6]}AAAAAA",
-        "expired": jwt.encode({**base, "exp": now - 300}, key.private_key, algorithm="ES256",
-                              headers={"kid": key.kid}),
-        "alg none": _b64({"alg": "none"}) + "." + _b64(base) + ".",
-        "wrong audience": jwt.encode({**base, "aud": "elsewhere"}, key.private_key, algorithm="ES256",
-                                     headers={"kid": key.kid}),
-        "garbage": "abc.def",
-    }
-
-
 async def test_every_route_is_guarded_or_explicitly_public(apps):
-    table = _route_table(apps)
+    table = sweep.route_table(apps)
     assert len(table) > 9 * 2
-    assert all(guard is not None for *_x, guard in table)
+    assert all(route.guard is not None for route in table)
+
+
+async def test_every_operation_declares_its_problems(apps):
+    """What the edge can answer is in each OpenAPI document: problem+json with its schema, by guard and input."""
+    for ns, app in apps.items():
+        doc = app.openapi()
+        schemas = doc["components"]["schemas"]
+        assert {"ProblemDetails", "ValidationProblem", "FieldError"} <= set(schemas), ns
+        assert "HTTPValidationError" not in json.dumps(doc), ns
+        for path, operations in doc["paths"].items():
+            for method, op in operations.items():
+                where, responses = (ns, method, path), op["responses"]
+                for status, response in responses.items():
+                    if status >= "400" and not (path == "/health/ready" and status == "503"):
+                        assert list(response["content"]) == ["application/problem+json"], (where, status)
+                if "x-required-scopes" in op:
+                    assert {"401", "403", "429", "503"} <= set(responses), where
+                    assert "WWW-Authenticate" in responses["401"]["headers"], where
+                params = {p["in"] for p in op.get("parameters", [])}
+                if params or "requestBody" in op:
+                    ref = responses["422"]["content"]["application/problem+json"]["schema"]["$ref"]
+                    assert ref.endswith("/ValidationProblem"), where
+                if "requestBody" in op:
+                    assert {"400", "404", "413"} <= set(responses), where
+                if "path" in params:
+                    assert "404" in responses, where
+    login = apps["auth"].openapi()["paths"]["/v1/auth/login"]["post"]["responses"]
+    assert {"401", "423", "429"} <= set(login) and "403" in login  # its own declarations, as problems too
+    assert "x-required-scopes" not in apps["auth"].openapi()["paths"]["/v1/auth/logout"]["post"]
 
 
 async def test_unguarded_route_refused_at_build():
@@ -78,27 +69,41 @@ async def test_unguarded_route_refused_at_build():
 
 
 async def test_authorization_sweep(client, apps, bearer):
-    """No token, bad signature, expired, alg none, wrong audience, wrong scope: 401/403 everywhere."""
-    bad = await _bad_tokens()
-    checked = 0
-    for _ns, method, path, guard in _route_table(apps):
-        if guard[0] == "public":
-            continue
-        scopes = guard[1]
-        r = await client.request(method, path)
-        assert r.status_code == 401, (path, r.status_code)
-        assert r.headers["content-type"] == "application/problem+json"
-        assert r.headers["www-authenticate"] == "Bearer"
-        for name, t in bad.items():
-            r = await client.request(method, path, headers={"Authorization": f"Bearer {t}"})
-            assert r.status_code == 401, (path, name, r.status_code)
-        r = await client.request(method, path, headers={"X-API-Key": "nxk_deadbeef_notarealkeynotarealkey00"})
-        assert r.status_code == 401, (path, "unknown api key")
-        r = await client.request(method, path, headers=bearer("nothing:useful"))
-        assert r.status_code == 403, (path, r.status_code)
-        assert r.json()["required_scopes"] == list(scopes)
-        checked += 1
-    assert checked >= 1
+    """No token, bad signature, expired, alg none, wrong audience, wrong scope: 401/403 on every guarded route;
+    every public one is on the allowlist. Every operation of the route table is checked, and the table holds
+    every operation of every namespace's OpenAPI document."""
+    table = sweep.route_table(apps)
+    documented = {(m.upper(), f"/{ns}{path}") for ns, app in apps.items()
+                  for path, ops in app.openapi()["paths"].items() for m in ops}
+    assert documented <= {(r.method, r.public_path) for r in table}
+    checked = await sweep.sweep_credentials(client, table, bearer)
+    assert checked == len(table)
+
+
+async def test_a_new_public_route_must_be_listed(client, apps, bearer):
+    """The allowlist is what makes a route public in the sweep: one more public() route fails it."""
+    table = sweep.route_table(apps)
+    extra = sweep.Route("platform", "GET", "/v1/gateway/openapi-extra", ("public", ()), ())
+    with pytest.raises(AssertionError, match=r"not on the allowlist.*openapi-extra"):
+        await sweep.sweep_credentials(client, [*table[:1], extra], bearer)
+
+
+async def test_another_users_objects_are_refused(client, apps, bearer):
+    """User B, holding every non-administrative scope, on each route that takes an object id of user A: 403/404.
+
+    Known failing on this branch until the services' ownership fixes land: DELETE /auth/v1/auth/sessions/{id}
+    and the pv-keys asset and access-key routes (issue 6, "Objects belong to someone", "pv-keys")."""
+    table = sweep.route_table(apps)
+    result = await sweep.sweep_ownership(client, apps, table, bearer)
+    assert result["checked"] == result["routes"] == sum(1 for r in table if r.params) + len(result["by body"])
+    assert "POST /specialized/v1/pv-keys/access-keys" in result["by body"]
+    # The generic creation found real objects of A for the routes it should (session-mgr needs Ray: not here).
+    for route in ("GET /auth/v1/users/{user_id}", "DELETE /auth/v1/auth/sessions/{session_id}",
+                  "GET /specialized/v1/pv-keys/assets/{asset_id}",
+                  "GET /specialized/v1/pv-keys/access-keys/{key_id}/status",
+                  "DELETE /auth/v1/users/{user_id}/api-keys/{key_id}"):
+        assert route in result["owned"], (route, result["not created"])
+    assert not result["failures"], "\n".join(result["failures"])
 
 
 async def test_directory_lists_all_44_services_ready(client, bearer):
@@ -108,6 +113,20 @@ async def test_directory_lists_all_44_services_ready(client, bearer):
     assert body["count"] == 44
     assert body["ready"] == 44, [s for s in body["services"] if not s["ready"]]
     assert r.headers["x-request-id"]
+
+
+async def test_directory_shows_the_routes_each_service_serves(client, bearer):
+    """A service that answers only health reads "health only", not "ready" like one that serves its API."""
+    from nexus_ray.catalog import service
+    from nexus_ray.deployments.health import route_count
+
+    r = await client.get("/platform/v1/gateway/services", headers=bearer("platform:gateway:read"))
+    services = {s["name"]: s for s in r.json()["services"]}
+    for name in ("auth-service", "auth-service-v2", "user-auth", "backend-api", "key-service"):
+        assert services[name]["routes"] > 0 and services[name]["state"] == "ready", services[name]
+    health_only = [s for s in services.values() if s["routes"] == 0]
+    assert health_only and all(s["state"] == "health only" for s in health_only)
+    assert all(s["routes"] == route_count(service(name)) for name, s in services.items())
 
 
 async def test_health_of_every_service(client):

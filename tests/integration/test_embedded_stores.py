@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
@@ -40,13 +40,6 @@ def store_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         yield directory
     finally:
         embedded.stop(directory, timeout=10.0)
-
-
-def _wait_for(condition: Callable[[], bool], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
 
 
 def _start_in_another_process(cwd: Path, data_dir: str) -> dict:
@@ -235,10 +228,10 @@ async def test_restart_kafka_keeps_the_bootstrap_address(store_dir: Path) -> Non
     await _round_trip(after.kafka_bootstrap)
 
 
-def test_a_dead_or_reused_pid_is_started_again(store_dir: Path) -> None:
+async def test_a_dead_or_reused_pid_is_started_again(store_dir: Path, until) -> None:
     before = embedded.start(store_dir)
     os.kill(before.pids["kafka"], signal.SIGKILL)
-    _wait_for(lambda: not embedded.status(store_dir)["kafka"]["alive"])
+    await until(lambda: not embedded.status(store_dir)["kafka"]["alive"], within_s=15)
     # As after a reboot: the recorded pid now belongs to some other live process.
     state_file = store_dir / "run" / "stores.json"
     state = json.loads(state_file.read_text())
@@ -259,7 +252,7 @@ def test_a_dead_or_reused_pid_is_started_again(store_dir: Path) -> None:
 
 
 @pytest.mark.asyncio
-async def test_postgres_comes_back_after_a_crash_with_a_stale_pid_file(store_dir: Path) -> None:
+async def test_postgres_comes_back_after_a_crash_with_a_stale_pid_file(store_dir: Path, until) -> None:
     before = embedded.start(store_dir)
     key = uuid.uuid4().hex
     connection = await asyncpg.connect(before.postgres_url)
@@ -268,7 +261,7 @@ async def test_postgres_comes_back_after_a_crash_with_a_stale_pid_file(store_dir
     await connection.close()
 
     os.kill(before.pids["postgres"], signal.SIGKILL)
-    _wait_for(lambda: not _pid_alive(before.pids["postgres"]))
+    await until(lambda: not _pid_alive(before.pids["postgres"]), within_s=15)
     # As after a reboot: postmaster.pid names a pid that another live program now has.
     pid_file = store_dir / "postgres" / "postmaster.pid"
     lines = pid_file.read_text().splitlines()

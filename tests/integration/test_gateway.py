@@ -59,3 +59,43 @@ async def test_openapi_index_is_public_and_complete(client):
     assert doc.status_code == 200
     paths = doc.json()["paths"]
     assert "/v1/order-processor/health/ready" in paths
+
+
+async def test_dead_letters_are_listed_and_replayed_by_an_admin(client, bearer):
+    import uuid
+    from datetime import UTC, datetime
+
+    from nexus_ray.stores import events
+
+    async def failing(conn, event):
+        raise KeyError("customer")
+
+    group = f"g-{uuid.uuid4().hex[:6]}"
+    consumer = events.EventConsumer(group, ["test.gateway"], failing, max_attempts=1)
+    for n in range(3):
+        event = events.Event(uuid.uuid4(), "test.gateway", None, {"n": n}, datetime.now(UTC), {})
+        assert await consumer.handle(event) == "dead-lettered"
+
+    admin = bearer("platform:gateway:admin", subject="ops-1")
+    url = "/platform/v1/gateway/dead-letters"
+    assert (await client.get(url, headers=bearer("platform:gateway:read"))).status_code == 403
+    seen, cursor = [], None
+    while True:
+        params = {"consumer": group, "limit": 2, **({"cursor": cursor} if cursor else {})}
+        page = (await client.get(url, params=params, headers=admin)).json()
+        seen += [(d["data"]["n"], d["status"], d["error_type"]) for d in page["items"]]
+        if not (cursor := page["next_cursor"]):
+            break
+    assert seen == [(0, "dead", "KeyError"), (1, "dead", "KeyError"), (2, "dead", "KeyError")]
+
+    first = (await client.get(url, params={"consumer": group, "limit": 1}, headers=admin)).json()["items"][0]
+    one = await client.get(f"{url}/{first['id']}", headers=admin)
+    assert one.status_code == 200 and one.json()["event_id"] == first["event_id"]
+    replayed = await client.post(f"{url}/{first['id']}/replay", headers=admin)
+    assert replayed.status_code == 200 and replayed.json()["status"] == "replaying"
+    again = await client.post(f"{url}/{first['id']}/replay", headers=admin)
+    assert again.json()["status"] == "replaying"  # asking twice is one replay
+    missing = await client.get(f"{url}/987654321", headers=admin)
+    assert missing.status_code == 404 and missing.headers["content-type"] == "application/problem+json"
+    bad = await client.get(f"{url}/0", headers=admin)
+    assert bad.status_code == 422 and [e["field"] for e in bad.json()["errors"]] == ["dead_letter_id"]

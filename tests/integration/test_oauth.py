@@ -26,6 +26,8 @@ from joserfc.jwk import KeySet
 
 from nexus_ray.catalog import NAMESPACES
 from nexus_ray.config import get_settings
+from nexus_ray.deployments.auth.auth.settings import settings as auth_settings
+from nexus_ray.edge import digests
 from nexus_ray.edge.security import api_routes, route_guard
 from nexus_ray.stores import postgres
 
@@ -302,7 +304,7 @@ async def test_sign_in_form_with_lockout_and_csrf(client, browser, meta, bearer)
     locker = browser()
     page = await locker.get(url)
     statuses = []
-    for _ in range(get_settings().auth_lockout_threshold + 1):
+    for _ in range(auth_settings().auth_lockout_threshold + 1):
         csrf = page.text.split('name="csrf_token" value="', 1)[1].split('"', 1)[0]
         page = await locker.post(meta["authorization_endpoint"],
                                  data={**query(url), "csrf_token": csrf, "username": user["username"],
@@ -684,7 +686,7 @@ async def test_client_administration(client, meta, bearer):
     cid = created["client_id"]
     pg = await postgres.pool()
     stored = await pg.fetchval("SELECT secret_hash FROM oauth_clients WHERE client_id = $1", cid)
-    assert len(stored) == 32 and secret.encode() not in stored
+    assert len(stored) == digests.DIGEST_BYTES and secret.encode() not in stored
 
     r = await client.get(f"{OAUTH}/clients/{cid}", headers=admin)
     assert r.status_code == 200 and "client_secret" not in r.json()
@@ -716,6 +718,52 @@ async def test_client_administration(client, meta, bearer):
     with pytest.raises(OAuthError):
         await app_client(client, {**created, "client_secret": new_secret}).fetch_token(
             meta["token_endpoint"], grant_type="client_credentials")
+
+
+async def test_a_password_change_ends_the_sign_ins_at_clients(client, browser, meta, bearer):
+    """A changed password used to leave every OAuth sign-in working: its refresh token kept giving new tokens."""
+    registered = await register(client, bearer)
+    user, password = await new_user(client)
+    session = await session_of(client, user["username"], password)
+    oauth, token, _, _ = await sign_in(client, browser, meta, registered, scope="openid auth:users:read",
+                                       session=session)
+    assert (await client.get(f"{USERS}/me", headers=bearer_of(token["access_token"]))).status_code == 200
+    new_password = f"changed at once {uuid.uuid4().hex[:6]}"
+    SECRETS.append(new_password)
+    r = await client.post("/auth/v1/auth/password", json={"current_password": password, "new_password": new_password},
+                          headers={"Authorization": f"Bearer {session}"})
+    assert r.status_code == 200 and r.json()["grants_revoked"] == 1, r.text
+    SECRETS.append(r.json()["session"]["session_token"])
+    assert (await client.get(f"{USERS}/me", headers=bearer_of(token["access_token"]))).status_code == 401
+    with pytest.raises(OAuthError) as refused:
+        await oauth.refresh_token(meta["token_endpoint"], refresh_token=token["refresh_token"])
+    assert refused.value.error == "invalid_grant"
+
+    # Signing in again (the new session the change returned) works at once.
+    _, again, _, _ = await sign_in(client, browser, meta, registered, scope="openid auth:users:read",
+                                   session=r.json()["session"]["session_token"])
+    assert (await client.get(f"{USERS}/me", headers=bearer_of(again["access_token"]))).status_code == 200
+
+
+async def test_deleting_a_client_ends_its_access_tokens(client, browser, meta, bearer):
+    """Its access tokens, its users' and its own, used to pass the edge until they expired."""
+    registered = await register(client, bearer, grant_types=["authorization_code", "refresh_token",
+                                                              "client_credentials"],
+                                allowed_scopes=["auth:users:read", "platform:gateway:read"])
+    user, password = await new_user(client)
+    session = await session_of(client, user["username"], password)
+    _, users_token, _, _ = await sign_in(client, browser, meta, registered, scope="auth:users:read", session=session)
+    own = keep(await app_client(client, registered).fetch_token(meta["token_endpoint"],
+                                                               grant_type="client_credentials"))
+    notice = "/platform/v1/gateway/notice"
+    assert (await client.get(f"{USERS}/me", headers=bearer_of(users_token["access_token"]))).status_code == 200
+    assert (await client.get(notice, headers=bearer_of(own["access_token"]))).status_code == 200
+    r = await client.delete(f"{OAUTH}/clients/{registered['client_id']}", headers=bearer("*", subject="oauth-admin"))
+    assert r.status_code == 204
+    assert (await client.get(f"{USERS}/me", headers=bearer_of(users_token["access_token"]))).status_code == 401
+    assert (await client.get(notice, headers=bearer_of(own["access_token"]))).status_code == 401
+    # The user's own credentials are not the client's: they keep working.
+    assert (await client.get(f"{USERS}/me", headers={"Authorization": f"Bearer {session}"})).status_code == 200
 
 
 async def test_logs_hold_no_secrets(captured_logs):

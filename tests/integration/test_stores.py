@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import sys
 import uuid
+from datetime import UTC, datetime
 
 import asyncpg
 import pytest
 
 from nexus_ray.config import get_settings
+from nexus_ray.exceptions import NotFound, ValidationFailed
 from nexus_ray.stores import events, postgres
 
 pytestmark = pytest.mark.integration
@@ -105,42 +110,175 @@ async def test_relay_publishes_and_consumer_is_idempotent(relay, until):
         from datetime import datetime
 
         again = events.Event(ids[0], topic, row["key"], row["payload"], datetime.now(), {})
-        assert await consumer.handle(again) is False
+        assert await consumer.handle(again) == "duplicate"
         assert len(seen) == 10 and consumer.skipped >= 1
     finally:
         consumer.stop()
         await asyncio.wait_for(task, 30)
 
 
-async def test_failed_handler_leaves_nothing_and_event_comes_again(relay, until):
+def _consumer(topic: str, handler, *, group: str | None = None, **options) -> events.EventConsumer:
+    return events.EventConsumer(group or f"g-{uuid.uuid4().hex[:6]}", [topic], handler, session_timeout_ms=6000,
+                                heartbeat_interval_ms=500, **options)
+
+
+@contextlib.asynccontextmanager
+async def _running(consumer: events.EventConsumer):
+    task = asyncio.create_task(consumer.run())
+    try:
+        yield task
+    finally:
+        consumer.stop()
+        await asyncio.wait_for(task, 30)
+
+
+async def test_failed_handler_leaves_nothing_and_event_is_retried(relay, until):
     topic = f"test.flaky.{uuid.uuid4().hex[:6]}"
     p = await postgres.pool()
     await p.execute("CREATE TABLE IF NOT EXISTS t_effects (event_id uuid PRIMARY KEY)")
     attempts = {"n": 0}
+    effects_at_retry: list[int] = []
 
     async def handler(conn, event):
+        if attempts["n"] == 1:  # the retry: the first attempt's write must be gone
+            effects_at_retry.append(await p.fetchval("SELECT count(*) FROM t_effects WHERE event_id = $1", event.id))
         await conn.execute("INSERT INTO t_effects VALUES ($1)", event.id)
         attempts["n"] += 1
         if attempts["n"] == 1:
             raise RuntimeError("transient failure")
 
-    consumer = events.EventConsumer(f"g-{uuid.uuid4().hex[:6]}", [topic], handler,
-                                    session_timeout_ms=6000, heartbeat_interval_ms=500)
+    consumer = _consumer(topic, handler, max_attempts=3, retry_backoff_s=0.05)
     (event_id,) = await _emit_n(topic, 1)
-    # First run: the handler fails; the run stops with the error and nothing of it is kept.
-    with pytest.raises(RuntimeError, match="transient"):
-        await asyncio.wait_for(consumer.run(), 60)
-    assert attempts["n"] == 1
-    assert await p.fetchval("SELECT count(*) FROM t_effects WHERE event_id = $1", event_id) == 0
-    assert await p.fetchval("SELECT count(*) FROM processed_events WHERE event_id = $1", event_id) == 0
-    # A new run gets the same event again (its offset was never committed) and applies it once.
-    task = asyncio.create_task(consumer.run())
-    try:
-        await until(lambda: attempts["n"] == 2, within_s=60)
-    finally:
-        consumer.stop()
-        await asyncio.wait_for(task, 30)
+    # The failure is counted and retried in place: the consumer keeps running and applies the event once.
+    async with _running(consumer) as task:
+        await until(lambda: consumer.handled == 1, within_s=60)
+        assert not task.done()
+    assert attempts["n"] == 2 and effects_at_retry == [0]
     assert await p.fetchval("SELECT count(*) FROM t_effects WHERE event_id = $1", event_id) == 1
+    # A handled event keeps no count of its failures, and is not a dead letter.
+    assert await p.fetchval("SELECT count(*) FROM event_attempts WHERE event_id = $1", event_id) == 0
+    assert await events.list_dead_letters(consumer=consumer.group) == []
+
+
+async def test_event_that_keeps_failing_is_dead_lettered_and_later_events_flow(relay, until):
+    topic = f"test.poison.{uuid.uuid4().hex[:6]}"
+    p = await postgres.pool()
+    await p.execute("CREATE TABLE IF NOT EXISTS t_effects (event_id uuid PRIMARY KEY)")
+    calls: dict[int, int] = {}
+    handled: list[int] = []
+
+    async def handler(conn, event):
+        i = event.data["i"]
+        calls[i] = calls.get(i, 0) + 1
+        await conn.execute("INSERT INTO t_effects VALUES ($1)", event.id)
+        if i in (1, 3):
+            raise RuntimeError(f"cannot handle {i}; password=hunter2")
+        handled.append(i)
+
+    consumer = _consumer(topic, handler, max_attempts=3, retry_backoff_s=0.05)
+    async with _running(consumer):
+        ids = await _emit_n(topic, 5)
+        await until(lambda: sorted(handled) == [0, 2, 4] and consumer.dead_lettered == 2, within_s=90)
+    assert calls == {0: 1, 1: 3, 2: 1, 3: 3, 4: 1}
+    # The poison events left no effect, and they are processed as far as delivery goes: a redelivery is skipped.
+    poison = [ids[1], ids[3]]
+    assert await p.fetchval("SELECT count(*) FROM t_effects WHERE event_id = ANY($1)", poison) == 0
+    row = await p.fetchrow("SELECT * FROM outbox WHERE event_id = $1", ids[1])
+    again = events.Event(ids[1], topic, row["key"], row["payload"], row["created_at"], {})
+    assert await consumer.handle(again) == "duplicate" and calls[1] == 3
+    assert await p.fetchval("SELECT count(*) FROM event_attempts WHERE event_id = ANY($1)", poison) == 0
+
+    # Listed per consumer, in order, keyset-paged, with the last error (type and redacted message).
+    first = await events.list_dead_letters(consumer=consumer.group, limit=1)
+    second = await events.list_dead_letters(consumer=consumer.group, after=first[-1].id, limit=1)
+    assert await events.list_dead_letters(consumer=consumer.group, after=second[-1].id, limit=1) == []
+    assert [d.event_id for d in first + second] == poison
+    letter = first[0]
+    assert (letter.status, letter.attempts, letter.topic, letter.data) == ("dead", 3, topic, {"i": 1})
+    assert letter.error_type == "RuntimeError"
+    assert letter.error_message == "cannot handle 1; password=[redacted]"
+    assert await events.list_dead_letters(consumer=f"other-{consumer.group}") == []
+    assert {d.id for d in await events.list_dead_letters(limit=1000)} >= {letter.id, second[0].id}
+
+
+async def test_failed_attempts_are_counted_across_a_restart(relay, until):
+    topic = f"test.restart.{uuid.uuid4().hex[:6]}"
+    p = await postgres.pool()
+    calls = {"n": 0}
+
+    async def handler(conn, event):
+        calls["n"] += 1
+        raise ValueError("always")
+
+    group = f"g-{uuid.uuid4().hex[:6]}"
+    (event_id,) = await _emit_n(topic, 1)
+    counted = "SELECT attempts FROM event_attempts WHERE consumer = $1 AND event_id = $2"
+    first = _consumer(topic, handler, group=group, max_attempts=3, retry_backoff_s=30)
+    async with _running(first):
+        await until(lambda: p.fetchval(counted, group, event_id), within_s=60)
+    assert calls["n"] == 1 and first.dead_lettered == 0
+    # A new consumer of the group (a restart) goes on counting: one more failure each, the third is the last.
+    second = _consumer(topic, handler, group=group, max_attempts=3, retry_backoff_s=0.05)
+    async with _running(second):
+        await until(lambda: second.dead_lettered == 1, within_s=60)
+    assert calls["n"] == 3
+    (letter,) = await events.list_dead_letters(consumer=group)
+    assert letter.event_id == event_id and letter.attempts == 3 and letter.error_type == "ValueError"
+
+
+async def test_replay_delivers_a_dead_letter_once_per_request(relay, until):
+    topic = f"test.replay.{uuid.uuid4().hex[:6]}"
+    p = await postgres.pool()
+    await p.execute("CREATE TABLE IF NOT EXISTS t_effects (event_id uuid PRIMARY KEY)")
+    fixed = {"yes": False}
+    delivered: list[uuid.UUID] = []
+
+    async def handler(conn, event):
+        await conn.execute("INSERT INTO t_effects VALUES ($1)", event.id)
+        if not fixed["yes"]:
+            raise RuntimeError("not yet")
+        delivered.append(event.id)
+
+    consumer = _consumer(topic, handler, max_attempts=2, retry_backoff_s=0.05, replay_poll_s=0.2)
+    async with _running(consumer):
+        (event_id,) = await _emit_n(topic, 1)
+        await until(lambda: consumer.dead_lettered == 1, within_s=60)
+        (letter,) = await events.list_dead_letters(consumer=consumer.group)
+
+        # A replay while the handler still fails: the letter is dead again, one attempt more, nothing written.
+        assert (await events.request_replay(dead_letter_id=letter.id)).status == "replaying"
+        await until(lambda: _status_is(letter.id, "dead"), within_s=30)
+        assert (await events.get_dead_letter(dead_letter_id=letter.id)).attempts == 3
+        assert await p.fetchval("SELECT count(*) FROM t_effects WHERE event_id = $1", event_id) == 0
+
+        # Fixed: asked twice (a retried request), delivered once, in the transaction that marks it replayed.
+        fixed["yes"] = True
+        requests = await asyncio.gather(*(events.request_replay(dead_letter_id=letter.id) for _ in range(2)))
+        assert {r.status for r in requests} == {"replaying"}
+        await until(lambda: _status_is(letter.id, "replayed"), within_s=30)
+        again = await events.request_replay(dead_letter_id=letter.id)
+        assert again.status == "replayed" and again.replayed_at is not None
+        await until(lambda: consumer.replayed == 1)
+        for _ in range(3):  # further polls of the consumer find nothing to replay
+            await consumer.deliver_replays()
+    assert delivered == [event_id]
+    assert await p.fetchval("SELECT count(*) FROM t_effects WHERE event_id = $1", event_id) == 1
+    with pytest.raises(NotFound):
+        await events.request_replay(dead_letter_id=-1)
+
+
+async def _status_is(dead_letter_id: int, status: str) -> bool:
+    return (await events.get_dead_letter(dead_letter_id=dead_letter_id)).status == status
+
+
+async def test_dead_letter_listing_refuses_bad_paging(migrated):
+    for limit in (0, events.DEAD_LETTER_PAGE_MAX + 1):
+        with pytest.raises(ValidationFailed) as refused:
+            await events.list_dead_letters(limit=limit)
+        assert refused.value.extra["errors"][0]["field"] == "limit"
+    with pytest.raises(ValidationFailed) as refused:
+        await events.list_dead_letters(after=-5)
+    assert refused.value.extra["errors"][0]["field"] == "after"
 
 
 async def test_broker_restart_loses_no_committed_event(relay, data_dir, until):
@@ -186,3 +324,68 @@ async def test_only_one_relay_leads(migrated, until):
         a.stop()
         b.stop()
         await asyncio.wait_for(asyncio.gather(ta, tb), 30)
+
+
+async def _nexus(*args: str) -> tuple[int, str]:
+    """Run the `nexus` CLI on this session's stores (their URLs are in the environment); returns (status, output)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "nexus_ray.cli", *args, env={**os.environ, "COLUMNS": "250"},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 120)
+    return proc.returncode, out.decode()
+
+
+async def test_cli_lists_and_replays_dead_letters(migrated):
+    fixed = {"yes": False}
+
+    async def handler(conn, event):
+        if not fixed["yes"]:
+            raise KeyError("customer")
+
+    group = f"g-{uuid.uuid4().hex[:6]}"
+    consumer = events.EventConsumer(group, ["test.cli"], handler, max_attempts=1)
+    event = events.Event(uuid.uuid4(), "test.cli", None, {"n": 1}, datetime.now(UTC), {})
+    assert await consumer.handle(event) == "dead-lettered"
+    (letter,) = await events.list_dead_letters(consumer=group)
+
+    status, out = await _nexus("events", "dead-letters", "--consumer", group)
+    assert status == 0, out
+    assert str(letter.id) in out and str(event.id) in out and "KeyError: 'customer'" in out
+
+    status, out = await _nexus("events", "replay", str(letter.id))
+    assert status == 0 and "replay requested" in out, out
+    fixed["yes"] = True
+    assert await consumer.deliver_replays() == 1
+    status, out = await _nexus("events", "replay", str(letter.id))
+    assert status == 0 and "replayed at" in out, out
+    assert await consumer.deliver_replays() == 0
+
+    status, out = await _nexus("events", "replay", "987654321")
+    assert status == 2 and "no dead letter 987654321" in out, out
+    status, out = await _nexus("events", "dead-letters", "--limit", "0")
+    assert status == 2 and "limit" in out, out
+
+
+async def test_message_that_is_not_an_event_is_dead_lettered_at_once(relay, until):
+    from aiokafka import AIOKafkaProducer
+
+    topic = f"test.garbage.{uuid.uuid4().hex[:6]}"
+    seen: list[int] = []
+
+    async def handler(conn, event):
+        seen.append(event.data["i"])
+
+    producer = AIOKafkaProducer(bootstrap_servers=get_settings().kafka_bootstrap)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, b"\x00not json", key=b"k")
+    finally:
+        await producer.stop()
+    consumer = _consumer(topic, handler, max_attempts=3)
+    async with _running(consumer):
+        await _emit_n(topic, 2)
+        await until(lambda: seen == [0, 1], within_s=60)
+    (letter,) = await events.list_dead_letters(consumer=consumer.group)
+    assert letter.data == {"undecodable": "\ufffdnot json"} and letter.key == "k" and letter.attempts == 1
+    assert letter.error_type in ("json.decoder.JSONDecodeError", "UnicodeDecodeError")

@@ -10,6 +10,7 @@ import pytest
 
 from nexus_ray.deployments.auth.users import mail
 from nexus_ray.deployments.auth.users import service as users
+from nexus_ray.edge import digests
 from nexus_ray.stores import postgres
 from nexus_ray.stores.cache import redis_client
 
@@ -65,7 +66,8 @@ async def test_registration_sends_a_single_use_verification_code(client):
 
     pg = await postgres.pool()
     stored = await pg.fetch("SELECT token_hash FROM email_verifications WHERE user_id = $1", uuid.UUID(user["user_id"]))
-    assert len(stored) == 1 and len(stored[0]["token_hash"]) == 32 and code.encode() not in stored[0]["token_hash"]
+    assert len(stored) == 1 and len(stored[0]["token_hash"]) == digests.DIGEST_BYTES
+    assert code.encode() not in stored[0]["token_hash"]
 
     r = await client.post(f"{USERS}/verify-email", json={"token": code})
     assert r.status_code == 200, r.text
@@ -358,6 +360,79 @@ async def test_erasure_anonymises_and_revokes_everything_once(client, bearer):
     # The name and the address are free again.
     reborn, _ = await register(client, username=user["username"])
     assert reborn["user_id"] != uid
+
+
+async def api_key(client, user: dict, headers: dict, scopes: list[str]) -> dict[str, str]:
+    r = await client.post(f"{USERS}/{user['user_id']}/api-keys", json={"name": "k", "scopes": scopes}, headers=headers)
+    assert r.status_code == 201, r.text
+    SECRETS.append(r.json()["key"])
+    return {"X-API-Key": r.json()["key"]}
+
+
+async def test_disabling_an_account_refuses_its_keys_and_ends_its_tokens(client, bearer):
+    """There was no way to disable an account; a disabled owner's API keys used to keep working."""
+    user, password = await register(client)
+    uid = user["user_id"]
+    mine = await login(client, user["username"], password)
+    key = await api_key(client, user, mine, ["auth:users:read"])
+    v2 = await client.post("/auth/v1/auth/exchange", json={"session_token": mine["Authorization"][7:]})
+    SECRETS.append(v2.json()["access_token"])
+    token = {"Authorization": f"Bearer {v2.json()['access_token']}"}
+    for headers in (mine, key, token):
+        assert (await client.get(f"{USERS}/{uid}", headers=headers)).status_code == 200
+
+    r = await client.put(f"{USERS}/{uid}/status", json={"status": "disabled"}, headers=bearer(*ADMIN, subject="a-1"))
+    assert r.status_code == 403 and fields_of(r) == ["user_id"]  # holds less than the account
+    r = await client.put(f"{USERS}/{uid}/status", json={"status": "gone"}, headers=bearer("*", subject="root"))
+    assert r.status_code == 422 and fields_of(r) == ["status"]
+    r = await client.put(f"{USERS}/{uid}/status", json={"status": "disabled"}, headers=bearer("*", subject="root"))
+    assert r.status_code == 200 and r.json()["status"] == "disabled"
+    for headers in (mine, key, token):
+        assert (await client.get(f"{USERS}/{uid}", headers=headers)).status_code == 401
+    assert (await client.post(LOGIN, json={"username": user["username"], "password": password})).status_code == 403
+
+    r = await client.put(f"{USERS}/{uid}/status", json={"status": "active"}, headers=bearer("*", subject="root"))
+    assert r.status_code == 200 and r.json()["status"] == "active"
+    assert (await client.get(f"{USERS}/{uid}", headers=key)).status_code == 200  # the key works again
+    assert (await client.get(f"{USERS}/{uid}", headers=token)).status_code == 401  # ended tokens stay ended
+
+
+async def test_removing_a_role_takes_its_scopes_from_existing_keys(client, bearer):
+    """A key used to keep every scope it was created with, whatever became of its owner's roles."""
+    user, _ = await register(client)
+    uid = user["user_id"]
+    role = f"orders-{uuid.uuid4().hex[:6]}"
+    root = bearer("*", subject="root")
+    await client.put(f"{USERS}/roles/{role}", json={"scopes": ["auth:users:admin"]}, headers=root)
+    assert (await client.put(f"{USERS}/{uid}/roles/{role}", headers=root)).status_code == 200
+    key = await api_key(client, user, root, ["auth:users:admin", "auth:users:read"])
+    assert (await client.get(USERS, params={"limit": 1}, headers=key)).status_code == 200
+
+    narrow = bearer("auth:users:admin", subject="admin-2")
+    r = await client.delete(f"{USERS}/{uid}/roles/user", headers=narrow)  # holds less than the role
+    assert r.status_code == 403 and set(fields_of(r)) == {"role"}
+    assert (await client.delete(f"{USERS}/{uid}/roles/{role}", headers=root)).status_code == 204
+    r = await client.get(USERS, params={"limit": 1}, headers=key)
+    assert r.status_code == 403 and r.json()["required_scopes"] == ["auth:users:admin"]
+    assert (await client.get(f"{USERS}/{uid}", headers=key)).status_code == 200  # what the account still holds
+
+
+async def test_built_in_roles_cannot_be_emptied_or_stripped_by_a_lesser_admin(client, bearer):
+    """An administrator holding auth:users:admin used to empty `admin` and replace `identity-admin`."""
+    narrow = bearer(*ADMIN, subject="admin-2")
+    r = await client.put(f"{USERS}/roles/admin", json={"scopes": []}, headers=narrow)
+    assert r.status_code == 403 and set(fields_of(r)) == {"name"}
+    r = await client.put(f"{USERS}/roles/identity-admin", json={"scopes": ["auth:users:read"]}, headers=narrow)
+    assert r.status_code == 403 and set(fields_of(r)) == {"name"}
+    r = await client.put(f"{USERS}/roles/user", json={"scopes": []}, headers=bearer("*", subject="root"))
+    assert r.status_code == 422 and fields_of(r) == ["scopes"]
+    roles = {x["name"]: x["scopes"] for x in (await client.get(f"{USERS}/roles", headers=narrow)).json()}
+    assert roles["admin"] == ["*"] and "auth:auth:admin" in roles["identity-admin"] and roles["user"]
+    custom = f"c-{uuid.uuid4().hex[:6]}"
+    await client.put(f"{USERS}/roles/{custom}", json={"scopes": ["commerce:orders:read"]},
+                     headers=bearer("*", subject="root"))
+    r = await client.delete(f"{USERS}/roles/{custom}", headers=narrow)
+    assert r.status_code == 403 and set(fields_of(r)) == {"name"}
 
 
 async def test_no_secret_in_the_logs(captured_logs):

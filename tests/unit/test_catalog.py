@@ -1,10 +1,15 @@
 """The catalog is complete and the checked-in Serve config is exactly what it generates."""
 
+from pathlib import Path
+
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
 from nexus_ray import catalog
 from nexus_ray.runtime import serve_config
+
+# The project's copy of the shared service list: the tests read nothing outside the repository.
+SERVICES_MD = Path(__file__).resolve().parents[1] / "data" / "services.md"
 
 
 def test_44_services_in_9_namespaces():
@@ -15,9 +20,7 @@ def test_44_services_in_9_namespaces():
 
 
 def test_every_service_of_services_md_is_catalogued():
-    from pathlib import Path
-
-    text = (Path(__file__).resolve().parents[3] / "shared" / "SERVICES.md").read_text()
+    text = SERVICES_MD.read_text()
     rows = [line.split("|")[1:3] for line in text.splitlines() if line.startswith("| ") and line[2:3] != "-"]
     listed = {name.strip(): int(port) for name, port in rows if port.strip().isdigit()}
     assert listed == {s.name: s.port for s in catalog.SERVICES}

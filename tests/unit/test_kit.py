@@ -78,3 +78,11 @@ def test_unknown_dedicated_service_is_refused(monkeypatch):
     finally:
         monkeypatch.delenv("NEXUS_DEDICATED_SERVICES")
         get_settings.cache_clear()
+
+
+def test_finer_actions_and_their_refusal():
+    s = scopes_of("key-service")
+    assert s.action("decrypt") == "specialized:keys:decrypt"
+    for bad in ("", "a:b", "x y"):
+        with pytest.raises(ValueError):
+            s.action(bad)

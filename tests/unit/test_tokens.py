@@ -150,39 +150,68 @@ def test_replace_keeps_parsed_keys_and_drops_removed_ones():
     assert ring.kids == {es.kid}
 
 
-async def test_unknown_kid_reads_the_keys_again():
+class GatedLoad:
+    """A key loader whose reads can be held open: ``rows`` as they are when a read ends."""
+
+    def __init__(self, rows: list[dict]):
+        self.rows = rows
+        self.started: list[float] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    async def __call__(self) -> list[dict]:
+        self.started.append(time.monotonic())
+        await self.gate.wait()
+        return list(self.rows)
+
+
+async def test_unknown_kid_refused_at_once_then_learnt_in_the_background(until):
     es, fresh = KEYS["ES256"], crypto.generate("EdDSA")
-    rows = [_row(es)]
-
-    async def load():
-        return list(rows)
-
+    load = GatedLoad([_row(es)])
     ring = KeyRing(load)
     await ring.refresh()
-    rows.append(_row(fresh))  # made current elsewhere after this replica read its keys
-    claims = await ring.verify(_sign(fresh))
+    load.rows.append(_row(fresh))  # made current elsewhere after this replica read its keys
+    load.gate.clear()  # the read it causes cannot finish: the request must not be waiting on it
+    token = _sign(fresh)
+    with pytest.raises(Unauthorized, match="unknown key"):
+        await ring.verify(token)
+    await until(lambda: len(load.started) == 2)  # ... but it started one
+    load.gate.set()
+    await until(lambda: fresh.kid in ring.kids)
+    claims = await ring.verify(token)  # the same token, sent again, gets through
     assert claims["sub"] == "u1" and ring.reads == 2
 
 
-async def test_made_up_kids_share_one_read_per_interval(monkeypatch):
+async def test_a_replica_that_never_read_its_keys_waits_for_the_first_read():
+    # A fresh replica knows no key id yet: its first token is not "unknown", it waits for the read.
+    load = GatedLoad([_row(KEYS["ES256"])])
+    ring = KeyRing(load)
+    results = await asyncio.gather(*(ring.verify(_sign(KEYS["ES256"])) for _ in range(5)))
+    assert all(r["sub"] == "u1" for r in results) and ring.reads == 1
+    with pytest.raises(Unauthorized, match="unknown key"):  # once read, made-up kids are refused as before
+        await ring.verify(_sign(KEYS["ES256"], kid="made-up"))
+
+
+async def test_made_up_kids_are_refused_at_once_and_share_one_read_per_interval(monkeypatch, until):
     monkeypatch.setattr(get_settings(), "jwks_refresh_min_s", 0.3)
-    calls = []
-
-    async def load():
-        calls.append(time.monotonic())
-        return [_row(KEYS["ES256"])]
-
+    load = GatedLoad([_row(KEYS["ES256"])])
     ring = KeyRing(load)
     await ring.refresh()
+    load.gate.clear()  # every later read hangs: any request waiting on one would never return
     bogus = [_sign(KEYS["ES256"], kid=f"made-up-{i}") for i in range(50)]
     results = await asyncio.gather(*(ring.verify(t) for t in bogus), return_exceptions=True)
     assert all(isinstance(r, Unauthorized) and "unknown key" in r.detail for r in results)
-    assert len(calls) == 2  # the first read, then one shared by all 50
-    assert calls[1] - calls[0] >= 0.29
+    await until(lambda: len(load.started) == 2)  # one read for all 50, after its turn came
+    assert load.started[1] - load.started[0] >= 0.29
+    more = await asyncio.gather(*(ring.verify(t) for t in bogus), return_exceptions=True)
+    assert all(isinstance(r, Unauthorized) for r in more)
+    assert len(load.started) == 2  # still that one read, under way
+    load.gate.set()
+    await until(lambda: ring._background.done())
     # Verification of known kids never reads.
     for _ in range(20):
         await ring.verify(_sign(KEYS["ES256"]))
-    assert len(calls) == 2
+    assert len(load.started) == 2
 
 
 async def test_failed_read_keeps_the_keys():
@@ -201,7 +230,7 @@ async def test_failed_read_keeps_the_keys():
     assert ring.check(_sign(es))["sub"] == "u1"
 
 
-async def test_stale_ring_refreshes_in_the_background(monkeypatch):
+async def test_stale_ring_refreshes_in_the_background(monkeypatch, until):
     s = get_settings()
     monkeypatch.setattr(s, "jwks_cache_s", 10.0)
     monkeypatch.setattr(s, "jwks_refresh_min_s", 0.0)
@@ -220,8 +249,7 @@ async def test_stale_ring_refreshes_in_the_background(monkeypatch):
     assert ring.reads == 1
     now[0] += 11
     await ring.verify(token)  # served from the ring; a read starts in the background
-    await asyncio.sleep(0.01)
-    assert ring.reads == 2
+    await until(lambda: ring.reads == 2, within_s=5)
     with pytest.raises(Unauthorized, match="retired"):
         await ring.verify(token)
 

@@ -22,7 +22,10 @@ call is a plain function call; the readiness probes of the directory likewise.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from typing import Any
+
+from ray.serve.handle import DeploymentHandle
 
 from nexus_ray.catalog import service
 from nexus_ray.config import get_settings
@@ -42,13 +45,13 @@ def _in_serve() -> bool:
     return True
 
 
-def _ingress(namespace: str):
+def _ingress(namespace: str) -> DeploymentHandle:
     from ray import serve
 
     return serve.get_deployment_handle(ingress_deployment(namespace), app_name=namespace)
 
 
-async def _remote(awaitable, what: str) -> Any:
+async def _remote(awaitable: Awaitable[Any], what: str) -> Any:
     try:
         return await asyncio.wait_for(awaitable, get_settings().cross_call_timeout_s)
     except TimeoutError:

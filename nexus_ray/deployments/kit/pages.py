@@ -87,7 +87,7 @@ class PageRequest:
         return Page(items=items, next_cursor=encode_cursor(key(shown[-1])) if more and shown else None)
 
 
-def page_params(*, default: int = 50, maximum: int = 500):
+def page_params(*, default: int = 50, maximum: int = 500) -> Any:
     """Dependency: ``limit`` (1..maximum) and ``cursor`` query parameters as a :class:`PageRequest`."""
 
     def params(

@@ -1,8 +1,8 @@
 """A service's scopes, derived from the catalog: ``<namespace>:<slug>:read|write|admin``.
 
 Services never spell their scope strings: ``SCOPES = scopes_of("session-mgr")`` and then
-``authorize(SCOPES.read)``. A principal holding ``<namespace>:<slug>:*`` or
-``<namespace>:*`` holds all three.
+``authorize(SCOPES.read)`` (or ``SCOPES.action("decrypt")`` for a finer action). A principal
+holding ``<namespace>:<slug>:*`` or ``<namespace>:*`` holds them all.
 """
 
 from __future__ import annotations
@@ -23,6 +23,12 @@ class Scopes:
     @property
     def all(self) -> tuple[str, str, str]:
         return (self.read, self.write, self.admin)
+
+    def action(self, name: str) -> str:
+        """A scope for an action beyond read/write/admin (``SCOPES.action("decrypt")``)."""
+        if not name or ":" in name or not name.replace("-", "").isalnum():
+            raise ValueError(f"not an action name: {name!r}")
+        return self.read.rsplit(":", 1)[0] + ":" + name
 
 
 def scopes_of(service_name: str) -> Scopes:

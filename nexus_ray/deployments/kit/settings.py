@@ -35,4 +35,4 @@ def settings_of(cls: type[S]) -> S:
     found = sections.get(cls)
     if found is None:
         found = sections[cls] = cls()
-    return found  # type: ignore[return-value]
+    return found

@@ -14,16 +14,15 @@ attempts cost a Redis round trip, not an argon2 hash.
   refuse that address's logins for the rest of the window (429 with Retry-After).
 
 Redis keys: ``nexus:auth:lock:<account>``, ``nexus:auth:fail:<account>``,
-``nexus:auth:addr-fail:<address>``; ``<account>`` is a keyed hash of the username.
+``nexus:auth:addr-fail:<address>``; ``<account>`` is a keyed digest (:mod:`nexus_ray.edge.digests`) of the username.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from dataclasses import dataclass
 
-from nexus_ray.config import get_settings
+from nexus_ray.deployments.auth.auth.settings import settings as auth_settings
+from nexus_ray.edge import digests
 from nexus_ray.exceptions import NexusError, RateLimited
 from nexus_ray.stores.cache import redis_client, script
 
@@ -84,8 +83,9 @@ class Attempt:
 
 
 def account_key(username: str) -> str:
-    master = get_settings().master_key.get_secret_value().encode()
-    return hmac.new(master, b"login-account:" + username.strip().lower().encode(), hashlib.sha256).hexdigest()[:32]
+    # Under the current master key only: a rotation restarts the counts once, which costs an
+    # attacker's guesses nothing they did not have before the window, and lookups stay one call.
+    return digests.hex_digest("login-account", username.strip().lower())
 
 
 def _keys(account: str, address: str) -> list[str]:
@@ -95,7 +95,7 @@ def _keys(account: str, address: str) -> list[str]:
 
 async def begin(*, username: str, address: str) -> Attempt:
     """Count an attempt for ``username`` from ``address``; AccountLocked or RateLimited when refused."""
-    s = get_settings()
+    s = auth_settings()
     account = account_key(username)
     verdict, value = await script(_BEGIN)(
         keys=_keys(account, address),
@@ -117,7 +117,7 @@ async def begin(*, username: str, address: str) -> Attempt:
 
 async def failed(attempt: Attempt) -> None:
     """The attempt's password was wrong: lock the account when this was the last allowed failure."""
-    s = get_settings()
+    s = auth_settings()
     if attempt.number >= s.auth_lockout_threshold:
         lock, fails, _ = attempt.keys
         async with redis_client().pipeline(transaction=True) as pipe:

@@ -38,7 +38,18 @@ class PasswordSet(_Input):
 
 
 class PasswordChanged(BaseModel):
-    sessions_revoked: int = Field(description="Other sessions of the account ended by the change.")
+    """Every credential of the account that the change ended."""
+
+    sessions_revoked: int = Field(description="Legacy sessions ended (the one making the change included).")
+    grants_revoked: int = Field(description="Sign-ins at OAuth clients ended, with their refresh tokens.")
+    api_keys_revoked: int = Field(description="API keys revoked.")
+
+
+class PasswordChangedSignedIn(PasswordChanged):
+    """A change of the caller's own password: what ended, and the caller's new session."""
+
+    session: LoginResult = Field(description="A new legacy session for the caller (v2 access tokens ended too: "
+                                 "exchange this session for a new one).")
 
 
 class ExchangeRequest(_Input):

@@ -13,7 +13,7 @@ from functools import lru_cache
 from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
-from nexus_ray.config import get_settings
+from nexus_ray.deployments.auth.auth.settings import settings as auth_settings
 from nexus_ray.exceptions import ValidationFailed
 
 MAX_LENGTH = 256
@@ -33,7 +33,7 @@ _COMMON = frozenset(
 
 @lru_cache(maxsize=1)
 def _hasher() -> PasswordHasher:
-    s = get_settings()
+    s = auth_settings()
     return PasswordHasher(
         time_cost=s.password_time_cost,
         memory_cost=s.password_memory_kib,
@@ -57,7 +57,7 @@ def _semaphore() -> asyncio.Semaphore:
 
 def check_policy(password: str, *, field: str = "password", username: str | None = None) -> None:
     """Refuse (422 naming ``field``) a password that is too short, too long, common or the username."""
-    s = get_settings()
+    s = auth_settings()
     if len(password) < s.password_min_length:
         raise ValidationFailed.for_field(field, f"must have at least {s.password_min_length} characters", "too_short")
     if len(password) > MAX_LENGTH:

@@ -14,14 +14,19 @@ from datetime import UTC, datetime
 from typing import Any
 
 from nexus_ray.config import get_settings
+from nexus_ray.deployments.auth import credentials
 from nexus_ray.deployments.auth.auth import lockout, passwords, sessions
+from nexus_ray.deployments.auth.auth.settings import settings as auth_settings
 from nexus_ray.deployments.auth.users import service as users
+from nexus_ray.deployments.kit.scopes import scopes_of
 from nexus_ray.deployments.specialized.keys import service as keys
 from nexus_ray.edge import revocations, tokens
-from nexus_ray.edge.security import Principal
+from nexus_ray.edge.security import Principal, ensure_self_or
 from nexus_ray.exceptions import Conflict, Forbidden, NotFound, Unauthorized, ValidationFailed
 from nexus_ray.stores import postgres
 
+ADMIN_SCOPE = scopes_of("auth-service").admin
+"""Acts on other accounts' passwords, sessions and lockouts."""
 SESSION_CREDENTIAL = "session:"
 """Prefix of ``Principal.credential_id`` for a principal authenticated by a legacy session."""
 
@@ -86,15 +91,17 @@ async def verify_credentials(*, username: str, password: str, address: str) -> d
 async def login(*, username: str, password: str, address: str, user_agent: str, device: str) -> dict[str, Any]:
     """Check the password and open a session: the token is in the result, and only there."""
     record = await verify_credentials(username=username, password=password, address=address)
-    token, session = await sessions.create(
-        user_id=str(record["user_id"]), ip=address, user_agent=user_agent, device=device
-    )
+    return await _open_session(user_id=record["user_id"], address=address, user_agent=user_agent, device=device)
+
+
+async def _open_session(*, user_id: uuid.UUID, address: str, user_agent: str, device: str) -> dict[str, Any]:
+    token, session = await sessions.create(user_id=str(user_id), ip=address, user_agent=user_agent, device=device)
     return {
         "session_token": token,
-        "user_id": record["user_id"],
+        "user_id": user_id,
         "session_id": session.session_id,
         "expires_at": _at(session.expires_at),
-        "idle_timeout_s": min(get_settings().auth_session_idle_s, get_settings().auth_session_absolute_s),
+        "idle_timeout_s": min(auth_settings().auth_session_idle_s, auth_settings().auth_session_absolute_s),
     }
 
 
@@ -103,19 +110,23 @@ async def logout(*, token: str) -> bool:
     return await sessions.revoke(token)
 
 
-async def _set_password(*, user_id: uuid.UUID, new_hash: str, expected: str | None, keep: str | None) -> int:
-    # Sessions are revoked inside the transaction, before it commits: if Redis fails, the
-    # password stays as it was; if the commit fails, the sessions are gone anyway (safe).
+async def _set_password(*, user_id: uuid.UUID, new_hash: str, expected: str | None) -> credentials.Ended:
+    # One transaction: the new hash and the end of every credential of the account (the Redis part
+    # written before the commit: see nexus_ray.deployments.auth.credentials).
     async with postgres.transaction() as conn:
         if not await users.replace_password_hash(conn=conn, user_id=user_id, new_hash=new_hash, expected=expected):
             raise Conflict("the password was changed meanwhile; try again")
-        return await sessions.revoke_all(user_id=str(user_id), keep=keep)
+        ended = await credentials.end_all(conn, user_id=user_id, reason="password-changed")
+    await credentials.after_commit(ended)
+    return ended
 
 
 async def change_password(
-    *, principal: Principal, current_password: str, new_password: str, address: str
-) -> int:
-    """The caller changes its own password; every other session of the account ends. Returns how many."""
+    *, principal: Principal, current_password: str, new_password: str, address: str, user_agent: str = ""
+) -> dict[str, Any]:
+    """The caller changes its own password. Every credential of the account ends -- legacy sessions, v2
+    access tokens, OAuth grants, API keys -- the one making the change too (whoever holds a copy of it
+    loses it); the caller, who has just proved the password, gets a new legacy session in the result."""
     user_id = users.as_user_id(principal.subject)
     record = await users.login_record(user_id=user_id) if user_id else None
     if record is None:
@@ -132,24 +143,23 @@ async def change_password(
         raise ValidationFailed.for_field("current_password", "does not match", "mismatch")
     await lockout.succeeded(attempt)
     new_hash = await passwords.hash_password(new_password)
-    return await _set_password(
-        user_id=record["user_id"], new_hash=new_hash, expected=record["password_hash"],
-        keep=current_session_id(principal),
-    )
+    ended = await _set_password(user_id=record["user_id"], new_hash=new_hash, expected=record["password_hash"])
+    return {**ended.counts(), "session": await _open_session(
+        user_id=record["user_id"], address=address, user_agent=user_agent, device="password change")}
 
 
-async def set_password(*, user_id: uuid.UUID, new_password: str) -> int:
-    """An administrator sets an account's password: all its sessions end and any lockout is lifted."""
+async def set_password(*, user_id: uuid.UUID, new_password: str, grantor: Principal) -> dict[str, int]:
+    """An administrator sets an account's password: every credential of the account ends (see
+    :func:`change_password`) and any lockout is lifted. Only for an administrator who outranks the account."""
     record = await users.login_record(user_id=user_id)
     if record is None or record["status"] == "erased":
         raise NotFound("no such user")
+    await users.ensure_may_manage(grantor, user_id)
     passwords.check_policy(new_password, field="new_password", username=record["username"])
     new_hash = await passwords.hash_password(new_password)
-    revoked = await _set_password(user_id=user_id, new_hash=new_hash, expected=record["password_hash"], keep=None)
+    ended = await _set_password(user_id=user_id, new_hash=new_hash, expected=record["password_hash"])
     await lockout.release(username=record["username"])
-    # An administrator's reset is what a compromised account gets: its v2 access tokens end too.
-    await revocations.revoke_subject(str(user_id))
-    return revoked
+    return ended.counts()
 
 
 async def exchange(*, session_token: str, scope: str | None = None) -> dict[str, Any]:
@@ -174,11 +184,12 @@ async def exchange(*, session_token: str, scope: str | None = None) -> dict[str,
             )
         granted = requested
     s = get_settings()
-    ttl = int(min(s.auth_exchange_ttl_s, s.token_max_ttl_s, session.expires_at - time.time()))
+    ttl = int(min(auth_settings().auth_exchange_ttl_s, s.token_max_ttl_s, session.expires_at - time.time()))
     if ttl < 1:
         raise Unauthorized("invalid or expired session token")
+    iat = await revocations.issued_at_for(session.user_id)
     claims = tokens.access_claims(
-        session.user_id, granted, ttl_s=ttl, kind="user", extra={"sid": session.session_id, "amr": ["pwd"]}
+        session.user_id, granted, ttl_s=ttl, kind="user", extra={"sid": session.session_id, "amr": ["pwd"], "iat": iat}
     )
     # Signed by key-service with its current platform key (it re-signs if a rotation raced us) and
     # audited as auth-service's use; the edge verifies it against the live JWKS.
@@ -196,9 +207,20 @@ async def list_sessions(*, principal: Principal) -> list[dict[str, Any]]:
     ]
 
 
-async def revoke_session(*, principal: Principal, session_id: str) -> bool:
-    """End one of the caller's sessions by id (idempotent)."""
-    return await sessions.revoke_id(user_id=principal.subject, session_id=session_id)
+async def revoke_session(*, principal: Principal, session_id: str) -> None:
+    """End a session by id: one of the caller's, or anyone's for an administrator who outranks its owner.
+
+    NotFound alike for an unknown id and for another user's session, so ids cannot be probed.
+    """
+    unknown = "no such session"
+    owner = await sessions.owner_of(session_id)
+    if owner is None:
+        raise NotFound(unknown)
+    ensure_self_or(principal, owner, ADMIN_SCOPE, not_found=unknown)
+    if owner != principal.subject:
+        await users.ensure_may_manage(principal, owner)
+    if not await sessions.revoke_id(user_id=owner, session_id=session_id):
+        raise NotFound(unknown)
 
 
 async def lockout_status(*, username: str) -> dict[str, Any]:

@@ -117,7 +117,9 @@ def client_credentials(
                              status_code=401)
 
 
-def json_response(body: dict[str, Any], status_code: int = 200, headers: dict[str, str] | None = None):
+def json_response(
+    body: dict[str, Any], status_code: int = 200, headers: dict[str, str] | None = None
+) -> JSONResponse:
     return JSONResponse(body, status_code=status_code, headers={**NO_STORE, **(headers or {})})
 
 

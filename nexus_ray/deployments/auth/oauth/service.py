@@ -35,7 +35,6 @@ held open while waiting for another connection deadlocks a busy pool.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
 import logging
 import re
@@ -44,6 +43,7 @@ import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -65,10 +65,11 @@ from authlib.oidc.core.util import create_half_hash
 
 from nexus_ray.config import get_settings
 from nexus_ray.deployments.auth.auth import sessions as legacy_sessions
+from nexus_ray.deployments.auth.oauth.settings import settings as oauth_settings
 from nexus_ray.deployments.auth.users import service as users
 from nexus_ray.deployments.auth.users.models import check_scope
 from nexus_ray.deployments.specialized.keys import service as keys
-from nexus_ray.edge import revocations, tokens
+from nexus_ray.edge import digests, revocations, tokens
 from nexus_ray.edge.security import Principal, has_scope
 from nexus_ray.exceptions import Conflict, Forbidden, NotFound, Unauthorized, ValidationFailed
 from nexus_ray.stores import postgres
@@ -131,8 +132,12 @@ _COLUMNS = (
 
 def _digest(kind: str, value: str) -> bytes:
     """Keyed hash under which a credential of ``kind`` (client-secret, code, refresh) is stored."""
-    master = get_settings().master_key.get_secret_value().encode()
-    return hmac.new(master, f"oauth-{kind}:{value}".encode(), hashlib.sha256).digest()
+    return digests.digest(f"oauth-{kind}", value)
+
+
+def _candidates(kind: str, value: str) -> list[bytes]:
+    """The keyed hashes a stored credential of ``kind`` may have (one per live master key)."""
+    return digests.candidates(f"oauth-{kind}", value)
 
 
 def _read(row: asyncpg.Record) -> dict[str, Any]:
@@ -276,13 +281,21 @@ async def rotate_secret(*, client_id: str) -> dict[str, Any]:
 
 
 async def delete_client(*, client_id: str) -> bool:
-    """Delete a client with its codes, grants and refresh tokens; its access tokens then introspect inactive
-    (and pass the edge until they expire). False if there was none."""
-    pg = await postgres.pool()
-    done = await pg.fetchval("DELETE FROM oauth_clients WHERE client_id = $1 RETURNING true", client_id)
-    if done:
-        log.info("deleted OAuth client", extra={"client_id": client_id})
-    return bool(done)
+    """Delete a client with its codes, grants and refresh tokens, and end its access tokens at the edge: those
+    of its users' sign-ins (by grant) and its own (client credentials: the client is their subject). In the
+    deletion's transaction, the revocations written before the commit (see
+    :mod:`nexus_ray.deployments.auth.credentials`). False if there was none."""
+    async with postgres.transaction() as conn:
+        if not await conn.fetchval("SELECT true FROM oauth_clients WHERE client_id = $1 FOR UPDATE", client_id):
+            return False
+        grants = await conn.fetch(
+            "SELECT grant_id FROM oauth_grants WHERE client_id = $1 AND revoked_at IS NULL", client_id
+        )
+        await revocations.revoke_grants([str(g["grant_id"]) for g in grants])
+        await revocations.revoke_subject(client_id)
+        await conn.execute("DELETE FROM oauth_clients WHERE client_id = $1", client_id)
+    log.info("deleted OAuth client", extra={"client_id": client_id, "grants_revoked": len(grants)})
+    return True
 
 
 async def find_client(client_id: str) -> Client | None:
@@ -318,7 +331,7 @@ async def authenticate_client(*, client_id: str, secret: str | None, method: str
         return client
     if not client.confidential or client.secret_hash is None:
         raise InvalidClientError("client_secret: a public client has no secret", status_code=401)
-    if not hmac.compare_digest(client.secret_hash, _digest("client-secret", secret or "")):
+    if not digests.matches(client.secret_hash, "oauth-client-secret", secret or ""):
         raise InvalidClientError("client_secret: does not match", status_code=401)
     return client
 
@@ -489,7 +502,7 @@ async def issue_code(*, request: AuthorizationRequest, user_id: str, auth_time: 
         "auth_time, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, to_timestamp($8), "
         "now() + make_interval(secs => $9))",
         _digest("code", code), request.client.client_id, uuid.UUID(user_id), request.redirect_uri, scopes,
-        request.nonce, request.code_challenge, auth_time, float(get_settings().oauth_code_ttl_s),
+        request.nonce, request.code_challenge, auth_time, float(oauth_settings().oauth_code_ttl_s),
     )
     return code
 
@@ -515,7 +528,7 @@ async def token(*, client: Client, params: dict[str, str]) -> dict[str, Any]:
 
 def _ttl() -> int:
     s = get_settings()
-    return min(s.oauth_access_token_ttl_s, s.token_max_ttl_s)
+    return min(oauth_settings().oauth_access_token_ttl_s, s.token_max_ttl_s)
 
 
 async def _issue(
@@ -530,7 +543,7 @@ async def _issue(
     """The token response: an access token (and an ID token when asked and ``openid`` is granted), signed by
     key-service. The caller adds the refresh token once it is stored."""
     ttl = _ttl()
-    extra: dict[str, Any] = {"client_id": client.client_id}
+    extra: dict[str, Any] = {"client_id": client.client_id, "iat": await revocations.issued_at_for(subject)}
     if grant_id is not None:
         extra["gid"] = str(grant_id)
     claims = tokens.access_claims(subject, scopes, ttl_s=ttl, kind=kind, extra=extra)
@@ -563,15 +576,14 @@ async def _id_token(
     return await keys.sign(claims, alg=client.id_token_alg, typ="JWT", actor=ACTOR)
 
 
-async def _new_refresh_token(conn: asyncpg.Connection, *, grant_id: uuid.UUID, grant_created_at) -> str:
+async def _new_refresh_token(conn: asyncpg.Connection, *, grant_id: uuid.UUID, grant_created_at: datetime) -> str:
     """A refresh token in ``grant_id``'s family, living oauth_refresh_token_ttl_s within the grant's max age."""
-    s = get_settings()
     value = REFRESH_PREFIX + secrets.token_urlsafe(32)
     await conn.execute(
         "INSERT INTO oauth_refresh_tokens (token_hash, grant_id, expires_at) VALUES ($1, $2, "
         "least(now() + make_interval(secs => $3), $4::timestamptz + make_interval(secs => $5)))",
-        _digest("refresh", value), grant_id, float(s.oauth_refresh_token_ttl_s), grant_created_at,
-        float(s.oauth_grant_max_age_s),
+        _digest("refresh", value), grant_id, float(oauth_settings().oauth_refresh_token_ttl_s), grant_created_at,
+        float(oauth_settings().oauth_grant_max_age_s),
     )
     return value
 
@@ -640,15 +652,15 @@ async def exchange_code(*, client: Client, params: dict[str, str]) -> dict[str, 
         raise InvalidRequestError("code_verifier: required (PKCE)")
     if not CODE_VERIFIER_PATTERN.match(verifier):
         raise InvalidRequestError("code_verifier: 43 to 128 characters of A-Z, a-z, 0-9 and - . _ ~")
-    digest = _digest("code", code)
     pg = await postgres.pool()
     row = await pg.fetchrow(
-        "SELECT client_id, user_id, redirect_uri, scopes, nonce, code_challenge, auth_time, used_at, "
-        "expires_at <= now() AS expired FROM oauth_codes WHERE code_hash = $1",
-        digest,
+        "SELECT code_hash, client_id, user_id, redirect_uri, scopes, nonce, code_challenge, auth_time, used_at, "
+        "expires_at <= now() AS expired FROM oauth_codes WHERE code_hash = ANY($1::bytea[])",
+        _candidates("code", code),
     )
     if row is None:
         raise _used_code()
+    digest = bytes(row["code_hash"])
     if row["used_at"] is not None:
         await _code_replayed(digest)
         raise _used_code()
@@ -706,17 +718,17 @@ async def refresh(*, client: Client, params: dict[str, str]) -> dict[str, Any]:
     if not presented:
         raise InvalidRequestError("refresh_token: required")
     requested = parse_scope(params.get("scope"))
-    digest = _digest("refresh", presented)
     pg = await postgres.pool()
     row = await pg.fetchrow(
-        "SELECT r.grant_id, r.used_at, r.expires_at <= now() AS expired, g.client_id, g.user_id, g.scopes, "
-        "g.auth_time, g.created_at AS grant_created_at, g.revoked_at, "
+        "SELECT r.token_hash, r.grant_id, r.used_at, r.expires_at <= now() AS expired, g.client_id, g.user_id, "
+        "g.scopes, g.auth_time, g.created_at AS grant_created_at, g.revoked_at, "
         "g.created_at + make_interval(secs => $2) <= now() AS grant_expired "
-        "FROM oauth_refresh_tokens r JOIN oauth_grants g USING (grant_id) WHERE r.token_hash = $1",
-        digest, float(get_settings().oauth_grant_max_age_s),
+        "FROM oauth_refresh_tokens r JOIN oauth_grants g USING (grant_id) WHERE r.token_hash = ANY($1::bytea[])",
+        _candidates("refresh", presented), float(oauth_settings().oauth_grant_max_age_s),
     )
     if row is None:
         raise InvalidGrantError("refresh_token: unknown")
+    digest = bytes(row["token_hash"])
     if row["client_id"] != client.client_id:
         raise InvalidGrantError("refresh_token: was issued to another client")
     if row["revoked_at"] is not None:
@@ -747,6 +759,12 @@ async def refresh(*, client: Client, params: dict[str, str]) -> dict[str, Any]:
     body = await _issue(client=client, subject=user_id, kind="user", scopes=scopes, grant_id=row["grant_id"],
                         id_token={"auth_time": row["auth_time"].timestamp()})
     async with postgres.transaction() as conn:
+        # Waits for a revocation of the grant in flight (a password change holds the row until it commits).
+        live = await conn.fetchval(
+            "SELECT revoked_at IS NULL FROM oauth_grants WHERE grant_id = $1 FOR SHARE", row["grant_id"]
+        )
+        if not live:
+            raise InvalidGrantError("refresh_token: revoked")
         won = await conn.fetchval(
             "UPDATE oauth_refresh_tokens SET used_at = now() WHERE token_hash = $1 AND used_at IS NULL "
             "RETURNING true",
@@ -818,8 +836,8 @@ async def revoke(*, client: Client, params: dict[str, str]) -> None:
     pg = await postgres.pool()
     row = await pg.fetchrow(
         "SELECT g.grant_id, g.client_id FROM oauth_refresh_tokens r JOIN oauth_grants g USING (grant_id) "
-        "WHERE r.token_hash = $1",
-        _digest("refresh", value),
+        "WHERE r.token_hash = ANY($1::bytea[])",
+        _candidates("refresh", value),
     )
     if row is None:
         return
@@ -882,9 +900,9 @@ async def _introspect_refresh_token(client: Client, value: str) -> dict[str, Any
     pg = await postgres.pool()
     row = await pg.fetchrow(
         "SELECT r.issued_at, r.expires_at, g.client_id, g.user_id, g.scopes FROM oauth_refresh_tokens r "
-        "JOIN oauth_grants g USING (grant_id) WHERE r.token_hash = $1 AND r.used_at IS NULL "
+        "JOIN oauth_grants g USING (grant_id) WHERE r.token_hash = ANY($1::bytea[]) AND r.used_at IS NULL "
         "AND r.expires_at > now() AND g.revoked_at IS NULL AND g.created_at + make_interval(secs => $2) > now()",
-        _digest("refresh", value), float(get_settings().oauth_grant_max_age_s),
+        _candidates("refresh", value), float(oauth_settings().oauth_grant_max_age_s),
     )
     if row is None or (row["client_id"] != client.client_id and not client.introspect_any):
         return dict(_INACTIVE)
@@ -974,7 +992,7 @@ async def purge_expired() -> dict[str, int]:
             ("grants",
              "DELETE FROM oauth_grants WHERE revoked_at < now() - make_interval(secs => $1) "
              "OR created_at + make_interval(secs => $2) < now()",
-             (float(s.token_max_ttl_s + s.jwt_leeway_s), float(s.oauth_grant_max_age_s + 86400))),
+             (float(s.token_max_ttl_s + s.jwt_leeway_s), float(oauth_settings().oauth_grant_max_age_s + 86400))),
         ):
             status = await conn.execute(sql, *args)
             counts[name] = int(status.split()[-1])

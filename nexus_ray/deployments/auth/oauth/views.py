@@ -34,6 +34,9 @@ from fastapi import APIRouter, Path, Query, Request, Response
 from nexus_ray.config import get_settings
 from nexus_ray.deployments.auth.auth import service as legacy
 from nexus_ray.deployments.auth.auth.lockout import AccountLocked
+from nexus_ray.deployments.auth.auth.settings import settings as auth_settings
+from nexus_ray.deployments.auth.oauth.settings import settings as oauth_settings
+from nexus_ray.deployments.kit.scopes import scopes_of
 from nexus_ray.edge import ratelimit
 from nexus_ray.edge.security import Principal, authorize, client_address, public
 from nexus_ray.exceptions import Forbidden, NexusError, NotFound, RateLimited, Unauthorized
@@ -54,7 +57,7 @@ from .models import (
 
 log = logging.getLogger(__name__)
 
-ADMIN = "auth:oauth:admin"
+ADMIN = scopes_of("auth-service-v2").admin
 
 router = APIRouter()
 ClientId = Annotated[str, Path(pattern=CLIENT_ID_PATTERN, description="The client's id (nxc_...).")]
@@ -130,7 +133,7 @@ async def authorize_endpoint(request: Request) -> Response:
 
 
 def _csrf_cookie() -> str:
-    return get_settings().oauth_session_cookie + "_csrf"
+    return oauth_settings().oauth_session_cookie + "_csrf"
 
 
 def _sign_in_form(
@@ -153,7 +156,7 @@ def _sign_in_form(
 
 def _session_token(request: Request) -> str | None:
     """The legacy session token the user agent presents: the provider's cookie, or a bearer session token."""
-    cookie = request.cookies.get(get_settings().oauth_session_cookie)
+    cookie = request.cookies.get(oauth_settings().oauth_session_cookie)
     if cookie:
         return cookie
     scheme, _, value = request.headers.get("authorization", "").partition(" ")
@@ -203,9 +206,9 @@ async def _authorize(request: Request) -> Response:
 
     if signed_in is None:
         if "none" in authz.prompt:
-            err = LoginRequiredError("prompt: none, and the user is not signed in", state=authz.state,
-                                     redirect_uri=authz.redirect_uri)
-            return protocol.error_redirect(err, issuer=issuer)
+            required = LoginRequiredError("prompt: none, and the user is not signed in", state=authz.state,
+                                          redirect_uri=authz.redirect_uri)
+            return protocol.error_redirect(required, issuer=issuer)
         return _sign_in_form(authz, params)
     try:
         code = await service.issue_code(request=authz, user_id=signed_in[0], auth_time=signed_in[1])
@@ -215,7 +218,8 @@ async def _authorize(request: Request) -> Response:
         raise
     response = protocol.redirect(authz.redirect_uri, [("code", code), ("state", authz.state), ("iss", issuer)])
     if new_session is not None:
-        response.set_cookie(s.oauth_session_cookie, new_session, max_age=s.auth_session_absolute_s,
+        response.set_cookie(oauth_settings().oauth_session_cookie, new_session,
+                            max_age=auth_settings().auth_session_absolute_s,
                             path=protocol.cookie_path(issuer), secure=issuer.startswith("https:"), httponly=True,
                             samesite="lax")
         response.delete_cookie(_csrf_cookie(), path=protocol.cookie_path(issuer))
@@ -255,7 +259,7 @@ async def register_client(body: ClientCreate, principal: Principal = authorize(A
     """The secret of a confidential client is in this response only."""
     return await service.register_client(
         name=body.name, client_type=body.client_type, redirect_uris=body.redirect_uris,
-        allowed_scopes=body.allowed_scopes, grant_types=body.grant_types,
+        allowed_scopes=body.allowed_scopes, grant_types=[str(g) for g in body.grant_types],
         id_token_alg=body.id_token_signed_response_alg, introspect_any=body.introspect_any, grantor=principal,
     )
 
@@ -289,7 +293,7 @@ async def rotate_secret(client_id: ClientId) -> dict:
 
 @router.delete("/clients/{client_id}", status_code=204, dependencies=[authorize(ADMIN)], summary="Delete a client")
 async def delete_client(client_id: ClientId) -> Response:
-    """Its refresh tokens stop working at once; its access tokens introspect inactive."""
+    """Its refresh tokens stop working at once, and its access tokens (its users' and its own) at the edge."""
     if not await service.delete_client(client_id=client_id):
         raise NotFound("no such client")
     return Response(status_code=204)

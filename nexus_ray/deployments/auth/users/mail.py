@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import asyncpg
 
-from nexus_ray.config import get_settings
+from nexus_ray.deployments.auth.users.settings import settings as users_settings
 from nexus_ray.stores import postgres
 
 
@@ -68,7 +68,7 @@ def register_provider(name: str, factory: Callable[[], MailProvider]) -> None:
 
 def provider() -> MailProvider:
     """The configured provider."""
-    name = get_settings().mail_provider
+    name = users_settings().mail_provider
     try:
         return _PROVIDERS[name]()
     except KeyError:

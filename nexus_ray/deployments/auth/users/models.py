@@ -84,6 +84,12 @@ class UserUpdate(UserBase):
     email: Email | None = None
 
 
+class UserStatus(_Input):
+    """An administrator's decision on an account (erasure has a route of its own)."""
+
+    status: Literal["active", "disabled"]
+
+
 class UserRead(BaseModel):
     user_id: uuid.UUID
     kind: Literal["user", "service"]

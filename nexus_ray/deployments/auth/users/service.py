@@ -12,8 +12,6 @@ import time.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import secrets
 import uuid
 from collections.abc import Iterable
@@ -22,16 +20,17 @@ from typing import Any
 
 import asyncpg
 
-from nexus_ray.config import get_settings
 from nexus_ray.deployments.auth.users import mail
-from nexus_ray.edge import apikeys, revocations
+from nexus_ray.deployments.auth.users.settings import settings as users_settings
+from nexus_ray.deployments.kit.scopes import scopes_of
+from nexus_ray.edge import apikeys, digests
 from nexus_ray.edge.security import Principal, has_scope
 from nexus_ray.exceptions import Conflict, Forbidden, NotFound, ValidationFailed
 from nexus_ray.stores import events, postgres
 
 DEFAULT_ROLE = "user"
 """Role every registered person gets."""
-ADMIN_SCOPE = "auth:users:admin"
+ADMIN_SCOPE = scopes_of("user-auth").admin
 ERASED_TOPIC = "auth.user.erased"
 """Event emitted (through the outbox, in the erasure's transaction) when an account is erased."""
 VERIFICATION_PREFIX = "nxv_"
@@ -73,9 +72,7 @@ def _conflict(exc: asyncpg.UniqueViolationError) -> Conflict:
     )
 
 
-def _token_digest(token: str) -> bytes:
-    master = get_settings().master_key.get_secret_value().encode()
-    return hmac.new(master, b"email-verification:" + token.encode(), hashlib.sha256).digest()
+_VERIFICATION_PURPOSE = "email-verification"
 
 
 def ensure_grantable(grantor: Principal, scopes: Iterable[str], *, field: str = "scopes") -> None:
@@ -90,6 +87,34 @@ def ensure_grantable(grantor: Principal, scopes: Iterable[str], *, field: str = 
                             "message": f"the caller does not hold {s}", "type": "scope_not_held"}
                            for i, s in missing],
             },
+        )
+
+
+async def _role_scopes_of(conn: asyncpg.Connection | asyncpg.Pool, user_id: uuid.UUID) -> list[str]:
+    """The scopes of the account's roles, whatever its status."""
+    return list(await conn.fetchval(
+        "SELECT coalesce(array_agg(DISTINCT rs.scope), '{}') FROM user_roles ur "
+        "JOIN role_scopes rs ON rs.role = ur.role WHERE ur.user_id = $1",
+        user_id,
+    ))
+
+
+async def ensure_may_manage(
+    grantor: Principal, user_id: str | uuid.UUID, *, conn: asyncpg.Connection | None = None
+) -> None:
+    """Refuse (403 naming ``user_id``) an administrator acting on another account that holds scopes the
+    administrator does not: a lesser administrator cannot reset, disable, erase or strip a greater one."""
+    uid = as_user_id(user_id)
+    if uid is None or str(uid) == grantor.subject:
+        return
+    held = await _role_scopes_of(conn if conn is not None else await postgres.pool(), uid)
+    missing = sorted(s for s in held if not grantor.can(s))
+    if missing:
+        raise Forbidden(
+            "the account holds scopes the caller does not: " + " ".join(missing),
+            extra={"scopes_not_held": missing,
+                   "errors": [{"field": "user_id", "message": "the account outranks the caller",
+                               "type": "outranked"}]},
         )
 
 
@@ -241,7 +266,7 @@ async def _send_verification(conn: asyncpg.Connection, *, user_id: uuid.UUID, em
     expires_at = await conn.fetchval(
         "INSERT INTO email_verifications (token_hash, user_id, email, expires_at) "
         "VALUES ($1, $2, $3, now() + make_interval(secs => $4)) RETURNING expires_at",
-        _token_digest(token), user_id, email, float(get_settings().email_verification_ttl_s),
+        digests.digest(_VERIFICATION_PURPOSE, token), user_id, email, float(users_settings().email_verification_ttl_s),
     )
     body = (
         "Confirm that this address belongs to your Nexus account.\n\n"
@@ -277,8 +302,8 @@ async def verify_email(*, token: str) -> dict[str, Any]:
     async with postgres.transaction() as conn:
         used = await conn.fetchrow(
             "UPDATE email_verifications SET used_at = now() "
-            "WHERE token_hash = $1 AND used_at IS NULL AND expires_at > now() RETURNING user_id, email",
-            _token_digest(token),
+            "WHERE token_hash = ANY($1::bytea[]) AND used_at IS NULL AND expires_at > now() RETURNING user_id, email",
+            digests.candidates(_VERIFICATION_PURPOSE, token),
         )
         if used is None:
             raise ValidationFailed.for_field("token", "unknown, expired or already used", "invalid_token")
@@ -331,6 +356,13 @@ async def put_role(
     """Create or replace a role (idempotent); returns (role, created). Only scopes the grantor holds."""
     ensure_grantable(grantor, scopes)
     async with postgres.transaction() as conn:
+        current = await conn.fetchrow("SELECT builtin FROM roles WHERE name = $1 FOR UPDATE", name)
+        if current is not None:
+            # Replacing a role takes its scopes from every holder: only for one who holds them all.
+            ensure_grantable(grantor, await _role_scopes(conn, name), field="name")
+            if current["builtin"] and not scopes:
+                raise ValidationFailed.for_field("scopes", f"{name} is a built-in role: it keeps at least one scope",
+                                                 "builtin")
         created = await conn.fetchval(
             "INSERT INTO roles (name, description) VALUES ($1, $2) "
             "ON CONFLICT (name) DO UPDATE SET description = EXCLUDED.description, updated_at = now() "
@@ -346,8 +378,9 @@ async def put_role(
     return role, bool(created)
 
 
-async def delete_role(*, name: str) -> bool:
-    """Delete a role (and its grants); built-in roles stay. False if there was none."""
+async def delete_role(*, name: str, grantor: Principal) -> bool:
+    """Delete a role (and its grants); built-in roles stay, and only one who holds all its scopes deletes it.
+    False if there was none."""
     async with postgres.transaction() as conn:
         builtin = await conn.fetchval("SELECT builtin FROM roles WHERE name = $1 FOR UPDATE", name)
         if builtin is None:
@@ -355,7 +388,9 @@ async def delete_role(*, name: str) -> bool:
         if builtin:
             raise Conflict(f"{name} is a built-in role", extra={"errors": [{"field": "name", "message": "built-in",
                                                                             "type": "builtin"}]})
+        ensure_grantable(grantor, await _role_scopes(conn, name), field="name")
         await conn.execute("DELETE FROM roles WHERE name = $1", name)
+    apikeys.forget_all()  # its holders' keys lose its scopes here at once, elsewhere within api_key_cache_s
     return True
 
 
@@ -383,12 +418,41 @@ async def grant_role(*, user_id: uuid.UUID, role: str, grantor: Principal) -> di
     return await roles_of(user_id=user_id)
 
 
-async def revoke_role(*, user_id: uuid.UUID, role: str) -> bool:
-    """Take ``role`` from the account (idempotent); True if it had it."""
-    pg = await postgres.pool()
-    return bool(await pg.fetchval(
-        "DELETE FROM user_roles WHERE user_id = $1 AND role = $2 RETURNING true", user_id, role
-    ))
+async def revoke_role(*, user_id: uuid.UUID, role: str, grantor: Principal) -> bool:
+    """Take ``role`` from the account (idempotent); True if it had it. Like granting it, only for a grantor
+    who holds every scope of the role. The account's API keys lose the role's scopes (they are held to their
+    owner's roles at use: here at once, in other replicas within ``api_key_cache_s``)."""
+    async with postgres.transaction() as conn:
+        ensure_grantable(grantor, await _role_scopes(conn, role), field="role")
+        had = bool(await conn.fetchval(
+            "DELETE FROM user_roles WHERE user_id = $1 AND role = $2 RETURNING true", user_id, role
+        ))
+    apikeys.forget(principal=str(user_id))
+    return had
+
+
+async def set_status(*, user_id: uuid.UUID, status: str, grantor: Principal) -> dict[str, Any]:
+    """Disable or enable an account (idempotent), as an administrator who outranks it.
+
+    Disabling ends its sessions, v2 access tokens and OAuth grants in the same transaction; its API
+    keys stay but are refused while it is disabled (the edge checks the owner's status at use), and
+    work again once it is enabled.
+    """
+    from nexus_ray.deployments.auth import credentials
+
+    ended = None
+    async with postgres.transaction() as conn:
+        current = await _locked_user(conn, user_id)
+        await ensure_may_manage(grantor, user_id, conn=conn)
+        if current["status"] != status:
+            await conn.execute("UPDATE users SET status = $2, updated_at = now() WHERE user_id = $1", user_id, status)
+            if status == "disabled":
+                ended = await credentials.end_all(conn, user_id=user_id, reason="account-disabled", api_keys=False)
+        row = await conn.fetchrow(f"SELECT {_USER_COLUMNS} FROM users WHERE user_id = $1", user_id)
+    if ended is not None:
+        await credentials.after_commit(ended)
+    apikeys.forget(principal=str(user_id))
+    return _user(row)
 
 
 # -- API keys ------------------------------------------------------------------------------------
@@ -542,18 +606,21 @@ async def export_user(*, user_id: uuid.UUID) -> dict[str, Any]:
     }
 
 
-async def erase_user(*, user_id: uuid.UUID) -> dict[str, Any]:
-    """Erase the account: anonymise it, revoke its keys and sessions, drop its personal data. Idempotent.
+async def erase_user(*, user_id: uuid.UUID, grantor: Principal | None = None) -> dict[str, Any]:
+    """Erase the account: anonymise it, end every credential, drop its personal data. Idempotent.
 
     One transaction: the row keeps only its id (other services refer to it) and
-    ``status = 'erased'``; roles, verification codes and mail go; API keys are revoked;
-    ``auth.user.erased`` is emitted through the outbox so services holding other data
-    about the account (session-mgr) forget it. The legacy sessions in Redis are revoked
-    before the commit, so a failure there rolls the erasure back, and since sessions
-    only resolve for active accounts, none outlives a committed erasure.
+    ``status = 'erased'``; roles, verification codes and mail go; every credential ends
+    (:func:`nexus_ray.deployments.auth.credentials.end_all`: API keys, OAuth grants, legacy
+    sessions and v2 tokens, the Redis part before the commit, so a failure there rolls the
+    erasure back); ``auth.user.erased`` is emitted through the outbox so services holding
+    other data about the account (session-mgr) forget it. ``grantor``: an administrator
+    erasing another account must outrank it.
     """
-    from nexus_ray.deployments.auth.auth import sessions as legacy_sessions
+    from nexus_ray.deployments.auth import credentials
 
+    if grantor is not None:
+        await ensure_may_manage(grantor, user_id)
     async with postgres.transaction() as conn:
         row = await conn.fetchrow(
             "SELECT status, erased_at FROM users WHERE user_id = $1 FOR UPDATE", user_id
@@ -563,11 +630,8 @@ async def erase_user(*, user_id: uuid.UUID) -> dict[str, Any]:
         if row["status"] == "erased":
             return {"user_id": user_id, "erased_at": row["erased_at"], "already_erased": True,
                     "api_keys_revoked": 0, "sessions_revoked": 0}
-        keys = await conn.fetch(
-            "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()), name = 'erased' WHERE principal = $1 "
-            "RETURNING key_id, revoked_at = now() AS now_revoked",
-            str(user_id),
-        )
+        ended = await credentials.end_all(conn, user_id=user_id, reason="account-erased")
+        await conn.execute("UPDATE api_keys SET name = 'erased' WHERE principal = $1", str(user_id))
         await conn.execute("DELETE FROM user_roles WHERE user_id = $1", user_id)
         await conn.execute("DELETE FROM email_verifications WHERE user_id = $1", user_id)
         await conn.execute(
@@ -583,14 +647,11 @@ async def erase_user(*, user_id: uuid.UUID) -> dict[str, Any]:
             user_id,
         )
         await events.emit(conn, ERASED_TOPIC, {"user_id": str(user_id)}, key=str(user_id))
-        sessions_revoked = await legacy_sessions.revoke_all(user_id=str(user_id))
-        await revocations.revoke_subject(str(user_id))  # its v2 access tokens end at the edge too
-    for key in keys:
-        await apikeys.revoke(key_id=key["key_id"])  # already revoked in the database: forgets this replica's cache
+    await credentials.after_commit(ended)
     return {
         "user_id": user_id,
         "erased_at": erased_at,
         "already_erased": False,
-        "api_keys_revoked": sum(1 for k in keys if k["now_revoked"]),
-        "sessions_revoked": sessions_revoked,
+        "api_keys_revoked": len(ended.api_keys),
+        "sessions_revoked": ended.sessions,
     }

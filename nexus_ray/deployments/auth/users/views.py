@@ -28,15 +28,19 @@ from nexus_ray.deployments.auth.users.models import (
     UserPage,
     UserRead,
     UserRoles,
+    UserStatus,
     UserUpdate,
     VerificationSent,
 )
-from nexus_ray.edge.security import Principal, authorize, ensure_self_or, public
+from nexus_ray.deployments.kit.access import self_or_admin, uuid_id
+from nexus_ray.deployments.kit.scopes import scopes_of
+from nexus_ray.edge.security import Principal, authorize, public
 from nexus_ray.exceptions import NotFound
 
-ADMIN = service.ADMIN_SCOPE
-READ = "auth:users:read"
-WRITE = "auth:users:write"
+SCOPES = scopes_of("user-auth")
+READ, WRITE, ADMIN = SCOPES.read, SCOPES.write, SCOPES.admin
+SELF_READ = self_or_admin(READ, ADMIN, canonical=uuid_id)
+SELF_WRITE = self_or_admin(WRITE, ADMIN, canonical=uuid_id)
 
 router = APIRouter()
 
@@ -63,7 +67,8 @@ async def list_users(
     return {"users": users, "next_after": next_after}
 
 
-@router.get("/me", response_model=UserRead, summary="The caller's account")
+@router.get("/me", response_model=UserRead, summary="The caller's account",
+            responses={404: {"description": "The caller is not a user account (a service or an API key)."}})
 async def me(principal: Principal = authorize(READ)) -> dict:
     user_id = service.as_user_id(principal.subject)
     if user_id is None:
@@ -88,7 +93,8 @@ async def list_roles() -> list[dict]:
     return await service.list_roles()
 
 
-@router.put("/roles/{name}", response_model=RoleRead, summary="Create or replace a role")
+@router.put("/roles/{name}", response_model=RoleRead, summary="Create or replace a role",
+            responses={201: {"model": RoleRead, "description": "The role did not exist: created."}})
 async def put_role(
     body: RoleWrite, response: Response, name: RoleName, principal: Principal = authorize(ADMIN)
 ) -> dict:
@@ -99,9 +105,9 @@ async def put_role(
     return role
 
 
-@router.delete("/roles/{name}", status_code=204, dependencies=[authorize(ADMIN)], summary="Delete a role")
-async def delete_role(name: RoleName) -> Response:
-    await service.delete_role(name=name)
+@router.delete("/roles/{name}", status_code=204, summary="Delete a role")
+async def delete_role(name: RoleName, principal: Principal = authorize(ADMIN)) -> Response:
+    await service.delete_role(name=name, grantor=principal)
     return Response(status_code=204)
 
 
@@ -109,26 +115,22 @@ async def delete_role(name: RoleName) -> Response:
 
 
 @router.get("/{user_id}", response_model=UserRead, summary="An account")
-async def get_user(user_id: uuid.UUID, principal: Principal = authorize(READ)) -> dict:
-    ensure_self_or(principal, str(user_id), ADMIN)
+async def get_user(user_id: uuid.UUID, principal: Principal = SELF_READ) -> dict:
     return await service.get_user(user_id=user_id)
 
 
 @router.patch("/{user_id}", response_model=UserRead, summary="Change the profile")
-async def update_user(user_id: uuid.UUID, body: UserUpdate, principal: Principal = authorize(WRITE)) -> dict:
-    ensure_self_or(principal, str(user_id), ADMIN)
+async def update_user(user_id: uuid.UUID, body: UserUpdate, principal: Principal = SELF_WRITE) -> dict:
     return await service.update_user(user_id=user_id, changes=body.model_dump(exclude_unset=True))
 
 
 @router.delete("/{user_id}", response_model=ErasureReceipt, summary="Erase the account and its personal data")
-async def erase_user(user_id: uuid.UUID, principal: Principal = authorize(WRITE)) -> dict:
-    ensure_self_or(principal, str(user_id), ADMIN)
-    return await service.erase_user(user_id=user_id)
+async def erase_user(user_id: uuid.UUID, principal: Principal = SELF_WRITE) -> dict:
+    return await service.erase_user(user_id=user_id, grantor=principal)
 
 
 @router.get("/{user_id}/export", response_model=PersonalData, summary="Export all personal data")
-async def export_user(user_id: uuid.UUID, response: Response, principal: Principal = authorize(READ)) -> dict:
-    ensure_self_or(principal, str(user_id), ADMIN)
+async def export_user(user_id: uuid.UUID, response: Response, principal: Principal = SELF_READ) -> dict:
     response.headers["Content-Disposition"] = f'attachment; filename="nexus-personal-data-{user_id}.json"'
     return await service.export_user(user_id=user_id)
 
@@ -137,14 +139,12 @@ async def export_user(user_id: uuid.UUID, response: Response, principal: Princip
     "/{user_id}/email-verification", status_code=202, response_model=VerificationSent,
     summary="Send a new verification mail",
 )
-async def send_verification(user_id: uuid.UUID, principal: Principal = authorize(WRITE)) -> dict:
-    ensure_self_or(principal, str(user_id), ADMIN)
+async def send_verification(user_id: uuid.UUID, principal: Principal = SELF_WRITE) -> dict:
     return await service.send_verification(user_id=user_id)
 
 
 @router.get("/{user_id}/roles", response_model=UserRoles, summary="Roles and effective scopes")
-async def user_roles(user_id: uuid.UUID, principal: Principal = authorize(READ)) -> dict:
-    ensure_self_or(principal, str(user_id), ADMIN)
+async def user_roles(user_id: uuid.UUID, principal: Principal = SELF_READ) -> dict:
     return await service.roles_of(user_id=user_id)
 
 
@@ -153,23 +153,28 @@ async def grant_role(user_id: uuid.UUID, role: RoleName, principal: Principal = 
     return await service.grant_role(user_id=user_id, role=role, grantor=principal)
 
 
-@router.delete("/{user_id}/roles/{role}", status_code=204, dependencies=[authorize(ADMIN)], summary="Revoke a role")
-async def revoke_role(user_id: uuid.UUID, role: RoleName) -> Response:
-    await service.revoke_role(user_id=user_id, role=role)
+@router.delete("/{user_id}/roles/{role}", status_code=204, summary="Revoke a role")
+async def revoke_role(user_id: uuid.UUID, role: RoleName, principal: Principal = authorize(ADMIN)) -> Response:
+    await service.revoke_role(user_id=user_id, role=role, grantor=principal)
     return Response(status_code=204)
 
 
+@router.put("/{user_id}/status", response_model=UserRead, summary="Disable or enable an account")
+async def set_status(user_id: uuid.UUID, body: UserStatus, principal: Principal = authorize(ADMIN)) -> dict:
+    """Disabling ends the account's sessions, access tokens and OAuth sign-ins; its API keys are refused until it
+    is enabled again."""
+    return await service.set_status(user_id=user_id, status=body.status, grantor=principal)
+
+
 @router.post("/{user_id}/api-keys", status_code=201, response_model=ApiKeyCreated, summary="Create an API key")
-async def create_api_key(user_id: uuid.UUID, body: ApiKeyCreate, principal: Principal = authorize(WRITE)) -> dict:
-    ensure_self_or(principal, str(user_id), ADMIN)
+async def create_api_key(user_id: uuid.UUID, body: ApiKeyCreate, principal: Principal = SELF_WRITE) -> dict:
     return await service.create_api_key(
         user_id=user_id, name=body.name, scopes=body.scopes, expires_in_s=body.expires_in_s, grantor=principal
     )
 
 
 @router.get("/{user_id}/api-keys", response_model=list[ApiKeyRead], summary="API keys, without secrets")
-async def list_api_keys(user_id: uuid.UUID, principal: Principal = authorize(READ)) -> list[dict]:
-    ensure_self_or(principal, str(user_id), ADMIN)
+async def list_api_keys(user_id: uuid.UUID, principal: Principal = SELF_READ) -> list[dict]:
     return await service.list_api_keys(user_id=user_id)
 
 
@@ -177,8 +182,7 @@ async def list_api_keys(user_id: uuid.UUID, principal: Principal = authorize(REA
 async def revoke_api_key(
     user_id: uuid.UUID,
     key_id: str = Path(pattern=r"^[0-9a-f]{16}$"),
-    principal: Principal = authorize(WRITE),
+    principal: Principal = SELF_WRITE,
 ) -> Response:
-    ensure_self_or(principal, str(user_id), ADMIN)
     await service.revoke_api_key(user_id=user_id, key_id=key_id)
     return Response(status_code=204)

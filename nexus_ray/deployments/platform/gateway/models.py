@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -59,3 +59,23 @@ class NamespaceDocs(BaseModel):
 
 class OpenApiIndex(BaseModel):
     namespaces: list[NamespaceDocs]
+
+
+class DeadLetterRead(BaseModel):
+    """An event a consumer gave up on after its last attempt, and where its replay stands."""
+
+    id: int
+    consumer: str = Field(description="The consumer group that could not handle it.")
+    event_id: str
+    topic: str
+    key: str | None
+    data: dict[str, Any]
+    occurred_at: datetime
+    attempts: int
+    error_type: str
+    error_message: str = Field(description="The last error, redacted and shortened.")
+    first_failed_at: datetime
+    dead_at: datetime
+    status: Literal["dead", "replaying", "replayed"]
+    replay_requested_at: datetime | None
+    replayed_at: datetime | None

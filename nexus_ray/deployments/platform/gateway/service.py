@@ -7,12 +7,22 @@ from datetime import UTC, datetime
 
 from nexus_ray.catalog import NAMESPACES, SERVICES, in_namespace
 from nexus_ray.deployments.kit.calls import namespace_health
+from nexus_ray.deployments.kit.pages import Page, PageRequest
 from nexus_ray.exceptions import ValidationFailed
+from nexus_ray.stores import events
 from nexus_ray.stores.cache import redis_client
 
-from .models import CurrentNotice, Directory, NamespaceDocs, NoticeIn, NoticeRead, OpenApiIndex, ServiceHealth
-
-NOTICE_KEY = "nexus:platform:notice"
+from .live import NOTICE_KEY, publish_notice
+from .models import (
+    CurrentNotice,
+    DeadLetterRead,
+    Directory,
+    NamespaceDocs,
+    NoticeIn,
+    NoticeRead,
+    OpenApiIndex,
+    ServiceHealth,
+)
 
 
 async def _namespace(namespace: str) -> list[ServiceHealth]:
@@ -48,12 +58,12 @@ async def set_notice(*, notice: NoticeIn, set_by: str) -> NoticeRead:
         if ttl <= 0:
             raise ValidationFailed.for_field("until", "must be in the future")
     stored = NoticeRead(**notice.model_dump(), set_by=set_by, set_at=now)
-    await redis_client().set(NOTICE_KEY, stored.model_dump_json(), ex=ttl)
+    await publish_notice(stored.model_dump_json(), ttl_s=ttl)
     return stored
 
 
 async def clear_notice() -> None:
-    await redis_client().delete(NOTICE_KEY)
+    await publish_notice(None)
 
 
 def openapi_index() -> OpenApiIndex:
@@ -62,3 +72,22 @@ def openapi_index() -> OpenApiIndex:
                       services=[s.name for s in SERVICES if s.namespace == ns])
         for ns in NAMESPACES
     ])
+
+
+def _dead_letter(d: events.DeadLetter) -> DeadLetterRead:
+    return DeadLetterRead.model_validate({**vars(d), "event_id": str(d.event_id)})
+
+
+async def dead_letters(*, consumer: str | None, page: PageRequest) -> Page[DeadLetterRead]:
+    """The platform's dead letters (of one consumer group, or all), in the order they died."""
+    rows = await events.list_dead_letters(consumer=consumer, after=page.after_value(0), limit=page.fetch_limit)
+    return page.of(rows, key=lambda d: (d.id,), item=_dead_letter)
+
+
+async def dead_letter(*, dead_letter_id: int) -> DeadLetterRead:
+    return _dead_letter(await events.get_dead_letter(dead_letter_id=dead_letter_id))
+
+
+async def replay_dead_letter(*, dead_letter_id: int) -> DeadLetterRead:
+    """Ask the dead letter's consumer to deliver it once more (asking twice delivers once)."""
+    return _dead_letter(await events.request_replay(dead_letter_id=dead_letter_id))

@@ -15,6 +15,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+import asyncpg
 import ray
 
 from nexus_ray.actors.client import EntityClient
@@ -125,7 +126,7 @@ async def forget_user(*, user_id: str) -> None:
 # -- reacting to erasure -------------------------------------------------------------------------
 
 
-async def _on_erased(_conn, event: Event) -> None:
+async def _on_erased(_conn: asyncpg.Connection, event: Event) -> None:
     await forget_user(user_id=str(event.data["user_id"]))
     log.info("sessions of an erased account forgotten")
 

@@ -271,10 +271,8 @@ def _status(row: asyncpg.Record | dict, now: datetime) -> str:
     return "previous" if row["retires_at"] > now else "retired"
 
 
-def _meta(row: asyncpg.Record | None) -> dict[str, Any] | None:
+def _meta(row: asyncpg.Record) -> dict[str, Any]:
     """What may be shown of a signing key: everything but the sealed private key."""
-    if row is None:
-        return None
     out = {k: row[k] for k in ("kid", "purpose", "alg", "public_jwk", "created_at", "rotated_at", "retires_at",
                                "revoked_at")}
     out["status"] = _status(row, datetime.now(UTC))
@@ -315,6 +313,14 @@ async def _lock(conn: asyncpg.Connection, purpose: str, alg: str) -> None:
     await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"nexus:signing-key:{purpose}:{alg}")
 
 
+async def _keys_changed(purpose: str) -> None:
+    """Make this process's edge read the platform keys now: it refuses a key id it has not read (tokens.py)."""
+    if purpose == "platform":
+        from nexus_ray.edge import tokens
+
+        await tokens.ring().refresh()
+
+
 async def current_signer(alg: str = "ES256", *, purpose: str = "platform") -> Signer:
     """The current key of (purpose, alg), unsealed and cached in this process; created on first use."""
     purpose_of(purpose, alg)
@@ -328,6 +334,7 @@ async def current_signer(alg: str = "ES256", *, purpose: str = "platform") -> Si
         async with postgres.transaction() as conn:
             if await _insert(conn, new, purpose) is not None:
                 await _audit_in(conn, KeyUse("generate", "key-service", new.kid, alg, purpose))
+        await _keys_changed(purpose)
         row = await pg.fetchrow(_CURRENT, purpose, alg)
     signer = _unseal(row)
     _signers[(purpose, alg)] = signer
@@ -383,7 +390,7 @@ def _check_claims(claims: Any, purpose: Purpose) -> None:
 
 
 def _sign_use(signer: Signer, claims: dict[str, Any], typ: str, actor: str) -> KeyUse:
-    detail = {k: claims[k] for k in ("sub", "jti", "exp") if k in claims}
+    detail: dict[str, Any] = {k: claims[k] for k in ("sub", "jti", "exp") if k in claims}
     return KeyUse("sign", actor, signer.kid, signer.alg, signer.purpose, detail={**detail, "typ": typ})
 
 
@@ -455,8 +462,9 @@ async def rotate(alg: str, *, purpose: str = "platform", actor: str = "system") 
         detail = {"previous": previous["kid"], "previous_retires_at": previous["retires_at"]} if previous else {}
         await _audit_in(conn, KeyUse("rotate", actor, new.kid, alg, purpose, detail=detail))
     _signers[(purpose, alg)] = Signer(new.kid, alg, purpose, new.private_key)
+    await _keys_changed(purpose)
     log.info("rotated the %s %s signing key", purpose, alg, extra={"kid": new.kid})
-    return {"current": _meta(current), "previous": _meta(previous)}
+    return {"current": _meta(current), "previous": _meta(previous) if previous is not None else None}
 
 
 async def revoke_key(kid: str, *, actor: str = "system") -> dict[str, Any]:
@@ -491,6 +499,7 @@ async def revoke_key(kid: str, *, actor: str = "system") -> dict[str, Any]:
         _signers[(purpose, alg)] = Signer(new.kid, alg, purpose, new.private_key)
     elif _signers.get((purpose, alg)) and _signers[(purpose, alg)].kid == kid:
         _signers.pop((purpose, alg), None)
+    await _keys_changed(purpose)
     log.warning("revoked the %s %s signing key", purpose, alg, extra={"kid": kid})
     return _meta(row)
 

@@ -35,7 +35,8 @@ from .models import (
 
 router = APIRouter()
 
-ADMIN = scopes_of("pv-keys").admin
+SCOPES = scopes_of("pv-keys")
+ADMIN = SCOPES.admin
 
 
 def _caller(principal: Principal) -> str | None:
@@ -53,9 +54,10 @@ async def public_key(response: Response) -> dict:
     return await service.public_keys()
 
 
-@router.post("/assets", response_model=AssetRead, status_code=201, summary="Register an asset and its owner")
+@router.post("/assets", response_model=AssetRead, status_code=201, summary="Register an asset and its owner",
+             responses={200: {"model": AssetRead, "description": "Already registered to this owner: nothing changed."}})
 async def register_asset(
-    body: AssetCreate, response: Response, principal: Principal = authorize("specialized:pv-keys:issue")
+    body: AssetCreate, response: Response, principal: Principal = authorize(SCOPES.action("issue"))
 ) -> dict:
     """201 when new; 200 when it is already registered to the same owner; 409 for another owner.
 
@@ -68,7 +70,7 @@ async def register_asset(
 
 @router.get("/assets/{asset_id}", response_model=AssetRead, summary="An asset, its owner and active keys")
 async def get_asset(
-    asset_id: str = _ASSET_ID, principal: Principal = authorize("specialized:pv-keys:verify")
+    asset_id: str = _ASSET_ID, principal: Principal = authorize(SCOPES.action("verify"))
 ) -> dict:
     """For the asset's owner (or an administrator); 404 for anyone else."""
     return await service.get_asset(asset_id, caller=_caller(principal))
@@ -84,7 +86,7 @@ async def transfer(
         alias="Idempotency-Key", min_length=8, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$",
         description="Chosen by the client; repeating it with the same request replays the first result.",
     ),
-    principal: Principal = authorize("specialized:pv-keys:transfer"),
+    principal: Principal = authorize(SCOPES.action("transfer")),
 ) -> dict:
     """Revokes the old holder's keys to the asset and issues the new holder a key, in one transaction.
 
@@ -97,7 +99,7 @@ async def transfer(
 
 
 @router.post("/access-keys", response_model=AccessKeyIssued, status_code=201, summary="Issue an access key")
-async def issue(body: AccessKeyCreate, principal: Principal = authorize("specialized:pv-keys:issue")) -> dict:
+async def issue(body: AccessKeyCreate, principal: Principal = authorize(SCOPES.action("issue"))) -> dict:
     """By the asset's owner (or an administrator), to any holder; 404 naming asset_id for anyone else."""
     return await service.issue(
         asset_id=body.asset_id, holder=body.holder, permissions=body.permissions, ttl_s=body.ttl_s,
@@ -106,7 +108,7 @@ async def issue(body: AccessKeyCreate, principal: Principal = authorize("special
 
 
 @router.post("/access-keys/verify", response_model=VerifyRead, summary="Verify an access key online")
-async def verify(body: VerifyCreate, _principal: Principal = authorize("specialized:pv-keys:verify")) -> dict:
+async def verify(body: VerifyCreate, _principal: Principal = authorize(SCOPES.action("verify"))) -> dict:
     """Signature, validity period, asset, permission and revocation. ``valid: false`` says why not;
     text that is not an access key at all is a 422 naming ``access_key``."""
     try:
@@ -119,7 +121,7 @@ async def verify(body: VerifyCreate, _principal: Principal = authorize("speciali
 
 
 @router.get("/access-keys/{key_id}/status", response_model=AccessKeyRead, summary="Revocation check of a key")
-async def status(key_id: str = _KEY_ID, principal: Principal = authorize("specialized:pv-keys:verify")) -> dict:
+async def status(key_id: str = _KEY_ID, principal: Principal = authorize(SCOPES.action("verify"))) -> dict:
     """For the key's holder and its asset's owner (or an administrator); 404 for anyone else."""
     return await service.status(key_id, caller=_caller(principal))
 
@@ -128,7 +130,7 @@ async def status(key_id: str = _KEY_ID, principal: Principal = authorize("specia
 async def revoke(
     body: RevokeCreate | None = None,
     key_id: str = _KEY_ID,
-    principal: Principal = authorize("specialized:pv-keys:revoke"),
+    principal: Principal = authorize(SCOPES.action("revoke")),
 ) -> dict:
     """By the asset's owner or the key's own holder (or an administrator); 404 for anyone else."""
     reason = body.reason if body is not None else "revoked"
@@ -140,7 +142,7 @@ async def revocations(
     since: datetime | None = Query(None, description="Only revocations after this time (with `after`)."),
     after: str = Query("", max_length=40, description="Key id of the last item seen at `since`."),
     limit: int = Query(500, ge=1, le=5000),
-    _principal: Principal = authorize("specialized:pv-keys:verify"),
+    _principal: Principal = authorize(SCOPES.action("verify")),
 ) -> dict:
     items = await service.revocations(since=since, after=after, limit=limit)
     last = items[-1] if items else None

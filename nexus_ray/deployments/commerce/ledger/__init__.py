@@ -1,0 +1,67 @@
+"""ledger-mgr: double-entry accounts, immutable balanced entries, holds, reconciliation, statements.
+
+Routes in :mod:`.views`; logic (and the design under concurrency: sharded balances, lock
+order, idempotency) in :mod:`.service`; ``background`` voids expired holds. Other
+namespaces (finance) call the functions in ``exports`` with
+:func:`nexus_ray.deployments.kit.calls.call`, keyword arguments only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from . import service
+from .models import Balance, EntryRead, HoldRead
+from .views import router
+
+background = [service.expire_holds_forever]
+
+
+# Cross-namespace callers are platform services that authorised their own callers at their edge:
+# they act as ``caller`` (which scopes their idempotency keys) and may draw on any account.
+
+
+async def post_transfer(
+    *, caller: str, debit_account_id: UUID | str, credit_account_id: UUID | str, amount: int, currency: str,
+    idempotency_key: str, description: str = "", metadata: dict[str, Any] | None = None,
+) -> EntryRead:
+    """Post a transfer; the same ``idempotency_key`` (per ``caller``) with the same arguments returns the first."""
+    req = service.transfer_request(
+        debit_account_id=UUID(str(debit_account_id)), credit_account_id=UUID(str(credit_account_id)), amount=amount,
+        currency=currency, description=description, metadata=metadata, idempotency_key=idempotency_key)
+    entry, _ = await service.post_one(caller=caller, privileged=True, request=req)
+    return entry
+
+
+async def place_hold(
+    *, caller: str, debit_account_id: UUID | str, credit_account_id: UUID | str, amount: int, currency: str,
+    idempotency_key: str, expires_in_s: int = 3600, description: str = "", metadata: dict[str, Any] | None = None,
+) -> HoldRead:
+    hold, _ = await service.place_hold(
+        caller=caller, privileged=True, debit_account_id=UUID(str(debit_account_id)),
+        credit_account_id=UUID(str(credit_account_id)), amount=amount, currency=currency, expires_in_s=expires_in_s,
+        description=description, metadata=metadata, idempotency_key=idempotency_key)
+    return hold
+
+
+async def capture_hold(*, caller: str, hold_id: UUID | str, idempotency_key: str, amount: int | None = None
+                       ) -> HoldRead:
+    hold, _ = await service.capture_hold(hold_id=UUID(str(hold_id)), caller=caller, privileged=True, amount=amount,
+                                         idempotency_key=idempotency_key)
+    return hold
+
+
+async def void_hold(*, caller: str, hold_id: UUID | str) -> HoldRead:
+    return await service.void_hold(hold_id=UUID(str(hold_id)), caller=caller, privileged=True)
+
+
+async def balance(*, account_id: UUID | str) -> Balance:
+    return await service.balance(account_id=UUID(str(account_id)))
+
+
+#: What services of other namespaces may call (nexus_ray.deployments.kit.calls.call).
+exports = {"post_transfer": post_transfer, "place_hold": place_hold, "capture_hold": capture_hold,
+           "void_hold": void_hold, "balance": balance}
+
+__all__ = ["background", "exports", "router"]

@@ -1,0 +1,1032 @@
+"""ledger-mgr's logic: a double-entry ledger that stays balanced, and fast, under concurrency.
+
+Model
+-----
+An **account** has a type (asset, liability, revenue, expense, equity), one ISO 4217
+currency, an owner principal (``platform`` for the platform's own accounts) and says
+whether its balance may go below zero. An **entry** is a set of postings (lines: account,
+debit or credit, amount in minor units) whose debits equal its credits in every currency;
+a **transfer** is the two-line entry. Entries and postings are append-only (the database
+refuses UPDATE, DELETE and TRUNCATE on them); an entry is corrected by a **reversal**, an
+entry with the sides swapped that names the original (``reverses`` is UNIQUE, so an entry
+is reversed once). A **hold** reserves an amount for a later transfer: it adds to the
+pending columns, and is captured (all or part posted as an entry), voided, or expired by
+:func:`expire_holds`. Balances are read on the account's normal side (debits for assets
+and expenses, credits otherwise): ``available = posted - pending_out``; an account that
+forbids negatives refuses any change that would make its available balance negative.
+
+Hot accounts: sharded balance rows, locked in one order
+-------------------------------------------------------
+A balance is not one row but ``shards`` rows of running totals (``ledger_balances``),
+summed on read. A change that can only *raise* an account's available balance (a credit
+to the platform's fee account, a capture, a void) needs no check, so it adds to one shard
+picked at random: N shards let N such transactions on one account proceed at once instead
+of queueing on one row lock. Only a change that *lowers* the available balance of an
+account that forbids negatives must see the whole balance: it locks all of that account's
+shards, which serialises exactly the transfers that must be serialised (two debits racing
+for the same funds) and nothing else. Accounts that allow negatives never check, so a hot
+account of either direction (fees in, payouts out) spreads over its shards.
+
+Every transaction locks the balance rows it will change **in one statement, ordered by
+(account, shard)** before changing any, so two transactions never hold rows the other
+waits for (no deadlocks among transfers); a hold is locked before its balance rows,
+always. A deadlock that still happens (the database reports it) is retried.
+
+A batch is set-based: its items are checked one after another in Python against the
+locked totals (an item that would overdraw is refused, the rest go on), then the accepted
+ones are written with one statement per table (balances, entries, postings, outbox,
+idempotency). Each item is atomic -- all of its lines and its event, or nothing -- and the
+batch commits once, which is what makes thousands of transfers per second possible.
+
+Idempotency
+-----------
+Every posting request carries a key, scoped to the caller (``ledger_idempotency``
+keyed by (principal, key)). The key is claimed by an INSERT in the transaction of the
+change, with the hash of the request: a concurrent request with the same key waits on that
+row and then sees the committed result, so it is replayed, never applied twice; the same
+key with another body is a 409 naming ``idempotency_key``. A refused request (insufficient
+funds, a hold no longer pending) releases its key: nothing was posted, so a retry may
+succeed later. Keys are kept (no expiry yet).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import random
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+from uuid import UUID
+
+import asyncpg
+import orjson
+
+from nexus_ray.deployments.kit.pages import Page, PageRequest
+from nexus_ray.deployments.kit.settings import settings_of
+from nexus_ray.exceptions import Conflict, Forbidden, NexusError, NotFound, ValidationFailed
+from nexus_ray.stores import postgres
+from nexus_ray.stores.events import emit, emit_many
+
+from .models import (
+    AccountRead,
+    Balance,
+    BatchResult,
+    CurrencyTotals,
+    EntryRead,
+    HoldRead,
+    ItemResult,
+    LineRead,
+    Reconciliation,
+    StatementLine,
+)
+from .settings import LedgerSettings
+
+log = logging.getLogger(__name__)
+
+ENTRY_POSTED = "ledger.entry.posted"
+HOLD_CHANGED = "ledger.hold.changed"
+PLATFORM = "platform"
+DEBIT_NORMAL = frozenset({"asset", "expense"})
+_RETRIES = 5
+
+T = TypeVar("T")
+
+
+# -- accounts ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Account:
+    id: UUID
+    owner: str
+    type: str
+    currency: str
+    allow_negative: bool
+    shards: int
+
+    @property
+    def debit_normal(self) -> bool:
+        return self.type in DEBIT_NORMAL
+
+
+_ACCOUNT_COLUMNS = "id, owner, name, type, currency, allow_negative, shards, metadata, created_at"
+
+
+async def _accounts(conn: asyncpg.Connection | asyncpg.Pool, ids: Sequence[UUID]) -> dict[UUID, _Account]:
+    rows = await conn.fetch(
+        "SELECT id, owner, type, currency, allow_negative, shards FROM ledger_accounts WHERE id = ANY($1::uuid[])",
+        list(set(ids)),
+    )
+    return {r["id"]: _Account(r["id"], r["owner"], r["type"], r["currency"].strip(), r["allow_negative"], r["shards"])
+            for r in rows}
+
+
+def _balance(account_type: str, currency: str, d: int, c: int, dp: int, cp: int) -> Balance:
+    if account_type in DEBIT_NORMAL:
+        posted, out, inc = d - c, cp, dp
+    else:
+        posted, out, inc = c - d, dp, cp
+    return Balance(currency=currency, posted=posted, pending_out=out, pending_in=inc, available=posted - out,
+                   debits_posted=d, credits_posted=c, debits_pending=dp, credits_pending=cp)
+
+
+def _account_read(row: asyncpg.Record, totals: asyncpg.Record | None = None) -> AccountRead:
+    out = AccountRead.model_validate({**dict(row), "currency": row["currency"].strip()})
+    if totals is not None:
+        out.balance = _balance(row["type"], out.currency, int(totals["d"]), int(totals["c"]), int(totals["dp"]),
+                               int(totals["cp"]))
+    return out
+
+
+async def create_account(
+    *, caller: str, privileged: bool, name: str, type: str, currency: str, allow_negative: bool,
+    owner: str | None, shards: int | None, metadata: dict[str, Any],
+) -> AccountRead:
+    """Open an account owned by ``owner`` (default ``caller``; another owner needs ``privileged``)."""
+    owner = owner or caller
+    if owner != caller and not privileged:
+        raise Forbidden("only an administrator opens accounts for another owner", extra={"field": "owner"})
+    shards = shards or settings_of(LedgerSettings).ledger_default_shards
+    account_id = uuid.uuid4()
+    async with postgres.transaction() as conn:
+        row = await conn.fetchrow(
+            f"INSERT INTO ledger_accounts (id, owner, name, type, currency, allow_negative, shards, metadata) "
+            f"VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING {_ACCOUNT_COLUMNS}",
+            account_id, owner, name, type, currency, allow_negative, shards, metadata,
+        )
+        await conn.execute(
+            "INSERT INTO ledger_balances (account_id, shard) SELECT $1, s FROM generate_series(0, $2 - 1) AS s",
+            account_id, shards,
+        )
+    assert row is not None
+    return _account_read(row, {"d": 0, "c": 0, "dp": 0, "cp": 0})
+
+
+_TOTALS = ("SELECT coalesce(sum(debits_posted), 0) AS d, coalesce(sum(credits_posted), 0) AS c, "
+           "coalesce(sum(debits_pending), 0) AS dp, coalesce(sum(credits_pending), 0) AS cp "
+           "FROM ledger_balances WHERE account_id = $1")
+
+
+async def _visible_account(pg: asyncpg.Pool, account_id: UUID, caller: str, privileged: bool) -> asyncpg.Record:
+    row = await pg.fetchrow(f"SELECT {_ACCOUNT_COLUMNS} FROM ledger_accounts WHERE id = $1", account_id)
+    # Another owner's account is reported as missing: its existence is not the caller's business.
+    if row is None or (row["owner"] != caller and not privileged):
+        raise NotFound(f"account {account_id} not found")
+    return row
+
+
+async def get_account(*, account_id: UUID, caller: str, privileged: bool) -> AccountRead:
+    """The account with its balance, for its owner or an administrator."""
+    pg = await postgres.pool()
+    row = await _visible_account(pg, account_id, caller, privileged)
+    return _account_read(row, await pg.fetchrow(_TOTALS, account_id))
+
+
+async def balance(*, account_id: UUID) -> Balance:
+    """The balance of an account (posted, pending, available), on its normal side."""
+    pg = await postgres.pool()
+    row = await pg.fetchrow("SELECT type, currency FROM ledger_accounts WHERE id = $1", account_id)
+    if row is None:
+        raise NotFound(f"account {account_id} not found")
+    t = await pg.fetchrow(_TOTALS, account_id)
+    assert t is not None
+    return _balance(row["type"], row["currency"].strip(), int(t["d"]), int(t["c"]), int(t["dp"]), int(t["cp"]))
+
+
+def _not_our_cursor() -> ValidationFailed:
+    return ValidationFailed.for_field("cursor", "is not a cursor returned by this list")
+
+
+def _cursor_uuid(page: PageRequest) -> UUID | None:
+    """The account id in an accounts cursor (None on the first page); 422 naming ``cursor`` otherwise."""
+    value = page.after_value(0)
+    if value is None:
+        return None
+    try:
+        return UUID(str(value))
+    except ValueError:
+        raise _not_our_cursor() from None
+
+
+def _cursor_posting(page: PageRequest) -> int:
+    """The posting id in a statement cursor (0 on the first page); 422 naming ``cursor`` otherwise."""
+    value = page.after_value(0, 0)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise _not_our_cursor()
+    return value
+
+
+async def list_accounts(*, owner: str, page: PageRequest) -> Page[AccountRead]:
+    """The accounts of ``owner``, oldest id order (keyset on id)."""
+    pg = await postgres.pool()
+    after = _cursor_uuid(page)
+    rows = await pg.fetch(
+        f"SELECT {_ACCOUNT_COLUMNS} FROM ledger_accounts WHERE owner = $1 AND ($2::uuid IS NULL OR id > $2::uuid) "
+        "ORDER BY id LIMIT $3",
+        owner, after, page.fetch_limit,
+    )
+    return page.of(rows, key=lambda r: (str(r["id"]),), item=_account_read)
+
+
+async def statement(*, account_id: UUID, caller: str, privileged: bool, page: PageRequest) -> Page[StatementLine]:
+    """An account's postings in posting order, each with the posted balance after it (keyset on posting id).
+
+    A posting whose transaction commits after a later-numbered one was already listed can be
+    missed by a reader paging at that moment (ids are taken at insert, not at commit); the
+    running balance of the next page still counts it, as it is a sum up to the cursor.
+    """
+    pg = await postgres.pool()
+    account = await _visible_account(pg, account_id, caller, privileged)
+    sign = 1 if account["type"] in DEBIT_NORMAL else -1
+    after = _cursor_posting(page)
+    rows = await pg.fetch(
+        "SELECT id, entry_id, side, amount, created_at FROM ledger_postings "
+        "WHERE account_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+        account_id, after, page.fetch_limit,
+    )
+    running = sign * int(await pg.fetchval(
+        "SELECT coalesce(sum(CASE side WHEN 'D' THEN amount ELSE -amount END), 0) FROM ledger_postings "
+        "WHERE account_id = $1 AND id <= $2", account_id, after,
+    ))
+    lines = []
+    for r in rows:
+        running += sign * (r["amount"] if r["side"] == "D" else -r["amount"])
+        lines.append(StatementLine(posting_id=r["id"], entry_id=r["entry_id"],
+                                   side="debit" if r["side"] == "D" else "credit", amount=r["amount"],
+                                   balance_after=running, created_at=r["created_at"]))
+    return page.of(lines, key=lambda s: (s.posting_id,))
+
+
+# -- balance changes: sharded rows, locked in one order ----------------------------------------------
+
+
+@dataclass
+class _Change:
+    """What one operation does to one account's totals."""
+
+    account: _Account
+    debits_posted: int = 0
+    credits_posted: int = 0
+    debits_pending: int = 0
+    credits_pending: int = 0
+
+    @property
+    def available_delta(self) -> int:
+        if self.account.debit_normal:
+            return self.debits_posted - self.credits_posted - self.credits_pending
+        return self.credits_posted - self.debits_posted - self.debits_pending
+
+
+@dataclass
+class _Op:
+    """One operation of a request (a batch has many): its key, its changes, and how it ended."""
+
+    index: int
+    key: str | None
+    request_hash: str
+    changes: dict[UUID, _Change] = field(default_factory=dict)
+    error: NexusError | None = None
+    result: dict[str, Any] | None = None
+    replayed: bool = False
+    claimed: bool = False  # this op inserted its key's row (so may store or release it)
+
+    def change(self, account: _Account) -> _Change:
+        found = self.changes.get(account.id)
+        if found is None:
+            found = self.changes[account.id] = _Change(account)
+        return found
+
+
+async def _apply_balances(conn: asyncpg.Connection, ops: Sequence[_Op]) -> None:
+    """Lock the rows ``ops`` change (sorted), refuse those that would overdraw, apply the others' changes.
+
+    Refused ops get ``error``; the others' changes are written with one UPDATE.
+    """
+    live = [op for op in ops if op.error is None and op.result is None]
+    checked: dict[UUID, _Account] = {}  # accounts whose whole balance must be seen: they forbid negatives and drop
+    touched: dict[UUID, _Account] = {}
+    for op in live:
+        for ch in op.changes.values():
+            touched[ch.account.id] = ch.account
+            if ch.available_delta < 0 and not ch.account.allow_negative:
+                checked[ch.account.id] = ch.account
+    if not touched:
+        return
+    target = {a.id: random.randrange(a.shards) for a in touched.values()}
+    rows = sorted({(a.id, s) for a in checked.values() for s in range(a.shards)}
+                  | {(aid, s) for aid, s in target.items()})
+    locked = await conn.fetch(
+        "SELECT b.account_id, b.debits_posted, b.credits_posted, b.debits_pending, b.credits_pending "
+        "FROM ledger_balances b JOIN unnest($1::uuid[], $2::int2[]) AS u(a, s) ON b.account_id = u.a AND b.shard = u.s "
+        "ORDER BY b.account_id, b.shard FOR UPDATE OF b",
+        [r[0] for r in rows], [r[1] for r in rows],
+    )
+    available: dict[UUID, int] = {}
+    for r in locked:
+        a = checked.get(r["account_id"])
+        if a is not None:
+            part = _Change(a, r["debits_posted"], r["credits_posted"], r["debits_pending"], r["credits_pending"])
+            available[a.id] = available.get(a.id, 0) + part.available_delta
+    sums: dict[UUID, list[int]] = {}
+    for op in live:
+        short = [ch for ch in op.changes.values()
+                 if ch.account.id in available and available[ch.account.id] + ch.available_delta < 0]
+        if short:
+            a = short[0].account
+            op.error = Conflict(
+                f"insufficient funds in account {a.id}",
+                extra={"account_id": str(a.id), "available": available[a.id], "code": "insufficient_funds"},
+            )
+            continue
+        for ch in op.changes.values():
+            if ch.account.id in available:
+                available[ch.account.id] += ch.available_delta
+            s = sums.setdefault(ch.account.id, [0, 0, 0, 0])
+            s[0] += ch.debits_posted
+            s[1] += ch.credits_posted
+            s[2] += ch.debits_pending
+            s[3] += ch.credits_pending
+    if not sums:
+        return
+    ids = list(sums)
+    await conn.execute(
+        "UPDATE ledger_balances b SET debits_posted = b.debits_posted + u.d, credits_posted = b.credits_posted + u.c, "
+        "debits_pending = b.debits_pending + u.dp, credits_pending = b.credits_pending + u.cp "
+        "FROM unnest($1::uuid[], $2::int2[], $3::int8[], $4::int8[], $5::int8[], $6::int8[]) AS u(a, s, d, c, dp, cp) "
+        "WHERE b.account_id = u.a AND b.shard = u.s",
+        ids, [target[i] for i in ids], *([sums[i][k] for i in ids] for k in range(4)),
+    )
+
+
+async def _in_transaction(work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+    """Run ``work`` in a transaction; again (from scratch) when the database reports a deadlock."""
+    for attempt in range(_RETRIES):
+        try:
+            async with postgres.transaction() as conn:
+                return await work(conn)
+        except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
+            if attempt == _RETRIES - 1:
+                raise
+            log.info("ledger transaction retried after a deadlock")
+            await asyncio.sleep(random.uniform(0, 0.01 * (attempt + 1)))
+        except asyncpg.NumericValueOutOfRangeError:
+            raise Conflict("a balance would exceed the largest amount the ledger holds",
+                           extra={"code": "amount_out_of_range"}) from None
+    raise AssertionError("unreachable")
+
+
+def _new_ids(n: int) -> list[UUID]:
+    """``n`` random (version 4) UUIDs from one read of the system's random source: a batch needs thousands, and
+    one ``uuid4()`` each (one ``os.urandom`` call each) showed up in its profile."""
+    raw = os.urandom(16 * n)
+    return [UUID(bytes=raw[i:i + 16], version=4) for i in range(0, 16 * n, 16)]
+
+
+# -- idempotency ---------------------------------------------------------------------------------------
+
+
+def request_hash(operation: str, body: dict[str, Any]) -> str:
+    """The hash a key is bound to: the operation and its body (without the key), canonical JSON."""
+    canonical = orjson.dumps({"op": operation, "body": body}, option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(canonical).hexdigest()
+
+
+def _key_reused() -> Conflict:
+    return Conflict(
+        "idempotency_key was already used with another request",
+        extra={"errors": [{"field": "idempotency_key", "message": "was used with another request",
+                           "type": "idempotency_key_reused"}], "code": "idempotency_key_reused"},
+    )
+
+
+async def _claim(conn: asyncpg.Connection, caller: str, ops: Sequence[_Op]) -> None:
+    """Claim each op's key; an op whose key was used before is replayed (same request) or refused (another)."""
+    keyed = sorted((op for op in ops if op.key is not None and op.error is None), key=lambda o: o.key or "")
+    if not keyed:
+        return
+    # Sorted: two batches that share keys claim them in the same order and cannot deadlock on them.
+    claimed = {r["key"] for r in await conn.fetch(
+        "INSERT INTO ledger_idempotency (principal, key, request_hash) "
+        "SELECT $1, k, h FROM unnest($2::text[], $3::text[]) WITH ORDINALITY AS u(k, h, n) ORDER BY n "
+        "ON CONFLICT DO NOTHING RETURNING key",
+        caller, [op.key for op in keyed], [op.request_hash for op in keyed],
+    )}
+    for op in keyed:
+        op.claimed = op.key in claimed
+    taken = [op for op in keyed if not op.claimed]
+    if not taken:
+        return
+    earlier = {r["key"]: r for r in await conn.fetch(
+        "SELECT key, request_hash, response FROM ledger_idempotency WHERE principal = $1 AND key = ANY($2::text[])",
+        caller, [op.key for op in taken],
+    )}
+    for op in taken:
+        row = earlier.get(op.key)
+        if row is None or row["response"] is None:  # released by a refusal meanwhile: the caller retries
+            op.error = Conflict("a request with this idempotency_key is in progress; retry",
+                                extra={"code": "idempotency_key_in_progress"})
+        elif row["request_hash"] != op.request_hash:
+            op.error = _key_reused()
+        else:
+            op.result, op.replayed = row["response"], True
+
+
+async def _settle_keys(conn: asyncpg.Connection, caller: str, ops: Sequence[_Op]) -> None:
+    """Store the results of the ops that succeeded; release the keys of those that were refused."""
+    done = [op for op in ops if op.claimed and op.result is not None]
+    refused = [op.key for op in ops if op.claimed and op.result is None]
+    if done:
+        await conn.execute(
+            "UPDATE ledger_idempotency i SET response = u.r::jsonb FROM unnest($2::text[], $3::text[]) AS u(k, r) "
+            "WHERE i.principal = $1 AND i.key = u.k",
+            caller, [op.key for op in done], [orjson.dumps(op.result).decode() for op in done],
+        )
+    if refused:
+        await conn.execute("DELETE FROM ledger_idempotency WHERE principal = $1 AND key = ANY($2::text[]) "
+                           "AND response IS NULL", caller, refused)
+
+
+# -- entries ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Line:
+    """One line of an entry to post."""
+
+    account_id: UUID
+    side: str  # debit | credit
+    amount: int
+    currency: str
+
+
+@dataclass(frozen=True)
+class EntryRequest:
+    """An entry to post (a transfer is the two-line one), with its idempotency key and request hash."""
+
+    lines: tuple[Line, ...]
+    kind: str = "entry"
+    description: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict)
+    key: str | None = None
+    request_hash: str = ""
+
+
+def transfer_request(
+    *, debit_account_id: UUID, credit_account_id: UUID, amount: int, currency: str, description: str = "",
+    metadata: dict[str, Any] | None = None, idempotency_key: str | None = None,
+) -> EntryRequest:
+    """The entry of a transfer, its hash computed from the transfer as the caller sent it."""
+    metadata = metadata or {}
+    body = {"debit_account_id": str(debit_account_id), "credit_account_id": str(credit_account_id),
+            "amount": amount, "currency": currency, "description": description, "metadata": metadata}
+    return EntryRequest(
+        lines=(Line(debit_account_id, "debit", amount, currency), Line(credit_account_id, "credit", amount, currency)),
+        kind="transfer", description=description, metadata=metadata, key=idempotency_key,
+        request_hash=request_hash("transfer", body),
+    )
+
+
+def entry_request(
+    *, lines: Sequence[Line], description: str = "", metadata: dict[str, Any] | None = None,
+    idempotency_key: str | None = None,
+) -> EntryRequest:
+    metadata = metadata or {}
+    body = {"lines": [[str(ln.account_id), ln.side, ln.amount, ln.currency] for ln in lines],
+            "description": description, "metadata": metadata}
+    return EntryRequest(lines=tuple(lines), kind="entry", description=description, metadata=metadata,
+                        key=idempotency_key, request_hash=request_hash("entry", body))
+
+
+def _field(req: EntryRequest, i: int, name: str) -> str:
+    if req.kind == "transfer":
+        return {"account_id": "debit_account_id" if i == 0 else "credit_account_id"}.get(name, name)
+    return f"lines.{i}.{name}"
+
+
+def _check_entry(req: EntryRequest, accounts: dict[UUID, _Account], op: _Op, caller: str, privileged: bool) -> None:
+    """Validate ``req`` against the accounts and fill ``op.changes``; on a fault set ``op.error``."""
+    per_currency: dict[str, int] = {}
+    if req.kind == "transfer" and req.lines[0].account_id == req.lines[1].account_id:
+        op.error = ValidationFailed.for_field("credit_account_id", "must differ from debit_account_id")
+        return
+    for i, ln in enumerate(req.lines):
+        a = accounts.get(ln.account_id)
+        if a is None:
+            op.error = NotFound(f"account {ln.account_id} not found", extra={"field": _field(req, i, "account_id")})
+            return
+        if a.currency != ln.currency:
+            op.error = ValidationFailed.for_field(
+                _field(req, i, "currency"), f"is {ln.currency} but account {a.id} holds {a.currency}",
+                "currency_mismatch")
+            return
+        per_currency[ln.currency] = per_currency.get(ln.currency, 0) + (ln.amount if ln.side == "debit" else -ln.amount)
+        ch = op.change(a)
+        if ln.side == "debit":
+            ch.debits_posted += ln.amount
+        else:
+            ch.credits_posted += ln.amount
+    unbalanced = sorted(c for c, v in per_currency.items() if v != 0)
+    if unbalanced:
+        op.error = ValidationFailed.for_field(
+            "lines", f"debits and credits differ in {', '.join(unbalanced)}: an entry balances in every currency",
+            "unbalanced")
+        return
+    _check_owners(req, op, caller, privileged)
+
+
+def _check_owners(req: EntryRequest, op: _Op, caller: str, privileged: bool) -> None:
+    """Unless ``privileged``, the caller may only lower the available balance of accounts it owns."""
+    if privileged:
+        return
+    for i, ln in enumerate(req.lines):
+        ch = op.changes[ln.account_id]
+        if ch.available_delta < 0 and ch.account.owner != caller:
+            op.error = Forbidden(f"account {ch.account.id} is not the caller's to draw on",
+                                 extra={"field": _field(req, i, "account_id")})
+            return
+
+
+def _entry_result(entry_id: UUID, req: EntryRequest, caller: str, now: datetime, *, reverses: UUID | None = None,
+                  hold_id: UUID | None = None) -> dict[str, Any]:
+    return {
+        "id": str(entry_id), "kind": req.kind, "reverses": str(reverses) if reverses else None,
+        "hold_id": str(hold_id) if hold_id else None, "description": req.description, "metadata": req.metadata,
+        "created_by": caller, "created_at": now.isoformat(),
+        "lines": [{"account_id": str(ln.account_id), "side": ln.side, "amount": ln.amount, "currency": ln.currency}
+                  for ln in req.lines],
+    }
+
+
+async def _insert_entries(conn: asyncpg.Connection, caller: str, now: datetime,
+                          posted: Sequence[tuple[UUID, EntryRequest, dict[str, Any]]]) -> None:
+    """Write entries, their postings and one outbox event each: one statement per table."""
+    if not posted:
+        return
+    await conn.execute(
+        "INSERT INTO ledger_entries (id, kind, reverses, hold_id, description, metadata, created_by, created_at) "
+        "SELECT i, k, r, h, d, m::jsonb, $7, $8 FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::uuid[], "
+        "$5::text[], $6::text[]) AS u(i, k, r, h, d, m)",
+        [e for e, _, _ in posted], [r.kind for _, r, _ in posted],
+        [res["reverses"] and UUID(res["reverses"]) for _, _, res in posted],
+        [res["hold_id"] and UUID(res["hold_id"]) for _, _, res in posted],
+        [r.description for _, r, _ in posted], [orjson.dumps(r.metadata).decode() for _, r, _ in posted], caller, now,
+    )
+    lines = [(e, ln) for e, r, _ in posted for ln in r.lines]
+    await conn.execute(
+        "INSERT INTO ledger_postings (entry_id, account_id, side, amount, currency, created_at) "
+        "SELECT e, a, s, m, c, $6 FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::int8[], $5::text[]) "
+        "WITH ORDINALITY AS u(e, a, s, m, c, n) ORDER BY n",
+        [e for e, _ in lines], [ln.account_id for _, ln in lines],
+        ["D" if ln.side == "debit" else "C" for _, ln in lines], [ln.amount for _, ln in lines],
+        [ln.currency for _, ln in lines], now,
+    )
+    await emit_many(conn, ENTRY_POSTED, [(str(e), res) for e, _, res in posted])
+
+
+def _error_body(err: NexusError) -> dict[str, Any]:
+    return err.problem()
+
+
+async def post_entries(*, caller: str, privileged: bool, requests: Sequence[EntryRequest]) -> list[ItemResult]:
+    """Post ``requests``, each accepted or refused on its own; one transaction for all of them.
+
+    ``privileged`` callers (administrators, other platform services) may draw on any account;
+    others only on their own. Results are in the order of ``requests``.
+    """
+    if not requests:
+        return []
+    accounts = await _accounts(await postgres.pool(), [ln.account_id for r in requests for ln in r.lines])
+
+    async def work(conn: asyncpg.Connection) -> list[_Op]:
+        ops = [_Op(i, r.key, r.request_hash) for i, r in enumerate(requests)]
+        first: dict[str, _Op] = {}
+        duplicates: list[tuple[_Op, _Op]] = []
+        for op, req in zip(ops, requests, strict=True):
+            if req.key is None:
+                # Checked after the accounts: what may not be touched is refused as such, whatever the key.
+                _check_entry(req, accounts, op, caller, privileged)
+                op.error = op.error or ValidationFailed.for_field(
+                    "idempotency_key", "is required (field or Idempotency-Key header)", "missing")
+                continue
+            if req.key in first:  # the same key twice in one batch: answered like a retry, after the first
+                duplicates.append((op, first[req.key]))
+                op.key = None
+                continue
+            first[req.key] = op
+            _check_entry(req, accounts, op, caller, privileged)
+        await _claim(conn, caller, ops)
+        await _apply_balances(conn, ops)
+        now = datetime.now(UTC)
+        posted = []
+        ids = iter(_new_ids(len(ops)))
+        for op, req in zip(ops, requests, strict=True):
+            if op.error is None and op.result is None and op.key is not None:
+                entry_id = next(ids)
+                op.result = _entry_result(entry_id, req, caller, now)
+                posted.append((entry_id, req, op.result))
+        await _insert_entries(conn, caller, now, posted)
+        await _settle_keys(conn, caller, ops)
+        for dup, orig in duplicates:
+            if dup.request_hash != orig.request_hash:
+                dup.error = _key_reused()
+            elif orig.result is not None:
+                dup.result, dup.replayed = orig.result, True
+            else:
+                dup.error = orig.error
+        return ops
+
+    ops = await _in_transaction(work)
+    out = []
+    for op in ops:
+        if op.result is not None:
+            out.append(ItemResult(index=op.index, status="replayed" if op.replayed else "posted",
+                                  entry=EntryRead.model_validate(op.result)))
+        else:
+            assert op.error is not None
+            out.append(ItemResult(index=op.index, status="refused", error=_error_body(op.error)))
+    return out
+
+
+async def post_one(*, caller: str, privileged: bool, request: EntryRequest) -> tuple[EntryRead, bool]:
+    """Post one entry or transfer: (the entry, whether it was a replay); its refusal is raised."""
+    (result,) = await post_entries(caller=caller, privileged=privileged, requests=[request])
+    if result.entry is None:
+        assert result.error is not None
+        raise _error_from(result.error)
+    return result.entry, result.status == "replayed"
+
+
+_BY_STATUS: dict[int, type[NexusError]] = {403: Forbidden, 404: NotFound, 409: Conflict, 422: ValidationFailed}
+
+
+def _error_from(problem: dict[str, Any]) -> NexusError:
+    cls = _BY_STATUS.get(int(problem.get("status", 500)), NexusError)
+    extra = {k: v for k, v in problem.items() if k not in ("type", "title", "status", "detail", "instance")}
+    return cls(str(problem.get("detail", "")), extra=extra)
+
+
+async def post_batch(*, caller: str, privileged: bool, requests: Sequence[EntryRequest]) -> BatchResult:
+    results = await post_entries(caller=caller, privileged=privileged, requests=requests)
+    count = {s: sum(1 for r in results if r.status == s) for s in ("posted", "replayed", "refused")}
+    return BatchResult(posted=count["posted"], replayed=count["replayed"], refused=count["refused"], results=results)
+
+
+async def _entry_lines(conn: asyncpg.Connection | asyncpg.Pool, entry_id: UUID) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        "SELECT account_id, side, amount, currency FROM ledger_postings WHERE entry_id = $1 ORDER BY id", entry_id)
+
+
+def _entry_read(row: asyncpg.Record, lines: Sequence[asyncpg.Record]) -> EntryRead:
+    return EntryRead(
+        id=row["id"], kind=row["kind"], reverses=row["reverses"], hold_id=row["hold_id"],
+        description=row["description"], metadata=row["metadata"], created_by=row["created_by"],
+        created_at=row["created_at"],
+        lines=[LineRead(account_id=ln["account_id"], side="debit" if ln["side"] == "D" else "credit",
+                        amount=ln["amount"], currency=ln["currency"].strip()) for ln in lines],
+    )
+
+
+async def get_entry(*, entry_id: UUID, caller: str, privileged: bool) -> EntryRead:
+    """An entry, for its poster, an owner of one of its accounts, or an administrator."""
+    pg = await postgres.pool()
+    row = await pg.fetchrow("SELECT * FROM ledger_entries WHERE id = $1", entry_id)
+    lines = await _entry_lines(pg, entry_id) if row is not None else []
+    if row is not None and not privileged and row["created_by"] != caller:
+        owners = await pg.fetch("SELECT owner FROM ledger_accounts WHERE id = ANY($1::uuid[])",
+                                [ln["account_id"] for ln in lines])
+        if caller not in {o["owner"] for o in owners}:
+            row = None
+    if row is None:
+        raise NotFound(f"entry {entry_id} not found")
+    return _entry_read(row, lines)
+
+
+async def reverse_entry(*, entry_id: UUID, caller: str, description: str, idempotency_key: str | None
+                        ) -> tuple[EntryRead, bool]:
+    """Post the reversal of ``entry_id`` (sides swapped, naming it); 409 if it was reversed already."""
+    if idempotency_key is None:
+        raise ValidationFailed.for_field("idempotency_key", "is required (field or Idempotency-Key header)", "missing")
+    h = request_hash("reverse", {"entry_id": str(entry_id), "description": description})
+
+    async def work(conn: asyncpg.Connection) -> _Op:
+        op = _Op(0, idempotency_key, h)
+        await _claim(conn, caller, [op])
+        if op.error is not None or op.result is not None:
+            return op
+        row = await conn.fetchrow("SELECT id, metadata FROM ledger_entries WHERE id = $1", entry_id)
+        if row is None:
+            op.error = NotFound(f"entry {entry_id} not found")
+        elif await conn.fetchval("SELECT 1 FROM ledger_entries WHERE reverses = $1", entry_id):
+            op.error = Conflict(f"entry {entry_id} is already reversed", extra={"code": "already_reversed"})
+        if op.error is None:
+            lines = await _entry_lines(conn, entry_id)
+            accounts = await _accounts(conn, [ln["account_id"] for ln in lines])
+            req = EntryRequest(
+                lines=tuple(Line(ln["account_id"], "credit" if ln["side"] == "D" else "debit", ln["amount"],
+                                 ln["currency"].strip()) for ln in lines),
+                kind="reversal", description=description or f"reversal of {entry_id}",
+                metadata={"reverses": str(entry_id)}, key=idempotency_key, request_hash=h)
+            _check_entry(req, accounts, op, caller, True)
+            await _apply_balances(conn, [op])
+            if op.error is None:
+                now = datetime.now(UTC)
+                new_id = uuid.uuid4()
+                op.result = _entry_result(new_id, req, caller, now, reverses=entry_id)
+                await _insert_entries(conn, caller, now, [(new_id, req, op.result)])
+        await _settle_keys(conn, caller, [op])
+        return op
+
+    try:
+        op = await _in_transaction(work)
+    except asyncpg.UniqueViolationError:  # another reversal of the same entry won the race
+        raise Conflict(f"entry {entry_id} is already reversed", extra={"code": "already_reversed"}) from None
+    if op.error is not None:
+        raise op.error
+    assert op.result is not None
+    return EntryRead.model_validate(op.result), op.replayed
+
+
+# -- holds -----------------------------------------------------------------------------------------------------
+
+
+_HOLD_COLUMNS = ("id, debit_account_id, credit_account_id, currency, amount, status, captured_amount, entry_id, "
+                 "description, metadata, created_by, created_at, expires_at, resolved_at")
+
+
+def _hold_read(row: asyncpg.Record | dict[str, Any]) -> HoldRead:
+    return HoldRead.model_validate({**dict(row), "currency": str(row["currency"]).strip()})
+
+
+def _hold_changes(op: _Op, debit: _Account, credit: _Account, pending: int, posted: int) -> None:
+    """``pending`` added to the hold's pending columns (negative: released) and ``posted`` posted."""
+    d, c = op.change(debit), op.change(credit)
+    d.debits_pending += pending
+    d.debits_posted += posted
+    c.credits_pending += pending
+    c.credits_posted += posted
+
+
+async def place_hold(
+    *, caller: str, privileged: bool, debit_account_id: UUID, credit_account_id: UUID, amount: int, currency: str,
+    expires_in_s: int, description: str = "", metadata: dict[str, Any] | None = None, idempotency_key: str | None,
+) -> tuple[HoldRead, bool]:
+    """Reserve ``amount`` of the debit account for a transfer to the credit account: (the hold, replayed)."""
+    metadata = metadata or {}
+    limit = settings_of(LedgerSettings).ledger_hold_max_s
+    if expires_in_s > limit:
+        raise ValidationFailed.for_field("expires_in_s", f"must be at most {limit}", "less_than_equal")
+    h = request_hash("hold", {"debit_account_id": str(debit_account_id), "credit_account_id": str(credit_account_id),
+                              "amount": amount, "currency": currency, "expires_in_s": expires_in_s,
+                              "description": description, "metadata": metadata})
+    req = transfer_request(debit_account_id=debit_account_id, credit_account_id=credit_account_id, amount=amount,
+                           currency=currency)
+    accounts = await _accounts(await postgres.pool(), [debit_account_id, credit_account_id])
+
+    async def work(conn: asyncpg.Connection) -> _Op:
+        op = _Op(0, idempotency_key, h)
+        _check_entry(req, accounts, op, caller, privileged)  # the same checks as the transfer it will become
+        if op.error is not None:
+            return op
+        op.changes.clear()
+        _hold_changes(op, accounts[debit_account_id], accounts[credit_account_id], amount, 0)
+        _check_owners(req, op, caller, privileged)
+        if op.error is None and idempotency_key is None:
+            op.error = ValidationFailed.for_field("idempotency_key", "is required (field or Idempotency-Key header)",
+                                                  "missing")
+        if op.error is not None:
+            return op
+        await _claim(conn, caller, [op])
+        await _apply_balances(conn, [op])
+        if op.error is None and op.result is None:
+            now = datetime.now(UTC)
+            row = await conn.fetchrow(
+                f"INSERT INTO ledger_holds (id, debit_account_id, credit_account_id, currency, amount, status, "
+                f"description, metadata, created_by, created_at, expires_at) "
+                f"VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $8, $9, $10) RETURNING {_HOLD_COLUMNS}",
+                uuid.uuid4(), debit_account_id, credit_account_id, currency, amount, description, metadata, caller,
+                now, now + timedelta(seconds=expires_in_s),
+            )
+            assert row is not None
+            op.result = _hold_read(row).model_dump(mode="json")
+            await emit(conn, HOLD_CHANGED, op.result, key=str(row["id"]))
+        await _settle_keys(conn, caller, [op])
+        return op
+
+    op = await _in_transaction(work)
+    if op.error is not None:
+        raise op.error
+    assert op.result is not None
+    return HoldRead.model_validate(op.result), op.replayed
+
+
+async def _locked_hold(conn: asyncpg.Connection, hold_id: UUID, caller: str, privileged: bool) -> asyncpg.Record:
+    row = await conn.fetchrow(f"SELECT {_HOLD_COLUMNS} FROM ledger_holds WHERE id = $1 FOR UPDATE", hold_id)
+    if row is not None and not privileged and row["created_by"] != caller:
+        owner = await conn.fetchval("SELECT owner FROM ledger_accounts WHERE id = $1", row["debit_account_id"])
+        if owner != caller:
+            row = None
+    if row is None:
+        raise NotFound(f"hold {hold_id} not found")
+    return row
+
+
+async def get_hold(*, hold_id: UUID, caller: str, privileged: bool) -> HoldRead:
+    """A hold, for whoever placed it, the owner of its debit account, or an administrator."""
+    async with postgres.transaction() as conn:
+        row = await conn.fetchrow(f"SELECT {_HOLD_COLUMNS} FROM ledger_holds WHERE id = $1", hold_id)
+        if row is not None and not privileged and row["created_by"] != caller:
+            owner = await conn.fetchval("SELECT owner FROM ledger_accounts WHERE id = $1", row["debit_account_id"])
+            if owner != caller:
+                row = None
+    if row is None:
+        raise NotFound(f"hold {hold_id} not found")
+    return _hold_read(row)
+
+
+async def capture_hold(
+    *, hold_id: UUID, caller: str, privileged: bool, amount: int | None = None, idempotency_key: str | None,
+) -> tuple[HoldRead, bool]:
+    """Post the hold (all, or ``amount`` of it, the rest released) as a capture entry: (the hold, replayed)."""
+    if idempotency_key is None:
+        await get_hold(hold_id=hold_id, caller=caller, privileged=privileged)  # another's hold: 404 first
+        raise ValidationFailed.for_field("idempotency_key", "is required (field or Idempotency-Key header)", "missing")
+    h = request_hash("capture", {"hold_id": str(hold_id), "amount": amount})
+
+    async def work(conn: asyncpg.Connection) -> _Op:
+        op = _Op(0, idempotency_key, h)
+        await _claim(conn, caller, [op])
+        if op.error is not None or op.result is not None:
+            return op
+        hold = await _locked_hold(conn, hold_id, caller, privileged)
+        now = datetime.now(UTC)
+        take = hold["amount"] if amount is None else amount
+        if hold["status"] != "pending":
+            op.error = Conflict(f"hold {hold_id} is {hold['status']}, not pending", extra={"code": "hold_not_pending",
+                                                                                           "status": hold["status"]})
+        elif hold["expires_at"] <= now:
+            op.error = Conflict(f"hold {hold_id} has expired", extra={"code": "hold_expired"})
+        elif take > hold["amount"]:
+            op.error = ValidationFailed.for_field("amount", f"must be at most the hold's {hold['amount']}",
+                                                  "less_than_equal")
+        if op.error is None:
+            accounts = await _accounts(conn, [hold["debit_account_id"], hold["credit_account_id"]])
+            _hold_changes(op, accounts[hold["debit_account_id"]], accounts[hold["credit_account_id"]],
+                          -hold["amount"], take)
+            await _apply_balances(conn, [op])  # only raises available balances: never refused
+            req = transfer_request(debit_account_id=hold["debit_account_id"],
+                                   credit_account_id=hold["credit_account_id"], amount=take,
+                                   currency=hold["currency"].strip(), description=hold["description"],
+                                   metadata={"hold_id": str(hold_id)})
+            req = EntryRequest(lines=req.lines, kind="capture", description=req.description, metadata=req.metadata)
+            entry_id = uuid.uuid4()
+            await _insert_entries(conn, caller, now,
+                                  [(entry_id, req, _entry_result(entry_id, req, caller, now, hold_id=hold_id))])
+            row = await conn.fetchrow(
+                f"UPDATE ledger_holds SET status = 'captured', captured_amount = $2, entry_id = $3, resolved_at = $4 "
+                f"WHERE id = $1 RETURNING {_HOLD_COLUMNS}", hold_id, take, entry_id, now)
+            assert row is not None
+            op.result = _hold_read(row).model_dump(mode="json")
+            await emit(conn, HOLD_CHANGED, op.result, key=str(hold_id))
+        await _settle_keys(conn, caller, [op])
+        return op
+
+    op = await _in_transaction(work)
+    if op.error is not None:
+        raise op.error
+    assert op.result is not None
+    return HoldRead.model_validate(op.result), op.replayed
+
+
+async def void_hold(*, hold_id: UUID, caller: str, privileged: bool) -> HoldRead:
+    """Release the hold's reservation; voiding a voided hold returns it (idempotent), any other state is 409."""
+
+    async def work(conn: asyncpg.Connection) -> HoldRead:
+        hold = await _locked_hold(conn, hold_id, caller, privileged)
+        if hold["status"] == "voided":
+            return _hold_read(hold)
+        if hold["status"] != "pending":
+            raise Conflict(f"hold {hold_id} is {hold['status']}, not pending",
+                           extra={"code": "hold_not_pending", "status": hold["status"]})
+        await _release(conn, [hold], "voided")
+        row = await conn.fetchrow(f"SELECT {_HOLD_COLUMNS} FROM ledger_holds WHERE id = $1", hold_id)
+        assert row is not None
+        return _hold_read(row)
+
+    return await _in_transaction(work)
+
+
+async def _release(conn: asyncpg.Connection, holds: Sequence[asyncpg.Record], status: str) -> None:
+    """Return locked pending holds' reservations and mark them ``status`` (voided or expired)."""
+    accounts = await _accounts(conn, [h[k] for h in holds for k in ("debit_account_id", "credit_account_id")])
+    ops = []
+    for i, hold in enumerate(holds):
+        op = _Op(i, None, "")
+        _hold_changes(op, accounts[hold["debit_account_id"]], accounts[hold["credit_account_id"]], -hold["amount"], 0)
+        ops.append(op)
+    await _apply_balances(conn, ops)  # releases only raise available balances: never refused
+    rows = await conn.fetch(
+        f"UPDATE ledger_holds SET status = $2, resolved_at = now() WHERE id = ANY($1::uuid[]) "
+        f"RETURNING {_HOLD_COLUMNS}",
+        [h["id"] for h in holds], status)
+    await emit_many(conn, HOLD_CHANGED, [(str(r["id"]), _hold_read(r).model_dump(mode="json")) for r in rows])
+
+
+async def expire_holds(*, limit: int = 500) -> int:
+    """Void pending holds past their expiry (as ``expired``); returns how many. Safe to run anywhere at once."""
+
+    async def work(conn: asyncpg.Connection) -> int:
+        # SKIP LOCKED: a hold being captured or voided right now is left to that transaction (or the next sweep).
+        holds = await conn.fetch(
+            f"SELECT {_HOLD_COLUMNS} FROM ledger_holds WHERE status = 'pending' AND expires_at <= now() "
+            f"ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED", limit)
+        if holds:
+            await _release(conn, holds, "expired")
+        return len(holds)
+
+    return await _in_transaction(work)
+
+
+async def expire_holds_forever() -> None:
+    """Background: void expired holds every ``ledger_hold_sweep_s``."""
+    while True:
+        try:
+            while await expire_holds() > 0:
+                pass
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # database away: the next sweep tries again
+            log.warning("hold expiry sweep failed: %s", type(exc).__name__)
+        await asyncio.sleep(settings_of(LedgerSettings).ledger_hold_sweep_s)
+
+
+# -- reconciliation --------------------------------------------------------------------------------------------
+
+
+async def reconcile() -> Reconciliation:
+    """Check the ledger's invariants in one snapshot: per-currency debits == credits, every account's stored
+    totals == its postings and open holds, every entry balanced, no account that forbids negatives below zero,
+    no pending hold past its expiry."""
+    p = await postgres.pool()
+    async with p.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+        currencies = await conn.fetch(
+            "SELECT currency, sum(amount) FILTER (WHERE side = 'D') AS d, sum(amount) FILTER (WHERE side = 'C') AS c "
+            "FROM ledger_postings GROUP BY currency ORDER BY currency")
+        mismatches = await conn.fetch("""
+            WITH stored AS (
+                SELECT account_id, sum(debits_posted) AS d, sum(credits_posted) AS c,
+                       sum(debits_pending) AS dp, sum(credits_pending) AS cp
+                FROM ledger_balances GROUP BY account_id),
+            posted AS (
+                SELECT account_id, sum(amount) FILTER (WHERE side = 'D') AS d,
+                       sum(amount) FILTER (WHERE side = 'C') AS c
+                FROM ledger_postings GROUP BY account_id),
+            held AS (
+                SELECT a AS account_id, sum(dp) AS dp, sum(cp) AS cp FROM (
+                    SELECT debit_account_id AS a, amount AS dp, 0 AS cp FROM ledger_holds WHERE status = 'pending'
+                    UNION ALL
+                    SELECT credit_account_id, 0, amount FROM ledger_holds WHERE status = 'pending') h GROUP BY a)
+            SELECT s.account_id, s.d AS stored_debits, coalesce(p.d, 0) AS posted_debits,
+                   s.c AS stored_credits, coalesce(p.c, 0) AS posted_credits,
+                   s.dp AS stored_debits_pending, coalesce(h.dp, 0) AS held_debits,
+                   s.cp AS stored_credits_pending, coalesce(h.cp, 0) AS held_credits
+            FROM stored s LEFT JOIN posted p USING (account_id) LEFT JOIN held h USING (account_id)
+            WHERE s.d <> coalesce(p.d, 0) OR s.c <> coalesce(p.c, 0)
+               OR s.dp <> coalesce(h.dp, 0) OR s.cp <> coalesce(h.cp, 0)""")
+        unbalanced = await conn.fetch("""
+            SELECT entry_id, currency, sum(CASE side WHEN 'D' THEN amount ELSE -amount END) AS difference
+            FROM ledger_postings GROUP BY entry_id, currency
+            HAVING sum(CASE side WHEN 'D' THEN amount ELSE -amount END) <> 0 LIMIT 100""")
+        negative = await conn.fetch("""
+            SELECT a.id AS account_id, CASE WHEN a.type IN ('asset', 'expense')
+                       THEN sum(b.debits_posted - b.credits_posted - b.credits_pending)
+                       ELSE sum(b.credits_posted - b.debits_posted - b.debits_pending) END AS available
+            FROM ledger_accounts a JOIN ledger_balances b ON b.account_id = a.id
+            WHERE NOT a.allow_negative GROUP BY a.id, a.type
+            HAVING CASE WHEN a.type IN ('asset', 'expense')
+                       THEN sum(b.debits_posted - b.credits_posted - b.credits_pending)
+                       ELSE sum(b.credits_posted - b.debits_posted - b.debits_pending) END < 0 LIMIT 100""")
+        dangling = await conn.fetch(
+            "SELECT id AS hold_id, expires_at FROM ledger_holds WHERE status = 'pending' AND expires_at <= now() "
+            "ORDER BY expires_at LIMIT 100")
+        open_holds = await conn.fetchval("SELECT count(*) FROM ledger_holds WHERE status = 'pending'")
+        accounts = await conn.fetchval("SELECT count(*) FROM ledger_accounts")
+
+    def plain(rows: Sequence[asyncpg.Record]) -> list[dict[str, Any]]:
+        return [{k: (str(v) if isinstance(v, UUID | datetime) else int(v) if v is not None and k != "currency"
+                     and not isinstance(v, str) else v) for k, v in r.items()} for r in rows]
+
+    totals = [CurrencyTotals(currency=r["currency"].strip(), debits=int(r["d"] or 0), credits=int(r["c"] or 0),
+                             balanced=int(r["d"] or 0) == int(r["c"] or 0)) for r in currencies]
+    report = Reconciliation(
+        clean=False, currencies=totals, accounts_checked=int(accounts), balance_mismatches=plain(mismatches),
+        unbalanced_entries=plain(unbalanced), negative_accounts=plain(negative), dangling_holds=plain(dangling),
+        open_holds=int(open_holds),
+    )
+    report.clean = (all(t.balanced for t in totals) and not mismatches and not unbalanced and not negative
+                    and not dangling)
+    return report
