@@ -13,6 +13,7 @@ Needs the platform running (``nexus up``); starts and stops the bare app itself.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -20,6 +21,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -45,20 +47,14 @@ def wrk(url: str, token: str, duration: int, connections: int) -> dict:
             "socket_errors": errors.group(1) if errors else ""}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--api", default="http://127.0.0.1:8000")
-    ap.add_argument("--duration", type=int, default=20)
-    ap.add_argument("--connections", type=int, default=64)
-    args = ap.parse_args()
-
-    token = subprocess.run([str(ROOT / ".venv/bin/nexus"), "token", "bench", "-s", "platform:gateway:read"],
-                           capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+@contextlib.contextmanager
+def start_bare_app(api: str, token: str) -> Iterator[str]:
+    """Run bench/bare_app.py on a free port against the platform's Redis and JWKS; yields its URL."""
     from nexus_ray.config import get_settings
     from nexus_ray.runtime import embedded
 
     redis_url = get_settings().redis_url or embedded.status(get_settings().data_dir.resolve())["redis"]["url"]
-    jwks = httpx.get(f"{args.api}/specialized/v1/keys/jwks", timeout=10).text
+    jwks = httpx.get(f"{api}/specialized/v1/keys/jwks", timeout=10).text
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -75,6 +71,22 @@ def main() -> None:
             except httpx.HTTPError:
                 assert time.monotonic() < deadline, "bare app did not start"
                 time.sleep(0.2)
+        yield bare_url
+    finally:
+        bare.terminate()
+        bare.wait(10)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--api", default=f"http://127.0.0.1:{os.environ.get('NEXUS_HTTP_PORT', '8000')}")
+    ap.add_argument("--duration", type=int, default=20)
+    ap.add_argument("--connections", type=int, default=64)
+    args = ap.parse_args()
+
+    token = subprocess.run([sys.executable, "-m", "nexus_ray.cli", "token", "bench", "-s", "platform:gateway:read"],
+                           capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+    with start_bare_app(args.api, token) as bare_url:
         platform_url = f"{args.api}/platform/v1/gateway/notice"
         assert httpx.get(platform_url, headers={"Authorization": f"Bearer {token}"}).status_code == 200
         # Warm both, then measure: bare, platform, bare again (drift check).
@@ -83,9 +95,6 @@ def main() -> None:
         b1 = wrk(bare_url, token, args.duration, args.connections)
         p = wrk(platform_url, token, args.duration, args.connections)
         b2 = wrk(bare_url, token, args.duration, args.connections)
-    finally:
-        bare.terminate()
-        bare.wait(10)
     bare_rps = (b1["rps"] + b2["rps"]) / 2
     result = {"bare_first": b1, "platform": p, "bare_second": b2, "ratio": round(p["rps"] / bare_rps, 3)}
     print(json.dumps(result, indent=2))

@@ -99,7 +99,18 @@ def write_haproxy_launcher(path: Path, real: str | None = None) -> Path:
 # A local head shares a small machine with everything else: Serve's controller loop (default
 # every 0.1 s) and each replica's metrics export (every 0.1 s) are most of the idle CPU, and
 # neither needs that pace on a laptop (bench/RESULTS.md, idle cost).
-LOCAL_ENV = {"RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5", "RAY_SERVE_METRICS_EXPORT_INTERVAL_MS": "1000"}
+#
+# Ray starts every worker at nice 15 (to keep its raylet and GCS responsive under task load), and
+# those workers are the whole request path here: the ingress replicas, the Serve controller, even
+# HAProxy (a child of the HAProxyManager actor). On a shared machine anything at nice 0 -- a load
+# generator, a test run, a bare app to compare against -- then takes the cores first: with others'
+# load a replica got a few % of a core and the platform's tail grew by seconds (bench/RESULTS.md,
+# issue 6). A local head serves; its workers run at the same priority as everything else.
+LOCAL_ENV = {
+    "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5",
+    "RAY_SERVE_METRICS_EXPORT_INTERVAL_MS": "1000",
+    "RAY_worker_niceness": "0",
+}
 
 
 @dataclass
