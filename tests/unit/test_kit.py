@@ -86,3 +86,18 @@ def test_finer_actions_and_their_refusal():
     for bad in ("", "a:b", "x y"):
         with pytest.raises(ValueError):
             s.action(bad)
+
+
+def test_an_empty_cursor_is_the_first_page():
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from nexus_ray.deployments.kit.pages import page_params
+
+    app = FastAPI()
+
+    @app.get("/things")
+    def things(page: PageRequest = page_params()) -> dict:
+        return {"cursor": page.cursor, "after": page.after}
+
+    assert TestClient(app).get("/things", params={"cursor": ""}).json() == {"cursor": None, "after": None}

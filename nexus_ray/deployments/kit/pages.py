@@ -104,7 +104,7 @@ def page_params(*, default: int = 50, maximum: int = 500) -> Any:
         limit: int = Query(default, ge=1, le=maximum, description=f"Items per page (at most {maximum})."),
         cursor: str | None = Query(None, max_length=512, description="`next_cursor` of the previous page."),
     ) -> PageRequest:
-        return PageRequest(limit=limit, cursor=cursor)
+        return PageRequest(limit=limit, cursor=cursor or None)
 
     return Depends(params)
 

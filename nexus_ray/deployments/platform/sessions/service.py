@@ -102,8 +102,11 @@ async def check_session(*, user_id: str, session_id: str, touch: bool) -> Sessio
 async def list_sessions(*, user_id: str, page: PageRequest) -> Page[SessionRead]:
     """The user's valid sessions, most recently used first, one page of them."""
     sessions = await sessions_client().call(user_id, "list_sessions")
-    if page.cursor is not None:
-        after = (-float(page.after_value(0)), str(page.after_value(1)))
+    if page.after is not None:
+        last_used, session_id = page.after_value(0), page.after_value(1)
+        if not isinstance(last_used, int | float) or not isinstance(session_id, str):
+            raise ValidationFailed.for_field("cursor", "is not a cursor returned by this list")
+        after = (-float(last_used), session_id)
         sessions = [s for s in sessions if (-s["last_used_at"], s["session_id"]) > after]
     return page.of(sessions[: page.fetch_limit], key=lambda s: (s["last_used_at"], s["session_id"]), item=_read)
 
