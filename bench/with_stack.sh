@@ -7,7 +7,7 @@
 set -u
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-PY=${PY:-/work/main/.venv/bin/python}
+PY=${PY:-$PWD/.venv/bin/python}
 export NEXUS_DATA_DIR=${NEXUS_DATA_DIR:-/tmp/nexus-bench-stack}
 export NEXUS_HTTP_PORT=${NEXUS_HTTP_PORT:-28000} NEXUS_DASHBOARD_PORT=${NEXUS_DASHBOARD_PORT:-28265}
 export NEXUS_METRICS_EXPORT_PORT=${NEXUS_METRICS_EXPORT_PORT:-28080}
