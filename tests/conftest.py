@@ -117,6 +117,32 @@ def platform(ray_cluster, bearer):
     yield api
 
 
+@pytest.fixture(scope="session")
+def edge_knows(bearer):
+    """``await edge_knows(api)``: wait until every platform replica accepts tokens of this process's current key.
+
+    Tests elsewhere in the session rotate signing keys, after which this process signs with a key
+    the replicas have not read yet: a replica refuses such a token at once (401, unknown key) and
+    learns the key in the background. A real client sees the same once and retries; a test that
+    asserts on its first request waits here first.
+    """
+    import httpx
+
+    async def wait(api: str) -> None:
+        headers = bearer("platform:gateway:read", subject="edge-probe")
+        accepted = 0
+        async with httpx.AsyncClient(base_url=api, timeout=10) as c:
+            async def several_in_a_row() -> bool:
+                nonlocal accepted
+                r = await c.get("/platform/v1/gateway/notice", headers=headers)
+                accepted = accepted + 1 if r.status_code == 200 else 0
+                return accepted >= 6  # both replicas, whichever HAProxy picks
+
+            await _until(several_in_a_row, within_s=60, every=0.2)
+
+    return wait
+
+
 async def _until(condition, *, within_s: float = 30.0, every: float = 0.1):
     """Poll ``condition()`` -- a value, or an awaitable of one -- until truthy; fail after ``within_s``."""
     import asyncio

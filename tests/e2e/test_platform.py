@@ -62,7 +62,8 @@ def test_status_shows_health_only_services_as_such(platform):
     assert "44/44 services ready" in result.output and "health only" in result.output.splitlines()[-1]
 
 
-async def test_request_metrics_exported(platform, ray_cluster, bearer, until):
+async def test_request_metrics_exported(platform, ray_cluster, bearer, until, edge_knows):
+    await edge_knows(platform)
     async with httpx.AsyncClient(base_url=platform, timeout=10) as c:
         for _ in range(5):
             await c.get("/platform/v1/gateway/notice", headers=bearer("platform:gateway:read"))

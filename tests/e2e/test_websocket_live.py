@@ -21,7 +21,8 @@ async def _notice(ws) -> dict | None:
     return message["notice"]
 
 
-async def test_notice_stream_through_the_entrypoint(platform, bearer):
+async def test_notice_stream_through_the_entrypoint(platform, bearer, edge_knows):
+    await edge_knows(platform)
     token = bearer("platform:gateway:read", subject="e2e-viewer")["Authorization"].split()[1]
     admin = bearer("platform:gateway:admin", subject="e2e-ops")
     ws_url = platform.replace("http://", "ws://") + LIVE
@@ -40,7 +41,8 @@ async def test_notice_stream_through_the_entrypoint(platform, bearer):
             assert await _notice(ws) is None
 
 
-async def test_refusal_close_codes_pass_the_entrypoint(platform, bearer):
+async def test_refusal_close_codes_pass_the_entrypoint(platform, bearer, edge_knows):
+    await edge_knows(platform)
     ws_url = platform.replace("http://", "ws://") + LIVE
     wrong = bearer("platform:gateway:write")["Authorization"].split()[1]
     async with connect(ws_url, subprotocols=["nexus.bearer", wrong]) as ws:
