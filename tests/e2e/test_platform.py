@@ -68,16 +68,19 @@ async def test_request_metrics_exported(platform, ray_cluster, bearer, until, ed
         for _ in range(5):
             await c.get("/platform/v1/gateway/notice", headers=bearer("platform:gateway:read"))
 
-        async def exported():
+        async def exported_ok():
+            # Series appear one export after another (a 401 of an earlier request may come first):
+            # wait for the one counting these answers.
             text = (await c.get(ray_cluster.metrics_url)).text
             return [
                 line for line in text.splitlines()
                 if line.startswith("ray_nexus_http_requests_total") and 'namespace="platform"' in line
                 and 'route="/v1/gateway/notice"' in line and 'service="gateway"' in line
+                and 'status="200"' in line
             ]
 
-        lines = await until(exported, within_s=90, every=2)
-    assert any('status="200"' in line for line in lines)
+        lines = await until(exported_ok, within_s=90, every=2)
+    assert float(lines[0].rsplit(" ", 1)[1]) >= 1
 
 
 async def test_killed_ingress_replica_recovers(platform, ray_cluster, bearer, until):
