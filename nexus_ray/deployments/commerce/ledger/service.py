@@ -198,6 +198,17 @@ async def balance(*, account_id: UUID) -> Balance:
     return _balance(row["type"], row["currency"].strip(), int(t["d"]), int(t["c"]), int(t["dp"]), int(t["cp"]))
 
 
+def _key_missing() -> ValidationFailed:
+    return ValidationFailed.for_field("idempotency_key", "is required (field or Idempotency-Key header)", "missing")
+
+
+async def _claimed(conn: asyncpg.Connection, caller: str, key: str, request: str) -> _Op:
+    """The op of a single keyed request, its key claimed: ``op.error``/``op.result`` set when it is answered."""
+    op = _Op(0, key, request)
+    await _claim(conn, caller, [op])
+    return op
+
+
 def _not_our_cursor() -> ValidationFailed:
     return ValidationFailed.for_field("cursor", "is not a cursor returned by this list")
 
@@ -610,8 +621,7 @@ async def post_entries(*, caller: str, privileged: bool, requests: Sequence[Entr
             if req.key is None:
                 # Checked after the accounts: what may not be touched is refused as such, whatever the key.
                 _check_entry(req, accounts, op, caller, privileged)
-                op.error = op.error or ValidationFailed.for_field(
-                    "idempotency_key", "is required (field or Idempotency-Key header)", "missing")
+                op.error = op.error or _key_missing()
                 continue
             if req.key in first:  # the same key twice in one batch: answered like a retry, after the first
                 duplicates.append((op, first[req.key]))
@@ -710,12 +720,11 @@ async def reverse_entry(*, entry_id: UUID, caller: str, description: str, idempo
                         ) -> tuple[EntryRead, bool]:
     """Post the reversal of ``entry_id`` (sides swapped, naming it); 409 if it was reversed already."""
     if idempotency_key is None:
-        raise ValidationFailed.for_field("idempotency_key", "is required (field or Idempotency-Key header)", "missing")
+        raise _key_missing()
     h = request_hash("reverse", {"entry_id": str(entry_id), "description": description})
 
     async def work(conn: asyncpg.Connection) -> _Op:
-        op = _Op(0, idempotency_key, h)
-        await _claim(conn, caller, [op])
+        op = await _claimed(conn, caller, idempotency_key, h)
         if op.error is not None or op.result is not None:
             return op
         row = await conn.fetchrow("SELECT id, metadata FROM ledger_entries WHERE id = $1", entry_id)
@@ -796,8 +805,7 @@ async def place_hold(
         _hold_changes(op, accounts[debit_account_id], accounts[credit_account_id], amount, 0)
         _check_owners(req, op, caller, privileged)
         if op.error is None and idempotency_key is None:
-            op.error = ValidationFailed.for_field("idempotency_key", "is required (field or Idempotency-Key header)",
-                                                  "missing")
+            op.error = _key_missing()
         if op.error is not None:
             return op
         await _claim(conn, caller, [op])
@@ -854,12 +862,11 @@ async def capture_hold(
     """Post the hold (all, or ``amount`` of it, the rest released) as a capture entry: (the hold, replayed)."""
     if idempotency_key is None:
         await get_hold(hold_id=hold_id, caller=caller, privileged=privileged)  # another's hold: 404 first
-        raise ValidationFailed.for_field("idempotency_key", "is required (field or Idempotency-Key header)", "missing")
+        raise _key_missing()
     h = request_hash("capture", {"hold_id": str(hold_id), "amount": amount})
 
     async def work(conn: asyncpg.Connection) -> _Op:
-        op = _Op(0, idempotency_key, h)
-        await _claim(conn, caller, [op])
+        op = await _claimed(conn, caller, idempotency_key, h)
         if op.error is not None or op.result is not None:
             return op
         hold = await _locked_hold(conn, hold_id, caller, privileged)
