@@ -435,6 +435,23 @@ async def test_built_in_roles_cannot_be_emptied_or_stripped_by_a_lesser_admin(cl
     assert r.status_code == 403 and set(fields_of(r)) == {"name"}
 
 
+async def test_a_lesser_admin_cannot_revoke_a_greater_accounts_api_key(client, bearer):
+    """Revoking a key is an action on its account: only the account itself or an administrator who outranks it."""
+    user, _ = await register(client)
+    uid = user["user_id"]
+    root = bearer("*", subject="root")
+    assert (await client.put(f"{USERS}/{uid}/roles/identity-admin", headers=root)).status_code == 200
+    key = await api_key(client, user, root, ["auth:users:read"])
+    key_id = (await client.get(f"{USERS}/{uid}/api-keys", headers=root)).json()[0]["key_id"]
+
+    narrow = bearer(*ADMIN, subject="admin-2")
+    r = await client.delete(f"{USERS}/{uid}/api-keys/{key_id}", headers=narrow)
+    assert r.status_code == 403 and set(fields_of(r)) == {"user_id"}
+    assert (await client.get(f"{USERS}/{uid}", headers=key)).status_code == 200  # still works
+    assert (await client.delete(f"{USERS}/{uid}/api-keys/{key_id}", headers=root)).status_code == 204
+    assert (await client.get(f"{USERS}/{uid}", headers=key)).status_code == 401
+
+
 async def test_no_secret_in_the_logs(captured_logs):
     assert SECRETS, "the tests above handled secrets"
     text = "\n".join(

@@ -507,12 +507,16 @@ async def list_api_keys(*, user_id: uuid.UUID) -> list[dict[str, Any]]:
     return [_key(r, r["now"]) for r in rows]
 
 
-async def revoke_api_key(*, user_id: uuid.UUID, key_id: str) -> bool:
-    """Revoke one of the account's keys (idempotent); NotFound if it is not the account's."""
+async def revoke_api_key(*, user_id: uuid.UUID, key_id: str, grantor: Principal) -> bool:
+    """Revoke one of the account's keys (idempotent); NotFound if it is not the account's.
+
+    An administrator acting on another account must outrank it (:func:`ensure_may_manage`), as for
+    every other action on an account: a lesser administrator cannot cut a greater one's keys."""
     pg = await postgres.pool()
     owner = await pg.fetchval("SELECT principal FROM api_keys WHERE key_id = $1", key_id)
     if owner != str(user_id):
         raise NotFound("no such API key for this account")
+    await ensure_may_manage(grantor, user_id)
     return await apikeys.revoke(key_id=key_id)
 
 

@@ -184,5 +184,5 @@ async def revoke_api_key(
     key_id: str = Path(pattern=r"^[0-9a-f]{16}$"),
     principal: Principal = SELF_WRITE,
 ) -> Response:
-    await service.revoke_api_key(user_id=user_id, key_id=key_id)
+    await service.revoke_api_key(user_id=user_id, key_id=key_id, grantor=principal)
     return Response(status_code=204)
