@@ -162,6 +162,21 @@ def serve_config_cmd(
         print(serve_config.render(serve_config.build()), end="")
 
 
+@app.command("ingress-launcher")
+def ingress_launcher(
+    path: Path = typer.Argument(..., help="Where to write the launcher (e.g. ~/.nexus/haproxy-ingress)."),
+) -> None:
+    """Write the HAProxy launcher Serve must start on this node, and print its path.
+
+    For nodes started by hand or by the cluster files: set ``RAY_SERVE_HAPROXY_BINARY_PATH`` to the
+    printed path and ``FORWARDED_ALLOW_IPS=""`` in the environment of ``ray start`` (what `nexus up`
+    does for a local head), so the ingress replaces a client's X-Forwarded-For with the address it saw.
+    """
+    from nexus_ray.runtime import cluster
+
+    print(cluster.write_haproxy_launcher(path.expanduser().resolve()))
+
+
 @app.command()
 def token(
     subject: str = typer.Argument(..., help="Who the token is for."),

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from ray.autoscaler._private.util import prepare_config, validate_config
 
 from nexus_ray.config import DEV_MASTER_KEY, Settings
+from nexus_ray.runtime.cluster import INGRESS_RULES
 
 ROOT = Path(__file__).resolve().parents[2]
 HAPROXY_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
@@ -100,7 +101,8 @@ def test_rayjob_runs_nexus_status():
 # What a process started by `ray start` sees of the settings that guard the secrets.
 _PROBE = (
     f"{sys.executable} -c 'import os; "
-    'print(os.environ.get("NEXUS_ENVIRONMENT"), os.environ.get("NEXUS_MASTER_KEY") == "k" * 48)\''
+    'print(os.environ.get("NEXUS_ENVIRONMENT"), os.environ.get("NEXUS_MASTER_KEY") == "k" * 48, '
+    'os.environ.get("RAY_SERVE_HAPROXY_BINARY_PATH"), repr(os.environ.get("FORWARDED_ALLOW_IPS")))\''
 )
 
 
@@ -109,7 +111,9 @@ def test_launcher_nodes_start_in_production_only_with_the_master_key_of_nexus_en
     assert launcher["file_mounts"]["~/nexus.env"] == "~/nexus.env"
     assert "NEXUS_MASTER_KEY=" not in (ROOT / "ray_cluster.yaml").read_text()  # never a literal key
     [start] = [c for c in launcher[commands] if "ray start" in c]
-    script = start.replace("ray start", _PROBE)
+    assert "nexus ingress-launcher" in start
+    script = start.replace("ray start", _PROBE).replace("nexus ingress-launcher",
+                                                         f"{sys.executable} -m nexus_ray.cli ingress-launcher")
 
     def node_start() -> subprocess.CompletedProcess:
         env = {"HOME": str(tmp_path), "PATH": os.environ["PATH"]}
@@ -124,7 +128,12 @@ def test_launcher_nodes_start_in_production_only_with_the_master_key_of_nexus_en
     (tmp_path / "nexus.env").write_text(f"NEXUS_ENVIRONMENT=development\nNEXUS_MASTER_KEY={'k' * 48}\n")
     r = node_start()
     assert r.returncode == 0, r.stderr
-    assert r.stdout.split() == ["production", "True"]
+    environment, has_key, haproxy, forwarded = r.stdout.split()
+    assert [environment, has_key, forwarded] == ["production", "True", "''"]
+    # Serve starts the launcher that puts the platform's ingress rules into HAProxy's frontend.
+    launcher_file = Path(haproxy)
+    assert launcher_file == tmp_path / ".nexus" / "haproxy-ingress" and os.access(launcher_file, os.X_OK)
+    assert INGRESS_RULES.strip() in launcher_file.read_text().encode().decode("unicode_escape")
 
 
 def _secret_refs(container: dict) -> dict[str, dict]:
@@ -146,6 +155,13 @@ def test_kuberay_pods_run_in_production_with_the_master_key_from_a_secret(relati
         assert refs["NEXUS_PREVIOUS_MASTER_KEYS"]["optional"] is True
         literal = [i["name"] for i in container["env"] if "MASTER_KEY" in i["name"] and "value" in i]
         assert literal == []
+        # Where HAProxy is the ingress, Serve starts the launcher with the ingress rules (written when the
+        # container starts) and uvicorn believes no forwarded header.
+        env = _env(container)
+        if env.get("RAY_SERVE_ENABLE_HA_PROXY") == "1":
+            assert env["FORWARDED_ALLOW_IPS"] == ""
+            assert container["lifecycle"]["postStart"]["exec"]["command"] == [
+                "nexus", "ingress-launcher", env["RAY_SERVE_HAPROXY_BINARY_PATH"]]
         # The environment named is one that refuses the development master key.
         with pytest.raises(ValidationError, match="NEXUS_MASTER_KEY"):
             Settings(environment=environment, master_key=DEV_MASTER_KEY)
