@@ -96,7 +96,8 @@ def _refund_read(row: asyncpg.Record, intent: PaymentIntentRead | None = None) -
 
 def _unexpected(row: asyncpg.Record, action: str) -> Conflict:
     return Conflict(f"payment intent {row['id']} is {row['status']}: it cannot be {action}",
-                    extra={"code": "payment_intent_unexpected_state", "status": row["status"], "action": action})
+                    extra={"code": "payment_intent_unexpected_state", "payment_intent_status": row["status"],
+                           "action": action})
 
 
 def _move(row: asyncpg.Record, to: str, action: str) -> None:
