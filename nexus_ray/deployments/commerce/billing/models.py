@@ -7,10 +7,11 @@ Amounts are integers of minor units with an ISO 4217 currency, as in the ledger 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from nexus_ray.deployments.commerce.ledger.models import OWNER_PATTERN, Amount, Currency, Metadata
 from nexus_ray.exceptions import NexusError
@@ -90,9 +91,17 @@ class RefundRead(BaseModel):
     payment_intent: PaymentIntentRead | None = Field(None, description="The intent after this refund.")
 
 
+def _endpoint_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or any(c.isspace() for c in url):
+        raise ValueError("must be an absolute http(s) URL")
+    return url
+
+
 class WebhookEndpointCreate(_In):
-    url: str = Field(min_length=8, max_length=2048, pattern=r"^https?://[^\s]+$",
-                     description="Where events are POSTed (https; http only where the settings allow it).")
+    url: Annotated[str, AfterValidator(_endpoint_url)] = Field(
+        max_length=2048, json_schema_extra={"format": "uri"},
+        description="Where events are POSTed (https; http only where the settings allow it).")
     events: list[Literal[EVENT_TYPES] | Literal["*"]] = Field(  # type: ignore[valid-type]
         default_factory=lambda: ["*"], min_length=1, max_length=len(EVENT_TYPES) + 1,
         description="Event types to receive; `*` for all.")

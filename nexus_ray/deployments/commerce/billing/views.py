@@ -15,7 +15,7 @@ body is a 422 naming ``Idempotency-Key``.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 from uuid import UUID
 
 from fastapi import APIRouter, Header, Path, Query, Response
@@ -51,8 +51,8 @@ RequiredKey = Annotated[str, Header(alias="Idempotency-Key", pattern=KEY_PATTERN
                                     description="Idempotency key: a retry sends the same one (kept 24 h).")]
 OptionalKey = Annotated[str | None, Header(alias="Idempotency-Key", pattern=KEY_PATTERN,
                                            description="Idempotency key (optional here).")]
-_DECLINE = {402: {"description": "Card declined: problem+json with `decline_code` and the declined "
-                                 "`payment_intent`."}}
+_DECLINE: dict[int | str, dict[str, Any]] = {
+    402: {"description": "Card declined: problem+json with `decline_code` and the declined `payment_intent`."}}
 
 
 def _admin(principal: Principal) -> bool:
