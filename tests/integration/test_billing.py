@@ -316,6 +316,26 @@ async def test_a_concurrent_double_capture_posts_once(client, merchant, admin):
         assert len(await service.ledger_postings(intent_id=uuid.UUID(p["id"]))) == 1
 
 
+async def test_a_posting_sent_again_after_a_crash_posts_once(client, merchant, admin):
+    from nexus_ray.deployments.commerce.billing import postings, service
+    from nexus_ray.stores import postgres
+
+    before = await _ledger_balances(client, admin, "CHF")
+    pi = await authorized(client, merchant, amount=555, currency="CHF")
+    assert (await act(client, merchant, pi["id"], "capture")).status_code == 200
+    (first,) = await service.ledger_postings(intent_id=uuid.UUID(pi["id"]))
+    assert first["status"] == "posted"
+    # As if the process died after the ledger posted and before the posting was marked: pending again.
+    pg = await postgres.pool()
+    await pg.execute("UPDATE billing_ledger_postings SET status = 'pending', entry_id = NULL WHERE id = $1",
+                     first["id"])
+    assert await postings.retry_pending(older_than_s=0) >= 1
+    (again,) = await service.ledger_postings(intent_id=uuid.UUID(pi["id"]))
+    assert again["status"] == "posted" and again["entry_id"] == first["entry_id"]  # the ledger's replay
+    after = await _ledger_balances(client, admin, "CHF")
+    assert after["clearing"] - before["clearing"] == 555 == after["merchant_payable"] - before["merchant_payable"]
+
+
 # -- ownership and exports -------------------------------------------------------------------------------------
 
 

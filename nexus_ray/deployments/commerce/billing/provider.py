@@ -276,16 +276,20 @@ class SandboxProvider:
         return int(done.split()[-1])
 
     async def send_notices(self, notify: Notify) -> int:
-        """Report the charges whose outcome changed to ``notify``; a notice that fails is sent again later."""
+        """Report the charges whose outcome changed to ``notify``; a notice that fails is sent again later, after
+        a wait that doubles per failure (one second up to an hour), as a provider retries its webhooks."""
         db = await self._db()
-        rows = await db.fetch(f"SELECT {_CHARGE} FROM billing_sandbox_charges WHERE notify ORDER BY created_at "
-                              f"LIMIT 100")
+        rows = await db.fetch(f"SELECT {_CHARGE} FROM billing_sandbox_charges WHERE notify AND notify_after <= now() "
+                              f"ORDER BY notify_after LIMIT 100")
         sent = 0
         for row in rows:
             try:
                 await notify(_charge(row))
-            except Exception as exc:  # billing not ready: the notice stays and goes again
+            except Exception as exc:  # billing not ready (or never: a charge it rolled back)
                 log.warning("sandbox notice of %s failed: %s", row["id"], type(exc).__name__)
+                await db.execute(
+                    "UPDATE billing_sandbox_charges SET notify_failures = notify_failures + 1, notify_after = now() "
+                    "+ make_interval(secs => least(3600, 2 ^ notify_failures)) WHERE id = $1", row["id"])
                 continue
             await db.execute("UPDATE billing_sandbox_charges SET notify = false WHERE id = $1 AND status = $2",
                              row["id"], row["status"])

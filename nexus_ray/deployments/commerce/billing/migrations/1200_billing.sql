@@ -133,10 +133,12 @@ CREATE TABLE billing_sandbox_charges (
     action_outcome  text,        -- what the pending customer action ends in: 'authorized' or a decline code
     action_due_at   timestamptz,
     notify          boolean     NOT NULL DEFAULT false,  -- an asynchronous outcome not yet acknowledged by billing
+    notify_failures integer     NOT NULL DEFAULT 0,
+    notify_after    timestamptz NOT NULL DEFAULT now(),    -- the next notice is sent no earlier (backoff)
     created_at      timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX billing_sandbox_charges_due ON billing_sandbox_charges (action_due_at) WHERE status = 'requires_action';
-CREATE INDEX billing_sandbox_charges_notify ON billing_sandbox_charges (created_at) WHERE notify;
+CREATE INDEX billing_sandbox_charges_notify ON billing_sandbox_charges (notify_after) WHERE notify;
 
 CREATE TABLE billing_sandbox_refunds (
     id              text PRIMARY KEY,
