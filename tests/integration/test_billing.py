@@ -169,14 +169,16 @@ async def test_a_card_that_asks_for_an_action_is_confirmed_later_by_the_provider
     assert declined["decline_code"] == "insufficient_funds"
     assert (await act(client, merchant, ok_id, "capture")).status_code == 200
     # Once its action is due, the provider's round leaves a canceled charge alone.
-    from nexus_ray.deployments.commerce.billing.provider import provider
+    from nexus_ray.deployments.commerce.billing.provider import SandboxProvider, provider
     from nexus_ray.stores import postgres
 
     pg = await postgres.pool()
     due = ("SELECT c.action_due_at <= now() FROM billing_sandbox_charges c JOIN billing_payment_intents i "
            "ON i.provider_charge_id = c.id WHERE i.id = $1")
     await until(lambda: pg.fetchval(due, uuid.UUID(abandoned)), within_s=15)
-    await provider().complete_actions()  # type: ignore[attr-defined]
+    sandbox = provider()
+    assert isinstance(sandbox, SandboxProvider)
+    await sandbox.complete_actions()
     assert (await status_of(abandoned))["status"] == "canceled"
 
 
