@@ -6,6 +6,7 @@
 * :mod:`.pages`    -- one page shape for every list endpoint (keyset), fetch-one-or-404;
 * :mod:`.entities` -- per-entity live state in a bounded set of shard actors, and its client;
 * :mod:`.calls`    -- calls to a service of another namespace over DeploymentHandles.
+* :mod:`.idempotency` -- idempotency keys with Stripe's semantics (replay, errors included; expiry).
 
 A service package (``deployments/<namespace>/<service>/``) holds ``models.py``,
 ``service.py``, ``views.py`` and, when it has them, ``settings.py`` and ``migrations/``.

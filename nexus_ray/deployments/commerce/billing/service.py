@@ -1,0 +1,350 @@
+"""billing-service's logic: payment intents through their state machine, keyed, provider-backed, ledger-posted.
+
+State machine
+-------------
+A payment intent is created and authorised in one step (``authorize``) and then moves only
+along these edges; anything else is a 409 (``code: payment_intent_unexpected_state``)::
+
+    requires_action ──(provider: action done)──> authorized ──capture──> captured ──refund──> partially_refunded
+          │   └─────(provider: action failed)──> declined        │                   │                 │ refund
+          └──cancel──> canceled <──────cancel─────────────────────┘                   └──refund (all)──> refunded
+
+``declined``, ``canceled`` and ``refunded`` are final. A capture takes all of the authorised
+amount or part of it (the rest is released: one capture per intent, as with cards). Refunds
+add up to at most what was captured; the last one that reaches it makes the intent
+``refunded``. Cancelling a canceled intent answers it again (idempotent).
+
+Every change runs in one transaction that holds the intent's row lock (``FOR UPDATE``), so
+two requests on one intent are serialised and see each other's result: two captures with
+different keys give one capture and one 409. Within it, the change calls the provider, writes
+the intent, queues the ledger posting it owes (:mod:`.postings`), emits its event to the
+outbox and queues its webhooks (:mod:`.webhooks`): all of it commits, or none.
+
+Idempotency
+-----------
+Every POST that changes state goes through :mod:`nexus_ray.deployments.kit.idempotency` with
+this service's table ``billing_idempotency``: the same key (per caller) with the same request
+replays the first response, errors included (a 402 decline, a 409); with another request it is
+a 422 naming the key (``Idempotency-Key`` over HTTP, ``idempotency_key`` for exports); keys
+expire after ``billing_idempotency_ttl_s`` (24 h) and :func:`purge_keys_forever` deletes them.
+A concurrent retry waits for the first request's transaction and is then answered with its
+response. The provider is called with keys derived from billing's own ids
+(``billing:capture:<intent>``, ``billing:refund:<refund>``), and the ledger with
+``billing:<kind>:<id>`` -- so a capture retried at any layer charges once and posts once.
+
+What is not covered: a crash between a provider call and billing's commit leaves a provider
+operation billing does not know about (a real provider's authorisation then lapses by itself; a
+refund would surface in a reconciliation with the provider's records, which is not built).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from nexus_ray.deployments.kit.idempotency import Outcome, fingerprint
+from nexus_ray.deployments.kit.pages import Page, PageRequest
+from nexus_ray.exceptions import Conflict, Forbidden, NotFound, ValidationFailed
+from nexus_ray.stores import postgres
+from nexus_ray.stores.events import emit
+
+from . import postings, webhooks
+from .keyed import KEYS
+from .models import CardDeclined, PaymentIntentRead, RefundRead
+from .provider import Charge, provider
+
+log = logging.getLogger(__name__)
+
+
+#: Allowed moves of the state machine (see the module docstring).
+TRANSITIONS: dict[str, frozenset[str]] = {
+    "requires_action": frozenset({"authorized", "declined", "canceled"}),
+    "authorized": frozenset({"captured", "canceled"}),
+    "captured": frozenset({"partially_refunded", "refunded"}),
+    "partially_refunded": frozenset({"partially_refunded", "refunded"}),
+    "declined": frozenset(),
+    "canceled": frozenset(),
+    "refunded": frozenset(),
+}
+#: Outbox topics whose webhook event type is named otherwise (Stripe's name).
+WEBHOOK_TYPE = {"payment_intent.refunded": "charge.refunded"}
+
+_INTENT = ("id, created_by, customer, amount, currency, status, amount_captured, amount_refunded, card_brand, "
+           "card_last4, decline_code, provider_charge_id, metadata, created_at, updated_at")
+_REFUND = "id, payment_intent_id, amount, currency, reason, status, created_by, created_at"
+
+
+def _intent_read(row: asyncpg.Record) -> PaymentIntentRead:
+    return PaymentIntentRead(
+        id=row["id"], status=row["status"], amount=row["amount"],
+        amount_capturable=row["amount"] if row["status"] == "authorized" else 0,
+        amount_captured=row["amount_captured"], amount_refunded=row["amount_refunded"],
+        currency=row["currency"].strip(), customer=row["customer"], created_by=row["created_by"],
+        card_brand=row["card_brand"], card_last4=row["card_last4"], decline_code=row["decline_code"],
+        metadata=row["metadata"], created_at=row["created_at"], updated_at=row["updated_at"])
+
+
+def _refund_read(row: asyncpg.Record, intent: PaymentIntentRead | None = None) -> RefundRead:
+    return RefundRead(**{**dict(row), "currency": row["currency"].strip()}, payment_intent=intent)
+
+
+def _unexpected(row: asyncpg.Record, action: str) -> Conflict:
+    return Conflict(f"payment intent {row['id']} is {row['status']}: it cannot be {action}",
+                    extra={"code": "payment_intent_unexpected_state", "payment_intent_status": row["status"],
+                           "action": action})
+
+
+def _move(row: asyncpg.Record, to: str, action: str) -> None:
+    if to not in TRANSITIONS[row["status"]]:
+        raise _unexpected(row, action)
+
+
+async def _publish(conn: asyncpg.Connection, topic: str, owner: str, key: UUID, data: dict[str, Any]) -> None:
+    """The event ``topic`` in the outbox and queued for the merchant's webhooks, in the change's transaction."""
+    event_id = await emit(conn, topic, data, key=str(key))
+    await webhooks.enqueue(conn, owner=owner, event_id=event_id, event_type=WEBHOOK_TYPE.get(topic, topic), data=data)
+
+
+async def _locked(conn: asyncpg.Connection, intent_id: UUID, caller: str, privileged: bool) -> asyncpg.Record:
+    """The intent, locked, for its merchant (or a privileged caller); 404 to strangers, 403 to its customer."""
+    row = await conn.fetchrow(f"SELECT {_INTENT} FROM billing_payment_intents WHERE id = $1 FOR UPDATE", intent_id)
+    if row is None or not (privileged or caller in (row["created_by"], row["customer"])):
+        raise NotFound(f"payment intent {intent_id} not found")
+    if not privileged and row["created_by"] != caller:
+        raise Forbidden("only the merchant that created a payment intent changes it")
+    return row
+
+
+# -- authorise ---------------------------------------------------------------------------------------------------
+
+
+async def authorize(
+    *, caller: str, customer: str, amount: int, currency: str, payment_method: str, metadata: dict[str, Any],
+    idempotency_key: str, field_name: str = "Idempotency-Key",
+) -> Outcome:
+    """Create a payment intent and authorise it with the provider: 201 (authorized or requires_action) or
+    402 (declined; the problem carries ``decline_code`` and the declined intent, which is kept)."""
+    fp = fingerprint("authorize", {"amount": amount, "currency": currency, "payment_method": payment_method,
+                                   "customer": customer, "metadata": metadata})
+    p = provider()
+
+    async def work(conn: asyncpg.Connection) -> tuple[int, dict[str, Any]]:
+        intent_id = uuid.uuid4()
+        charge = await p.authorize(amount=amount, currency=currency, payment_method=payment_method,
+                                   idempotency_key=f"billing:authorize:{intent_id}")
+        now = datetime.now(UTC)
+        row = await conn.fetchrow(
+            f"INSERT INTO billing_payment_intents (id, created_by, customer, amount, currency, status, card_brand, "
+            f"card_last4, decline_code, provider, provider_charge_id, metadata, created_at, updated_at) "
+            f"VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13) RETURNING {_INTENT}",
+            intent_id, caller, customer, amount, currency, charge.status, charge.card_brand, charge.card_last4,
+            charge.decline_code, p.name, charge.id, metadata, now)
+        assert row is not None
+        intent = _intent_read(row).model_dump(mode="json")
+        await _publish(conn, "payment_intent.created", caller, intent_id, intent)
+        topic = {"authorized": "payment_intent.authorized", "requires_action": "payment_intent.requires_action",
+                 "declined": "payment_intent.payment_failed"}[charge.status]
+        await _publish(conn, topic, caller, intent_id, intent)
+        if charge.status == "declined":
+            return 402, CardDeclined(f"the card was declined: {charge.decline_code}", extra={
+                "code": "card_declined", "decline_code": charge.decline_code, "payment_intent": intent}).problem()
+        return 201, intent
+
+    outcome = await KEYS.run(scope=caller, key=idempotency_key, fingerprint=fp, work=work, field_name=field_name)
+    webhooks.wake()
+    return outcome
+
+
+async def on_provider_update(charge: Charge) -> None:
+    """A provider's later outcome of a charge (a customer action completed or failed): moves its intent on.
+
+    At-least-once from the provider: a notice for an intent that already moved is ignored. A notice for an
+    intent not (yet) committed raises, so the provider sends it again.
+    """
+    async with postgres.transaction() as conn:
+        row = await conn.fetchrow(
+            f"SELECT {_INTENT} FROM billing_payment_intents WHERE provider_charge_id = $1 FOR UPDATE", charge.id)
+        if row is None:
+            raise LookupError(f"no payment intent for provider charge {charge.id} yet")
+        if row["status"] != "requires_action" or charge.status not in ("authorized", "declined"):
+            return
+        row = await conn.fetchrow(
+            f"UPDATE billing_payment_intents SET status = $2, decline_code = $3, updated_at = now() WHERE id = $1 "
+            f"RETURNING {_INTENT}", row["id"], charge.status, charge.decline_code)
+        assert row is not None
+        topic = "payment_intent.authorized" if charge.status == "authorized" else "payment_intent.payment_failed"
+        await _publish(conn, topic, row["created_by"], row["id"], _intent_read(row).model_dump(mode="json"))
+    webhooks.wake()
+
+
+async def run_provider() -> None:
+    """Background: the provider's asynchronous outcomes, applied as they come."""
+    await provider().run(on_provider_update)
+
+
+# -- capture, cancel, refund -------------------------------------------------------------------------------------
+
+
+async def capture(
+    *, caller: str, privileged: bool, intent_id: UUID, amount: int | None, idempotency_key: str,
+    field_name: str = "Idempotency-Key",
+) -> Outcome:
+    """Capture an authorized intent (all, or ``amount`` of it): 200 with the captured intent."""
+    fp = fingerprint("capture", {"payment_intent_id": str(intent_id), "amount": amount})
+    queued: list[UUID] = []
+
+    async def work(conn: asyncpg.Connection) -> tuple[int, dict[str, Any]]:
+        row = await _locked(conn, intent_id, caller, privileged)
+        _move(row, "captured", "captured")
+        take = row["amount"] if amount is None else amount
+        if take > row["amount"]:
+            raise ValidationFailed.for_field("amount", f"must be at most the authorised {row['amount']}",
+                                             "less_than_equal")
+        await provider().capture(charge_id=row["provider_charge_id"], amount=take,
+                                 idempotency_key=f"billing:capture:{intent_id}")
+        row = await conn.fetchrow(
+            f"UPDATE billing_payment_intents SET status = 'captured', amount_captured = $2, updated_at = now() "
+            f"WHERE id = $1 RETURNING {_INTENT}", intent_id, take)
+        assert row is not None
+        queued.append(await _queue_posting(conn, row, "capture", intent_id, take))
+        intent = _intent_read(row).model_dump(mode="json")
+        await _publish(conn, "payment_intent.succeeded", row["created_by"], intent_id, intent)
+        return 200, intent
+
+    outcome = await KEYS.run(scope=caller, key=idempotency_key, fingerprint=fp, work=work, field_name=field_name)
+    await postings.post(queued)
+    webhooks.wake()
+    return outcome
+
+
+async def _queue_posting(conn: asyncpg.Connection, intent: asyncpg.Record, kind: str, source_id: UUID,
+                         amount: int) -> UUID:
+    posting_id = uuid.uuid4()
+    await conn.execute(
+        "INSERT INTO billing_ledger_postings (id, payment_intent_id, kind, source_id, amount, currency, status) "
+        "VALUES ($1, $2, $3, $4, $5, $6, 'pending')", posting_id, intent["id"], kind, source_id, amount,
+        intent["currency"])
+    return posting_id
+
+
+async def cancel(*, caller: str, privileged: bool, intent_id: UUID, idempotency_key: str | None = None,
+                 field_name: str = "Idempotency-Key") -> Outcome:
+    """Void an authorization (or a pending customer action): 200 with the canceled intent; again for a canceled one."""
+    fp = fingerprint("cancel", {"payment_intent_id": str(intent_id)})
+
+    async def work(conn: asyncpg.Connection) -> tuple[int, dict[str, Any]]:
+        row = await _locked(conn, intent_id, caller, privileged)
+        if row["status"] == "canceled":
+            return 200, _intent_read(row).model_dump(mode="json")
+        _move(row, "canceled", "canceled")
+        await provider().cancel(charge_id=row["provider_charge_id"])
+        row = await conn.fetchrow(
+            f"UPDATE billing_payment_intents SET status = 'canceled', updated_at = now() WHERE id = $1 "
+            f"RETURNING {_INTENT}", intent_id)
+        assert row is not None
+        intent = _intent_read(row).model_dump(mode="json")
+        await _publish(conn, "payment_intent.canceled", row["created_by"], intent_id, intent)
+        return 200, intent
+
+    outcome = await KEYS.run(scope=caller, key=idempotency_key, fingerprint=fp, work=work, field_name=field_name)
+    webhooks.wake()
+    return outcome
+
+
+async def refund(
+    *, caller: str, privileged: bool, intent_id: UUID, amount: int | None, reason: str | None, idempotency_key: str,
+    field_name: str = "Idempotency-Key",
+) -> Outcome:
+    """Refund ``amount`` (default: all not yet refunded) of a captured intent: 201 with the refund."""
+    fp = fingerprint("refund", {"payment_intent_id": str(intent_id), "amount": amount, "reason": reason})
+    queued: list[UUID] = []
+
+    async def work(conn: asyncpg.Connection) -> tuple[int, dict[str, Any]]:
+        row = await _locked(conn, intent_id, caller, privileged)
+        if row["status"] not in ("captured", "partially_refunded"):
+            raise _unexpected(row, "refunded")
+        left = row["amount_captured"] - row["amount_refunded"]
+        take = left if amount is None else amount
+        if take > left:
+            raise ValidationFailed.for_field("amount", f"must be at most the {left} captured and not yet refunded",
+                                             "less_than_equal")
+        refund_id = uuid.uuid4()
+        done = await provider().refund(charge_id=row["provider_charge_id"], amount=take,
+                                       idempotency_key=f"billing:refund:{refund_id}")
+        refund_row = await conn.fetchrow(
+            f"INSERT INTO billing_refunds (id, payment_intent_id, amount, currency, reason, status, "
+            f"provider_refund_id, created_by, created_at) VALUES ($1, $2, $3, $4, $5, 'succeeded', $6, $7, now()) "
+            f"RETURNING {_REFUND}", refund_id, intent_id, take, row["currency"], reason, done.id, caller)
+        row = await conn.fetchrow(
+            f"UPDATE billing_payment_intents SET amount_refunded = amount_refunded + $2, updated_at = now(), "
+            f"status = CASE WHEN amount_refunded + $2 = amount_captured THEN 'refunded' ELSE 'partially_refunded' END "
+            f"WHERE id = $1 RETURNING {_INTENT}", intent_id, take)
+        assert row is not None and refund_row is not None
+        queued.append(await _queue_posting(conn, row, "refund", refund_id, take))
+        result = _refund_read(refund_row, _intent_read(row)).model_dump(mode="json")
+        await _publish(conn, "payment_intent.refunded", row["created_by"], intent_id, result)
+        return 201, result
+
+    outcome = await KEYS.run(scope=caller, key=idempotency_key, fingerprint=fp, work=work, field_name=field_name)
+    await postings.post(queued)
+    webhooks.wake()
+    return outcome
+
+
+# -- reads -------------------------------------------------------------------------------------------------------
+
+
+async def get_intent(*, intent_id: UUID, caller: str, privileged: bool) -> PaymentIntentRead:
+    """An intent, for its merchant, its customer, or an administrator (404 for anyone else)."""
+    pg = await postgres.pool()
+    row = await pg.fetchrow(f"SELECT {_INTENT} FROM billing_payment_intents WHERE id = $1", intent_id)
+    if row is None or not (privileged or caller in (row["created_by"], row["customer"])):
+        raise NotFound(f"payment intent {intent_id} not found")
+    return _intent_read(row)
+
+
+def _after_id(page: PageRequest) -> UUID | None:
+    value = page.after_value(0)
+    try:
+        return UUID(str(value)) if value is not None else None
+    except ValueError:
+        raise ValidationFailed.for_field("cursor", "is not a cursor returned by this list") from None
+
+
+async def list_intents(*, caller: str, privileged: bool, customer: str | None, page: PageRequest
+                       ) -> Page[PaymentIntentRead]:
+    """The caller's intents (as merchant or customer); an administrator sees everyone's, or one ``customer``'s."""
+    pg = await postgres.pool()
+    after = _after_id(page)
+    if privileged:
+        rows = await pg.fetch(
+            f"SELECT {_INTENT} FROM billing_payment_intents WHERE ($1::text IS NULL OR customer = $1) "
+            f"AND ($2::uuid IS NULL OR id > $2) ORDER BY id LIMIT $3", customer, after, page.fetch_limit)
+    else:
+        rows = await pg.fetch(
+            f"SELECT {_INTENT} FROM billing_payment_intents WHERE (created_by = $1 OR customer = $1) "
+            f"AND ($2::text IS NULL OR customer = $2) AND ($3::uuid IS NULL OR id > $3) ORDER BY id LIMIT $4",
+            caller, customer, after, page.fetch_limit)
+    return page.of(rows, key=lambda r: (str(r["id"]),), item=_intent_read)
+
+
+async def list_refunds(*, intent_id: UUID, caller: str, privileged: bool, page: PageRequest) -> Page[RefundRead]:
+    await get_intent(intent_id=intent_id, caller=caller, privileged=privileged)
+    pg = await postgres.pool()
+    rows = await pg.fetch(
+        f"SELECT {_REFUND} FROM billing_refunds WHERE payment_intent_id = $1 AND ($2::uuid IS NULL OR id > $2) "
+        f"ORDER BY id LIMIT $3", intent_id, _after_id(page), page.fetch_limit)
+    return page.of(rows, key=lambda r: (str(r["id"]),), item=_refund_read)
+
+
+async def ledger_postings(*, intent_id: UUID) -> Sequence[asyncpg.Record]:
+    """The ledger postings billing owes for an intent, posted or not (for operators and tests)."""
+    pg = await postgres.pool()
+    return await pg.fetch("SELECT id, kind, source_id, amount, currency, status, entry_id FROM billing_ledger_postings "
+                          "WHERE payment_intent_id = $1 ORDER BY created_at", intent_id)

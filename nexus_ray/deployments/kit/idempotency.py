@@ -1,0 +1,194 @@
+"""Idempotency keys with Stripe's semantics, for any service whose changes live in PostgreSQL.
+
+A request that changes state carries a key (the ``Idempotency-Key`` header, or an export's
+``idempotency_key``), scoped to its caller. :meth:`Idempotency.run` runs the change once per
+(scope, key) and stores its response -- status code and body, **errors included** -- in the
+transaction of the change itself:
+
+* the same key with the same request (its *fingerprint*) answers the stored response again,
+  marked ``replayed``; nothing runs a second time;
+* the same key with another request is refused with 422 naming the key's field
+  (``type: idempotency_key_reused``): the caller reused a key by mistake;
+* a concurrent request with the same key waits on the first one's row (an INSERT on its
+  primary key) until that commits, then is answered as a replay: the change never runs twice;
+* an error the change raises (:class:`~nexus_ray.exceptions.NexusError`: a 409 for an invalid
+  transition, a 402 decline...) is stored and replayed like a success; the change's own writes
+  are rolled back to a savepoint first, so a stored error changed nothing. Anything else
+  (a crash, a lost database) rolls the whole transaction back and stores nothing: the key is
+  free and the caller retries. Requests refused before the change runs (schema validation,
+  authentication) never reach here and store nothing, as in Stripe;
+* a key expires ``ttl_s`` after its first use: after that the same key is a new request. Expired
+  rows are deleted by :meth:`Idempotency.purge` (run it from a background loop); a row past its
+  expiry that was not purged yet is already treated as absent.
+
+Each service keeps its records in a table of its own, created by its migrations in this shape::
+
+    CREATE TABLE <service>_idempotency (
+        scope       text        NOT NULL,      -- the caller (principal subject, or the calling service)
+        key         text        NOT NULL,
+        fingerprint text        NOT NULL,      -- hash of the operation and its parameters
+        status      smallint,                  -- set in the same transaction as the claim: never seen NULL
+        response    jsonb,
+        created_at  timestamptz NOT NULL DEFAULT now(),
+        expires_at  timestamptz NOT NULL,
+        PRIMARY KEY (scope, key)
+    );
+    CREATE INDEX <service>_idempotency_expiry ON <service>_idempotency (expires_at);
+
+Use::
+
+    KEYS = Idempotency("billing_idempotency", ttl_s=lambda: settings.idempotency_ttl_s)
+
+    async def work(conn) -> tuple[int, dict]:
+        ...                                 # the change, on conn
+        return 201, thing.model_dump(mode="json")
+
+    outcome = await KEYS.run(scope=caller, key=key, fingerprint=fingerprint("create", params), work=work)
+    thing = outcome.model(ThingRead)        # or raises the stored error
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import asyncpg
+import orjson
+from pydantic import BaseModel
+
+from nexus_ray.exceptions import Conflict, Forbidden, NexusError, NotFound, ValidationFailed
+from nexus_ray.stores import postgres
+
+log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=BaseModel)
+Work = Callable[[asyncpg.Connection], Awaitable[tuple[int, dict[str, Any]]]]
+
+#: What a key may look like (the ledger's pattern): visible, URL-safe, at most 255 characters.
+KEY_PATTERN = r"^[A-Za-z0-9._:@/+=-]{1,255}$"
+_TABLE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_ERRORS: dict[int, type[NexusError]] = {403: Forbidden, 404: NotFound, 409: Conflict, 422: ValidationFailed}
+
+
+def fingerprint(operation: str, params: Mapping[str, Any]) -> str:
+    """What a key is bound to: the operation and its parameters (without the key), as canonical JSON, hashed."""
+    canonical = orjson.dumps({"op": operation, "params": params}, option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(canonical).hexdigest()
+
+
+def key_reused(field_name: str) -> ValidationFailed:
+    """The refusal of a key sent again with another request."""
+    message = "was already used with another request; use a new key for a new request"
+    return ValidationFailed(
+        f"{field_name}: {message}",
+        extra={"errors": [{"field": field_name, "message": message, "type": "idempotency_key_reused"}],
+               "code": "idempotency_key_reused"})
+
+
+def error_from(status: int, problem: Mapping[str, Any], *, classes: Mapping[int, type[NexusError]] = {},
+               headers: Mapping[str, str] | None = None) -> NexusError:
+    """The platform error whose problem+json body ``problem`` is (to raise a stored error again)."""
+    cls = classes.get(status) or _ERRORS.get(status)
+    extra = {k: v for k, v in problem.items() if k not in ("type", "title", "status", "detail", "instance",
+                                                           "request_id")}
+    err = (cls or NexusError)(str(problem.get("detail", "")), extra=extra, headers=dict(headers or {}))
+    if cls is None:  # a status without a class of its own: keep it (on this instance only)
+        err.status, err.title = status, str(problem.get("title", "Error"))
+        err.slug = str(problem.get("type", "")).rsplit("/", 1)[-1] or "error"
+    return err
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The response of a keyed request: its status and body, and whether it is the stored one replayed."""
+
+    status: int
+    body: dict[str, Any]
+    replayed: bool = False
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status < 400
+
+    def error(self, *, classes: Mapping[int, type[NexusError]] = {}) -> NexusError:
+        """The stored error as a platform error (with ``Idempotent-Replayed: true`` when replayed)."""
+        return error_from(self.status, self.body, classes=classes,
+                          headers={"Idempotent-Replayed": "true"} if self.replayed else None)
+
+    def model(self, cls: type[M], *, classes: Mapping[int, type[NexusError]] = {}) -> M:
+        """The body as ``cls``; a stored error is raised."""
+        if not self.ok:
+            raise self.error(classes=classes)
+        return cls.model_validate(self.body)
+
+
+class Idempotency:
+    """The idempotency records of one service, in its table ``table`` (the shape in this module's docstring)."""
+
+    def __init__(self, table: str, *, ttl_s: Callable[[], float]) -> None:
+        if not _TABLE.match(table):
+            raise ValueError(f"not a table name: {table!r}")
+        self.table = table
+        self.ttl_s = ttl_s
+        self._claim = (
+            f"INSERT INTO {table} AS t (scope, key, fingerprint, expires_at) "
+            f"VALUES ($1, $2, $3, now() + make_interval(secs => $4)) "
+            f"ON CONFLICT (scope, key) DO UPDATE SET fingerprint = EXCLUDED.fingerprint, status = NULL, "
+            f"response = NULL, created_at = now(), expires_at = EXCLUDED.expires_at WHERE t.expires_at <= now() "
+            f"RETURNING true")
+
+    async def run(self, *, scope: str, key: str | None, fingerprint: str, work: Work,
+                  field_name: str = "Idempotency-Key") -> Outcome:
+        """Run ``work`` once for (``scope``, ``key``) in one transaction and store its response; replay it after.
+
+        ``key`` None runs ``work`` unkeyed (still all or nothing). ``field_name`` is what a reused key's
+        422 names: the header for HTTP, the argument for a Python caller.
+        """
+        async with postgres.transaction() as conn:
+            if key is not None and not await conn.fetchval(self._claim, scope, key, fingerprint, float(self.ttl_s())):
+                row = await conn.fetchrow(
+                    f"SELECT fingerprint, status, response FROM {self.table} WHERE scope = $1 AND key = $2",
+                    scope, key)
+                if row is None or row["status"] is None:  # purged between the two statements: the caller retries
+                    raise Conflict("a request with this idempotency key is in progress; retry",
+                                   extra={"code": "idempotency_key_in_progress"})
+                if row["fingerprint"] != fingerprint:
+                    raise key_reused(field_name)
+                return Outcome(int(row["status"]), row["response"], replayed=True,
+                               headers={"Idempotent-Replayed": "true"})
+            try:
+                async with conn.transaction():  # a savepoint: a refusal leaves nothing of the change behind
+                    status, body = await work(conn)
+            except NexusError as err:
+                status, body = err.status, err.problem()
+            if key is not None:
+                await conn.execute(
+                    f"UPDATE {self.table} SET status = $3, response = $4 WHERE scope = $1 AND key = $2",
+                    scope, key, status, body)
+        return Outcome(status, body)
+
+    async def purge(self, *, limit: int = 1000) -> int:
+        """Delete up to ``limit`` expired records; returns how many."""
+        pg = await postgres.pool()
+        done = await pg.execute(
+            f"DELETE FROM {self.table} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {self.table} "
+            f"WHERE expires_at <= now() LIMIT $1 FOR UPDATE SKIP LOCKED))", limit)
+        return int(done.split()[-1])
+
+    async def purge_forever(self, every_s: Callable[[], float]) -> None:
+        """Background: purge expired records every ``every_s()`` seconds."""
+        while True:
+            try:
+                while await self.purge() > 0:
+                    pass
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # database away: the next round tries again
+                log.warning("idempotency purge of %s failed: %s", self.table, type(exc).__name__)
+            await asyncio.sleep(every_s())
