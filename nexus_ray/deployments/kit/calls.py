@@ -14,9 +14,13 @@ service is dedicated), waits at most ``cross_call_timeout_s`` (then 503) and car
 request id, so the logs of both sides share it. Errors raised by the callee (NotFound,
 Conflict...) arrive intact: the platform's errors survive pickling.
 
-Where it stays in-process instead, and why: outside Serve (the in-process apps of the
-integration tests and of `bench/`) every namespace is built in the one process, so the
-call is a plain function call; the readiness probes of the directory likewise.
+Where it stays in-process instead, and why: when this replica is the ingress of the target's
+namespace and the target is not dedicated, the target's code is in this very process (a
+namespace's services share their ingress), so the call is a plain function call -- no
+serialisation, no hop through the router, no timeout that a function call would not have
+(billing calling ledger-mgr, both in commerce). Outside Serve (the in-process apps of the
+integration tests and of `bench/`) every namespace is built in the one process, so the call
+is a plain function call too; the readiness probes of the directory likewise.
 """
 
 from __future__ import annotations
@@ -27,12 +31,12 @@ from typing import Any
 
 from ray.serve.handle import DeploymentHandle
 
-from nexus_ray.catalog import service
+from nexus_ray.catalog import Service, service
 from nexus_ray.config import get_settings
 from nexus_ray.deployments import health
 from nexus_ray.exceptions import ServiceUnavailable
 from nexus_ray.logs import request_id_var
-from nexus_ray.runtime.placement import ingress_deployment
+from nexus_ray.runtime.placement import dedicated, ingress_deployment
 
 
 def _in_serve() -> bool:
@@ -43,6 +47,18 @@ def _in_serve() -> bool:
     except Exception:
         return False
     return True
+
+
+def _in_process(target: Service) -> bool:
+    """Whether ``target``'s exports run in this process: outside Serve, or in the ingress that hosts it."""
+    from ray import serve
+
+    try:
+        ctx = serve.get_replica_context()
+    except Exception:
+        return True
+    return (ctx.app_name == target.namespace and ctx.deployment == ingress_deployment(target.namespace)
+            and target.name not in dedicated())
 
 
 def _ingress(namespace: str) -> DeploymentHandle:
@@ -63,7 +79,7 @@ async def call(service_name: str, function: str, /, **kwargs: Any) -> Any:
     from nexus_ray.deployments.ingress import run_export
 
     target = service(service_name)
-    if not _in_serve():
+    if _in_process(target):
         return await run_export(service_name, function, kwargs)
     handle = _ingress(target.namespace)
     return await _remote(handle.invoke.remote(service_name, function, kwargs, request_id_var.get()), service_name)
