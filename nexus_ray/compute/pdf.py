@@ -196,8 +196,11 @@ def decode_code128(runs: Sequence[int]) -> str:
     start or stop, a wrong check symbol.
     """
     widths = list(runs)
-    if widths and len(widths) % 2 == 1:  # with quiet zones: space first and last
-        widths = widths[1:-1]
+    # Quiet zones (10 modules) are wider than any bar or space of a symbol (4 at most): strip them.
+    if widths and widths[0] >= QUIET_MODULES:
+        widths = widths[1:]
+    if widths and widths[-1] >= QUIET_MODULES:
+        widths = widths[:-1]
     if len(widths) < 6 + 6 + 7 or (len(widths) - 7) % 6:
         raise ValueError("not a Code 128 symbol: wrong number of bars and spaces")
     symbols = ["".join(str(w) for w in widths[i:i + 6]) for i in range(0, len(widths) - 7, 6)]
