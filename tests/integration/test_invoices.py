@@ -56,22 +56,23 @@ async def test_200_concurrent_invoices_are_numbered_1_to_200_and_failures_in_the
 
     name = series()
     pg = await postgres.pool()
-    # A fault injected after the number is taken: the lines' insert (the statement after the counter's) fails.
+    # A fault injected after the number is taken and the invoice written: recording its event fails.
     await pg.execute("""
         CREATE OR REPLACE FUNCTION test_invoice_fault() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN
-            IF NEW.description = 'injected fault' THEN RAISE EXCEPTION 'injected fault'; END IF;
+            IF NEW.topic = 'invoice.issued' AND NEW.payload->>'source_id' LIKE 'fault-%' THEN
+                RAISE EXCEPTION 'injected fault';
+            END IF;
             RETURN NEW;
         END $$;
-        CREATE TRIGGER test_invoice_fault BEFORE INSERT ON invoice_lines
-            FOR EACH ROW EXECUTE FUNCTION test_invoice_fault();""")
+        CREATE TRIGGER test_invoice_fault BEFORE INSERT ON outbox FOR EACH ROW EXECUTE FUNCTION test_invoice_fault();""")
     try:
         jobs = [issue(series_name=name, lines=[line(100 + i)]) for i in range(200)]
         for i in range(10):  # spread among the good ones
-            jobs.insert(i * 20 + 7, issue(series_name=name, lines=[line(description="injected fault")]))
+            jobs.insert(i * 20 + 7, issue(series_name=name, lines=[line()], order_id=f"fault-{i}"))
         results = await asyncio.gather(*jobs, return_exceptions=True)
     finally:
-        await pg.execute("DROP TRIGGER test_invoice_fault ON invoice_lines; DROP FUNCTION test_invoice_fault();")
+        await pg.execute("DROP TRIGGER test_invoice_fault ON outbox; DROP FUNCTION test_invoice_fault();")
     failed = [r for r in results if isinstance(r, BaseException)]
     assert len(failed) == 10 and all(isinstance(f, asyncpg.RaiseError) for f in failed), failed[:1]
     numbers = sorted(r.number for r in results if not isinstance(r, BaseException))

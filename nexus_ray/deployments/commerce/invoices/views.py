@@ -10,7 +10,7 @@ administrators, and a 404 to anyone else. Issues carry an idempotency key in the
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 from uuid import UUID
 
 from fastapi import APIRouter, Header, Path, Query, Response
@@ -40,7 +40,8 @@ InvoiceId = Annotated[UUID, Path(description="The invoice's id.")]
 CreditNoteId = Annotated[UUID, Path(description="The credit note's id.")]
 KeyHeader = Annotated[str | None, Header(alias="Idempotency-Key", pattern=KEY_PATTERN,
                                          description="Idempotency key (or the body's idempotency_key).")]
-_PDF = {200: {"content": {"application/pdf": {}}, "description": "The document as a PDF."}}
+_PDF: dict[int | str, dict[str, Any]] = {200: {"content": {"application/pdf": {}},
+                                             "description": "The document as a PDF."}}
 
 
 def _key(header: str | None, field: str | None) -> str | None:
