@@ -172,15 +172,20 @@ async def list_invoices(*, owner: str | None, page: PageRequest) -> Page[Invoice
         after = UUID(str(value)) if value is not None else None
     except ValueError:
         raise ValidationFailed.for_field("cursor", "is not a cursor returned by this list") from None
-    ids = await pg.fetch(
-        "SELECT id FROM invoices WHERE ($1::text IS NULL OR owner = $1) AND ($2::uuid IS NULL OR id > $2) "
-        "ORDER BY id LIMIT $3", owner, after, page.fetch_limit)
-    items = []
-    for r in ids:
-        found = await _load_invoice(pg, "i.id = $1", r["id"])
-        if found is not None:
-            items.append(found)
-    return page.of(items, key=lambda i: (str(i.id),))
+    rows = await pg.fetch(
+        f"SELECT {_INVOICE_COLUMNS} FROM invoices i WHERE ($1::text IS NULL OR i.owner = $1) "
+        f"AND ($2::uuid IS NULL OR i.id > $2) ORDER BY i.id LIMIT $3", owner, after, page.fetch_limit)
+    ids = [r["id"] for r in rows]
+    lines: dict[UUID, list[asyncpg.Record]] = defaultdict(list)
+    for ln in await pg.fetch(
+            "SELECT invoice_id, position, description, quantity, unit_price, tax_category, tax_rate, net, tax, total "
+            "FROM invoice_lines WHERE invoice_id = ANY($1::uuid[]) ORDER BY invoice_id, position", ids):
+        lines[ln["invoice_id"]].append(ln)
+    credited = {r["invoice_id"]: int(r["total"]) for r in await pg.fetch(
+        "SELECT invoice_id, sum(total) AS total FROM invoice_credit_notes WHERE invoice_id = ANY($1::uuid[]) "
+        "GROUP BY invoice_id", ids)}
+    return page.of(rows, key=lambda r: (str(r["id"]),),
+                   item=lambda r: _invoice_read(r, lines[r["id"]], credited.get(r["id"], 0)))
 
 
 # -- issuing -----------------------------------------------------------------------------------------------------
