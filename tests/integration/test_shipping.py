@@ -218,3 +218,19 @@ async def test_an_order_paid_event_that_asks_for_shipping_creates_its_shipment_o
     assert await pg.fetchval("SELECT count(*) FROM shipments WHERE order_id = $1", plain) == 0
     # The saga's own request for the order finds the same shipment.
     assert (await ship(order_id)).id == row["id"]
+
+
+async def test_an_order_cancelled_event_cancels_its_shipment_before_pickup_only(client, admin, until):
+    waiting, moving = await ship(), await ship()
+    r = await client.post(f"{API}/shipments/{moving.id}/events", json={"status": "picked_up"}, headers=admin)
+    assert r.status_code == 200
+    for s in (moving, waiting):  # the same key: one partition, handled in this order
+        await emit_event("order.cancelled", {"order_id": s.order_id, "customer": "cust-ship", "total": 1,
+                                             "currency": "USD", "status": "cancelled"}, key="cancel-test")
+
+    async def cancelled() -> bool:
+        r = await client.get(f"{API}/shipments/{waiting.id}", headers=admin)
+        return r.json()["status"] == "cancelled"
+
+    await until(cancelled)
+    assert (await client.get(f"{API}/shipments/{moving.id}", headers=admin)).json()["status"] == "picked_up"

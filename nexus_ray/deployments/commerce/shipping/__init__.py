@@ -2,7 +2,8 @@
 
 Routes in :mod:`.views`; logic (rates, the state machine, the event consumers) in
 :mod:`.service`; labels in :mod:`.labels`. ``background`` consumes ``order.paid`` (an order
-that asked for shipping gets its shipment) and ``delivery.status`` (logistics' progress).
+that asked for shipping gets its shipment), ``order.cancelled`` (its shipment is cancelled before
+pickup) and ``delivery.status`` (logistics' progress).
 Emits ``shipment.created`` and ``shipment.status`` (outbox). The order saga calls ``exports``
 with :func:`nexus_ray.deployments.kit.calls.call`, keyword arguments only.
 """

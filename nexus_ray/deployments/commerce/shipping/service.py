@@ -16,6 +16,9 @@ live state and back into the flow from it; ``cancelled`` only before pickup. ``d
 is a scan: it joins the timeline and changes nothing. Each change locks the shipment's row, adds
 to its append-only timeline (``shipment_events``) and emits ``shipment.status`` in its transaction.
 
+An ``order.cancelled`` event cancels the order's shipment while it waits for pickup (later, the
+parcel is on its way: that is a return, logged for now).
+
 Logistics reports progress with ``delivery.status`` events (``shipment_id``, ``status``, ``at``);
 :data:`DELIVERY_STATUS` maps their statuses to ours. An event is applied once (its id is unique
 in the timeline); one that the state machine refuses (it arrives after the parcel was delivered
@@ -326,6 +329,19 @@ async def _on_order_paid(conn: asyncpg.Connection, event: Event) -> None:
     log.info("order %s paid: shipment %s %s", order_id, shipment.id, "existed" if existed else "created")
 
 
+async def _on_order_cancelled(conn: asyncpg.Connection, event: Event) -> None:
+    """A cancelled order's shipment is cancelled too while it waits for pickup; after that it is logged only."""
+    order_id = str(event.data.get("order_id"))
+    shipment_id = await conn.fetchval("SELECT id FROM shipments WHERE order_id = $1", order_id)
+    if shipment_id is None:
+        return
+    try:
+        async with conn.transaction():  # a savepoint: a refusal leaves the consumer's transaction usable
+            await change_status(conn, shipment_id=shipment_id, status="cancelled", source="order.cancelled")
+    except Conflict as exc:
+        log.warning("order %s cancelled but its shipment %s cannot be: %s", order_id, shipment_id, exc.detail)
+
+
 async def _on_delivery_status(conn: asyncpg.Connection, event: Event) -> None:
     """Logistics' progress of the delivery of one of our shipments, onto its timeline and status."""
     raw = str(event.data.get("status", ""))
@@ -351,7 +367,8 @@ async def _on_delivery_status(conn: asyncpg.Connection, event: Event) -> None:
         log.warning("delivery.status event %s for shipment %s not applied: %s", event.id, shipment_id, exc.detail)
 
 
-HANDLERS = {"order.paid": _on_order_paid, "delivery.status": _on_delivery_status}
+HANDLERS = {"order.paid": _on_order_paid, "order.cancelled": _on_order_cancelled,
+            "delivery.status": _on_delivery_status}
 
 
 async def _handle(conn: asyncpg.Connection, event: Event) -> None:
@@ -359,7 +376,8 @@ async def _handle(conn: asyncpg.Connection, event: Event) -> None:
 
 
 async def consume_events() -> None:
-    """Background: consume ``order.paid`` and ``delivery.status`` (at least once, applied once)."""
+    """Background: consume ``order.paid``, ``order.cancelled`` and ``delivery.status`` (at least once, applied
+    once)."""
     while True:
         consumer = EventConsumer(CONSUMER_GROUP, list(HANDLERS), _handle, session_timeout_ms=6000,
                                  heartbeat_interval_ms=500)
