@@ -65,7 +65,8 @@ async def test_200_concurrent_invoices_are_numbered_1_to_200_and_failures_in_the
             END IF;
             RETURN NEW;
         END $$;
-        CREATE TRIGGER test_invoice_fault BEFORE INSERT ON outbox FOR EACH ROW EXECUTE FUNCTION test_invoice_fault();""")
+        CREATE TRIGGER test_invoice_fault BEFORE INSERT ON outbox
+            FOR EACH ROW EXECUTE FUNCTION test_invoice_fault();""")
     try:
         jobs = [issue(series_name=name, lines=[line(100 + i)]) for i in range(200)]
         for i in range(10):  # spread among the good ones
