@@ -99,8 +99,7 @@ def _key_missing() -> ValidationFailed:
 
 def rate_text(rate: Decimal) -> str:
     """A rate as the API and the PDF print it: ``19``, ``5.5``, ``8.1``."""
-    text = format(rate.normalize(), "f")
-    return text
+    return format(rate.normalize(), "f")
 
 
 def line_tax(net: int, rate: Decimal) -> int:
