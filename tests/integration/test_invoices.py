@@ -125,6 +125,12 @@ async def test_an_unknown_tax_category_or_bad_line_is_a_422_naming_the_field():
     with pytest.raises(ValidationFailed) as err:
         await issue(lines=[line(), line(category="nonexistent")])
     assert err.value.extra["errors"][0]["field"] == "lines[1].tax_category"
+    # A country with no rates of its own is taxed as the rest of the world (ZZ: zero-rated as seeded).
+    export = await issue(country="JP", lines=[line(1000, 2), line(500, 1, "digital")])
+    assert (export.tax_total, [ln.tax_rate for ln in export.lines]) == (0, ["0", "0"])
+    with pytest.raises(ValidationFailed) as err:
+        await issue(country="JP", lines=[line(category="nonexistent")])
+    assert err.value.extra["errors"][0]["field"] == "lines[0].tax_category"
     with pytest.raises(ValidationFailed) as err:
         await issue(lines=[line(unit_price=10.5)])
     assert err.value.extra["errors"][0]["field"] == "lines[0].unit_price"

@@ -50,6 +50,7 @@ async def emit_event(topic: str, data: dict, key: str | None = None) -> uuid.UUI
 
 
 @pytest.mark.parametrize(("weight_g", "country", "level", "zone", "amount", "days"), [
+    (0, "US", "standard", "domestic", 500, 3),            # weight unknown: the lightest band
     (400, "US", "standard", "domestic", 500, 3),          # band <= 500 g
     (500, "US", "standard", "domestic", 500, 3),          # the bound belongs to the band
     (501, "US", "standard", "domestic", 800, 3),          # next band (<= 1000 g)

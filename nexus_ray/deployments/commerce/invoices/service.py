@@ -17,7 +17,9 @@ commit for many invoices, the same guarantee.
 
 Tax
 ---
-Rates come from ``invoice_tax_rates`` by (country, tax category) and are copied onto each line.
+Rates come from ``invoice_tax_rates`` by (country, tax category) and are copied onto each line; a
+country with no rates of its own is taxed by those of ``ZZ``, the rest of the world (zero-rated
+exports as seeded).
 A line's tax is ``net * rate / 100`` rounded **per line, half up, to the minor unit**
 (:data:`TAX_ROUNDING`, stated on the invoice and its PDF); the invoice's tax is the sum of its
 lines' taxes.
@@ -198,9 +200,16 @@ class _Priced:
     tax: int
 
 
+#: Whose rates a country with none of its own uses (the rest of the world).
+WORLD = "ZZ"
+
+
 async def _rates(conn: asyncpg.Pool | asyncpg.Connection, country: str, lines: list[LineIn]) -> list[Decimal]:
-    rows = await conn.fetch("SELECT category, rate FROM invoice_tax_rates WHERE country = $1 AND category = ANY($2)",
-                            country, sorted({ln.tax_category for ln in lines}))
+    """The rate of each line: the country's own, or the rest of the world's for a country with none."""
+    rows = await conn.fetch(
+        "SELECT category, rate FROM invoice_tax_rates WHERE country = (SELECT coalesce("
+        "(SELECT country FROM invoice_tax_rates WHERE country = $1 LIMIT 1), $2)) AND category = ANY($3)",
+        country, WORLD, sorted({ln.tax_category for ln in lines}))
     found = {r["category"]: r["rate"] for r in rows}
     for i, ln in enumerate(lines):
         if ln.tax_category not in found:

@@ -18,7 +18,8 @@ Country = Annotated[str, Field(pattern=COUNTRY_PATTERN, description="ISO 3166-1 
 ServiceLevel = Literal["standard", "express"]
 Status = Literal["label_created", "picked_up", "in_transit", "out_for_delivery", "delivered", "exception",
                  "cancelled"]
-WeightG = Annotated[int, Field(strict=True, ge=1, le=1_000_000, description="Parcel weight in grams.")]
+WeightG = Annotated[int, Field(strict=True, ge=0, le=1_000_000,
+                               description="Parcel weight in grams (0 when unknown: priced as the lightest band).")]
 
 
 class _In(BaseModel):

@@ -51,7 +51,7 @@ def _admin(principal: Principal) -> bool:
 
 
 @router.get("/quotes", response_model=RateQuote, summary="The price of a parcel to a country")
-async def quote(weight_g: int = Query(ge=1, le=1_000_000), country: str = Query(pattern=COUNTRY_PATTERN),
+async def quote(weight_g: int = Query(ge=0, le=1_000_000), country: str = Query(pattern=COUNTRY_PATTERN),
                 service_level: ServiceLevel = "standard", _: Principal = authorize(SCOPES.read)) -> RateQuote:
     return await service.quote(weight_g=weight_g, country=country, service_level=service_level)
 

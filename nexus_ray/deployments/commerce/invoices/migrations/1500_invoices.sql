@@ -2,7 +2,8 @@
 -- Why the numbering is gap-free under concurrency: see nexus_ray/deployments/commerce/invoices/service.py.
 
 -- Rates in percent (exact decimals, never floats) per country and tax category. An invoice copies the
--- rate of each line, so a later change here never changes an issued invoice.
+-- rate of each line, so a later change here never changes an issued invoice. A country with no rates of
+-- its own is taxed by the rows of 'ZZ' (the rest of the world: exports, zero-rated until configured).
 CREATE TABLE invoice_tax_rates (
     country    char(2)      NOT NULL CHECK (country ~ '^[A-Z]{2}$'),
     category   text         NOT NULL CHECK (category ~ '^[a-z][a-z0-9_-]{0,31}$'),
@@ -17,7 +18,8 @@ INSERT INTO invoice_tax_rates (country, category, rate) VALUES
     ('GB', 'standard', 20), ('GB', 'reduced', 5), ('GB', 'zero', 0), ('GB', 'digital', 20),
     ('CH', 'standard', 8.1), ('CH', 'reduced', 2.6), ('CH', 'zero', 0), ('CH', 'digital', 8.1),
     ('US', 'standard', 0), ('US', 'reduced', 0), ('US', 'zero', 0), ('US', 'digital', 0),
-    ('CA', 'standard', 5), ('CA', 'reduced', 0), ('CA', 'zero', 0), ('CA', 'digital', 5);
+    ('CA', 'standard', 5), ('CA', 'reduced', 0), ('CA', 'zero', 0), ('CA', 'digital', 5),
+    ('ZZ', 'standard', 0), ('ZZ', 'reduced', 0), ('ZZ', 'zero', 0), ('ZZ', 'digital', 0);
 
 -- One row per (kind, series): the last number issued. The issuing transaction takes the row's lock
 -- by incrementing it and holds it to commit, so a number exists only if its document committed.

@@ -38,7 +38,7 @@ CREATE TABLE shipments (
     address         jsonb       NOT NULL,
     country         char(2)     NOT NULL,
     zone            text        NOT NULL,
-    weight_g        integer     NOT NULL CHECK (weight_g > 0),
+    weight_g        integer     NOT NULL CHECK (weight_g >= 0),
     service_level   text        NOT NULL,
     rate_amount     bigint      NOT NULL,
     rate_currency   char(3)     NOT NULL,
