@@ -193,6 +193,10 @@ async def test_credit_notes_never_exceed_what_is_left(client, admin):
         await call(SERVICE, credit, caller="ops", invoice_id=invoice.id, idempotency_key="c2", reason="x",
                    lines=[{"line": 1, "quantity": 1}, {"line": 0, "quantity": 3}])
     assert err.value.extra["errors"][0]["field"] == "lines[1].quantity"
+    with pytest.raises(ValidationFailed) as err:
+        await call(SERVICE, credit, caller="ops", invoice_id=invoice.id, idempotency_key="c2b", reason="x",
+                   lines=[{"line": 7, "quantity": 1}])
+    assert err.value.extra["errors"][0]["field"] == "lines[0].line"
     two = await call(SERVICE, credit, caller="ops", invoice_id=invoice.id, idempotency_key="c3", reason="x",
                      lines=[{"line": 0, "quantity": 1}])
     assert (two.subtotal, two.tax_total) == (1, 1)  # 0.5 -> 1, still within the line's 2
