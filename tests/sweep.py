@@ -41,6 +41,8 @@ PUBLIC = {
     ("GET", "/platform/v1/gateway/openapi"),
     ("GET", "/specialized/v1/keys/jwks"),
     ("GET", "/specialized/v1/pv-keys/public-key"),
+    # A parcel's progress by its (unguessable) tracking number: statuses and times only, no personal data.
+    ("GET", "/commerce/v1/shipping/tracking/{tracking_number}"),
 }
 _HEALTH = re.compile(r"^/[a-z]+(/v\d+/[a-z0-9-]+)?/health/(live|ready)$")
 

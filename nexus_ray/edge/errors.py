@@ -6,7 +6,7 @@ import inspect
 import json
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.dependencies.utils import get_flat_params
@@ -14,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import RouteContext
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ValidationError as PydanticValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from nexus_ray.catalog import API_VERSIONS
@@ -22,6 +23,8 @@ from nexus_ray.exceptions import PROBLEM_JSON, NexusError, NotFound, ValidationF
 from nexus_ray.logs import request_id_var
 
 log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=BaseModel)
 
 
 def problem_response(err: NexusError, instance: str | None = None) -> JSONResponse:
@@ -234,3 +237,16 @@ def document_problems(app: FastAPI) -> None:
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def parse_input(model: type[M], data: dict[str, Any]) -> M:
+    """``data`` validated as ``model``, or the 422 a route would answer for the same body (fields named).
+
+    For functions other services call (``exports``): their keyword arguments get the checks and the
+    problem that an HTTP body gets.
+    """
+    try:
+        return model.model_validate(data)
+    except PydanticValidationError as exc:
+        errors = [{**e, "loc": ("body", *e.get("loc", ()))} for e in exc.errors(include_url=False)]
+        raise validation_problem(RequestValidationError(errors)) from None
