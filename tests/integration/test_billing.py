@@ -397,9 +397,10 @@ async def test_exports_follow_the_contract(apps):
     declined = await call("billing-service", "authorize", caller=caller, amount=10, currency="USD",
                           payment_method="pm_card_chargeDeclined", customer="carol", idempotency_key=key())
     assert declined.status == "declined" and declined.decline_code == "generic_decline"
-    with pytest.raises(ValidationFailed):
+    with pytest.raises(ValidationFailed) as bad:
         await call("billing-service", "authorize", caller=caller, amount=1.5, currency="USD",
                    payment_method="pm_card_visa", customer="carol", idempotency_key=key())
+    assert [e["field"] for e in bad.value.extra["errors"]] == ["amount"]
     captured = await call("billing-service", "capture", caller=caller, payment_intent_id=pi.id,
                           idempotency_key=key(), amount=4_000)
     assert captured.status == "captured" and captured.amount_captured == 4_000

@@ -10,12 +10,10 @@ retries, the purge of expired idempotency keys. Other namespaces call ``exports`
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Any
 from uuid import UUID
 
-from pydantic import BaseModel, ValidationError
-
-from nexus_ray.exceptions import ValidationFailed
+from nexus_ray.edge.errors import parse_input
 
 from . import postings, service, webhooks
 from .keyed import purge_keys_forever
@@ -28,25 +26,13 @@ background = [service.run_provider, webhooks.deliver_forever, postings.retry_for
 # Callers of the exports are platform services that authorised their own callers at their edge: they act as
 # ``caller`` (which scopes their idempotency keys) and may act on any intent, as the ledger's exports do.
 _KEY = "idempotency_key"
-M = TypeVar("M", bound=BaseModel)
-
-
-def _checked(cls: type[M], **fields: Any) -> M:
-    """``fields`` validated by the same schema as the HTTP body; 422 naming each bad one."""
-    try:
-        return cls.model_validate(fields)
-    except ValidationError as exc:
-        errors = [{"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"], "type": e["type"]}
-                  for e in exc.errors()]
-        raise ValidationFailed(f"invalid fields: {', '.join(e['field'] for e in errors)}",
-                               extra={"errors": errors}) from None
 
 
 async def authorize(*, caller: str, amount: int, currency: str, payment_method: str, customer: str,
                     idempotency_key: str, metadata: dict[str, Any] | None = None) -> PaymentIntentRead:
     """Create and authorise an intent. A decline is returned (status ``declined``, ``decline_code``), not raised."""
-    body = _checked(PaymentIntentCreate, amount=amount, currency=currency, payment_method=payment_method,
-                    customer=customer, metadata=metadata or {})
+    body = parse_input(PaymentIntentCreate, {"amount": amount, "currency": currency, "payment_method": payment_method,
+                                          "customer": customer, "metadata": metadata or {}})
     outcome = await service.authorize(
         caller=caller, customer=customer, amount=body.amount, currency=body.currency,
         payment_method=body.payment_method, metadata=body.metadata, idempotency_key=idempotency_key,
@@ -58,7 +44,7 @@ async def authorize(*, caller: str, amount: int, currency: str, payment_method: 
 
 async def capture(*, caller: str, payment_intent_id: UUID | str, idempotency_key: str, amount: int | None = None
                   ) -> PaymentIntentRead:
-    body = _checked(CaptureCreate, amount=amount)
+    body = parse_input(CaptureCreate, {"amount": amount})
     outcome = await service.capture(caller=caller, privileged=True, intent_id=UUID(str(payment_intent_id)),
                                     amount=body.amount, idempotency_key=idempotency_key, field_name=_KEY)
     return outcome.model(PaymentIntentRead)
@@ -71,7 +57,7 @@ async def cancel(*, caller: str, payment_intent_id: UUID | str) -> PaymentIntent
 
 async def refund(*, caller: str, payment_intent_id: UUID | str, idempotency_key: str, amount: int | None = None
                  ) -> RefundRead:
-    body = _checked(RefundCreate, amount=amount)
+    body = parse_input(RefundCreate, {"amount": amount})
     outcome = await service.refund(caller=caller, privileged=True, intent_id=UUID(str(payment_intent_id)),
                                    amount=body.amount, reason=None, idempotency_key=idempotency_key, field_name=_KEY)
     return outcome.model(RefundRead)
