@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.dependencies.utils import get_flat_params
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import RouteContext
@@ -150,8 +151,8 @@ def problem_responses(route: RouteContext) -> dict[str, dict[str, Any]]:
     guard = route_guard(route)
     methods = set(route.methods or ())
     dependant = route.dependant
-    has_params = bool(dependant.path_params or dependant.query_params or dependant.header_params
-                      or dependant.cookie_params)
+    # Flattened: parameters a sub-dependency declares (page_params' limit and cursor) are validated too.
+    has_params = bool(get_flat_params(dependant))
     has_body = route.body_field is not None or bool(methods & {"POST", "PUT", "PATCH"})
     responses: dict[str, dict] = {}
     if guard and guard[0] == "scopes":

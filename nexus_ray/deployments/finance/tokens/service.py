@@ -229,6 +229,7 @@ async def burn(*, token_id: UUID, holder: str, amount: int, idempotency_key: str
 async def transfer(*, token_id: UUID, holder: str, to_holder: str, amount: int, idempotency_key: str
                    ) -> tuple[OperationRead, bool]:
     """Move ``amount`` from ``holder``'s wallet to ``to_holder``'s."""
+    await _token_row(token_id)  # an unknown token is a 404 before anything about the body
     if to_holder == holder:
         raise ValidationFailed.for_field("to_holder", "must differ from the sender")
     op, replayed = await _operate(token_id=token_id, caller=holder, kind="transfer", amount=amount,
