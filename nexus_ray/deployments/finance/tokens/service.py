@@ -148,6 +148,11 @@ def _op_read(row: asyncpg.Record) -> OperationRead:
         "id", "token_id", "kind", "from_holder", "to_holder", "amount", "entry_id", "created_at")})
 
 
+def _past_cap(token: asyncpg.Record, amount: int, left: int) -> Conflict:
+    return Conflict(f"minting {amount} would pass the supply cap of {token['supply_cap']} ({left} left)",
+                    extra={"field": "amount", "supply_left": left})
+
+
 async def _operate(*, token_id: UUID, caller: str, kind: str, amount: int, key: str, from_holder: str | None,
                    to_holder: str | None, on_claim: Any = None) -> tuple[asyncpg.Record, bool]:
     """Claim the key, (for mints) raise the supply under the cap, post to the ledger, mark posted.
@@ -157,6 +162,13 @@ async def _operate(*, token_id: UUID, caller: str, kind: str, amount: int, key: 
     token = await _token_row(token_id)
     code = token["code"].strip()
     raises_supply = kind in ("mint", "vesting_grant")
+    pg = await postgres.pool()
+    if raises_supply and token["minted"] + amount > token["supply_cap"] and not await pg.fetchval(
+            "SELECT 1 FROM token_operations WHERE token_id = $1 AND caller = $2 AND idempotency_key = $3",
+            token_id, caller, key):
+        # Already full when read: refused without queueing on the supply row (minted only falls back when a
+        # reservation's ledger post is refused, so the read can only be too generous, never too strict for long).
+        raise _past_cap(token, amount, token["supply_cap"] - token["minted"])
     async with postgres.transaction() as conn:
         op = await conn.fetchrow(
             "INSERT INTO token_operations (id, token_id, kind, from_holder, to_holder, amount, status, caller, "
@@ -179,8 +191,7 @@ async def _operate(*, token_id: UUID, caller: str, kind: str, amount: int, key: 
                 token_id, amount)
             if raised is None:
                 left = token["supply_cap"] - await conn.fetchval("SELECT minted FROM tokens WHERE id = $1", token_id)
-                raise Conflict(f"minting {amount} would pass the supply cap of {token['supply_cap']} ({left} left)",
-                               extra={"field": "amount", "supply_left": left})
+                raise _past_cap(token, amount, left)
     debit, credit = await _accounts_of(op, code)
     try:
         entry = await call(LEDGER, "post_transfer", caller=SERVICE, debit_account_id=debit, credit_account_id=credit,
