@@ -154,7 +154,8 @@ async def grow_chain(records: int, seed: int) -> int:
         batch.append((k, k, prev["prev"], prev["kind"], json.dumps(prev["body"]), prev["hash"], "bench"))
         if len(batch) == 50_000 or k == records - 1:
             async with pg.acquire() as conn:
-                await conn.set_type_codec("jsonb", encoder=lambda v: v, decoder=json.loads, schema="pg_catalog")
+                # asyncpg's own jsonb codec (text in, binary COPY) instead of the pool's JSON one, for the COPY.
+                await conn.reset_type_codec("jsonb", schema="pg_catalog")
                 await conn.copy_records_to_table("music_records", records=batch, columns=[
                     "pos", "seq", "prev", "kind", "body", "hash", "created_by"])
                 await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
