@@ -48,13 +48,24 @@ async def balance(client, headers, token_id, who=None) -> int:
 
 
 async def test_the_cap_holds_under_concurrent_mints(client, admin):
+    """200 mints of one unit, all in flight at once, against a cap of 100: exactly 100 succeed.
+
+    Against the service functions, so that all 200 race on the supply row at once (over HTTP each request in
+    flight also opens a Redis connection for the rate limiter, which is not what this checks); the HTTP route
+    is the same function behind the edge, checked below and in the other tests.
+    """
+    from nexus_ray.deployments.finance.tokens import service
+    from nexus_ray.exceptions import Conflict
+
     token = await new_token(client, admin, cap=100)
 
     async def mint_one(n: int) -> int:
-        r = await client.post(f"{API}/tokens/{token['id']}/mint",
-                              json={"to_holder": f"minter-{n % 7}", "amount": 1, "idempotency_key": f"m{n}"},
-                              headers=admin)
-        return r.status_code
+        try:
+            await service.mint(token_id=token["id"], caller="token-ops", to_holder=f"minter-{n % 7}", amount=1,
+                               idempotency_key=f"m{n}")
+        except Conflict:
+            return 409
+        return 201
 
     codes = await asyncio.gather(*(mint_one(n) for n in range(200)))
     assert codes.count(201) == 100 and codes.count(409) == 100
@@ -65,6 +76,11 @@ async def test_the_cap_holds_under_concurrent_mints(client, admin):
     refused = await client.post(f"{API}/tokens/{token['id']}/mint",
                                 json={"to_holder": "minter-0", "amount": 1, "idempotency_key": key()}, headers=admin)
     assert refused.status_code == 409 and refused.json()["supply_left"] == 0
+    # A retry of a mint that succeeded is its replay, even with the supply exhausted.
+    winner = codes.index(201)
+    again = await client.post(f"{API}/tokens/{token['id']}/mint", headers=admin, json={
+        "to_holder": f"minter-{winner % 7}", "amount": 1, "idempotency_key": f"m{winner}"})
+    assert again.status_code == 201 and again.headers.get("Idempotent-Replayed") == "true"
 
 
 async def test_burn_and_transfer_move_units_on_the_ledger(client, bearer, admin):
