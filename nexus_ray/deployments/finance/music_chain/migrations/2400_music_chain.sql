@@ -12,6 +12,7 @@ CREATE TABLE music_records (
     created_by text        NOT NULL,
     created_at timestamptz NOT NULL DEFAULT now()
 );
+CREATE INDEX music_records_seq ON music_records (seq);  -- proofs and the list, by seq
 CREATE INDEX music_records_hash ON music_records (hash);
 CREATE INDEX music_records_work ON music_records ((body ->> 'work'), seq);
 
