@@ -2,8 +2,8 @@
 
 ``call("puabo-blac-risk-assessment", "score", application=...)`` returns an object (or a
 dict) with ``probability_of_default``, ``band`` and ``reasons``. When it cannot answer --
-the export is absent (NotFound), the service does not answer in time (503), or it refuses
-the application (any platform error) -- or its answer lacks those fields, :func:`score`
+the export is absent (NotFound), the service does not answer in time (503), it refuses the
+application (any platform error) or fails (any other exception) -- or its answer lacks those fields, :func:`score`
 returns ``None`` with the reason, and the application goes to ``manual_review`` instead of
 failing: a reviewer gives the score (``POST /loans/{id}/review``).
 """
@@ -34,6 +34,9 @@ async def score(application: dict[str, Any]) -> tuple[RiskScore | None, str]:
     except NexusError as exc:
         log.info("risk score unavailable (%s): %s", type(exc).__name__, exc.detail)
         return None, f"risk-assessment unavailable: {exc.detail or type(exc).__name__}"
+    except Exception as exc:  # a failure of the model is no reason to fail the application: a person decides
+        log.warning("risk score failed: %s", type(exc).__name__)
+        return None, f"risk-assessment failed: {type(exc).__name__}"
     try:
         reasons = [str(r) for r in (_field(result, "reasons") or [])]
         found = RiskScore(probability_of_default=float(_field(result, "probability_of_default")),
