@@ -86,8 +86,12 @@ async def assert_balanced(client, admin, entry_id):
 
 async def test_without_risk_assessment_an_application_goes_to_manual_review(client, bearer, admin, risk_absent):
     me = borrower_headers(bearer, "borrower-review")
-    loan = await apply(client, me)
+    loan = await apply(client, me, idempotency_key="application-1")
     assert loan["status"] == "manual_review"
+    again = await client.post(f"{API}/loans", headers=me, json={
+        "amount": 1_000_000, "currency": "USD", "term_months": 12, "annual_income": 6_000_000,
+        "idempotency_key": "application-1"})
+    assert again.headers.get("Idempotent-Replayed") == "true" and again.json()["id"] == loan["id"]
     assert "unavailable" in loan["risk"]
     assert [h["to_status"] for h in loan["history"]] == ["applied", "manual_review"]
     # The borrower cannot accept what was not offered; a reviewer's score then goes through the same rules.
