@@ -151,7 +151,7 @@ def problem_responses(route: RouteContext) -> dict[str, dict[str, Any]]:
     guard = route_guard(route)
     methods = set(route.methods or ())
     dependant = route.dependant
-    # Flattened: parameters a sub-dependency declares (page_params' limit and cursor) are validated too.
+    # Flattened: parameters read by a dependency (page_params' limit and cursor) are validated as well.
     has_params = bool(get_flat_params(dependant))
     has_body = route.body_field is not None or bool(methods & {"POST", "PUT", "PATCH"})
     responses: dict[str, dict] = {}
