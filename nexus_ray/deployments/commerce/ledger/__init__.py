@@ -11,8 +11,11 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
+from nexus_ray.exceptions import ValidationFailed
+
 from . import service
-from .models import Balance, EntryRead, HoldRead
+from .currencies import known
+from .models import AccountRead, AccountType, Balance, EntryRead, HoldRead
 from .views import router
 
 background = [service.expire_holds_forever]
@@ -32,6 +35,33 @@ async def post_transfer(
         currency=currency, description=description, metadata=metadata, idempotency_key=idempotency_key)
     entry, _ = await service.post_one(caller=caller, privileged=True, request=req)
     return entry
+
+
+async def post_entry(
+    *, caller: str, lines: list[dict[str, Any]], idempotency_key: str, description: str = "",
+    metadata: dict[str, Any] | None = None,
+) -> EntryRead:
+    """Post a balanced entry of several lines (``{"account_id", "side", "amount", "currency"}`` each) at once.
+
+    For a movement that must not be half-posted: a repayment's principal and interest, say.
+    """
+    req = service.entry_request(
+        lines=[service.Line(UUID(str(ln["account_id"])), ln["side"], ln["amount"], ln["currency"]) for ln in lines],
+        description=description, metadata=metadata, idempotency_key=idempotency_key)
+    entry, _ = await service.post_one(caller=caller, privileged=True, request=req)
+    return entry
+
+
+async def open_account(
+    *, caller: str, owner: str, name: str, type: AccountType, currency: str, allow_negative: bool = False,
+    metadata: dict[str, Any] | None = None,
+) -> AccountRead:
+    """Open an account for ``owner`` (a principal, or ``platform``) in ``currency`` (ISO 4217 or a token's code)."""
+    if not known(currency):
+        raise ValidationFailed.for_field("currency", "is not an ISO 4217 currency or token code the ledger knows")
+    return await service.create_account(
+        caller=caller, privileged=True, name=name, type=type, currency=currency, allow_negative=allow_negative,
+        owner=owner, shards=None, metadata=metadata or {})
 
 
 async def place_hold(
@@ -61,7 +91,8 @@ async def balance(*, account_id: UUID | str) -> Balance:
 
 
 #: What services of other namespaces may call (nexus_ray.deployments.kit.calls.call).
-exports = {"post_transfer": post_transfer, "place_hold": place_hold, "capture_hold": capture_hold,
+exports = {"post_transfer": post_transfer, "post_entry": post_entry, "open_account": open_account,
+           "place_hold": place_hold, "capture_hold": capture_hold,
            "void_hold": void_hold, "balance": balance}
 
 __all__ = ["background", "exports", "router"]

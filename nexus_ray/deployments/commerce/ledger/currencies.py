@@ -3,9 +3,15 @@
 An amount is an integer count of minor units (cents for USD, yen for JPY, fils for KWD);
 a currency whose exponent is not known here is refused, because the ledger could not say
 what an amount in it means. Funds and precious metals (XAU, XDR...) are left out on purpose.
+
+Platform tokens (token-mgr) are currencies too, one per token, with codes ``QMA`` to ``QZZ``:
+ISO 3166 leaves the country codes ``QM`` to ``QZ`` to private use, so ISO 4217 will never give
+a currency such a code. Their amounts are counts of the token's base unit (exponent 0).
 """
 
 from __future__ import annotations
+
+import re
 
 #: code -> exponent (digits after the decimal point of one major unit).
 EXPONENTS: dict[str, int] = {
@@ -31,6 +37,15 @@ EXPONENTS: dict[str, int] = {
 }
 
 
+TOKEN_CODE = re.compile(r"^Q[M-Z][A-Z]$")
+"""Codes of platform tokens: private-use, never an ISO 4217 currency."""
+
+
+def is_token(code: str) -> bool:
+    """True for the code of a platform token (``QMA``..``QZZ``)."""
+    return bool(TOKEN_CODE.match(code))
+
+
 def known(code: str) -> bool:
-    """True for an ISO 4217 code whose exponent the ledger knows."""
-    return code in EXPONENTS
+    """True for an ISO 4217 code whose exponent the ledger knows, or a platform token's code."""
+    return code in EXPONENTS or is_token(code)
