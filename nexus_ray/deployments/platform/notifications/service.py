@@ -42,7 +42,7 @@ from nexus_ray.stores import postgres
 from nexus_ray.stores.events import Event, EventConsumer
 
 from . import providers, templates
-from .models import MessageCreate, MessageRead, Preferences, TemplateBody, TemplateRead
+from .models import MessageCreate, MessageRead, Preferences, PushSubscription, TemplateBody, TemplateRead
 from .settings import NotificationSettings
 
 log = logging.getLogger(__name__)
@@ -120,7 +120,8 @@ async def get_preferences(*, user_id: str) -> Preferences:
     channels = {r["category"]: list(r["channels"]) for r in rows}
     if contact is None:
         return Preferences(channels=channels)
-    return Preferences(email=contact.email, phone=contact.phone, push=contact.push, locale=contact.locale,
+    push = [PushSubscription.model_validate(sub) for sub in contact.push]
+    return Preferences(email=contact.email, phone=contact.phone, push=push, locale=contact.locale,
                        timezone=contact.timezone, quiet_start=contact.quiet_start, quiet_end=contact.quiet_end,
                        channels=channels)
 

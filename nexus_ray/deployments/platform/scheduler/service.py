@@ -405,10 +405,12 @@ async def execute(run: asyncpg.Record, *, holder: str, lease_s: float | None = N
         log.warning("run %s: lease lost to another loop", run["id"])
         return None
     exc = work.exception()
+    outcome: tuple[str, str | None, float | None]
     if exc is not None:
-        status, error, duration = "failed", f"{type(exc).__name__}: {exc}"[:2000], time.monotonic() - began
+        outcome = ("failed", f"{type(exc).__name__}: {exc}"[:2000], time.monotonic() - began)
     else:
-        status, error, duration = work.result()
+        outcome = work.result()
+    status, error, duration = outcome
     if not await _finish(run, holder, status, error, duration):
         return None
     log.info("run %s of schedule %s: %s", run["id"], run["name"], status)
