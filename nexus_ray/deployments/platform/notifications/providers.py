@@ -120,12 +120,13 @@ class SmtpEmail:
         self.relay = Relay.parse(url or get_settings().smtp_url)
         self.sender = sender or s.notifications_from
         self.timeout = s.notifications_smtp_timeout_s
+        self.ca_file = s.notifications_smtp_ca_file or None
         self._idle: queue.SimpleQueue[smtplib.SMTP] = queue.SimpleQueue()
         self._slots = asyncio.Semaphore(s.notifications_smtp_connections)
 
     def _connect(self) -> smtplib.SMTP:
         r = self.relay
-        context = ssl.create_default_context()
+        context = ssl.create_default_context(cafile=self.ca_file)
         client: smtplib.SMTP
         if r.implicit_tls:
             client = smtplib.SMTP_SSL(r.host, r.port, timeout=self.timeout, context=context)

@@ -21,6 +21,8 @@ class NotificationSettings(ServiceSettings):
     notifications_lease_s: float = Field(
         60.0, gt=0, description="A message being sent by a replica that then crashed is sent again after this.")
     notifications_smtp_timeout_s: float = Field(15.0, gt=0, description="Timeout of one SMTP exchange.")
+    notifications_smtp_ca_file: str = Field(
+        "", description="CA bundle (PEM file) the relay's TLS certificate is checked against; empty: the system's.")
     notifications_smtp_connections: int = Field(8, ge=1, le=64, description="SMTP connections kept open.")
     notifications_consume_events: bool = Field(True, description="Run the event consumer in this process.")
     notifications_deliver: bool = Field(True, description="Run the delivery loop in this process.")
