@@ -379,7 +379,7 @@ async def deliver_forever() -> None:
         try:
             if await deliver_due():
                 continue
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except Exception as exc:  # a store away: the next round tries again
             log.warning("delivery round failed: %s", type(exc).__name__)
         _wake.clear()
         try:

@@ -453,7 +453,7 @@ class Loop:
             while True:
                 try:
                     await self.step()
-                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                except Exception as exc:  # a store away, a bad row: the next tick tries again
                     log.warning("scheduler tick failed: %s", type(exc).__name__)
                 await asyncio.sleep(tick)
         finally:
