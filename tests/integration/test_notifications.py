@@ -226,3 +226,23 @@ def test_rendering_escapes_and_quiet_hours_span_midnight():
     late = datetime(2026, 6, 1, 21, 30, tzinfo=UTC)  # 23:30 in Paris
     assert service.quiet_until(contact, late) == datetime(2026, 6, 2, 5, 0, tzinfo=UTC)
     assert service.quiet_until(contact, datetime(2026, 6, 1, 12, 0, tzinfo=UTC)) is None
+
+
+async def test_a_password_change_in_auth_service_sends_a_security_notice(client, admin, stores, until):
+    username = f"n{uuid.uuid4().hex[:10]}"
+    password, new_password = f"tr0ub4dor & {uuid.uuid4().hex[:8]}", f"a new passphrase {uuid.uuid4().hex[:6]}"
+    r = await client.post("/auth/v1/users", json={"username": username, "email": f"{username}@example.org",
+                                                  "password": password})
+    assert r.status_code == 201, r.text
+    user_id = r.json()["user_id"]
+    address = f"{username}@shop.test"
+    await set_prefs(client, admin, user_id, email=address, channels={"security": []})  # email stays mandatory
+    r = await client.post("/auth/v1/auth/login", json={"username": username, "password": password,
+                                                       "device": "laptop"}, headers={"User-Agent": "pytest/1"})
+    assert r.status_code == 200, r.text
+    r = await client.post("/auth/v1/auth/password", json={"current_password": password, "new_password": new_password},
+                          headers={"Authorization": f"Bearer {r.json()['session_token']}"})
+    assert r.status_code == 200, r.text
+    [notice] = await until(lambda: mail_to(stores, address) or None, within_s=30)
+    assert notice["Subject"] == "Your password was changed"
+    assert "If this was not you" in parts(notice)["text/plain"]
