@@ -9,12 +9,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-_STORE_URLS = ("NEXUS_POSTGRES_URL", "NEXUS_REDIS_URL", "NEXUS_MONGO_URL", "NEXUS_KAFKA_BOOTSTRAP")
+_STORE_URLS = ("NEXUS_POSTGRES_URL", "NEXUS_REDIS_URL", "NEXUS_MONGO_URL", "NEXUS_KAFKA_BOOTSTRAP", "NEXUS_SMTP_URL")
 
 
 @contextmanager
 def scratch_stores(prefix: str, **env: str) -> Iterator[Path]:
-    """The four embedded stores in a new temporary data dir, with their URLs and ``env`` in this
+    """The embedded stores (and SMTP server) in a new temporary data dir, with their URLs and ``env`` in this
     process's environment (set before any settings are read); stopped and removed afterwards."""
     data_dir = Path(tempfile.mkdtemp(prefix=prefix))
     os.environ.update({"NEXUS_DATA_DIR": str(data_dir), "NEXUS_LOG_LEVEL": "WARNING", **env})

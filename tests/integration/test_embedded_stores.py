@@ -90,6 +90,7 @@ def test_start_is_idempotent(store_dir: Path) -> None:
         "NEXUS_REDIS_URL": second.redis_url,
         "NEXUS_MONGO_URL": second.mongo_url,
         "NEXUS_KAFKA_BOOTSTRAP": second.kafka_bootstrap,
+        "NEXUS_SMTP_URL": second.smtp_url,
     }
     # Another process sees the same servers rather than starting its own.
     assert _start_in_another_process(store_dir.parent, str(store_dir))["pids"] == second.pids

@@ -23,7 +23,7 @@ from nexus_ray.deployments.specialized.keys import service as keys
 from nexus_ray.edge import revocations, tokens
 from nexus_ray.edge.security import Principal, ensure_self_or
 from nexus_ray.exceptions import Conflict, Forbidden, NotFound, Unauthorized, ValidationFailed
-from nexus_ray.stores import postgres
+from nexus_ray.stores import events, postgres
 
 ADMIN_SCOPE = scopes_of("auth-service").admin
 """Acts on other accounts' passwords, sessions and lockouts."""
@@ -110,13 +110,18 @@ async def logout(*, token: str) -> bool:
     return await sessions.revoke(token)
 
 
-async def _set_password(*, user_id: uuid.UUID, new_hash: str, expected: str | None) -> credentials.Ended:
-    # One transaction: the new hash and the end of every credential of the account (the Redis part
-    # written before the commit: see nexus_ray.deployments.auth.credentials).
+PASSWORD_CHANGED_TOPIC = "auth.user.password_changed"
+
+
+async def _set_password(*, user_id: uuid.UUID, new_hash: str, expected: str | None, by: str) -> credentials.Ended:
+    # One transaction: the new hash, the end of every credential of the account (the Redis part
+    # written before the commit: see nexus_ray.deployments.auth.credentials) and the security notice's event.
     async with postgres.transaction() as conn:
         if not await users.replace_password_hash(conn=conn, user_id=user_id, new_hash=new_hash, expected=expected):
             raise Conflict("the password was changed meanwhile; try again")
         ended = await credentials.end_all(conn, user_id=user_id, reason="password-changed")
+        await events.emit(conn, PASSWORD_CHANGED_TOPIC, {"user_id": str(user_id), "by": by,
+                                                         "at": datetime.now(UTC).isoformat()}, key=str(user_id))
     await credentials.after_commit(ended)
     return ended
 
@@ -143,7 +148,8 @@ async def change_password(
         raise ValidationFailed.for_field("current_password", "does not match", "mismatch")
     await lockout.succeeded(attempt)
     new_hash = await passwords.hash_password(new_password)
-    ended = await _set_password(user_id=record["user_id"], new_hash=new_hash, expected=record["password_hash"])
+    ended = await _set_password(user_id=record["user_id"], new_hash=new_hash, expected=record["password_hash"],
+                                by="self")
     return {**ended.counts(), "session": await _open_session(
         user_id=record["user_id"], address=address, user_agent=user_agent, device="password change")}
 
@@ -157,7 +163,8 @@ async def set_password(*, user_id: uuid.UUID, new_password: str, grantor: Princi
     await users.ensure_may_manage(grantor, user_id)
     passwords.check_policy(new_password, field="new_password", username=record["username"])
     new_hash = await passwords.hash_password(new_password)
-    ended = await _set_password(user_id=user_id, new_hash=new_hash, expected=record["password_hash"])
+    ended = await _set_password(user_id=user_id, new_hash=new_hash, expected=record["password_hash"],
+                                by="administrator")
     await lockout.release(username=record["username"])
     return ended.counts()
 
