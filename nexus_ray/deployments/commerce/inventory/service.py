@@ -94,19 +94,11 @@ async def create_warehouse(*, id: str, name: str, priority: int) -> WarehouseRea
     return WarehouseRead.model_validate(dict(row))
 
 
-async def list_warehouses(*, page: PageRequest) -> Page[WarehouseRead]:
+async def list_warehouses() -> list[WarehouseRead]:
+    """Every warehouse, in the order reservations draw from them (a handful: not paged)."""
     pg = await postgres.pool()
-    rows = await pg.fetch(
-        "SELECT id, name, priority, created_at FROM inventory_warehouses WHERE ($1::text IS NULL OR id > $1) "
-        "ORDER BY id LIMIT $2", _cursor_text(page), page.fetch_limit)
-    return page.of(rows, key=lambda r: (r["id"],), item=lambda r: WarehouseRead.model_validate(dict(r)))
-
-
-def _cursor_text(page: PageRequest) -> str | None:
-    value = page.after_value(0)
-    if value is not None and not isinstance(value, str):
-        raise ValidationFailed.for_field("cursor", "is not a cursor returned by this list")
-    return value
+    rows = await pg.fetch("SELECT id, name, priority, created_at FROM inventory_warehouses ORDER BY priority, id")
+    return [WarehouseRead.model_validate(dict(r)) for r in rows]
 
 
 # -- movements: the one way stock changes -----------------------------------------------------------------

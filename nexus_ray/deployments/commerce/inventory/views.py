@@ -61,10 +61,10 @@ async def create_warehouse(body: WarehouseCreate) -> WarehouseRead:
     return await service.create_warehouse(id=body.id, name=body.name, priority=body.priority)
 
 
-@router.get("/warehouses", response_model=Page[WarehouseRead], summary="Warehouses",
+@router.get("/warehouses", response_model=list[WarehouseRead], summary="Warehouses, in the order stock is drawn",
             dependencies=[authorize(SCOPES.read)])
-async def list_warehouses(page: PageRequest = page_params()) -> Page[WarehouseRead]:
-    return await service.list_warehouses(page=page)
+async def list_warehouses() -> list[WarehouseRead]:
+    return await service.list_warehouses()
 
 
 @router.get("/stock", response_model=list[StockRead], summary="Stock of some SKUs over all warehouses",

@@ -264,7 +264,10 @@ async def recover(*, limit: int = 20) -> int:
         runner, s.order_lease_s, list(UNSETTLED), limit)
     for r in taken:
         log.info("order %s: recovered by %s", r["id"], runner)
-    await asyncio.gather(*(drive(r["id"], runner) for r in taken), return_exceptions=True)
+    outcomes = await asyncio.gather(*(drive(r["id"], runner) for r in taken), return_exceptions=True)
+    for r, out in zip(taken, outcomes, strict=True):
+        if isinstance(out, Exception):  # its lease runs out and a later pass takes it again
+            log.warning("order %s: recovery stopped: %s", r["id"], type(out).__name__)
     return len(taken)
 
 
