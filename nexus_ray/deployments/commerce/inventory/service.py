@@ -125,8 +125,13 @@ async def _lock_skus(conn: asyncpg.Connection, skus: Sequence[str]) -> dict[str,
     return {r["sku"]: r for r in rows}
 
 
-async def _apply(conn: asyncpg.Connection, caller: str, moves: Sequence[Move]) -> None:
-    """Write ``moves`` to the stock rows (their SKUs locked by the caller) and to the history; flag low stock."""
+async def _apply(conn: asyncpg.Connection, caller: str, moves: Sequence[Move],
+                 known: dict[str, tuple[int, bool, int]] | None = None) -> None:
+    """Write ``moves`` to the stock rows (their SKUs locked by the caller) and to the history; flag low stock.
+
+    ``known``: per SKU, (threshold, low, available before the moves) when the caller has just read them
+    under its lock, which spares the query for the low-stock check.
+    """
     if not moves:
         return
     totals: dict[tuple[str, str], list[int]] = {}
@@ -158,7 +163,15 @@ async def _apply(conn: asyncpg.Connection, caller: str, moves: Sequence[Move]) -
         [m.sku for m in moves], [m.warehouse_id for m in moves], [m.kind for m in moves],
         [m.on_hand for m in moves], [m.reserved for m in moves], [m.reservation_id for m in moves],
         [m.note for m in moves], caller)
-    await _flag_low(conn, sorted({m.sku for m in moves}))
+    skus = sorted({m.sku for m in moves})
+    if known is None or any(sku not in known for sku in skus):
+        await _flag_low(conn, skus)
+        return
+    after = {sku: known[sku][2] for sku in skus}
+    for m in moves:
+        after[m.sku] += m.on_hand - m.reserved
+    await _flip(conn, [(sku, not known[sku][1], after[sku], known[sku][0]) for sku in skus
+                       if (after[sku] < known[sku][0]) != known[sku][1]])
 
 
 async def _flag_low(conn: asyncpg.Connection, skus: Sequence[str]) -> None:
@@ -167,8 +180,12 @@ async def _flag_low(conn: asyncpg.Connection, skus: Sequence[str]) -> None:
         "SELECT k.sku, k.low_threshold, k.low, coalesce(sum(s.on_hand - s.reserved), 0) AS available "
         "FROM inventory_skus k LEFT JOIN inventory_stock s ON s.sku = k.sku "
         "WHERE k.sku = ANY($1::text[]) GROUP BY k.sku, k.low_threshold, k.low", list(skus))
-    flips = [(r["sku"], not r["low"], int(r["available"]), r["low_threshold"]) for r in rows
-             if (int(r["available"]) < r["low_threshold"]) != r["low"]]
+    await _flip(conn, [(r["sku"], not r["low"], int(r["available"]), r["low_threshold"]) for r in rows
+                       if (int(r["available"]) < r["low_threshold"]) != r["low"]])
+
+
+async def _flip(conn: asyncpg.Connection, flips: Sequence[tuple[str, bool, int, int]]) -> None:
+    """Record the SKUs (sku, now low, available, threshold) that crossed their threshold, with their events."""
     if not flips:
         return
     await conn.execute(
@@ -367,12 +384,18 @@ async def reserve(*, caller: str, reference: str, lines: Sequence[dict[str, Any]
     h = request_hash("reserve", {"reference": reference, "ttl_s": ttl_s,
                                  "lines": [[ln["sku"], int(ln["quantity"])] for ln in lines]})
     now = datetime.now(UTC)
+    skus = sorted(wanted)
     async with postgres.transaction() as conn:
-        rid = await conn.fetchval(
-            "INSERT INTO inventory_reservations (id, caller, reference, status, idempotency_key, request_hash, "
-            "created_at, expires_at) VALUES ($1, $2, $3, 'held', $4, $5, $6, $7) "
-            "ON CONFLICT (caller, idempotency_key) DO NOTHING RETURNING id",
-            uuid.uuid4(), caller, reference, idempotency_key, h, now, now + timedelta(seconds=ttl_s))
+        # The claim of the key, and whether a lapsed hold on these SKUs is to be released first, in one trip.
+        claim = await conn.fetchrow(
+            "WITH claim AS (INSERT INTO inventory_reservations (id, caller, reference, status, idempotency_key, "
+            "               request_hash, created_at, expires_at) VALUES ($1, $2, $3, 'held', $4, $5, $6, $7) "
+            "               ON CONFLICT (caller, idempotency_key) DO NOTHING RETURNING id) "
+            "SELECT (SELECT id FROM claim) AS id, EXISTS (SELECT 1 FROM inventory_reservations r "
+            "    JOIN inventory_reservation_lines l ON l.reservation_id = r.id WHERE r.status = 'held' "
+            "    AND r.expires_at <= now() AND l.sku = ANY($8::text[])) AS lapsed",
+            uuid.uuid4(), caller, reference, idempotency_key, h, now, now + timedelta(seconds=ttl_s), skus)
+        rid = claim["id"]
         if rid is None:  # the key was used (a concurrent first request has committed by now)
             row = await conn.fetchrow(f"SELECT {_RES_COLUMNS} FROM inventory_reservations "
                                       f"WHERE caller = $1 AND idempotency_key = $2", caller, idempotency_key)
@@ -380,9 +403,11 @@ async def reserve(*, caller: str, reference: str, lines: Sequence[dict[str, Any]
             if row["request_hash"] != h:
                 raise _key_reused()
             return await _reservation_read(conn, row), True
-        skus = sorted(wanted)
-        await _lock_skus(conn, skus)
-        await _expire_lapsed(conn, skus, caller)
+        # Lock first, then read, in two statements: a read joined to the lock would see the stock as it was
+        # before the wait for the lock (a row locked after a wait is re-read, the rows joined to it are not).
+        locked = await _lock_skus(conn, skus)
+        if claim["lapsed"]:
+            await _expire_lapsed(conn, skus, caller)
         rows = await conn.fetch(
             "SELECT s.sku, s.warehouse_id, s.on_hand - s.reserved AS free FROM inventory_stock s "
             "JOIN inventory_warehouses w ON w.id = s.warehouse_id WHERE s.sku = ANY($1::text[]) "
@@ -390,19 +415,23 @@ async def reserve(*, caller: str, reference: str, lines: Sequence[dict[str, Any]
         by_sku: dict[str, list[asyncpg.Record]] = {}
         for r in rows:
             by_sku.setdefault(r["sku"], []).append(r)
+        known = {sku: (k["low_threshold"], k["low"], sum(r["free"] for r in by_sku.get(sku, [])))
+                 for sku, k in locked.items()}
         moves = []
         for sku in sorted(wanted, key=lambda s: first_index[s]):
             free = sum(r["free"] for r in by_sku.get(sku, []))
             if free < wanted[sku]:
                 raise _insufficient(first_index[sku], sku, wanted[sku], free)  # rolls the claim back too
             moves += [Move(sku, w, "reserve", 0, q, rid) for w, q in _allocate(wanted[sku], by_sku[sku])]
-        await _apply(conn, caller, moves)
+        await _apply(conn, caller, moves, known)
         await conn.execute(
             "INSERT INTO inventory_reservation_lines (reservation_id, sku, warehouse_id, quantity) "
             "SELECT $1, * FROM unnest($2::text[], $3::text[], $4::int8[])",
             rid, [m.sku for m in moves], [m.warehouse_id for m in moves], [m.reserved for m in moves])
-        row = await conn.fetchrow(f"SELECT {_RES_COLUMNS} FROM inventory_reservations WHERE id = $1", rid)
-        out = await _reservation_read(conn, row)
+        out = ReservationRead(id=rid, reference=reference, status="held", returned=False, created_at=now,
+                              expires_at=now + timedelta(seconds=ttl_s), resolved_at=None,
+                              lines=sorted((ReservationLine(sku=m.sku, warehouse_id=m.warehouse_id, quantity=m.reserved)
+                                            for m in moves), key=lambda ln: (ln.sku, ln.warehouse_id)))
         await emit(conn, reservation_topic("held"), out.model_dump(mode="json"), key=str(rid))
     return out, False
 
