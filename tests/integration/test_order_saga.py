@@ -104,25 +104,6 @@ async def money_snapshot() -> tuple[int, int]:
 # -- the state machine ------------------------------------------------------------------------------------
 
 
-def test_the_state_machine_refuses_every_transition_it_does_not_list():
-    from nexus_ray.deployments.commerce.orders.models import TRANSITIONS
-    from nexus_ray.deployments.commerce.orders.saga import check_transition
-    from nexus_ray.exceptions import Conflict
-
-    refused = 0
-    for current in TRANSITIONS:
-        for to in TRANSITIONS:
-            if to in TRANSITIONS[current]:
-                check_transition(current, to)
-            else:
-                with pytest.raises(Conflict) as err:
-                    check_transition(current, to)
-                assert err.value.extra == {"code": "invalid_transition", "status": current, "to": to}
-                refused += 1
-    assert refused > 60
-    assert all(not TRANSITIONS[s] for s in ("failed", "cancelled", "refunded"))  # terminal
-
-
 async def test_order_creation_is_idempotent_and_a_missing_collaborator_fails_it(client, ops, shopper):
     sku = await stocked_sku(client, ops, 5)
     before = await money_snapshot()
@@ -169,6 +150,24 @@ async def test_invalid_transitions_over_http_are_409(client, ops, shopper, beare
     assert (await client.get(f"{API}/orders/{order_id}/saga", headers=stranger)).status_code == 404
     assert (await client.post(f"{API}/orders/{order_id}/refund", json={"reason": "x"},
                               headers=shopper)).status_code == 403
+
+
+def test_the_state_machine_refuses_every_transition_it_does_not_list():
+    from nexus_ray.deployments.commerce.orders.models import TRANSITIONS, check_transition
+    from nexus_ray.exceptions import Conflict
+
+    refused = 0
+    for current in TRANSITIONS:
+        for to in TRANSITIONS:
+            if to in TRANSITIONS[current]:
+                check_transition(current, to)
+            else:
+                with pytest.raises(Conflict) as err:
+                    check_transition(current, to)
+                assert err.value.extra == {"code": "invalid_transition", "status": current, "to": to}
+                refused += 1
+    assert refused > 60
+    assert all(not TRANSITIONS[s] for s in ("failed", "cancelled", "refunded"))  # terminal
 
 
 # -- compensation and recovery ------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from nexus_ray.deployments.commerce.inventory.models import KEY_PATTERN, Sku
 from nexus_ray.deployments.commerce.ledger.models import Currency
+from nexus_ray.exceptions import Conflict
 
 OrderStatus = Literal["pending", "authorized", "paid", "completed", "compensating", "failed", "cancelling",
                       "cancelled", "refunding", "refunded"]
@@ -29,6 +30,15 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     "cancelled": frozenset(),
     "refunded": frozenset(),
 }
+
+
+def check_transition(current: str, to: str) -> None:
+    """409 unless the state machine lets an order go from ``current`` to ``to``."""
+    if to not in TRANSITIONS[current]:
+        raise Conflict(f"an order that is {current} cannot become {to}",
+                       extra={"code": "invalid_transition", "status": current, "to": to})
+
+
 #: Statuses the saga has not settled: a runner (or recovery, past the lease) moves them on.
 UNSETTLED = ("pending", "paid", "compensating", "cancelling", "refunding")
 IdempotencyKey = Annotated[str, Field(pattern=KEY_PATTERN, description="Unique per customer; a retry sends the same.")]

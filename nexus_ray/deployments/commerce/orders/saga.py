@@ -49,11 +49,10 @@ from uuid import UUID
 import asyncpg
 
 from nexus_ray.deployments.kit.settings import settings_of
-from nexus_ray.exceptions import Conflict
 from nexus_ray.stores import postgres
 from nexus_ray.stores.events import emit
 
-from .models import TRANSITIONS, UNSETTLED
+from .models import UNSETTLED, check_transition
 from .settings import OrderSettings
 from .steps import BY_NAME, STEPS, OrderContext, Refused
 
@@ -86,13 +85,6 @@ def event_payload(row: asyncpg.Record | dict[str, Any]) -> dict[str, Any]:
     if row["status"] == "failed" and row["failure"]:
         out["failure"] = row["failure"]
     return out
-
-
-def check_transition(current: str, to: str) -> None:
-    """409 unless the state machine lets an order go from ``current`` to ``to``."""
-    if to not in TRANSITIONS[current]:
-        raise Conflict(f"an order that is {current} cannot become {to}",
-                       extra={"code": "invalid_transition", "status": current, "to": to})
 
 
 async def log_line(conn: asyncpg.Connection, order_id: UUID, step: str, phase: str, outcome: str,
@@ -139,7 +131,7 @@ async def write(order_id: UUID, runner: str, *, line: tuple[str, str, str, dict[
 def context(row: asyncpg.Record) -> OrderContext:
     return OrderContext(id=str(row["id"]), customer=row["customer"], currency=str(row["currency"]).strip(),
                         total=row["total"], request=row["request"], results=dict(row["results"]),
-                        refund_restock=row["refund_restock"])
+                        refund_restock=row["refund_restock"], capture_method=row["capture_method"])
 
 
 def _unwinds(row: asyncpg.Record) -> list[str]:
@@ -200,8 +192,8 @@ async def _forward(row: asyncpg.Record, runner: str) -> None:
     if step is None:  # every step done (a crash after the last one's result, before its status): settle
         await write(row["id"], runner, status="completed")
         return
-    if step.name == "capture" and row["capture_method"] == "manual" and row["status"] == "pending":
-        await write(row["id"], runner, line=("capture", "forward", "skipped", {"waiting": "manual capture"}),
+    if step.name == "commit_stock" and row["capture_method"] == "manual" and row["status"] == "pending":
+        await write(row["id"], runner, line=(step.name, "forward", "skipped", {"waiting": "manual capture"}),
                     status="authorized", let_go_s=0)
         return
     await write(row["id"], runner, line=(step.name, "forward", "started", {}))

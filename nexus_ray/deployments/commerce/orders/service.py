@@ -34,7 +34,7 @@ from nexus_ray.stores import postgres
 from nexus_ray.stores.events import emit
 
 from . import saga
-from .models import OrderRead, SagaLogRead
+from .models import OrderRead, SagaLogRead, check_transition
 from .settings import OrderSettings
 from .steps import Refused, cancel_shipment
 
@@ -144,7 +144,7 @@ async def _take(order_id: UUID, caller: str, privileged: bool, to: str, *, settl
         if row["status"] in (settled, to):
             return row, None  # asked again: idempotent (an unwinding in progress is finished by its runner)
         if row["status"] not in allowed:
-            saga.check_transition(row["status"], to)  # the state machine's 409
+            check_transition(row["status"], to)  # the state machine's 409
             raise Conflict(f"an order that is {row['status']} cannot become {to} now",
                            extra={"code": "invalid_transition", "status": row["status"], "to": to})
         if row["lease_owner"] is not None and row["lease_until"] > datetime.now(UTC):

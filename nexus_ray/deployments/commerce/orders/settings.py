@@ -13,6 +13,10 @@ class OrderSettings(ServiceSettings):
     order_reservation_ttl_s: int = Field(
         900, ge=1, description="Seconds the stock of an order is held before the saga captures payment.",
     )
+    order_authorization_hold_s: int = Field(
+        7 * 86400, ge=1, description="Seconds the stock of a manual-capture order is held while it waits at "
+        "authorised (as long as a card authorisation lasts).",
+    )
     order_lease_s: float = Field(
         30.0, gt=0, description="How long a saga runner owns an order without writing; past it, recovery takes "
         "the order over (the deadline of a crashed runner). Longer than the slowest step call.",

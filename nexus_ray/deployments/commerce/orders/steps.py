@@ -60,6 +60,7 @@ class OrderContext:
     request: dict[str, Any]
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
     refund_restock: bool = False
+    capture_method: str = "automatic"
 
     def key(self, step: str) -> str:
         """The idempotency key of this order's ``step``: the same on every run of the step."""
@@ -91,8 +92,11 @@ async def price(ctx: OrderContext) -> dict[str, Any]:
 
 
 async def reserve(ctx: OrderContext) -> dict[str, Any]:
-    return await _call(INVENTORY, "reserve", caller=ME, reference=ctx.id, lines=ctx.request["lines"],
-                       ttl_s=settings_of(OrderSettings).order_reservation_ttl_s, idempotency_key=ctx.key("reserve"))
+    s = settings_of(OrderSettings)
+    # A manual-capture order waits at authorised for the merchant: its stock is held as long as its payment.
+    ttl = s.order_reservation_ttl_s if ctx.capture_method == "automatic" else s.order_authorization_hold_s
+    return await _call(INVENTORY, "reserve", caller=ME, reference=ctx.id, lines=ctx.request["lines"], ttl_s=ttl,
+                       idempotency_key=ctx.key("reserve"))
 
 
 async def release(ctx: OrderContext) -> dict[str, Any]:
@@ -167,13 +171,15 @@ class Step:
     compensate: Callable[[OrderContext], Awaitable[dict[str, Any]]] | None = None
 
 
-#: The checkout, in order. ``capture`` is where a manual-capture order waits (status authorized).
+#: The checkout, in order. A manual-capture order waits (status authorized) after ``authorize``.
 STEPS: tuple[Step, ...] = (
     Step("price", price),
     Step("reserve", reserve, release),
     Step("authorize", authorize, void),
+    # Stock is committed before the money is taken: a reservation that lapsed is refused here, while the
+    # payment can still be voided rather than refunded.
+    Step("commit_stock", commit_stock),  # undone by the reservation's release (a return)
     Step("capture", capture, refund),
-    Step("commit_stock", commit_stock),  # undone by release (a return)
     Step("invoice", invoice, credit_note),
     Step("ship", ship, cancel_shipment),
 )
