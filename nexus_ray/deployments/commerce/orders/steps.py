@@ -49,6 +49,10 @@ class Refused(Exception):
         self.problem = problem
 
 
+class AwaitingConfirmation(Exception):
+    """The step's outcome is not known yet (a payment awaiting confirmation): run it again later."""
+
+
 @dataclass
 class OrderContext:
     """What a step sees of the order: its request, and what the steps before it returned."""
@@ -109,7 +113,13 @@ async def authorize(ctx: OrderContext) -> dict[str, Any]:
     intent = await _call(BILLING, "authorize", caller=ME, amount=ctx.total, currency=ctx.currency,
                          payment_method=ctx.request["payment_method"], customer=ctx.customer,
                          idempotency_key=ctx.key("authorize"), metadata={"order_id": ctx.id})
-    if intent.get("status") != "authorized":  # declined, or an action the checkout cannot take
+    if intent.get("status") == "requires_action":
+        # Confirmed later by the provider (3-D Secure, a bank's delay): the key replays this first answer, so
+        # look at the intent as it is now; still waiting, the step is run again later (recovery), not failed.
+        intent = await _call(BILLING, "get_payment_intent", payment_intent_id=intent["id"])
+        if intent.get("status") == "requires_action":
+            raise AwaitingConfirmation(f"payment intent {intent['id']} awaits confirmation")
+    if intent.get("status") != "authorized":  # declined, or canceled while it waited
         raise Refused({"status": 402, "detail": f"payment {intent.get('status')}", "code": "payment_declined",
                        "decline_code": intent.get("decline_code"), "payment_intent_id": intent.get("id")})
     return intent
