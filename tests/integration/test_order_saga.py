@@ -2,8 +2,10 @@
 machine's 409s, idempotent order creation, compensation when a step fails (stock and money as before), and the
 recovery of orders left mid-saga by a runner that died.
 
-The catalog, billing, invoices and shipping are not deployed here: their exports are absent, which the saga
-must treat as a refused step and compensate -- the failing step of these tests. A crashed runner is simulated
+The catalog, billing, invoices and shipping are not on this branch: an absent export is a refused step that the
+saga compensates. So that the tests hold once they are merged too, the orders pay with the billing sandbox's
+declining test card and order SKUs the catalog does not sell: the failing step is then a decline (402) or an
+unknown SKU (422) instead of an absent collaborator (503), with the same compensation. A crashed runner is simulated
 as such a runner leaves things: an order row whose lease ran out, its saga log ending mid-step, and the results
 the steps before had recorded (the price step's, as the catalog's contract shapes it)."""
 
@@ -18,6 +20,7 @@ import pytest
 pytestmark = pytest.mark.integration
 
 API = "/commerce/v1/order-processor"
+DECLINED = "pm_card_visa_chargeDeclined"  # the billing sandbox's generic decline
 INV = "/commerce/v1/inventory"
 
 
@@ -32,7 +35,7 @@ def shopper(bearer):
 
 
 def order_body(sku: str, quantity: int = 2, **extra) -> dict:
-    return {"lines": [{"sku": sku, "quantity": quantity}], "currency": "USD", "payment_method": "pm_card_visa",
+    return {"lines": [{"sku": sku, "quantity": quantity}], "currency": "USD", "payment_method": DECLINED,
             "shipping_address": {"name": "Ada", "line1": "1 Main St", "city": "Springfield", "postal_code": "12345",
                                  "country": "US"}, **extra}
 
@@ -109,16 +112,18 @@ async def test_order_creation_is_idempotent_and_a_missing_collaborator_fails_it(
     before = await money_snapshot()
     key = uuid.uuid4().hex
     first = await client.post(f"{API}/orders", json={**order_body(sku), "idempotency_key": key}, headers=shopper)
-    # No catalog on this branch: the pricing step is refused, nothing was done, the order failed.
-    assert first.status_code == 503, first.text
+    # The pricing step is refused (no catalog on this branch: 503; a catalog that does not sell the SKU: 422),
+    # nothing was done, the order failed.
+    assert first.status_code in (422, 503), first.text
     problem = first.json()
     assert problem["failed_step"] == "price" and problem["order_status"] == "failed"
-    assert problem["code"] == "step_unavailable" and problem["service"] == "puabo-nuki-product-catalog"
+    if first.status_code == 503:
+        assert problem["code"] == "step_unavailable" and problem["service"] == "puabo-nuki-product-catalog"
     order_id = problem["order_id"]
     # Retries with the same key, at once and later, get the same order and the same answer.
     again = await asyncio.gather(*(client.post(f"{API}/orders", json=order_body(sku),
                                                headers={**shopper, "Idempotency-Key": key}) for _ in range(5)))
-    assert {(r.status_code, r.json()["order_id"]) for r in again} == {(503, order_id)}
+    assert {(r.status_code, r.json()["order_id"]) for r in again} == {(first.status_code, order_id)}
     assert all(r.headers["idempotent-replayed"] == "true" for r in again)
     other = await client.post(f"{API}/orders", json={**order_body(sku, 3), "idempotency_key": key}, headers=shopper)
     assert other.status_code == 409 and other.json()["errors"][0]["field"] == "idempotency_key", other.text
@@ -174,8 +179,9 @@ def test_the_state_machine_refuses_every_transition_it_does_not_list():
 
 
 async def test_a_failing_payment_step_releases_the_stock_and_moves_no_money(client, ops, shopper, until):
-    """Recovery takes an order its runner left right after pricing; payment is refused (billing absent), so the
-    stock it reserved is released and the order fails: stock and money as before."""
+    """Recovery takes an order its runner left right after pricing; payment is refused (billing absent here, a
+    declined card where it is), so the stock it reserved is released and the order fails: stock and money as
+    before."""
     sku = await stocked_sku(client, ops, 4)
     before = await money_snapshot()
     order_id = await crashed_order(sku=sku, quantity=3)
@@ -185,7 +191,8 @@ async def test_a_failing_payment_step_releases_the_stock_and_moves_no_money(clie
 
     await until(settled, within_s=20, every=0.2)
     order = await order_of(client, shopper, order_id)
-    assert order["failure"]["step"] == "authorize" and order["failure"]["problem"]["service"] == "billing-service"
+    assert order["failure"]["step"] == "authorize"
+    assert order["failure"]["problem"]["code"] in ("step_unavailable", "payment_declined")
     assert order["reservation_id"] is not None
     assert await available(client, ops, sku) == 4 and await money_snapshot() == before
     r = await client.get(f"{INV}/reservations/{order['reservation_id']}", headers=ops)
@@ -294,7 +301,8 @@ async def test_recovered_orders_are_taken_by_one_replica_each(client, ops, until
 async def test_cancelling_an_authorised_order_releases_its_stock(client, ops, shopper, until):
     """A manual-capture order waiting at authorised (left so by the saga: priced, reserved, authorised) is
     cancelled by its customer: the payment's void is attempted (billing is absent here: recorded as refused),
-    the stock released, the order cancelled with its event."""
+    the stock released, the order cancelled with its event. (Where billing is deployed it knows no such intent:
+    404, recorded the same way.)"""
     from nexus_ray.deployments.kit.calls import call
 
     sku = await stocked_sku(client, ops, 2)
@@ -302,7 +310,7 @@ async def test_cancelling_an_authorised_order_releases_its_stock(client, ops, sh
     held = await call("puabo-nuki-inventory-mgr", "reserve", caller="puabo-nuki-order-processor",
                       reference=str(order_id), lines=[{"sku": sku, "quantity": 2}], ttl_s=900,
                       idempotency_key=f"order:{order_id}:reserve")
-    intent = {"id": "pi_test", "status": "authorized", "amount": 2500, "currency": "USD"}
+    intent = {"id": str(uuid.uuid4()), "status": "authorized", "amount": 2500, "currency": "USD"}
     oid = await crashed_order(sku=sku, quantity=2, status="authorized", capture_method="manual", order_id=order_id,
                               results={"reserve": held.model_dump(mode="json"), "authorize": intent})
     r = await client.post(f"{API}/orders/{oid}/cancel", json={"reason": "changed my mind"}, headers=shopper)
@@ -313,7 +321,7 @@ async def test_cancelling_an_authorised_order_releases_its_stock(client, ops, sh
     from nexus_ray.stores import postgres
 
     undone = await (await postgres.pool()).fetchval("SELECT undone FROM orders WHERE id = $1", oid)
-    assert undone["authorize"]["refused"]["code"] == "step_unavailable" and undone["reserve"]["status"] == "released"
+    assert undone["authorize"]["refused"]["status"] in (404, 503) and undone["reserve"]["status"] == "released"
     assert await events_of(oid) == ["order.cancelling", "order.cancelled"]
     payload = await (await postgres.pool()).fetchval(
         "SELECT payload FROM outbox WHERE key = $1 AND topic = 'order.cancelled'", str(oid))
