@@ -190,7 +190,7 @@ async def drive(order_id: UUID, runner: str, *, capture_now: bool = False) -> as
 async def _forward(row: asyncpg.Record, runner: str) -> None:
     step = next((s for s in STEPS if s.name not in row["results"]), None)
     if step is None:  # every step done (a crash after the last one's result, before its status): settle
-        await write(row["id"], runner, status="completed")
+        await write(row["id"], runner, status="completed", let_go_s=0)
         return
     if step.name == "commit_stock" and row["capture_method"] == "manual" and row["status"] == "pending":
         await write(row["id"], runner, line=(step.name, "forward", "skipped", {"waiting": "manual capture"}),
@@ -217,8 +217,11 @@ async def _forward(row: asyncpg.Record, runner: str) -> None:
                         failure={"step": step.name, "problem": problem})
             return
         total = result["total"]
+    reaches = REACHES.get(step.name)
+    # Settled in the same write that lets the lease go: a cancellation right after finds the order free.
     await write(row["id"], runner, line=(step.name, "forward", "done", {"id": result.get("id")}),
-                result=(step.name, result), total=total, status=REACHES.get(step.name), attempts=0)
+                result=(step.name, result), total=total, status=reaches, attempts=0,
+                let_go_s=0 if reaches == "completed" else None)
 
 
 async def _unwind(row: asyncpg.Record, runner: str) -> None:
