@@ -165,7 +165,8 @@ async def ship(ctx: OrderContext) -> dict[str, Any]:
     weight = sum(int(ln.get("weight_g") or 0) * int(ln["quantity"]) for ln in ctx.results["price"]["lines"])
     return await _call(SHIPPING, "request_shipment", caller=ME, order_id=ctx.id,
                        address=ctx.request["shipping_address"], weight_g=weight,
-                       service_level=ctx.request["service_level"], idempotency_key=ctx.key("ship"))
+                       service_level=ctx.request["service_level"], customer=ctx.customer,
+                       idempotency_key=ctx.key("ship"))
 
 
 async def cancel_shipment(ctx: OrderContext) -> dict[str, Any]:
