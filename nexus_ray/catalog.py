@@ -73,9 +73,9 @@ _DOC: tuple[Store, ...] = ("documents",)
 
 def _s(
     name: str, namespace: str, port: int, slug: str, tier: int, title: str,
-    stores: tuple[Store, ...] = _PG, versions: tuple[str, ...] = ("v1",),
+    stores: tuple[Store, ...] = _PG, versions: tuple[str, ...] = ("v1",), module: str = "",
 ) -> Service:
-    return Service(name, namespace, port, slug, tier, title, tuple(stores), tuple(versions))
+    return Service(name, namespace, port, slug, tier, title, tuple(stores), tuple(versions), module)
 
 
 SERVICES: tuple[Service, ...] = (
@@ -96,7 +96,8 @@ SERVICES: tuple[Service, ...] = (
     _s("ai-service", "ai", 3001, "embeddings", 2, "Embeddings and vector collections", _PG),
     _s("recommendation-engine", "ai", 3044, "recommendations", 2, "Trained top-K recommendations", ("postgres", "redis")),
     # commerce
-    _s("puabo-nuki-order-processor", "commerce", 3018, "order-processor", 1, "Order saga with compensation", _PG_K),
+    _s("puabo-nuki-order-processor", "commerce", 3018, "order-processor", 1, "Order saga with compensation", _PG_K,
+       module="orders"),
     _s("puabo-nuki-inventory-mgr", "commerce", 3017, "inventory", 1, "Stock, reservations, restock", _PG_K),
     _s("puabo-nuki-product-catalog", "commerce", 3019, "catalog", 1, "Products, variants, faceted search", _DOC),
     _s("puabo-nuki-shipping-service", "commerce", 3020, "shipping", 2, "Rates, shipments, labels, tracking", _PG_K),

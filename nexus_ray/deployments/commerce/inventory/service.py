@@ -1,0 +1,559 @@
+"""inventory-mgr's logic: stock that is never oversold, reservations that expire, movements that explain it.
+
+Model
+-----
+A **stock row** is one SKU in one warehouse: ``on_hand`` units and ``reserved`` of them held for
+someone; ``available = on_hand - reserved``. A **reservation** holds units of several SKUs for a
+reference (an order), all lines or none, until it is **committed** (the units leave for good),
+**released** (they return to available) or **expired** (released by time). A committed
+reservation that is released is a **return**: the units come back on hand. Every change of a
+stock row is a **movement** (reserve, commit, release, expire, restock, adjust, return) with its
+deltas of on_hand and reserved, so summing a row's movements gives the row: the history explains
+the stock, and the reconciliation in the tests checks that it does.
+
+No oversell: one lock per SKU, taken in one order
+-------------------------------------------------
+Every transaction that changes a SKU's stock first locks that SKU's row in ``inventory_skus``
+(``FOR UPDATE``, all its SKUs in one statement, ordered by SKU), then reads its stock rows and
+decides. Two reservations of the same SKU therefore queue on one row lock and the second sees
+what the first took; two transactions never wait on each other's SKUs in opposite orders. A
+transaction that starts from a reservation (commit, release, expiry) locks the reservation row
+first, then its SKUs; a reservation takes SKUs first and only ever *skips* locked reservation rows
+(``SKIP LOCKED``), so the two orders cannot deadlock. The CHECKs on ``inventory_stock``
+(``0 <= reserved <= on_hand``) are the last guard: a bug would be an error, never an oversell.
+
+Expiry
+------
+A hold past its ``expires_at`` counts as released for every read (stock levels subtract only the
+holds still running; a reservation shows ``expired``) and for a new reservation of the same SKUs,
+which releases such holds in its own transaction before it counts. The background sweep
+(:func:`expire_forever`) releases the rest, each with an ``expire`` movement.
+
+Low stock
+---------
+``inventory_skus.low`` remembers whether a SKU's available stock is below its threshold; a change
+that takes it below emits ``stock.low`` and sets the flag, one that brings it back emits
+``stock.replenished`` and clears it: one event per crossing, whatever the number of changes.
+
+Idempotency
+-----------
+A reservation's key (scoped to the caller) is a UNIQUE column of the reservation: the INSERT that
+claims it waits for a concurrent request with the same key and then finds its row, so a retry
+returns the first reservation and never holds twice; the same key with another body is a 409 naming
+``idempotency_key``. A refused reservation (not enough stock) leaves nothing behind, so a retry may
+succeed later. Commit and release are idempotent by state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+import orjson
+
+from nexus_ray.deployments.kit.pages import Page, PageRequest
+from nexus_ray.deployments.kit.settings import settings_of
+from nexus_ray.exceptions import Conflict, NexusError, NotFound, ValidationFailed
+from nexus_ray.stores import postgres
+from nexus_ray.stores.events import emit
+
+from .models import MovementRead, ReservationLine, ReservationRead, StockRead, WarehouseRead, WarehouseStock
+from .settings import InventorySettings
+
+log = logging.getLogger(__name__)
+
+STOCK_LOW = "stock.low"
+STOCK_REPLENISHED = "stock.replenished"
+
+
+def reservation_topic(status: str) -> str:
+    """The event of a reservation reaching ``status``: ``reservation.held``, ``reservation.committed``..."""
+    return f"reservation.{status}"
+
+
+# -- warehouses ------------------------------------------------------------------------------------------
+
+
+async def create_warehouse(*, id: str, name: str, priority: int) -> WarehouseRead:
+    """Open a warehouse; 409 if the id is taken."""
+    pg = await postgres.pool()
+    try:
+        row = await pg.fetchrow(
+            "INSERT INTO inventory_warehouses (id, name, priority) VALUES ($1, $2, $3) "
+            "RETURNING id, name, priority, created_at", id, name, priority)
+    except asyncpg.UniqueViolationError:
+        raise Conflict(f"warehouse {id} exists", extra={"field": "id", "code": "warehouse_exists"}) from None
+    return WarehouseRead.model_validate(dict(row))
+
+
+async def list_warehouses() -> list[WarehouseRead]:
+    """Every warehouse, in the order reservations draw from them (a handful: not paged)."""
+    pg = await postgres.pool()
+    rows = await pg.fetch("SELECT id, name, priority, created_at FROM inventory_warehouses ORDER BY priority, id")
+    return [WarehouseRead.model_validate(dict(r)) for r in rows]
+
+
+# -- movements: the one way stock changes -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Move:
+    """One change of one stock row, and why."""
+
+    sku: str
+    warehouse_id: str
+    kind: str
+    on_hand: int
+    reserved: int
+    reservation_id: UUID | None = None
+    note: str = ""
+
+
+async def _lock_skus(conn: asyncpg.Connection, skus: Sequence[str]) -> dict[str, asyncpg.Record]:
+    """Lock the SKUs' rows (one statement, SKU order): every change of their stock waits for this one."""
+    rows = await conn.fetch(
+        "SELECT sku, low_threshold, low FROM inventory_skus WHERE sku = ANY($1::text[]) ORDER BY sku FOR UPDATE",
+        sorted(set(skus)))
+    return {r["sku"]: r for r in rows}
+
+
+async def _apply(conn: asyncpg.Connection, caller: str, moves: Sequence[Move],
+                 known: dict[str, tuple[int, bool, int]] | None = None) -> None:
+    """Write ``moves`` to the stock rows (their SKUs locked by the caller) and to the history; flag low stock.
+
+    ``known``: per SKU, (threshold, low, available before the moves) when the caller has just read them
+    under its lock, which spares the query for the low-stock check.
+    """
+    if not moves:
+        return
+    totals: dict[tuple[str, str], list[int]] = {}
+    for m in moves:
+        t = totals.setdefault((m.sku, m.warehouse_id), [0, 0])
+        t[0] += m.on_hand
+        t[1] += m.reserved
+    keys = sorted(totals)
+    try:
+        found = {(r["sku"], r["warehouse_id"]) for r in await conn.fetch(
+            "UPDATE inventory_stock s SET on_hand = s.on_hand + u.o, reserved = s.reserved + u.r "
+            "FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[]) AS u(k, w, o, r) "
+            "WHERE s.sku = u.k AND s.warehouse_id = u.w RETURNING s.sku, s.warehouse_id",
+            [k[0] for k in keys], [k[1] for k in keys], [totals[k][0] for k in keys], [totals[k][1] for k in keys])}
+        new = [k for k in keys if k not in found]  # a SKU's first units in a warehouse
+        if new:
+            await conn.execute(
+                "INSERT INTO inventory_stock (sku, warehouse_id, on_hand, reserved) "
+                "SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[])",
+                [k[0] for k in new], [k[1] for k in new], [totals[k][0] for k in new], [totals[k][1] for k in new])
+    except asyncpg.CheckViolationError:
+        # Only reachable through a bug in the checks before: the database refuses to oversell.
+        raise Conflict("the change would take stock below zero or below what is reserved",
+                       extra={"code": "insufficient_stock"}) from None
+    await conn.execute(
+        "INSERT INTO inventory_movements (sku, warehouse_id, kind, on_hand_delta, reserved_delta, reservation_id, "
+        "note, created_by) SELECT s, w, k, o, r, i, n, $8 FROM unnest($1::text[], $2::text[], $3::text[], "
+        "$4::int8[], $5::int8[], $6::uuid[], $7::text[]) WITH ORDINALITY AS u(s, w, k, o, r, i, n, x) ORDER BY x",
+        [m.sku for m in moves], [m.warehouse_id for m in moves], [m.kind for m in moves],
+        [m.on_hand for m in moves], [m.reserved for m in moves], [m.reservation_id for m in moves],
+        [m.note for m in moves], caller)
+    skus = sorted({m.sku for m in moves})
+    if known is None or any(sku not in known for sku in skus):
+        await _flag_low(conn, skus)
+        return
+    after = {sku: known[sku][2] for sku in skus}
+    for m in moves:
+        after[m.sku] += m.on_hand - m.reserved
+    await _flip(conn, [(sku, not known[sku][1], after[sku], known[sku][0]) for sku in skus
+                       if (after[sku] < known[sku][0]) != known[sku][1]])
+
+
+async def _flag_low(conn: asyncpg.Connection, skus: Sequence[str]) -> None:
+    """Emit ``stock.low`` / ``stock.replenished`` for the SKUs (locked) whose available stock crossed the threshold."""
+    rows = await conn.fetch(
+        "SELECT k.sku, k.low_threshold, k.low, coalesce(sum(s.on_hand - s.reserved), 0) AS available "
+        "FROM inventory_skus k LEFT JOIN inventory_stock s ON s.sku = k.sku "
+        "WHERE k.sku = ANY($1::text[]) GROUP BY k.sku, k.low_threshold, k.low", list(skus))
+    await _flip(conn, [(r["sku"], not r["low"], int(r["available"]), r["low_threshold"]) for r in rows
+                       if (int(r["available"]) < r["low_threshold"]) != r["low"]])
+
+
+async def _flip(conn: asyncpg.Connection, flips: Sequence[tuple[str, bool, int, int]]) -> None:
+    """Record the SKUs (sku, now low, available, threshold) that crossed their threshold, with their events."""
+    if not flips:
+        return
+    await conn.execute(
+        "UPDATE inventory_skus k SET low = u.low FROM unnest($1::text[], $2::bool[]) AS u(sku, low) "
+        "WHERE k.sku = u.sku", [f[0] for f in flips], [f[1] for f in flips])
+    for sku, low, available, threshold in flips:
+        await emit(conn, STOCK_LOW if low else STOCK_REPLENISHED,
+                   {"sku": sku, "available": available, "low_threshold": threshold}, key=sku)
+
+
+async def _ensure_sku(conn: asyncpg.Connection, sku: str) -> None:
+    await conn.execute("INSERT INTO inventory_skus (sku) VALUES ($1) ON CONFLICT DO NOTHING", sku)
+
+
+async def _warehouse_exists(conn: asyncpg.Connection, warehouse_id: str) -> None:
+    if not await conn.fetchval("SELECT 1 FROM inventory_warehouses WHERE id = $1", warehouse_id):
+        raise NotFound(f"warehouse {warehouse_id} not found", extra={"field": "warehouse_id"})
+
+
+def request_hash(operation: str, body: dict[str, Any]) -> str:
+    """The hash a key is bound to: the operation and its body (without the key), canonical JSON."""
+    return hashlib.sha256(orjson.dumps({"op": operation, "body": body}, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def _key_reused() -> Conflict:
+    return Conflict("idempotency_key was already used with another request", extra={
+        "errors": [{"field": "idempotency_key", "message": "was used with another request",
+                    "type": "idempotency_key_reused"}], "code": "idempotency_key_reused"})
+
+
+async def _keyed_change(caller: str, key: str | None, h: str, sku: str, warehouse_id: str, move: Move
+                        ) -> tuple[StockRead, bool]:
+    """Apply one restock/adjustment once per key: (the SKU's stock after it, replayed)."""
+    pg = await postgres.pool()
+    for _ in range(2):
+        if key is not None:
+            earlier = await pg.fetchrow(
+                "SELECT request_hash, response FROM inventory_idempotency WHERE principal = $1 AND key = $2",
+                caller, key)
+            if earlier is not None:
+                if earlier["request_hash"] != h:
+                    raise _key_reused()
+                return StockRead.model_validate(earlier["response"]), True
+        try:
+            async with postgres.transaction() as conn:
+                await _warehouse_exists(conn, warehouse_id)
+                await _ensure_sku(conn, sku)
+                await _lock_skus(conn, [sku])
+                if move.on_hand < 0:
+                    row = await conn.fetchrow(
+                        "SELECT on_hand, reserved FROM inventory_stock WHERE sku = $1 AND warehouse_id = $2",
+                        sku, warehouse_id)
+                    free = (row["on_hand"] - row["reserved"]) if row else 0
+                    if free + move.on_hand < 0:
+                        raise Conflict(f"{sku} has {free} unreserved in {warehouse_id}: cannot remove {-move.on_hand}",
+                                       extra={"field": "delta", "code": "insufficient_stock", "available": free})
+                await _apply(conn, caller, [move])
+                (result,) = await _stock(conn, [sku])
+                if key is not None:
+                    await conn.execute(
+                        "INSERT INTO inventory_idempotency (principal, key, request_hash, response) "
+                        "VALUES ($1, $2, $3, $4)", caller, key, h, result.model_dump(mode="json"))
+            return result, False
+        except asyncpg.UniqueViolationError:
+            continue  # the same key committed meanwhile: replay it
+    raise Conflict("a request with this idempotency_key is in progress; retry",
+                   extra={"code": "idempotency_key_in_progress"})
+
+
+async def restock(*, caller: str, sku: str, warehouse_id: str, quantity: int, note: str = "",
+                  idempotency_key: str | None = None) -> tuple[StockRead, bool]:
+    """Receive ``quantity`` units of ``sku`` into ``warehouse_id``: (the SKU's stock, replayed)."""
+    h = request_hash("restock", {"sku": sku, "warehouse_id": warehouse_id, "quantity": quantity, "note": note})
+    return await _keyed_change(caller, idempotency_key, h, sku, warehouse_id,
+                               Move(sku, warehouse_id, "restock", quantity, 0, note=note))
+
+
+async def adjust(*, caller: str, sku: str, warehouse_id: str, delta: int, reason: str,
+                 idempotency_key: str | None = None) -> tuple[StockRead, bool]:
+    """Correct on-hand stock by ``delta`` (never below what is reserved): (the SKU's stock, replayed)."""
+    if delta == 0:
+        raise ValidationFailed.for_field("delta", "must not be 0")
+    h = request_hash("adjust", {"sku": sku, "warehouse_id": warehouse_id, "delta": delta, "reason": reason})
+    return await _keyed_change(caller, idempotency_key, h, sku, warehouse_id,
+                               Move(sku, warehouse_id, "adjust", delta, 0, note=reason))
+
+
+async def set_threshold(*, sku: str, low_threshold: int) -> StockRead:
+    """Set the SKU's low-stock threshold; crossing it by this change emits the event as any other would."""
+    async with postgres.transaction() as conn:
+        await _ensure_sku(conn, sku)
+        await _lock_skus(conn, [sku])
+        await conn.execute("UPDATE inventory_skus SET low_threshold = $2 WHERE sku = $1", sku, low_threshold)
+        await _flag_low(conn, [sku])
+        (result,) = await _stock(conn, [sku])
+    return result
+
+
+# -- reads -------------------------------------------------------------------------------------------------
+
+
+async def _stock(conn: asyncpg.Connection | asyncpg.Pool, skus: Sequence[str]) -> list[StockRead]:
+    """The stock of ``skus`` that exist, holds past their expiry counted as released."""
+    rows = await conn.fetch(
+        "SELECT k.sku, k.low_threshold, k.low, s.warehouse_id, s.on_hand, s.reserved FROM inventory_skus k "
+        "LEFT JOIN inventory_stock s ON s.sku = k.sku WHERE k.sku = ANY($1::text[]) ORDER BY k.sku, s.warehouse_id",
+        list(skus))
+    lapsed = {(r["sku"], r["warehouse_id"]): int(r["q"]) for r in await conn.fetch(
+        "SELECT l.sku, l.warehouse_id, sum(l.quantity) AS q FROM inventory_reservations r "
+        "JOIN inventory_reservation_lines l ON l.reservation_id = r.id "
+        "WHERE r.status = 'held' AND r.expires_at <= now() AND l.sku = ANY($1::text[]) GROUP BY 1, 2", list(skus))}
+    out: dict[str, StockRead] = {}
+    for r in rows:
+        s = out.get(r["sku"])
+        if s is None:
+            s = out[r["sku"]] = StockRead(sku=r["sku"], on_hand=0, reserved=0, available=0,
+                                          low_threshold=r["low_threshold"], low=r["low"], warehouses=[])
+        if r["warehouse_id"] is None:
+            continue
+        reserved = r["reserved"] - lapsed.get((r["sku"], r["warehouse_id"]), 0)
+        s.warehouses.append(WarehouseStock(warehouse_id=r["warehouse_id"], on_hand=r["on_hand"], reserved=reserved,
+                                           available=r["on_hand"] - reserved))
+        s.on_hand += r["on_hand"]
+        s.reserved += reserved
+        s.available += r["on_hand"] - reserved
+    return list(out.values())
+
+
+async def stock(*, skus: Sequence[str]) -> list[StockRead]:
+    """The stock of each of ``skus`` (unknown SKUs are left out)."""
+    return await _stock(await postgres.pool(), sorted(set(skus)))
+
+
+async def movements(*, sku: str, page: PageRequest) -> Page[MovementRead]:
+    """A SKU's movements in order (keyset on id)."""
+    after = page.after_value(0, 0)
+    if not isinstance(after, int) or isinstance(after, bool):
+        raise ValidationFailed.for_field("cursor", "is not a cursor returned by this list")
+    pg = await postgres.pool()
+    rows = await pg.fetch(
+        "SELECT id, sku, warehouse_id, kind, on_hand_delta, reserved_delta, reservation_id, note, created_by, "
+        "created_at FROM inventory_movements WHERE sku = $1 AND id > $2 ORDER BY id LIMIT $3",
+        sku, after, page.fetch_limit)
+    return page.of(rows, key=lambda r: (r["id"],), item=lambda r: MovementRead.model_validate(dict(r)))
+
+
+# -- reservations --------------------------------------------------------------------------------------------
+
+_RES_COLUMNS = "id, caller, reference, status, returned, request_hash, created_at, expires_at, resolved_at"
+
+
+async def _reservation_read(conn: asyncpg.Connection | asyncpg.Pool, row: asyncpg.Record) -> ReservationRead:
+    lines = await conn.fetch(
+        "SELECT sku, warehouse_id, quantity FROM inventory_reservation_lines WHERE reservation_id = $1 "
+        "ORDER BY sku, warehouse_id", row["id"])
+    status = row["status"]
+    if status == "held" and row["expires_at"] <= datetime.now(UTC):
+        status = "expired"  # reads treat a lapsed hold as released, before the sweep gets to it
+    return ReservationRead(id=row["id"], reference=row["reference"], status=status, returned=row["returned"],
+                           expires_at=row["expires_at"], created_at=row["created_at"],
+                           resolved_at=row["resolved_at"],
+                           lines=[ReservationLine(sku=ln["sku"], warehouse_id=ln["warehouse_id"],
+                                                  quantity=ln["quantity"]) for ln in lines])
+
+
+def _insufficient(i: int, sku: str, wanted: int, available: int) -> Conflict:
+    return Conflict(f"not enough stock of {sku}: {wanted} wanted, {available} available", extra={
+        "errors": [{"field": f"lines.{i}.sku", "message": f"only {available} available", "type": "insufficient_stock"}],
+        "code": "insufficient_stock", "sku": sku, "available": available})
+
+
+def _allocate(wanted: int, rows: Sequence[asyncpg.Record]) -> list[tuple[str, int]]:
+    """Where ``wanted`` units come from: the first warehouse (by priority) that has them all, else spread
+    over the warehouses in priority order. ``rows``: (warehouse_id, free) in priority order, enough in total."""
+    for r in rows:
+        if r["free"] >= wanted:
+            return [(r["warehouse_id"], wanted)]
+    out, left = [], wanted
+    for r in rows:
+        take = min(left, r["free"])
+        if take > 0:
+            out.append((r["warehouse_id"], take))
+            left -= take
+    return out
+
+
+async def reserve(*, caller: str, reference: str, lines: Sequence[dict[str, Any]], ttl_s: int,
+                  idempotency_key: str) -> tuple[ReservationRead, bool]:
+    """Hold every line's units for ``ttl_s`` seconds, or none (409 naming the first short SKU):
+    (the reservation, whether it was a replay of the same key)."""
+    wanted: dict[str, int] = {}
+    first_index: dict[str, int] = {}
+    for i, ln in enumerate(lines):
+        wanted[ln["sku"]] = wanted.get(ln["sku"], 0) + int(ln["quantity"])
+        first_index.setdefault(ln["sku"], i)
+    h = request_hash("reserve", {"reference": reference, "ttl_s": ttl_s,
+                                 "lines": [[ln["sku"], int(ln["quantity"])] for ln in lines]})
+    now = datetime.now(UTC)
+    skus = sorted(wanted)
+    async with postgres.transaction() as conn:
+        # The claim of the key, and whether a lapsed hold on these SKUs is to be released first, in one trip.
+        claim = await conn.fetchrow(
+            "WITH claim AS (INSERT INTO inventory_reservations (id, caller, reference, status, idempotency_key, "
+            "               request_hash, created_at, expires_at) VALUES ($1, $2, $3, 'held', $4, $5, $6, $7) "
+            "               ON CONFLICT (caller, idempotency_key) DO NOTHING RETURNING id) "
+            "SELECT (SELECT id FROM claim) AS id, EXISTS (SELECT 1 FROM inventory_reservations r "
+            "    JOIN inventory_reservation_lines l ON l.reservation_id = r.id WHERE r.status = 'held' "
+            "    AND r.expires_at <= now() AND l.sku = ANY($8::text[])) AS lapsed",
+            uuid.uuid4(), caller, reference, idempotency_key, h, now, now + timedelta(seconds=ttl_s), skus)
+        rid = claim["id"]
+        if rid is None:  # the key was used (a concurrent first request has committed by now)
+            row = await conn.fetchrow(f"SELECT {_RES_COLUMNS} FROM inventory_reservations "
+                                      f"WHERE caller = $1 AND idempotency_key = $2", caller, idempotency_key)
+            assert row is not None
+            if row["request_hash"] != h:
+                raise _key_reused()
+            return await _reservation_read(conn, row), True
+        # Lock first, then read, in two statements: a read joined to the lock would see the stock as it was
+        # before the wait for the lock (a row locked after a wait is re-read, the rows joined to it are not).
+        locked = await _lock_skus(conn, skus)
+        if claim["lapsed"]:
+            await _expire_lapsed(conn, skus, caller)
+        rows = await conn.fetch(
+            "SELECT s.sku, s.warehouse_id, s.on_hand - s.reserved AS free FROM inventory_stock s "
+            "JOIN inventory_warehouses w ON w.id = s.warehouse_id WHERE s.sku = ANY($1::text[]) "
+            "ORDER BY s.sku, w.priority, s.warehouse_id", skus)
+        by_sku: dict[str, list[asyncpg.Record]] = {}
+        for r in rows:
+            by_sku.setdefault(r["sku"], []).append(r)
+        known = {sku: (k["low_threshold"], k["low"], sum(r["free"] for r in by_sku.get(sku, [])))
+                 for sku, k in locked.items()}
+        moves = []
+        for sku in sorted(wanted, key=lambda s: first_index[s]):
+            free = sum(r["free"] for r in by_sku.get(sku, []))
+            if free < wanted[sku]:
+                raise _insufficient(first_index[sku], sku, wanted[sku], free)  # rolls the claim back too
+            moves += [Move(sku, w, "reserve", 0, q, rid) for w, q in _allocate(wanted[sku], by_sku[sku])]
+        await _apply(conn, caller, moves, known)
+        await conn.execute(
+            "INSERT INTO inventory_reservation_lines (reservation_id, sku, warehouse_id, quantity) "
+            "SELECT $1, * FROM unnest($2::text[], $3::text[], $4::int8[])",
+            rid, [m.sku for m in moves], [m.warehouse_id for m in moves], [m.reserved for m in moves])
+        out = ReservationRead(id=rid, reference=reference, status="held", returned=False, created_at=now,
+                              expires_at=now + timedelta(seconds=ttl_s), resolved_at=None,
+                              lines=sorted((ReservationLine(sku=m.sku, warehouse_id=m.warehouse_id, quantity=m.reserved)
+                                            for m in moves), key=lambda ln: (ln.sku, ln.warehouse_id)))
+        await emit(conn, reservation_topic("held"), out.model_dump(mode="json"), key=str(rid))
+    return out, False
+
+
+async def _finish(conn: asyncpg.Connection, caller: str, res: Sequence[asyncpg.Record], status: str) -> None:
+    """Move locked reservations to ``status``: held -> committed/released/expired, committed -> returned."""
+    if not res:
+        return
+    ids = [r["id"] for r in res]
+    state = {r["id"]: r["status"] for r in res}
+    lines = await conn.fetch(
+        "SELECT reservation_id, sku, warehouse_id, quantity FROM inventory_reservation_lines "
+        "WHERE reservation_id = ANY($1::uuid[])", ids)
+    await _lock_skus(conn, [ln["sku"] for ln in lines])
+    moves = []
+    for ln in lines:
+        q, rid = ln["quantity"], ln["reservation_id"]
+        if state[rid] == "committed":  # released after commit: the goods came back
+            moves.append(Move(ln["sku"], ln["warehouse_id"], "return", q, 0, rid))
+        elif status == "committed":
+            moves.append(Move(ln["sku"], ln["warehouse_id"], "commit", -q, -q, rid))
+        else:
+            moves.append(Move(ln["sku"], ln["warehouse_id"], "release" if status == "released" else "expire", 0, -q,
+                              rid))
+    await _apply(conn, caller, moves)
+    rows = await conn.fetch(
+        f"UPDATE inventory_reservations SET status = $2, returned = returned OR status = 'committed', "
+        f"resolved_at = now() WHERE id = ANY($1::uuid[]) RETURNING {_RES_COLUMNS}", ids, status)
+    for row in rows:
+        read = await _reservation_read(conn, row)
+        await emit(conn, reservation_topic("returned" if row["returned"] and status == "released" else status),
+                   read.model_dump(mode="json"), key=str(row["id"]))
+
+
+async def _expire_lapsed(conn: asyncpg.Connection, skus: Sequence[str], caller: str) -> None:
+    """Expire the lapsed holds on ``skus`` (locked) that touch no other SKU and no one else is handling."""
+    res = await conn.fetch(
+        f"SELECT {_RES_COLUMNS} FROM inventory_reservations r WHERE r.status = 'held' AND r.expires_at <= now() "
+        "AND EXISTS (SELECT 1 FROM inventory_reservation_lines l WHERE l.reservation_id = r.id "
+        "            AND l.sku = ANY($1::text[])) "
+        "AND NOT EXISTS (SELECT 1 FROM inventory_reservation_lines l WHERE l.reservation_id = r.id "
+        "                AND NOT l.sku = ANY($1::text[])) "
+        "ORDER BY r.id FOR UPDATE SKIP LOCKED", list(skus))
+    await _finish(conn, caller, res, "expired")
+
+
+async def _locked_reservation(conn: asyncpg.Connection, reservation_id: UUID, caller: str, privileged: bool
+                              ) -> asyncpg.Record:
+    row = await conn.fetchrow(f"SELECT {_RES_COLUMNS} FROM inventory_reservations WHERE id = $1 FOR UPDATE",
+                              reservation_id)
+    # Another caller's reservation is reported as missing: its existence is not their business.
+    if row is None or (row["caller"] != caller and not privileged):
+        raise NotFound(f"reservation {reservation_id} not found")
+    return row
+
+
+async def get_reservation(*, reservation_id: UUID, caller: str, privileged: bool) -> ReservationRead:
+    pg = await postgres.pool()
+    row = await pg.fetchrow(f"SELECT {_RES_COLUMNS} FROM inventory_reservations WHERE id = $1", reservation_id)
+    if row is None or (row["caller"] != caller and not privileged):
+        raise NotFound(f"reservation {reservation_id} not found")
+    return await _reservation_read(pg, row)
+
+
+def _lapsed(row: asyncpg.Record) -> bool:
+    return bool(row["status"] == "held" and row["expires_at"] <= datetime.now(UTC))
+
+
+async def commit_reservation(*, reservation_id: UUID, caller: str, privileged: bool) -> ReservationRead:
+    """The held units leave for good; committing a committed reservation returns it; 409 past its expiry."""
+    refusal: NexusError | None = None
+    async with postgres.transaction() as conn:
+        row = await _locked_reservation(conn, reservation_id, caller, privileged)
+        if row["status"] == "held":
+            if _lapsed(row):  # expire it now (committed with this transaction), then refuse
+                await _finish(conn, caller, [row], "expired")
+                refusal = Conflict(f"reservation {reservation_id} has expired", extra={"code": "reservation_expired"})
+            else:
+                await _finish(conn, caller, [row], "committed")
+        elif row["status"] != "committed":
+            refusal = Conflict(f"reservation {reservation_id} is {row['status']}, not held",
+                               extra={"code": "reservation_not_held", "status": row["status"]})
+        row = await conn.fetchrow(f"SELECT {_RES_COLUMNS} FROM inventory_reservations WHERE id = $1", reservation_id)
+        out = await _reservation_read(conn, row)
+    if refusal is not None:
+        raise refusal
+    return out
+
+
+async def release_reservation(*, reservation_id: UUID, caller: str, privileged: bool) -> ReservationRead:
+    """Return the units: a hold is released (expired, if past its expiry), a committed reservation is a return
+    (its units come back on hand). Releasing a released or expired reservation returns it as it is."""
+    async with postgres.transaction() as conn:
+        row = await _locked_reservation(conn, reservation_id, caller, privileged)
+        if row["status"] == "held":
+            await _finish(conn, caller, [row], "expired" if _lapsed(row) else "released")
+        elif row["status"] == "committed":
+            await _finish(conn, caller, [row], "released")
+        row = await conn.fetchrow(f"SELECT {_RES_COLUMNS} FROM inventory_reservations WHERE id = $1", reservation_id)
+        return await _reservation_read(conn, row)
+
+
+async def expire_reservations(*, limit: int | None = None) -> int:
+    """Expire held reservations past their expiry; returns how many. Safe to run anywhere at once."""
+    limit = limit or settings_of(InventorySettings).inventory_sweep_batch
+    async with postgres.transaction() as conn:
+        # SKIP LOCKED: one being committed or released right now is left to that transaction (or the next sweep).
+        res = await conn.fetch(
+            f"SELECT {_RES_COLUMNS} FROM inventory_reservations WHERE status = 'held' AND expires_at <= now() "
+            f"ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED", limit)
+        await _finish(conn, "inventory-sweep", res, "expired")
+    return len(res)
+
+
+async def expire_forever() -> None:
+    """Background: release lapsed holds every ``inventory_sweep_s``."""
+    while True:
+        try:
+            while await expire_reservations() > 0:
+                pass
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # database away: the next sweep tries again
+            log.warning("reservation expiry sweep failed: %s", type(exc).__name__)
+        await asyncio.sleep(settings_of(InventorySettings).inventory_sweep_s)

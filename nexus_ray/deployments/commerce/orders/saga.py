@@ -1,0 +1,278 @@
+"""The checkout saga's engine: steps run one at a time, each persisted, compensated in reverse, recovered.
+
+Persisted step by step
+----------------------
+An order row carries its saga: ``results`` (what each done forward step returned), ``undone``
+(each compensation that ran), ``status`` and ``failure``. Before a step runs, a ``started`` line is
+written to ``order_saga_log``; after it, its result and a ``done`` (or ``failed``) line are written
+in one transaction with the order's new status and its ``order.*`` event (outbox). A runner that
+dies between the two leaves an order whose log ends on ``started``: the step is run again with the
+same idempotency key (see :mod:`.steps`), so the collaborator replays what it did.
+
+Leases: one runner per order
+----------------------------
+Only the holder of the order's lease (``lease_owner``, until ``lease_until``) moves it, and every
+write is fenced on it (``WHERE lease_owner = me``): a runner that lost its lease -- it stalled
+past ``order_lease_s`` and recovery took the order over -- stops at its next write
+(:class:`LeaseLost`) instead of racing the new runner. Each write renews the lease.
+
+Recovery
+--------
+:func:`recover_forever` (every replica's background) takes unsettled orders (pending, paid,
+compensating, cancelling, refunding) whose lease has run out -- their runner crashed, or gave up
+on a step that did not answer -- with ``FOR UPDATE SKIP LOCKED`` so two replicas never take the
+same order, and drives each on from where its log ends: forward if no step has failed, else
+through the remaining compensations. A step that does not answer is retried on later passes; after
+``order_max_attempts`` the order is compensated (holds it may have left expire on their own: stock
+reservations and payment authorisations both have an expiry).
+
+Compensation
+------------
+A refused step moves the order to ``compensating``: every done step that has a compensation is
+undone in reverse order (shipment cancelled, credit note, refund or void, stock released or
+returned), then the order is ``failed``. Cancellation (``cancelling`` -> ``cancelled``) undoes the
+same; a refund (``refunding`` -> ``refunded``) undoes the capture and the invoice, and the stock
+only when the goods came back. A compensation that is refused is recorded (``undone[step].refused``)
+and the others still run: nothing is left half-undone silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import uuid
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from nexus_ray.deployments.kit.settings import settings_of
+from nexus_ray.stores import postgres
+from nexus_ray.stores.events import emit
+
+from .models import UNSETTLED, check_transition
+from .settings import OrderSettings
+from .steps import BY_NAME, STEPS, OrderContext, Refused
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ("id, customer, status, capture_method, currency, total, request, request_hash, results, undone, "
+           "refund_restock, failure, attempts, lease_owner, lease_until, created_at, updated_at")
+#: Where each kind of unwinding ends.
+SETTLES = {"compensating": "failed", "cancelling": "cancelled", "refunding": "refunded"}
+#: The forward steps after which the order's status changes.
+REACHES = {"capture": "paid", "ship": "completed"}
+
+
+class LeaseLost(Exception):
+    """This runner no longer holds the order's lease: another (recovery) moves it now."""
+
+
+def new_runner() -> str:
+    """A lease owner's name: the process and a fresh suffix (one per request or recovery pass)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def topic(status: str) -> str:
+    return "order.created" if status == "pending" else f"order.{status}"
+
+
+def event_payload(row: asyncpg.Record | dict[str, Any]) -> dict[str, Any]:
+    out = {"order_id": str(row["id"]), "customer": row["customer"], "total": row["total"],
+           "currency": str(row["currency"]).strip(), "status": row["status"]}
+    if row["status"] == "failed" and row["failure"]:
+        out["failure"] = row["failure"]
+    return out
+
+
+async def log_line(conn: asyncpg.Connection, order_id: UUID, step: str, phase: str, outcome: str,
+                   detail: dict[str, Any] | None = None, runner: str | None = None) -> None:
+    await conn.execute(
+        "INSERT INTO order_saga_log (order_id, step, phase, outcome, detail, runner) VALUES ($1, $2, $3, $4, $5, $6)",
+        order_id, step, phase, outcome, detail or {}, runner)
+
+
+async def write(order_id: UUID, runner: str, *, line: tuple[str, str, str, dict[str, Any]] | None = None,
+                status: str | None = None, result: tuple[str, dict[str, Any]] | None = None,
+                undone: tuple[str, dict[str, Any]] | None = None, failure: dict[str, Any] | None = None,
+                total: int | None = None, let_go_s: float | None = None, attempts: int | None = None,
+                ) -> asyncpg.Record:
+    """One fenced step of the saga in one transaction: the log line, the order's change, its event.
+
+    ``let_go_s``: give the lease up; recovery may take the order that many seconds from now.
+    """
+    lease_s = settings_of(OrderSettings).order_lease_s
+    async with postgres.transaction() as conn:
+        row = await conn.fetchrow(f"SELECT {COLUMNS} FROM orders WHERE id = $1 FOR UPDATE", order_id)
+        if row is None or row["lease_owner"] != runner:
+            raise LeaseLost(str(order_id))
+        if status is not None and status != row["status"]:
+            check_transition(row["status"], status)
+        new = await conn.fetchrow(
+            f"UPDATE orders SET status = coalesce($2, status), results = results || $3::jsonb, "
+            f"undone = undone || $4::jsonb, failure = coalesce($5::jsonb, failure), total = coalesce($6, total), "
+            f"attempts = coalesce($7, attempts), lease_owner = CASE WHEN $8::float8 IS NULL THEN lease_owner END, "
+            f"lease_until = now() + make_interval(secs => coalesce($8::float8, $9::float8)), updated_at = now() "
+            f"WHERE id = $1 RETURNING {COLUMNS}",
+            order_id, status, dict([result]) if result else {}, dict([undone]) if undone else {}, failure, total,
+            attempts, let_go_s, lease_s)
+        assert new is not None
+        if line is not None:
+            await log_line(conn, order_id, *line, runner=runner)
+        if new["status"] != row["status"]:
+            await log_line(conn, order_id, "order", "status", "done", {"from": row["status"], "to": new["status"]},
+                           runner)
+            await emit(conn, topic(new["status"]), event_payload(new), key=str(order_id))
+    return new
+
+
+def context(row: asyncpg.Record) -> OrderContext:
+    return OrderContext(id=str(row["id"]), customer=row["customer"], currency=str(row["currency"]).strip(),
+                        total=row["total"], request=row["request"], results=dict(row["results"]),
+                        refund_restock=row["refund_restock"], capture_method=row["capture_method"])
+
+
+def _unwinds(row: asyncpg.Record) -> list[str]:
+    """The done steps still to undo for the order's status, last first."""
+    if row["status"] == "refunding":
+        plan = {"capture", "invoice"} | ({"reserve"} if row["refund_restock"] else set())
+    else:
+        plan = {s.name for s in STEPS}
+    return [s.name for s in reversed(STEPS) if s.compensate is not None and s.name in plan
+            and s.name in row["results"] and s.name not in row["undone"]]
+
+
+async def _interrupted(row: asyncpg.Record, runner: str, step: str, phase: str, exc: BaseException) -> None:
+    """A step did not answer: leave the order for a later run (backing off), or give up and compensate."""
+    s = settings_of(OrderSettings)
+    attempts = row["attempts"] + 1
+    detail = {"error": type(exc).__name__, "attempt": attempts}
+    log.warning("order %s: %s step %s did not answer (%s), attempt %d", row["id"], phase, step,
+                type(exc).__name__, attempts)
+    if phase == "forward" and attempts >= s.order_max_attempts:
+        failure = {"step": step, "problem": {"status": 503, "detail": f"the {step} step did not answer in "
+                                             f"{attempts} attempts", "code": "step_unanswered"}}
+        await write(row["id"], runner, line=(step, phase, "interrupted", detail), status="compensating",
+                    failure=failure, attempts=0, let_go_s=0)
+        return
+    await write(row["id"], runner, line=(step, phase, "interrupted", detail), attempts=attempts,
+                let_go_s=min(2.0 ** attempts, 60.0))
+
+
+async def drive(order_id: UUID, runner: str, *, capture_now: bool = False) -> asyncpg.Record:
+    """Move the order on while ``runner`` holds its lease, until it settles or must wait; returns its row.
+
+    ``capture_now``: an ``authorized`` order (manual capture) goes on to capture.
+    """
+    pg = await postgres.pool()
+    try:
+        while True:
+            row = await pg.fetchrow(f"SELECT {COLUMNS} FROM orders WHERE id = $1", order_id)
+            assert row is not None
+            if row["lease_owner"] != runner:
+                return row
+            status = row["status"]
+            if status in ("pending", "paid") or (status == "authorized" and capture_now):
+                await _forward(row, runner)
+            elif status in SETTLES:
+                await _unwind(row, runner)
+            else:
+                return await write(order_id, runner, let_go_s=0)
+    except LeaseLost:
+        log.info("order %s: lease lost to another runner", order_id)
+        row = await pg.fetchrow(f"SELECT {COLUMNS} FROM orders WHERE id = $1", order_id)
+        assert row is not None
+        return row
+
+
+async def _forward(row: asyncpg.Record, runner: str) -> None:
+    step = next((s for s in STEPS if s.name not in row["results"]), None)
+    if step is None:  # every step done (a crash after the last one's result, before its status): settle
+        await write(row["id"], runner, status="completed", let_go_s=0)
+        return
+    if step.name == "commit_stock" and row["capture_method"] == "manual" and row["status"] == "pending":
+        await write(row["id"], runner, line=(step.name, "forward", "skipped", {"waiting": "manual capture"}),
+                    status="authorized", let_go_s=0)
+        return
+    await write(row["id"], runner, line=(step.name, "forward", "started", {}))
+    try:
+        result = await step.forward(context(row))
+    except Refused as refused:
+        await write(row["id"], runner, line=(step.name, "forward", "failed", refused.problem),
+                    status="compensating", failure={"step": step.name, "problem": refused.problem})
+        return
+    except (LeaseLost, asyncio.CancelledError):
+        raise
+    except Exception as exc:
+        await _interrupted(row, runner, step.name, "forward", exc)
+        raise LeaseLost(str(row["id"])) from None  # let go: a later run takes it on
+    total = None
+    if step.name == "price":
+        if result.get("currency") != str(row["currency"]).strip() or not isinstance(result.get("total"), int):
+            problem = {"status": 422, "detail": "the catalog priced the cart in another currency",
+                       "code": "pricing_mismatch"}
+            await write(row["id"], runner, line=(step.name, "forward", "failed", problem), status="compensating",
+                        failure={"step": step.name, "problem": problem})
+            return
+        total = result["total"]
+    reaches = REACHES.get(step.name)
+    # Settled in the same write that lets the lease go: a cancellation right after finds the order free.
+    await write(row["id"], runner, line=(step.name, "forward", "done", {"id": result.get("id")}),
+                result=(step.name, result), total=total, status=reaches, attempts=0,
+                let_go_s=0 if reaches == "completed" else None)
+
+
+async def _unwind(row: asyncpg.Record, runner: str) -> None:
+    todo = _unwinds(row)
+    if not todo:
+        await write(row["id"], runner, status=SETTLES[row["status"]], let_go_s=0)
+        return
+    name = todo[0]
+    step = BY_NAME[name]
+    assert step.compensate is not None
+    await write(row["id"], runner, line=(name, "compensate", "started", {}))
+    try:
+        out = await step.compensate(context(row))
+        outcome = "done"
+    except Refused as refused:
+        log.warning("order %s: the compensation of %s was refused: %s", row["id"], name, refused.problem.get("code"))
+        out, outcome = {"refused": refused.problem}, "failed"
+    except (LeaseLost, asyncio.CancelledError):
+        raise
+    except Exception as exc:
+        await _interrupted(row, runner, name, "compensate", exc)
+        raise LeaseLost(str(row["id"])) from None
+    await write(row["id"], runner, line=(name, "compensate", outcome, {"id": out.get("id")}), undone=(name, out))
+
+
+async def recover(*, limit: int = 20) -> int:
+    """Take unsettled orders whose lease ran out and drive each on; returns how many were taken."""
+    s = settings_of(OrderSettings)
+    runner = new_runner()
+    pg = await postgres.pool()
+    taken = await pg.fetch(
+        "UPDATE orders o SET lease_owner = $1, lease_until = now() + make_interval(secs => $2) "
+        "WHERE o.id IN (SELECT id FROM orders WHERE status = ANY($3::text[]) AND lease_until < now() "
+        "               ORDER BY lease_until LIMIT $4 FOR UPDATE SKIP LOCKED) RETURNING o.id",
+        runner, s.order_lease_s, list(UNSETTLED), limit)
+    for r in taken:
+        log.info("order %s: recovered by %s", r["id"], runner)
+    outcomes = await asyncio.gather(*(drive(r["id"], runner) for r in taken), return_exceptions=True)
+    for r, out in zip(taken, outcomes, strict=True):
+        if isinstance(out, Exception):  # its lease runs out and a later pass takes it again
+            log.warning("order %s: recovery stopped: %s", r["id"], type(out).__name__)
+    return len(taken)
+
+
+async def recover_forever() -> None:
+    """Background: finish or compensate orders whose runner is gone, every ``order_recovery_interval_s``."""
+    while True:
+        try:
+            await recover()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # database away: the next pass tries again
+            log.warning("order recovery pass failed: %s", type(exc).__name__)
+        await asyncio.sleep(settings_of(OrderSettings).order_recovery_interval_s)

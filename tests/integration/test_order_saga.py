@@ -1,0 +1,409 @@
+"""order-processor on the real stores, with the collaborators this branch has (inventory, ledger): the state
+machine's 409s, idempotent order creation, compensation when a step fails (stock and money as before), and the
+recovery of orders left mid-saga by a runner that died.
+
+The catalog, billing, invoices and shipping are not on this branch: an absent export is a refused step that the
+saga compensates. So that the tests hold once they are merged too, the orders pay with the billing sandbox's
+declining test card and order SKUs the catalog does not sell: the failing step is then a decline (402) or an
+unknown SKU (422) instead of an absent collaborator (503), with the same compensation. A crashed runner is simulated
+as such a runner leaves things: an order row whose lease ran out, its saga log ending mid-step, and the results
+the steps before had recorded (the price step's, as the catalog's contract shapes it)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+API = "/commerce/v1/order-processor"
+DECLINED = "pm_card_visa_chargeDeclined"  # the billing sandbox's generic decline
+INV = "/commerce/v1/inventory"
+
+
+@pytest.fixture(scope="module")
+def ops(bearer):
+    return bearer("commerce:inventory:*", "commerce:order-processor:*", subject="shop-ops")
+
+
+@pytest.fixture(scope="module")
+def shopper(bearer):
+    return bearer("commerce:order-processor:read", "commerce:order-processor:write", subject="shopper-1")
+
+
+def order_body(sku: str, quantity: int = 2, **extra) -> dict:
+    return {"lines": [{"sku": sku, "quantity": quantity}], "currency": "USD", "payment_method": DECLINED,
+            "shipping_address": {"name": "Ada", "line1": "1 Main St", "city": "Springfield", "postal_code": "12345",
+                                 "country": "US"}, **extra}
+
+
+async def stocked_sku(client, ops, units: int) -> str:
+    sku = f"SKU-{uuid.uuid4().hex[:10]}"
+    wid = f"wh-{uuid.uuid4().hex[:8]}"
+    r = await client.post(f"{INV}/warehouses", json={"id": wid, "name": wid}, headers=ops)
+    assert r.status_code == 201, r.text
+    r = await client.post(f"{INV}/stock/restock", json={"sku": sku, "warehouse_id": wid, "quantity": units},
+                          headers=ops)
+    assert r.status_code == 200, r.text
+    return sku
+
+
+async def available(client, ops, sku) -> int:
+    r = await client.get(f"{INV}/stock", params={"sku": sku}, headers=ops)
+    return r.json()[0]["available"]
+
+
+async def crashed_order(*, sku: str, quantity: int, status: str = "pending", results: dict | None = None,
+                        log: list[tuple[str, str, str]] = (), capture_method: str = "automatic",
+                        customer: str = "shopper-1", order_id: uuid.UUID | None = None,
+                        lease: str = "-1 second", payment_method: str = DECLINED) -> uuid.UUID:
+    """An order as a runner that died leaves it: lease run out, log ending where it stopped."""
+    from nexus_ray.stores import postgres
+
+    order_id = order_id or uuid.uuid4()
+    priced = {"currency": "USD", "total": 1250 * quantity, "lines": [
+        {"sku": sku, "product_id": "p-1", "name": "Mug", "quantity": quantity, "unit_price": 1250,
+         "amount": 1250 * quantity, "tax_category": "standard", "weight_g": 300}]}
+    results = {"price": priced, **(results or {})}
+    request = {k: v for k, v in order_body(sku, quantity, payment_method=payment_method).items() if k != "currency"}
+    request["service_level"] = "standard"
+    pg = await postgres.pool()
+    async with pg.acquire() as conn, conn.transaction():
+        await conn.execute(
+            "INSERT INTO orders (id, customer, status, capture_method, currency, total, request, idempotency_key, "
+            "request_hash, results, lease_owner, lease_until) VALUES ($1, $2, $3, $4, 'USD', $5, $6, $7, 'h', $8, "
+            "'dead-replica:1', now() + $9::text::interval)",
+            order_id, customer, status, capture_method, priced["total"], request, uuid.uuid4().hex, results, lease)
+        for step, phase, outcome in [("price", "forward", "started"), ("price", "forward", "done"), *log]:
+            await conn.execute("INSERT INTO order_saga_log (order_id, step, phase, outcome, runner) "
+                               "VALUES ($1, $2, $3, $4, 'dead-replica:1')", order_id, step, phase, outcome)
+    return order_id
+
+
+async def order_of(client, headers, order_id) -> dict:
+    r = await client.get(f"{API}/orders/{order_id}", headers=headers)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+async def events_of(order_id) -> list[str]:
+    from nexus_ray.stores import postgres
+
+    pg = await postgres.pool()
+    return [r["topic"] for r in await pg.fetch("SELECT topic FROM outbox WHERE key = $1 AND topic LIKE 'order.%' "
+                                               "ORDER BY id", str(order_id))]
+
+
+async def money_snapshot() -> tuple[int, int]:
+    from nexus_ray.stores import postgres
+
+    pg = await postgres.pool()
+    return (await pg.fetchval("SELECT count(*) FROM ledger_entries"),
+            await pg.fetchval("SELECT count(*) FROM ledger_holds"))
+
+
+# -- the state machine ------------------------------------------------------------------------------------
+
+
+async def test_order_creation_is_idempotent_and_a_missing_collaborator_fails_it(client, ops, shopper):
+    sku = await stocked_sku(client, ops, 5)
+    before = await money_snapshot()
+    key = uuid.uuid4().hex
+    first = await client.post(f"{API}/orders", json={**order_body(sku), "idempotency_key": key}, headers=shopper)
+    # The pricing step is refused (no catalog on this branch: 503; a catalog that does not sell the SKU: 422),
+    # nothing was done, the order failed.
+    assert first.status_code in (422, 503), first.text
+    problem = first.json()
+    assert problem["failed_step"] == "price" and problem["order_status"] == "failed"
+    if first.status_code == 503:
+        assert problem["code"] == "step_unavailable" and problem["service"] == "puabo-nuki-product-catalog"
+    order_id = problem["order_id"]
+    # Retries with the same key, at once and later, get the same order and the same answer.
+    again = await asyncio.gather(*(client.post(f"{API}/orders", json=order_body(sku),
+                                               headers={**shopper, "Idempotency-Key": key}) for _ in range(5)))
+    assert {(r.status_code, r.json()["order_id"]) for r in again} == {(first.status_code, order_id)}
+    assert all(r.headers["idempotent-replayed"] == "true" for r in again)
+    other = await client.post(f"{API}/orders", json={**order_body(sku, 3), "idempotency_key": key}, headers=shopper)
+    assert other.status_code == 409 and other.json()["errors"][0]["field"] == "idempotency_key", other.text
+    missing = await client.post(f"{API}/orders", json=order_body(sku), headers=shopper)
+    assert missing.status_code == 422 and missing.json()["errors"][0]["field"] == "idempotency_key"
+
+    order = await order_of(client, shopper, order_id)
+    assert order["status"] == "failed" and order["total"] is None and order["reservation_id"] is None
+    assert await events_of(order_id) == ["order.created", "order.compensating", "order.failed"]
+    assert await available(client, ops, sku) == 5 and await money_snapshot() == before
+    mine = await client.get(f"{API}/orders", headers=shopper)
+    assert order_id in [o["id"] for o in mine.json()["items"]]
+
+
+async def test_invalid_transitions_over_http_are_409(client, ops, shopper, bearer):
+    sku = await stocked_sku(client, ops, 5)
+    r = await client.post(f"{API}/orders", json={**order_body(sku), "idempotency_key": uuid.uuid4().hex},
+                          headers=shopper)
+    order_id = r.json()["order_id"]
+    for path, headers in (("cancel", shopper), ("refund", ops), ("capture", ops)):
+        body = {"reason": "changed my mind"} if path != "capture" else None
+        r = await client.post(f"{API}/orders/{order_id}/{path}", json=body, headers=headers)
+        assert r.status_code == 409 and r.json()["code"] == "invalid_transition", (path, r.text)
+        assert r.json()["status"] == "failed"
+    # Another customer sees none of it; refunds are the merchant's.
+    stranger = bearer("commerce:order-processor:read", "commerce:order-processor:write", subject="shopper-2")
+    assert (await client.get(f"{API}/orders/{order_id}", headers=stranger)).status_code == 404
+    assert (await client.post(f"{API}/orders/{order_id}/cancel", json={}, headers=stranger)).status_code == 404
+    assert (await client.get(f"{API}/orders/{order_id}/saga", headers=stranger)).status_code == 404
+    assert (await client.post(f"{API}/orders/{order_id}/refund", json={"reason": "x"},
+                              headers=shopper)).status_code == 403
+
+
+def test_the_state_machine_refuses_every_transition_it_does_not_list():
+    from nexus_ray.deployments.commerce.orders.models import TRANSITIONS, check_transition
+    from nexus_ray.exceptions import Conflict
+
+    refused = 0
+    for current in TRANSITIONS:
+        for to in TRANSITIONS:
+            if to in TRANSITIONS[current]:
+                check_transition(current, to)
+            else:
+                with pytest.raises(Conflict) as err:
+                    check_transition(current, to)
+                assert err.value.extra == {"code": "invalid_transition", "status": current, "to": to}
+                refused += 1
+    assert refused > 60
+    assert all(not TRANSITIONS[s] for s in ("failed", "cancelled", "refunded"))  # terminal
+
+
+# -- compensation and recovery ------------------------------------------------------------------------------
+
+
+async def test_a_failing_payment_step_releases_the_stock_and_moves_no_money(client, ops, shopper, until):
+    """Recovery takes an order its runner left right after pricing; payment is refused (billing absent here, a
+    declined card where it is), so the stock it reserved is released and the order fails: stock and money as
+    before."""
+    sku = await stocked_sku(client, ops, 4)
+    before = await money_snapshot()
+    order_id = await crashed_order(sku=sku, quantity=3)
+
+    async def settled():
+        return (await order_of(client, shopper, order_id))["status"] == "failed"
+
+    await until(settled, within_s=20, every=0.2)
+    order = await order_of(client, shopper, order_id)
+    assert order["failure"]["step"] == "authorize"
+    assert order["failure"]["problem"]["code"] in ("step_unavailable", "payment_declined")
+    assert order["reservation_id"] is not None
+    assert await available(client, ops, sku) == 4 and await money_snapshot() == before
+    r = await client.get(f"{INV}/reservations/{order['reservation_id']}", headers=ops)
+    assert r.json()["status"] == "released" and r.json()["reference"] == str(order_id)
+    saga = (await client.get(f"{API}/orders/{order_id}/saga", headers=shopper)).json()
+    assert [(s["step"], s["phase"], s["outcome"]) for s in saga if s["phase"] != "status"] == [
+        ("price", "forward", "started"), ("price", "forward", "done"),
+        ("reserve", "forward", "started"), ("reserve", "forward", "done"),
+        ("authorize", "forward", "started"), ("authorize", "forward", "failed"),
+        ("reserve", "compensate", "started"), ("reserve", "compensate", "done")]
+    assert await events_of(order_id) == ["order.compensating", "order.failed"]
+
+
+async def test_recovery_reruns_a_step_cut_short_without_doing_it_twice(client, ops, shopper, until):
+    """The runner died after inventory held the stock but before it recorded the result: recovery runs the step
+    again with the same key, finds the same reservation (one, not two), and then compensates it."""
+    from nexus_ray.deployments.kit.calls import call
+    from nexus_ray.stores import postgres
+
+    sku = await stocked_sku(client, ops, 2)
+    order_id = uuid.uuid4()
+    held = await call("puabo-nuki-inventory-mgr", "reserve", caller="puabo-nuki-order-processor",
+                      reference=str(order_id), lines=[{"sku": sku, "quantity": 2}], ttl_s=900,
+                      idempotency_key=f"order:{order_id}:reserve")
+    assert await available(client, ops, sku) == 0
+    await crashed_order(sku=sku, quantity=2, log=[("reserve", "forward", "started")], order_id=order_id)
+
+    async def settled():
+        return (await order_of(client, shopper, order_id))["status"] == "failed"
+
+    await until(settled, within_s=20, every=0.2)
+    order = await order_of(client, shopper, order_id)
+    assert order["reservation_id"] == str(held.id)
+    pg = await postgres.pool()
+    assert await pg.fetchval("SELECT count(*) FROM inventory_reservations WHERE reference = $1", str(order_id)) == 1
+    assert await available(client, ops, sku) == 2
+
+
+async def test_recovery_finishes_an_unwinding_cut_short(client, ops, shopper, until):
+    """The runner died while compensating: recovery undoes what is left (the stock) and settles the order."""
+    from nexus_ray.deployments.kit.calls import call
+
+    sku = await stocked_sku(client, ops, 3)
+    order_id = uuid.uuid4()  # the reservation is made first, as the saga would have, under the order's key
+    held = await call("puabo-nuki-inventory-mgr", "reserve", caller="puabo-nuki-order-processor",
+                      reference=str(order_id), lines=[{"sku": sku, "quantity": 3}], ttl_s=900,
+                      idempotency_key=f"order:{order_id}:reserve")
+    oid = await crashed_order(sku=sku, quantity=3, status="compensating", order_id=order_id,
+                              results={"reserve": held.model_dump(mode="json")},
+                              log=[("reserve", "forward", "started"), ("reserve", "forward", "done"),
+                                   ("authorize", "forward", "failed"), ("reserve", "compensate", "started")])
+    assert await available(client, ops, sku) == 0
+
+    async def settled():
+        return (await order_of(client, shopper, oid))["status"] == "failed"
+
+    await until(settled, within_s=20, every=0.2)
+    assert await available(client, ops, sku) == 3
+    assert await events_of(oid) == ["order.failed"]
+
+
+async def test_a_live_lease_keeps_recovery_away_and_a_lost_one_stops_its_runner(client, ops):
+    from nexus_ray.deployments.commerce.orders import saga
+    from nexus_ray.stores import postgres
+
+    sku = await stocked_sku(client, ops, 1)
+    order_id = await crashed_order(sku=sku, quantity=1, lease="1 hour")  # its runner is alive and well
+    pg = await postgres.pool()
+    # Two replicas' recovery passes at once: neither takes an order whose runner still holds it.
+    await asyncio.gather(saga.recover(), saga.recover())
+    row = await pg.fetchrow("SELECT status, lease_owner FROM orders WHERE id = $1", order_id)
+    assert (row["status"], row["lease_owner"]) == ("pending", "dead-replica:1")
+    # A runner whose lease was taken over writes nothing more.
+    with pytest.raises(saga.LeaseLost):
+        await saga.write(order_id, "stale-replica", status="compensating")
+    assert await pg.fetchval("SELECT status FROM orders WHERE id = $1", order_id) == "pending"
+    # Settled here so the session's recovery loop leaves it alone afterwards.
+    await pg.execute("UPDATE orders SET status = 'failed', failure = $2 WHERE id = $1", order_id,
+                     {"step": "price", "problem": {"status": 503}})
+
+
+async def test_recovered_orders_are_taken_by_one_replica_each(client, ops, until):
+    """Ten stranded orders, three recovery passes racing (as three replicas would): every order is driven by
+    exactly one runner (its saga log names one)."""
+    from nexus_ray.deployments.commerce.orders import saga
+    from nexus_ray.stores import postgres
+
+    sku = await stocked_sku(client, ops, 10)
+    ids = [await crashed_order(sku=sku, quantity=1) for _ in range(10)]
+    await asyncio.gather(saga.recover(limit=50), saga.recover(limit=50), saga.recover(limit=50))
+    pg = await postgres.pool()
+
+    async def all_failed() -> bool:  # the session's own recovery loop may have taken some: they finish too
+        return await pg.fetchval("SELECT count(*) FROM orders WHERE id = ANY($1::uuid[]) AND status = 'failed'",
+                                 ids) == 10
+
+    await until(all_failed, within_s=20, every=0.2)
+    rows = await pg.fetch("SELECT order_id, count(DISTINCT runner) AS runners, "
+                          "bool_or(step = 'reserve' AND phase = 'compensate' AND outcome = 'done') AS released "
+                          "FROM order_saga_log WHERE order_id = ANY($1::uuid[]) AND runner <> 'dead-replica:1' "
+                          "GROUP BY order_id", ids)
+    assert len(rows) == 10 and all(r["runners"] == 1 and r["released"] for r in rows), [dict(r) for r in rows]
+    assert await available(client, ops, sku) == 10
+
+
+async def test_cancelling_an_authorised_order_releases_its_stock(client, ops, shopper, until):
+    """A manual-capture order waiting at authorised (left so by the saga: priced, reserved, authorised) is
+    cancelled by its customer: the payment's void is attempted (billing is absent here: recorded as refused),
+    the stock released, the order cancelled with its event. (Where billing is deployed it knows no such intent:
+    404, recorded the same way.)"""
+    from nexus_ray.deployments.kit.calls import call
+
+    sku = await stocked_sku(client, ops, 2)
+    order_id = uuid.uuid4()
+    held = await call("puabo-nuki-inventory-mgr", "reserve", caller="puabo-nuki-order-processor",
+                      reference=str(order_id), lines=[{"sku": sku, "quantity": 2}], ttl_s=900,
+                      idempotency_key=f"order:{order_id}:reserve")
+    intent = {"id": str(uuid.uuid4()), "status": "authorized", "amount": 2500, "currency": "USD"}
+    oid = await crashed_order(sku=sku, quantity=2, status="authorized", capture_method="manual", order_id=order_id,
+                              results={"reserve": held.model_dump(mode="json"), "authorize": intent})
+    r = await client.post(f"{API}/orders/{oid}/cancel", json={"reason": "changed my mind"}, headers=shopper)
+    assert r.status_code == 200 and r.json()["status"] == "cancelled", r.text
+    assert await available(client, ops, sku) == 2
+    again = await client.post(f"{API}/orders/{oid}/cancel", json={}, headers=shopper)
+    assert again.status_code == 200 and again.json()["status"] == "cancelled"  # idempotent
+    from nexus_ray.stores import postgres
+
+    undone = await (await postgres.pool()).fetchval("SELECT undone FROM orders WHERE id = $1", oid)
+    assert undone["authorize"]["refused"]["status"] in (404, 503) and undone["reserve"]["status"] == "released"
+    assert await events_of(oid) == ["order.cancelling", "order.cancelled"]
+    payload = await (await postgres.pool()).fetchval(
+        "SELECT payload FROM outbox WHERE key = $1 AND topic = 'order.cancelled'", str(oid))
+    assert json.loads(json.dumps(payload)) == {"order_id": str(oid), "customer": "shopper-1", "total": 2500,
+                                               "currency": "USD", "status": "cancelled"}
+
+
+# -- with the collaborators deployed (after the branches merge) ------------------------------------------------
+
+
+def _deployed(*names: str) -> bool:
+    from nexus_ray.catalog import service
+    from nexus_ray.deployments.app import service_module
+
+    return all(getattr(service_module(service(n)), "exports", None) for n in names)
+
+
+WIRED = pytest.mark.skipif(
+    not _deployed("billing-service", "invoice-gen", "puabo-nuki-shipping-service"),
+    reason="billing, invoices and shipping are built on other branches: this runs once they are merged")
+
+
+@WIRED
+async def test_a_paid_order_runs_to_completion_and_is_cancelled_with_every_step_undone(client, ops, shopper, until):
+    """Past pricing (the catalog's result as its contract shapes it), the real collaborators: stock held then
+    committed, payment authorised and captured, invoice issued, shipment requested; then the customer cancels:
+    shipment cancelled, credit note, refund, stock returned."""
+    from nexus_ray.deployments.kit.calls import call
+
+    sku = await stocked_sku(client, ops, 5)
+    order_id = await crashed_order(sku=sku, quantity=2, payment_method="pm_card_visa")
+
+    async def status_is(wanted):
+        async def check():
+            return (await order_of(client, shopper, order_id))["status"] == wanted
+        return check
+
+    await until(await status_is("completed"), within_s=30, every=0.2)
+    order = await order_of(client, shopper, order_id)
+    assert all(order[k] for k in ("reservation_id", "payment_intent_id", "invoice_id", "shipment_id")), order
+    intent = await call("billing-service", "get_payment_intent", payment_intent_id=order["payment_intent_id"])
+    assert intent.status == "captured" and intent.amount_captured == order["total"] == 2500
+    stock = (await client.get(f"{INV}/stock", params={"sku": sku}, headers=ops)).json()[0]
+    assert (stock["on_hand"], stock["reserved"]) == (3, 0)  # committed: the units left
+    assert await events_of(order_id) == ["order.paid", "order.completed"]
+
+    r = await client.post(f"{API}/orders/{order_id}/cancel", json={"reason": "changed my mind"}, headers=shopper)
+    assert r.status_code == 200 and r.json()["status"] == "cancelled", r.text
+    from nexus_ray.stores import postgres
+
+    undone = await (await postgres.pool()).fetchval("SELECT undone FROM orders WHERE id = $1", order_id)
+    assert not [step for step, out in undone.items() if "refused" in out], undone
+    assert set(undone) == {"ship", "invoice", "capture", "authorize", "reserve"}
+    assert "skipped" in undone["authorize"]  # captured: refunded, not voided
+    intent = await call("billing-service", "get_payment_intent", payment_intent_id=order["payment_intent_id"])
+    assert intent.status == "refunded" and intent.amount_refunded == 2500
+    assert await available(client, ops, sku) == 5  # returned
+    assert await events_of(order_id) == ["order.paid", "order.completed", "order.cancelling", "order.cancelled"]
+
+
+@WIRED
+async def test_a_declined_card_leaves_no_money_moved_and_a_refund_keeps_the_goods_out(client, ops, shopper, until):
+    sku = await stocked_sku(client, ops, 4)
+    before = await money_snapshot()
+    declined = await crashed_order(sku=sku, quantity=1)  # the declining card
+
+    async def failed():
+        return (await order_of(client, shopper, declined))["status"] == "failed"
+
+    await until(failed, within_s=30, every=0.2)
+    assert (await order_of(client, shopper, declined))["failure"]["problem"]["code"] == "payment_declined"
+    assert await available(client, ops, sku) == 4
+    entries, _ = await money_snapshot()
+    assert entries == before[0]  # a decline posts nothing
+
+    paid = await crashed_order(sku=sku, quantity=2, payment_method="pm_card_visa")
+
+    async def completed():
+        return (await order_of(client, shopper, paid))["status"] == "completed"
+
+    await until(completed, within_s=30, every=0.2)
+    r = await client.post(f"{API}/orders/{paid}/refund", json={"reason": "damaged in transit"}, headers=ops)
+    assert r.status_code == 200 and r.json()["status"] == "refunded", r.text
+    assert await available(client, ops, sku) == 2  # refunded without the goods coming back
