@@ -15,7 +15,7 @@ from nexus_ray.edge.errors import parse_input
 from nexus_ray.exceptions import ValidationFailed
 
 from . import service
-from .models import CreditNoteCreate, CreditNoteRead, InvoiceCreate, InvoiceRead
+from .models import CreditNoteCreate, CreditNoteRead, InvoiceCreate, InvoiceRead, TaxQuote, TaxQuoteCreate
 from .views import router
 
 
@@ -55,7 +55,13 @@ async def credit_note(
     return note
 
 
+async def tax_quote(*, country: str, currency: str, lines: list[dict[str, Any]]) -> TaxQuote:
+    """The totals an invoice of ``lines`` (as for :func:`issue_invoice`) would have, without issuing it."""
+    body = parse_input(TaxQuoteCreate, {"country": country, "currency": currency, "lines": lines})
+    return await service.tax_quote(country=body.country, currency=body.currency, lines=body.lines)
+
+
 #: What services of other namespaces may call (nexus_ray.deployments.kit.calls.call).
-exports = {"issue_invoice": issue_invoice, "credit_note": credit_note}
+exports = {"issue_invoice": issue_invoice, "credit_note": credit_note, "tax_quote": tax_quote}
 
 __all__ = ["exports", "router"]

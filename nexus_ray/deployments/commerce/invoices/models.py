@@ -97,6 +97,25 @@ class InvoiceLineRead(BaseModel):
     total: int
 
 
+class TaxQuoteCreate(_In):
+    """What a checkout asks before it charges: the tax an invoice of these lines would carry."""
+
+    country: Country
+    currency: Currency
+    lines: list[LineIn] = Field(min_length=1, max_length=500)
+
+
+class TaxQuote(BaseModel):
+    """The totals :func:`issue_invoice` would compute for the same lines today (same rates, same rounding)."""
+
+    country: str
+    currency: str
+    subtotal: int
+    tax_total: int
+    total: int
+    tax_rounding: str
+
+
 class TaxSummary(BaseModel):
     tax_rate: str
     net: int

@@ -64,6 +64,7 @@ from .models import (
     InvoiceLineRead,
     InvoiceRead,
     LineIn,
+    TaxQuote,
     TaxRateRead,
     TaxSummary,
 )
@@ -418,6 +419,19 @@ class _SeriesBatches:
 
 
 _batches = _SeriesBatches()
+
+
+async def tax_quote(*, country: str, currency: str, lines: list[LineIn]) -> TaxQuote:
+    """The subtotal, tax and total an invoice of ``lines`` would have, without issuing one.
+
+    The same rates and per-line rounding as :func:`issue_invoice`, so a checkout charges exactly what
+    the invoice it issues afterwards will say (unless a rate changes in between).
+    """
+    pg = await postgres.pool()
+    nets = [ln.quantity * ln.unit_price for ln in lines]
+    taxes = [line_tax(net, rate) for net, rate in zip(nets, await _rates(pg, country, lines), strict=True)]
+    return TaxQuote(country=country, currency=currency, subtotal=sum(nets), tax_total=sum(taxes),
+                    total=sum(nets) + sum(taxes), tax_rounding=TAX_ROUNDING)
 
 
 async def issue_invoice(

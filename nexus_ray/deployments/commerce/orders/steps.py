@@ -90,9 +90,21 @@ async def _call(service: str, export: str, **kwargs: Any) -> dict[str, Any]:
 # -- forward steps and their compensations ---------------------------------------------------------------
 
 
+def _invoice_lines(priced: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{"description": ln.get("name") or ln["sku"], "quantity": ln["quantity"], "unit_price": ln["unit_price"],
+             "tax_category": ln["tax_category"]} for ln in priced["lines"]]
+
+
 async def price(ctx: OrderContext) -> dict[str, Any]:
-    """Price the cart from the catalog (its lines, prices, tax categories and weights; the total charged)."""
-    return await _call(CATALOG, "price_lines", lines=ctx.request["lines"], currency=ctx.currency)
+    """Price the cart: net lines from the catalog, tax from invoice-gen; ``total`` is what is charged.
+
+    Catalog prices are net. The customer is charged the gross total that the invoice issued after the
+    capture will state (the same rates and per-line rounding), so the money taken and the invoice agree.
+    """
+    priced = await _call(CATALOG, "price_lines", lines=ctx.request["lines"], currency=ctx.currency)
+    quote = await _call(INVOICES, "tax_quote", country=ctx.request["shipping_address"]["country"],
+                        currency=ctx.currency, lines=_invoice_lines(priced))
+    return {**priced, "net_total": priced["total"], "tax_total": quote["tax_total"], "total": quote["total"]}
 
 
 async def reserve(ctx: OrderContext) -> dict[str, Any]:
@@ -148,11 +160,9 @@ async def commit_stock(ctx: OrderContext) -> dict[str, Any]:
 
 async def invoice(ctx: OrderContext) -> dict[str, Any]:
     address = ctx.request["shipping_address"]
-    lines = [{"description": ln.get("name") or ln["sku"], "quantity": ln["quantity"], "unit_price": ln["unit_price"],
-              "tax_category": ln["tax_category"]} for ln in ctx.results["price"]["lines"]]
     return await _call(INVOICES, "issue_invoice", caller=ME, series=settings_of(OrderSettings).order_invoice_series,
                        order_id=ctx.id, customer={"id": ctx.customer, "name": address["name"], "address": address},
-                       country=address["country"], currency=ctx.currency, lines=lines,
+                       country=address["country"], currency=ctx.currency, lines=_invoice_lines(ctx.results["price"]),
                        idempotency_key=ctx.key("invoice"))
 
 
