@@ -12,7 +12,7 @@ from typing import Any
 from uuid import UUID
 
 from . import service
-from .models import Balance, EntryRead, HoldRead
+from .models import AccountRead, Balance, EntryRead, HoldRead
 from .views import router
 
 background = [service.expire_holds_forever]
@@ -56,12 +56,22 @@ async def void_hold(*, caller: str, hold_id: UUID | str) -> HoldRead:
     return await service.void_hold(hold_id=UUID(str(hold_id)), caller=caller, privileged=True)
 
 
+async def open_account(
+    *, caller: str, owner: str, name: str, type: str, currency: str, allow_negative: bool = False,
+    metadata: dict[str, Any] | None = None,
+) -> AccountRead:
+    """Open an account for ``owner`` (a driver's payable account, say); not idempotent: keep its id."""
+    return await service.create_account(caller=caller, privileged=True, name=name, type=type, currency=currency,
+                                        allow_negative=allow_negative, owner=owner, shards=None,
+                                        metadata=metadata or {})
+
+
 async def balance(*, account_id: UUID | str) -> Balance:
     return await service.balance(account_id=UUID(str(account_id)))
 
 
 #: What services of other namespaces may call (nexus_ray.deployments.kit.calls.call).
 exports = {"post_transfer": post_transfer, "place_hold": place_hold, "capture_hold": capture_hold,
-           "void_hold": void_hold, "balance": balance}
+           "void_hold": void_hold, "balance": balance, "open_account": open_account}
 
 __all__ = ["background", "exports", "router"]
