@@ -357,7 +357,8 @@ class FleetActor(PersistentActor):
         if polygon is not None:
             slots = self._index.in_polygon(polygon, self._lat, self._lon)
         elif bbox is not None:
-            slots = self._index.in_bbox(*bbox, self._lat, self._lon)
+            min_lat, min_lon, max_lat, max_lon = bbox
+            slots = self._index.in_bbox(min_lat, min_lon, max_lat, max_lon, self._lat, self._lon)
         else:
             raise ValueError("bbox or polygon is required")
         if available_only:

@@ -269,7 +269,7 @@ _CLEAR_PRESENCE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.ca
 
 async def mark_absent(driver_id: UUID, connection: str) -> None:
     """Forget the presence ``connection`` recorded, unless a newer socket of the driver replaced it."""
-    await redis_client().eval(_CLEAR_PRESENCE, 1, f"{PRESENCE_PREFIX}{driver_id}", connection)  # type: ignore[misc]
+    await redis_client().eval(_CLEAR_PRESENCE, 1, f"{PRESENCE_PREFIX}{driver_id}", connection)
 
 
 async def _connected(driver_ids: list[UUID]) -> list[bool]:
