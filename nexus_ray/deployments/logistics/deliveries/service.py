@@ -50,7 +50,7 @@ from nexus_ray.deployments.kit.calls import call, exported
 from nexus_ray.deployments.kit.pages import Page, PageRequest
 from nexus_ray.deployments.kit.settings import settings_of
 from nexus_ray.deployments.logistics.drivers import service as drivers
-from nexus_ray.exceptions import Conflict, NexusError, NotFound, ValidationFailed
+from nexus_ray.exceptions import Conflict, Forbidden, NexusError, NotFound, ValidationFailed
 from nexus_ray.stores import postgres
 from nexus_ray.stores.events import Event, EventConsumer, emit
 
@@ -243,13 +243,17 @@ async def assign(*, delivery_id: UUID, driver_id: UUID, caller: str, note: str |
     return _read(moved)
 
 
+def _refuse_unless_driver(row: asyncpg.Record, driver_id: UUID | None, privileged: bool) -> None:
+    """Only the assigned driver (or an administrator) moves a delivery; its owner sees it but may not."""
+    if not privileged and (driver_id is None or row["driver_id"] != driver_id):
+        raise Forbidden("only the delivery's driver or an administrator may do this")
+
+
 async def _driver_move(*, delivery_id: UUID, to: str, caller: str, privileged: bool, note: str | None,
                        lat: float | None, lon: float | None) -> DeliveryRead:
     async with postgres.transaction() as conn:
         row, driver_id = await _load(conn, delivery_id, caller, privileged, lock=True)
-        if not privileged and (driver_id is None or row["driver_id"] != driver_id):
-            # Visible (the owner) but not theirs to drive: the same refusal as for anyone else's.
-            raise NotFound(f"delivery {delivery_id} not found")
+        _refuse_unless_driver(row, driver_id, privileged)
         if to == "delivered" and await conn.fetchval(
                 "SELECT 1 FROM delivery_proofs WHERE delivery_id = $1", delivery_id) is None:
             _refuse_move(row, to)
@@ -315,8 +319,7 @@ async def put_proof(*, delivery_id: UUID, caller: str, privileged: bool, kind: s
         raise ValidationFailed.for_field("x-checksum-sha256", "does not match the SHA-256 of the body")
     async with postgres.transaction() as conn:
         row, driver_id = await _load(conn, delivery_id, caller, privileged, lock=True)
-        if not privileged and (driver_id is None or row["driver_id"] != driver_id):
-            raise NotFound(f"delivery {delivery_id} not found")
+        _refuse_unless_driver(row, driver_id, privileged)
         if row["status"] != "picked_up":
             raise Conflict(f"a proof is taken for a picked_up delivery; this one is {row['status']}",
                            extra={"status": row["status"]})
