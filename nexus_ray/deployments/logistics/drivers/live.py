@@ -186,12 +186,13 @@ async def serve_driver(websocket: WebSocket, user_id: str) -> None:
 
     async def keep_present() -> None:
         while True:
-            await service.mark_present(driver.id, connection)
             await asyncio.sleep(ttl / 3)
+            await service.mark_present(driver.id, connection)
 
     async with _pushes.listen(str(driver.id)) as pushes:
         for offer in reversed(await service.pending_offers(UUID(str(driver.id)))):
             outbox.put_nowait({"type": "offer", "offer": offer.model_dump(mode="json")})
+        await service.mark_present(driver.id, connection)
         tasks = [asyncio.create_task(read(), name="driver-read"),
                  asyncio.create_task(write(pushes, set()), name="driver-write"),
                  asyncio.create_task(keep_present(), name="driver-presence")]
