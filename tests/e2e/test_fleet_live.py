@@ -68,9 +68,11 @@ async def test_telemetry_queries_and_a_killed_actor_resuming_with_its_positions(
 
 async def test_locations_over_the_driver_socket_reach_the_fleet(ray_client, served, bearer, ops):
     client, fleet_id = ray_client, f"e2e-{uuid.uuid4().hex[:8]}"
-    headers = bearer("logistics:drivers:read", "logistics:drivers:write", subject=f"drv-{uuid.uuid4().hex[:8]}")
-    r = await client.post(f"{DRIVERS}/drivers", headers=headers, json={
-        "name": "Cy", "fleet_id": fleet_id, "vehicle_id": "cargo-1", "vehicle_type": "bike", "capacity_kg": 40})
+    subject = f"drv-{uuid.uuid4().hex[:8]}"
+    headers = bearer("logistics:drivers:read", "logistics:drivers:write", subject=subject)
+    r = await client.post(f"{DRIVERS}/drivers", headers=bearer("logistics:drivers:*", subject="drivers-ops"), json={
+        "user_id": subject, "name": "Cy", "fleet_id": fleet_id, "vehicle_id": "cargo-1", "vehicle_type": "bike",
+        "capacity_kg": 40})
     driver_id = r.json()["id"]
     assert (await client.post(f"{DRIVERS}/drivers/{driver_id}/shifts", headers=headers, json={})).status_code == 201
 

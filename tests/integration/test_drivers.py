@@ -23,13 +23,16 @@ SERVICE = "puabo-nexus-driver-app-backend"
 
 @pytest.fixture
 def driver(client, bearer):
+    OPS = bearer("logistics:drivers:*", subject="drivers-ops")
+
     """``await driver()``: a registered driver on shift; returns (driver id, headers, raw token)."""
 
     async def make(*, shift: bool = True) -> tuple[str, dict[str, str], str]:
-        headers = bearer(*SCOPES, subject=f"driver-{uuid.uuid4().hex[:8]}")
-        r = await client.post(f"{API}/drivers", headers=headers, json={
-            "name": "Ada", "fleet_id": "berlin", "vehicle_id": f"van-{uuid.uuid4().hex[:6]}", "vehicle_type": "van",
-            "capacity_kg": 800})
+        subject = f"driver-{uuid.uuid4().hex[:8]}"
+        headers = bearer(*SCOPES, subject=subject)
+        r = await client.post(f"{API}/drivers", headers=OPS, json={  # the fleet's operator registers its drivers
+            "user_id": subject, "name": "Ada", "fleet_id": "berlin", "vehicle_id": f"van-{uuid.uuid4().hex[:6]}",
+            "vehicle_type": "van", "capacity_kg": 800})
         assert r.status_code == 201, r.text
         driver_id = r.json()["id"]
         if shift:
@@ -115,6 +118,10 @@ async def test_a_driver_sees_and_answers_only_their_own_offers(client, served, d
     a_id, a_headers, _ = await driver()
     b_id, b_headers, b_token = await driver()
     a_offer = await offer(a_id)
+    # Nor can a driver enrol in a fleet that is not theirs (the operator's "berlin" fleet here).
+    r = await client.post(f"{API}/drivers", headers=b_headers, json={
+        "name": "Eve", "fleet_id": "berlin", "vehicle_id": "van-x", "vehicle_type": "van"})
+    assert r.status_code == 404
     assert (await client.get(f"{API}/drivers/{a_id}/offers", headers=b_headers)).status_code == 404
     assert (await client.get(f"{API}/drivers/{a_id}", headers=b_headers)).status_code == 404
     assert (await client.post(f"{API}/drivers/{a_id}/offers/{a_offer}/accept", headers=b_headers)).status_code == 404

@@ -109,3 +109,32 @@ async def test_a_restart_restores_vehicles_fences_and_snapshotted_positions(flee
         assert await _crossings(fleet.key) == before
     finally:
         await again.close()
+
+
+async def test_a_fleet_is_reached_by_its_operator_and_admins_only(client, bearer):
+    api = "/logistics/v1/fleet/fleets"
+    operator = bearer("logistics:fleet:read", "logistics:fleet:write", subject=f"op-{uuid.uuid4().hex[:6]}")
+    stranger = bearer("logistics:fleet:read", "logistics:fleet:write", subject=f"op-{uuid.uuid4().hex[:6]}")
+    fleet_id = f"f-{uuid.uuid4().hex[:8]}"
+    r = await client.post(api, json={"fleet_id": fleet_id, "name": "Berlin vans"}, headers=operator)
+    assert r.status_code == 201 and r.json()["owner"] == operator_subject(operator)
+    assert (await client.post(api, json={"fleet_id": fleet_id, "name": "again"}, headers=stranger)).status_code == 409
+    assert (await client.get(f"{api}/{fleet_id}", headers=operator)).status_code == 200
+    assert [f["fleet_id"] for f in (await client.get(api, headers=operator)).json()["items"]] == [fleet_id]
+    assert (await client.get(api, headers=stranger)).json()["items"] == []
+    # Refused before the actor or the body is looked at (an empty area query would be a 422).
+    for method, path, body in (("GET", "", None), ("GET", "/nearest?lat=1&lon=1", None), ("POST", "/area", {}),
+                               ("POST", "/telemetry", {"updates": [{"vehicle_id": "v", "lat": 1, "lon": 1}]}),
+                               ("PUT", "/vehicles/v1", {}), ("PUT", "/geofences/g1", {})):
+        r = await client.request(method, f"{api}/{fleet_id}{path}", json=body, headers=stranger)
+        assert r.status_code == 404, (method, path, r.status_code)
+    admin = bearer("logistics:fleet:*", subject="fleet-admin")
+    assert (await client.get(f"{api}/{fleet_id}", headers=admin)).status_code == 200
+
+
+def operator_subject(headers: dict[str, str]) -> str:
+    import base64
+    import json
+
+    payload = headers["Authorization"].split()[1].split(".")[1]
+    return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["sub"]

@@ -304,6 +304,9 @@ def _proof(row: asyncpg.Record) -> ProofRead:
 async def put_proof(*, delivery_id: UUID, caller: str, privileged: bool, kind: str, content_type: str, data: bytes,
                     sha256: str | None) -> ProofRead:
     """Store the proof (its bytes and their SHA-256) of a picked-up delivery; replace it until delivered."""
+    # Who first: a stranger learns nothing about the delivery from how their upload is judged.
+    row, driver_id = await _load(await postgres.pool(), delivery_id, caller, privileged)
+    _refuse_unless_driver(row, driver_id, privileged)
     limit = settings_of(DeliverySettings).deliveries_proof_max_bytes
     if not data:
         raise ValidationFailed.for_field("body", "is empty")

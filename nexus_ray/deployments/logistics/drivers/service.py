@@ -53,7 +53,7 @@ from nexus_ray.deployments.kit.pages import Page, PageRequest
 from nexus_ray.deployments.kit.settings import settings_of
 from nexus_ray.deployments.logistics.fleet import service as fleet
 from nexus_ray.deployments.logistics.fleet.models import PositionUpdate
-from nexus_ray.exceptions import Conflict, Forbidden, NexusError, NotFound, ValidationFailed
+from nexus_ray.exceptions import Conflict, NexusError, NotFound, ValidationFailed
 from nexus_ray.stores import postgres
 from nexus_ray.stores.cache import redis_client
 
@@ -86,10 +86,13 @@ async def create_driver(
     *, caller: str, privileged: bool, user_id: str | None, name: str, fleet_id: str, vehicle_id: str,
     vehicle_type: str, capacity_kg: float,
 ) -> DriverRead:
-    """Register a driver for ``user_id`` (default the caller; another's needs ``privileged``); one per account."""
+    """Register ``user_id`` (default the caller) as a driver of ``fleet_id``; one record per account.
+
+    The fleet's operator (its owner) registers its drivers, an administrator any: a driver cannot
+    join another's fleet on their own (404 for a fleet that is not the caller's).
+    """
     user_id = user_id or caller
-    if user_id != caller and not privileged:
-        raise Forbidden("only an administrator registers another account as a driver", extra={"field": "user_id"})
+    await fleet.ensure_access(fleet_id=fleet_id, caller=caller, privileged=privileged)
     driver_id = uuid.uuid4()
     async with postgres.transaction() as conn:
         inserted = await conn.fetchval(
@@ -139,11 +142,16 @@ async def list_drivers(*, fleet_id: str | None, page: PageRequest) -> Page[Drive
 
 async def set_vehicle(*, driver_id: UUID, caller: str, privileged: bool, fleet_id: str, vehicle_id: str,
                       vehicle_type: str, capacity_kg: float) -> DriverRead:
-    """Put the driver on another vehicle (not while on shift: the fleet tracks the vehicle of the shift)."""
+    """Put the driver on another vehicle (not while on shift: the fleet tracks the vehicle of the shift).
+
+    Moving to another fleet is its operator's (or an administrator's) decision, as registering is.
+    """
     async with postgres.transaction() as conn:
         row = await _visible(conn, driver_id, caller, privileged, lock=True)
         if row["on_shift"]:
             raise Conflict("end the shift before changing vehicle")
+        if fleet_id != row["fleet_id"]:
+            await fleet.ensure_access(fleet_id=fleet_id, caller=caller, privileged=privileged)
         await conn.execute(
             "UPDATE drivers SET fleet_id = $2, vehicle_id = $3, vehicle_type = $4, capacity_kg = $5 WHERE id = $1",
             driver_id, fleet_id, vehicle_id, vehicle_type, capacity_kg)

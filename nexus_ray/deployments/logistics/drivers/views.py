@@ -47,7 +47,7 @@ def _admin(principal: Principal) -> bool:
 
 
 @router.post("/drivers", status_code=201, response_model=DriverRead,
-             summary="Register a driver (the caller, or another account: admin scope)")
+             summary="Register a driver of a fleet (by the fleet's operator, or an admin)")
 async def create_driver(body: DriverCreate, principal: Principal = authorize(SCOPES.write)) -> DriverRead:
     return await service.create_driver(
         caller=principal.subject, privileged=_admin(principal), user_id=body.user_id, name=body.name,

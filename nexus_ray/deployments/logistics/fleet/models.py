@@ -93,6 +93,20 @@ class GeofenceRead(GeofenceUpsert):
     geofence_id: str
 
 
+class FleetCreate(BaseModel):
+    fleet_id: Ident
+    name: str = Field(min_length=1, max_length=200)
+    owner: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$",
+                              description="The operating account (default: the caller; another: admin scope).")
+
+
+class FleetRead(BaseModel):
+    fleet_id: str
+    name: str
+    owner: str
+    created_at: datetime
+
+
 class FleetStats(BaseModel):
     vehicles: int
     positioned: int

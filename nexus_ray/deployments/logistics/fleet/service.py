@@ -5,6 +5,10 @@ Every function here is one call to the fleet's actor through an
 created on first use, restarted with its state after a crash; 503 when it cannot answer
 in time). Telemetry batches are validated here and sent as columns, so a batch of
 thousands of readings is one actor call.
+
+A fleet belongs to the account that operates it (table ``fleets``); the routes reach a
+fleet for its owner and administrators only (:func:`ensure_access`). Other services of the
+platform (the driver app, dispatch) call the functions directly, as the platform.
 """
 
 from __future__ import annotations
@@ -18,9 +22,10 @@ from nexus_ray.actors.fleet import FleetActor
 from nexus_ray.config import get_settings
 from nexus_ray.deployments.kit.pages import Page, PageRequest
 from nexus_ray.deployments.kit.settings import settings_of
-from nexus_ray.exceptions import NotFound, ValidationFailed
+from nexus_ray.exceptions import Conflict, Forbidden, NotFound, ValidationFailed
+from nexus_ray.stores import postgres
 
-from .models import GeofenceRead, IngestResult, PositionUpdate, VehicleNear, VehicleRead
+from .models import FleetRead, GeofenceRead, IngestResult, PositionUpdate, VehicleNear, VehicleRead
 from .settings import FleetSettings
 
 _client: EntityClient | None = None
@@ -32,6 +37,59 @@ def fleets_client() -> EntityClient:
     if _client is None:
         _client = EntityClient(FleetActor, shards=None, timeout_s=get_settings().actor_call_timeout_s)
     return _client
+
+
+# -- fleets and who reaches them ------------------------------------------------------------------
+
+# fleet id -> owner: a fleet never changes hands, so each process asks PostgreSQL once per fleet
+# (telemetry arrives many times a second per fleet). Bounded: cleared when it grows past the bound.
+_owners: dict[str, str] = {}
+_OWNERS_MAX = 100_000
+
+
+async def create_fleet(*, caller: str, privileged: bool, fleet_id: str, name: str, owner: str | None) -> FleetRead:
+    owner = owner or caller
+    if owner != caller and not privileged:
+        raise Forbidden("only an administrator creates a fleet for another account", extra={"field": "owner"})
+    async with postgres.transaction() as conn:
+        row = await conn.fetchrow(
+            "INSERT INTO fleets (id, name, owner) VALUES ($1, $2, $3) ON CONFLICT (id) DO NOTHING "
+            "RETURNING id AS fleet_id, name, owner, created_at", fleet_id, name, owner)
+    if row is None:
+        raise Conflict(f"fleet {fleet_id} exists", extra={"field": "fleet_id"})
+    return FleetRead.model_validate(dict(row))
+
+
+async def ensure_access(*, fleet_id: str, caller: str, privileged: bool) -> None:
+    """Refuse (404) a fleet that is not the caller's; an administrator reaches every fleet, registered or not."""
+    if privileged:
+        return
+    owner = _owners.get(fleet_id)
+    if owner is None:
+        owner = await (await postgres.pool()).fetchval("SELECT owner FROM fleets WHERE id = $1", fleet_id)
+        if owner is not None:
+            if len(_owners) >= _OWNERS_MAX:
+                _owners.clear()
+            _owners[fleet_id] = owner
+    if owner != caller:
+        raise NotFound(f"fleet {fleet_id} not found")
+
+
+async def get_fleet(*, fleet_id: str) -> FleetRead:
+    row = await (await postgres.pool()).fetchrow(
+        "SELECT id AS fleet_id, name, owner, created_at FROM fleets WHERE id = $1", fleet_id)
+    if row is None:
+        raise NotFound(f"fleet {fleet_id} not found")
+    return FleetRead.model_validate(dict(row))
+
+
+async def list_fleets(*, owner: str | None, page: PageRequest) -> Page[FleetRead]:
+    after = page.after_value(0)
+    rows = await (await postgres.pool()).fetch(
+        "SELECT id AS fleet_id, name, owner, created_at FROM fleets WHERE ($1::text IS NULL OR owner = $1) "
+        "AND ($2::text IS NULL OR id > $2) ORDER BY id LIMIT $3",
+        owner, after if isinstance(after, str) else None, page.fetch_limit)
+    return page.of(rows, key=lambda r: (r["fleet_id"],), item=lambda r: FleetRead.model_validate(dict(r)))
 
 
 def _vehicle(raw: dict[str, Any], cls: type[VehicleRead] = VehicleRead) -> Any:

@@ -1,26 +1,28 @@
 """fleet-manager's routes under ``/logistics/v1/fleet``.
 
-Who may do what: queries (nearest, area, vehicles, geofences) need the read scope;
-telemetry batches the write scope (devices and the driver app's backend send them);
-registering vehicles and geofences, and changing a vehicle's status by hand, the admin
-scope (fleet operators). Fleets are the platform's, not a user's: there is no per-user
-ownership below the scopes.
+A fleet belongs to the account that created it (its operator): every route on a fleet
+reaches it for that account and for admin-scope holders, and is a 404 to anyone else.
+Queries (nearest, area, vehicles, geofences) need the read scope; telemetry batches,
+vehicles and geofences the write scope. The ownership check is a dependency, so a
+stranger is refused before their body is read.
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, Response
+from fastapi import APIRouter, Depends, Path, Query, Response
 
 from nexus_ray.deployments.kit.pages import Page, PageRequest, page_params
 from nexus_ray.deployments.kit.scopes import scopes_of
-from nexus_ray.edge.security import authorize
+from nexus_ray.edge.security import Principal, authorize
 
 from . import service
 from .models import (
     ID_PATTERN,
     AreaQuery,
+    FleetCreate,
+    FleetRead,
     FleetStats,
     GeofenceRead,
     GeofenceUpsert,
@@ -40,13 +42,47 @@ VehicleId = Annotated[str, Path(pattern=ID_PATTERN, description="The vehicle's i
 GeofenceId = Annotated[str, Path(pattern=ID_PATTERN, description="The geofence's id.")]
 
 
-@router.post("/fleets/{fleet_id}/telemetry", response_model=IngestResult, dependencies=[authorize(SCOPES.write)],
+def fleet_access(scope: str) -> Any:
+    """Dependency: a principal holding ``scope`` that owns the path's fleet or holds the admin scope."""
+    guard = authorize(scope)
+
+    async def check(fleet_id: FleetId, principal: Principal = guard) -> Principal:
+        await service.ensure_access(fleet_id=fleet_id, caller=principal.subject,
+                                    privileged=principal.can(SCOPES.admin))
+        return principal
+
+    return Depends(check)
+
+
+READ, WRITE = fleet_access(SCOPES.read), fleet_access(SCOPES.write)
+
+
+@router.post("/fleets", status_code=201, response_model=FleetRead, summary="Create a fleet (the caller operates it)")
+async def create_fleet(body: FleetCreate, principal: Principal = authorize(SCOPES.write)) -> FleetRead:
+    return await service.create_fleet(caller=principal.subject, privileged=principal.can(SCOPES.admin),
+                                      fleet_id=body.fleet_id, name=body.name, owner=body.owner)
+
+
+@router.get("/fleets", response_model=Page[FleetRead], summary="The caller's fleets (all: admin scope)")
+async def list_fleets(all: bool = Query(False, description="Every account's: admin scope."),
+                      page: PageRequest = page_params(), principal: Principal = authorize(SCOPES.read)
+                      ) -> Page[FleetRead]:
+    everyone = all and principal.can(SCOPES.admin)
+    return await service.list_fleets(owner=None if everyone else principal.subject, page=page)
+
+
+@router.get("/fleets/{fleet_id}", response_model=FleetRead, dependencies=[READ], summary="A fleet")
+async def get_fleet(fleet_id: FleetId) -> FleetRead:
+    return await service.get_fleet(fleet_id=fleet_id)
+
+
+@router.post("/fleets/{fleet_id}/telemetry", response_model=IngestResult, dependencies=[WRITE],
              summary="Apply a batch of position readings (one actor call per batch)")
 async def telemetry(fleet_id: FleetId, body: TelemetryBatch) -> IngestResult:
     return await service.ingest(fleet_id=fleet_id, updates=body.updates)
 
 
-@router.get("/fleets/{fleet_id}/nearest", response_model=list[VehicleNear], dependencies=[authorize(SCOPES.read)],
+@router.get("/fleets/{fleet_id}/nearest", response_model=list[VehicleNear], dependencies=[READ],
             summary="The k vehicles nearest a point, nearest first")
 async def nearest(
     fleet_id: FleetId,
@@ -59,20 +95,20 @@ async def nearest(
                                  max_km=max_km)
 
 
-@router.post("/fleets/{fleet_id}/area", response_model=list[VehicleRead], dependencies=[authorize(SCOPES.read)],
+@router.post("/fleets/{fleet_id}/area", response_model=list[VehicleRead], dependencies=[READ],
              summary="Vehicles inside a box or a polygon")
 async def area(fleet_id: FleetId, body: AreaQuery) -> list[VehicleRead]:
     return await service.in_area(fleet_id=fleet_id, bbox=body.bbox, polygon=body.polygon,
                                  available_only=body.available_only, limit=body.limit)
 
 
-@router.get("/fleets/{fleet_id}/stats", response_model=FleetStats, dependencies=[authorize(SCOPES.read)],
+@router.get("/fleets/{fleet_id}/stats", response_model=FleetStats, dependencies=[READ],
             summary="Counts of the fleet's vehicles and telemetry")
 async def stats(fleet_id: FleetId) -> FleetStats:
     return FleetStats.model_validate(await service.stats(fleet_id=fleet_id))
 
 
-@router.get("/fleets/{fleet_id}/vehicles", response_model=Page[VehicleRead], dependencies=[authorize(SCOPES.read)],
+@router.get("/fleets/{fleet_id}/vehicles", response_model=Page[VehicleRead], dependencies=[READ],
             summary="The fleet's vehicles with their last position, by id")
 async def list_vehicles(fleet_id: FleetId, page: PageRequest = page_params(default=100, maximum=1000)
                         ) -> Page[VehicleRead]:
@@ -80,39 +116,39 @@ async def list_vehicles(fleet_id: FleetId, page: PageRequest = page_params(defau
 
 
 @router.get("/fleets/{fleet_id}/vehicles/{vehicle_id}", response_model=VehicleRead,
-            dependencies=[authorize(SCOPES.read)], summary="A vehicle with its last position")
+            dependencies=[READ], summary="A vehicle with its last position")
 async def get_vehicle(fleet_id: FleetId, vehicle_id: VehicleId) -> VehicleRead:
     return await service.get_vehicle(fleet_id=fleet_id, vehicle_id=vehicle_id)
 
 
 @router.put("/fleets/{fleet_id}/vehicles/{vehicle_id}", response_model=VehicleRead,
-            dependencies=[authorize(SCOPES.admin)], summary="Register a vehicle or replace its registration")
+            dependencies=[WRITE], summary="Register a vehicle or replace its registration")
 async def put_vehicle(fleet_id: FleetId, vehicle_id: VehicleId, body: VehicleUpsert) -> VehicleRead:
     return await service.upsert_vehicle(fleet_id=fleet_id, vehicle_id=vehicle_id, fields=body.model_dump())
 
 
 @router.put("/fleets/{fleet_id}/vehicles/{vehicle_id}/status", response_model=VehicleRead,
-            dependencies=[authorize(SCOPES.admin)], summary="Set a vehicle's status (and driver)")
+            dependencies=[WRITE], summary="Set a vehicle's status (and driver)")
 async def put_status(fleet_id: FleetId, vehicle_id: VehicleId, body: VehicleStatusUpdate) -> VehicleRead:
     return await service.set_status(fleet_id=fleet_id, vehicle_id=vehicle_id, status=body.status,
                                     driver_id=body.driver_id)
 
 
 @router.delete("/fleets/{fleet_id}/vehicles/{vehicle_id}", status_code=204, response_class=Response,
-               dependencies=[authorize(SCOPES.admin)], summary="Remove a vehicle from the fleet")
+               dependencies=[WRITE], summary="Remove a vehicle from the fleet")
 async def delete_vehicle(fleet_id: FleetId, vehicle_id: VehicleId) -> Response:
     await service.remove_vehicle(fleet_id=fleet_id, vehicle_id=vehicle_id)
     return Response(status_code=204)
 
 
 @router.get("/fleets/{fleet_id}/geofences", response_model=list[GeofenceRead],
-            dependencies=[authorize(SCOPES.read)], summary="The fleet's geofences")
+            dependencies=[READ], summary="The fleet's geofences")
 async def list_geofences(fleet_id: FleetId) -> list[GeofenceRead]:
     return await service.list_geofences(fleet_id=fleet_id)
 
 
 @router.put("/fleets/{fleet_id}/geofences/{geofence_id}", response_model=GeofenceRead,
-            dependencies=[authorize(SCOPES.admin)],
+            dependencies=[WRITE],
             summary="Create or replace a geofence (crossings emit geofence.entered / geofence.exited)")
 async def put_geofence(fleet_id: FleetId, geofence_id: GeofenceId, body: GeofenceUpsert) -> GeofenceRead:
     return await service.put_geofence(fleet_id=fleet_id, geofence_id=geofence_id, name=body.name,
@@ -120,7 +156,7 @@ async def put_geofence(fleet_id: FleetId, geofence_id: GeofenceId, body: Geofenc
 
 
 @router.delete("/fleets/{fleet_id}/geofences/{geofence_id}", status_code=204, response_class=Response,
-               dependencies=[authorize(SCOPES.admin)], summary="Remove a geofence")
+               dependencies=[WRITE], summary="Remove a geofence")
 async def delete_geofence(fleet_id: FleetId, geofence_id: GeofenceId) -> Response:
     await service.remove_geofence(fleet_id=fleet_id, geofence_id=geofence_id)
     return Response(status_code=204)
