@@ -23,11 +23,17 @@ DRIVERS = "/logistics/v1/drivers"
 
 @pytest.fixture(scope="module")
 def ops(bearer):
-    return bearer("logistics:fleet:*", subject="fleet-ops")
+    return bearer("logistics:fleet:*", "logistics:drivers:*", subject="fleet-ops")
+
+
+async def new_fleet(client, headers, fleet_id: str) -> None:
+    r = await client.post(f"{FLEET}/fleets", headers=headers, json={"fleet_id": fleet_id, "name": fleet_id})
+    assert r.status_code == 201, r.text
 
 
 async def test_telemetry_queries_and_a_killed_actor_resuming_with_its_positions(ray_client, ops, until):
     client, fleet_id = ray_client, f"e2e-{uuid.uuid4().hex[:8]}"
+    await new_fleet(client, ops, fleet_id)
     for vehicle_id, status in (("near", "available"), ("nearer-busy", "busy"), ("far", "available")):
         r = await client.put(f"{FLEET}/fleets/{fleet_id}/vehicles/{vehicle_id}", headers=ops,
                              json={"vehicle_type": "van", "capacity_kg": 500, "status": status})
@@ -68,9 +74,10 @@ async def test_telemetry_queries_and_a_killed_actor_resuming_with_its_positions(
 
 async def test_locations_over_the_driver_socket_reach_the_fleet(ray_client, served, bearer, ops):
     client, fleet_id = ray_client, f"e2e-{uuid.uuid4().hex[:8]}"
+    await new_fleet(client, ops, fleet_id)
     subject = f"drv-{uuid.uuid4().hex[:8]}"
     headers = bearer("logistics:drivers:read", "logistics:drivers:write", subject=subject)
-    r = await client.post(f"{DRIVERS}/drivers", headers=bearer("logistics:drivers:*", subject="drivers-ops"), json={
+    r = await client.post(f"{DRIVERS}/drivers", headers=ops, json={
         "user_id": subject, "name": "Cy", "fleet_id": fleet_id, "vehicle_id": "cargo-1", "vehicle_type": "bike",
         "capacity_kg": 40})
     driver_id = r.json()["id"]

@@ -22,8 +22,10 @@ SERVICE = "puabo-nexus-driver-app-backend"
 
 
 @pytest.fixture
-def driver(client, bearer):
-    OPS = bearer("logistics:drivers:*", subject="drivers-ops")
+async def driver(client, bearer):
+    OPS = bearer("logistics:drivers:*", "logistics:fleet:*", subject="fleet-ops")
+    r = await client.post("/logistics/v1/fleet/fleets", headers=OPS, json={"fleet_id": "berlin", "name": "Berlin"})
+    assert r.status_code in (201, 409), r.text  # the operator's fleet, created by the first test that needs it
 
     """``await driver()``: a registered driver on shift; returns (driver id, headers, raw token)."""
 

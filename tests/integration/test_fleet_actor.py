@@ -130,6 +130,8 @@ async def test_a_fleet_is_reached_by_its_operator_and_admins_only(client, bearer
         assert r.status_code == 404, (method, path, r.status_code)
     admin = bearer("logistics:fleet:*", subject="fleet-admin")
     assert (await client.get(f"{api}/{fleet_id}", headers=admin)).status_code == 200
+    # A made-up fleet is refused to everyone: naming one must not start an actor.
+    assert (await client.get(f"{api}/made-up-{fleet_id}/nearest?lat=1&lon=1", headers=admin)).status_code == 404
 
 
 def operator_subject(headers: dict[str, str]) -> str:

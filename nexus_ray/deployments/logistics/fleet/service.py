@@ -61,9 +61,11 @@ async def create_fleet(*, caller: str, privileged: bool, fleet_id: str, name: st
 
 
 async def ensure_access(*, fleet_id: str, caller: str, privileged: bool) -> None:
-    """Refuse (404) a fleet that is not the caller's; an administrator reaches every fleet, registered or not."""
-    if privileged:
-        return
+    """Refuse (404) a fleet that does not exist or is not the caller's (an administrator reaches every fleet).
+
+    Unknown fleets are refused to administrators too: a fleet's actor is a process, and a request
+    naming a made-up fleet must not start one.
+    """
     owner = _owners.get(fleet_id)
     if owner is None:
         owner = await (await postgres.pool()).fetchval("SELECT owner FROM fleets WHERE id = $1", fleet_id)
@@ -71,7 +73,7 @@ async def ensure_access(*, fleet_id: str, caller: str, privileged: bool) -> None
             if len(_owners) >= _OWNERS_MAX:
                 _owners.clear()
             _owners[fleet_id] = owner
-    if owner != caller:
+    if owner is None or (owner != caller and not privileged):
         raise NotFound(f"fleet {fleet_id} not found")
 
 
