@@ -5,7 +5,13 @@
         [--http-concurrency 8] [--rates 10,20,40] [--queries 2000]
 
 Needs the platform running (``bench/with_stack.sh`` starts a private one); connects to its Ray
-cluster and stores. Runs, in order:
+cluster and stores. With ``--local`` (no stack needed; still under the lock, it starts Ray)::
+
+    flock /tmp/nexus-ray.lock timeout 1200 .venv/bin/python bench/fleet.py --local
+
+it starts scratch stores, a Ray head of its own and the ``logistics`` namespace app (the same
+ASGI app a Serve replica runs: edge, routes, actors) in a uvicorn process connected to that
+Ray; the HTTP runs then go to that app, without HAProxy and Serve's proxy in front. Runs, in order:
 
 * ``core``   -- the FleetActor class in this process on the stack's Redis (the actor's own code,
   no Ray hop): ingestion of ``--batch``-reading batches, and ``nearest(k=5)`` over ``--vehicles``
@@ -232,6 +238,11 @@ async def kill(args: argparse.Namespace, handle: Any, fleet_id: str) -> dict[str
     pid = await handle.pid.remote()
     ray.kill(handle, no_restart=False)
     t = time.perf_counter()
+    # The kill is asynchronous: the first answers may still come from the old process.
+    for _ in range(12000):
+        if await handle.pid.remote() != pid:
+            break
+        await asyncio.sleep(0.01)
     after = await handle.stats.remote()
     back_s = time.perf_counter() - t
     restored = await handle.vehicles.remote(None)
@@ -242,7 +253,7 @@ async def kill(args: argparse.Namespace, handle: Any, fleet_id: str) -> dict[str
             "restarted_in_a_new_process": (await handle.pid.remote()) != pid,
             "positions_equal_to_last_snapshot": held == back,
             "vehicles_moved_after_snapshot": len(set(ids)),
-            "those_back_at_their_snapshot_position": all(back.get(v) == held.get(v) for v in set(ids))}
+            "of_those_back_at_their_snapshot_position": sum(back.get(v) == held.get(v) for v in set(ids))}
 
 
 async def main_async(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
@@ -256,7 +267,7 @@ async def main_async(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]
     print(json.dumps({"core": results["core"]}), flush=True)
     head = cluster.running(data_dir)
     if head is None:
-        raise SystemExit("no running platform: start it with bench/with_stack.sh")
+        raise SystemExit("no running platform: start it with bench/with_stack.sh (or use --local)")
     cluster.connect(head.address, logging_level="WARNING", log_to_driver=False)
 
     import httpx
@@ -282,6 +293,47 @@ async def main_async(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]
     return results
 
 
+def local_platform(data_dir: Path, port: int) -> tuple[subprocess.Popen[bytes], str]:
+    """A Ray head and the logistics app in uvicorn (connected to it) on ``port``; returns (process, address)."""
+    from nexus_ray.runtime import cluster
+
+    env = {k: v for k, v in os.environ.items() if k.startswith("NEXUS_")}
+    head = cluster.start_head(data_dir, env, dashboard_port=_free_port(), metrics_export_port=_free_port())
+    code = ("import sys, uvicorn\n"
+            "from nexus_ray.runtime import cluster\n"
+            "cluster.connect(sys.argv[1], logging_level='WARNING', log_to_driver=False)\n"
+            "from nexus_ray.deployments.app import build_app\n"
+            "inner = build_app('logistics')\n"
+            "async def app(scope, receive, send):\n"  # public paths, as Serve's route prefix gives them
+            "    if scope['type'] != 'lifespan':\n"
+            "        scope = {**scope, 'root_path': '/logistics'}\n"
+            "    await inner(scope, receive, send)\n"
+            "uvicorn.run(app, host='127.0.0.1', port=int(sys.argv[2]), log_level='warning', access_log=False)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, head.address, str(port)],
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    import httpx
+
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/logistics/health/live", timeout=2).status_code < 500:
+                break
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None:
+            raise SystemExit("the logistics app exited")
+        time.sleep(0.5)
+    return proc, head.address
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--vehicles", type=int, default=10_000)
@@ -293,8 +345,27 @@ def main() -> None:
     p.add_argument("--rates", default="10,20,40", help="open-loop rates, batches per second")
     p.add_argument("--queries", type=int, default=2000)
     p.add_argument("--skip-http", action="store_true")
+    p.add_argument("--local", action="store_true", help="scratch stores, own Ray head, the logistics app in uvicorn")
     args = p.parse_args()
-    results = asyncio.run(main_async(args, Path(os.environ.get("NEXUS_DATA_DIR", ".nexus")).resolve()))
+    if not args.local:
+        results = asyncio.run(main_async(args, Path(os.environ.get("NEXUS_DATA_DIR", ".nexus")).resolve()))
+    else:
+        sys.path.insert(0, str(ROOT / "bench"))
+        from scratch import scratch_stores
+
+        from nexus_ray.runtime import cluster
+
+        limits = {"NEXUS_RATE_LIMIT_PER_ADDRESS": "100000000", "NEXUS_RATE_LIMIT_PER_PRINCIPAL": "100000000"}
+        with scratch_stores("nexus-bench-fleet-", **limits) as data_dir:
+            port = _free_port()
+            os.environ["NEXUS_HTTP_PORT"] = str(port)
+            proc, _ = local_platform(data_dir, port)
+            try:
+                results = asyncio.run(main_async(args, data_dir))
+            finally:
+                proc.terminate()
+                proc.wait(timeout=30)
+                cluster.stop_head(data_dir)
     print(json.dumps(results, indent=2))
 
 
