@@ -143,8 +143,11 @@ class GridIndex:
         found_slots: list[NDArray[np.int64]] = []
         found_km: list[NDArray[np.float64]] = []
         best: NDArray[np.float64] = np.empty(0)
-        for ring in range(last_ring + 1):
-            slots = self._ring(r0, c0, ring)
+        bounds = (min(rows), max(rows), min(cols), max(cols))
+        # Rings nearer than the occupied cells' box hold nothing: start at the first that reaches it.
+        first_ring = max(0, bounds[0] - r0, r0 - bounds[1], bounds[2] - c0, c0 - bounds[3])
+        for ring in range(first_ring, last_ring + 1):
+            slots = self._ring(r0, c0, ring, bounds)
             if slots:
                 candidates = np.fromiter(slots, dtype=np.int64, count=len(slots))
                 if accept is not None:
@@ -167,21 +170,25 @@ class GridIndex:
         order = order[:k]
         return [(int(all_slots[i]), float(best[i])) for i in order]
 
-    def _ring(self, r0: int, c0: int, ring: int) -> list[int]:
+    def _ring(self, r0: int, c0: int, ring: int, bounds: tuple[int, int, int, int]) -> list[int]:
+        """Slots in the cells at Chebyshev distance ``ring`` from ``(r0, c0)``, within the occupied ``bounds``."""
         cells = self._cells
         if ring == 0:
             return list(cells.get((r0, c0), ()))
+        r_min, r_max, c_min, c_max = bounds
         out: list[int] = []
-        for c in range(c0 - ring, c0 + ring + 1):
-            for cell in ((r0 - ring, c), (r0 + ring, c)):
-                bucket = cells.get(cell)
-                if bucket:
-                    out.extend(bucket)
-        for r in range(r0 - ring + 1, r0 + ring):
-            for cell in ((r, c0 - ring), (r, c0 + ring)):
-                bucket = cells.get(cell)
-                if bucket:
-                    out.extend(bucket)
+        for r in (r0 - ring, r0 + ring):  # top and bottom rows of the ring
+            if r_min <= r <= r_max:
+                for c in range(max(c0 - ring, c_min), min(c0 + ring, c_max) + 1):
+                    bucket = cells.get((r, c))
+                    if bucket:
+                        out.extend(bucket)
+        for c in (c0 - ring, c0 + ring):  # left and right columns, corners excluded
+            if c_min <= c <= c_max:
+                for r in range(max(r0 - ring + 1, r_min), min(r0 + ring - 1, r_max) + 1):
+                    bucket = cells.get((r, c))
+                    if bucket:
+                        out.extend(bucket)
         return out
 
     def in_bbox(
