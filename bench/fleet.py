@@ -233,7 +233,7 @@ async def kill(args: argparse.Namespace, handle: Any, fleet_id: str) -> dict[str
     # The periodic positions snapshot, written now; then readings it does not hold; then the kill.
     await handle.snapshot_positions.remote()
     snapshot = await handle.vehicles.remote(None)
-    ids, lat, lon, ts = readings(200, args.vehicles, 9e6)
+    ids, lat, lon, ts = readings(200, args.vehicles, 1e9)  # newer than every earlier run's readings
     await handle.ingest.remote(ids, lat.tolist(), lon.tolist(), ts)
     pid = await handle.pid.remote()
     ray.kill(handle, no_restart=False)
