@@ -33,6 +33,8 @@ def _admin(principal: Principal) -> bool:
 
 
 @router.post("/deliveries", status_code=201, response_model=DeliveryRead,
+             responses={200: {"model": DeliveryRead, "description": "The delivery an earlier request with the same "
+                                                                    "idempotency key created (Idempotent-Replayed)"}},
              summary="Create a delivery (submitted to dispatch when it has coordinates)")
 async def create(body: DeliveryCreate, response: Response,
                  idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", pattern=KEY_PATTERN)] = None,
@@ -124,6 +126,9 @@ async def get_proof(delivery_id: DeliveryId, principal: Principal = authorize(SC
 
 
 @router.get("/deliveries/{delivery_id}/proof/content", response_class=Response,
+            responses={200: {"content": {t: {"schema": {"type": "string", "format": "binary"}}
+                                         for t in service.PROOF_TYPES},
+                             "description": "The stored bytes"}},
             summary="The proof of delivery's bytes (with its SHA-256 in X-Checksum-SHA256)")
 async def get_proof_content(delivery_id: DeliveryId, principal: Principal = authorize(SCOPES.read)) -> Response:
     proof, data = await service.get_proof(delivery_id=delivery_id, caller=principal.subject,
