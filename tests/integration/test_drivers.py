@@ -151,3 +151,30 @@ async def test_a_shift_is_opened_once_and_not_ended_during_a_job(client, driver)
     assert r.status_code == 200 and r.json()["ended_at"] is not None
     r = await client.get(f"{API}/drivers/{driver_id}/earnings", headers=headers)
     assert [(e["job_id"], e["amount"], e["currency"]) for e in r.json()["items"]] == [("job-shift-1", 750, "USD")]
+
+
+async def test_an_earning_is_posted_once_to_the_drivers_payable_account(client, driver, monkeypatch):
+    from nexus_ray.deployments.kit.settings import settings_of
+    from nexus_ray.deployments.logistics.drivers.settings import DriverSettings
+    from nexus_ray.stores import postgres
+
+    expense = await call("ledger-mgr", "open_account", caller="tests", owner="platform", name="driver earnings",
+                         type="expense", currency="EUR")
+    monkeypatch.setattr(settings_of(DriverSettings), "drivers_earnings_debit_account", expense.id)
+    driver_id, headers, _ = await driver()
+    offer_id = await offer(driver_id, job_id="job-ledger-1")
+    r = await client.post(f"{API}/drivers/{driver_id}/offers/{offer_id}/accept", headers=headers)
+    assert r.status_code == 200
+
+    earning = await call(SERVICE, "job_finished", driver_id=driver_id, job_id="job-ledger-1", amount=1200,
+                         currency="EUR")
+    assert earning.entry_id is not None and earning.posted_at is not None
+    again = await call(SERVICE, "job_finished", driver_id=driver_id, job_id="job-ledger-1", amount=1200,
+                       currency="EUR")
+    assert (again.id, again.entry_id) == (earning.id, earning.entry_id)  # one earning, one entry
+
+    accounts = await (await postgres.pool()).fetchval("SELECT payable_accounts FROM drivers WHERE id = $1",
+                                                      uuid.UUID(driver_id))
+    payable = await call("ledger-mgr", "balance", account_id=accounts["EUR"])
+    spent = await call("ledger-mgr", "balance", account_id=expense.id)
+    assert (payable.posted, spent.posted) == (1200, 1200)
