@@ -234,6 +234,28 @@ async def client(apps):
 
 
 @pytest.fixture(scope="session")
+async def served(apps, until):
+    """The in-process platform (``apps``) served by uvicorn on a free local port, for WebSocket clients.
+
+    Yields the ``ws://`` base URL; paths are the public ones (``/logistics/v1/...``).
+    """
+    import asyncio
+
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    srv = uvicorn.Server(uvicorn.Config(PrefixRouter(apps), lifespan="off", log_config=None))
+    task = asyncio.create_task(srv.serve(sockets=[sock]))
+    await until(lambda: srv.started or task.done())
+    assert srv.started, "the server did not start"
+    yield f"ws://127.0.0.1:{sock.getsockname()[1]}"
+    srv.should_exit = True
+    await task
+    sock.close()
+
+
+@pytest.fixture(scope="session")
 async def ray_client(ray_cluster, client):
     """The in-process ``client`` with this process connected to the session's Ray cluster, so routes reach actors.
 
