@@ -53,10 +53,10 @@ Amount = Annotated[int, Field(strict=True, ge=0, le=BIGINT_MAX, description="Min
 Prices = Annotated[dict[Annotated[str, Field(pattern=r"^[A-Z]{3}$")], Amount],
                    Field(min_length=1, max_length=20, description="Price per ISO 4217 currency, in minor units."),
                    AfterValidator(_prices)]
-Attributes = Annotated[dict[str, Annotated[str, Field(min_length=1, max_length=64)]],
-                       Field(default_factory=dict, max_length=30,
-                             description="Facetable key/value attributes, e.g. {\"color\": \"red\"}."),
-                       AfterValidator(_attributes)]
+AttributeMap = Annotated[dict[str, Annotated[str, Field(min_length=1, max_length=64)]],
+                         Field(max_length=30, description="Facetable key/value attributes, e.g. {\"color\": \"red\"}."),
+                         AfterValidator(_attributes)]
+Attributes = Annotated[AttributeMap, Field(default_factory=dict)]
 Sku = Annotated[str, Field(pattern=SKU_PATTERN, description="Stock-keeping unit, unique across the catalog.")]
 Category = Annotated[str, Field(pattern=CATEGORY_PATTERN, description="Category path of slugs, e.g. "
                                 "`apparel/shoes/running` (it is also found under `apparel` and `apparel/shoes`).")]
@@ -119,7 +119,7 @@ class ProductUpdate(_In):
     description: Text | None = Field(None, max_length=5000)
     brand: Text | None = Field(None, min_length=1, max_length=80)
     category: Category | None = None
-    attributes: Attributes | None = None
+    attributes: AttributeMap | None = None
     variants: Annotated[list[VariantIn], Field(min_length=1, max_length=100),
                         AfterValidator(_distinct_skus)] | None = None
     status: Status | None = None

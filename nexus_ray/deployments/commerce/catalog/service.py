@@ -54,16 +54,19 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from pydantic import ValidationError
 from pymongo import ASCENDING, ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
 
 from nexus_ray.deployments.kit.pages import PageRequest, encode_cursor
 from nexus_ray.deployments.kit.settings import settings_of
+from nexus_ray.edge.errors import field_name
 from nexus_ray.exceptions import Conflict, Forbidden, NotFound, ValidationFailed
 from nexus_ray.stores import documents
 
 from .models import (
+    CartIn,
     FacetCount,
     Facets,
     PriceBand,
@@ -394,16 +397,11 @@ async def explain_search(*, query: SearchQuery) -> dict[str, Any]:
 
 async def price_lines(*, lines: Sequence[dict[str, Any]], currency: str) -> PricedCart:
     """The cart priced in ``currency``: each SKU's variant price times its quantity; 422 naming each bad line."""
-    from .models import CartIn
-
     try:
         cart = CartIn.model_validate({"lines": list(lines), "currency": currency})
-    except Exception as err:  # pydantic's ValidationError: name the fields the contract's way
-        from pydantic import ValidationError
-
-        if not isinstance(err, ValidationError):
-            raise
-        errors = [{"field": _field(e["loc"]), "message": e["msg"], "type": e["type"]} for e in err.errors()]
+    except ValidationError as err:  # named as the edge names a body's fields: lines[0].quantity
+        errors = [{"field": field_name(("body", *e["loc"]))[1], "message": e["msg"], "type": e["type"]}
+                  for e in err.errors()]
         raise ValidationFailed("; ".join(f"{e['field']}: {e['message']}" for e in errors),
                                extra={"errors": errors}) from None
     skus = list(dict.fromkeys(line.sku for line in cart.lines))
@@ -434,9 +432,3 @@ async def price_lines(*, lines: Sequence[dict[str, Any]], currency: str) -> Pric
         raise ValidationFailed("; ".join(f"{e['field']}: {e['message']}" for e in errors), extra={"errors": errors})
     return PricedCart(currency=cart.currency, lines=priced, total=sum(p.amount for p in priced))
 
-
-def _field(loc: Sequence[Any]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
