@@ -67,8 +67,8 @@ async def create(client, headers, body) -> dict:
 
 TITLE_WORDS = ["lamp", "chair", "table", "jacket", "boot", "speaker", "headphone", "kettle", "blanket", "mug",
                "velvet", "oak", "wireless", "leather", "ceramic", "wool", "steel", "vintage", "compact", "classic"]
-DESC_WORDS = TITLE_WORDS + ["durable", "soft", "bright", "quiet", "handmade", "warm", "light", "premium",
-                            "recycled", "waterproof", "portable", "elegant"]
+DESC_WORDS = [*TITLE_WORDS, "durable", "soft", "bright", "quiet", "handmade", "warm", "light", "premium",
+              "recycled", "waterproof", "portable", "elegant"]
 BRANDS = ["Northwind", "Contoso", "Fabrikam", "Tailspin", "Wingtip", "Litware"]
 CATEGORIES = ["home/lighting", "home/furniture", "apparel/outerwear", "apparel/footwear", "audio/speakers",
               "audio/headphones", "kitchen"]

@@ -168,15 +168,21 @@ def _visible(doc: dict[str, Any], caller: str, privileged: bool) -> bool:
 # -- products -------------------------------------------------------------------------------------
 
 
-async def create_product(*, caller: str, body: ProductCreate) -> ProductRead:
+def new_document(*, caller: str, body: ProductCreate, product_id: str | None = None) -> dict[str, Any]:
+    """The stored document of a new product, with the fields search reads (the bench loads these in bulk)."""
     now = _now()
     doc: dict[str, Any] = {
-        "_id": str(uuid.uuid4()), "merchant": caller, "status": body.status, "title": body.title,
+        "_id": product_id or str(uuid.uuid4()), "merchant": caller, "status": body.status, "title": body.title,
         "description": body.description, "brand": body.brand, "category": body.category,
         "attributes": dict(body.attributes), "variants": [_variant(v) for v in body.variants],
         "version": 1, "created_at": now, "updated_at": now,
     }
     doc.update(_derived(doc))
+    return doc
+
+
+async def create_product(*, caller: str, body: ProductCreate) -> ProductRead:
+    doc = new_document(caller=caller, body=body)
     coll = await products()
     try:
         await coll.insert_one(doc)
