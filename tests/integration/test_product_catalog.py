@@ -306,6 +306,13 @@ async def test_bad_input_names_the_field(client, merchant):
     r = await client.post(f"{API}/products", json=body, headers=merchant)
     assert r.status_code == 422
     assert r.json()["errors"][0]["field"] == "variants[0].prices.USD"
+    body = product(root(), "Mug")
+    body["variants"][0]["prices"] = {}  # a draft may be priced later; an active product may not
+    r = await client.post(f"{API}/products", json=body, headers=merchant)
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "variants[0].prices"
+    draft = await create(client, merchant, {**body, "status": "draft"})
+    r = await client.patch(f"{API}/products/{draft['id']}", json={"version": 1, "status": "active"}, headers=merchant)
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "variants[0].prices"
     body = product(root(), "Mug", attributes={"Bad Key": "x"})
     r = await client.post(f"{API}/products", json=body, headers=merchant)
     assert r.status_code == 422 and r.json()["errors"][0]["field"] == "attributes"

@@ -51,7 +51,8 @@ Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$", description="ISO 4217 cod
                      AfterValidator(_currency)]
 Amount = Annotated[int, Field(strict=True, ge=0, le=BIGINT_MAX, description="Minor units (cents for USD).")]
 Prices = Annotated[dict[Annotated[str, Field(pattern=r"^[A-Z]{3}$")], Amount],
-                   Field(min_length=1, max_length=20, description="Price per ISO 4217 currency, in minor units."),
+                   Field(max_length=20, description="Price per ISO 4217 currency, in minor units (an active "
+                         "product needs at least one per variant; a draft may be priced later)."),
                    AfterValidator(_prices)]
 AttributeMap = Annotated[dict[str, Annotated[str, Field(min_length=1, max_length=64)]],
                          Field(max_length=30, description="Facetable key/value attributes, e.g. {\"color\": \"red\"}."),

@@ -146,6 +146,14 @@ def _derived(doc: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _priced_if_active(doc: dict[str, Any]) -> None:
+    if doc["status"] == "active":
+        for i, v in enumerate(doc["variants"]):
+            if not v["prices"]:
+                raise ValidationFailed.for_field(f"variants[{i}].prices",
+                                                 "an active product needs a price in at least one currency")
+
+
 def _variant(v: VariantIn) -> dict[str, Any]:
     return {"sku": v.sku, "prices": dict(v.prices), "tax_category": v.tax_category, "weight_g": v.weight_g,
             "attributes": dict(v.attributes)}
@@ -183,6 +191,7 @@ def new_document(*, caller: str, body: ProductCreate, product_id: str | None = N
 
 async def create_product(*, caller: str, body: ProductCreate) -> ProductRead:
     doc = new_document(caller=caller, body=body)
+    _priced_if_active(doc)
     coll = await products()
     try:
         await coll.insert_one(doc)
@@ -223,6 +232,7 @@ async def update_product(*, product_id: str, caller: str, privileged: bool, body
     new.update(changed)
     if body.variants is not None:
         new["variants"] = [_variant(v) for v in body.variants]
+    _priced_if_active(new)
     new.update(_derived(new), version=body.version + 1, updated_at=_now())
     coll = await products()
     try:
