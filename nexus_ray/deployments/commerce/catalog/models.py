@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from nexus_ray.deployments.commerce.ledger.currencies import known
 
@@ -113,7 +113,10 @@ class ProductCreate(ProductBase):
 
 
 class ProductUpdate(_In):
-    """A partial change; ``version`` is the version the change was made from (a stale one is a 409)."""
+    """A partial change; ``version`` is the version the change was made from (a stale one is a 409).
+
+    Fields left out keep their values; ``variants``, when given, replaces them all.
+    """
 
     version: int = Field(strict=True, ge=1, description="The product's version this change is based on.")
     title: Text | None = Field(None, min_length=1, max_length=200)
@@ -124,12 +127,6 @@ class ProductUpdate(_In):
     variants: Annotated[list[VariantIn], Field(min_length=1, max_length=100),
                         AfterValidator(_distinct_skus)] | None = None
     status: Status | None = None
-
-    @model_validator(mode="after")
-    def _something(self) -> ProductUpdate:
-        if not (self.model_fields_set - {"version"}):
-            raise ValueError("nothing to change")
-        return self
 
 
 class VariantRead(BaseModel):
