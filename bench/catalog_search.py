@@ -1,7 +1,7 @@
 """Latency of product-catalog's faceted full-text search over a generated catalog of 100,000 products.
 
     .venv/bin/python bench/catalog_search.py --data-dir /tmp/nx-catalog [--products 100000] [--duration 120]
-        [--rate 0.5] [--open-duration 60] [--load-only]
+        [--rate 0.5] [--open-duration 60] [--load-only] [--mongo-url mongodb://127.0.0.1:N/?directConnection=true]
 
 Starts the embedded stores in ``--data-dir`` (kept, so a second run reuses the loaded catalog; the load is
 resumable: it continues from the products already there) and loads ``--products`` products from
@@ -73,7 +73,7 @@ async def load(n: int, seed: int) -> dict[str, Any]:
         pid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"catalog-bench/{seed}/{i}"))
         batch.append(service.new_document(caller=f"merchant-{i % 500}", body=ProductCreate.model_validate(body),
                                           product_id=pid))
-        if len(batch) == 1000 or i == n - 1:
+        if len(batch) == 500 or i == n - 1:
             await coll.insert_many(batch, ordered=True)
             batch = []
             print(f"loaded {i + 1}/{n} in {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
@@ -209,6 +209,8 @@ def main() -> None:
     parser.add_argument("--open-duration", type=float, default=60.0, help="open-loop seconds (0: skip)")
     parser.add_argument("--load-only", action="store_true", help="load the catalog and stop")
     parser.add_argument("--stop", action="store_true", help="stop the stores at the end (default: leave them up)")
+    parser.add_argument("--mongo-url", default="", help="a secantusd started by hand (own cache size and oplog "
+                        "bounds) instead of the embedded one; the other stores stay embedded")
     args = parser.parse_args()
     os.environ.update({"NEXUS_DATA_DIR": str(args.data_dir), "NEXUS_LOG_LEVEL": "WARNING",
                        "NEXUS_RATE_LIMIT_PER_ADDRESS": str(10**9), "NEXUS_RATE_LIMIT_PER_PRINCIPAL": str(10**9)})
@@ -218,6 +220,8 @@ def main() -> None:
 
     args.data_dir.mkdir(parents=True, exist_ok=True)
     os.environ.update(embedded.start(args.data_dir).env())
+    if args.mongo_url:
+        os.environ["NEXUS_MONGO_URL"] = args.mongo_url
     try:
         results = asyncio.run(run(args))
     finally:
