@@ -43,6 +43,14 @@ facets are those of the filtered result itself (a brand filter leaves one brand 
 
 Without a query every active product that passes the filters is a hit, with score 0, in id
 order.
+
+Measured (bench/catalog_search.py, bench/RESULTS.md): on 100,000 products secantusdb's planner
+scans the collection for this ``$match`` (about 8 s on the shared machine), and forcing
+``terms_1`` with a hint is far worse for common words (its index FETCH costs milliseconds per
+document: 159 s for one query), so no hint is given. The store, not the pipeline, sets the
+latency: p99 <= 50 ms is missed by two to three orders of magnitude. What would meet it on this
+store is a design whose cost does not grow with the hits: posting lists and facet columns kept as
+a few binary documents per term/field and intersected and counted in the service.
 """
 
 from __future__ import annotations
@@ -372,18 +380,6 @@ def _facets(found: dict[str, Any], bands: Sequence[int], facet_values: int) -> F
         price=price, attributes=dict(sorted(by_key.items())))
 
 
-def _hint(query: SearchQuery) -> dict[str, Any]:
-    """The index the search must use: secantusdb's planner scans the whole collection for a ``$in`` on ``terms``
-    beside other conditions (explain showed COLLSCAN, 100,000 documents, for two words and a category)."""
-    if query_terms(query.q):
-        return {"hint": "terms_1"}
-    if query.category:
-        return {"hint": "categories_1"}
-    if query.brands:
-        return {"hint": "brand_1"}
-    return {}
-
-
 async def search(*, query: SearchQuery, page: PageRequest, facets: bool | None = None) -> SearchPage:
     """Ranked hits of ``query`` after ``page``'s cursor, with the total and facets (first page by default)."""
     after = page.after
@@ -394,7 +390,7 @@ async def search(*, query: SearchQuery, page: PageRequest, facets: bool | None =
     bands = sorted(set(settings.catalog_price_bands))
     pipeline = search_pipeline(query, limit=page.fetch_limit, after=after, facets=want_facets, bands=bands,
                                facet_values=settings.catalog_facet_values)
-    found = (await (await (await products()).aggregate(pipeline, **_hint(query))).to_list())[0]
+    found = (await (await (await products()).aggregate(pipeline)).to_list())[0]
     rows = found["hits"]
     shown = rows[: page.limit]
     items = [SearchHit(id=r["_id"], title=r["title"], brand=r["brand"], category=r["category"],
@@ -416,8 +412,7 @@ async def explain_search(*, query: SearchQuery) -> dict[str, Any]:
                                bands=sorted(set(settings.catalog_price_bands)),
                                facet_values=settings.catalog_facet_values)
     result: dict[str, Any] = await documents.database().command(
-        "explain", {"aggregate": coll.name, "pipeline": pipeline, "cursor": {}, **_hint(query)},
-        verbosity="executionStats")
+        "explain", {"aggregate": coll.name, "pipeline": pipeline, "cursor": {}}, verbosity="executionStats")
     return result
 
 
