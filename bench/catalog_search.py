@@ -1,0 +1,236 @@
+"""Latency of product-catalog's faceted full-text search over a generated catalog of 100,000 products.
+
+    .venv/bin/python bench/catalog_search.py --data-dir /tmp/nx-catalog [--products 100000] [--duration 120]
+        [--rate 0.5] [--open-duration 60] [--load-only] [--mongo-url mongodb://127.0.0.1:N/?directConnection=true]
+
+Starts the embedded stores in ``--data-dir`` (kept, so a second run reuses the loaded catalog; the load is
+resumable: it continues from the products already there) and loads ``--products`` products from
+:mod:`catalog_gen` (seeded) in bulk, each document built by the service's own
+:func:`~nexus_ray.deployments.commerce.catalog.service.new_document` (so its search terms are exactly what
+a write through the API stores), into the collection whose indexes the service creates first.
+
+Then, in this process:
+
+* ``plan``        -- the store's ``explain`` of a representative query (winning plan, keys and documents
+  examined), written beside the figures;
+* ``floor``       -- one ``find_one`` by ``_id``: what any query costs at least in this store, here;
+* ``closed loop`` -- :func:`service.search` with facets (a first page of 20), one query after another, for
+  ``--duration`` seconds, from the generator's query mix: p50/p99 and hits per query;
+* ``open loop``   -- the same queries through HTTP (the ``commerce`` app with its edge, over the ASGI
+  transport) sent at a fixed ``--rate`` per second whatever the answers take, latency measured from each
+  request's intended send time (no coordinated omission).
+
+The machine is shared: note the load average printed with the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from catalog_gen import CatalogGenerator  # noqa: E402
+
+API = "/commerce/v1/catalog"
+
+
+def _pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+
+
+def _summary(latencies: list[float], hits: list[int] | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"n": len(latencies), "p50_ms": round(statistics.median(latencies) * 1000, 1),
+                           "p99_ms": round(_pct(latencies, 99) * 1000, 1), "max_ms": round(max(latencies) * 1000, 1)}
+    if hits:
+        out |= {"hits_p50": int(statistics.median(hits)), "hits_max": max(hits)}
+    return out
+
+
+async def load(n: int, seed: int) -> dict[str, Any]:
+    from nexus_ray.deployments.commerce.catalog import service
+    from nexus_ray.deployments.commerce.catalog.models import ProductCreate
+
+    coll = await service.products()  # its indexes first: every insert maintains them
+    have = await coll.count_documents({})
+    gen = CatalogGenerator(seed)
+    started = time.monotonic()
+    batch: list[dict[str, Any]] = []
+    for i, body in enumerate(gen.products(n)):
+        if i < have:
+            continue  # the generator is sequential: skip what an earlier run loaded
+        pid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"catalog-bench/{seed}/{i}"))
+        batch.append(service.new_document(caller=f"merchant-{i % 500}", body=ProductCreate.model_validate(body),
+                                          product_id=pid))
+        if len(batch) == 500 or i == n - 1:
+            await coll.insert_many(batch, ordered=True)
+            batch = []
+            print(f"loaded {i + 1}/{n} in {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
+    return {"products": await coll.count_documents({}), "loaded_now": max(0, n - have),
+            "load_s": round(time.monotonic() - started, 1)}
+
+
+def _query(params: dict[str, Any]) -> Any:
+    from nexus_ray.deployments.commerce.catalog import service
+
+    return service.SearchQuery(q=params["q"], category=params.get("category"), brands=params.get("brands", ()),
+                               currency="USD", price_min=params.get("price_min"), price_max=params.get("price_max"),
+                               attributes=tuple(tuple(a) for a in params.get("attributes", ())))
+
+
+async def plan(gen: CatalogGenerator) -> dict[str, Any]:
+    from nexus_ray.deployments.commerce.catalog import service
+
+    params = {"q": "wireless headphone", "category": "electronics"}
+    found = await service.explain_search(query=_query(params))
+    text = json.dumps(found, default=str)
+    print(json.dumps(found, default=str), file=sys.stderr, flush=True)  # the whole explain document
+    stages = found.get("stages") or []
+    cursor = stages[0].get("$cursor", {}) if stages else found
+    winning = cursor.get("queryPlanner", {}).get("winningPlan", {})
+    stats = cursor.get("executionStats", {})
+    return {"query": params, "winning_plan": json.dumps(winning, default=str)[:600],
+            "keys_examined": stats.get("totalKeysExamined"), "docs_examined": stats.get("totalDocsExamined"),
+            "returned": stats.get("nReturned"), "explain_bytes": len(text)}
+
+
+async def floor(samples: int = 50) -> dict[str, Any]:
+    from nexus_ray.deployments.commerce.catalog import service
+
+    coll = await service.products()
+    ids = [d["_id"] for d in await coll.find({}, {"_id": 1}).limit(samples).to_list()]
+    lat = []
+    for pid in ids:
+        t = time.perf_counter()
+        await coll.find_one({"_id": pid}, {"title": 1})
+        lat.append(time.perf_counter() - t)
+    return _summary(lat)
+
+
+async def closed_loop(gen: CatalogGenerator, seconds: float) -> dict[str, Any]:
+    from nexus_ray.deployments.commerce.catalog import service
+    from nexus_ray.deployments.kit.pages import PageRequest
+
+    lat: list[float] = []
+    hits: list[int] = []
+    worst: tuple[float, dict[str, Any]] = (0.0, {})
+    end = time.monotonic() + seconds
+    while time.monotonic() < end or len(lat) < 3:
+        params = gen.query()
+        t = time.perf_counter()
+        page = await service.search(query=_query(params), page=PageRequest(limit=20))
+        dt = time.perf_counter() - t
+        lat.append(dt)
+        hits.append(page.total)
+        worst = max(worst, (dt, {**params, "total": page.total}), key=lambda w: w[0])
+        print(f"closed {len(lat)}: {dt * 1000:.0f} ms, {page.total} hits", file=sys.stderr, flush=True)
+    return {**_summary(lat, hits), "slowest": worst[1]}
+
+
+async def open_loop(gen: CatalogGenerator, rate: float, seconds: float) -> dict[str, Any]:
+    import httpx
+
+    from nexus_ray.config import get_settings
+    from nexus_ray.deployments.app import build_app
+    from nexus_ray.edge import tokens
+
+    get_settings.cache_clear()
+    app = build_app("commerce")
+    async with app.router.lifespan_context(app):
+        await tokens.prepare()
+        headers = {"Authorization": f"Bearer {tokens.issue('bench-shopper', ['commerce:catalog:read'], ttl_s=3600)}"}
+        transport = httpx.ASGITransport(app=app, root_path="/commerce", client=("10.9.0.1", 1))
+        async with httpx.AsyncClient(transport=transport, base_url="http://bench", timeout=600) as c:
+            lat: list[float] = []
+            codes: dict[int, int] = {}
+
+            async def one(intended: float, params: dict[str, Any]) -> None:
+                q = {"q": params["q"], "limit": 20, **{k: params[k] for k in ("category", "price_min", "price_max")
+                                                      if k in params}}
+                if "brands" in params:
+                    q["brand"] = params["brands"]
+                if "attributes" in params:
+                    q["attr"] = [f"{k}:{v}" for k, v in params["attributes"]]
+                r = await c.get(f"{API}/search", params=q, headers=headers)
+                lat.append(time.perf_counter() - intended)
+                codes[r.status_code] = codes.get(r.status_code, 0) + 1
+
+            start = time.perf_counter()
+            tasks = []
+            k = 0
+            while (intended := start + k / rate) < start + seconds:
+                await asyncio.sleep(max(0.0, intended - time.perf_counter()))
+                tasks.append(asyncio.create_task(one(intended, gen.query())))
+                k += 1
+            await asyncio.gather(*tasks)
+    return {"rate_per_s": rate, "seconds": seconds, "status": codes, **_summary(lat)}
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    from nexus_ray.config import get_settings
+    from nexus_ray.stores import documents
+
+    get_settings.cache_clear()
+    results: dict[str, Any] = {"load": await load(args.products, args.seed)}
+    print(json.dumps(results["load"]), file=sys.stderr, flush=True)
+    if args.load_only:
+        return results
+    gen = CatalogGenerator(args.seed + 1)
+    results["plan"] = await plan(gen)
+    results["floor_find_one_by_id"] = await floor()
+    print(json.dumps(results), file=sys.stderr, flush=True)
+    results["closed_loop"] = await closed_loop(gen, args.duration)
+    print(json.dumps(results["closed_loop"]), file=sys.stderr, flush=True)
+    await documents.close_mongo()
+    if args.open_duration > 0:
+        results["open_loop_http"] = await open_loop(CatalogGenerator(args.seed + 2), args.rate, args.open_duration)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", type=Path, default=Path("/tmp/nexus-bench-catalog"),
+                        help="the embedded stores' directory: kept, so a later run reuses the loaded catalog")
+    parser.add_argument("--products", type=int, default=100_000)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--duration", type=float, default=120.0, help="closed-loop seconds")
+    parser.add_argument("--rate", type=float, default=0.5, help="open-loop requests per second")
+    parser.add_argument("--open-duration", type=float, default=60.0, help="open-loop seconds (0: skip)")
+    parser.add_argument("--load-only", action="store_true", help="load the catalog and stop")
+    parser.add_argument("--stop", action="store_true", help="stop the stores at the end (default: leave them up)")
+    parser.add_argument("--mongo-url", default="", help="a secantusd started by hand (own cache size and oplog "
+                        "bounds) instead of the embedded one; the other stores stay embedded")
+    args = parser.parse_args()
+    os.environ.update({"NEXUS_DATA_DIR": str(args.data_dir), "NEXUS_LOG_LEVEL": "WARNING",
+                       "NEXUS_RATE_LIMIT_PER_ADDRESS": str(10**9), "NEXUS_RATE_LIMIT_PER_PRINCIPAL": str(10**9)})
+    for k in ("NEXUS_POSTGRES_URL", "NEXUS_REDIS_URL", "NEXUS_MONGO_URL", "NEXUS_KAFKA_BOOTSTRAP"):
+        os.environ.pop(k, None)
+    from nexus_ray.runtime import embedded
+
+    args.data_dir.mkdir(parents=True, exist_ok=True)
+    os.environ.update(embedded.start(args.data_dir).env())
+    if args.mongo_url:
+        os.environ["NEXUS_MONGO_URL"] = args.mongo_url
+    try:
+        results = asyncio.run(run(args))
+    finally:
+        if args.stop:
+            embedded.stop(args.data_dir)
+    results["machine"] = {"cpus": os.cpu_count(), "python": sys.version.split()[0],
+                          "load_average": [round(x, 1) for x in os.getloadavg()]}
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
