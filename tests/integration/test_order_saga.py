@@ -407,3 +407,49 @@ async def test_a_declined_card_leaves_no_money_moved_and_a_refund_keeps_the_good
     r = await client.post(f"{API}/orders/{paid}/refund", json={"reason": "damaged in transit"}, headers=ops)
     assert r.status_code == 200 and r.json()["status"] == "refunded", r.text
     assert await available(client, ops, sku) == 2  # refunded without the goods coming back
+
+
+@WIRED
+async def test_a_checkout_over_http_charges_exactly_what_its_invoice_states_tax_included(client, ops, bearer, until):
+    """Every service real: the catalog prices the cart (net), invoice-gen's rates add the tax, billing captures
+    the gross total, and the invoice issued after the capture states that same total; stock left for good."""
+    from nexus_ray.deployments.kit.calls import call
+
+    merchant = bearer("commerce:catalog:read", "commerce:catalog:write", subject="shop-merchant")
+    buyer = bearer("commerce:order-processor:read", "commerce:order-processor:write", subject="buyer-de")
+    sku_a, sku_b = f"SKU-{uuid.uuid4().hex[:10]}", f"SKU-{uuid.uuid4().hex[:10]}"
+    product = {"title": "Mug", "description": "", "brand": "Acme", "category": "kitchen", "attributes": {},
+               "status": "active", "variants": [
+                   {"sku": sku_a, "prices": {"EUR": 1250}, "tax_category": "standard", "weight_g": 300},
+                   {"sku": sku_b, "prices": {"EUR": 333}, "tax_category": "reduced", "weight_g": 100}]}
+    r = await client.post("/commerce/v1/catalog/products", json=product, headers=merchant)
+    assert r.status_code == 201, r.text
+    wid = f"wh-{uuid.uuid4().hex[:8]}"
+    assert (await client.post(f"{INV}/warehouses", json={"id": wid, "name": wid}, headers=ops)).status_code == 201
+    for sku in (sku_a, sku_b):
+        r = await client.post(f"{INV}/stock/restock", json={"sku": sku, "warehouse_id": wid, "quantity": 10},
+                              headers=ops)
+        assert r.status_code == 200, r.text
+
+    body = {"lines": [{"sku": sku_a, "quantity": 2}, {"sku": sku_b, "quantity": 3}], "currency": "EUR",
+            "payment_method": "pm_card_visa",
+            "shipping_address": {"name": "Ada", "line1": "Hauptstr. 1", "city": "Berlin", "postal_code": "10115",
+                                 "country": "DE"}}
+    r = await client.post(f"{API}/orders", json=body, headers={**buyer, "Idempotency-Key": uuid.uuid4().hex})
+    assert r.status_code == 201, r.text
+    order = r.json()
+    assert order["status"] == "completed", order
+    # DE: standard 19 %, reduced 7 %, rounded half up per line: 2500 + 475, 999 + 69.93 -> 70.
+    assert order["total"] == 2500 + 475 + 999 + 70
+    intent = await call("billing-service", "get_payment_intent", payment_intent_id=order["payment_intent_id"])
+    assert intent.status == "captured" and intent.amount_captured == order["total"] and intent.currency == "EUR"
+    invoice = await call("invoice-gen", "tax_quote", country="DE", currency="EUR", lines=[
+        {"description": "x", "quantity": 2, "unit_price": 1250, "tax_category": "standard"},
+        {"description": "y", "quantity": 3, "unit_price": 333, "tax_category": "reduced"}])
+    assert (invoice.subtotal, invoice.tax_total, invoice.total) == (3499, 545, order["total"])
+    from nexus_ray.stores import postgres
+
+    issued = await (await postgres.pool()).fetchrow(
+        "SELECT subtotal, tax_total, total FROM invoices WHERE id = $1", uuid.UUID(str(order["invoice_id"])))
+    assert dict(issued) == {"subtotal": 3499, "tax_total": 545, "total": intent.amount_captured}
+    assert await available(client, ops, sku_a) == 8 and await available(client, ops, sku_b) == 7
