@@ -201,7 +201,7 @@ def read_tsplib_cvrp(text: str) -> VrpProblem:
     return VrpProblem(
         name=header.get("NAME", "cvrp"), rounding="nint", vehicles=len(customers), capacity=capacity,
         depot=nodes[depot], customers=customers,
-    )  # fmt: skip
+    )
 
 
 def _is_number(text: str) -> bool:
@@ -275,7 +275,7 @@ def evaluate(
         name=problem.name, backend=backend, objective=objective, feasible=not violations, vehicles=len(out),
         distance=sum(r.distance for r in out), routes=out, unassigned=unassigned, violations=violations,
         runtime_s=runtime_s,
-    )  # fmt: skip
+    )
 
 
 # -- the solvers ---------------------------------------------------------------------------------
@@ -320,19 +320,28 @@ def _solve_pyvrp(ints: _Integers, time_limit_s: float, objective: Objective, see
         pyvrp.Client(
             location=i, delivery=[ints.demand[i]], service_duration=ints.service[i],
             tw_early=ints.ready[i], tw_late=ints.due[i],
-        )  # fmt: skip
+        )
         for i in range(1, ints.n)
     ]
 
+    # The fleet phase below bounds the number of vehicles, so a modest cost per vehicle is enough to
+    # prefer fewer; the "larger than anything" cost would outweigh PyVRP's capped penalties for
+    # excess load and let infeasible one-route solutions win.
+    fixed_cost = min(ints.fixed_cost, 2 * int(ints.distance.max()))
+
+    # PyVRP's stubs type its matrices more narrowly than the int64 arrays it accepts.
+    distances: Any = ints.distance
+    durations: Any = ints.travel
+
     def data(fleet: int) -> pyvrp.ProblemData:
         vehicle = pyvrp.VehicleType(
-            num_available=fleet, capacity=[ints.capacity], fixed_cost=ints.fixed_cost,
+            num_available=fleet, capacity=[ints.capacity], fixed_cost=fixed_cost,
             tw_early=ints.ready[0], tw_late=ints.due[0],
-        )  # fmt: skip
+        )
         return pyvrp.ProblemData(
             locations=locations, clients=clients, depots=depot, vehicle_types=[vehicle],
-            distance_matrices=[ints.distance], duration_matrices=[ints.travel],
-        )  # fmt: skip
+            distance_matrices=[distances], duration_matrices=[durations],
+        )
 
     def routes_of(solution: Any) -> list[list[int]]:
         # PyVRP numbers clients from 0; node i is client i - 1.
@@ -345,7 +354,7 @@ def _solve_pyvrp(ints: _Integers, time_limit_s: float, objective: Objective, see
         return pyvrp.solve(
             problem, stop=MultipleCriteria([FirstFeasible(), stop]) if first_feasible else stop,
             seed=seed, collect_stats=False, display=False, initial_solution=initial,
-        ).best  # fmt: skip
+        ).best
 
     if objective == "distance":
         return routes_of(run(ints.vehicles, time_limit_s, False, None))
@@ -472,7 +481,7 @@ def to_geojson(
             props = {
                 "kind": "stop", "id": node.id, "route": route.vehicle, "order": order, "demand": node.demand,
                 "arrival": visit.arrival, "start": visit.start, "x": node.x, "y": node.y,
-            }  # fmt: skip
+            }
             features.append(_point(position(node), props))
     for node in problem.customers:
         if node.id in solution.unassigned:
@@ -480,14 +489,15 @@ def to_geojson(
     for route in solution.routes:
         line = [position(depot), *(position(by_id[v.id]) for v in route.visits), position(depot)]
         props = {"kind": "route", "route": route.vehicle, "distance": route.distance, "load": route.load,
-                 "start": route.start, "end": route.end, "stops": len(route.visits)}  # fmt: skip
-        features.append({"type": "Feature", "geometry": {"type": "LineString", "coordinates": line}, "properties": props})
+                 "start": route.start, "end": route.end, "stops": len(route.visits)}
+        geometry = {"type": "LineString", "coordinates": line}
+        features.append({"type": "Feature", "geometry": geometry, "properties": props})
     return {
         "type": "FeatureCollection",
         "features": features,
         "properties": {"name": solution.name, "vehicles": solution.vehicles, "distance": solution.distance,
                        "coordinates": problem.coordinates, "anchor": list(anchor), "unit_km": unit_km},
-    }  # fmt: skip
+    }
 
 
 def _point(position: list[float], properties: dict[str, Any]) -> dict[str, Any]:

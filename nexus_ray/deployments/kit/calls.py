@@ -69,6 +69,19 @@ async def call(service_name: str, function: str, /, **kwargs: Any) -> Any:
     return await _remote(handle.invoke.remote(service_name, function, kwargs, request_id_var.get()), service_name)
 
 
+def exported(service_name: str, function: str) -> bool:
+    """Whether ``service_name``'s package in this code base exports ``function``.
+
+    For a collaborator that may not be built yet (a service written in parallel): the caller
+    checks before it calls, and falls back to its documented behaviour without it, instead
+    of telling "absent" from the callee's own NotFound.
+    """
+    from nexus_ray.deployments.app import service_module
+
+    module = service_module(service(service_name))
+    return function in (getattr(module, "exports", None) or {})
+
+
 async def namespace_health(namespace: str) -> list[dict]:
     """Readiness of a namespace's services: over its DeploymentHandle inside Serve, in-process otherwise."""
     if not _in_serve():
