@@ -5,18 +5,19 @@
 result assigns as many jobs as possible and, among such assignments, one of minimum total
 cost; no driver or job appears twice and no infeasible pair is ever returned.
 
-How it stays fast on 2,000 by 2,000: a driver far from a job is almost never in an optimal
-assignment, so the problem is solved *exactly on a sparse graph* that keeps, for every job,
-its ``k`` cheapest feasible drivers and, for every driver, its ``k`` cheapest feasible jobs
-(SciPy's LAPJVsp, :func:`scipy.sparse.csgraph.min_weight_full_bipartite_matching`). Not every
-driver or job can be matched, so the graph is doubled, the textbook reduction of a
-maximum-cardinality minimum-cost matching to a perfect one: each real row gets a "stay
-unmatched" column and each real column a "stay unmatched" row at a penalty larger than any
-total cost (so cardinality comes first), and a shadow edge at cost 0 pairs those two dummies
-for every real edge. The sparse graph can miss pairs that the full one has: any drivers and
-jobs left unmatched while still having feasible pairs among themselves are then matched by an
-exact assignment on that (small) leftover block. Small problems (or ``k=None``) use every
-feasible edge, which is the exact optimum.
+How: a driver far from a job is rarely in an optimal assignment, so the problem is first solved
+*exactly on a sparse graph* that keeps, for every job, its ``k`` cheapest feasible drivers and,
+for every driver, its ``k`` cheapest feasible jobs (SciPy's LAPJVsp,
+:func:`scipy.sparse.csgraph.min_weight_full_bipartite_matching`). That is used when it serves as
+many pairs as the full problem can (a Hopcroft-Karp maximum matching over all feasible pairs
+says how many). When the neighbours alone cannot (supply and demand out of balance by district,
+so the optimum sends far drivers to busy areas), the answer falls back to the exact dense
+assignment (:func:`assign_exact`), which is always correct and slower (bench/dispatch.py
+measures both). When not every driver or job can be matched at all, the graph is doubled, the
+textbook reduction of a maximum-cardinality minimum-cost matching to a perfect one: each real
+row gets a "stay unmatched" column and each real column a "stay unmatched" row at a penalty
+larger than any total cost (so cardinality comes first), and a shadow edge at cost 0 pairs
+those two dummies for every real edge. Small problems (or ``k=None``) use every feasible pair.
 """
 
 from __future__ import annotations
