@@ -28,8 +28,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from nexus_ray.compute import assignment  # noqa: E402
-from nexus_ray.compute.geo import distance_matrix_km  # noqa: E402
+from nexus_ray.compute import assignment
+from nexus_ray.compute.geo import distance_matrix_km
 
 CENTRE = np.array([45.76, 4.85])
 
@@ -93,7 +93,7 @@ def main() -> None:
                 "exact_wall_ms": 1000 * ewall, "exact_cpu_ms": 1000 * ecpu,
                 "greedy_ms": 1000 * gwall, "greedy_gap_pct": 100 * (assignment.total(cost, base) / opt - 1),
                 "infeasible_pairs": sum(not np.isfinite(cost[i, j]) for i, j in fast),
-            }  # fmt: skip
+            }
             rows.append(row)
             print(json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
 
@@ -103,7 +103,8 @@ def main() -> None:
         print(
             f"| {layout} | {p95('wall_ms'):.0f} ms | {p95('cpu_ms'):.0f} ms | "
             f"{np.mean([x['gap_pct'] for x in rows]):+.2f}% (max {max(x['gap_pct'] for x in rows):+.2f}%) | "
-            f"{min(x['pairs'] - x['max_pairs'] for x in rows)} | {p95('exact_wall_ms'):.0f} / {p95('exact_cpu_ms'):.0f} ms | "
+            f"{min(x['pairs'] - x['max_pairs'] for x in rows)} | "
+            f"{p95('exact_wall_ms'):.0f} / {p95('exact_cpu_ms'):.0f} ms | "
             f"{p95('greedy_ms'):.0f} ms, {np.mean([x['greedy_gap_pct'] for x in rows]):+.1f}% |"
         )
 

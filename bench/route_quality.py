@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> None:
                 "instance": name, "backend": backend, "objective": args.objective, "time_limit_s": args.time_limit,
                 "feasible": sol.feasible, "vehicles": sol.vehicles, "distance": round(sol.distance, 4),
                 "wall_s": round(time.perf_counter() - began, 2), "violations": sol.violations[:3],
-            }  # fmt: skip
+            }
             with out.open("a") as f:
                 f.write(json.dumps(row) + "\n")
             print(json.dumps(row), flush=True)
@@ -106,18 +106,20 @@ def report(args: argparse.Namespace) -> None:
                 t[0] += r["vehicles"]
                 t[1] += r["distance"]
                 t[2] += not r["feasible"]
-                t[3] += r["vehicles"] <= kv
+                t[3] += r["feasible"] and r["vehicles"] <= kv
             print(f"| {n} | {kv} / {kd:.2f} |" + "".join(cells))
         cvn = sum(best[n][0] for n in names)
         ctd = sum(best[n][1] for n in names)
         print(f"\n| {family} totals | best known |" + "".join(f" {b} |" for b in backends))
         print("|---|---|" + "---|" * len(backends))
-        print("| CVN | " + f"{cvn} |" + "".join(f" {totals[b][0]} ({totals[b][0] - cvn:+d}) |" for b in backends))
-        print(
-            "| CTD | " + f"{ctd:,.2f} |"
-            + "".join(f" {totals[b][1]:,.2f} ({100 * (totals[b][1] - ctd) / ctd:+.2f}%) |" for b in backends)
-        )  # fmt: skip
-        print("| instances at best-known vehicles | " + f"{len(names)} |" + "".join(f" {totals[b][3]} |" for b in backends))
+        na = " n/a (some infeasible) |"
+        cvns = [na if totals[b][2] else f" {totals[b][0]} ({totals[b][0] - cvn:+d}) |" for b in backends]
+        ctds = [na if totals[b][2] else f" {totals[b][1]:,.2f} ({100 * (totals[b][1] - ctd) / ctd:+.2f}%) |"
+                for b in backends]
+        print("| CVN | " + f"{cvn} |" + "".join(cvns))
+        print("| CTD | " + f"{ctd:,.2f} |" + "".join(ctds))
+        at_best = "".join(f" {totals[b][3]} |" for b in backends)
+        print(f"| instances at best-known vehicles | {len(names)} |" + at_best)
         print("| infeasible | 0 |" + "".join(f" {totals[b][2]} |" for b in backends))
 
 
@@ -146,7 +148,7 @@ def plot(args: argparse.Namespace) -> None:
     ax.legend(fontsize=7, loc="upper right")
     fig.savefig(args.png, dpi=110, bbox_inches="tight")
     print(f"{args.png}: feasible={sol.feasible} vehicles={sol.vehicles} distance={sol.distance:.2f}, "
-          f"{len(geo['features'])} GeoJSON features")  # fmt: skip
+          f"{len(geo['features'])} GeoJSON features")
 
 
 def main() -> None:

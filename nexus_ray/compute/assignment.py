@@ -55,12 +55,13 @@ def assign(cost: NDArray[np.float64], *, k: int | None = DEFAULT_K, exact_below:
     most = int((maximum_bipartite_matching(csr_matrix(feasible), perm_type="column") >= 0).sum())
     keep = _nearest(cost, k) & feasible
     if most == min(n, m):
+        # Whether the neighbours alone can serve as many (Hopcroft-Karp again, on the sparse graph):
+        # LAPJVsp takes long to find out that they cannot.
+        if int((maximum_bipartite_matching(csr_matrix(keep), perm_type="column") >= 0).sum()) < most:
+            return assign_exact(cost)
         rows, cols = np.nonzero(keep)
         graph = csr_matrix((cost[rows, cols] + 1.0, (rows, cols)), shape=(n, m))
-        try:
-            row_ind, col_ind = min_weight_full_bipartite_matching(graph)
-        except ValueError:  # the neighbours alone cannot serve every job (or driver): solve it all
-            return assign_exact(cost)
+        row_ind, col_ind = min_weight_full_bipartite_matching(graph)
         return [(int(i), int(j)) for i, j in zip(row_ind, col_ind, strict=True)]
     pairs = _sparse_matching(cost, keep)
     return pairs if len(pairs) == most else _sparse_matching(cost, feasible)
