@@ -142,13 +142,15 @@ async def list_offers(*, job_id: str | None, driver_id: str | None, status: str 
     return page.of(rows, key=lambda r: [r["created_at"].isoformat(), str(r["id"])], item=_offer)
 
 
-async def list_rounds(*, page: PageRequest) -> Page[RoundRead]:
+async def list_rounds(*, min_offers: int = 0, page: PageRequest) -> Page[RoundRead]:
+    """Rounds of the loop, newest first; ``min_offers``: only those that offered at least that many."""
     after = page.after
     rows = await (await postgres.pool()).fetch(
-        """SELECT * FROM dispatch_rounds
-           WHERE ($1::timestamptz IS NULL OR (started_at, id) < ($1::timestamptz, $2::uuid))
+        """SELECT * FROM dispatch_rounds WHERE offers >= $4
+             AND ($1::timestamptz IS NULL OR (started_at, id) < ($1::timestamptz, $2::uuid))
            ORDER BY started_at DESC, id DESC LIMIT $3""",
         None if after is None else _timestamp(after[0]), None if after is None else _uuid(after[-1]), page.fetch_limit,
+        min_offers,
     )
     return page.of(rows, key=lambda r: [r["started_at"].isoformat(), str(r["id"])],
                    item=lambda r: RoundRead.model_validate(dict(r)))

@@ -68,9 +68,11 @@ async def list_offers(
 
 @router.get("/rounds", response_model=Page[RoundRead], summary="Rounds of the loop: cost and timing (operators)")
 async def list_rounds(
-    page: PageRequest = page_params(default=50, maximum=500), principal: Principal = authorize(SCOPES.admin)
+    min_offers: int = Query(0, ge=0, description="Only rounds that made at least this many offers."),
+    page: PageRequest = page_params(default=50, maximum=500),
+    principal: Principal = authorize(SCOPES.admin),
 ) -> Page[RoundRead]:
-    return await service.list_rounds(page=page)
+    return await service.list_rounds(min_offers=min_offers, page=page)
 
 
 @router.post("/rounds", response_model=RoundRead, summary="Run a round now (operators)")

@@ -75,16 +75,25 @@ async def submit(*, owner: str, body: JobCreate) -> tuple[JobRead, bool]:
     return _read(row), True
 
 
-async def get(*, job_id: UUID, caller: str, admin: bool) -> JobRead:
-    """The job, if ``caller`` owns it or is an administrator (404 otherwise)."""
+def _job_id(job_id: UUID | str) -> UUID:
+    try:
+        return job_id if isinstance(job_id, UUID) else UUID(job_id)
+    except ValueError:
+        raise NotFound(f"job {job_id} not found") from None
+
+
+async def get(*, job_id: UUID | str, caller: str, admin: bool) -> JobRead:
+    """The job, if ``caller`` owns it or is an administrator (404 otherwise, also for a malformed id)."""
+    job_id = _job_id(job_id)
     row = await (await postgres.pool()).fetchrow(f"SELECT {_COLUMNS} FROM route_jobs WHERE id = $1", job_id)
     if row is None or (row["owner"] != caller and not admin):
         raise NotFound(f"job {job_id} not found")
     return _read(row)
 
 
-async def problem_of(*, job_id: UUID, caller: str, admin: bool) -> tuple[vrp.VrpProblem, JobRead]:
+async def problem_of(*, job_id: UUID | str, caller: str, admin: bool) -> tuple[vrp.VrpProblem, JobRead]:
     """The job's problem and the job (404 as :func:`get`)."""
+    job_id = _job_id(job_id)
     job = await get(job_id=job_id, caller=caller, admin=admin)
     raw = await (await postgres.pool()).fetchval("SELECT problem FROM route_jobs WHERE id = $1", job_id)
     return vrp.VrpProblem.model_validate(raw), job
@@ -113,7 +122,7 @@ def _timestamp(value: Any) -> Any:
         raise ValidationFailed.for_field("cursor", "is not a cursor returned by this list") from None
 
 
-async def wait(*, job_id: UUID, caller: str, admin: bool, timeout_s: float) -> JobRead:
+async def wait(*, job_id: UUID | str, caller: str, admin: bool, timeout_s: float) -> JobRead:
     """The job once it has ended, or as it is after ``timeout_s`` (long poll)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
@@ -124,8 +133,9 @@ async def wait(*, job_id: UUID, caller: str, admin: bool, timeout_s: float) -> J
         await asyncio.sleep(min(0.2, max(0.0, deadline - loop.time())))
 
 
-async def cancel(*, job_id: UUID, caller: str, admin: bool) -> JobRead:
+async def cancel(*, job_id: UUID | str, caller: str, admin: bool) -> JobRead:
     """Cancel an open job (idempotent: a cancelled job is returned as it is; 409 for one that ended otherwise)."""
+    job_id = _job_id(job_id)
     job = await get(job_id=job_id, caller=caller, admin=admin)
     row = await (await postgres.pool()).fetchrow(
         f"""UPDATE route_jobs SET status = 'cancelled', finished_at = now()

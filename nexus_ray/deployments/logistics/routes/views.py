@@ -8,7 +8,6 @@ owner's: anyone else gets 404 unless they hold the admin scope.
 from __future__ import annotations
 
 from typing import Annotated, Any
-from uuid import UUID
 
 from fastapi import APIRouter, Path, Query, Response
 
@@ -24,7 +23,7 @@ from .models import JobCreate, JobRead, JobStatus
 SCOPES = scopes_of("puabo-nexus-route-optimizer")
 router = APIRouter()
 
-JobId = Annotated[UUID, Path(description="The job's id.")]
+JobId = Annotated[str, Path(max_length=64, description="The job's id.")]
 
 
 def _admin(principal: Principal) -> bool:
