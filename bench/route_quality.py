@@ -62,21 +62,34 @@ def run(args: argparse.Namespace) -> None:
     names = args.instances.split(",") if args.instances else solomon_names()
     if args.cvrp:
         names += sorted(p.stem for p in CVRP.glob("*.vrp"))
-    for name in names:
-        problem = load(name)
-        for backend in args.backends.split(","):
-            if (name, backend, args.objective) in done:
-                continue
-            began = time.perf_counter()
-            sol = vrp.solve(problem, backend=backend, time_limit_s=args.time_limit, objective=args.objective)
-            row = {
-                "instance": name, "backend": backend, "objective": args.objective, "time_limit_s": args.time_limit,
-                "feasible": sol.feasible, "vehicles": sol.vehicles, "distance": round(sol.distance, 4),
-                "wall_s": round(time.perf_counter() - began, 2), "violations": sol.violations[:3],
-            }
-            with out.open("a") as f:
-                f.write(json.dumps(row) + "\n")
-            print(json.dumps(row), flush=True)
+    todo = [(name, backend, args.time_limit, args.objective) for name in names
+            for backend in args.backends.split(",") if (name, backend, args.objective) not in done]
+    if args.workers > 1:
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        with ProcessPoolExecutor(args.workers) as pool:
+            for future in as_completed([pool.submit(solve_row, *item) for item in todo]):
+                record(out, future.result())
+    else:
+        for item in todo:
+            record(out, solve_row(*item))
+
+
+def solve_row(name: str, backend: str, time_limit: float, objective: str) -> dict:
+    """One instance by one back end, as a result row."""
+    began = time.perf_counter()
+    sol = vrp.solve(load(name), backend=backend, time_limit_s=time_limit, objective=objective)  # type: ignore[arg-type]
+    return {
+        "instance": name, "backend": backend, "objective": objective, "time_limit_s": time_limit,
+        "feasible": sol.feasible, "vehicles": sol.vehicles, "distance": round(sol.distance, 4),
+        "wall_s": round(time.perf_counter() - began, 2), "violations": sol.violations[:3],
+    }
+
+
+def record(out: Path, row: dict) -> None:
+    with out.open("a") as f:
+        f.write(json.dumps(row) + "\n")
+    print(json.dumps(row), flush=True)
 
 
 def report(args: argparse.Namespace) -> None:
@@ -159,6 +172,7 @@ def main() -> None:
     ap.add_argument("--objective", default="vehicles", choices=["vehicles", "distance"])
     ap.add_argument("--instances", default="", help="comma-separated names (default: all 56 Solomon)")
     ap.add_argument("--cvrp", action="store_true", help="also the Augerat CVRP instances")
+    ap.add_argument("--workers", type=int, default=1, help="solves at once, one process each (one per idle core)")
     ap.add_argument("--report", action="store_true", help="print the Markdown tables of --out")
     ap.add_argument("--plot", default="", help="solve this instance and draw it to --png")
     ap.add_argument("--backend", default=vrp.DEFAULT_BACKEND)
