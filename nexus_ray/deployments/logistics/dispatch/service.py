@@ -386,15 +386,15 @@ async def _send(source: DriverSource, offer_id: UUID, driver: DriverState, job: 
 # -- the loop ---------------------------------------------------------------------------------------------------
 
 
-async def hold_lease(*, holder: str = RUNNER, seconds: float | None = None) -> bool:
-    """Take or renew the loop's lease for ``holder``; False while another holder's lease is live."""
+async def hold_lease(*, holder: str = RUNNER, seconds: float | None = None, name: str = LEASE) -> bool:
+    """Take or renew the lease ``name`` (the loop's) for ``holder``; False while another holder's lease is live."""
     ttl = seconds if seconds is not None else settings_of(DispatchSettings).dispatch_lease_s
     got = await (await postgres.pool()).fetchval(
         """INSERT INTO dispatch_leases (name, holder, expires_at) VALUES ($1, $2, now() + make_interval(secs => $3))
            ON CONFLICT (name) DO UPDATE SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at
            WHERE dispatch_leases.holder = EXCLUDED.holder OR dispatch_leases.expires_at < now()
            RETURNING holder""",
-        LEASE, holder, ttl,
+        name, holder, ttl,
     )
     return got == holder
 
