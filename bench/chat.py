@@ -85,7 +85,7 @@ async def run(args: argparse.Namespace) -> None:
     room_id = uuid.uuid4().hex
     owner = {"Authorization": f"Bearer {toks[subjects[0]]}"}
     async with httpx.AsyncClient(base_url=args.api, timeout=60) as http:
-        r = await http.put(f"/platform/v1/chat/rooms/{room_id}", json={"name": "bench"}, headers=owner)
+        r = await http.post("/platform/v1/chat/rooms", json={"room_id": room_id, "name": "bench"}, headers=owner)
         r.raise_for_status()
         gate = asyncio.Semaphore(16)
 

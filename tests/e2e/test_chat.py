@@ -57,8 +57,8 @@ def room(ray_client, bearer):
     async def make(moderator: str, *members: str, **policy) -> str:
         room_id = uuid.uuid4().hex
         me = bearer(*SCOPES, subject=moderator)
-        r = await ray_client.put(f"{BASE}/{room_id}", json={"name": "Lobby", "policy": policy}, headers=me)
-        assert r.status_code == 200, r.text
+        r = await ray_client.post(BASE, json={"room_id": room_id, "name": "Lobby", "policy": policy}, headers=me)
+        assert r.status_code == 201, r.text
         for member in members:
             r = await ray_client.put(f"{BASE}/{room_id}/members/{member}", json={}, headers=me)
             assert r.status_code == 200, r.text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 from typing import Literal
 
@@ -24,6 +25,9 @@ class Policy(BaseModel):
 class RoomCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    room_id: str = Field(default_factory=lambda: uuid.uuid4().hex, pattern=ROOM_ID_PATTERN,
+                         description="The room's id, chosen by the client to make creation idempotent (creating "
+                         "it again returns it); a new one when omitted.")
     name: str = Field(min_length=1, max_length=200)
     policy: Policy = Field(default_factory=Policy)
 

@@ -67,8 +67,21 @@ def _room(info: dict[str, Any]) -> RoomRead:
     })
 
 
+async def _visible(*, room_id: str, user_id: str, admin: bool) -> None:
+    """404 unless the room exists and ``user_id`` is a member (or ``admin``), from the room's mirrored document.
+
+    Answered from the document store, not the entity: a stranger's request never wakes a room.
+    The entity writes the mirror after each membership change; its own checks are the authority.
+    """
+    await ensure_indexes()
+    doc = await rooms().find_one({"_id": room_id}, {"members": 1})
+    if doc is None or (user_id not in doc["members"] and not admin):
+        raise for_status(404, f"room {room_id} not found")
+
+
 async def room_state(*, room_id: str, user_id: str, admin: bool = False) -> dict[str, Any]:
     """The room as its entity holds it; 404 unless ``user_id`` is a member (or ``admin``)."""
+    await _visible(room_id=room_id, user_id=user_id, admin=admin)
     info: dict[str, Any] = await rooms_client().call(room_id, "info")
     if not info["created"] or (user_id not in info["members"] and not admin):
         raise for_status(404, f"room {room_id} not found")
@@ -86,14 +99,17 @@ async def get_room(*, room_id: str, user_id: str, admin: bool) -> RoomRead:
 
 
 async def set_member(*, room_id: str, by: str, user_id: str, role: str | None) -> RoomRead:
+    await _visible(room_id=room_id, user_id=by, admin=False)
     return _room(await _room_call(room_id, "set_member", by, user_id, role))
 
 
 async def set_policy(*, room_id: str, by: str, policy: Policy) -> RoomRead:
+    await _visible(room_id=room_id, user_id=by, admin=False)
     return _room(await _room_call(room_id, "set_policy", by, policy.model_dump()))
 
 
 async def mute(*, room_id: str, by: str, user_id: str, minutes: int | None) -> RoomRead:
+    await _visible(room_id=room_id, user_id=by, admin=False)
     until = None if minutes is None else time.time() + 60 * minutes
     return _room(await _room_call(room_id, "mute", by, user_id, until))
 
@@ -113,13 +129,14 @@ async def read_up_to(*, room_id: str, user_id: str, seq: int) -> dict[str, Any]:
 
 async def change_message(*, room_id: str, by: str, seq: int, text: str | None) -> MessageRead:
     """Edit (``text``) or soft-delete (None) message ``seq``."""
+    await _visible(room_id=room_id, user_id=by, admin=False)
     result = await _room_call(room_id, "change", by, seq, text, time.time())
     return MessageRead.model_validate(result["message"])
 
 
 async def history(*, room_id: str, user_id: str, admin: bool, page: PageRequest) -> Page[MessageRead]:
     """The room's messages, newest first (keyset on the sequence number)."""
-    await room_state(room_id=room_id, user_id=user_id, admin=admin)
+    await _visible(room_id=room_id, user_id=user_id, admin=admin)
     before = page.after_value(0)
     if before is not None and not isinstance(before, int):
         raise ValidationFailed.for_field("cursor", "is not a cursor returned by this list")
@@ -143,7 +160,7 @@ async def missed(*, room_id: str, after: int, batch: int = 500) -> AsyncIterator
 
 async def report(*, room_id: str, seq: int, by: str, reason: str) -> ReportRead:
     """A member reports message ``seq`` to the room's moderators."""
-    await room_state(room_id=room_id, user_id=by)
+    await _visible(room_id=room_id, user_id=by, admin=False)
     if await messages().find_one({"_id": f"{room_id}:{seq}"}, {"_id": 1}) is None:
         raise for_status(404, f"message {seq} not found")
     doc = {"_id": uuid.uuid4().hex, "room_id": room_id, "seq": seq, "reported_by": by, "reason": reason,

@@ -43,9 +43,10 @@ def _admin(principal: Principal) -> bool:
     return principal.can(SCOPES.admin)
 
 
-@router.put("/rooms/{room_id}", response_model=RoomRead, summary="Create a room (you become its moderator)")
-async def create_room(room_id: RoomId, body: RoomCreate, principal: Principal = authorize(SCOPES.write)) -> RoomRead:
-    return await service.create_room(room_id=room_id, name=body.name, policy=body.policy, by=principal.subject)
+@router.post("/rooms", status_code=201, response_model=RoomRead,
+             summary="Create a room (you become its moderator); again with the same room_id returns it")
+async def create_room(body: RoomCreate, principal: Principal = authorize(SCOPES.write)) -> RoomRead:
+    return await service.create_room(room_id=body.room_id, name=body.name, policy=body.policy, by=principal.subject)
 
 
 @router.get("/rooms/{room_id}", response_model=RoomRead, summary="A room you are a member of")
