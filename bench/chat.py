@@ -36,6 +36,7 @@ async def mint(subjects: list[str]) -> dict[str, str]:
     """Access tokens for ``subjects``, signed with key-service's current key (what ``nexus token`` does)."""
     from nexus_ray.cli import _store_env
     from nexus_ray.config import get_settings
+    from nexus_ray.deployments.specialized import keys
     from nexus_ray.deployments.wiring import wire_edge
     from nexus_ray.edge import tokens
     from nexus_ray.stores import postgres
@@ -46,7 +47,9 @@ async def mint(subjects: list[str]) -> dict[str, str]:
         get_settings.cache_clear()
     await tokens.prepare()
     try:
-        return {s: tokens.issue(s, SCOPES, ttl_s=3600, kind="operator", actor="bench") for s in subjects}
+        minted = {s: tokens.issue(s, SCOPES, ttl_s=3600, kind="operator", actor="bench") for s in subjects}
+        await keys.flush_audit()  # the key's uses, as `nexus token` records them
+        return minted
     finally:
         await postgres.close_pool()
 
