@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import Any, Literal
 
 from nexus_ray.deployments.kit.calls import call
 from nexus_ray.deployments.kit.settings import settings_of
@@ -53,9 +53,13 @@ SOURCES: dict[str, str] = {
 }
 
 
+Status = Literal["ok", "timeout", "unavailable", "absent"]
+
+
 async def _ask(service_name: str, user_id: str, deadline_s: float) -> HomeSource:
     started = time.perf_counter()
-    status, data = "ok", None
+    status: Status = "ok"
+    data = None
     try:
         data = await asyncio.wait_for(call(service_name, EXPORT, user_id=user_id), deadline_s)
         if not isinstance(data, dict):
