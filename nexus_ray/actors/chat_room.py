@@ -145,11 +145,13 @@ class ChatRoom(PersistentActor):
         """The room's state as held (for views and checks), ``created`` False if it does not exist."""
         return {"room_id": self.key, **self.state}
 
-    async def _mirror(self) -> None:
-        s = self.state
-        await rooms().replace_one(
+    async def _mirror(self, user_id: str, member: bool) -> None:
+        # One member added or removed per write, never the whole list: concurrent membership changes
+        # of a room mirror in any order and still agree with the entity.
+        change = {"$addToSet": {"members": user_id}} if member else {"$pull": {"members": user_id}}
+        await rooms().update_one(
             {"_id": self.key},
-            {"_id": self.key, "name": s["name"], "created_by": s["created_by"], "members": sorted(s["members"])},
+            {**change, "$set": {"name": self.state["name"], "created_by": self.state["created_by"]}},
             upsert=True,
         )
 
@@ -157,14 +159,14 @@ class ChatRoom(PersistentActor):
         if self.state["created"] and self.state["created_by"] != by:
             return {"error": 409, "detail": f"room {self.key} already exists"}
         await self.commit("create", by=by, name=name, policy=policy)
-        await self._mirror()
+        await self._mirror(by, True)
         return self.info()
 
     async def set_member(self, by: str, user_id: str, role: str | None) -> dict[str, Any]:
         if (refused := self._refusal(by, moderator=True)) is not None:
             return refused
         await self.commit("member", user_id=user_id, role=role)
-        await self._mirror()
+        await self._mirror(user_id, role is not None)
         return self.info()
 
     async def set_policy(self, by: str, policy: dict[str, Any]) -> dict[str, Any]:
