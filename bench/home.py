@@ -6,7 +6,7 @@
 Against a running stack (bench/with_stack.sh starts a private one). Sends ``GET
 /platform/v1/gateway/home`` at ``--rate`` per second (open loop: latency counts from when
 a request was due) and prints p50/p99/max and the status codes; prints one answer; then
-deletes the Serve application of ``--stop`` (``serve delete``), does the same again, and
+deletes the Serve application of ``--stop`` (the stack's config deployed again without it), does the same again, and
 prints the answer with that namespace gone (its sources marked, ``partial`` true, no 5xx).
 """
 
@@ -55,6 +55,17 @@ async def load(http: httpx.AsyncClient, headers: dict[str, str], rate: float, du
             "p99_ms": round(ordered[round(0.99 * (n - 1))], 1), "max_ms": round(ordered[-1], 1)}
 
 
+def stop_namespace(namespace: str) -> None:
+    """Deploy the stack's Serve config again without ``namespace``'s application: Serve deletes it."""
+    from nexus_ray.config import get_settings
+    from nexus_ray.runtime import cluster, serve_config
+
+    s = get_settings()
+    config = serve_config.build(host=s.http_host, port=s.http_port, max_ongoing_requests=s.ingress_max_ongoing_requests)
+    config["applications"] = [a for a in config["applications"] if a["name"] != namespace]
+    cluster.deploy(f"http://127.0.0.1:{os.environ.get('NEXUS_DASHBOARD_PORT', '8265')}", config)
+
+
 def brief(answer: dict) -> dict:
     return {"partial": answer["partial"], "deadline_ms": answer["deadline_ms"],
             "sources": {k: (v["status"], v["elapsed_ms"]) for k, v in answer["sources"].items()}}
@@ -65,10 +76,7 @@ async def run(args: argparse.Namespace) -> None:
     async with httpx.AsyncClient(base_url=args.api, timeout=30) as http:
         print("all namespaces up:", json.dumps(await load(http, headers, args.rate, args.duration)))
         print("answer:", json.dumps(brief((await http.get("/platform/v1/gateway/home", headers=headers)).json())))
-        dashboard = f"http://127.0.0.1:{os.environ.get('NEXUS_DASHBOARD_PORT', '8265')}"
-        await asyncio.to_thread(subprocess.run, [os.path.join(os.path.dirname(sys.executable), "serve"), "delete",
-                                                 args.stop, "-y", "--address", dashboard], check=True,
-                                capture_output=True)
+        await asyncio.to_thread(stop_namespace, args.stop)
         print(f"namespace {args.stop!r} deleted; its application is gone")
         print(f"with {args.stop} stopped:", json.dumps(await load(http, headers, args.rate, args.duration)))
         r = await http.get("/platform/v1/gateway/home", headers=headers)
