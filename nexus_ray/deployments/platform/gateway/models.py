@@ -79,3 +79,23 @@ class DeadLetterRead(BaseModel):
     status: Literal["dead", "replaying", "replayed"]
     replay_requested_at: datetime | None
     replayed_at: datetime | None
+
+
+class HomeSource(BaseModel):
+    """One source of the home view: what it answered, or why it did not."""
+
+    service: str = Field(description="The catalog service asked.")
+    status: Literal["ok", "timeout", "unavailable", "absent"] = Field(
+        description="ok: answered in time; timeout: not within the deadline; unavailable: down or failed; "
+        "absent: the service does not provide a home summary (yet).")
+    data: dict[str, Any] | None = Field(description="The service's summary; null unless ok.")
+    elapsed_ms: float
+
+
+class HomeView(BaseModel):
+    """The user's home: each source's summary, and whether any is missing."""
+
+    user_id: str
+    partial: bool = Field(description="True when any source is not ok.")
+    deadline_ms: int = Field(description="How long each source was given.")
+    sources: dict[str, HomeSource]

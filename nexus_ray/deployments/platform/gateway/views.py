@@ -10,8 +10,8 @@ from nexus_ray.deployments.kit.pages import Page, PageRequest, page_params
 from nexus_ray.deployments.kit.scopes import scopes_of
 from nexus_ray.edge.security import Principal, authorize, public
 
-from . import live, service
-from .models import CurrentNotice, DeadLetterRead, Directory, NoticeIn, NoticeRead, OpenApiIndex
+from . import home, live, service
+from .models import CurrentNotice, DeadLetterRead, Directory, HomeView, NoticeIn, NoticeRead, OpenApiIndex
 
 SCOPES = scopes_of("backend-api")
 router = APIRouter()
@@ -22,6 +22,11 @@ router.include_router(live.router)
             summary="Every service with live health")
 async def directory() -> Directory:
     return await service.directory()
+
+
+@router.get("/home", response_model=HomeView, summary="Your home: what each service knows of you, in one call")
+async def get_home(principal: Principal = authorize(SCOPES.read)) -> HomeView:
+    return await home.home(user_id=principal.subject)
 
 
 @router.get("/notice", response_model=CurrentNotice, dependencies=[authorize(SCOPES.read)],

@@ -1,0 +1,179 @@
+"""chat-service through the entrypoint: N WebSocket members of one room, messages at a fixed rate.
+
+    flock /tmp/nexus-ray.lock timeout 1500 bash bench/with_stack.sh python bench/chat.py \
+        [--clients 500] [--senders 25] [--rate 50] [--duration 10]
+
+Against a running stack (``nexus up``; bench/with_stack.sh starts a private one). Mints a
+token per member (as ``nexus token`` does), creates one room with ``--clients`` members,
+opens one WebSocket per member through the entrypoint, then sends ``--rate`` messages per
+second into the room (open loop: message k leaves at t0 + k/rate whatever happened before,
+from sender k mod ``--senders``). Every member records each message it receives.
+
+Prints: whether every acknowledged message reached every member exactly once and in order
+per sender; delivery latency (send to receipt, one clock: the same process) p50/p99/max
+over all deliveries; ack latency (send to the sender's ack) p50/p99; the run's
+connection and send figures. The client is one Python process on the same machine: its
+own parsing of rate x clients messages per second is part of what is measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import time
+import uuid
+from collections import defaultdict
+
+import httpx
+import orjson
+
+SCOPES = ["platform:chat:read", "platform:chat:write"]
+
+
+async def mint(subjects: list[str]) -> dict[str, str]:
+    """Access tokens for ``subjects``, signed with key-service's current key (what ``nexus token`` does)."""
+    from nexus_ray.cli import _store_env
+    from nexus_ray.config import get_settings
+    from nexus_ray.deployments.specialized import keys
+    from nexus_ray.deployments.wiring import wire_edge
+    from nexus_ray.edge import tokens
+    from nexus_ray.stores import postgres
+
+    wire_edge()
+    if not get_settings().postgres_url:
+        os.environ.update(_store_env())
+        get_settings.cache_clear()
+    await tokens.prepare()
+    try:
+        minted = {s: tokens.issue(s, SCOPES, ttl_s=3600, kind="operator", actor="bench") for s in subjects}
+        await keys.flush_audit()  # the key's uses, as `nexus token` records them
+        return minted
+    finally:
+        await postgres.close_pool()
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))] if ordered else float("nan")
+
+
+class Client:
+    def __init__(self, subject: str, ws) -> None:
+        self.subject, self.ws = subject, ws
+        self.got: list[tuple[str, str, int, float]] = []  # (sender, client_id, seq, received at)
+        self.acks: dict[str, tuple[int, float]] = {}
+        self.ready = asyncio.Event()
+
+    async def read(self) -> None:
+        async for raw in self.ws:
+            now = time.perf_counter()
+            event = orjson.loads(raw)
+            kind = event["type"]
+            if kind == "message":
+                m = event["message"]
+                self.got.append((m["sender"], m["client_id"], m["seq"], now))
+            elif kind == "ack":
+                self.acks[event["client_id"]] = (event["seq"], now)
+            elif kind == "ready":
+                self.ready.set()
+
+
+async def run(args: argparse.Namespace) -> None:
+    from websockets.asyncio.client import connect
+
+    subjects = [f"bench-chat-{i}" for i in range(args.clients)]
+    toks = await mint(subjects)
+    room_id = uuid.uuid4().hex
+    owner = {"Authorization": f"Bearer {toks[subjects[0]]}"}
+    async with httpx.AsyncClient(base_url=args.api, timeout=60) as http:
+        r = await http.post("/platform/v1/chat/rooms", json={"room_id": room_id, "name": "bench"}, headers=owner)
+        r.raise_for_status()
+        gate = asyncio.Semaphore(16)
+
+        async def add(subject: str) -> None:
+            async with gate:
+                (await http.put(f"/platform/v1/chat/rooms/{room_id}/members/{subject}", json={},
+                                headers=owner)).raise_for_status()
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(add(s) for s in subjects[1:]))
+        print(f"room with {args.clients} members made in {time.perf_counter() - t0:.1f} s")
+
+    url = args.api.replace("http://", "ws://") + f"/platform/v1/chat/rooms/{room_id}/live"
+    clients: list[Client] = []
+    t0 = time.perf_counter()
+    for i in range(0, args.clients, 50):
+        batch = subjects[i:i + 50]
+        sockets = await asyncio.gather(*(connect(url, subprotocols=["nexus.bearer", toks[s]], open_timeout=120,
+                                                 max_queue=None) for s in batch))
+        for s, ws in zip(batch, sockets, strict=True):
+            c = Client(s, ws)
+            clients.append(c)
+            asyncio.get_running_loop().create_task(c.read())
+        await asyncio.gather(*(c.ready.wait() for c in clients[i:]))
+    print(f"{args.clients} members connected (handshake, auth, membership, ready) in {time.perf_counter() - t0:.1f} s")
+
+    senders = clients[: args.senders]
+    n = int(args.rate * args.duration)
+    sent_at: dict[str, float] = {}
+    start = time.perf_counter() + 0.5
+    late = 0
+    for k in range(n):
+        due = start + k / args.rate
+        wait = due - time.perf_counter()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        elif wait < -0.01:
+            late += 1
+        sender = senders[k % len(senders)]
+        cid = f"m{k}"
+        sent_at[cid] = due  # open loop: latency counts from when it was due
+        await sender.ws.send(orjson.dumps({"type": "send", "client_id": cid, "text": f"message {k}"}).decode())
+
+    def all_in() -> bool:
+        return all(len(c.got) >= n for c in clients)
+
+    deadline = time.perf_counter() + args.drain
+    while not all_in() and time.perf_counter() < deadline:  # noqa: ASYNC110 - the readers run meanwhile
+        await asyncio.sleep(0.2)
+
+    acks = {cid: a for s in senders for cid, a in s.acks.items()}
+    acked = set(acks)
+    order_ok = dupes = missing = 0
+    latencies: list[float] = []
+    for c in clients:
+        ids = [g[1] for g in c.got]
+        dupes += len(ids) - len(set(ids))
+        missing += len(acked - set(ids))
+        per_sender: dict[str, list[int]] = defaultdict(list)
+        for sender, cid, _seq, at in c.got:
+            per_sender[sender].append(int(cid[1:]))
+            latencies.append(at - sent_at[cid])
+        order_ok += all(v == sorted(v) for v in per_sender.values())
+    ack_lat = [acks[c][1] - sent_at[c] for c in acked]
+    print(f"sent {n} messages at {args.rate}/s from {len(senders)} senders ({late} sent >10 ms late by the client); "
+          f"acknowledged {len(acked)}")
+    print(f"deliveries {len(latencies)} of {len(acked) * len(clients)} expected; missing {missing}, duplicates "
+          f"{dupes}; members whose per-sender order held: {order_ok}/{len(clients)}")
+    ms = [x * 1000 for x in latencies]
+    print(f"delivery latency ms: p50 {statistics.median(ms):.1f}  p99 {pct(ms, 99):.1f}  max {max(ms):.1f}")
+    ams = [x * 1000 for x in ack_lat]
+    print(f"ack latency ms: p50 {statistics.median(ams):.1f}  p99 {pct(ams, 99):.1f}")
+    await asyncio.gather(*(c.ws.close() for c in clients), return_exceptions=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--api", default=f"http://127.0.0.1:{os.environ.get('NEXUS_HTTP_PORT', '8000')}")
+    ap.add_argument("--clients", type=int, default=500)
+    ap.add_argument("--senders", type=int, default=25)
+    ap.add_argument("--rate", type=float, default=50.0, help="Messages per second into the room.")
+    ap.add_argument("--duration", type=float, default=10.0, help="Seconds of sending.")
+    ap.add_argument("--drain", type=float, default=30.0, help="Seconds to wait for the last deliveries.")
+    asyncio.run(run(ap.parse_args()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,237 @@
+"""chat-service's live room: one WebSocket per member and room, ``/rooms/{room_id}/live?after=N``.
+
+Client to server (JSON text messages)::
+
+    {"type": "send", "client_id": "c-17", "text": "hello"}   # client_id: the sender's own id, for dedup
+    {"type": "read", "seq": 42}                             # read receipt: read up to 42
+    {"type": "typing"}
+
+Server to client::
+
+    {"type": "message", "message": {...MessageRead}}        # every member, the sender too, in seq order
+    {"type": "ack", "client_id": "c-17", "seq": 43, "duplicate": false}   # stored durably before it is sent
+    {"type": "rejected", "client_id": "c-17", "status": 422, "detail": "blocked word: spam"}
+    {"type": "edited" | "deleted", "message": {...}}
+    {"type": "receipt", "user_id": ..., "seq": ...}
+    {"type": "typing", "user_id": ...}   {"type": "presence", "user_id": ..., "online": true|false}
+    {"type": "ready", "seq": N}                             # replay done: live from here
+
+**Resume.** A client connects with ``after`` = the last sequence number it saw; the server
+subscribes first, then replays every stored message after it from history, then forwards
+live messages, skipping any it already replayed: nothing is missed or sent twice. Without
+``after`` the stream starts live at the room's current sequence number (``ready.seq``).
+A message sent again with the same ``client_id`` (the sender did not see the ack before
+its connection dropped) is acknowledged with the stored message and not stored twice.
+
+**Fan-out.** Rooms publish their events on a Redis channel each (the room entity publishes
+after the write). Each replica holds one pattern subscription to all rooms' channels and
+hands every event to the connections it holds for that room: Redis connections follow
+the number of replicas, not of clients or rooms. The price: each replica receives every
+room's events, including those of rooms it holds no connection for; per-room
+subscriptions are the next step when rooms x replicas makes that matter.
+
+A connection that falls more than ``chat_client_backlog`` events behind is closed with
+1013 (try again) rather than buffered without bound; it resumes from its last sequence number.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Path, Query, WebSocket
+from starlette.websockets import WebSocketDisconnect
+
+from nexus_ray.actors.chat_room import CHANNEL_PATTERN, publish
+from nexus_ray.deployments.kit.scopes import scopes_of
+from nexus_ray.deployments.kit.settings import settings_of
+from nexus_ray.edge.security import Principal
+from nexus_ray.edge.websocket import ws_authorize
+from nexus_ray.exceptions import NexusError, ServiceUnavailable, ValidationFailed
+from nexus_ray.stores.cache import redis_client
+
+from . import service
+from .models import ROOM_ID_PATTERN
+from .settings import ChatSettings
+
+log = logging.getLogger(__name__)
+router = APIRouter()
+SCOPES = scopes_of("chat-service")
+
+_LOST = object()  # the subscription failed: connections end and their clients resume
+_OVERFLOW = object()
+_PREFIX = CHANNEL_PATTERN[:-1].encode()
+
+
+class _Rooms:
+    """One pattern subscription per process, fanned out to this process's connections by room."""
+
+    def __init__(self) -> None:
+        self._queues: dict[str, set[asyncio.Queue]] = {}
+        self._task: asyncio.Task | None = None
+        self._ready: asyncio.Future | None = None
+
+    @contextlib.asynccontextmanager
+    async def listen(self, room_id: str) -> AsyncIterator[asyncio.Queue]:
+        queue: asyncio.Queue = asyncio.Queue()
+        self._queues.setdefault(room_id, set()).add(queue)
+        try:
+            if self._task is None or self._task.done():
+                self._ready = asyncio.get_running_loop().create_future()
+                self._task = asyncio.create_task(self._run(self._ready), name="chat-subscription")
+            if self._ready is not None:
+                await asyncio.shield(self._ready)  # subscribed before the caller replays history
+            yield queue
+        finally:
+            holders = self._queues.get(room_id, set())
+            holders.discard(queue)
+            if not holders:
+                self._queues.pop(room_id, None)
+            if not self._queues and self._task is not None:
+                self._task.cancel()  # nobody listens: give the Redis connection back
+                self._task = None
+
+    def _offer(self, room_id: str | None, item: object) -> None:
+        backlog = settings_of(ChatSettings).chat_client_backlog
+        targets = self._queues.get(room_id, set()) if room_id is not None else \
+            {q for qs in self._queues.values() for q in qs}
+        for queue in list(targets):
+            if queue.qsize() >= backlog:
+                queue.put_nowait(_OVERFLOW)
+            else:
+                queue.put_nowait(item)
+
+    async def _run(self, ready: asyncio.Future) -> None:
+        pubsub = redis_client().pubsub()
+        try:
+            await pubsub.psubscribe(CHANNEL_PATTERN)
+            while True:
+                confirmation = await pubsub.get_message(timeout=None)
+                if confirmation and confirmation["type"] == "psubscribe":
+                    break
+            ready.set_result(None)
+            async for message in pubsub.listen():
+                if message["type"] == "pmessage":
+                    room_id = message["channel"][len(_PREFIX):].decode()
+                    self._offer(room_id, message["data"])
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("chat subscription lost: %s", type(exc).__name__)
+            if not ready.done():
+                ready.set_exception(ServiceUnavailable("chat is unavailable"))
+            self._offer(None, _LOST)
+        finally:
+            if not ready.done():
+                ready.cancel()
+            await pubsub.aclose()
+
+
+_rooms = _Rooms()
+
+
+class _Connection:
+    """One member's live connection to one room."""
+
+    def __init__(self, websocket: WebSocket, room_id: str, user_id: str) -> None:
+        self.ws, self.room_id, self.user_id = websocket, room_id, user_id
+        self._send_lock = asyncio.Lock()
+
+    async def send(self, event: dict[str, Any] | bytes) -> None:
+        async with self._send_lock:
+            if isinstance(event, bytes):
+                await self.ws.send_text(event.decode())
+            else:
+                await self.ws.send_text(orjson.dumps(event).decode())
+
+    async def forward(self, queue: asyncio.Queue, after: int | None) -> None:
+        """Replay what was missed after ``after``, then the live events, each message once and in seq order."""
+        if after is None:
+            delivered = (await service.room_state(room_id=self.room_id, user_id=self.user_id))["seq"]
+        else:
+            delivered = after
+            async for message in service.missed(room_id=self.room_id, after=after):
+                await self.send({"type": "message", "message": message})
+                delivered = message["seq"]
+        await self.send({"type": "ready", "seq": delivered})
+        while True:
+            raw = await queue.get()
+            if raw is _LOST:
+                raise ServiceUnavailable("the room's feed was interrupted; resume")
+            if raw is _OVERFLOW:
+                raise ServiceUnavailable("too far behind; resume from your last sequence number")
+            if raw.startswith(b'{"type":"message"'):
+                seq = orjson.loads(raw)["message"]["seq"]
+                if seq <= delivered:
+                    continue  # replayed already
+                delivered = seq
+            await self.send(raw)
+
+    async def receive(self) -> None:
+        """The member's sends, receipts and typing, one at a time: their order is the order of their seqs."""
+        while True:
+            message = await self.ws.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            try:
+                body = json.loads(message.get("text") or "")
+                kind = body["type"]
+            except (ValueError, KeyError, TypeError):
+                await self.send({"type": "error", "detail": 'messages are JSON objects with a "type"'})
+                continue
+            if kind == "send":
+                await self._send_message(body)
+            elif kind == "read" and isinstance(body.get("seq"), int):
+                await service.read_up_to(room_id=self.room_id, user_id=self.user_id, seq=body["seq"])
+            elif kind == "typing":
+                await publish(self.room_id, {"type": "typing", "user_id": self.user_id})
+            else:
+                await self.send({"type": "error", "detail": f"unknown message type {kind!r}"})
+
+    async def _send_message(self, body: dict[str, Any]) -> None:
+        client_id = body.get("client_id")
+        try:
+            if not isinstance(client_id, str) or not isinstance(body.get("text"), str):
+                raise ValidationFailed.for_field("client_id", "client_id and text must be strings")
+            result = await service.post(room_id=self.room_id, sender=self.user_id, client_id=client_id,
+                                        text=body["text"])
+        except NexusError as err:
+            if err.status >= 500 or err.status == 404:
+                raise  # the room is gone or unreachable: the connection ends with its close code
+            await self.send({"type": "rejected", "client_id": client_id, "status": err.status,
+                             "detail": err.detail})
+            return
+        await self.send({"type": "ack", "client_id": client_id, "seq": result["message"]["seq"],
+                         "duplicate": result["duplicate"]})
+
+
+@router.websocket("/rooms/{room_id}/live", name="room_live")
+async def room_live(
+    websocket: WebSocket,
+    room_id: str = Path(pattern=ROOM_ID_PATTERN),
+    after: int | None = Query(None, ge=0, description="The last sequence number the client saw: replay from it."),
+    principal: Principal = ws_authorize(SCOPES.write),
+) -> None:
+    """A member's live connection to a room (WebSocket): send, receive in order, resume."""
+    await service.room_state(room_id=room_id, user_id=principal.subject)  # 4404 for a non-member
+    conn = _Connection(websocket, room_id, principal.subject)
+    async with _rooms.listen(room_id) as queue:
+        reader = asyncio.create_task(conn.receive(), name="chat-receive")
+        writer = asyncio.create_task(conn.forward(queue, after), name="chat-forward")
+        await publish(room_id, {"type": "presence", "user_id": principal.subject, "online": True})
+        try:
+            await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (reader, writer):
+                task.cancel()
+            results = await asyncio.gather(reader, writer, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                await publish(room_id, {"type": "presence", "user_id": principal.subject, "online": False})
+    for result in results:
+        if isinstance(result, Exception) and not isinstance(result, (WebSocketDisconnect, asyncio.CancelledError)):
+            raise result

@@ -1,0 +1,24 @@
+"""chat-service's own settings (variables ``NEXUS_CHAT_*``)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from nexus_ray.deployments.kit.settings import ServiceSettings
+
+
+class ChatSettings(ServiceSettings):
+    """How chat rooms are sharded and how much a slow client may fall behind."""
+
+    chat_shards: int = Field(
+        2, ge=1, le=1024, description="Shard actors holding the chat rooms (each a Ray worker process holding many "
+        "rooms). Changing it re-homes rooms; stop the old shards afterwards.",
+    )
+    chat_shard_max_resident: int = Field(
+        10_000, ge=1, description="Rooms one shard keeps in memory; idle ones beyond it are restored on use.",
+    )
+    chat_client_backlog: int = Field(
+        2000, ge=10, description="Live events queued for one connection before it is closed (1013) as too slow; "
+        "the client reconnects and resumes from its last sequence number.",
+    )
+    chat_max_text: int = Field(4000, ge=1, description="Longest message text, characters.")
