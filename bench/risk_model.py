@@ -43,7 +43,7 @@ def _forest(seed: int):
     from sklearn.calibration import CalibratedClassifierCV
     from sklearn.ensemble import RandomForestClassifier
 
-    rf = RandomForestClassifier(n_estimators=500, min_samples_leaf=3, max_features="sqrt", n_jobs=1,
+    rf = RandomForestClassifier(n_estimators=300, min_samples_leaf=3, max_features="sqrt", n_jobs=1,
                                 random_state=seed)
     return CalibratedClassifierCV(rf, method="sigmoid", cv=5)
 

@@ -136,6 +136,8 @@ class PromotionRead(BaseModel):
 class TrainingCreate(_In):
     sample: int | None = Field(None, ge=100, le=1000, description="Train on this many rows (seeded), default all.")
     seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed of the sample and of the cross-validation folds.")
+    c: float | None = Field(None, gt=0, le=100, description="Fix the L2 strength (inverse) instead of choosing it "
+                            "by inner cross-validation.")
 
 
 class ApplicationsCreate(_In):

@@ -286,14 +286,14 @@ def _ray_view(submission_id: str) -> dict[str, Any] | None:
         return None
 
 
-async def claim_job(*, job_id: UUID, kind: str) -> dict[str, Any]:
-    """For the job itself: mark its record running; its params."""
+async def claim_job(*, job_id: UUID, kind: str) -> tuple[dict[str, Any], str]:
+    """For the job itself: mark its record running; its params and who asked for it."""
     p = await postgres.pool()
     row = await p.fetchrow("UPDATE risk_jobs SET status = 'running' WHERE id = $1 AND kind = $2 "
-                           "AND status IN ('submitted', 'running') RETURNING params", job_id, kind)
+                           "AND status IN ('submitted', 'running') RETURNING params, requested_by", job_id, kind)
     if row is None:
         raise NotFound(f"no {kind} job {job_id} waiting to run")
-    return dict(row["params"])
+    return dict(row["params"]), str(row["requested_by"])
 
 
 async def finish_job(*, job_id: UUID, result: dict[str, Any] | None = None, error: str | None = None) -> None:
@@ -326,11 +326,12 @@ class Fold:
     train: np.ndarray
     test: np.ndarray
     seed: int
+    c_grid: tuple[float, ...]
 
 
 def fit_fold(fold: Fold) -> np.ndarray:
     """Out-of-fold probabilities of one fold (a Ray task in the job)."""
-    model = risk.fit(risk.take(fold.cols, fold.train), fold.y[fold.train], seed=fold.seed)
+    model = risk.fit(risk.take(fold.cols, fold.train), fold.y[fold.train], seed=fold.seed, c_grid=fold.c_grid)
     return model.probability(risk.take(fold.cols, fold.test))
 
 
@@ -346,22 +347,26 @@ def training_rows(*, sample: int | None, seed: int) -> tuple[dict[str, np.ndarra
 
 async def train(*, sample: int | None = None, seed: int = 0, trained_by: str, job_id: UUID | None = None,
                 mapper: Callable[[Callable[[Fold], np.ndarray], Iterable[Fold]], list[np.ndarray]] | None = None,
-                ) -> ModelRead:
-    """Fit the calibrated logit, measure it by 5-fold CV (each fold through ``mapper``), store it."""
+                c_grid: tuple[float, ...] = risk.C_GRID) -> ModelRead:
+    """Fit the calibrated logit, measure it by 5-fold CV (each fold through ``mapper``), store it.
+
+    ``c_grid``: the L2 strengths the inner cross-validation chooses from (tests use one, for speed).
+    """
     from sklearn.model_selection import StratifiedKFold
 
     cols, y = training_rows(sample=sample, seed=seed)
     splits = StratifiedKFold(FOLDS, shuffle=True, random_state=seed).split(np.zeros(len(y)), y)
-    folds = [Fold(cols, y, tr, te, seed) for tr, te in splits]
+    folds = [Fold(cols, y, tr, te, seed, c_grid) for tr, te in splits]
     run = mapper or (lambda fn, items: [fn(i) for i in items])
     oof = np.empty(len(y))
     for fold, p in zip(folds, await asyncio.to_thread(run, fit_fold, folds), strict=True):
         oof[fold.test] = p
-    model = await asyncio.to_thread(risk.fit, cols, y, seed=seed)
+    model = await asyncio.to_thread(risk.fit, cols, y, seed=seed, c_grid=c_grid)
     metrics = {"cv": {"folds": FOLDS, **risk.metrics(y, oof)},
-               "in_sample": risk.metrics(y, model.probability(cols)), "hyper": model.hyper, "seed": seed}
+               "in_sample": risk.metrics(y, model.probability(cols)), "hyper": model.hyper, "seed": seed,
+               "c_grid": list(c_grid)}
     return await store_model(model=model, metrics=metrics, data_hash=risk.data_hash(cols, y),
-                             training_rows=int(len(y)), trained_by=trained_by, job_id=job_id)
+                             training_rows=len(y), trained_by=trained_by, job_id=job_id)
 
 
 # -- batch scoring (run by nexus_ray.jobs.score_risk) -----------------------------------------------
