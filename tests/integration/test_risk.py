@@ -180,7 +180,7 @@ async def test_a_batch_run_writes_every_application_once(client, admin, bearer, 
                            last_id=ids[-1], size=60)[2]
     assert await service.score_chunk_async(again) == 60
     p = await postgres.pool()
-    rows = await p.fetch("SELECT application_id, band, reasons FROM risk_scores WHERE job_id = $1", job.id)
+    rows = await p.fetch("SELECT application_id FROM risk_scores WHERE job_id = $1", job.id)
     assert sorted(r["application_id"] for r in rows) == ids
     r = await client.get(f"{API}/jobs/{job.id}/scores", params={"limit": 1000}, headers=admin)
     page = r.json()["items"]

@@ -30,6 +30,7 @@ retried task finds its chunk written and writes nothing twice, and progress is e
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import time
 import uuid
@@ -227,7 +228,7 @@ async def store_applications(*, owner: str, items: Sequence[Application]) -> lis
                        for i, n in enumerate(risk.ATTRIBUTES))
     async with postgres.transaction() as conn:
         rows = await conn.fetch(
-            f"INSERT INTO risk_applications (owner, {cols}) SELECT $1, * FROM unnest({unnest}) "
+            f"INSERT INTO risk_applications (owner, {cols}) SELECT $1, {cols} FROM unnest({unnest}) "
             "WITH ORDINALITY AS t(" + cols + ", ord) ORDER BY ord RETURNING id", owner, *args)
     return [r["id"] for r in rows]
 
@@ -250,7 +251,9 @@ async def start_job(*, kind: str, params: dict[str, Any], requested_by: str,
         active = await _active_id(await postgres.pool())
         if active is None:
             raise Conflict("no model is active: train one before scoring a batch")
-        params = {**params, "model_id": str(active)}
+        # The words of the codes its scores are written with: the job's own, whatever a later version says.
+        params = {**params, "model_id": str(active), "reason_texts": risk.REASON_TEXTS,
+                  "bands": list(risk.BAND_NAMES)}
     async with postgres.transaction() as conn:
         await conn.execute("INSERT INTO risk_jobs (id, kind, submission_id, requested_by, params) "
                            "VALUES ($1, $2, $3, $4, $5)", job_id, kind, submission_id, requested_by, params)
@@ -303,13 +306,18 @@ async def finish_job(*, job_id: UUID, result: dict[str, Any] | None = None, erro
 
 
 async def batch_scores(*, job_id: UUID, page: PageRequest) -> Page[ScoreRow]:
+    """A batch job's scores, with the band and reasons in words (through the dictionary the job wrote with)."""
     p = await postgres.pool()
+    params = await p.fetchval("SELECT params FROM risk_jobs WHERE id = $1 AND kind = 'score'", job_id)
+    if params is None:
+        raise NotFound(f"batch job {job_id} not found")
+    texts, bands = params["reason_texts"], params["bands"]
     rows = await p.fetch("SELECT application_id, probability, band, reasons FROM risk_scores WHERE job_id = $1 "
                          "AND application_id > $2 ORDER BY application_id LIMIT $3",
                          job_id, page.after_value(0, 0), page.fetch_limit)
     return page.of(rows, key=lambda r: (r["application_id"],), item=lambda r: ScoreRow(
-        application_id=r["application_id"], probability_of_default=r["probability"], band=r["band"],
-        reasons=list(r["reasons"])))
+        application_id=r["application_id"], probability_of_default=r["probability"], band=bands[r["band"]],
+        reasons=[texts[c] for c in r["reasons"] if c != risk.NO_REASON]))
 
 
 # -- training (run by nexus_ray.jobs.train_risk) ----------------------------------------------------
@@ -468,21 +476,38 @@ async def score_chunk_async(chunk: Chunk, *, top: int = 4) -> int:
             if claimed is None:  # another attempt of this task wrote it meanwhile
                 return len(ids)
             if s is not None:
-                await conn.copy_records_to_table(
+                await conn.copy_to_table(
                     "risk_scores", columns=("job_id", "application_id", "model_id", "probability", "band", "reasons"),
-                    records=_records(job_id, model_id, ids, s))
+                    source=io.BytesIO(_score_rows(job_id, model_id, ids, s)), format="binary")
             await conn.execute("UPDATE risk_jobs SET done = done + $2 WHERE id = $1", job_id, len(ids))
         return len(ids)
     finally:
         await conn.close()
 
 
-def _records(job_id: UUID, model_id: UUID, ids: np.ndarray, s: risk.Scores) -> Iterable[tuple[Any, ...]]:
-    texts = risk.REASON_TEXTS
-    reasons = [[texts[i] for i in row if i >= 0] for row in s.reasons.tolist()]
-    bands = [risk.BAND_NAMES[b] for b in s.band.tolist()]
-    return zip([job_id] * len(ids), ids.tolist(), [model_id] * len(ids), s.probability.tolist(), bands, reasons,
-               strict=True)
+def _score_rows(job_id: UUID, model_id: UUID, ids: np.ndarray, s: risk.Scores) -> bytes:
+    """The chunk's scores as one binary COPY, built by numpy: every field is fixed width (the band and the
+    reasons are codes, read through the job's own dictionary), so no Python object is made per row."""
+    top = s.reasons.shape[1]
+    row = np.dtype([("n", ">i2"), ("job_len", ">i4"), ("job", "V16"), ("app_len", ">i4"), ("app", ">i8"),
+                    ("model_len", ">i4"), ("model", "V16"), ("p_len", ">i4"), ("p", ">f8"), ("band_len", ">i4"),
+                    ("band", ">i2"), ("reasons_len", ">i4"), ("ndim", ">i4"), ("flags", ">i4"), ("elem", ">u4"),
+                    ("dim", ">i4"), ("lbound", ">i4"), ("items", [("len", ">i4"), ("code", ">i2")], (top,))])
+    out = np.zeros(len(ids), dtype=row)
+    out["n"] = 6
+    out["job_len"], out["job"] = 16, np.frombuffer(job_id.bytes, dtype="V16")[0]
+    out["app_len"], out["app"] = 8, ids
+    out["model_len"], out["model"] = 16, np.frombuffer(model_id.bytes, dtype="V16")[0]
+    out["p_len"], out["p"] = 8, s.probability
+    out["band_len"], out["band"] = 2, s.band
+    out["reasons_len"] = 20 + 6 * top
+    out["ndim"], out["flags"], out["elem"], out["dim"], out["lbound"] = 1, 0, 21, top, 1  # 21: int2
+    out["items"]["len"] = 2
+    out["items"]["code"] = s.reasons
+    return _COPY_SIGNATURE + out.tobytes() + b"\xff\xff"
+
+
+_COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + b"\x00" * 8  # signature, flags, header extension length
 
 
 def score_chunk(chunk: Chunk) -> int:

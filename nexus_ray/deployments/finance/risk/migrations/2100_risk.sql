@@ -95,13 +95,16 @@ CREATE TABLE risk_batch_chunks (
     PRIMARY KEY (job_id, chunk)
 );
 
--- Scores of a batch run, one row per application (the primary key makes "every row once" hold).
+-- Scores of a batch run, one row per application (the primary key makes "every row once" hold). The band
+-- and the reasons are codes into the job's own dictionary (risk_jobs.params: bands, reason_texts; -1: no
+-- reason), so a chunk is written as one fixed-width binary COPY. No foreign keys: checked per row, they
+-- would be most of the write; the job and the model are the job's own.
 CREATE TABLE risk_scores (
     job_id         uuid             NOT NULL,
     application_id bigint           NOT NULL,
     model_id       uuid             NOT NULL,
     probability    double precision NOT NULL,
-    band           text             NOT NULL,
-    reasons        text[]           NOT NULL,
+    band           smallint         NOT NULL,
+    reasons        smallint[]       NOT NULL,
     PRIMARY KEY (job_id, application_id)
 );
