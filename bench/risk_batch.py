@@ -56,6 +56,27 @@ async def _insert(n: int, seed: int) -> tuple[int, int, float]:
     return first, last, time.perf_counter() - t0
 
 
+async def _online(n: int) -> None:
+    """In-process closed loop over the export (validation, active model, scoring, reasons): no HTTP, no Ray."""
+    import numpy as np
+
+    from nexus_ray.compute import risk
+    from nexus_ray.deployments.finance.risk import exports
+    from nexus_ray.deployments.finance.risk.service import applications_of
+
+    apps = applications_of(risk.synthetic(n, seed=7))
+    for a in apps[:50]:
+        await exports["score"](application=a)  # warm
+    took = []
+    for a in apps:
+        t0 = time.perf_counter()
+        await exports["score"](application=a)
+        took.append(time.perf_counter() - t0)
+    ms = np.array(took) * 1000
+    print(f"online score, in-process closed loop over the export, {n} calls: p50 {np.percentile(ms, 50):.2f} ms, "
+          f"p99 {np.percentile(ms, 99):.2f} ms, {n / ms.sum() * 1000:,.0f} calls/s")
+
+
 async def _job(first: int, last: int, chunk: int, submit: bool) -> tuple[str, str]:
     from nexus_ray.deployments.finance.risk import service
 
@@ -72,6 +93,8 @@ async def main_async(args: argparse.Namespace) -> None:
     from nexus_ray.stores import postgres
 
     await service.train(sample=None, seed=0, trained_by="bench", c_grid=(0.1,))
+    if args.online:
+        await _online(args.online)
     first, last, secs = await _insert(args.n, args.seed)
     print(f"{args.n} applications stored (ids {first}..{last}) in {secs:.1f} s (COPY; not part of the figures)")
 
@@ -111,6 +134,7 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, default=50_000, help="applications per Ray task (default 50,000)")
     ap.add_argument("--skip-one-process", action="store_true")
     ap.add_argument("--skip-ray", action="store_true")
+    ap.add_argument("--online", type=int, default=0, help="also time N online scores in-process (closed loop)")
     args = ap.parse_args()
 
     data_dir = Path(tempfile.mkdtemp(prefix="nexus-risk-bench-"))
