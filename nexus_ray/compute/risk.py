@@ -461,8 +461,8 @@ def _reasons(contrib: np.ndarray, cols: Mapping[str, np.ndarray], model: Logit, 
             v = cols[name].astype(np.intp)
         else:
             v = (cols[name] > model.design.center[model.design.names.index(name)]).astype(np.intp)
-        r, k = np.nonzero(hit)
-        value[r, k] = v[r]
+        at_row, at_rank = np.nonzero(hit)
+        value[at_row, at_rank] = v[at_row]
     ids = _phrase_table()[order, value]
     return order, np.where(chosen > 1e-9, ids, NO_REASON)
 
