@@ -56,7 +56,7 @@ class _In(BaseModel):
 
 
 def _choices(name: str) -> Any:
-    return Literal[risk.VALUES[name]]  # type: ignore[valid-type]
+    return Literal[risk.VALUES[name]]
 
 
 class Application(_In):
