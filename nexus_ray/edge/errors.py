@@ -8,6 +8,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.dependencies.utils import get_flat_params
 from fastapi.exceptions import RequestValidationError
@@ -68,6 +69,12 @@ def _unknown_route(request: Request, status: int, detail: str) -> NexusError:
     return for_status(status, detail if detail not in ("Not Found", "Method Not Allowed") else "")
 
 
+#: PostgreSQL keeps no NUL character (``\\u0000``) in text or JSON. A request that carries one is refused with a
+#: 422 instead of failing as a 500 (its transaction rolled back, nothing written): one handler here rather than
+#: a validator on every string field of every service.
+UNSTORABLE_TEXT = (asyncpg.exceptions.UntranslatableCharacterError, asyncpg.exceptions.CharacterNotInRepertoireError)
+
+
 def install(app: FastAPI) -> None:
     """Register the problem+json handlers on ``app``."""
 
@@ -84,6 +91,16 @@ def install(app: FastAPI) -> None:
         err = _unknown_route(request, exc.status_code, str(exc.detail))
         err.headers.update(exc.headers or {})
         return problem_response(err, request.url.path)
+
+    async def _unstorable(request: Request, exc: Exception) -> JSONResponse:
+        refused = ValidationFailed(
+            "a text value contains a character that cannot be stored (NUL, \\u0000)",
+            extra={"errors": [{"field": "body", "in": "body", "message": "contains a NUL character (\\u0000)",
+                               "type": "unstorable_character"}]})
+        return problem_response(refused, request.url.path)
+
+    for unstorable in UNSTORABLE_TEXT:
+        app.add_exception_handler(unstorable, _unstorable)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

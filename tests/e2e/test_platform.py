@@ -58,7 +58,8 @@ def test_status_shows_health_only_services_as_such(platform):
     assert result.exit_code == 0, result.output
     rows = {line.split("│")[1].strip(): line for line in result.output.splitlines() if line.count("│") > 3}
     assert "ready" in rows["auth-service"] and "health only" not in rows["auth-service"]
-    assert "health only" in rows["puabo-nuki-order-processor"]
+    assert "ready" in rows["puabo-nuki-order-processor"] and "health only" not in rows["puabo-nuki-order-processor"]
+    assert "health only" in rows["glitch"]
     assert "44/44 services ready" in result.output and "health only" in result.output.splitlines()[-1]
 
 

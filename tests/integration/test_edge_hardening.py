@@ -124,3 +124,19 @@ async def test_a_flood_of_made_up_kids_is_cut_to_the_budget(client, migrated, fr
         forged = jwt.encode(claims, signer.private_key, algorithm="ES256", headers={"kid": f"bogus{i}"})
         statuses.append((await client.get(GUARDED, headers={**me, "Authorization": f"Bearer {forged}"})).status_code)
     assert statuses == [401] * BUDGET + [429] * (BUDGET * 3)
+
+
+async def test_a_nul_character_in_a_stored_text_is_a_422_and_nothing_is_written(client, bearer):
+    """PostgreSQL keeps no NUL in text or JSON: the fuzzer's NUL in a notification preference used to be a 500."""
+    from nexus_ray.stores import postgres
+
+    headers = bearer("platform:notifications:*", subject="nul-tester")
+    user = f"nul-{secrets.token_hex(4)}"
+    for body in ({"email": "a\u0000@example.com"}, {"channels": {"orders\u0000": ["email"]}},
+                 {"push": [{"endpoint": "https://push.example", "keys": {"auth": "a\u0000"}}]}):
+        r = await client.put(f"/platform/v1/notifications/users/{user}/preferences", json=body, headers=headers)
+        assert r.status_code == 422 and r.headers["content-type"].startswith("application/problem+json"), r.text
+        assert r.json()["errors"][0]["type"] == "unstorable_character"
+    pg = await postgres.pool()
+    assert await pg.fetchval("SELECT count(*) FROM notif_contacts WHERE user_id = $1", user) == 0
+    assert await pg.fetchval("SELECT count(*) FROM notif_preferences WHERE user_id = $1", user) == 0

@@ -314,10 +314,11 @@ async def test_only_one_relay_leads(migrated, until):
     p = await postgres.pool()
     holders = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND objid = $1"
     try:
-        # Other relays of this session (the apps') may lead; exactly one session holds the lock.
+        # Other relays of this session (the apps') may lead; one session at most ever holds the lock (a leader
+        # whose broker call fails lets go and another takes over, so for an instant there may be none).
         await until(lambda: p.fetchval(holders, events._RELAY_LOCK & 0xFFFFFFFF))
         for _ in range(10):
-            assert await p.fetchval(holders, events._RELAY_LOCK & 0xFFFFFFFF) == 1
+            assert await p.fetchval(holders, events._RELAY_LOCK & 0xFFFFFFFF) <= 1
             assert not (a.is_leader and b.is_leader)
             await asyncio.sleep(0.1)
     finally:

@@ -29,7 +29,10 @@ def test_every_service_of_services_md_is_catalogued():
 def test_paths_follow_namespace_version_service():
     s = catalog.service("puabo-nuki-order-processor")
     assert s.path() == "/commerce/v1/order-processor"
-    assert s.package == "nexus_ray.deployments.commerce.order_processor"
+    assert s.package == "nexus_ray.deployments.commerce.orders"  # the catalog names its module
+    ledger = catalog.service("ledger-mgr")
+    assert ledger.path("v1") == "/commerce/v1/ledger"
+    assert ledger.package == "nexus_ray.deployments.commerce.ledger"  # by default, the slug's
 
 
 def test_checked_in_serve_config_equals_generated():

@@ -74,7 +74,7 @@ class InvoiceCreate(_In):
 
 
 class CreditLineIn(_In):
-    line: int = Field(strict=True, ge=0, description="Position of the invoice line credited (0-based).")
+    line: int = Field(strict=True, ge=0, le=499, description="Position of the invoice line credited (0-based).")
     quantity: int = Field(strict=True, ge=1, le=1_000_000, description="Units credited.")
 
 

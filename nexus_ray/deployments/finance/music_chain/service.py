@@ -54,7 +54,7 @@ from nexus_ray.compute.musicchain import (
 from nexus_ray.deployments.finance.accounts import ledger_account
 from nexus_ray.deployments.kit.calls import call
 from nexus_ray.deployments.kit.pages import Page, PageRequest
-from nexus_ray.exceptions import NotFound, ValidationFailed
+from nexus_ray.exceptions import Conflict, NotFound, ValidationFailed
 from nexus_ray.stores import postgres
 from nexus_ray.stores.events import emit, emit_many
 
@@ -186,7 +186,7 @@ async def publish_root(*, caller: str) -> RootRead:
     pg = await postgres.pool()
     head = await pg.fetchrow("SELECT seq, hash FROM music_records ORDER BY pos DESC LIMIT 1")
     if head is None:
-        raise ValidationFailed.for_field("records", "the chain is empty: nothing to publish")
+        raise Conflict("the chain is empty: nothing to publish yet", extra={"code": "chain_empty"})
     size = head["seq"] + 1
     loop = asyncio.get_running_loop()
     root = await asyncio.to_thread(lambda: merkle_root(_hashes(loop, size)))
