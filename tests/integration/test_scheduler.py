@@ -53,8 +53,8 @@ async def runs_of(schedule_id) -> list[dict]:
 
     p = await postgres.pool()
     return [dict(r) for r in await p.fetch(
-        "SELECT due_at, trigger, status, attempt FROM scheduler_runs WHERE schedule_id = $1 ORDER BY due_at",
-        schedule_id)]
+        "SELECT due_at, trigger, status, attempt, holder, error FROM scheduler_runs WHERE schedule_id = $1 "
+        "ORDER BY due_at", schedule_id)]
 
 
 # -- cron -----------------------------------------------------------------------------------------------------

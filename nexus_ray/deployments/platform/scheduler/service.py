@@ -24,7 +24,8 @@ row or a session-bound advisory lock taken by a process that is gone without its
 Job runs submit ``nexus_ray.jobs.<target>`` with :func:`nexus_ray.runtime.jobs.submit` under the
 submission id ``nexus-sched-<run id>``, so a loop that takes over a run finds the job already submitted
 instead of starting a second one, and follows it to its end. Task runs call a registered
-:mod:`.tasks` callable; a taken-over task runs again (tasks are idempotent).
+:mod:`.tasks` callable; a taken-over task runs again (tasks are idempotent). Only a loop whose process
+registered a run's task takes that run (:func:`claim`), so a process that lacks it never fails it.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -294,18 +295,25 @@ def new_holder() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-async def claim(*, holder: str, lease_s: float | None = None) -> asyncpg.Record | None:
+async def claim(*, holder: str, lease_s: float | None = None,
+                known_tasks: Collection[str] | None = None) -> asyncpg.Record | None:
     """Take a run whose schedule has no live lease: lease it, mark it running; None if there is none.
 
-    Runs taken over from a crashed holder come first (they were started), then the oldest due.
+    Runs taken over from a crashed holder come first (they were started), then the oldest due. A task
+    run is taken only by a loop whose process registered that task (``known_tasks``, by default this
+    process's :func:`.tasks.names`): loops in processes that do not know it (another application's
+    replicas, an older release) leave it to one that does instead of failing it. Job runs are taken by
+    any loop.
     """
     lease_s = lease_s if lease_s is not None else settings().scheduler_lease_s
+    known = sorted(known_tasks) if known_tasks is not None else tasks.names()
     async with postgres.transaction() as conn:
         run = await conn.fetchrow(
-            "SELECT r.id, r.schedule_id FROM scheduler_runs r WHERE r.status IN ('pending', 'running') "
+            "SELECT r.id, r.schedule_id FROM scheduler_runs r JOIN scheduler_schedules s ON s.id = r.schedule_id "
+            "WHERE r.status IN ('pending', 'running') AND (s.target_type <> 'task' OR s.target = ANY($1::text[])) "
             "AND NOT EXISTS (SELECT 1 FROM scheduler_leases l WHERE l.schedule_id = r.schedule_id "
             "AND l.expires_at > now()) ORDER BY r.status = 'running' DESC, r.due_at, r.id LIMIT 1 "
-            "FOR UPDATE OF r SKIP LOCKED")
+            "FOR UPDATE OF r SKIP LOCKED", known)
         if run is None:
             return None
         # The primary key arbitrates between loops that locked different runs of one schedule: the
