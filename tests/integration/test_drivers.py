@@ -4,6 +4,7 @@ and a driver seeing only their own things. (Locations reaching the fleet need th
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -57,7 +58,7 @@ async def offer(driver_id: str, *, job_id: str | None = None) -> str:
 async def next_of(ws, kind: str) -> dict:
     """The next message of type ``kind`` (skipping others)."""
     while True:
-        message = json.loads(await ws.recv())
+        message = json.loads(await asyncio.wait_for(ws.recv(), 30))
         if message["type"] == kind:
             return message
 

@@ -405,7 +405,12 @@ async def tell_dispatch(*, offer_id: str, driver_id: UUID, accepted: bool) -> bo
     """
     if not exported(DISPATCH, "offer_answered"):
         return False
-    await call(DISPATCH, "offer_answered", offer_id=offer_id, driver_id=str(driver_id), accepted=accepted)
+    try:
+        await call(DISPATCH, "offer_answered", offer_id=offer_id, driver_id=str(driver_id), accepted=accepted)
+    except NotFound:
+        # An offer ai-dispatch never made (an operator's or another service's, through ``offer_job``): the
+        # driver's answer is this service's alone to record. A dispatch offer is never forgotten there.
+        return False
     return True
 
 
