@@ -49,7 +49,9 @@ async def test_a_submitted_batch_job_scores_every_application_once_as_ray_tasks(
     await until(lambda: jobs.info(job["submission_id"]).terminal, within_s=30, every=0.5)
     progress = jobs.progress(job["submission_id"])
     assert progress["result"]["scored"] == 300 and progress["progress"]["done"] == 300
-    assert done["ray"] is not None and done["ray"]["status"] == "SUCCEEDED"
+    # The record was read while Ray still ran the job's last lines; read it again now Ray says it ended.
+    r = await ray_client.get(f"{API}/jobs/{job['id']}", headers=admin)
+    assert r.json()["ray"] is not None and r.json()["ray"]["status"] == "SUCCEEDED", r.json()
 
     rows = await p.fetch("SELECT application_id FROM risk_scores WHERE job_id = $1::uuid", job["id"])
     assert sorted(r["application_id"] for r in rows) == ids  # each once (and the key forbids twice)
