@@ -191,7 +191,9 @@ class _ActiveModel:
             p = await postgres.pool()
             active = await _active_id(p)
             if active is None:
-                raise ServiceUnavailable("no risk model is active yet: one must be trained first")
+                # A state of the service, not an outage: 409 until a model is trained (and so active).
+                raise Conflict("no risk model is active yet: one must be trained first",
+                               extra={"code": "no_active_model"})
             if self.loaded is None or self.loaded.id != active:
                 row = await p.fetchrow("SELECT version, model FROM risk_models WHERE id = $1", active)
                 self.loaded = _Loaded(active, row["version"], risk.Logit.from_bytes(row["model"]), now)
