@@ -51,7 +51,8 @@ async def list_models(page: PageRequest = page_params(default=20, maximum=100),
     return await service.list_models(page=page)
 
 
-@router.get("/models/active", response_model=ModelRead, summary="The model scores come from now")
+@router.get("/models/active", response_model=ModelRead, summary="The model scores come from now",
+            responses={404: {"description": "No model is active yet: none has been trained."}})
 async def active_model(principal: Principal = authorize(SCOPES.read)) -> ModelRead:
     return await service.active_model()
 

@@ -68,7 +68,7 @@ async def list_offers(
 
 @router.get("/rounds", response_model=Page[RoundRead], summary="Rounds of the loop: cost and timing (operators)")
 async def list_rounds(
-    min_offers: int = Query(0, ge=0, description="Only rounds that made at least this many offers."),
+    min_offers: int = Query(0, ge=0, le=1_000_000, description="Only rounds that made at least this many offers."),
     page: PageRequest = page_params(default=50, maximum=500),
     principal: Principal = authorize(SCOPES.admin),
 ) -> Page[RoundRead]:
