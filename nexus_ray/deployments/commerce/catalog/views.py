@@ -76,7 +76,7 @@ async def update_product(product_id: ProductId, body: ProductUpdate,
                summary="Delete a product (from the version read; a stale version is a 409)")
 async def delete_product(
     product_id: ProductId,
-    version: int = Query(ge=1, description="The product's version this deletion is based on."),
+    version: int = Query(ge=1, le=2**62, description="The product's version this deletion is based on."),
     principal: Principal = authorize(SCOPES.write),
 ) -> Response:
     await service.delete_product(product_id=str(product_id), caller=principal.subject, privileged=_admin(principal),
@@ -104,8 +104,8 @@ async def search(
     category: str | None = Query(None, pattern=CATEGORY_PATTERN, description="A category path (its subtree)."),
     brand: list[str] = Query([], max_length=20, description="Brands (any of them)."),
     currency: str = Query("USD", pattern=r"^[A-Z]{3}$", description="Currency of prices, price filter and bands."),
-    price_min: int | None = Query(None, ge=0, description="Lowest price (minor units, inclusive)."),
-    price_max: int | None = Query(None, ge=0, description="Highest price (minor units, inclusive)."),
+    price_min: int | None = Query(None, ge=0, le=2**62, description="Lowest price (minor units, inclusive)."),
+    price_max: int | None = Query(None, ge=0, le=2**62, description="Highest price (minor units, inclusive)."),
     attr: list[str] = Query([], max_length=20, description="`key:value`; values of one key are alternatives, "
                             "different keys must all match."),
     facets: bool | None = Query(None, description="Count facets (default: on the first page only)."),

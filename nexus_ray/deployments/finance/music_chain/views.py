@@ -78,7 +78,7 @@ async def latest_root() -> RootRead:
 
 @router.get("/proofs", response_model=ProofRead, dependencies=[authorize(SCOPES.read)],
             summary="A record's inclusion proof in the latest root")
-async def get_proof(seq: int = Query(ge=0, description="The record's seq.")) -> ProofRead:
+async def get_proof(seq: int = Query(ge=0, le=2**62, description="The record's seq.")) -> ProofRead:
     return await service.proof(seq=seq)
 
 

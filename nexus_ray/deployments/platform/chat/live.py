@@ -214,7 +214,7 @@ class _Connection:
 async def room_live(
     websocket: WebSocket,
     room_id: str = Path(pattern=ROOM_ID_PATTERN),
-    after: int | None = Query(None, ge=0, description="The last sequence number the client saw: replay from it."),
+    after: int | None = Query(None, ge=0, le=2**62, description="The last sequence number seen: replay from it."),
     principal: Principal = ws_authorize(SCOPES.write),
 ) -> None:
     """A member's live connection to a room (WebSocket): send, receive in order, resume."""

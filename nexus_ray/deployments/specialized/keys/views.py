@@ -99,7 +99,7 @@ async def rewrap(
 async def audit(
     kid: str | None = Query(None, pattern=KID_PATTERN, description="Only uses of this key."),
     action: AuditAction | None = Query(None),
-    before: int | None = Query(None, ge=1, description="Only rows older than this id (paging)."),
+    before: int | None = Query(None, ge=1, le=2**62, description="Only rows older than this id (paging)."),
     limit: int = Query(100, ge=1, le=1000),
     _principal: Principal = authorize(SCOPES.action("audit")),
 ) -> dict:
