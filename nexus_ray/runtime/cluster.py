@@ -202,6 +202,8 @@ def start_head(
     full_env = {
         **os.environ, **LOCAL_ENV, **env, **SERVE_ENV, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token",
         "RAY_SERVE_HAPROXY_BINARY_PATH": str(launcher), "FORWARDED_ALLOW_IPS": "",
+        # Where replicas and jobs submit Ray jobs (nexus_ray.runtime.jobs): this head's dashboard.
+        "NEXUS_DASHBOARD_URL": f"http://127.0.0.1:{dashboard_port}",
     }
     log = data_dir / "logs" / "ray-start.log"
     log.parent.mkdir(parents=True, exist_ok=True)

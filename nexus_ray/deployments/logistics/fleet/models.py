@@ -10,15 +10,28 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import AfterValidator, BaseModel, Field, model_validator
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
 Ident = Annotated[str, Field(pattern=ID_PATTERN, description="Letters, digits and . _ : -, at most 64.")]
 Lat = Annotated[float, Field(ge=-90, le=90, allow_inf_nan=False, description="Latitude, degrees.")]
 Lon = Annotated[float, Field(ge=-180, le=180, allow_inf_nan=False, description="Longitude, degrees.")]
 Status = Literal["available", "busy", "offline", "maintenance"]
-Polygon = Annotated[list[tuple[Lat, Lon]], Field(min_length=3, max_length=1000,
-                                                  description="Vertices as [lat, lon]; the last joins the first.")]
+
+
+def _vertex(v: list[float]) -> tuple[float, float]:
+    lat, lon = v
+    if not (-90 <= lat <= 90 and -180 <= lon <= 180):
+        raise ValueError("a vertex is [lat, lon] with lat in [-90, 90] and lon in [-180, 180]")
+    return (lat, lon)
+
+
+# A vertex is a two-number array, checked here rather than typed as a tuple: a tuple's schema (prefixItems)
+# is rendered as an `items` array in the OpenAPI document, which OpenAPI 3.1 tools refuse.
+Vertex = Annotated[list[Annotated[float, Field(allow_inf_nan=False)]],
+                   Field(min_length=2, max_length=2, description="[lat, lon], degrees."), AfterValidator(_vertex)]
+Polygon = Annotated[list[Vertex], Field(min_length=3, max_length=1000,
+                                        description="Vertices as [lat, lon]; the last joins the first.")]
 
 
 class VehicleBase(BaseModel):

@@ -98,7 +98,8 @@ async def nearest(
 @router.post("/fleets/{fleet_id}/area", response_model=list[VehicleRead], dependencies=[READ],
              summary="Vehicles inside a box or a polygon")
 async def area(fleet_id: FleetId, body: AreaQuery) -> list[VehicleRead]:
-    return await service.in_area(fleet_id=fleet_id, bbox=body.bbox, polygon=body.polygon,
+    polygon = None if body.polygon is None else [(v[0], v[1]) for v in body.polygon]
+    return await service.in_area(fleet_id=fleet_id, bbox=body.bbox, polygon=polygon,
                                  available_only=body.available_only, limit=body.limit)
 
 
@@ -152,7 +153,7 @@ async def list_geofences(fleet_id: FleetId) -> list[GeofenceRead]:
             summary="Create or replace a geofence (crossings emit geofence.entered / geofence.exited)")
 async def put_geofence(fleet_id: FleetId, geofence_id: GeofenceId, body: GeofenceUpsert) -> GeofenceRead:
     return await service.put_geofence(fleet_id=fleet_id, geofence_id=geofence_id, name=body.name,
-                                      polygon=body.polygon)
+                                      polygon=[(v[0], v[1]) for v in body.polygon])
 
 
 @router.delete("/fleets/{fleet_id}/geofences/{geofence_id}", status_code=204, response_class=Response,
