@@ -71,13 +71,15 @@ async def publish_root(principal: Principal = authorize(SCOPES.admin)) -> RootRe
 
 
 @router.get("/roots/latest", response_model=RootRead, dependencies=[authorize(SCOPES.read)],
-            summary="The latest published root")
+            summary="The latest published root",
+            responses={404: {"description": "No root has been published yet."}})
 async def latest_root() -> RootRead:
     return await service.latest_root()
 
 
 @router.get("/proofs", response_model=ProofRead, dependencies=[authorize(SCOPES.read)],
-            summary="A record's inclusion proof in the latest root")
+            summary="A record's inclusion proof in the latest root",
+            responses={404: {"description": "No such record, or no published root covers it yet."}})
 async def get_proof(seq: int = Query(ge=0, le=2**62, description="The record's seq.")) -> ProofRead:
     return await service.proof(seq=seq)
 
