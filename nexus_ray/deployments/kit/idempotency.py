@@ -55,10 +55,11 @@ import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import asyncpg
 import orjson
+from fastapi import Header, Response
 from pydantic import BaseModel
 
 from nexus_ray.exceptions import Conflict, Forbidden, NexusError, NotFound, ValidationFailed
@@ -71,6 +72,11 @@ Work = Callable[[asyncpg.Connection], Awaitable[tuple[int, dict[str, Any]]]]
 
 #: What a key may look like (the ledger's pattern): visible, URL-safe, at most 255 characters.
 KEY_PATTERN = r"^[A-Za-z0-9._:@/+=-]{1,255}$"
+#: The response header that marks a stored response answered again.
+REPLAYED_HEADER = "Idempotent-Replayed"
+#: A route's optional ``Idempotency-Key`` header, where the body may carry the key as ``idempotency_key`` instead.
+KeyHeader = Annotated[str | None, Header(alias="Idempotency-Key", pattern=KEY_PATTERN,
+                                         description="Idempotency key (or the body's idempotency_key).")]
 _TABLE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _ERRORS: dict[int, type[NexusError]] = {403: Forbidden, 404: NotFound, 409: Conflict, 422: ValidationFailed}
 
@@ -88,6 +94,21 @@ def key_reused(field_name: str) -> ValidationFailed:
         f"{field_name}: {message}",
         extra={"errors": [{"field": field_name, "message": message, "type": "idempotency_key_reused"}],
                "code": "idempotency_key_reused"})
+
+
+def key_of(header: str | None, field_value: str | None) -> str | None:
+    """The request's key, from the ``Idempotency-Key`` header or the body's ``idempotency_key``; both must agree."""
+    if header is not None and field_value is not None and header != field_value:
+        raise ValidationFailed.for_field("idempotency_key", "differs from the Idempotency-Key header")
+    return field_value if field_value is not None else header
+
+
+def mark_replayed(response: Response, replayed: bool, *, status: int | None = None) -> None:
+    """Mark ``response`` as a stored one answered again (and give it ``status``, when the replay has its own)."""
+    if replayed:
+        response.headers[REPLAYED_HEADER] = "true"
+        if status is not None:
+            response.status_code = status
 
 
 def error_from(status: int, problem: Mapping[str, Any], *, classes: Mapping[int, type[NexusError]] = {},
@@ -119,7 +140,7 @@ class Outcome:
     def error(self, *, classes: Mapping[int, type[NexusError]] = {}) -> NexusError:
         """The stored error as a platform error (with ``Idempotent-Replayed: true`` when replayed)."""
         return error_from(self.status, self.body, classes=classes,
-                          headers={"Idempotent-Replayed": "true"} if self.replayed else None)
+                          headers={REPLAYED_HEADER: "true"} if self.replayed else None)
 
     def model(self, cls: type[M], *, classes: Mapping[int, type[NexusError]] = {}) -> M:
         """The body as ``cls``; a stored error is raised."""
@@ -161,7 +182,7 @@ class Idempotency:
                 if row["fingerprint"] != fingerprint:
                     raise key_reused(field_name)
                 return Outcome(int(row["status"]), row["response"], replayed=True,
-                               headers={"Idempotent-Replayed": "true"})
+                               headers={REPLAYED_HEADER: "true"})
             try:
                 async with conn.transaction():  # a savepoint: a refusal leaves nothing of the change behind
                     status, body = await work(conn)

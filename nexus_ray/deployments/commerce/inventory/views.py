@@ -13,8 +13,9 @@ from __future__ import annotations
 from typing import Annotated
 from uuid import UUID
 
-from fastapi import APIRouter, Header, Path, Query, Response
+from fastapi import APIRouter, Path, Query, Response
 
+from nexus_ray.deployments.kit.idempotency import KeyHeader, key_of, mark_replayed
 from nexus_ray.deployments.kit.pages import Page, PageRequest, page_params
 from nexus_ray.deployments.kit.scopes import scopes_of
 from nexus_ray.edge.security import Principal, authorize
@@ -22,7 +23,6 @@ from nexus_ray.exceptions import ValidationFailed
 
 from . import service
 from .models import (
-    KEY_PATTERN,
     SKU_PATTERN,
     Adjustment,
     MovementRead,
@@ -40,19 +40,6 @@ router = APIRouter()
 
 ReservationId = Annotated[UUID, Path(description="The reservation's id.")]
 SkuPath = Annotated[str, Path(pattern=SKU_PATTERN, description="The SKU.")]
-KeyHeader = Annotated[str | None, Header(alias="Idempotency-Key", pattern=KEY_PATTERN,
-                                         description="Idempotency key (or the body's idempotency_key).")]
-
-
-def _key(header: str | None, field: str | None) -> str | None:
-    if header is not None and field is not None and header != field:
-        raise ValidationFailed.for_field("idempotency_key", "differs from the Idempotency-Key header")
-    return field if field is not None else header
-
-
-def _replayed(response: Response, replayed: bool) -> None:
-    if replayed:
-        response.headers["Idempotent-Replayed"] = "true"
 
 
 @router.post("/warehouses", status_code=201, response_model=WarehouseRead, summary="Open a warehouse",
@@ -79,8 +66,8 @@ async def restock(body: Restock, response: Response, idempotency_key: KeyHeader 
                   principal: Principal = authorize(SCOPES.admin)) -> StockRead:
     out, replayed = await service.restock(caller=principal.subject, sku=body.sku, warehouse_id=body.warehouse_id,
                                           quantity=body.quantity, note=body.note,
-                                          idempotency_key=_key(idempotency_key, body.idempotency_key))
-    _replayed(response, replayed)
+                                          idempotency_key=key_of(idempotency_key, body.idempotency_key))
+    mark_replayed(response, replayed)
     return out
 
 
@@ -89,8 +76,8 @@ async def adjust(body: Adjustment, response: Response, idempotency_key: KeyHeade
                  principal: Principal = authorize(SCOPES.admin)) -> StockRead:
     out, replayed = await service.adjust(caller=principal.subject, sku=body.sku, warehouse_id=body.warehouse_id,
                                          delta=body.delta, reason=body.reason,
-                                         idempotency_key=_key(idempotency_key, body.idempotency_key))
-    _replayed(response, replayed)
+                                         idempotency_key=key_of(idempotency_key, body.idempotency_key))
+    mark_replayed(response, replayed)
     return out
 
 
@@ -110,7 +97,7 @@ async def movements(sku: SkuPath, page: PageRequest = page_params(default=100, m
              summary="Hold stock for a reference (all lines or none; 409 naming a short SKU)")
 async def reserve(body: ReservationCreate, response: Response, idempotency_key: KeyHeader = None,
                   principal: Principal = authorize(SCOPES.write)) -> ReservationRead:
-    key = _key(idempotency_key, body.idempotency_key)
+    key = key_of(idempotency_key, body.idempotency_key)
     if key is None:
         raise ValidationFailed.for_field("idempotency_key", "is required (field or Idempotency-Key header)",
                                          "missing")
@@ -119,7 +106,7 @@ async def reserve(body: ReservationCreate, response: Response, idempotency_key: 
                                           idempotency_key=key)
     if replayed:
         response.status_code = 200
-    _replayed(response, replayed)
+    mark_replayed(response, replayed)
     return out
 
 

@@ -13,13 +13,14 @@ from __future__ import annotations
 from typing import Annotated, Any
 from uuid import UUID
 
-from fastapi import APIRouter, Header, Path, Query, Response
+from fastapi import APIRouter, Path, Query, Response
 
-from nexus_ray.deployments.commerce.ledger.models import KEY_PATTERN, OWNER_PATTERN
+from nexus_ray.deployments.commerce.ledger.models import OWNER_PATTERN
+from nexus_ray.deployments.kit.idempotency import KeyHeader, key_of, mark_replayed
 from nexus_ray.deployments.kit.pages import Page, PageRequest, page_params
 from nexus_ray.deployments.kit.scopes import scopes_of
 from nexus_ray.edge.security import Principal, authorize
-from nexus_ray.exceptions import Forbidden, ValidationFailed
+from nexus_ray.exceptions import Forbidden
 
 from . import documents, service
 from .models import (
@@ -38,25 +39,12 @@ router = APIRouter()
 
 InvoiceId = Annotated[UUID, Path(description="The invoice's id.")]
 CreditNoteId = Annotated[UUID, Path(description="The credit note's id.")]
-KeyHeader = Annotated[str | None, Header(alias="Idempotency-Key", pattern=KEY_PATTERN,
-                                         description="Idempotency key (or the body's idempotency_key).")]
 _PDF: dict[int | str, dict[str, Any]] = {200: {"content": {"application/pdf": {}},
                                              "description": "The document as a PDF."}}
 
 
-def _key(header: str | None, field: str | None) -> str | None:
-    if header is not None and field is not None and header != field:
-        raise ValidationFailed.for_field("idempotency_key", "differs from the Idempotency-Key header")
-    return field if field is not None else header
-
-
 def _admin(principal: Principal) -> bool:
     return principal.can(SCOPES.admin)
-
-
-def _replayed(response: Response, replayed: bool) -> None:
-    if replayed:
-        response.headers["Idempotent-Replayed"] = "true"
 
 
 def _pdf(content: bytes, name: str) -> Response:
@@ -70,8 +58,8 @@ async def issue(body: InvoiceCreate, response: Response, idempotency_key: KeyHea
     invoice, replayed = await service.issue_invoice(
         caller=principal.subject, series=body.series, source=body.source, source_id=body.source_id,
         customer=body.customer, country=body.country, currency=body.currency, lines=body.lines,
-        idempotency_key=_key(idempotency_key, body.idempotency_key))
-    _replayed(response, replayed)
+        idempotency_key=key_of(idempotency_key, body.idempotency_key))
+    mark_replayed(response, replayed)
     return invoice
 
 
@@ -106,8 +94,8 @@ async def credit(invoice_id: InvoiceId, body: CreditNoteCreate, response: Respon
     note, replayed = await service.credit_note(
         caller=principal.subject, invoice_id=invoice_id, reason=body.reason,
         lines=None if body.lines is None else [(ln.line, ln.quantity) for ln in body.lines],
-        idempotency_key=_key(idempotency_key, body.idempotency_key))
-    _replayed(response, replayed)
+        idempotency_key=key_of(idempotency_key, body.idempotency_key))
+    mark_replayed(response, replayed)
     return note
 
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 from typing import Annotated
 from uuid import UUID
 
-from fastapi import APIRouter, Header, Path, Query, Response
+from fastapi import APIRouter, Path, Query, Response
 
+from nexus_ray.deployments.kit.idempotency import KeyHeader, key_of, mark_replayed
 from nexus_ray.deployments.kit.pages import Page, PageRequest, page_params
 from nexus_ray.deployments.kit.scopes import scopes_of
 from nexus_ray.edge.security import Principal, authorize
@@ -22,7 +23,6 @@ from nexus_ray.exceptions import Forbidden, ValidationFailed
 
 from . import service
 from .models import (
-    KEY_PATTERN,
     OWNER_PATTERN,
     AccountCreate,
     AccountRead,
@@ -46,23 +46,10 @@ router = APIRouter()
 AccountId = Annotated[UUID, Path(description="The account's id.")]
 EntryId = Annotated[UUID, Path(description="The entry's id.")]
 HoldId = Annotated[UUID, Path(description="The hold's id.")]
-KeyHeader = Annotated[str | None, Header(alias="Idempotency-Key", pattern=KEY_PATTERN,
-                                         description="Idempotency key (or the body's idempotency_key).")]
-
-
-def _key(header: str | None, field: str | None) -> str | None:
-    if header is not None and field is not None and header != field:
-        raise ValidationFailed.for_field("idempotency_key", "differs from the Idempotency-Key header")
-    return field if field is not None else header
 
 
 def _admin(principal: Principal) -> bool:
     return principal.can(SCOPES.admin)
-
-
-def _replayed(response: Response, replayed: bool) -> None:
-    if replayed:
-        response.headers["Idempotent-Replayed"] = "true"
 
 
 @router.post("/accounts", status_code=201, response_model=AccountRead, summary="Open an account")
@@ -104,9 +91,9 @@ async def transfer(body: TransferCreate, response: Response, idempotency_key: Ke
     req = service.transfer_request(
         debit_account_id=body.debit_account_id, credit_account_id=body.credit_account_id, amount=body.amount,
         currency=body.currency, description=body.description, metadata=body.metadata,
-        idempotency_key=_key(idempotency_key, body.idempotency_key))
+        idempotency_key=key_of(idempotency_key, body.idempotency_key))
     entry, replayed = await service.post_one(caller=principal.subject, privileged=_admin(principal), request=req)
-    _replayed(response, replayed)
+    mark_replayed(response, replayed)
     return entry
 
 
@@ -130,9 +117,9 @@ async def entry(body: EntryCreate, response: Response, idempotency_key: KeyHeade
     req = service.entry_request(
         lines=[service.Line(ln.account_id, ln.side, ln.amount, ln.currency) for ln in body.lines],
         description=body.description, metadata=body.metadata,
-        idempotency_key=_key(idempotency_key, body.idempotency_key))
+        idempotency_key=key_of(idempotency_key, body.idempotency_key))
     posted, replayed = await service.post_one(caller=principal.subject, privileged=_admin(principal), request=req)
-    _replayed(response, replayed)
+    mark_replayed(response, replayed)
     return posted
 
 
@@ -147,8 +134,8 @@ async def reverse(entry_id: EntryId, body: ReverseCreate, response: Response, id
                   principal: Principal = authorize(SCOPES.admin)) -> EntryRead:
     posted, replayed = await service.reverse_entry(
         entry_id=entry_id, caller=principal.subject, description=body.description,
-        idempotency_key=_key(idempotency_key, body.idempotency_key))
-    _replayed(response, replayed)
+        idempotency_key=key_of(idempotency_key, body.idempotency_key))
+    mark_replayed(response, replayed)
     return posted
 
 
@@ -159,8 +146,8 @@ async def place_hold(body: HoldCreate, response: Response, idempotency_key: KeyH
         caller=principal.subject, privileged=_admin(principal), debit_account_id=body.debit_account_id,
         credit_account_id=body.credit_account_id, amount=body.amount, currency=body.currency,
         expires_in_s=body.expires_in_s, description=body.description, metadata=body.metadata,
-        idempotency_key=_key(idempotency_key, body.idempotency_key))
-    _replayed(response, replayed)
+        idempotency_key=key_of(idempotency_key, body.idempotency_key))
+    mark_replayed(response, replayed)
     return hold
 
 
@@ -175,8 +162,8 @@ async def capture(hold_id: HoldId, body: HoldCapture, response: Response, idempo
                   principal: Principal = authorize(SCOPES.write)) -> HoldRead:
     hold, replayed = await service.capture_hold(
         hold_id=hold_id, caller=principal.subject, privileged=_admin(principal), amount=body.amount,
-        idempotency_key=_key(idempotency_key, body.idempotency_key))
-    _replayed(response, replayed)
+        idempotency_key=key_of(idempotency_key, body.idempotency_key))
+    mark_replayed(response, replayed)
     return hold
 
 

@@ -12,22 +12,21 @@ from __future__ import annotations
 from typing import Annotated
 from uuid import UUID
 
-from fastapi import APIRouter, Header, Path, Query, Response
+from fastapi import APIRouter, Path, Query, Response
 
+from nexus_ray.deployments.kit.idempotency import REPLAYED_HEADER, KeyHeader, key_of, mark_replayed
 from nexus_ray.deployments.kit.pages import Page, PageRequest, page_params
 from nexus_ray.deployments.kit.scopes import scopes_of
 from nexus_ray.edge.security import Principal, authorize
 from nexus_ray.exceptions import Forbidden, ValidationFailed
 
 from . import service
-from .models import KEY_PATTERN, CancelRequest, OrderCreate, OrderRead, RefundRequest, SagaLogRead
+from .models import CancelRequest, OrderCreate, OrderRead, RefundRequest, SagaLogRead
 
 SCOPES = scopes_of("puabo-nuki-order-processor")
 router = APIRouter()
 
 OrderId = Annotated[UUID, Path(description="The order's id.")]
-KeyHeader = Annotated[str | None, Header(alias="Idempotency-Key", pattern=KEY_PATTERN,
-                                         description="Idempotency key (or the body's idempotency_key).")]
 
 
 def _admin(principal: Principal) -> bool:
@@ -38,9 +37,7 @@ def _admin(principal: Principal) -> bool:
              responses={202: {"description": "A step did not answer: the order is finished by recovery."}})
 async def create_order(body: OrderCreate, response: Response, idempotency_key: KeyHeader = None,
                        principal: Principal = authorize(SCOPES.write)) -> OrderRead:
-    if idempotency_key is not None and body.idempotency_key is not None and idempotency_key != body.idempotency_key:
-        raise ValidationFailed.for_field("idempotency_key", "differs from the Idempotency-Key header")
-    key = body.idempotency_key or idempotency_key
+    key = key_of(idempotency_key, body.idempotency_key)
     if key is None:
         raise ValidationFailed.for_field("idempotency_key", "is required (field or Idempotency-Key header)",
                                          "missing")
@@ -50,10 +47,9 @@ async def create_order(body: OrderCreate, response: Response, idempotency_key: K
     if row["status"] == "failed":
         err = service.refusal_of(row)
         if replayed:
-            err.headers["Idempotent-Replayed"] = "true"
+            err.headers[REPLAYED_HEADER] = "true"
         raise err
-    if replayed:
-        response.headers["Idempotent-Replayed"] = "true"
+    mark_replayed(response, replayed)
     if row["status"] not in ("completed", "authorized", "paid"):
         response.status_code = 202
     elif replayed:

@@ -16,13 +16,14 @@ from __future__ import annotations
 from typing import Annotated
 from uuid import UUID
 
-from fastapi import APIRouter, Header, Path, Query, Response
+from fastapi import APIRouter, Path, Query, Response
 
-from nexus_ray.deployments.commerce.ledger.models import KEY_PATTERN, OWNER_PATTERN
+from nexus_ray.deployments.commerce.ledger.models import OWNER_PATTERN
+from nexus_ray.deployments.kit.idempotency import KeyHeader, key_of, mark_replayed
 from nexus_ray.deployments.kit.pages import Page, PageRequest, page_params
 from nexus_ray.deployments.kit.scopes import scopes_of
 from nexus_ray.edge.security import Principal, authorize, public
-from nexus_ray.exceptions import Forbidden, ValidationFailed
+from nexus_ray.exceptions import Forbidden
 
 from . import labels, service
 from .models import (
@@ -42,8 +43,6 @@ SCOPES = scopes_of("puabo-nuki-shipping-service")
 router = APIRouter()
 
 ShipmentId = Annotated[UUID, Path(description="The shipment's id.")]
-KeyHeader = Annotated[str | None, Header(alias="Idempotency-Key", pattern=KEY_PATTERN,
-                                         description="Idempotency key (or the body's idempotency_key).")]
 
 
 def _admin(principal: Principal) -> bool:
@@ -65,14 +64,11 @@ async def rates(_: Principal = authorize(SCOPES.read)) -> list[RateRead]:
              summary="Create an order's shipment (or return the one it has)")
 async def create(body: ShipmentCreate, response: Response, idempotency_key: KeyHeader = None,
                  principal: Principal = authorize(SCOPES.admin)) -> ShipmentRead:
-    if idempotency_key is not None and body.idempotency_key is not None and idempotency_key != body.idempotency_key:
-        raise ValidationFailed.for_field("idempotency_key", "differs from the Idempotency-Key header")
     shipment, existed = await service.request_shipment(
         caller=principal.subject, order_id=body.order_id, address=body.address, weight_g=body.weight_g,
         service_level=body.service_level, customer=body.customer,
-        idempotency_key=body.idempotency_key or idempotency_key)
-    if existed:
-        response.headers["Idempotent-Replayed"] = "true"
+        idempotency_key=key_of(idempotency_key, body.idempotency_key))
+    mark_replayed(response, existed)
     return shipment
 
 

@@ -30,6 +30,7 @@ from uuid import UUID
 
 from fastapi import APIRouter, Path, Query, Response
 
+from nexus_ray.deployments.kit.idempotency import mark_replayed
 from nexus_ray.deployments.kit.pages import Page, PageRequest, page_params
 from nexus_ray.deployments.kit.scopes import scopes_of
 from nexus_ray.edge.security import Principal, authorize
@@ -57,15 +58,10 @@ def _admin(principal: Principal) -> bool:
     return principal.can(SCOPES.admin)
 
 
-def _replayed(response: Response, replayed: bool) -> None:
-    if replayed:
-        response.headers["Idempotent-Replayed"] = "true"
-
-
 @router.post("/loans", status_code=201, response_model=LoanRead, summary="Apply for a loan")
 async def apply(body: LoanCreate, response: Response, principal: Principal = authorize(SCOPES.write)) -> LoanRead:
     loan, created = await service.apply(borrower=principal.subject, body=body)
-    _replayed(response, not created)
+    mark_replayed(response, not created)
     return loan
 
 
@@ -123,7 +119,7 @@ async def repay(loan_id: LoanId, body: RepaymentCreate, response: Response,
                 principal: Principal = authorize(SCOPES.write)) -> LoanRead:
     loan, replayed = await service.repay(loan_id=loan_id, caller=principal.subject, privileged=_admin(principal),
                                          idempotency_key=body.idempotency_key, paid_on=body.paid_on)
-    _replayed(response, replayed)
+    mark_replayed(response, replayed)
     return loan
 
 
@@ -138,7 +134,7 @@ async def pay_off(loan_id: LoanId, body: RepaymentCreate, response: Response,
                   principal: Principal = authorize(SCOPES.write)) -> LoanRead:
     loan, replayed = await service.pay_off(loan_id=loan_id, caller=principal.subject, privileged=_admin(principal),
                                            idempotency_key=body.idempotency_key, paid_on=body.paid_on)
-    _replayed(response, replayed)
+    mark_replayed(response, replayed)
     return loan
 
 

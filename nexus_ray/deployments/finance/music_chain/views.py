@@ -26,6 +26,7 @@ from uuid import UUID
 
 from fastapi import APIRouter, Path, Query, Response
 
+from nexus_ray.deployments.kit.idempotency import mark_replayed
 from nexus_ray.deployments.kit.pages import Page, PageRequest, page_params
 from nexus_ray.deployments.kit.scopes import scopes_of
 from nexus_ray.edge.security import Principal, authorize
@@ -95,8 +96,7 @@ async def royalty_run(body: RoyaltyRunCreate, response: Response,
                       principal: Principal = authorize(SCOPES.admin)) -> RoyaltyRunRead:
     run, replayed = await service.royalty_run(caller=principal.subject, currency=body.currency,
                                               payments=body.payments, idempotency_key=body.idempotency_key)
-    if replayed:
-        response.headers["Idempotent-Replayed"] = "true"
+    mark_replayed(response, replayed)
     return run
 
 

@@ -26,6 +26,7 @@ from uuid import UUID
 
 from fastapi import APIRouter, Path, Query, Response
 
+from nexus_ray.deployments.kit.idempotency import mark_replayed
 from nexus_ray.deployments.kit.pages import Page, PageRequest, page_params
 from nexus_ray.deployments.kit.scopes import scopes_of
 from nexus_ray.edge.security import Principal, authorize
@@ -58,11 +59,6 @@ def _holder(principal: Principal, holder: str | None) -> str:
     return holder or principal.subject
 
 
-def _replayed(response: Response, replayed: bool) -> None:
-    if replayed:
-        response.headers["Idempotent-Replayed"] = "true"
-
-
 @router.post("/tokens", status_code=201, response_model=TokenRead, summary="Define a token")
 async def create_token(body: TokenCreate, principal: Principal = authorize(SCOPES.admin)) -> TokenRead:
     return await service.create_token(caller=principal.subject, code=body.code, name=body.name,
@@ -86,7 +82,7 @@ async def mint(token_id: TokenId, body: MintCreate, response: Response,
                principal: Principal = authorize(SCOPES.admin)) -> OperationRead:
     op, replayed = await service.mint(token_id=token_id, caller=principal.subject, to_holder=body.to_holder,
                                       amount=body.amount, idempotency_key=body.idempotency_key)
-    _replayed(response, replayed)
+    mark_replayed(response, replayed)
     return op
 
 
@@ -95,7 +91,7 @@ async def burn(token_id: TokenId, body: BurnCreate, response: Response,
                principal: Principal = authorize(SCOPES.write)) -> OperationRead:
     op, replayed = await service.burn(token_id=token_id, holder=principal.subject, amount=body.amount,
                                       idempotency_key=body.idempotency_key)
-    _replayed(response, replayed)
+    mark_replayed(response, replayed)
     return op
 
 
@@ -105,7 +101,7 @@ async def transfer(token_id: TokenId, body: TransferCreate, response: Response,
                    principal: Principal = authorize(SCOPES.write)) -> OperationRead:
     op, replayed = await service.transfer(token_id=token_id, holder=principal.subject, to_holder=body.to_holder,
                                           amount=body.amount, idempotency_key=body.idempotency_key)
-    _replayed(response, replayed)
+    mark_replayed(response, replayed)
     return op
 
 
@@ -126,7 +122,7 @@ async def history(token_id: TokenId, holder: HolderQuery = None, page: PageReque
 async def grant(token_id: TokenId, body: VestingCreate, response: Response,
                 principal: Principal = authorize(SCOPES.admin)) -> VestingRead:
     schedule, replayed = await service.grant(token_id=token_id, caller=principal.subject, body=body)
-    _replayed(response, replayed)
+    mark_replayed(response, replayed)
     return schedule
 
 

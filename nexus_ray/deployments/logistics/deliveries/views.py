@@ -14,13 +14,13 @@ from uuid import UUID
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response
 
+from nexus_ray.deployments.kit.idempotency import KeyHeader, key_of, mark_replayed
 from nexus_ray.deployments.kit.pages import Page, PageRequest, page_params
 from nexus_ray.deployments.kit.scopes import scopes_of
 from nexus_ray.edge.security import Principal, authorize
-from nexus_ray.exceptions import ValidationFailed
 
 from . import service
-from .models import KEY_PATTERN, Assign, DeliveryCreate, DeliveryRead, Progress, ProofRead, Status, TimelineEntry
+from .models import Assign, DeliveryCreate, DeliveryRead, Progress, ProofRead, Status, TimelineEntry
 
 SCOPES = scopes_of("puabo-nexus")
 router = APIRouter()
@@ -37,17 +37,13 @@ def _admin(principal: Principal) -> bool:
                                                                     "idempotency key created (Idempotent-Replayed)"}},
              summary="Create a delivery (submitted to dispatch when it has coordinates)")
 async def create(body: DeliveryCreate, response: Response,
-                 idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", pattern=KEY_PATTERN)] = None,
+                 idempotency_key: KeyHeader = None,
                  principal: Principal = authorize(SCOPES.write)) -> DeliveryRead:
-    if idempotency_key is not None and body.idempotency_key is not None and idempotency_key != body.idempotency_key:
-        raise ValidationFailed.for_field("idempotency_key", "differs from the Idempotency-Key header")
     delivery, replayed = await service.create_delivery(
         caller=principal.subject, pickup=body.pickup.model_dump(), dropoff=body.dropoff.model_dump(),
         weight_kg=body.weight_kg, vehicle_types=body.vehicle_types, driver_fee=body.driver_fee,
-        currency=body.currency, order_id=body.order_id, idempotency_key=body.idempotency_key or idempotency_key)
-    if replayed:
-        response.status_code = 200
-        response.headers["Idempotent-Replayed"] = "true"
+        currency=body.currency, order_id=body.order_id, idempotency_key=key_of(idempotency_key, body.idempotency_key))
+    mark_replayed(response, replayed, status=200)
     return delivery
 
 

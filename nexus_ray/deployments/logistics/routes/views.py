@@ -12,6 +12,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query, Response
 
 from nexus_ray.compute import vrp
+from nexus_ray.deployments.kit.idempotency import mark_replayed
 from nexus_ray.deployments.kit.pages import Page, PageRequest, page_params
 from nexus_ray.deployments.kit.scopes import scopes_of
 from nexus_ray.edge.security import Principal, authorize
@@ -34,8 +35,7 @@ def _admin(principal: Principal) -> bool:
 async def submit(body: JobCreate, response: Response, principal: Principal = authorize(SCOPES.write)) -> JobRead:
     job, created = await service.submit(owner=principal.subject, body=body)
     response.headers["Location"] = f"jobs/{job.id}"
-    if not created:
-        response.headers["Idempotent-Replayed"] = "true"
+    mark_replayed(response, not created)
     return job
 
 

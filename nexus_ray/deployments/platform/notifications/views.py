@@ -15,6 +15,7 @@ from uuid import UUID
 from fastapi import APIRouter, Path, Query, Response
 
 from nexus_ray.deployments.kit.access import self_or_admin
+from nexus_ray.deployments.kit.idempotency import mark_replayed
 from nexus_ray.deployments.kit.pages import Page, PageRequest, page_params
 from nexus_ray.deployments.kit.scopes import scopes_of
 from nexus_ray.edge.security import Principal, authorize
@@ -36,9 +37,7 @@ async def send(body: MessageCreate, response: Response, principal: Principal = a
     if body.to is not None and not principal.can(SCOPES.admin):
         raise Forbidden(f"sending to an address needs {SCOPES.admin}", extra={"required_scopes": [SCOPES.admin]})
     message, created = await service.send_direct(caller=principal.subject, body=body)
-    if not created:
-        response.status_code = 200
-        response.headers["Idempotent-Replayed"] = "true"
+    mark_replayed(response, not created, status=200)
     return message
 
 
