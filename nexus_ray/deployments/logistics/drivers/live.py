@@ -31,10 +31,8 @@ push costs little; the pending offers sent on connect cover any push a socket mi
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 from uuid import UUID
 
@@ -45,7 +43,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from nexus_ray.deployments.kit.settings import settings_of
 from nexus_ray.exceptions import NexusError, ServiceUnavailable
-from nexus_ray.stores.cache import redis_client
+from nexus_ray.stores.fanout import LOST, Fanout
 
 from . import service
 from .models import AnswerMessage, ClientMessage, DriverRead, Location, LocationMessage
@@ -53,71 +51,8 @@ from .settings import DriverSettings
 
 log = logging.getLogger(__name__)
 
-_LOST = object()  # the subscription failed: sockets end and their apps reconnect
 _messages: TypeAdapter[Any] = TypeAdapter(ClientMessage)
-
-
-class _Pushes:
-    """One pattern subscription per process, fanned out to the sockets of each driver held here."""
-
-    def __init__(self) -> None:
-        self._queues: dict[str, set[asyncio.Queue[Any]]] = {}
-        self._task: asyncio.Task[None] | None = None
-        self._ready: asyncio.Future[None] | None = None
-
-    @contextlib.asynccontextmanager
-    async def listen(self, driver_id: str) -> AsyncIterator[asyncio.Queue[Any]]:
-        queue: asyncio.Queue[Any] = asyncio.Queue()
-        self._queues.setdefault(driver_id, set()).add(queue)
-        try:
-            if self._task is None or self._task.done():
-                self._ready = asyncio.get_running_loop().create_future()
-                self._task = asyncio.create_task(self._run(self._ready), name="driver-pushes")
-            # Subscribed before the caller reads the pending offers: no push falls in between.
-            if self._ready is not None:
-                await asyncio.shield(self._ready)
-            yield queue
-        finally:
-            held = self._queues.get(driver_id, set())
-            held.discard(queue)
-            if not held:
-                self._queues.pop(driver_id, None)
-            if not self._queues and self._task is not None:
-                self._task.cancel()  # no socket left: give the Redis connection back
-                self._task = None
-
-    async def _run(self, ready: asyncio.Future[None]) -> None:
-        pubsub = redis_client().pubsub()
-        try:
-            await pubsub.psubscribe(f"{service.PUSH_PREFIX}*")
-            while True:
-                confirmation = await pubsub.get_message(timeout=None)
-                if confirmation and confirmation["type"] == "psubscribe":
-                    break
-            ready.set_result(None)
-            async for message in pubsub.listen():
-                if message["type"] != "pmessage":
-                    continue
-                channel = message["channel"]
-                driver_id = (channel.decode() if isinstance(channel, bytes) else channel)[len(service.PUSH_PREFIX):]
-                for queue in list(self._queues.get(driver_id, ())):
-                    queue.put_nowait(orjson.loads(message["data"]))
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.warning("driver push subscription lost: %s", type(exc).__name__)
-            if not ready.done():
-                ready.set_exception(ServiceUnavailable("the driver push feed is unavailable"))
-            for queues in list(self._queues.values()):
-                for queue in list(queues):
-                    queue.put_nowait(_LOST)
-        finally:
-            if not ready.done():
-                ready.cancel()
-            await pubsub.aclose()
-
-
-_pushes = _Pushes()
+_pushes = Fanout(f"{service.PUSH_PREFIX}*", name="driver push")
 
 
 def _error(err: NexusError, ref: str | None) -> dict[str, Any]:
@@ -168,13 +103,14 @@ async def serve_driver(websocket: WebSocket, user_id: str) -> None:
     async def write(pushes: asyncio.Queue[Any], sent: set[str]) -> None:
         async def forward_pushes() -> None:
             while True:
-                outbox.put_nowait(await pushes.get())
+                push = await pushes.get()
+                outbox.put_nowait(push if push is LOST else orjson.loads(push))
 
         forwarder = asyncio.create_task(forward_pushes(), name="driver-push-forward")
         try:
             while True:
                 item = await outbox.get()
-                if item is _LOST:
+                if item is LOST:
                     raise ServiceUnavailable("the driver push feed was interrupted; reconnect")
                 if item.get("type") == "offer":
                     if item["offer"]["id"] in sent:

@@ -40,7 +40,6 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -53,7 +52,7 @@ from nexus_ray.deployments.kit.settings import settings_of
 from nexus_ray.edge.security import Principal
 from nexus_ray.edge.websocket import ws_authorize
 from nexus_ray.exceptions import NexusError, ServiceUnavailable, ValidationFailed
-from nexus_ray.stores.cache import redis_client
+from nexus_ray.stores.fanout import LOST, OVERFLOW, Fanout
 
 from . import service
 from .models import ROOM_ID_PATTERN
@@ -63,76 +62,7 @@ log = logging.getLogger(__name__)
 router = APIRouter()
 SCOPES = scopes_of("chat-service")
 
-_LOST = object()  # the subscription failed: connections end and their clients resume
-_OVERFLOW = object()
-_PREFIX = CHANNEL_PATTERN[:-1].encode()
-
-
-class _Rooms:
-    """One pattern subscription per process, fanned out to this process's connections by room."""
-
-    def __init__(self) -> None:
-        self._queues: dict[str, set[asyncio.Queue]] = {}
-        self._task: asyncio.Task | None = None
-        self._ready: asyncio.Future | None = None
-
-    @contextlib.asynccontextmanager
-    async def listen(self, room_id: str) -> AsyncIterator[asyncio.Queue]:
-        queue: asyncio.Queue = asyncio.Queue()
-        self._queues.setdefault(room_id, set()).add(queue)
-        try:
-            if self._task is None or self._task.done():
-                self._ready = asyncio.get_running_loop().create_future()
-                self._task = asyncio.create_task(self._run(self._ready), name="chat-subscription")
-            if self._ready is not None:
-                await asyncio.shield(self._ready)  # subscribed before the caller replays history
-            yield queue
-        finally:
-            holders = self._queues.get(room_id, set())
-            holders.discard(queue)
-            if not holders:
-                self._queues.pop(room_id, None)
-            if not self._queues and self._task is not None:
-                self._task.cancel()  # nobody listens: give the Redis connection back
-                self._task = None
-
-    def _offer(self, room_id: str | None, item: object) -> None:
-        backlog = settings_of(ChatSettings).chat_client_backlog
-        targets = self._queues.get(room_id, set()) if room_id is not None else \
-            {q for qs in self._queues.values() for q in qs}
-        for queue in list(targets):
-            if queue.qsize() >= backlog:
-                queue.put_nowait(_OVERFLOW)
-            else:
-                queue.put_nowait(item)
-
-    async def _run(self, ready: asyncio.Future) -> None:
-        pubsub = redis_client().pubsub()
-        try:
-            await pubsub.psubscribe(CHANNEL_PATTERN)
-            while True:
-                confirmation = await pubsub.get_message(timeout=None)
-                if confirmation and confirmation["type"] == "psubscribe":
-                    break
-            ready.set_result(None)
-            async for message in pubsub.listen():
-                if message["type"] == "pmessage":
-                    room_id = message["channel"][len(_PREFIX):].decode()
-                    self._offer(room_id, message["data"])
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.warning("chat subscription lost: %s", type(exc).__name__)
-            if not ready.done():
-                ready.set_exception(ServiceUnavailable("chat is unavailable"))
-            self._offer(None, _LOST)
-        finally:
-            if not ready.done():
-                ready.cancel()
-            await pubsub.aclose()
-
-
-_rooms = _Rooms()
+_rooms = Fanout(CHANNEL_PATTERN, name="chat", backlog=lambda: settings_of(ChatSettings).chat_client_backlog)
 
 
 class _Connection:
@@ -161,9 +91,9 @@ class _Connection:
         await self.send({"type": "ready", "seq": delivered})
         while True:
             raw = await queue.get()
-            if raw is _LOST:
+            if raw is LOST:
                 raise ServiceUnavailable("the room's feed was interrupted; resume")
-            if raw is _OVERFLOW:
+            if raw is OVERFLOW:
                 raise ServiceUnavailable("too far behind; resume from your last sequence number")
             if raw.startswith(b'{"type":"message"'):
                 seq = orjson.loads(raw)["message"]["seq"]

@@ -16,7 +16,6 @@ a connection of the process's bounded pool for as long as it lasts).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -29,6 +28,7 @@ from nexus_ray.edge.security import Principal
 from nexus_ray.edge.websocket import send_until_closed, ws_authorize
 from nexus_ray.exceptions import ServiceUnavailable
 from nexus_ray.stores.cache import redis_client
+from nexus_ray.stores.fanout import LOST, Fanout
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -55,72 +55,9 @@ async def current_notice() -> dict | None:
     return json.loads(raw) if raw else None
 
 
-_LOST = object()  # the subscription failed: streams end and their clients reconnect
-
-
-class _Changes:
-    """One subscription to the notice channel per process, fanned out to every open stream.
-
-    Each stream has a one-slot queue holding the latest notice: a message carries the whole
-    notice, so a slow client skips intermediate ones instead of buffering them.
-    """
-
-    def __init__(self) -> None:
-        self._queues: set[asyncio.Queue] = set()
-        self._task: asyncio.Task | None = None
-        self._ready: asyncio.Future | None = None
-
-    @contextlib.asynccontextmanager
-    async def listen(self) -> AsyncIterator[asyncio.Queue]:
-        queue: asyncio.Queue = asyncio.Queue(maxsize=1)
-        self._queues.add(queue)
-        try:
-            if self._task is None or self._task.done():
-                self._ready = asyncio.get_running_loop().create_future()
-                self._task = asyncio.create_task(self._run(self._ready), name="notice-subscription")
-            # Subscribed before the caller reads the current notice: no change falls in between.
-            if self._ready is not None:
-                await asyncio.shield(self._ready)
-            yield queue
-        finally:
-            self._queues.discard(queue)
-            if not self._queues and self._task is not None:
-                self._task.cancel()  # nobody listens: give the Redis connection back
-                self._task = None
-
-    def _offer(self, item: object) -> None:
-        for queue in list(self._queues):
-            if queue.full():
-                queue.get_nowait()
-            queue.put_nowait(item)
-
-    async def _run(self, ready: asyncio.Future) -> None:
-        pubsub = redis_client().pubsub()
-        try:
-            await pubsub.subscribe(CHANNEL)
-            # The confirmation means Redis has registered the subscription.
-            while True:
-                confirmation = await pubsub.get_message(timeout=None)
-                if confirmation and confirmation["type"] == "subscribe":
-                    break
-            ready.set_result(None)
-            async for message in pubsub.listen():
-                if message["type"] == "message":
-                    self._offer(message["data"])
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.warning("notice subscription lost: %s", type(exc).__name__)
-            if not ready.done():
-                ready.set_exception(ServiceUnavailable("the notice feed is unavailable"))
-            self._offer(_LOST)
-        finally:
-            if not ready.done():
-                ready.cancel()
-            await pubsub.aclose()
-
-
-_changes = _Changes()
+# Each stream keeps only the newest notice: a message carries the whole notice, so a slow
+# client skips intermediate ones instead of buffering them.
+_changes = Fanout(CHANNEL, name="notice", latest_only=True)
 
 
 def _expires_in(notice: dict | None) -> float | None:
@@ -147,9 +84,9 @@ async def _notices() -> AsyncIterator[dict]:
             except TimeoutError:
                 notice = _unexpired(await current_notice())  # re-read: it may have been replaced meanwhile
                 continue
-            if raw is _LOST:
+            if raw is LOST:
                 raise ServiceUnavailable("the notice feed was interrupted; reconnect")
-            notice = _unexpired(json.loads(raw) if raw else None)
+            notice = _unexpired(json.loads(raw) if isinstance(raw, (bytes, str)) and raw else None)
 
 
 @router.websocket("/notice/live", name="notice_live")
