@@ -90,9 +90,36 @@ def test_fuzz_namespace(platform, bearer, namespace):
             # Valid requests only: a body that is not even JSON is refused (422) before the guard runs.
             guarded += 1
             total += _fuzz(operation, GenerationMode.POSITIVE, base_url, {}, EXAMPLES["anonymous"], expect_status=401)
+    _stop_what_outlives_the_fuzz(base_url, admin)
     assert total > 0
     if namespace in ("auth", "platform", "specialized"):
         assert guarded > 0
+
+
+def _pages(c: httpx.Client, path: str):
+    cursor = None
+    while True:
+        r = c.get(path, params={"limit": 500, **({"cursor": cursor} if cursor else {})})
+        assert r.status_code == 200, r.text
+        yield from r.json()["items"]
+        cursor = r.json()["next_cursor"]
+        if not cursor:
+            return
+
+
+def _stop_what_outlives_the_fuzz(base_url: str, headers: dict[str, str]) -> None:
+    """Cancel the route solves and delete the schedules the fuzz created: left alone, they would go on
+    taking the cluster's CPUs (a solve for its time limit, a cron schedule a Ray job every minute)
+    through the rest of the session."""
+    with httpx.Client(base_url=base_url, headers=headers, timeout=60) as c:
+        if base_url.endswith("/logistics"):
+            for job in _pages(c, "/v1/routes/jobs"):
+                if job["status"] in ("queued", "running"):
+                    assert c.post(f"/v1/routes/jobs/{job['id']}/cancel").status_code in (200, 409)
+        if base_url.endswith("/platform"):
+            for schedule in _pages(c, "/v1/scheduler/schedules"):
+                if schedule["created_by"].startswith("fuzz-"):
+                    assert c.delete(f"/v1/scheduler/schedules/{schedule['id']}").status_code in (204, 404)
 
 
 # -- The OAuth protocol endpoints, described from the discovery document ---------------------------

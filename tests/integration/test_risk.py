@@ -35,10 +35,18 @@ def reader(bearer):
 
 @pytest.fixture(scope="module")
 async def first_model(migrated):
-    """A model trained in-process (the job's own function) on a small sample; active if it is the first."""
+    """A model trained in-process (the job's own function) on a small sample, made the active one.
+
+    Promoted when it is not the first: the e2e risk job may have trained and activated another
+    model earlier in the session, and these tests assert what this model says.
+    """
     from nexus_ray.deployments.finance.risk import service
 
-    return await service.train(sample=300, seed=3, trained_by="tests", c_grid=(0.1,))
+    model = await service.train(sample=300, seed=3, trained_by="tests", c_grid=(0.1,))
+    if not model.active:
+        await service.promote(model_id=model.id, actor="tests", reason="the integration tests' model")
+        model = await service.get_model(model_id=model.id)
+    return model
 
 
 async def test_training_stores_an_immutable_model_with_its_metrics(client, admin, first_model):
@@ -152,6 +160,32 @@ async def test_the_export_scores_a_dict_and_names_bad_keys(first_model):
     assert [e["field"] for e in err.value.extra["errors"]] == ["application.age"]
 
 
+async def test_one_job_of_each_kind_runs_at_a_time(first_model):
+    from nexus_ray.deployments.finance.risk import service
+    from nexus_ray.exceptions import Conflict
+
+    def accepted(*_):
+        return "accepted"
+
+    first = await service.start_job(kind="train", params={"sample": 100}, requested_by="tests", submit=accepted,
+                                    running=lambda _: False)
+    with pytest.raises(Conflict) as err:
+        await service.start_job(kind="train", params={"sample": 100}, requested_by="tests", submit=accepted,
+                                running=lambda _: True)
+    assert err.value.extra == {"code": "job_in_progress", "job_id": str(first.id)}
+    # The other kind is not held up by it.
+    scoring = await service.start_job(kind="score", params={"from_id": 1, "to_id": 2}, requested_by="tests",
+                                      submit=accepted, running=lambda _: False)
+    assert scoring.status == "submitted"
+    # The first one's Ray job ended without reporting: its record is closed, and the next one starts.
+    second = await service.start_job(kind="train", params={"sample": 100}, requested_by="tests", submit=accepted,
+                                     running=lambda _: False)
+    lost = await service.get_job(job_id=first.id, with_ray=False)
+    assert lost.status == "failed" and lost.error.startswith("lost") and second.status == "submitted"
+    for job in (second, scoring):
+        await service.finish_job(job_id=job.id, error="closed by the test")
+
+
 async def test_a_batch_run_writes_every_application_once(client, admin, bearer, first_model):
     """The job's own code, its chunks scored in this process (the Ray version is in tests/e2e)."""
     from nexus_ray.deployments.finance.risk import service
@@ -165,11 +199,14 @@ async def test_a_batch_run_writes_every_application_once(client, admin, bearer, 
     ids = r.json()["ids"]
     assert len(ids) == 250 and ids == sorted(ids)
 
-    # No Ray here: the submission fails, the record says so, and the caller gets a 503.
-    r = await client.post(f"{API}/batches", json={"from_id": ids[0], "to_id": ids[-1]}, headers=admin)
+    # Ray's job API unreachable (the discard port, where nothing listens): the submission fails, the record says so,
+    # and the caller gets a 503. Set explicitly: an e2e test earlier in the session may have a cluster up.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("NEXUS_DASHBOARD_URL", "http://127.0.0.1:9")
+        r = await client.post(f"{API}/batches", json={"from_id": ids[0], "to_id": ids[-1]}, headers=admin)
     assert r.status_code == 503, r.text
     job = await service.start_job(kind="score", params={"from_id": ids[0], "to_id": ids[-1], "chunk_size": 60},
-                                  requested_by="risk-ops", submit=lambda *_: "accepted")
+                                  requested_by="risk-ops", submit=lambda *_: "accepted", running=lambda _: False)
     result = await score_risk.run(job_id=job.id, one_process=True)
     assert result["scored"] == 250 and result["chunks"] == 5
     r = await client.get(f"{API}/jobs/{job.id}", headers=admin)

@@ -25,6 +25,13 @@ asks for the applications of an id range; :func:`start_job` records the job and 
 (and its reasons) with matrix products, and writes the scores back with one COPY, in one
 transaction with its chunk's row in ``risk_batch_chunks`` and the job's ``done`` counter: a
 retried task finds its chunk written and writes nothing twice, and progress is exact.
+
+Jobs
+----
+One training and one batch job run at a time: each takes the cluster's CPUs, and a second one
+would only slow the first. Asking for another while one runs is a 409 (``job_in_progress``,
+with the running job's id); a record whose Ray job ended without reporting (its driver killed,
+the cluster restarted) is closed as failed when the next one is asked for.
 """
 
 from __future__ import annotations
@@ -242,8 +249,12 @@ _JOB_COLUMNS = ("id, kind, submission_id, requested_by, params, status, total, d
 
 
 async def start_job(*, kind: str, params: dict[str, Any], requested_by: str,
-                    submit: Callable[[str, list[str], str], str] | None = None) -> JobRead:
-    """Record a training or batch-scoring job and submit its Ray job (503 if Ray does not take it)."""
+                    submit: Callable[[str, list[str], str], str] | None = None,
+                    running: Callable[[str], bool] | None = None) -> JobRead:
+    """Record a training or batch-scoring job and submit its Ray job (503 if Ray does not take it).
+
+    ``submit`` and ``running`` stand in for Ray's job API (:func:`_still_running`) where there is none.
+    """
     from nexus_ray.runtime import jobs
 
     job_id = uuid.uuid4()
@@ -257,6 +268,19 @@ async def start_job(*, kind: str, params: dict[str, Any], requested_by: str,
         params = {**params, "model_id": str(active), "reason_texts": risk.REASON_TEXTS,
                   "bands": list(risk.BAND_NAMES)}
     async with postgres.transaction() as conn:
+        # One unfinished job of each kind at a time (each one takes the cluster's CPUs): a second
+        # request while one runs is a 409 naming it. A record whose Ray job is gone is closed first.
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"risk-jobs:{kind}")
+        unfinished = await conn.fetchrow(
+            "SELECT id, submission_id FROM risk_jobs WHERE kind = $1 AND status IN ('submitted', 'running') "
+            "ORDER BY created_at DESC LIMIT 1", kind)
+        if unfinished is not None:
+            if await asyncio.to_thread(running or _still_running, unfinished["submission_id"]):
+                raise Conflict(f"a {kind} job is already running: {unfinished['id']}",
+                               extra={"code": "job_in_progress", "job_id": str(unfinished["id"])})
+            await conn.execute(
+                "UPDATE risk_jobs SET status = 'failed', error = 'lost: its Ray job ended without reporting', "
+                "finished_at = now() WHERE kind = $1 AND status IN ('submitted', 'running')", kind)
         await conn.execute("INSERT INTO risk_jobs (id, kind, submission_id, requested_by, params) "
                            "VALUES ($1, $2, $3, $4, $5)", job_id, kind, submission_id, requested_by, params)
     args = ["--job-id", str(job_id)]
@@ -279,6 +303,23 @@ async def get_job(*, job_id: UUID, with_ray: bool = True) -> JobRead:
     if with_ray:
         out.ray = await asyncio.to_thread(_ray_view, row["submission_id"])
     return out
+
+
+def _still_running(submission_id: str) -> bool:
+    """Whether the Ray job ``submission_id`` runs (or waits to); False when it ended or Ray does not know it.
+
+    Ray's job API unreachable is a 503: whether the job still runs cannot be told.
+    """
+    from nexus_ray.runtime import jobs
+
+    try:
+        jobs.client()
+    except Exception:
+        raise ServiceUnavailable("the Ray cluster's job API is unreachable; retry later") from None
+    try:
+        return not jobs.info(submission_id).terminal
+    except Exception:
+        return False  # not a job of this cluster (a restarted cluster, a job never submitted)
 
 
 def _ray_view(submission_id: str) -> dict[str, Any] | None:
