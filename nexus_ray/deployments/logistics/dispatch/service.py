@@ -280,11 +280,17 @@ def cost_matrix(
     return cost
 
 
+#: Driver-job pairs above which a round's assignment runs as a Ray task rather than in this process.
+_REMOTE_CELLS = 250_000
+
+
 async def _solve(cost: np.ndarray) -> list[tuple[int, int]]:
-    """The assignment as a Ray task when connected to Ray (the compute runs where the cluster has room)."""
+    """The assignment: a Ray task when connected to Ray and the round is large (the compute runs where the
+    cluster has room); in a thread of this process otherwise, where a small round takes milliseconds and
+    never waits behind the cluster's queue of long tasks (route solves, training folds)."""
     import ray
 
-    if ray.is_initialized():
+    if ray.is_initialized() and cost.size > _REMOTE_CELLS:
         from nexus_ray.compute import remote
 
         pairs: list[tuple[int, int]] = await remote(assignment.assign, num_cpus=1).remote(cost)
