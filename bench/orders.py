@@ -1,0 +1,184 @@
+"""Orders per second end to end: the full saga through the public entrypoint, closed loop and at a fixed rate.
+
+    flock /tmp/nexus-ray.lock timeout 1500 bash bench/with_stack.sh python bench/orders.py \
+        [--concurrency 16] [--duration 30] [--rates 25,50,100] [--rate-duration 30]
+
+Against a running stack (bench/with_stack.sh starts a private one). Set-up over HTTP: a merchant
+lists one product with two variants in the catalog, operations stock both SKUs in a warehouse.
+Every order is ``POST /commerce/v1/order-processor/orders`` with its own ``Idempotency-Key``: two
+lines, the billing sandbox's approving card, a German address. Its saga runs inside the request:
+the catalog prices the cart, inventory-mgr reserves the stock, invoice-gen quotes the tax,
+billing authorises and captures (posting to ledger-mgr), inventory commits the stock,
+invoice-gen issues the invoice (number, PDF) and puabo-nuki-shipping-service books the shipment.
+An order answered 201 is ``completed``; 202 means a step did not answer in time and recovery
+finishes it.
+
+* closed loop: ``--concurrency`` clients, each sending its next order when the last is answered, for
+  ``--duration`` seconds: orders per second;
+* open loop: each rate of ``--rates`` for ``--rate-duration`` seconds; an order's latency counts from
+  when it was due (not when it was sent), so a stall is not hidden by fewer orders being sent
+  (the correction wrk2 makes; wrk2 itself cannot give each request a new idempotency key).
+
+The load generator runs on the same two cores as the platform: the figures are a floor.
+At the end the stock left must equal the stock put in minus the units of the completed orders.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from typing import Any
+
+import httpx
+
+API = "/commerce/v1/order-processor"
+INV = "/commerce/v1/inventory"
+STOCK = 10_000_000
+
+
+def token(subject: str, *scopes: str) -> str:
+    args = [sys.executable, "-m", "nexus_ray.cli", "token", subject, "--ttl", "7200"]
+    for scope in scopes:
+        args += ["-s", scope]
+    out = subprocess.run(args, capture_output=True, text=True, check=True)
+    return out.stdout.strip().splitlines()[-1]
+
+
+def bearer(subject: str, *scopes: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token(subject, *scopes)}"}
+
+
+async def set_up(http: httpx.AsyncClient) -> tuple[list[str], dict[str, str]]:
+    merchant = bearer("bench-merchant", "commerce:catalog:read", "commerce:catalog:write")
+    ops = bearer("bench-ops", "commerce:inventory:*")
+    skus = [f"BENCH-{uuid.uuid4().hex[:10]}" for _ in range(2)]
+    product = {"title": "Bench mug", "description": "", "brand": "Acme", "category": "kitchen", "attributes": {},
+               "status": "active", "variants": [
+                   {"sku": skus[0], "prices": {"EUR": 1250}, "tax_category": "standard", "weight_g": 300},
+                   {"sku": skus[1], "prices": {"EUR": 333}, "tax_category": "reduced", "weight_g": 100}]}
+    r = await http.post("/commerce/v1/catalog/products", json=product, headers=merchant)
+    r.raise_for_status()
+    wid = f"wh-{uuid.uuid4().hex[:8]}"
+    (await http.post(f"{INV}/warehouses", json={"id": wid, "name": wid}, headers=ops)).raise_for_status()
+    for sku in skus:
+        r = await http.post(f"{INV}/stock/restock", json={"sku": sku, "warehouse_id": wid, "quantity": STOCK},
+                            headers=ops)
+        r.raise_for_status()
+    return skus, ops
+
+
+def order_body(skus: list[str]) -> dict[str, Any]:
+    return {"lines": [{"sku": skus[0], "quantity": 1}, {"sku": skus[1], "quantity": 2}], "currency": "EUR",
+            "payment_method": "pm_card_visa",
+            "shipping_address": {"name": "Ada", "line1": "Hauptstr. 1", "city": "Berlin", "postal_code": "10115",
+                                 "country": "DE"}}
+
+
+class Tally:
+    def __init__(self) -> None:
+        self.codes: Counter[str] = Counter()
+        self.latencies: list[float] = []
+        self.completed = 0
+
+    async def order(self, http: httpx.AsyncClient, headers: dict[str, str], body: dict[str, Any],
+                    due: float | None = None) -> None:
+        began = due if due is not None else time.perf_counter()
+        try:
+            r = await http.post(f"{API}/orders", json=body, headers={**headers, "Idempotency-Key": uuid.uuid4().hex})
+            status = r.json().get("status", "?") if r.status_code < 300 else r.json().get("code", "")
+            self.codes[f"{r.status_code} {status}"] += 1
+            self.completed += r.status_code == 201 and status == "completed"
+        except httpx.HTTPError as exc:
+            self.codes[type(exc).__name__] += 1
+        self.latencies.append(time.perf_counter() - began)
+
+    def summary(self, seconds: float) -> dict[str, Any]:
+        ordered = sorted(self.latencies)
+        n = len(ordered)
+
+        def pct(p: float) -> float:
+            return round(ordered[min(n - 1, int(p * n))] * 1000, 1) if n else 0.0
+
+        return {"orders": n, "per_s": round(n / seconds, 1), "completed_per_s": round(self.completed / seconds, 1),
+                "codes": dict(self.codes), "p50_ms": round(statistics.median(ordered) * 1000, 1) if n else 0.0,
+                "p99_ms": pct(0.99), "max_ms": round(ordered[-1] * 1000, 1) if n else 0.0}
+
+
+async def closed_loop(http: httpx.AsyncClient, headers: dict[str, str], skus: list[str], *, concurrency: int,
+                      seconds: float) -> tuple[dict[str, Any], int]:
+    tally = Tally()
+    body = order_body(skus)
+    stop = time.perf_counter() + seconds
+
+    async def client() -> None:
+        while time.perf_counter() < stop:
+            await tally.order(http, headers, body)
+
+    began = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    return tally.summary(time.perf_counter() - began), tally.completed
+
+
+async def open_loop(http: httpx.AsyncClient, headers: dict[str, str], skus: list[str], *, rate: float,
+                    seconds: float) -> tuple[dict[str, Any], int]:
+    tally = Tally()
+    body = order_body(skus)
+    start = time.perf_counter() + 0.2
+    tasks = []
+    for k in range(int(rate * seconds)):
+        due = start + k / rate
+        wait = due - time.perf_counter()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        tasks.append(asyncio.create_task(tally.order(http, headers, body, due)))
+    await asyncio.gather(*tasks)
+    return {"rate": rate, **tally.summary(seconds)}, tally.completed
+
+
+async def stock_left(http: httpx.AsyncClient, ops: dict[str, str], sku: str) -> int:
+    r = await http.get(f"{INV}/stock", params={"sku": sku}, headers=ops)
+    return int(r.json()[0]["on_hand"])
+
+
+async def run(args: argparse.Namespace) -> None:
+    limits = httpx.Limits(max_connections=max(args.concurrency, 256), max_keepalive_connections=64)
+    async with httpx.AsyncClient(base_url=args.api, timeout=60, limits=limits) as http:
+        skus, ops = await set_up(http)
+        buyer = bearer("bench-buyer", "commerce:order-processor:read", "commerce:order-processor:write")
+        completed = 0
+        warm, _ = await closed_loop(http, buyer, skus, concurrency=4, seconds=5)
+        completed += _
+        print("warm-up:", json.dumps(warm), flush=True)
+        result, done = await closed_loop(http, buyer, skus, concurrency=args.concurrency, seconds=args.duration)
+        completed += done
+        print(f"closed loop, {args.concurrency} clients:", json.dumps(result), flush=True)
+        for rate in [float(r) for r in args.rates.split(",") if r]:
+            result, done = await open_loop(http, buyer, skus, rate=rate, seconds=args.rate_duration)
+            completed += done
+            print("open loop:", json.dumps(result), flush=True)
+        # Stock check: each completed order took 1 of the first SKU and 2 of the second.
+        left = [await stock_left(http, ops, sku) for sku in skus]
+        print("stock check:", json.dumps({"completed_orders": completed, "on_hand": left,
+                                          "expected": [STOCK - completed, STOCK - 2 * completed]}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--api", default=f"http://127.0.0.1:{os.environ.get('NEXUS_HTTP_PORT', '8000')}")
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--duration", type=float, default=30)
+    parser.add_argument("--rates", default="25,50,100")
+    parser.add_argument("--rate-duration", type=float, default=30)
+    asyncio.run(run(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
