@@ -313,7 +313,7 @@ RoutesSolver = Callable[[_Integers, float, Objective, int], list[list[int]]]
 
 def _solve_pyvrp(ints: _Integers, time_limit_s: float, objective: Objective, seed: int) -> list[list[int]]:
     import pyvrp
-    from pyvrp.stop import FirstFeasible, MaxRuntime, MultipleCriteria, NoImprovement
+    from pyvrp.stop import FirstFeasible, MaxRuntime, MultipleCriteria, NoImprovement, StoppingCriterion
 
     deadline = time.monotonic() + time_limit_s
     # Locations carry no coordinates here: the matrices are given (location i = node i).
@@ -356,10 +356,13 @@ def _solve_pyvrp(ints: _Integers, time_limit_s: float, objective: Objective, see
         # problem is solved in a fraction of its limit. The stall scales with the size, so that it
         # does not cut a benchmark-sized search short: a 100-customer instance would have to stall
         # for 100,000 iterations, more than the 10 s of bench/route_quality.py run on one core.
-        stops = [MaxRuntime(max(seconds, 0.01)), NoImprovement(_STALL_PER_CLIENT * max(1, ints.n - 1))]
+        stops: list[StoppingCriterion] = [MaxRuntime(max(seconds, 0.01)),
+                                          NoImprovement(_STALL_PER_CLIENT * max(1, ints.n - 1))]
+        if first_feasible:
+            stops.append(FirstFeasible())
         initial = pyvrp.Solution(problem, [[i - 1 for i in r] for r in start]) if start is not None else None
         return pyvrp.solve(
-            problem, stop=MultipleCriteria([FirstFeasible(), *stops] if first_feasible else stops),
+            problem, stop=MultipleCriteria(stops),
             seed=seed, collect_stats=False, display=False, initial_solution=initial,
         ).best
 
