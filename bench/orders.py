@@ -1,7 +1,7 @@
 """Orders per second end to end: the full saga through the public entrypoint, closed loop and at a fixed rate.
 
     flock /tmp/nexus-ray.lock timeout 1500 bash bench/with_stack.sh python bench/orders.py \
-        [--concurrency 16] [--duration 30] [--rates 25,50,100] [--rate-duration 30]
+        [--concurrency 16] [--duration 30] [--rates 25,50,100 | auto] [--rate-duration 30]
 
 Against a running stack (bench/with_stack.sh starts a private one). Set-up over HTTP: a merchant
 lists one product with two variants in the catalog, operations stock both SKUs in a warehouse.
@@ -15,7 +15,8 @@ finishes it.
 
 * closed loop: ``--concurrency`` clients, each sending its next order when the last is answered, for
   ``--duration`` seconds: orders per second;
-* open loop: each rate of ``--rates`` for ``--rate-duration`` seconds; an order's latency counts from
+* open loop: each rate of ``--rates`` (``auto``: 25, 50 and 90 % of the closed loop's completed orders
+  per second) for ``--rate-duration`` seconds; an order's latency counts from
   when it was due (not when it was sent), so a stall is not hidden by fewer orders being sent
   (the correction wrk2 makes; wrk2 itself cannot give each request a new idempotency key).
 
@@ -160,7 +161,11 @@ async def run(args: argparse.Namespace) -> None:
         result, done = await closed_loop(http, buyer, skus, concurrency=args.concurrency, seconds=args.duration)
         completed += done
         print(f"closed loop, {args.concurrency} clients:", json.dumps(result), flush=True)
-        for rate in [float(r) for r in args.rates.split(",") if r]:
+        if args.rates == "auto":  # a quarter, half and nine tenths of what the closed loop completed
+            rates = [round(result["completed_per_s"] * f, 1) for f in (0.25, 0.5, 0.9)]
+        else:
+            rates = [float(r) for r in args.rates.split(",") if r]
+        for rate in [r for r in rates if r > 0]:
             result, done = await open_loop(http, buyer, skus, rate=rate, seconds=args.rate_duration)
             completed += done
             print("open loop:", json.dumps(result), flush=True)
