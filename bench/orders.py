@@ -46,7 +46,7 @@ STOCK = 10_000_000
 
 
 def token(subject: str, *scopes: str) -> str:
-    args = [sys.executable, "-m", "nexus_ray.cli", "token", subject, "--ttl", "7200"]
+    args = [sys.executable, "-m", "nexus_ray.cli", "token", subject, "--ttl", "3600"]
     for scope in scopes:
         args += ["-s", scope]
     out = subprocess.run(args, capture_output=True, text=True, check=True)
