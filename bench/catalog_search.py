@@ -2,6 +2,13 @@
 
     .venv/bin/python bench/catalog_search.py --data-dir /tmp/nx-catalog [--products 100000] [--duration 120]
         [--rate 0.5] [--open-duration 60] [--load-only] [--mongo-url mongodb://127.0.0.1:N/?directConnection=true]
+        [--source index|store] [--verify 3] [--http-rate 50 --http-duration 30]
+
+``--source index`` (the default) measures the in-memory search index (``search_index.py``): its build
+from the store (one change stream + one scan, as the app's background task does it), its memory,
+``--verify`` queries answered by both the index and the store compared field by field, then the closed
+loop and an open loop at ``--rate`` through the service function, and (``--http-rate``) an open loop
+through HTTP. ``--source store`` measures the store's aggregation (the fallback) as below.
 
 Starts the embedded stores in ``--data-dir`` (kept, so a second run reuses the loaded catalog; the load is
 resumable: it continues from the products already there) and loads ``--products`` products from
@@ -118,7 +125,7 @@ async def floor(samples: int = 50) -> dict[str, Any]:
     return _summary(lat)
 
 
-async def closed_loop(gen: CatalogGenerator, seconds: float) -> dict[str, Any]:
+async def closed_loop(gen: CatalogGenerator, seconds: float, source: str = "store") -> dict[str, Any]:
     from nexus_ray.deployments.commerce.catalog import service
     from nexus_ray.deployments.kit.pages import PageRequest
 
@@ -129,16 +136,18 @@ async def closed_loop(gen: CatalogGenerator, seconds: float) -> dict[str, Any]:
     while time.monotonic() < end or len(lat) < 3:
         params = gen.query()
         t = time.perf_counter()
-        page = await service.search(query=_query(params), page=PageRequest(limit=20))
+        page = await service.search(query=_query(params), page=PageRequest(limit=20), source=source)  # type: ignore[arg-type]
         dt = time.perf_counter() - t
         lat.append(dt)
         hits.append(page.total)
         worst = max(worst, (dt, {**params, "total": page.total}), key=lambda w: w[0])
-        print(f"closed {len(lat)}: {dt * 1000:.0f} ms, {page.total} hits", file=sys.stderr, flush=True)
+        if source == "store":
+            print(f"closed {len(lat)}: {dt * 1000:.0f} ms, {page.total} hits", file=sys.stderr, flush=True)
     return {**_summary(lat, hits), "slowest": worst[1]}
 
 
-async def open_loop(gen: CatalogGenerator, rate: float, seconds: float) -> dict[str, Any]:
+async def open_loop(gen: CatalogGenerator, rate: float, seconds: float, *, wait_index: bool = False
+                    ) -> dict[str, Any]:
     import httpx
 
     from nexus_ray.config import get_settings
@@ -148,6 +157,13 @@ async def open_loop(gen: CatalogGenerator, rate: float, seconds: float) -> dict[
     get_settings.cache_clear()
     app = build_app("commerce")
     async with app.router.lifespan_context(app):
+        if wait_index:
+            from nexus_ray.deployments.commerce.catalog.search_index import replica
+
+            while True:  # polled: the bench only waits, the service never does
+                if replica.ready:
+                    break
+                await asyncio.sleep(0.1)
         await tokens.prepare()
         headers = {"Authorization": f"Bearer {tokens.issue('bench-shopper', ['commerce:catalog:read'], ttl_s=3600)}"}
         transport = httpx.ASGITransport(app=app, root_path="/commerce", client=("10.9.0.1", 1))
@@ -177,6 +193,95 @@ async def open_loop(gen: CatalogGenerator, rate: float, seconds: float) -> dict[
     return {"rate_per_s": rate, "seconds": seconds, "status": codes, **_summary(lat)}
 
 
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+async def build_index() -> tuple[dict[str, Any], asyncio.Task[None]]:
+    """The app's background task, started here: time to ready, and what the index holds and weighs."""
+    import gc
+
+    from nexus_ray.deployments.commerce.catalog import service
+    from nexus_ray.deployments.commerce.catalog.search_index import replica
+
+    gc.collect()
+    rss = _rss_bytes()
+    started = time.monotonic()
+    task = asyncio.create_task(service.keep_search_index())
+    while not replica.ready:
+        assert not task.done(), task
+        await asyncio.sleep(0.05)
+    ready_s = time.monotonic() - started
+    gc.collect()
+    idx = replica.index
+    assert idx is not None
+    return {"ready_s": round(ready_s, 1), "products": idx.live, "terms": len(idx.terms.arrays),
+            "array_mb": round(idx.nbytes() / 2**20, 1), "rss_growth_mb": round((_rss_bytes() - rss) / 2**20, 1),
+            "rss_mb": round(_rss_bytes() / 2**20, 1)}, task
+
+
+async def verify(gen: CatalogGenerator, n: int) -> dict[str, Any]:
+    """``n`` queries answered by the index and by the store's aggregation: equal or not, and the store's time."""
+    from nexus_ray.deployments.commerce.catalog import service
+    from nexus_ray.deployments.kit.pages import PageRequest
+
+    equal, store_s = 0, []
+    for _ in range(n):
+        query, page = _query(gen.query()), PageRequest(limit=20)
+        index = await service.search(query=query, page=page, source="index")
+        t = time.perf_counter()
+        store = await service.search(query=query, page=page, source="store")
+        store_s.append(round(time.perf_counter() - t, 1))
+        equal += index == store
+        print(f"verify: equal={index == store} total={index.total} store {store_s[-1]} s", file=sys.stderr)
+    return {"queries": n, "equal": equal, "store_s": store_s}
+
+
+async def open_loop_service(gen: CatalogGenerator, rate: float, seconds: float) -> dict[str, Any]:
+    """:func:`service.search` (index) at a fixed rate whatever the answers take; latency from the intended start."""
+    from nexus_ray.deployments.commerce.catalog import service
+    from nexus_ray.deployments.kit.pages import PageRequest
+
+    lat: list[float] = []
+
+    async def one(intended: float, params: dict[str, Any]) -> None:
+        await service.search(query=_query(params), page=PageRequest(limit=20), source="index")
+        lat.append(time.perf_counter() - intended)
+
+    start = time.perf_counter()
+    tasks = []
+    k = 0
+    while (intended := start + k / rate) < start + seconds:
+        await asyncio.sleep(max(0.0, intended - time.perf_counter()))
+        tasks.append(asyncio.create_task(one(intended, gen.query())))
+        k += 1
+    await asyncio.gather(*tasks)
+    return {"rate_per_s": rate, "seconds": seconds, **_summary(lat)}
+
+
+async def run_index(args: argparse.Namespace, results: dict[str, Any]) -> dict[str, Any]:
+    from nexus_ray.stores import documents
+
+    results["index_build"], task = await build_index()
+    print(json.dumps(results), file=sys.stderr, flush=True)
+    if args.verify:
+        results["verify"] = await verify(CatalogGenerator(args.seed + 3), args.verify)
+    results["closed_loop_index"] = await closed_loop(CatalogGenerator(args.seed + 1), args.duration, "index")
+    print(json.dumps(results["closed_loop_index"]), file=sys.stderr, flush=True)
+    if args.open_duration > 0:
+        results["open_loop_service_index"] = await open_loop_service(CatalogGenerator(args.seed + 2), args.rate,
+                                                                     args.open_duration)
+        print(json.dumps(results["open_loop_service_index"]), file=sys.stderr, flush=True)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await documents.close_mongo()
+    if args.http_duration > 0:  # the app's own background task builds the index again before the first request
+        results["open_loop_http_index"] = await open_loop(CatalogGenerator(args.seed + 4), args.http_rate,
+                                                          args.http_duration, wait_index=True)
+    return results
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     from nexus_ray.config import get_settings
     from nexus_ray.stores import documents
@@ -186,6 +291,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     print(json.dumps(results["load"]), file=sys.stderr, flush=True)
     if args.load_only:
         return results
+    if args.source == "index":
+        return await run_index(args, results)
     gen = CatalogGenerator(args.seed + 1)
     results["plan"] = await plan(gen)
     results["floor_find_one_by_id"] = await floor()
@@ -205,9 +312,15 @@ def main() -> None:
     parser.add_argument("--products", type=int, default=100_000)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--duration", type=float, default=120.0, help="closed-loop seconds")
-    parser.add_argument("--rate", type=float, default=0.5, help="open-loop requests per second")
+    parser.add_argument("--rate", type=float, default=0.5, help="open-loop requests per second (store: through "
+                        "HTTP; index: through the service function)")
     parser.add_argument("--open-duration", type=float, default=60.0, help="open-loop seconds (0: skip)")
     parser.add_argument("--load-only", action="store_true", help="load the catalog and stop")
+    parser.add_argument("--source", choices=["index", "store"], default="index",
+                        help="measure the in-memory search index (default) or the store's aggregation")
+    parser.add_argument("--verify", type=int, default=0, help="index: compare this many queries with the store's")
+    parser.add_argument("--http-rate", type=float, default=50.0, help="index: HTTP open-loop requests per second")
+    parser.add_argument("--http-duration", type=float, default=0.0, help="index: HTTP open-loop seconds (0: skip)")
     parser.add_argument("--stop", action="store_true", help="stop the stores at the end (default: leave them up)")
     parser.add_argument("--mongo-url", default="", help="a secantusd started by hand (own cache size and oplog "
                         "bounds) instead of the embedded one; the other stores stay embedded")
