@@ -45,12 +45,14 @@ Without a query every active product that passes the filters is a hit, with scor
 order.
 
 Measured (bench/catalog_search.py, bench/RESULTS.md): on 100,000 products secantusdb's planner
-scans the collection for this ``$match`` (about 8 s on the shared machine), and forcing
+scans the collection for this ``$match`` (seconds a query on the shared machine), and forcing
 ``terms_1`` with a hint is far worse for common words (its index FETCH costs milliseconds per
 document: 159 s for one query), so no hint is given. The store, not the pipeline, sets the
-latency: p99 <= 50 ms is missed by two to three orders of magnitude. What would meet it on this
-store is a design whose cost does not grow with the hits: posting lists and facet columns kept as
-a few binary documents per term/field and intersected and counted in the service.
+latency. So searches are answered by an in-memory index that every serving process builds from
+the store and keeps current from its change stream (:mod:`.search_index`: posting arrays per term,
+facet columns per field, counted with numpy), with exactly this pipeline's semantics and result
+shape; this pipeline answers while that index is not ready (at start, or rebuilding after its
+stream failed) and is the reference the tests compare it with (``search(source=...)``).
 """
 
 from __future__ import annotations
