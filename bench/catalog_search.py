@@ -2,13 +2,15 @@
 
     .venv/bin/python bench/catalog_search.py --data-dir /tmp/nx-catalog [--products 100000] [--duration 120]
         [--rate 0.5] [--open-duration 60] [--load-only] [--mongo-url mongodb://127.0.0.1:N/?directConnection=true]
-        [--source index|store] [--verify 3] [--http-rate 50 --http-duration 30]
+        [--source index|store] [--verify 3] [--http-rate 50 --http-duration 30] [--wrk2-rate 40 --wrk2-duration 30]
 
 ``--source index`` (the default) measures the in-memory search index (``search_index.py``): its build
 from the store (one change stream + one scan, as the app's background task does it), its memory,
 ``--verify`` queries answered by both the index and the store compared field by field, then the closed
-loop and an open loop at ``--rate`` through the service function, and (``--http-rate``) an open loop
-through HTTP. ``--source store`` measures the store's aggregation (the fallback) as below.
+loop and an open loop at ``--rate`` through the service function, (``--http-rate``) an open loop
+through HTTP over the ASGI transport, and (``--wrk2-rate``) ``wrk2`` at a fixed rate against the app served
+by uvicorn on a local port (500 queries of the mix, round robin; needs ``wrk2`` on the path or ``$WRK2``).
+``--source store`` measures the store's aggregation (the fallback) as below.
 
 Starts the embedded stores in ``--data-dir`` (kept, so a second run reuses the loaded catalog; the load is
 resumable: it continues from the products already there) and loads ``--products`` products from
@@ -270,6 +272,71 @@ async def open_loop_service(gen: CatalogGenerator, rate: float, seconds: float) 
     return {"rate_per_s": rate, "seconds": seconds, **_summary(lat)}
 
 
+WRK2_LUA = """
+local paths = {%s}
+local i = 0
+request = function()
+  i = i + 1
+  return wrk.format("GET", paths[(i %% #paths) + 1])
+end
+"""
+
+
+async def wrk2_http(gen: CatalogGenerator, rate: int, seconds: int, connections: int) -> dict[str, Any]:
+    """The commerce app served by uvicorn in this process, searched by wrk2 at a fixed rate (the query mix)."""
+    import socket
+    import tempfile
+    from urllib.parse import urlencode
+
+    import uvicorn
+    from replica_kill import parse_wrk2
+
+    from nexus_ray.config import get_settings
+    from nexus_ray.deployments.app import build_app
+    from nexus_ray.deployments.commerce.catalog.search_index import replica
+    from nexus_ray.edge import tokens
+
+    get_settings.cache_clear()
+    app = build_app("commerce")
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, lifespan="on", log_config=None, root_path="/commerce"))
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        while True:  # polled: the bench only waits
+            if server.started and replica.ready:
+                break
+            assert not serving.done(), "the server stopped"
+            await asyncio.sleep(0.2)
+        await tokens.prepare()
+        tok = tokens.issue("bench-shopper", ["commerce:catalog:read"], ttl_s=3600)
+        paths = []
+        for _ in range(500):
+            params = gen.query()
+            q: list[tuple[str, Any]] = [("q", params["q"]), ("limit", 20)]
+            q += [(k, params[k]) for k in ("category", "price_min", "price_max") if k in params]
+            q += [("brand", b) for b in params.get("brands", ())]
+            q += [("attr", f"{k}:{v}") for k, v in params.get("attributes", ())]
+            paths.append(f"{API}/search?{urlencode(q)}")
+        with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+            f.write(WRK2_LUA % ",".join(f'"{p}"' for p in paths))
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        for warm in (True, False):
+            proc = await asyncio.create_subprocess_exec(
+                os.environ.get("WRK2", "wrk2"), "-t1", f"-c{connections}", f"-d{5 if warm else seconds}s",
+                f"-R{rate}", "--latency", "-s", f.name, "-H", f"Authorization: Bearer {tok}", url,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            out, err = await proc.communicate()
+        os.unlink(f.name)
+        assert proc.returncode == 0, err.decode()[-500:]
+        return {"rate_per_s": rate, "seconds": seconds, "connections": connections, "warm_up_s": 5,
+                **parse_wrk2(out.decode())}
+    finally:
+        server.should_exit = True
+        await serving
+        sock.close()
+
+
 async def run_index(args: argparse.Namespace, results: dict[str, Any]) -> dict[str, Any]:
     from nexus_ray.stores import documents
 
@@ -291,6 +358,9 @@ async def run_index(args: argparse.Namespace, results: dict[str, Any]) -> dict[s
     if args.http_duration > 0:  # the app's own background task builds the index again before the first request
         results["open_loop_http_index"] = await open_loop(CatalogGenerator(args.seed + 4), args.http_rate,
                                                           args.http_duration, wait_index=True, warm_up=20)
+    if args.wrk2_duration > 0:
+        results["wrk2_http_index"] = await wrk2_http(CatalogGenerator(args.seed + 5), args.wrk2_rate,
+                                                     args.wrk2_duration, args.wrk2_connections)
     return results
 
 
@@ -333,6 +403,9 @@ def main() -> None:
     parser.add_argument("--verify", type=int, default=0, help="index: compare this many queries with the store's")
     parser.add_argument("--http-rate", type=float, default=50.0, help="index: HTTP open-loop requests per second")
     parser.add_argument("--http-duration", type=float, default=0.0, help="index: HTTP open-loop seconds (0: skip)")
+    parser.add_argument("--wrk2-rate", type=int, default=40, help="index: wrk2 -R against the app under uvicorn")
+    parser.add_argument("--wrk2-duration", type=int, default=0, help="index: wrk2 seconds (0: skip)")
+    parser.add_argument("--wrk2-connections", type=int, default=8)
     parser.add_argument("--stop", action="store_true", help="stop the stores at the end (default: leave them up)")
     parser.add_argument("--mongo-url", default="", help="a secantusd started by hand (own cache size and oplog "
                         "bounds) instead of the embedded one; the other stores stay embedded")
