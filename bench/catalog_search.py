@@ -288,6 +288,7 @@ async def wrk2_http(gen: CatalogGenerator, rate: int, seconds: int, connections:
     import tempfile
     from urllib.parse import urlencode
 
+    import httpx
     import uvicorn
     from replica_kill import parse_wrk2
 
@@ -317,10 +318,13 @@ async def wrk2_http(gen: CatalogGenerator, rate: int, seconds: int, connections:
             q += [(k, params[k]) for k in ("category", "price_min", "price_max") if k in params]
             q += [("brand", b) for b in params.get("brands", ())]
             q += [("attr", f"{k}:{v}") for k, v in params.get("attributes", ())]
-            paths.append(f"{API}/search?{urlencode(q)}")
+            paths.append(f"{API.removeprefix('/commerce')}/search?{urlencode(q)}")  # uvicorn prepends root_path
         with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
             f.write(WRK2_LUA % ",".join(f'"{p}"' for p in paths))
         url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        async with httpx.AsyncClient(base_url=url) as c:
+            probe = await c.get(paths[0], headers={"Authorization": f"Bearer {tok}"})
+            assert probe.status_code == 200, (probe.status_code, probe.text[:300])
         for warm in (True, False):
             proc = await asyncio.create_subprocess_exec(
                 os.environ.get("WRK2", "wrk2"), "-t1", f"-c{connections}", f"-d{5 if warm else seconds}s",
