@@ -53,6 +53,11 @@ search falls back to the store, and it is rebuilt the same way.
 
 Until it is ready, :func:`.service.search` answers from the store. Readiness, size and lag are
 Prometheus gauges (:mod:`nexus_ray.edge.metrics`) and :meth:`Replica.status`.
+
+Measured on 100,000 products (bench/catalog_search.py, bench/RESULTS.md, shared 2-core machine): built
+in about 36 s (the store's scan), 23 MB of arrays and about 100 MB of process memory in all; a faceted
+first page of 20 in p50 5 ms, p99 12 ms (closed loop through the service function), the same answers
+as the store's aggregation, which takes 0.3 to 13 s.
 """
 
 from __future__ import annotations
