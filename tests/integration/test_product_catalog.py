@@ -373,6 +373,21 @@ async def test_another_writers_changes_reach_the_index_through_the_change_stream
     await until(gone, within_s=20)
 
 
+async def test_a_failed_change_stream_falls_back_to_the_store_and_rebuilds_the_index(client, merchant, shopper,
+                                                                                     until):
+    top = root()
+    before = await create(client, merchant, product(top, "Cork coaster"))
+    builds = replica.builds
+    await replica.stream.close()  # the stream fails under the index (as when the store restarts)
+    await until(lambda: not replica.ready, within_s=10)
+    meanwhile = stored(top, "Cork coaster", version=1)  # written while the index is down: the rebuild has it
+    await direct_write(meanwhile)
+    page = await service.search(query=service.SearchQuery(q="coaster", category=top), page=PageRequest(limit=5))
+    assert {h.id for h in page.items} == {before["id"], meanwhile["_id"]}  # answered meanwhile: by the store
+    await until(lambda: replica.ready and replica.builds == builds + 1, within_s=30)
+    assert set(await found_by_index(top, "coaster")) == {before["id"], meanwhile["_id"]}
+
+
 async def test_drafted_or_archived_products_leave_the_results_at_once(client, merchant, shopper):
     top = root()
     kept = await create(client, merchant, product(top, "Linen towel"))

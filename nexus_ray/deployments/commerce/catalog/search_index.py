@@ -441,6 +441,7 @@ class Replica:
 
     def __init__(self) -> None:
         self.index: SearchIndex | None = None
+        self.stream: Any = None  # the change stream being followed
         self.ready = False
         self.builds = 0
         self.build_s: float | None = None
@@ -526,7 +527,7 @@ class Replica:
         delay = retry_s
         while True:
             try:
-                stream = await self.build(await collection())
+                self.stream = stream = await self.build(await collection())
                 async with stream:
                     idx = self.index
                     assert idx is not None
@@ -539,7 +540,7 @@ class Replica:
                 self.ready = False
                 raise
             except Exception as exc:  # the type only: a store's message can carry its URL
-                self.ready, self.index = False, None
+                self.ready, self.index, self.stream = False, None, None
                 self._publish()
                 log.warning("catalog search index lost (%s): searching the store while it is rebuilt",
                             type(exc).__name__)
