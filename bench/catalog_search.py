@@ -230,7 +230,7 @@ async def build_index() -> tuple[dict[str, Any], asyncio.Task[None]]:
     assert idx is not None
     return {"ready_s": round(ready_s, 1), "products": idx.live, "terms": len(idx.terms.arrays),
             "array_mb": round(idx.nbytes() / 2**20, 1), "rss_growth_mb": round((_rss_bytes() - rss) / 2**20, 1),
-            "rss_mb": round(_rss_bytes() / 2**20, 1)}, task
+            "rss_mb": round(_rss_bytes() / 2**20, 1), "status": replica.status()}, task
 
 
 async def verify(gen: CatalogGenerator, n: int) -> dict[str, Any]:

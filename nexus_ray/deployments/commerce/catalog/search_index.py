@@ -76,6 +76,7 @@ from nexus_ray.edge import metrics
 
 log = logging.getLogger(__name__)
 
+#: Scores (see :mod:`.service`): a matched term outweighs every title bonus a product can have.
 TERM_WEIGHT = 100
 TITLE_WEIGHT = 10
 
@@ -465,6 +466,7 @@ class Replica:
             self.index.remove(product_id, version=version)
 
     def status(self) -> dict[str, Any]:
+        """Whether the index answers, what it holds, how it was built, how far behind its last event was."""
         idx = self.index
         return {"ready": self.ready, "products": idx.live if idx else 0, "builds": self.builds,
                 "build_s": self.build_s, "lag_s": self.lag_s, "events": self.events, "served": self.served,
