@@ -427,7 +427,7 @@ async def search(*, query: SearchQuery, page: PageRequest, facets: bool | None =
 
 async def keep_search_index() -> None:
     """Background: build this process's search index from the store and keep it current (see :mod:`.search_index`)."""
-    await replica.run(products)
+    await replica.run(products, gc_freeze=settings_of(CatalogSettings).catalog_search_gc_freeze)
 
 
 async def explain_search(*, query: SearchQuery) -> dict[str, Any]:
