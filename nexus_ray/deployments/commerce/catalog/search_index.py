@@ -45,11 +45,11 @@ fields above), then applies the stream's events from the moment it was opened, s
 between the scan and the stream. An event is applied only if its document's ``version`` is above
 the one the index holds for that id (the scan may already hold a newer one); a delete from the
 stream forgets the id (a later re-insert with version 1 then applies). The index serves once the
-stream's backlog is drained. The writing process applies its own writes at once
-(:meth:`Replica.observe`, :meth:`Replica.forget`), by the same version rule, so a write is
-searchable by its writer as soon as it is acknowledged; other processes see it when the stream
-brings it (milliseconds). If the stream fails (store restart, history lost) the index is dropped,
-search falls back to the store, and it is rebuilt the same way.
+stream's backlog is drained (up to the changes made after the scan ended). The writing process
+applies its own writes at once (:meth:`Replica.observe`, :meth:`Replica.forget`), by the same
+version rule, so a write is searchable by its writer as soon as it is acknowledged; other
+processes see it when the stream brings it (milliseconds). If the stream fails (store restart,
+history lost) the index is dropped, search falls back to the store, and it is rebuilt the same way.
 
 Until it is ready, :func:`.service.search` answers from the store. Readiness, size and lag are
 Prometheus gauges (:mod:`nexus_ray.edge.metrics`) and :meth:`Replica.status`.
@@ -506,8 +506,13 @@ class Replica:
             async for doc in collection.find({}, PROJECTION, batch_size=1000):
                 idx.apply(doc)
             idx.settle()
+            scanned = datetime.now(UTC)
+            # the backlog: until the stream has nothing more at once, or (under a steady flow of writes)
+            # until it reaches changes made after the scan ended; the rest is applied while serving
             while (ev := await stream.try_next()) is not None:
                 self._event(idx, ev)
+                if isinstance(ev.get("wallTime"), datetime) and ev["wallTime"] >= scanned:
+                    break
         except BaseException:
             await stream.close()
             raise
