@@ -6,7 +6,7 @@ Ray dashboard's Grafana panels read them; outside a Ray worker they are no-ops.
 
 from __future__ import annotations
 
-from ray.util.metrics import Counter, Histogram
+from ray.util.metrics import Counter, Gauge, Histogram
 
 _TAGS = ("namespace", "service", "route", "method", "status")
 
@@ -91,3 +91,24 @@ def ws_closed(tags: dict[str, str], code: str, seconds: float | None) -> None:
     WS_CLOSED.inc(1, tags=closed)
     if seconds is not None:
         WS_DURATION.observe(seconds, tags=closed)
+
+
+# product-catalog's in-memory search index (nexus_ray/deployments/commerce/catalog/search_index.py), per process.
+CATALOG_INDEX_READY = Gauge(
+    "nexus_catalog_search_index_ready",
+    description="1 while this process's catalog search index answers searches, 0 while it searches the store.",
+)
+CATALOG_INDEX_PRODUCTS = Gauge(
+    "nexus_catalog_search_index_products", description="Active products held in this process's search index.",
+)
+CATALOG_INDEX_LAG = Gauge(
+    "nexus_catalog_search_index_lag_seconds",
+    description="Time from the store's write to the search index applying it, seconds (latest change event).",
+)
+
+
+def catalog_index(*, ready: bool, products: int, lag_s: float) -> None:
+    """Record the catalog search index's state."""
+    CATALOG_INDEX_READY.set(1.0 if ready else 0.0)
+    CATALOG_INDEX_PRODUCTS.set(float(products))
+    CATALOG_INDEX_LAG.set(lag_s)

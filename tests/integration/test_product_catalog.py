@@ -2,6 +2,11 @@
 keyset pages that cover every hit once, per-currency price filters, unique SKUs, optimistic concurrency, the
 ``price_lines`` export, and who may write.
 
+Searches are answered by the process's in-memory search index (``search_index.replica``): the module waits
+until it is ready and every search through :func:`search` checks that the index answered it. One test
+checks that the store's aggregation (the fallback) gives the same answers; others that writes made
+outside this process's service (straight into the collection) reach the index through the change stream.
+
 Each test's products live under a category root of their own, so the catalogs of other tests (and of the
 authorization sweep) never reach its searches: every search here filters on that root.
 """
@@ -15,13 +20,22 @@ from collections import Counter
 
 import pytest
 
+from nexus_ray.deployments.commerce.catalog import service
+from nexus_ray.deployments.commerce.catalog.search_index import replica
 from nexus_ray.deployments.commerce.catalog.text import query_terms, terms
+from nexus_ray.deployments.kit.pages import PageRequest
 
 pytestmark = pytest.mark.integration
 
 API = "/commerce/v1/catalog"
 SCOPE = "commerce:catalog"
 BANDS = [0, 1000, 2500, 5000, 10000, 25000, 50000, 100000]
+
+
+@pytest.fixture(scope="module", autouse=True)
+async def indexed(client, until):
+    """The app's background task has built this process's search index (the searches below use it)."""
+    await until(lambda: replica.ready, within_s=60)
 
 
 @pytest.fixture(scope="module")
@@ -160,8 +174,10 @@ def got_facets(facets: dict) -> dict:
 
 
 async def search(client, headers, **params) -> dict:
+    served = replica.served
     r = await client.get(f"{API}/search", params=params, headers=headers)
     assert r.status_code == 200, r.text
+    assert replica.served == served + 1, "the search index did not answer"
     return r.json()
 
 
@@ -258,6 +274,132 @@ async def test_price_filter_is_in_the_asked_currency(client, shopper, merchant):
     assert sum(b["count"] for b in eur["facets"]["price"]) == 2
     r = await client.get(f"{API}/search", params={"price_min": 10, "price_max": 5}, headers=shopper)
     assert r.status_code == 422 and r.json()["errors"][0]["field"] == "price_min"
+
+
+# -- the search index: the store's answers, kept current by the change stream ---------------------------------
+
+
+def query_of(params: dict, category: str) -> service.SearchQuery:
+    return service.SearchQuery(q=params.get("q", ""), category=category, brands=tuple(params.get("brand", ())),
+                               currency=params.get("currency", "USD"), price_min=params.get("price_min"),
+                               price_max=params.get("price_max"),
+                               attributes=tuple(tuple(a.split(":", 1)) for a in params.get("attr", ())))
+
+
+async def both(query: service.SearchQuery, limit: int = 20, cursor: str | None = None, facets: bool | None = None):
+    page = PageRequest(limit=limit, cursor=cursor)
+    index = await service.search(query=query, page=page, facets=facets, source="index")
+    store = await service.search(query=query, page=page, facets=facets, source="store")
+    return index, store
+
+
+async def test_the_store_pipeline_fallback_gives_the_index_s_answers(catalog):
+    top, _ = catalog
+    queries = [{"q": "velvet lamp"}, {"q": "wireless speaker premium", "brand": ["Northwind", "Contoso"]},
+               {"q": "oak soft", "price_min": 1000, "price_max": 9000, "currency": "EUR"},
+               {"attr": ["color:red", "color:blue", "size:m"]}, {"q": "nothing-matches-this"}, {}]
+    for params in queries:
+        query = query_of(params, top)
+        index, store = await both(query, limit=7)
+        assert index == store, params
+        pages = 0
+        while index.next_cursor and pages < 3:  # later pages, with and without facets
+            pages += 1
+            index, store = await both(query, limit=7, cursor=index.next_cursor, facets=pages == 2)
+            assert index == store, (params, pages)
+    assert (await both(query_of({}, top), limit=100))[0].total > 100  # the pages above were not all first ones
+
+
+async def direct_write(doc: dict) -> None:
+    """A write by another writer: straight into the collection, not through this process's service."""
+    coll = await service.products()
+    await coll.replace_one({"_id": doc["_id"]}, doc, upsert=True)
+
+
+def stored(top: str, title: str, *, version: int, status: str = "active", brand: str = "Umbra", usd: int = 1999,
+           color: str = "red", product_id: str | None = None) -> dict:
+    from nexus_ray.deployments.commerce.catalog.models import ProductCreate
+
+    body = product(f"{top}/lighting", title, "a stored product", brand=brand, usd=usd, attributes={"color": color})
+    doc = service.new_document(caller="another-writer", body=ProductCreate.model_validate({**body, "status": "draft"}),
+                               product_id=product_id)
+    return {**doc, "status": status, "version": version}
+
+
+async def found_by_index(top: str, q: str) -> list[str]:
+    page = await service.search(query=service.SearchQuery(q=q, category=top), page=PageRequest(limit=20),
+                                source="index")
+    return [h.id for h in page.items]
+
+
+async def test_another_writers_changes_reach_the_index_through_the_change_stream(until):
+    top = root()
+    first = stored(top, "Copper pendant", version=1)
+    await direct_write(first)
+    pid = first["_id"]
+    await until(lambda: found_by_index(top, "pendant"), within_s=20)
+    assert await found_by_index(top, "pendant") == [pid]
+
+    # a new version replaces the old one's terms and facets: title, brand, price band, attribute
+    await direct_write(stored(top, "Brass sconce", version=2, brand="Lumen", usd=30000, color="blue", product_id=pid))
+
+    async def replaced() -> bool:
+        return await found_by_index(top, "sconce") == [pid]
+
+    await until(replaced, within_s=20)
+    assert await found_by_index(top, "pendant") == []
+    index, store = await both(service.SearchQuery(q="sconce brass copper", category=top))
+    assert index == store
+    assert index.facets is not None
+    assert [(f.value, f.count) for f in index.facets.brand] == [("Lumen", 1)]
+    assert index.facets.attributes == {"color": [service.FacetCount(value="blue", count=1)]}
+    assert [b.min for b in index.facets.price if b.count] == [25000]
+    assert [h.score for h in index.items] == [220]  # brass and sconce, both in the title
+
+    # an older version arriving late changes nothing
+    replica.observe(stored(top, "Copper pendant", version=1, product_id=pid))
+    assert await found_by_index(top, "sconce") == [pid]
+
+    # archived (or drafted) by the other writer: it leaves the results; deleted: stays out
+    await direct_write(stored(top, "Brass sconce", version=3, status="archived", product_id=pid))
+
+    async def gone() -> bool:
+        return await found_by_index(top, "sconce") == []
+
+    await until(gone, within_s=20)
+    await direct_write(stored(top, "Brass sconce", version=4, product_id=pid))
+    await until(replaced, within_s=20)
+    await (await service.products()).delete_one({"_id": pid})
+    await until(gone, within_s=20)
+
+
+async def test_a_failed_change_stream_falls_back_to_the_store_and_rebuilds_the_index(client, merchant, shopper,
+                                                                                     until):
+    top = root()
+    before = await create(client, merchant, product(top, "Cork coaster"))
+    builds = replica.builds
+    await replica.stream.close()  # the stream fails under the index (as when the store restarts)
+    await until(lambda: not replica.ready, within_s=10)
+    meanwhile = stored(top, "Cork coaster", version=1)  # written while the index is down: the rebuild has it
+    await direct_write(meanwhile)
+    page = await service.search(query=service.SearchQuery(q="coaster", category=top), page=PageRequest(limit=5))
+    assert {h.id for h in page.items} == {before["id"], meanwhile["_id"]}  # answered meanwhile: by the store
+    await until(lambda: replica.ready and replica.builds == builds + 1, within_s=30)
+    assert set(await found_by_index(top, "coaster")) == {before["id"], meanwhile["_id"]}
+
+
+async def test_drafted_or_archived_products_leave_the_results_at_once(client, merchant, shopper):
+    top = root()
+    kept = await create(client, merchant, product(top, "Linen towel"))
+    drafted = await create(client, merchant, product(top, "Linen towel"))
+    archived = await create(client, merchant, product(top, "Linen towel"))
+    assert len((await search(client, shopper, q="towel", category=top))["items"]) == 3
+    for p, status in ((drafted, "draft"), (archived, "archived")):
+        r = await client.patch(f"{API}/products/{p['id']}", json={"version": 1, "status": status}, headers=merchant)
+        assert r.status_code == 200, r.text
+    page = await search(client, shopper, q="towel", category=top)
+    assert [h["id"] for h in page["items"]] == [kept["id"]] and page["total"] == 1
+    assert page["facets"]["brand"] == [{"value": "Acme", "count": 1}]
 
 
 # -- products -------------------------------------------------------------------------------------------------

@@ -45,12 +45,14 @@ Without a query every active product that passes the filters is a hit, with scor
 order.
 
 Measured (bench/catalog_search.py, bench/RESULTS.md): on 100,000 products secantusdb's planner
-scans the collection for this ``$match`` (about 8 s on the shared machine), and forcing
+scans the collection for this ``$match`` (seconds a query on the shared machine), and forcing
 ``terms_1`` with a hint is far worse for common words (its index FETCH costs milliseconds per
 document: 159 s for one query), so no hint is given. The store, not the pipeline, sets the
-latency: p99 <= 50 ms is missed by two to three orders of magnitude. What would meet it on this
-store is a design whose cost does not grow with the hits: posting lists and facet columns kept as
-a few binary documents per term/field and intersected and counted in the service.
+latency. So searches are answered by an in-memory index that every serving process builds from
+the store and keeps current from its change stream (:mod:`.search_index`: posting arrays per term,
+facet columns per field, counted with numpy), with exactly this pipeline's semantics and result
+shape; this pipeline answers while that index is not ready (at start, or rebuilding after its
+stream failed) and is the reference the tests compare it with (``search(source=...)``).
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import ValidationError
 from pymongo import ASCENDING, ReturnDocument
@@ -70,7 +72,7 @@ from pymongo.errors import DuplicateKeyError
 from nexus_ray.deployments.kit.pages import PageRequest, encode_cursor
 from nexus_ray.deployments.kit.settings import settings_of
 from nexus_ray.edge.errors import field_name
-from nexus_ray.exceptions import Conflict, Forbidden, NotFound, ValidationFailed
+from nexus_ray.exceptions import Conflict, Forbidden, NotFound, ServiceUnavailable, ValidationFailed
 from nexus_ray.stores import documents
 
 from .models import (
@@ -87,12 +89,9 @@ from .models import (
     SearchPage,
     VariantIn,
 )
+from .search_index import TERM_WEIGHT, TITLE_WEIGHT, replica
 from .settings import CatalogSettings
 from .text import query_terms, terms
-
-#: Scores (see the module docstring): a matched term outweighs every title bonus a product can have.
-TERM_WEIGHT = 100
-TITLE_WEIGHT = 10
 
 #: The indexes of the products collection: (keys, options). ``explain`` shows the search using ``terms_1``.
 INDEXES: tuple[tuple[list[tuple[str, int]], dict[str, Any]], ...] = (
@@ -205,6 +204,7 @@ async def create_product(*, caller: str, body: ProductCreate) -> ProductRead:
         await coll.insert_one(doc)
     except DuplicateKeyError as err:
         raise _sku_conflict(err) from None
+    replica.observe(doc)
     return _read(doc)
 
 
@@ -253,6 +253,7 @@ async def update_product(*, product_id: str, caller: str, privileged: bool, body
         if current is None:
             raise NotFound(f"product {product_id} not found")
         raise _stale(product_id, body.version, current["version"])
+    replica.observe(replaced)
     return _read(replaced)
 
 
@@ -265,6 +266,7 @@ async def delete_product(*, product_id: str, caller: str, privileged: bool, vers
         current = await (await products()).find_one({"_id": product_id}, {"version": 1})
         if current is not None:
             raise _stale(product_id, version, current["version"])
+    replica.forget(product_id, version)
 
 
 async def list_products(*, merchant: str, page: PageRequest) -> Any:
@@ -380,17 +382,36 @@ def _facets(found: dict[str, Any], bands: Sequence[int], facet_values: int) -> F
         price=price, attributes=dict(sorted(by_key.items())))
 
 
-async def search(*, query: SearchQuery, page: PageRequest, facets: bool | None = None) -> SearchPage:
-    """Ranked hits of ``query`` after ``page``'s cursor, with the total and facets (first page by default)."""
+Source = Literal["auto", "index", "store"]
+
+
+async def search(*, query: SearchQuery, page: PageRequest, facets: bool | None = None,
+                 source: Source = "auto") -> SearchPage:
+    """Ranked hits of ``query`` after ``page``'s cursor, with the total and facets (first page by default).
+
+    ``source``: ``auto`` answers from this process's search index when it is ready, else from the store's
+    aggregation (the same answer, slower); ``index`` or ``store`` ask for one of them (tests and the bench
+    compare them); ``index`` is a 503 while the index is not ready.
+    """
     after = page.after
     if after is not None and (len(after) != 2 or not isinstance(after[0], int) or not isinstance(after[1], str)):
         raise ValidationFailed.for_field("cursor", "is not a cursor returned by this search")
     want_facets = after is None if facets is None else facets
     settings = settings_of(CatalogSettings)
     bands = sorted(set(settings.catalog_price_bands))
-    pipeline = search_pipeline(query, limit=page.fetch_limit, after=after, facets=want_facets, bands=bands,
-                               facet_values=settings.catalog_facet_values)
-    found = (await (await (await products()).aggregate(pipeline)).to_list())[0]
+    index = replica.usable() if source != "store" else None
+    if index is not None:
+        found = index.found(words=query_terms(query.q), category=query.category, brands=query.brands,
+                            currency=query.currency, price_min=query.price_min, price_max=query.price_max,
+                            attributes=query.attributes, limit=page.fetch_limit, after=after, facets=want_facets,
+                            bands=bands, facet_values=settings.catalog_facet_values)
+        replica.served += 1
+    elif source == "index":
+        raise ServiceUnavailable("the catalog search index is not ready yet")
+    else:
+        pipeline = search_pipeline(query, limit=page.fetch_limit, after=after, facets=want_facets, bands=bands,
+                                   facet_values=settings.catalog_facet_values)
+        found = (await (await (await products()).aggregate(pipeline)).to_list())[0]
     rows = found["hits"]
     shown = rows[: page.limit]
     items = [SearchHit(id=r["_id"], title=r["title"], brand=r["brand"], category=r["category"],
@@ -402,6 +423,11 @@ async def search(*, query: SearchQuery, page: PageRequest, facets: bool | None =
     total = found["total"][0]["n"] if found["total"] else 0
     return SearchPage(items=items, next_cursor=cursor, total=total,
                       facets=_facets(found, bands, settings.catalog_facet_values))
+
+
+async def keep_search_index() -> None:
+    """Background: build this process's search index from the store and keep it current (see :mod:`.search_index`)."""
+    await replica.run(products, gc_freeze=settings_of(CatalogSettings).catalog_search_gc_freeze)
 
 
 async def explain_search(*, query: SearchQuery) -> dict[str, Any]:

@@ -16,6 +16,9 @@ class CatalogSettings(ServiceSettings):
         [0, 1000, 2500, 5000, 10000, 25000, 50000, 100000], min_length=2,
         description="Lower bounds (minor units, ascending, from 0) of the price bands counted in search facets; "
         "the last band is open-ended. The same bounds serve every currency.")
+    catalog_search_gc_freeze: bool = Field(
+        True, description="After building its in-memory search index, a process moves its whole heap out of the "
+        "garbage collector's full collections (gc.freeze), which otherwise pause it for hundreds of ms.")
     catalog_facet_values: int = Field(
         30, ge=1, le=500, description="Most values counted per facet (brand, category, each attribute), "
         "the most frequent first.")
