@@ -67,6 +67,18 @@ def _summary(latencies: list[float], hits: list[int] | None = None) -> dict[str,
     return out
 
 
+async def _paced(one: Any, gen: Any, rate: float, seconds: float) -> None:
+    """Open loop: call ``one(intended, query)`` at ``rate`` per second for ``seconds``, each at its due time."""
+    start = time.perf_counter()
+    tasks = []
+    k = 0
+    while (intended := start + k / rate) < start + seconds:
+        await asyncio.sleep(max(0.0, intended - time.perf_counter()))
+        tasks.append(asyncio.create_task(one(intended, gen.query())))
+        k += 1
+    await asyncio.gather(*tasks)
+
+
 async def load(n: int, seed: int) -> dict[str, Any]:
     from nexus_ray.deployments.commerce.catalog import service
     from nexus_ray.deployments.commerce.catalog.models import ProductCreate
@@ -192,14 +204,7 @@ async def open_loop(gen: CatalogGenerator, rate: float, seconds: float, *, wait_
             lat.clear()
             when.clear()
             codes.clear()
-            start = time.perf_counter()
-            tasks = []
-            k = 0
-            while (intended := start + k / rate) < start + seconds:
-                await asyncio.sleep(max(0.0, intended - time.perf_counter()))
-                tasks.append(asyncio.create_task(one(intended, gen.query())))
-                k += 1
-            await asyncio.gather(*tasks)
+            await _paced(one, gen, rate, seconds)
     slowest = [{"ms": round(dt * 1000), "sent_at_s": round(at, 2)} for dt, at in sorted(when, reverse=True)[:8]]
     return {"rate_per_s": rate, "seconds": seconds, "warm_up": warm_up, "status": codes, **_summary(lat),
             "slowest": slowest}
@@ -261,14 +266,7 @@ async def open_loop_service(gen: CatalogGenerator, rate: float, seconds: float) 
         await service.search(query=_query(params), page=PageRequest(limit=20), source="index")
         lat.append(time.perf_counter() - intended)
 
-    start = time.perf_counter()
-    tasks = []
-    k = 0
-    while (intended := start + k / rate) < start + seconds:
-        await asyncio.sleep(max(0.0, intended - time.perf_counter()))
-        tasks.append(asyncio.create_task(one(intended, gen.query())))
-        k += 1
-    await asyncio.gather(*tasks)
+    await _paced(one, gen, rate, seconds)
     return {"rate_per_s": rate, "seconds": seconds, **_summary(lat)}
 
 
