@@ -4,7 +4,8 @@ Persisted step by step
 ----------------------
 An order row carries its saga: ``results`` (what each done forward step returned), ``undone``
 (each compensation that ran), ``status`` and ``failure``. Before a step runs, a ``started`` line is
-written to ``order_saga_log``; after it, its result and a ``done`` (or ``failed``) line are written
+written to ``order_saga_log`` (with the step before's ``done`` line, in its transaction, when one
+step follows another); after it, its result and a ``done`` (or ``failed``) line are written
 in one transaction with the order's new status and its ``order.*`` event (outbox). A runner that
 dies between the two leaves an order whose log ends on ``started``: the step is run again with the
 same idempotency key (see :mod:`.steps`), so the collaborator replays what it did.
@@ -98,10 +99,12 @@ async def write(order_id: UUID, runner: str, *, line: tuple[str, str, str, dict[
                 status: str | None = None, result: tuple[str, dict[str, Any]] | None = None,
                 undone: tuple[str, dict[str, Any]] | None = None, failure: dict[str, Any] | None = None,
                 total: int | None = None, let_go_s: float | None = None, attempts: int | None = None,
-                ) -> asyncpg.Record:
+                starts: str | None = None) -> asyncpg.Record:
     """One fenced step of the saga in one transaction: the log line, the order's change, its event.
 
     ``let_go_s``: give the lease up; recovery may take the order that many seconds from now.
+    ``starts``: the forward step that runs next, whose ``started`` line is written last (so a step
+    that follows another costs one transaction, not two).
     """
     lease_s = settings_of(OrderSettings).order_lease_s
     async with postgres.transaction() as conn:
@@ -125,6 +128,8 @@ async def write(order_id: UUID, runner: str, *, line: tuple[str, str, str, dict[
             await log_line(conn, order_id, "order", "status", "done", {"from": row["status"], "to": new["status"]},
                            runner)
             await emit(conn, topic(new["status"]), event_payload(new), key=str(order_id))
+        if starts is not None:
+            await log_line(conn, order_id, starts, "forward", "started", runner=runner)
     return new
 
 
@@ -161,23 +166,28 @@ async def _interrupted(row: asyncpg.Record, runner: str, step: str, phase: str, 
                 let_go_s=min(2.0 ** attempts, 60.0))
 
 
-async def drive(order_id: UUID, runner: str, *, capture_now: bool = False) -> asyncpg.Record:
+async def drive(order_id: UUID, runner: str, *, capture_now: bool = False,
+                row: asyncpg.Record | None = None) -> asyncpg.Record:
     """Move the order on while ``runner`` holds its lease, until it settles or must wait; returns its row.
 
-    ``capture_now``: an ``authorized`` order (manual capture) goes on to capture.
+    ``capture_now``: an ``authorized`` order (manual capture) goes on to capture. ``row``: the order
+    as ``runner`` just wrote it, if it has it (else it is read). While the runner holds the lease
+    nobody else writes the order, so the row each fenced write returns is the order as it stands.
     """
     pg = await postgres.pool()
+    announced: str | None = None  # the forward step whose "started" line the last write made
     try:
-        while True:
+        if row is None:
             row = await pg.fetchrow(f"SELECT {COLUMNS} FROM orders WHERE id = $1", order_id)
+        while True:
             assert row is not None
             if row["lease_owner"] != runner:
                 return row
             status = row["status"]
             if status in ("pending", "paid") or (status == "authorized" and capture_now):
-                await _forward(row, runner)
+                row, announced = await _forward(row, runner, announced)
             elif status in SETTLES:
-                await _unwind(row, runner)
+                row = await _unwind(row, runner)
             else:
                 return await write(order_id, runner, let_go_s=0)
     except LeaseLost:
@@ -187,22 +197,29 @@ async def drive(order_id: UUID, runner: str, *, capture_now: bool = False) -> as
         return row
 
 
-async def _forward(row: asyncpg.Record, runner: str) -> None:
+def _next_forward(results: set[str], status: str, capture_method: str) -> str | None:
+    """The forward step that runs next for an order with these results and status, if one runs at once."""
+    step = next((s for s in STEPS if s.name not in results), None)
+    if step is None or (step.name == "commit_stock" and capture_method == "manual" and status == "pending"):
+        return None  # settles, or waits for a manual capture
+    return step.name
+
+
+async def _forward(row: asyncpg.Record, runner: str, announced: str | None) -> tuple[asyncpg.Record, str | None]:
+    """Runs the order's next forward step: (the order as written, the step announced for after it)."""
     step = next((s for s in STEPS if s.name not in row["results"]), None)
     if step is None:  # every step done (a crash after the last one's result, before its status): settle
-        await write(row["id"], runner, status="completed", let_go_s=0)
-        return
+        return await write(row["id"], runner, status="completed", let_go_s=0), None
     if step.name == "commit_stock" and row["capture_method"] == "manual" and row["status"] == "pending":
-        await write(row["id"], runner, line=(step.name, "forward", "skipped", {"waiting": "manual capture"}),
-                    status="authorized", let_go_s=0)
-        return
-    await write(row["id"], runner, line=(step.name, "forward", "started", {}))
+        return await write(row["id"], runner, line=(step.name, "forward", "skipped", {"waiting": "manual capture"}),
+                           status="authorized", let_go_s=0), None
+    if announced != step.name:
+        row = await write(row["id"], runner, line=(step.name, "forward", "started", {}))
     try:
         result = await step.forward(context(row))
     except Refused as refused:
-        await write(row["id"], runner, line=(step.name, "forward", "failed", refused.problem),
-                    status="compensating", failure={"step": step.name, "problem": refused.problem})
-        return
+        return await write(row["id"], runner, line=(step.name, "forward", "failed", refused.problem),
+                           status="compensating", failure={"step": step.name, "problem": refused.problem}), None
     except (LeaseLost, asyncio.CancelledError):
         raise
     except Exception as exc:
@@ -213,26 +230,26 @@ async def _forward(row: asyncpg.Record, runner: str) -> None:
         if result.get("currency") != str(row["currency"]).strip() or not isinstance(result.get("total"), int):
             problem = {"status": 422, "detail": "the catalog priced the cart in another currency",
                        "code": "pricing_mismatch"}
-            await write(row["id"], runner, line=(step.name, "forward", "failed", problem), status="compensating",
-                        failure={"step": step.name, "problem": problem})
-            return
+            return await write(row["id"], runner, line=(step.name, "forward", "failed", problem),
+                               status="compensating", failure={"step": step.name, "problem": problem}), None
         total = result["total"]
     reaches = REACHES.get(step.name)
+    after = _next_forward({*row["results"], step.name}, reaches or row["status"], row["capture_method"])
     # Settled in the same write that lets the lease go: a cancellation right after finds the order free.
-    await write(row["id"], runner, line=(step.name, "forward", "done", {"id": result.get("id")}),
-                result=(step.name, result), total=total, status=reaches, attempts=0,
-                let_go_s=0 if reaches == "completed" else None)
+    new = await write(row["id"], runner, line=(step.name, "forward", "done", {"id": result.get("id")}),
+                      result=(step.name, result), total=total, status=reaches, attempts=0,
+                      let_go_s=0 if reaches == "completed" else None, starts=after)
+    return new, after
 
 
-async def _unwind(row: asyncpg.Record, runner: str) -> None:
+async def _unwind(row: asyncpg.Record, runner: str) -> asyncpg.Record:
     todo = _unwinds(row)
     if not todo:
-        await write(row["id"], runner, status=SETTLES[row["status"]], let_go_s=0)
-        return
+        return await write(row["id"], runner, status=SETTLES[row["status"]], let_go_s=0)
     name = todo[0]
     step = BY_NAME[name]
     assert step.compensate is not None
-    await write(row["id"], runner, line=(name, "compensate", "started", {}))
+    row = await write(row["id"], runner, line=(name, "compensate", "started", {}))
     try:
         out = await step.compensate(context(row))
         outcome = "done"
@@ -244,7 +261,8 @@ async def _unwind(row: asyncpg.Record, runner: str) -> None:
     except Exception as exc:
         await _interrupted(row, runner, name, "compensate", exc)
         raise LeaseLost(str(row["id"])) from None
-    await write(row["id"], runner, line=(name, "compensate", outcome, {"id": out.get("id")}), undone=(name, out))
+    return await write(row["id"], runner, line=(name, "compensate", outcome, {"id": out.get("id")}),
+                       undone=(name, out))
 
 
 async def recover(*, limit: int = 20) -> int:

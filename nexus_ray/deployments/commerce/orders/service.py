@@ -93,7 +93,7 @@ async def create_order(*, customer: str, request: dict[str, Any], currency: str,
             return earlier, True
         await saga.log_line(conn, row["id"], "order", "status", "done", {"to": "pending"}, runner)
         await emit(conn, saga.topic("pending"), saga.event_payload(row), key=str(row["id"]))
-    return await saga.drive(row["id"], runner), False
+    return await saga.drive(row["id"], runner, row=row), False
 
 
 async def _visible(conn: asyncpg.Connection | asyncpg.Pool, order_id: UUID, caller: str, privileged: bool,

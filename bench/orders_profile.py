@@ -1,0 +1,191 @@
+"""Where an order's time goes: the whole saga in one process, on the real embedded stores, profiled.
+
+    .venv/bin/python bench/orders_profile.py [--orders 200] [--concurrency 1] [--profile out.pstats]
+
+Starts the embedded stores in a fresh temporary directory (stopped at the end), builds the
+``commerce`` application in this process and sends ``--orders`` orders through it over ASGI (no
+sockets, no Serve, no HAProxy: the saga, the edge's checks and the stores only), each with its own
+idempotency key, the same order as bench/orders.py. It prints
+
+* the CPU seconds per order of this process and of every store server process (from /proc), so
+  the split between Python and PostgreSQL/Mongo/Redis is measured, not guessed;
+* the mean wall time of each saga step, from the saga log's own timestamps;
+* with ``--profile``, the functions that took this process's time (cProfile, sorted by own time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import os
+import pstats
+import secrets
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+DIR = Path(tempfile.mkdtemp(prefix="nexus-bench-orders-"))
+os.environ.update({"NEXUS_ENVIRONMENT": "test", "NEXUS_MASTER_KEY": secrets.token_urlsafe(48),
+                   "NEXUS_DATA_DIR": str(DIR), "NEXUS_LOG_LEVEL": "WARNING"})
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import httpx  # noqa: E402
+import orders as bench_orders  # noqa: E402
+import psutil  # noqa: E402
+
+
+def cpu_of(pids: list[int]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for pid in pids:
+        try:
+            proc = psutil.Process(pid)
+            procs = [proc, *proc.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            continue
+        for p in procs:
+            try:
+                t = p.cpu_times()
+                out[f"{p.pid}:{p.name()}"] = t.user + t.system
+            except psutil.NoSuchProcess:
+                pass
+    return out
+
+
+async def main(args: argparse.Namespace) -> None:
+    from nexus_ray.config import get_settings
+    from nexus_ray.runtime import embedded
+
+    stores = embedded.start(DIR)
+    os.environ.update(stores.env())
+    get_settings.cache_clear()
+    try:
+        await run(args, list(stores.pids.values()))
+    finally:
+        embedded.stop(DIR)
+
+
+async def run(args: argparse.Namespace, store_pids: list[int]) -> None:
+    from nexus_ray.deployments.app import build_app
+    from nexus_ray.deployments.wiring import wire_edge
+    from nexus_ray.edge import tokens
+    from nexus_ray.stores import postgres
+
+    wire_edge()
+    app = build_app("commerce")
+    async with app.router.lifespan_context(app):
+        await tokens.prepare()
+
+        def bearer(subject: str, *scopes: str) -> dict[str, str]:
+            return {"Authorization": f"Bearer {tokens.issue(subject, list(scopes), ttl_s=3600, actor='bench')}"}
+
+        bench_orders.bearer = bearer  # the same set-up as bench/orders.py, with in-process tokens
+        transport = httpx.ASGITransport(app=_Prefixed(app), client=("203.0.113.9", 40000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://nexus.test", timeout=60) as http:
+            skus, _ = await bench_orders.set_up(http)
+            buyer = bearer("bench-buyer", "commerce:order-processor:read", "commerce:order-processor:write")
+            body = bench_orders.order_body(skus)
+            warm = bench_orders.Tally()
+            for _ in range(10):
+                await warm.order(http, buyer, body)
+            tally = bench_orders.Tally()
+            queue = list(range(args.orders))
+
+            async def worker() -> None:
+                while queue:
+                    queue.pop()
+                    await tally.order(http, buyer, body)
+
+            counts = _count_queries() if args.queries else None
+            profiler = cProfile.Profile() if args.profile else None
+            before_me, before_stores = time.process_time(), cpu_of(store_pids)
+            began = time.perf_counter()
+            if profiler:
+                profiler.enable()
+            await asyncio.gather(*(worker() for _ in range(args.concurrency)))
+            if profiler:
+                profiler.disable()
+            wall = time.perf_counter() - began
+            me = time.process_time() - before_me
+            after_stores = cpu_of(store_pids)
+            n = args.orders
+            print(f"{n} orders, concurrency {args.concurrency}: {wall:.1f} s wall, {n / wall:.1f} orders/s, "
+                  f"codes {dict(tally.codes)}")
+            print(f"  this process (app + client): {1000 * me / n:.1f} ms CPU per order")
+            for name, t in sorted(after_stores.items(), key=lambda kv: -(kv[1] - before_stores.get(kv[0], 0.0))):
+                spent = t - before_stores.get(name, 0.0)
+                if spent > 0.001 * n:
+                    print(f"  {name}: {1000 * spent / n:.1f} ms CPU per order")
+            summary = tally.summary(wall)
+            print(f"  latency p50 {summary['p50_ms']} ms, p99 {summary['p99_ms']} ms")
+            if counts is not None:
+                print(f"  statements per order: {sum(counts.values()) / n:.1f}")
+                for text, k in counts.most_common(args.queries):
+                    print(f"    {k / n:6.2f}  {text[:150]}")
+            pool = await postgres.pool()
+            rows = await pool.fetch(
+                "WITH l AS (SELECT order_id, step, phase, outcome, created_at AS at, "
+                "lag(created_at) OVER (PARTITION BY order_id ORDER BY id) AS prev FROM order_saga_log) "
+                "SELECT step, phase, count(*) AS n, avg(extract(epoch FROM at - prev)) * 1000 AS ms FROM l "
+                "WHERE outcome IN ('done', 'failed') AND prev IS NOT NULL GROUP BY step, phase ORDER BY ms DESC")
+            print("  saga log, mean ms from the line before to each step's end:")
+            for r in rows:
+                print(f"    {r['step']:<10} {r['phase']:<8} n={r['n']:<5} {r['ms']:.1f} ms")
+            if profiler:
+                profiler.dump_stats(args.profile)
+                stats = pstats.Stats(profiler)
+                stats.sort_stats("tottime").print_stats(35)
+                stats.sort_stats("cumulative").print_stats(45)
+
+
+def _count_queries() -> Counter[str]:
+    """Counts every statement sent to PostgreSQL from now on, by its text (BEGIN, COMMIT and resets too)."""
+    import asyncpg
+
+    counts: Counter[str] = Counter()
+    plain = asyncpg.Connection.execute
+    extended = asyncpg.Connection._execute
+
+    async def execute(self, query, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if not args:
+            counts[" ".join(query.split())] += 1
+        return await plain(self, query, *args, **kwargs)
+
+    async def _execute(self, query, *args, **kwargs):  # type: ignore[no-untyped-def]
+        counts[" ".join(query.split())] += 1
+        return await extended(self, query, *args, **kwargs)
+
+    asyncpg.Connection.execute = execute  # type: ignore[method-assign]
+    asyncpg.Connection._execute = _execute  # type: ignore[method-assign]
+    return counts
+
+
+class _Prefixed:
+    """Strips the ``/commerce`` prefix as the entrypoint's routing does."""
+
+    def __init__(self, app) -> None:  # type: ignore[no-untyped-def]
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+        if scope["type"] in ("http", "websocket") and scope["path"].startswith("/commerce"):
+            scope = {**scope, "root_path": "/commerce"}
+        await self.app(scope, receive, send)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--orders", type=int, default=200)
+    parser.add_argument("--concurrency", type=int, default=1)
+    parser.add_argument("--profile", default="")
+    parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
+    parser.add_argument("--queries", type=int, default=0, help="count statements and print the N most frequent")
+    _args = parser.parse_args()
+
+    if _args.loop == "uvloop":  # what Ray's workers, Serve's replicas among them, run on
+        import uvloop
+
+        uvloop.run(main(_args))
+    else:
+        asyncio.run(main(_args))
