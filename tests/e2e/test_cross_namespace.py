@@ -35,3 +35,13 @@ async def test_unknown_exports_and_foreign_services_are_refused(platform):
         await handle.invoke.remote("session-mgr", "create_session", {}, None)
     with pytest.raises(NotFound, match="not a service of platform"):
         await handle.invoke.remote("ledger-mgr", "anything", {}, None)
+
+
+async def test_callers_know_which_namespaces_are_deployed(platform):
+    """A call into a namespace Serve does not have is refused at once (503) instead of waiting for a replica;
+    the caller tells from the controller's list of deployments, which it keeps for about two seconds."""
+    from nexus_ray.deployments.kit import calls
+
+    assert await calls.deployed("commerce") is True
+    assert await calls.deployed("platform") is True
+    assert await calls.deployed("no-such-namespace") is False

@@ -21,11 +21,18 @@ serialisation, no hop through the router, no timeout that a function call would 
 (billing calling ledger-mgr, both in commerce). Outside Serve (the in-process apps of the
 integration tests and of `bench/`) every namespace is built in the one process, so the call
 is a plain function call too; the readiness probes of the directory likewise.
+
+A namespace that is not deployed (its application deleted, or not deployed yet) is refused at
+once with 503 instead of waiting out the timeout for a replica that never comes: before a remote
+call the caller checks the deployments Serve's controller has, a list it asks for at most every
+``_DEPLOYED_TTL_S`` seconds per process (in the background once it has one). When the controller
+cannot be asked the call goes ahead as before.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable
 from typing import Any
 
@@ -67,6 +74,46 @@ def _ingress(namespace: str) -> DeploymentHandle:
     return serve.get_deployment_handle(ingress_deployment(namespace), app_name=namespace)
 
 
+_DEPLOYED_TTL_S = 2.0
+"""How old the list of deployed (application, deployment) pairs may be before it is asked for again."""
+
+_deployed_seen: tuple[float, frozenset[tuple[str, str]]] | None = None
+_deployed_refresh: asyncio.Task[None] | None = None
+
+
+async def _fetch_deployed() -> None:
+    global _deployed_seen
+    from ray.serve.context import _get_global_client
+
+    client = _get_global_client(raise_if_no_controller_running=False)
+    if client is None:
+        return
+    ids = await asyncio.wait_for(client._controller.list_deployment_ids.remote(), get_settings().cross_call_timeout_s)
+    _deployed_seen = (time.monotonic(), frozenset((d.app_name, d.name) for d in ids))
+
+
+async def deployed(namespace: str) -> bool | None:
+    """Whether ``namespace``'s ingress is deployed, as Serve's controller said at most about two seconds ago.
+
+    ``None`` when it cannot be told (no controller reachable). The first question waits for the
+    controller's answer; later ones answer from the last list while a fresh one is fetched.
+    """
+    global _deployed_refresh
+    if _deployed_seen is None or time.monotonic() - _deployed_seen[0] > _DEPLOYED_TTL_S:
+        if _deployed_refresh is None or _deployed_refresh.done():
+            _deployed_refresh = asyncio.ensure_future(_fetch_deployed())
+        if _deployed_seen is None:
+            try:
+                await asyncio.shield(_deployed_refresh)
+            except Exception:
+                return None
+    if _deployed_refresh is not None and _deployed_refresh.done() and not _deployed_refresh.cancelled():
+        _deployed_refresh.exception()  # seen: a failed refresh is retried on the next question
+    if _deployed_seen is None:
+        return None
+    return (namespace, ingress_deployment(namespace)) in _deployed_seen[1]
+
+
 async def _remote(awaitable: Awaitable[Any], what: str) -> Any:
     try:
         return await asyncio.wait_for(awaitable, get_settings().cross_call_timeout_s)
@@ -81,6 +128,9 @@ async def call(service_name: str, function: str, /, **kwargs: Any) -> Any:
     target = service(service_name)
     if _in_process(target):
         return await run_export(service_name, function, kwargs)
+    if await deployed(target.namespace) is False:
+        raise ServiceUnavailable(f"{service_name} is not deployed (its namespace {target.namespace} is not "
+                                 "running); retry later")
     handle = _ingress(target.namespace)
     return await _remote(handle.invoke.remote(service_name, function, kwargs, request_id_var.get()), service_name)
 
@@ -102,4 +152,6 @@ async def namespace_health(namespace: str) -> list[dict]:
     """Readiness of a namespace's services: over its DeploymentHandle inside Serve, in-process otherwise."""
     if not _in_serve():
         return await health.namespace_report(namespace)
+    if await deployed(namespace) is False:
+        raise ServiceUnavailable(f"the {namespace} namespace is not deployed")
     return await _remote(_ingress(namespace).health_report.remote(), f"the {namespace} namespace")
