@@ -63,7 +63,14 @@ def stop_namespace(namespace: str) -> None:
     s = get_settings()
     config = serve_config.build(host=s.http_host, port=s.http_port, max_ongoing_requests=s.ingress_max_ongoing_requests)
     config["applications"] = [a for a in config["applications"] if a["name"] != namespace]
-    cluster.deploy(f"http://127.0.0.1:{os.environ.get('NEXUS_DASHBOARD_PORT', '8265')}", config)
+    dashboard = f"http://127.0.0.1:{os.environ.get('NEXUS_DASHBOARD_PORT', '8265')}"
+    began = time.monotonic()
+    cluster.deploy(dashboard, config)
+    while True:  # until Serve no longer lists the application (its replicas stopped)
+        if namespace not in cluster.serve_applications(dashboard):
+            break
+        time.sleep(0.5)
+    print(f"application {namespace!r} gone from Serve {time.monotonic() - began:.1f} s after the deploy without it")
 
 
 def brief(answer: dict) -> dict:

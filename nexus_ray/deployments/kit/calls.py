@@ -24,8 +24,9 @@ is a plain function call too; the readiness probes of the directory likewise.
 
 A namespace that is not deployed (its application deleted, or not deployed yet) is refused at
 once with 503 instead of waiting out the timeout for a replica that never comes: before a remote
-call the caller checks the deployments Serve's controller has, a list it asks for at most every
-``_DEPLOYED_TTL_S`` seconds per process (in the background once it has one). When the controller
+call the caller checks the applications Serve's controller has (one being deleted counts as gone),
+a list it asks for at most every ``_DEPLOYED_TTL_S`` seconds per process (in the background once it
+has one). When the controller
 cannot be asked the call goes ahead as before.
 """
 
@@ -75,25 +76,35 @@ def _ingress(namespace: str) -> DeploymentHandle:
 
 
 _DEPLOYED_TTL_S = 2.0
-"""How old the list of deployed (application, deployment) pairs may be before it is asked for again."""
+"""How old the list of deployed applications may be before it is asked for again."""
 
-_deployed_seen: tuple[float, frozenset[tuple[str, str]]] | None = None
+_GONE = ("DELETING", "NOT_STARTED")
+"""Serve application statuses whose calls would wait for a replica that is not coming."""
+
+_deployed_seen: tuple[float, frozenset[str]] | None = None
 _deployed_refresh: asyncio.Task[None] | None = None
 
 
 async def _fetch_deployed() -> None:
     global _deployed_seen
     from ray.serve.context import _get_global_client
+    from ray.serve.generated import serve_pb2
 
     client = _get_global_client(raise_if_no_controller_running=False)
     if client is None:
         return
-    ids = await asyncio.wait_for(client._controller.list_deployment_ids.remote(), get_settings().cross_call_timeout_s)
-    _deployed_seen = (time.monotonic(), frozenset((d.app_name, d.name) for d in ids))
+    raw = await asyncio.wait_for(client._controller.list_serve_statuses.remote(), get_settings().cross_call_timeout_s)
+    live = set()
+    for b in raw:
+        overview = serve_pb2.StatusOverview.FromString(b)  # type: ignore[attr-defined]
+        status = serve_pb2.ApplicationStatus.Name(overview.app_status.status)  # type: ignore[attr-defined]
+        if status.removeprefix("APPLICATION_STATUS_") not in _GONE:  # being deleted: no replica is coming
+            live.add(overview.name)
+    _deployed_seen = (time.monotonic(), frozenset(live))
 
 
 async def deployed(namespace: str) -> bool | None:
-    """Whether ``namespace``'s ingress is deployed, as Serve's controller said at most about two seconds ago.
+    """Whether ``namespace``'s application is deployed, as Serve's controller said at most about two seconds ago.
 
     ``None`` when it cannot be told (no controller reachable). The first question waits for the
     controller's answer; later ones answer from the last list while a fresh one is fetched.
@@ -111,7 +122,7 @@ async def deployed(namespace: str) -> bool | None:
         _deployed_refresh.exception()  # seen: a failed refresh is retried on the next question
     if _deployed_seen is None:
         return None
-    return (namespace, ingress_deployment(namespace)) in _deployed_seen[1]
+    return namespace in _deployed_seen[1]
 
 
 async def _remote(awaitable: Awaitable[Any], what: str) -> Any:
