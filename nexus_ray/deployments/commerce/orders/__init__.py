@@ -10,9 +10,12 @@ refunding, refunded), payload ``order_id, customer, total, currency, status``.
 
 from __future__ import annotations
 
-from . import saga
+from . import saga, service
 from .views import router
 
 background = [saga.recover_forever]
 
-__all__ = ["background", "router"]
+#: What services of other namespaces may call (nexus_ray.deployments.kit.calls.call): backend-api's home view.
+exports = {"home_summary": service.home_summary}
+
+__all__ = ["background", "exports", "router"]

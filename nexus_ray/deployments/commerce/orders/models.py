@@ -31,6 +31,10 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     "refunded": frozenset(),
 }
 
+#: Statuses an order rests in until someone acts (completed may still be cancelled or refunded); in any
+#: other it is moving, or waits for a manual capture.
+AT_REST = ("completed", "failed", "cancelled", "refunded")
+
 
 def check_transition(current: str, to: str) -> None:
     """409 unless the state machine lets an order go from ``current`` to ``to``."""

@@ -34,7 +34,7 @@ from nexus_ray.stores import postgres
 from nexus_ray.stores.events import emit
 
 from . import saga
-from .models import OrderRead, SagaLogRead, check_transition
+from .models import AT_REST, OrderRead, SagaLogRead, check_transition
 from .settings import OrderSettings
 from .steps import Refused, cancel_shipment
 
@@ -196,3 +196,16 @@ async def capture_order(*, order_id: UUID, caller: str) -> asyncpg.Record:
     if runner is None:
         return row
     return await saga.drive(order_id, runner, capture_now=True)
+
+
+async def home_summary(*, user_id: str) -> dict[str, Any]:
+    """The home view's orders part: how many orders the user has, how many are not over, the 3 latest."""
+    pg = await postgres.pool()
+    rows = await pg.fetch(
+        "SELECT id, status, total, currency, created_at, count(*) OVER () AS n, "
+        "count(*) FILTER (WHERE status <> ALL($2::text[])) OVER () AS open "
+        "FROM orders WHERE customer = $1 ORDER BY created_at DESC, id LIMIT 3", user_id, list(AT_REST))
+    return {"count": rows[0]["n"] if rows else 0, "open": rows[0]["open"] if rows else 0,
+            "latest": [{"order_id": str(r["id"]), "status": r["status"], "total": r["total"],
+                        "currency": str(r["currency"]).strip(), "created_at": r["created_at"].isoformat()}
+                       for r in rows]}

@@ -12,4 +12,7 @@ from .views import router
 
 background = [service.consume_forever, service.submit_forever]
 
-__all__ = ["background", "router"]
+#: What services of other namespaces may call (nexus_ray.deployments.kit.calls.call): backend-api's home view.
+exports = {"home_summary": service.home_summary}
+
+__all__ = ["background", "exports", "router"]

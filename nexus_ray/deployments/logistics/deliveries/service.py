@@ -445,3 +445,16 @@ async def consume_forever() -> None:
         except Exception as exc:  # broker away: the events come again
             log.warning("deliveries consumer interrupted: %s", type(exc).__name__)
             await asyncio.sleep(2)
+
+
+async def home_summary(*, user_id: str) -> dict[str, Any]:
+    """The home view's deliveries part: the user's deliveries (as their sender), how many are under way, the 3
+    latest."""
+    pg = await postgres.pool()
+    rows = await pg.fetch(
+        "SELECT id, status, order_id, updated_at, count(*) OVER () AS n, "
+        "count(*) FILTER (WHERE status NOT IN ('delivered', 'failed')) OVER () AS active "
+        "FROM deliveries WHERE owner = $1 ORDER BY created_at DESC, id LIMIT 3", user_id)
+    return {"count": rows[0]["n"] if rows else 0, "active": rows[0]["active"] if rows else 0,
+            "latest": [{"delivery_id": str(r["id"]), "status": r["status"], "order_id": r["order_id"],
+                        "updated_at": r["updated_at"].isoformat()} for r in rows]}

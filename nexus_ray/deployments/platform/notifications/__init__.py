@@ -4,7 +4,8 @@ stored, localised templates; preferences and quiet hours; retries with backoff a
 Routes in :mod:`.views`; logic and the delivery state machine in :mod:`.service`; providers in
 :mod:`.providers`; template rendering in :mod:`.templates`. ``background``: the event consumer
 (``order.created``, ``order.paid``, ``payment_intent.payment_failed``, ``delivery.status``,
-``user.password_changed``) and the delivery loop. ``exports``: :func:`notify` for other namespaces.
+``user.password_changed``) and the delivery loop. ``exports``: :func:`notify` for other namespaces, and
+the home view's summary.
 """
 
 from __future__ import annotations
@@ -31,6 +32,6 @@ async def notify(*, user_id: str, category: str, template: str, data: dict[str, 
 
 
 #: What services of other namespaces may call (nexus_ray.deployments.kit.calls.call).
-exports = {"notify": notify}
+exports = {"notify": notify, "home_summary": service.home_summary}
 
 __all__ = ["background", "exports", "router"]

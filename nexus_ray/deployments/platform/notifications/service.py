@@ -435,3 +435,16 @@ async def consume_events() -> None:
 
 
 __all__ = ["consume_events", "deliver_due", "deliver_forever", "notify_user", "on_event", "send_direct"]
+
+
+async def home_summary(*, user_id: str) -> dict[str, Any]:
+    """The home view's notifications part: messages to the user in the last 30 days and the 3 latest (no bodies)."""
+    pg = await postgres.pool()
+    rows = await pg.fetch(
+        "SELECT id, channel, category, subject, status, created_at, count(*) OVER () AS n FROM notif_messages "
+        "WHERE user_id = $1 AND created_at > now() - interval '30 days' ORDER BY created_at DESC, id LIMIT 3",
+        user_id)
+    return {"last_30_days": rows[0]["n"] if rows else 0,
+            "latest": [{"message_id": str(r["id"]), "channel": r["channel"], "category": r["category"],
+                        "subject": r["subject"], "status": r["status"], "created_at": r["created_at"].isoformat()}
+                       for r in rows]}
