@@ -48,6 +48,7 @@ from typing import Any
 from uuid import UUID
 
 import asyncpg
+import orjson
 
 from nexus_ray.deployments.kit.settings import settings_of
 from nexus_ray.stores import postgres
@@ -61,6 +62,7 @@ log = logging.getLogger(__name__)
 
 COLUMNS = ("id, customer, status, capture_method, currency, total, request, request_hash, results, undone, "
            "refund_restock, failure, attempts, lease_owner, lease_until, created_at, updated_at")
+_QUALIFIED = ", ".join(f"o.{c.strip()}" for c in COLUMNS.split(","))
 #: Where each kind of unwinding ends.
 SETTLES = {"compensating": "failed", "cancelling": "cancelled", "refunding": "refunded"}
 #: The forward steps after which the order's status changes.
@@ -100,7 +102,7 @@ async def write(order_id: UUID, runner: str, *, line: tuple[str, str, str, dict[
                 undone: tuple[str, dict[str, Any]] | None = None, failure: dict[str, Any] | None = None,
                 total: int | None = None, let_go_s: float | None = None, attempts: int | None = None,
                 starts: str | None = None) -> asyncpg.Record:
-    """One fenced step of the saga in one transaction: the log line, the order's change, its event.
+    """One fenced step of the saga in one transaction: the order's change, its log lines, its event.
 
     ``let_go_s``: give the lease up; recovery may take the order that many seconds from now.
     ``starts``: the forward step that runs next, whose ``started`` line is written last (so a step
@@ -108,28 +110,37 @@ async def write(order_id: UUID, runner: str, *, line: tuple[str, str, str, dict[
     """
     lease_s = settings_of(OrderSettings).order_lease_s
     async with postgres.transaction() as conn:
-        row = await conn.fetchrow(f"SELECT {COLUMNS} FROM orders WHERE id = $1 FOR UPDATE", order_id)
-        if row is None or row["lease_owner"] != runner:
-            raise LeaseLost(str(order_id))
-        if status is not None and status != row["status"]:
-            check_transition(row["status"], status)
+        # Lock the order, fence on the lease and change it in one statement; the status it had comes back
+        # beside the new row, for the transition check (a refused one rolls the transaction back).
         new = await conn.fetchrow(
-            f"UPDATE orders SET status = coalesce($2, status), results = results || $3::jsonb, "
-            f"undone = undone || $4::jsonb, failure = coalesce($5::jsonb, failure), total = coalesce($6, total), "
-            f"attempts = coalesce($7, attempts), lease_owner = CASE WHEN $8::float8 IS NULL THEN lease_owner END, "
+            f"UPDATE orders o SET status = coalesce($2, o.status), results = o.results || $3::jsonb, "
+            f"undone = o.undone || $4::jsonb, failure = coalesce($5::jsonb, o.failure), "
+            f"total = coalesce($6, o.total), attempts = coalesce($7, o.attempts), "
+            f"lease_owner = CASE WHEN $8::float8 IS NULL THEN o.lease_owner END, "
             f"lease_until = now() + make_interval(secs => coalesce($8::float8, $9::float8)), updated_at = now() "
-            f"WHERE id = $1 RETURNING {COLUMNS}",
+            f"FROM (SELECT id, status, lease_owner FROM orders WHERE id = $1 FOR UPDATE) AS was "
+            f"WHERE o.id = was.id AND was.lease_owner = $10 RETURNING {_QUALIFIED}, was.status AS was_status",
             order_id, status, dict([result]) if result else {}, dict([undone]) if undone else {}, failure, total,
-            attempts, let_go_s, lease_s)
-        assert new is not None
-        if line is not None:
-            await log_line(conn, order_id, *line, runner=runner)
-        if new["status"] != row["status"]:
-            await log_line(conn, order_id, "order", "status", "done", {"from": row["status"], "to": new["status"]},
-                           runner)
-            await emit(conn, topic(new["status"]), event_payload(new), key=str(order_id))
+            attempts, let_go_s, lease_s, runner)
+        if new is None:
+            raise LeaseLost(str(order_id))
+        before = new["was_status"]
+        if new["status"] != before:
+            check_transition(before, new["status"])
+        lines = [line] if line is not None else []
+        if new["status"] != before:
+            lines.append(("order", "status", "done", {"from": before, "to": new["status"]}))
         if starts is not None:
-            await log_line(conn, order_id, starts, "forward", "started", runner=runner)
+            lines.append((starts, "forward", "started", {}))
+        if lines:
+            await conn.execute(
+                "INSERT INTO order_saga_log (order_id, step, phase, outcome, detail, runner) "
+                "SELECT $1, s, p, o, d::jsonb, $6 FROM unnest($2::text[], $3::text[], $4::text[], $5::text[]) "
+                "WITH ORDINALITY AS u(s, p, o, d, n) ORDER BY n",
+                order_id, [x[0] for x in lines], [x[1] for x in lines], [x[2] for x in lines],
+                [orjson.dumps(x[3] or {}).decode() for x in lines], runner)
+        if new["status"] != before:
+            await emit(conn, topic(new["status"]), event_payload(new), key=str(order_id))
     return new
 
 
