@@ -88,7 +88,7 @@ def assign(cost: NDArray[np.float64], *, k: int | None = DEFAULT_K, exact_below:
         return []
     if k is None or cost.size < exact_below:
         rows, cols = np.nonzero(feasible)
-        return _solve(cost, rows, cols, feasible)
+        return _solve(cost, rows, cols, every=True)
     # Set aside rows and columns with nothing feasible, and let the smaller side bid.
     keep_rows = np.flatnonzero(feasible.any(axis=1))
     keep_cols = np.flatnonzero(feasible.any(axis=0))
@@ -96,8 +96,8 @@ def assign(cost: NDArray[np.float64], *, k: int | None = DEFAULT_K, exact_below:
     flipped = sub.shape[0] > sub.shape[1]
     if flipped:
         sub = np.ascontiguousarray(sub.T)
-    rows, cols = _graph(sub, k)
-    pairs = _solve(sub, rows, cols, None)
+    rows, cols, core = _graph(sub, k)
+    pairs = _solve(sub, rows, cols, core=core or 0, every=core is None)
     if flipped:
         pairs = [(c, r) for r, c in pairs]
     return sorted((int(keep_rows[r]), int(keep_cols[c])) for r, c in pairs)
@@ -130,38 +130,43 @@ def _checked(cost: NDArray[np.float64]) -> NDArray[np.float64]:
     array = np.asarray(cost, dtype=np.float64)
     if array.ndim != 2:
         raise ValueError(f"cost must be a 2-D matrix, got shape {array.shape}")
-    if np.isnan(array).any() or (array < 0).any():
+    if not (array >= 0).all():  # NaN compares false too
         raise ValueError("cost must be non-negative, with inf for infeasible pairs (no NaN)")
     return array
 
 
-def _graph(cost: NDArray[np.float64], k: int) -> tuple[Ints, Ints]:
-    """The sparse graph's pairs (rows <= columns, each row and column with a feasible pair)."""
+def _graph(cost: NDArray[np.float64], k: int) -> tuple[Ints, Ints, int | None]:
+    """The sparse graph's pairs (rows <= columns, each row and column with a feasible pair).
+
+    The first ``core`` pairs are the auction's and those of the drivers it left unassigned: a
+    small graph that usually holds a matching of every row already (checked first, being cheap).
+    ``core`` is None when the graph is every feasible pair (a list as long as the row).
+    """
     n, m = cost.shape
     width = min(CANDIDATES, m - 1)
     if width < 2 or k >= width:
         every_r, every_c = np.nonzero(np.isfinite(cost))
-        return every_r, every_c
+        return every_r, every_c, None
     col_of, price, cand, cand_cost = _auction(cost, width)
-    value = cand_cost + price[cand]
-    best = np.take_along_axis(cand, np.argpartition(value, k - 1, axis=1)[:, :k], axis=1)
-    parts_r = [np.repeat(np.arange(n), k)]
-    parts_c = [best.ravel()]
     assigned = np.flatnonzero(col_of >= 0)
-    parts_r.append(assigned)
-    parts_c.append(col_of[assigned])
+    parts_r = [assigned]
+    parts_c = [col_of[assigned]]
     free = np.flatnonzero(col_of < 0)
     if free.size:
         extra = min(FREE_EXTRA, m - 1)
         top = np.argpartition(cost[free] + price, extra, axis=1)[:, :extra]
         parts_r.append(np.repeat(free, extra))
         parts_c.append(top.ravel())
+    value = cand_cost + price[cand]
+    best = np.take_along_axis(cand, np.argpartition(value, k - 1, axis=1)[:, :k], axis=1)
+    parts_r.append(np.repeat(np.arange(n), k))
+    parts_c.append(best.ravel())
+    # A pair listed twice is two parallel arcs, which no solver below minds.
     rows = np.concatenate(parts_r)
     cols = np.concatenate(parts_c)
-    key = np.unique(rows.astype(np.int64) * m + cols)
-    rows, cols = key // m, key % m
     ok = np.isfinite(cost[rows, cols])
-    return rows[ok], cols[ok]
+    core = int(ok[: len(rows) - n * k].sum())
+    return rows[ok], cols[ok], core
 
 
 def _auction(
@@ -174,14 +179,16 @@ def _auction(
     prices only rise), so a row whose best candidate is within its bound knows its best job.
     """
     n, m = cost.shape
-    top = float(cost[np.isfinite(cost)].max())
-    eps = top * EPSILON_SHARE if top > 0 else 1.0
-    cap = top + eps  # the largest raise (a driver with one feasible job would otherwise bid inf)
     price = np.zeros(m)
     order = np.argpartition(cost, width, axis=1)
     cand = order[:, :width].copy()
     cand_cost = np.take_along_axis(cost, cand, axis=1)
     bound = np.take_along_axis(cost, order[:, width : width + 1], axis=1)[:, 0]
+    # The scale of the costs that compete: the largest finite one among the lists and the bounds.
+    ends = np.concatenate([bound, cand_cost.max(axis=1, initial=0.0, where=np.isfinite(cand_cost))])
+    top = float(ends[np.isfinite(ends)].max())
+    eps = top * EPSILON_SHARE if top > 0 else 1.0
+    cap = top + eps  # the largest raise (a driver with one feasible job would otherwise bid inf)
     owner = np.full(m, -1)
     col_of = np.full(n, -1)
     free = np.arange(n)
@@ -190,10 +197,7 @@ def _auction(
         if free.size <= stop:
             break
         cf = cand[free]
-        value = cand_cost[free] + price[cf]
-        two = np.argpartition(value, 1, axis=1)[:, :2]
-        w = np.take_along_axis(value, two, axis=1)
-        first, w1, w2 = two[:, 0], w[:, 0], w[:, 1]
+        first, w1, w2 = _two_least(cand_cost[free] + price[cf])
         limit = bound[free]
         stale = w1 > limit  # a job outside the list may now be better: rebuild from the dense row
         if stale.any():
@@ -205,10 +209,7 @@ def _auction(
             cf[stale] = new
             cand_cost[rows] = np.take_along_axis(cost[rows], new, axis=1)
             bound[rows] = limit[stale] = np.take_along_axis(dense, fresh[:, width : width + 1], axis=1)[:, 0]
-            vv = np.take_along_axis(dense, new, axis=1)
-            tt = np.argpartition(vv, 1, axis=1)[:, :2]
-            ww = np.take_along_axis(vv, tt, axis=1)
-            first[stale], w1[stale], w2[stale] = tt[:, 0], ww[:, 0], ww[:, 1]
+            first[stale], w1[stale], w2[stale] = _two_least(np.take_along_axis(dense, new, axis=1))
         # The second best is at most the bound; bidding to it keeps epsilon-complementary slackness.
         raise_by = np.minimum(np.minimum(w2, limit) - w1, cap)
         raise_by[~np.isfinite(raise_by)] = cap
@@ -234,22 +235,34 @@ def _auction(
     return col_of, price, cand, cand_cost
 
 
-def _solve(cost: NDArray[np.float64], rows: Ints, cols: Ints, feasible: NDArray[np.bool_] | None) -> Pairs:
+def _two_least(value: NDArray[np.float64]) -> tuple[Ints, NDArray[np.float64], NDArray[np.float64]]:
+    """Per row: where the least value is, the least and the second least (``value`` is consumed)."""
+    at = np.arange(len(value))
+    first = value.argmin(axis=1)
+    least = value[at, first]
+    value[at, first] = np.inf
+    return first, least, value.min(axis=1)
+
+
+def _solve(cost: NDArray[np.float64], rows: Ints, cols: Ints, *, core: int = 0, every: bool = False) -> Pairs:
     """Maximum-cardinality pairs of least cost on the graph ``(rows, cols)`` (feasible pairs only).
 
-    ``feasible`` set means the graph is every feasible pair; otherwise a maximum matching over all
-    feasible pairs is computed only when the graph's is smaller than every row and every column.
+    ``every`` says the graph is every feasible pair. Otherwise the graph's maximum matching is
+    compared with every row and column (first on its ``core`` first pairs, a cheap sufficient
+    check), and only when smaller, with a maximum matching over all feasible pairs, whose pairs
+    are then added.
     """
     n, m = cost.shape
-    size, _ = _max_matching(n, m, rows, cols)
-    if size < min(n, m) and feasible is None:
+    full = min(n, m)
+    size = _max_matching(n, m, rows[:core], cols[:core])[0] if core else 0
+    if size < full:
+        size = _max_matching(n, m, rows, cols)[0]
+    if size < full and not every:
         all_r, all_c = np.nonzero(np.isfinite(cost))
-        most, best_r = _max_matching(n, m, all_r, all_c)
+        most, used = _max_matching(n, m, all_r, all_c)
         if most > size:
-            rows = np.concatenate([rows, all_r[best_r]])
-            cols = np.concatenate([cols, all_c[best_r]])
-            key = np.unique(rows.astype(np.int64) * m + cols)
-            rows, cols = key // m, key % m
+            rows = np.concatenate([rows, all_r[used]])
+            cols = np.concatenate([cols, all_c[used]])
             size = most
     weights = _integer_costs(cost[rows, cols])
     if n == m and size == n:
