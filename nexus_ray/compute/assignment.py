@@ -47,7 +47,7 @@ from ortools.graph.python import max_flow as or_max_flow
 from ortools.graph.python import min_cost_flow as or_min_cost_flow
 from scipy.optimize import linear_sum_assignment
 from scipy.sparse import csr_matrix
-from scipy.sparse.csgraph import maximum_bipartite_matching, min_weight_full_bipartite_matching
+from scipy.sparse.csgraph import maximum_bipartite_matching
 
 DEFAULT_K = 48
 """Jobs of least reduced cost kept per driver in the graph (bench/dispatch.py measured it)."""
@@ -106,9 +106,9 @@ def assign(cost: NDArray[np.float64], *, k: int | None = DEFAULT_K, exact_below:
 def assign_exact(cost: NDArray[np.float64]) -> Pairs:
     """The exact optimum by SciPy alone (the reference of tests and bench/dispatch.py).
 
-    A dense assignment when every row or every column can be matched; otherwise the doubled graph
-    (each row and column may stay unmatched at a penalty larger than any total cost) on SciPy's
-    LAPJVsp, which is slow on large matrices.
+    A dense assignment; when not every row or every column can be matched, each infeasible pair
+    costs a penalty larger than any total of feasible pairs instead, so the assignment first has
+    as few of them as possible (as many real pairs), then the least cost; they are left out.
     """
     cost = _checked(cost)
     feasible = np.isfinite(cost)
@@ -117,8 +117,12 @@ def assign_exact(cost: NDArray[np.float64]) -> Pairs:
     most = int((maximum_bipartite_matching(csr_matrix(feasible), perm_type="column") >= 0).sum())
     if most == min(cost.shape):
         rows, cols = linear_sum_assignment(cost)  # infinities allowed when a full matching exists
-        return [(int(r), int(c)) for r, c in zip(rows, cols, strict=True)]
-    return _doubled_matching(cost, feasible)
+    else:
+        penalty = (float(cost[feasible].max()) + 1.0) * (min(cost.shape) + 1)
+        rows, cols = linear_sum_assignment(np.where(feasible, cost, penalty))
+        real = feasible[rows, cols]
+        rows, cols = rows[real], cols[real]
+    return [(int(r), int(c)) for r, c in zip(rows, cols, strict=True)]
 
 
 def total(cost: NDArray[np.float64], pairs: Pairs) -> float:
@@ -310,22 +314,3 @@ def _min_cost_max_flow(n: int, m: int, rows: Ints, cols: Ints, weights: NDArray[
         raise RuntimeError("minimum-cost flow failed")
     used = np.asarray(flow.flows(np.arange(len(rows), dtype=np.int32))) > 0
     return [(int(r), int(c)) for r, c in zip(rows[used], cols[used], strict=True)]
-
-
-def _doubled_matching(cost: NDArray[np.float64], keep: NDArray[np.bool_]) -> Pairs:
-    """Maximum-cardinality minimum-cost matching on ``keep`` by the textbook doubling (SciPy only)."""
-    n, m = cost.shape
-    r, c = np.nonzero(keep)
-    w = cost[r, c]
-    # More than any set of feasible pairs costs: one more pair always beats a cheaper, smaller matching.
-    big = (float(w.max()) + 1.0) * (min(n, m) + 1)
-    # Nodes: rows 0..n-1 real drivers, n..n+m-1 "job j unmatched"; columns 0..m-1 real jobs,
-    # m..m+n-1 "driver i unmatched". LAPJVsp takes no zero weights as edges, so every weight
-    # is shifted by one; all perfect matchings have n + m edges, so the shift changes no choice.
-    rows = np.concatenate([r, np.arange(n), n + np.arange(m), n + c])
-    cols = np.concatenate([c, m + np.arange(n), np.arange(m), m + r])
-    weights = np.concatenate([w, np.full(n, big), np.full(m, big), np.zeros(len(r))]) + 1.0
-    graph = csr_matrix((weights, (rows, cols)), shape=(n + m, n + m))
-    row_ind, col_ind = min_weight_full_bipartite_matching(graph)
-    real = (row_ind < n) & (col_ind < m)
-    return [(int(i), int(j)) for i, j in zip(row_ind[real], col_ind[real], strict=True)]
