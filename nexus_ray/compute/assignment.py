@@ -58,7 +58,7 @@ EXACT_BELOW = 40_000
 CANDIDATES = 96
 """Length of each bidder's candidate list in the auction."""
 
-ROUNDS = 60
+ROUNDS = 80
 """Most auction rounds; the auction also stops when at most 1 % of the bidders are unassigned."""
 
 FREE_EXTRA = 256
