@@ -96,8 +96,8 @@ def assign(cost: NDArray[np.float64], *, k: int | None = DEFAULT_K, exact_below:
     flipped = sub.shape[0] > sub.shape[1]
     if flipped:
         sub = np.ascontiguousarray(sub.T)
-    rows, cols, core = _graph(sub, k)
-    pairs = _solve(sub, rows, cols, core=core or 0, every=core is None)
+    rows, cols, every = _graph(sub, k)
+    pairs = _solve(sub, rows, cols, every=every)
     if flipped:
         pairs = [(c, r) for r, c in pairs]
     return sorted((int(keep_rows[r]), int(keep_cols[c])) for r, c in pairs)
@@ -139,38 +139,34 @@ def _checked(cost: NDArray[np.float64]) -> NDArray[np.float64]:
     return array
 
 
-def _graph(cost: NDArray[np.float64], k: int) -> tuple[Ints, Ints, int | None]:
+def _graph(cost: NDArray[np.float64], k: int) -> tuple[Ints, Ints, bool]:
     """The sparse graph's pairs (rows <= columns, each row and column with a feasible pair).
 
-    The first ``core`` pairs are the auction's and those of the drivers it left unassigned: a
-    small graph that usually holds a matching of every row already (checked first, being cheap).
-    ``core`` is None when the graph is every feasible pair (a list as long as the row).
+    The flag says whether that is every feasible pair (a list as long as a row).
     """
     n, m = cost.shape
     width = min(CANDIDATES, m - 1)
     if width < 2 or k >= width:
         every_r, every_c = np.nonzero(np.isfinite(cost))
-        return every_r, every_c, None
+        return every_r, every_c, True
     col_of, price, cand, cand_cost = _auction(cost, width)
+    best = np.take_along_axis(cand, np.argpartition(cand_cost + price[cand], k - 1, axis=1)[:, :k], axis=1)
+    parts_r = [np.repeat(np.arange(n), k)]
+    parts_c = [best.ravel()]
     assigned = np.flatnonzero(col_of >= 0)
-    parts_r = [assigned]
-    parts_c = [col_of[assigned]]
+    parts_r.append(assigned)
+    parts_c.append(col_of[assigned])
     free = np.flatnonzero(col_of < 0)
     if free.size:
         extra = min(FREE_EXTRA, m - 1)
         top = np.argpartition(cost[free] + price, extra, axis=1)[:, :extra]
         parts_r.append(np.repeat(free, extra))
         parts_c.append(top.ravel())
-    value = cand_cost + price[cand]
-    best = np.take_along_axis(cand, np.argpartition(value, k - 1, axis=1)[:, :k], axis=1)
-    parts_r.append(np.repeat(np.arange(n), k))
-    parts_c.append(best.ravel())
     # A pair listed twice is two parallel arcs, which no solver below minds.
     rows = np.concatenate(parts_r)
     cols = np.concatenate(parts_c)
     ok = np.isfinite(cost[rows, cols])
-    core = int(ok[: len(rows) - n * k].sum())
-    return rows[ok], cols[ok], core
+    return rows[ok], cols[ok], False
 
 
 def _auction(
@@ -186,8 +182,10 @@ def _auction(
     price = np.zeros(m)
     order = np.argpartition(cost, width, axis=1)
     cand = order[:, :width].copy()
-    cand_cost = np.take_along_axis(cost, cand, axis=1)
-    bound = np.take_along_axis(cost, order[:, width : width + 1], axis=1)[:, 0]
+    flat = cost.ravel()
+    start = (np.arange(n) * m)[:, None]
+    cand_cost = flat[cand + start]
+    bound = flat[order[:, width] + start[:, 0]]
     # The scale of the costs that compete: the largest finite one among the lists and the bounds.
     ends = np.concatenate([bound, cand_cost.max(axis=1, initial=0.0, where=np.isfinite(cand_cost))])
     top = float(ends[np.isfinite(ends)].max())
@@ -248,20 +246,16 @@ def _two_least(value: NDArray[np.float64]) -> tuple[Ints, NDArray[np.float64], N
     return first, least, value.min(axis=1)
 
 
-def _solve(cost: NDArray[np.float64], rows: Ints, cols: Ints, *, core: int = 0, every: bool = False) -> Pairs:
+def _solve(cost: NDArray[np.float64], rows: Ints, cols: Ints, *, every: bool = False) -> Pairs:
     """Maximum-cardinality pairs of least cost on the graph ``(rows, cols)`` (feasible pairs only).
 
-    ``every`` says the graph is every feasible pair. Otherwise the graph's maximum matching is
-    compared with every row and column (first on its ``core`` first pairs, a cheap sufficient
-    check), and only when smaller, with a maximum matching over all feasible pairs, whose pairs
-    are then added.
+    ``every`` says the graph is every feasible pair. Otherwise, when the graph's maximum matching
+    is smaller than every row and every column, a maximum matching over all feasible pairs is
+    computed and, when larger, its pairs are added to the graph.
     """
     n, m = cost.shape
-    full = min(n, m)
-    size = _max_matching(n, m, rows[:core], cols[:core])[0] if core else 0
-    if size < full:
-        size = _max_matching(n, m, rows, cols)[0]
-    if size < full and not every:
+    size = _max_matching(n, m, rows, cols)[0]
+    if size < min(n, m) and not every:
         all_r, all_c = np.nonzero(np.isfinite(cost))
         most, used = _max_matching(n, m, all_r, all_c)
         if most > size:
