@@ -83,15 +83,16 @@ def assign(cost: NDArray[np.float64], *, k: int | None = DEFAULT_K, exact_below:
     """
     cost = _checked(cost)
     n, m = cost.shape
-    feasible = np.isfinite(cost)
-    if n == 0 or m == 0 or not feasible.any():
+    if n == 0 or m == 0:
         return []
     if k is None or cost.size < exact_below:
-        rows, cols = np.nonzero(feasible)
-        return _solve(cost, rows, cols, every=True)
+        rows, cols = np.nonzero(np.isfinite(cost))
+        return _solve(cost, rows, cols, every=True) if len(rows) else []
     # Set aside rows and columns with nothing feasible, and let the smaller side bid.
-    keep_rows = np.flatnonzero(feasible.any(axis=1))
-    keep_cols = np.flatnonzero(feasible.any(axis=0))
+    keep_rows = np.flatnonzero(np.isfinite(cost.min(axis=1)))
+    keep_cols = np.flatnonzero(np.isfinite(cost.min(axis=0)))
+    if not len(keep_rows):
+        return []
     sub = cost if (len(keep_rows), len(keep_cols)) == (n, m) else cost[np.ix_(keep_rows, keep_cols)]
     flipped = sub.shape[0] > sub.shape[1]
     if flipped:
@@ -209,7 +210,7 @@ def _auction(
             new = fresh[:, :width]
             cand[rows] = new
             cf[stale] = new
-            cand_cost[rows] = np.take_along_axis(cost[rows], new, axis=1)
+            cand_cost[rows] = flat[new + start[rows]]
             bound[rows] = limit[stale] = np.take_along_axis(dense, fresh[:, width : width + 1], axis=1)[:, 0]
             first[stale], w1[stale], w2[stale] = _two_least(np.take_along_axis(dense, new, axis=1))
         # The second best is at most the bound; bidding to it keeps epsilon-complementary slackness.
