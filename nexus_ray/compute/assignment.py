@@ -25,9 +25,11 @@ How, for a large matrix:
    assignment's pairs minimise), the auction's pairs, and for each driver left unassigned by the
    auction its :data:`FREE_EXTRA` best jobs at those prices.
 3. *Cardinality*: a maximum flow on that graph (OR-Tools) says how many pairs it holds. When
-   fewer than every driver (or job) and fewer than a maximum flow over all feasible pairs (only
-   then computed), the pairs of that maximum matching are added: the graph then holds a
-   maximum-cardinality assignment of the whole problem.
+   fewer than every driver (or job), the drivers and jobs that its maximum matching leaves out
+   get their :data:`FREE_EXTRA` best pairs at the auction's prices, and the flow is run again;
+   if still fewer, and fewer than a maximum flow over all feasible pairs (only then computed),
+   the pairs of that maximum matching are added: the graph then holds a maximum-cardinality
+   assignment of the whole problem.
 4. *Exact solve on the graph* (OR-Tools, C++): a square problem whose graph holds a perfect
    matching goes to the cost-scaling linear sum assignment; any other (rectangular, or where not
    everyone can be matched) to a minimum-cost maximum flow, which puts cardinality first.
@@ -89,7 +91,7 @@ def assign(cost: NDArray[np.float64], *, k: int | None = DEFAULT_K, exact_below:
         return []
     if k is None or cost.size < exact_below:
         rows, cols = np.nonzero(np.isfinite(cost))
-        return _solve(cost, rows, cols, every=True) if len(rows) else []
+        return _solve(cost, rows, cols) if len(rows) else []
     # Set aside rows and columns with nothing feasible, and let the smaller side bid.
     keep_rows = np.flatnonzero(np.isfinite(cost.min(axis=1)))
     keep_cols = np.flatnonzero(np.isfinite(cost.min(axis=0)))
@@ -99,8 +101,8 @@ def assign(cost: NDArray[np.float64], *, k: int | None = DEFAULT_K, exact_below:
     flipped = sub.shape[0] > sub.shape[1]
     if flipped:
         sub = np.ascontiguousarray(sub.T)
-    rows, cols, every = _graph(sub, k)
-    pairs = _solve(sub, rows, cols, every=every)
+    rows, cols, prices = _graph(sub, k)
+    pairs = _solve(sub, rows, cols, prices)
     if flipped:
         pairs = [(c, r) for r, c in pairs]
     return sorted((int(keep_rows[r]), int(keep_cols[c])) for r, c in pairs)
@@ -142,34 +144,56 @@ def _checked(cost: NDArray[np.float64]) -> NDArray[np.float64]:
     return array
 
 
-def _graph(cost: NDArray[np.float64], k: int) -> tuple[Ints, Ints, bool]:
+def _graph(cost: NDArray[np.float64], k: int) -> tuple[Ints, Ints, Prices | None]:
     """The sparse graph's pairs (rows <= columns, each row and column with a feasible pair).
 
-    The flag says whether that is every feasible pair (a list as long as a row).
+    With them, the auction's prices and each row's least ``cost + price`` (to widen the graph
+    where it lacks a maximum matching), or None when the graph is every feasible pair.
     """
     n, m = cost.shape
     width = min(CANDIDATES, m - 1)
     if width < 2 or k >= width:
         every_r, every_c = np.nonzero(np.isfinite(cost))
-        return every_r, every_c, True
+        return every_r, every_c, None
     col_of, price, cand, cand_cost = _auction(cost, width)
-    best = np.take_along_axis(cand, np.argpartition(cand_cost + price[cand], k - 1, axis=1)[:, :k], axis=1)
+    value = cand_cost + price[cand]
+    best = np.take_along_axis(cand, np.argpartition(value, k - 1, axis=1)[:, :k], axis=1)
     parts_r = [np.repeat(np.arange(n), k)]
     parts_c = [best.ravel()]
     assigned = np.flatnonzero(col_of >= 0)
     parts_r.append(assigned)
     parts_c.append(col_of[assigned])
     free = np.flatnonzero(col_of < 0)
+    prices = Prices(price, value.min(axis=1))
     if free.size:
-        extra = min(FREE_EXTRA, m - 1)
-        top = np.argpartition(cost[free] + price, extra, axis=1)[:, :extra]
-        parts_r.append(np.repeat(free, extra))
-        parts_c.append(top.ravel())
+        extra_r, extra_c = prices.rows_best(cost, free)
+        parts_r.append(extra_r)
+        parts_c.append(extra_c)
     # A pair listed twice is two parallel arcs, which no solver below minds.
     rows = np.concatenate(parts_r)
     cols = np.concatenate(parts_c)
     ok = np.isfinite(cost[rows, cols])
-    return rows[ok], cols[ok], False
+    return rows[ok], cols[ok], prices
+
+
+class Prices:
+    """The auction's job prices and each driver's least ``cost + price`` (its dual, roughly)."""
+
+    def __init__(self, price: NDArray[np.float64], value: NDArray[np.float64]) -> None:
+        self.price = price
+        self.value = value
+
+    def rows_best(self, cost: NDArray[np.float64], rows: Ints) -> tuple[Ints, Ints]:
+        """The :data:`FREE_EXTRA` jobs of least reduced cost of each of ``rows``."""
+        extra = min(FREE_EXTRA, cost.shape[1] - 1)
+        top = np.argpartition(cost[rows] + self.price, extra, axis=1)[:, :extra]
+        return np.repeat(rows, extra), top.ravel()
+
+    def cols_best(self, cost: NDArray[np.float64], cols: Ints) -> tuple[Ints, Ints]:
+        """The :data:`FREE_EXTRA` drivers of least reduced cost of each of ``cols``."""
+        extra = min(FREE_EXTRA, cost.shape[0] - 1)
+        top = np.argpartition(cost[:, cols].T - self.value, extra, axis=1)[:, :extra]
+        return top.ravel(), np.repeat(cols, extra)
 
 
 def _auction(
@@ -249,16 +273,28 @@ def _two_least(value: NDArray[np.float64]) -> tuple[Ints, NDArray[np.float64], N
     return first, least, value.min(axis=1)
 
 
-def _solve(cost: NDArray[np.float64], rows: Ints, cols: Ints, *, every: bool = False) -> Pairs:
+def _solve(cost: NDArray[np.float64], rows: Ints, cols: Ints, prices: Prices | None = None) -> Pairs:
     """Maximum-cardinality pairs of least cost on the graph ``(rows, cols)`` (feasible pairs only).
 
-    ``every`` says the graph is every feasible pair. Otherwise, when the graph's maximum matching
-    is smaller than every row and every column, a maximum matching over all feasible pairs is
-    computed and, when larger, its pairs are added to the graph.
+    Without ``prices`` the graph is every feasible pair. With them, when the graph's maximum
+    matching is smaller than every row and every column, the rows and columns it leaves out get
+    their best pairs at those prices; if still smaller, a maximum matching over all feasible
+    pairs is computed and, when larger, its pairs are added.
     """
     n, m = cost.shape
-    size = _max_matching(n, m, rows, cols)[0]
-    if size < min(n, m) and not every:
+    size, used = _max_matching(n, m, rows, cols)
+    if size < min(n, m) and prices is not None:
+        alone_r = np.ones(n, dtype=bool)
+        alone_r[rows[used]] = False
+        alone_c = np.ones(m, dtype=bool)
+        alone_c[cols[used]] = False
+        more_r, more_c = prices.rows_best(cost, np.flatnonzero(alone_r))
+        also_r, also_c = prices.cols_best(cost, np.flatnonzero(alone_c))
+        more_r, more_c = np.concatenate([more_r, also_r]), np.concatenate([more_c, also_c])
+        ok = np.isfinite(cost[more_r, more_c])
+        rows, cols = np.concatenate([rows, more_r[ok]]), np.concatenate([cols, more_c[ok]])
+        size, used = _max_matching(n, m, rows, cols)
+    if size < min(n, m) and prices is not None:
         all_r, all_c = np.nonzero(np.isfinite(cost))
         most, used = _max_matching(n, m, all_r, all_c)
         if most > size:

@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from nexus_ray.compute.assignment import _solve, assign, assign_exact, total
+from nexus_ray.compute.assignment import Prices, _solve, assign, assign_exact, total
 
 
 def brute_force(cost: np.ndarray) -> tuple[int, float]:
@@ -134,9 +134,10 @@ def test_a_graph_without_a_maximum_matching_gets_one_added():
     # The graph offers only job 0, which all three drivers want; every pair is feasible.
     cost = np.array([[1.0, 5.0, 9.0], [1.0, 5.0, 9.0], [1.0, 9.0, 5.0]])
     rows, cols = np.array([0, 1, 2]), np.array([0, 0, 0])
-    pairs = _solve(cost, rows, cols)
+    assert len(_solve(cost, rows, cols)) == 1  # the graph is taken as every feasible pair
+    pairs = _solve(cost, rows, cols, Prices(np.zeros(3), np.ones(3)))
     valid(cost, pairs)
-    assert len(pairs) == 3  # on the graph alone, one
+    assert len(pairs) == 3
 
 
 def test_every_pair_mode_is_exact_on_a_larger_matrix():
@@ -147,3 +148,14 @@ def test_every_pair_mode_is_exact_on_a_larger_matrix():
     valid(cost, pairs)
     assert len(pairs) == len(exact)
     assert total(cost, pairs) == pytest.approx(total(cost, exact), rel=1e-6)
+
+
+def test_when_widening_is_not_enough_a_maximum_matching_over_all_pairs_is_added(monkeypatch):
+    monkeypatch.setattr("nexus_ray.compute.assignment.FREE_EXTRA", 1)
+    cost = np.array([[1.0, 5.0, 9.0], [1.0, 5.0, 9.0], [1.0, 9.0, 5.0]])
+    rows, cols = np.array([0, 1, 2]), np.array([0, 0, 0])
+    # Prices that make driver 0 the best for both jobs left out: widening adds (0, 1) and (0, 2),
+    # which still match only two; the maximum matching over all pairs then makes it three.
+    pairs = _solve(cost, rows, cols, Prices(np.zeros(3), np.array([10.0, 0.0, 0.0])))
+    valid(cost, pairs)
+    assert len(pairs) == 3
