@@ -5,8 +5,9 @@
 result always assigns as many jobs as any assignment can (maximum cardinality over all feasible
 pairs); no driver or job appears twice and no infeasible pair is ever returned. Its total cost
 is the least among such assignments on a sparse graph of the promising pairs: not a proven
-optimum, but on the dispatch bench at most 0.3 % above it (about 0.1 % on average;
-bench/dispatch.py measures it against :func:`assign_exact` every round). Small matrices, and
+optimum: on the dispatch bench about 0.3 % above it on average, and above 1 % on a few of the
+hardest rounds (bench/dispatch.py measures it against :func:`assign_exact` every round, and
+bench/RESULTS.md gives the figures). Small matrices, and
 ``k=None``, are solved on every feasible pair (exact).
 
 How, for a large matrix:
@@ -19,8 +20,9 @@ How, for a large matrix:
    job a price that says how much it is wanted. Each driver keeps a candidate list of its jobs of
    least ``cost + price`` and a bound below which no other job can be (prices only rise), and
    recomputes the list from its dense row only when the bound says it may be stale, so a round
-   costs what the bidders' lists cost. The auction is stopped early (a round limit, or when 1 %
-   of the drivers are left): prices only choose the graph, they need not be exact.
+   costs what the bidders' lists cost. The first rounds bid a larger epsilon (prices rise faster),
+   and the auction is stopped early (a round limit, or when 1 % of the drivers are left): prices
+   only choose the graph, they need not be exact.
 2. *Graph*: each driver's ``k`` jobs of least ``cost + price`` (the reduced cost that an optimal
    assignment's pairs minimise), the auction's pairs, and for each driver left unassigned by the
    auction its :data:`FREE_EXTRA` best jobs at those prices.
@@ -62,14 +64,19 @@ EXACT_BELOW = 40_000
 CANDIDATES = 96
 """Length of each bidder's candidate list in the auction."""
 
-ROUNDS = 80
+ROUNDS = 100
 """Most auction rounds; the auction also stops when at most 1 % of the bidders are unassigned."""
 
 FREE_EXTRA = 256
 """Jobs of least reduced cost added to the graph for each driver the auction left unassigned."""
 
 EPSILON_SHARE = 1 / 12
-"""The auction's epsilon, as a share of the largest finite cost."""
+"""The auction's epsilon, as a share of the largest finite cost among the candidate lists."""
+
+EARLY_ROUNDS = 30
+"""The first rounds bid :data:`EARLY_BOOST` times epsilon more: prices rise faster to where they go."""
+
+EARLY_BOOST = 3.0
 
 INT_RANGE = 10_000_000
 """The largest cost becomes this integer for the OR-Tools solvers (which take integer costs)."""
@@ -222,7 +229,7 @@ def _auction(
     col_of = np.full(n, -1)
     free = np.arange(n)
     stop = n // 100
-    for _ in range(ROUNDS):
+    for round_ in range(ROUNDS):
         if free.size <= stop:
             break
         cf = cand[free]
@@ -243,7 +250,7 @@ def _auction(
         raise_by = np.minimum(np.minimum(w2, limit) - w1, cap)
         raise_by[~np.isfinite(raise_by)] = cap
         job = cf[np.arange(free.size), first]
-        bid = price[job] + raise_by + eps
+        bid = price[job] + raise_by + (eps * EARLY_BOOST if round_ < EARLY_ROUNDS else eps)
         # The highest bid for each job wins it.
         ranked = np.lexsort((-bid, job))
         jobs = job[ranked]
