@@ -5,7 +5,7 @@
 result always assigns as many jobs as any assignment can (maximum cardinality over all feasible
 pairs); no driver or job appears twice and no infeasible pair is ever returned. Its total cost
 is the least among such assignments on a sparse graph of the promising pairs: not a proven
-optimum: on the dispatch bench about 0.3 % above it on average, and above 1 % on a few of the
+optimum: on the dispatch bench 0.3 to 0.4 % above it on average, and above 1 % on a few of the
 hardest rounds (bench/dispatch.py measures it against :func:`assign_exact` every round, and
 bench/RESULTS.md gives the figures). Small matrices, and
 ``k=None``, are solved on every feasible pair (exact).
