@@ -11,7 +11,11 @@ infeasible for capacity, shift end or vehicle type. Two layouts:
   are out of balance by district, so the optimum sends far drivers to the hot spots.
 
 Per round: :func:`nexus_ray.compute.assignment.assign` (wall and CPU time), the exact optimum
-(``assign_exact``) and a greedy nearest-driver baseline for comparison.
+(``assign_exact``) and a greedy nearest-driver baseline for comparison; then one table row per
+layout: p95 wall and CPU of ``assign``, its cost against the optimum (mean and worst round), its
+number of pairs against the most possible (worst round: 0 is equal), the exact solve's p95 and the
+greedy baseline's. The load average is printed before and after (the machine may be shared: then
+read the CPU column).
 
     python bench/dispatch.py --rounds 10 --size 2000
 """
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -79,6 +84,7 @@ def main() -> None:
     ap.add_argument("--layouts", default="balanced,hotspots")
     args = ap.parse_args()
     rng = np.random.default_rng(7)
+    print("load average before: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()), flush=True)
     for layout in args.layouts.split(","):
         rows = []
         for r in range(args.rounds):
@@ -105,8 +111,10 @@ def main() -> None:
             f"{np.mean([x['gap_pct'] for x in rows]):+.2f}% (max {max(x['gap_pct'] for x in rows):+.2f}%) | "
             f"{min(x['pairs'] - x['max_pairs'] for x in rows)} | "
             f"{p95('exact_wall_ms'):.0f} / {p95('exact_cpu_ms'):.0f} ms | "
-            f"{p95('greedy_ms'):.0f} ms, {np.mean([x['greedy_gap_pct'] for x in rows]):+.1f}% |"
+            f"{p95('greedy_ms'):.0f} ms, {np.mean([x['greedy_gap_pct'] for x in rows]):+.1f}% |",
+            flush=True,
         )
+    print("load average after: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
 
 
 if __name__ == "__main__":
