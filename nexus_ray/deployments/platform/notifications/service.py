@@ -371,21 +371,46 @@ async def deliver_due(*, limit: int | None = None) -> int:
     return len(rows)
 
 
+async def _deliver_quietly(row: asyncpg.Record) -> None:
+    try:
+        await _deliver(row)
+    except Exception as exc:  # its lease runs out and a later round takes it again
+        log.warning("delivery of message %s stopped: %s", row["id"], type(exc).__name__)
+    finally:
+        _wake.set()  # room for one more
+
+
 async def deliver_forever() -> None:
-    """Background: deliver due messages; idle, wait for a wake-up or the poll interval."""
+    """Background: deliver due messages, at most ``notifications_batch`` at a time, each on its own.
+
+    A message is sent as soon as a slot is free, not when the round it was taken in ends: one slow
+    provider exchange (up to its timeout) holds up its own message only. Idle, it waits for a
+    wake-up or the poll interval.
+    """
     if not settings().notifications_deliver:
         return
-    while True:
-        try:
-            if await deliver_due():
-                continue
-        except Exception as exc:  # a store away: the next round tries again
-            log.warning("delivery round failed: %s", type(exc).__name__)
-        _wake.clear()
-        try:
-            await asyncio.wait_for(_wake.wait(), timeout=settings().notifications_poll_s)
-        except TimeoutError:
-            pass
+    sending: set[asyncio.Task[None]] = set()
+    try:
+        while True:
+            _wake.clear()
+            try:
+                room = settings().notifications_batch - len(sending)
+                rows = await _take(room) if room > 0 else []
+                for row in rows:
+                    task = asyncio.create_task(_deliver_quietly(row))
+                    sending.add(task)
+                    task.add_done_callback(sending.discard)
+                if rows:
+                    continue
+            except Exception as exc:  # a store away: the next round tries again
+                log.warning("delivery round failed: %s", type(exc).__name__)
+            try:
+                await asyncio.wait_for(_wake.wait(), timeout=settings().notifications_poll_s)
+            except TimeoutError:
+                pass
+    finally:  # stopping: what is still being sent is taken again by a later run once its lease ends
+        for task in list(sending):
+            task.cancel()
 
 
 async def purge_messages(*, conn: asyncpg.Connection, older_than_days: int) -> int:
