@@ -86,8 +86,12 @@ def message_out(doc: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-async def publish(room_id: str, event: dict[str, Any]) -> None:
-    await redis_client().publish(channel(room_id), orjson.dumps(event))
+async def publish(room_id: str, *events: dict[str, Any]) -> None:
+    """Publish ``events`` on the room's channel, in order, in one round trip."""
+    async with redis_client().pipeline(transaction=False) as pipe:
+        for event in events:
+            pipe.publish(channel(room_id), orjson.dumps(event))
+        await pipe.execute()
 
 
 _BATCH = 256
@@ -249,6 +253,7 @@ class ChatRoom(PersistentActor):
             {"room_id": self.key, "client_id": {"$in": sorted({p.client_id for p in batch})}})}
         seq = self.state["seq"]
         docs: list[dict[str, Any]] = []
+        fresh: list[dict[str, Any]] = []  # the new messages as clients see them, in sequence order
         answers: list[dict[str, Any]] = []
         for p in batch:
             earlier = seen.get((p.sender, p.client_id))
@@ -260,15 +265,13 @@ class ChatRoom(PersistentActor):
                    "client_id": p.client_id, "text": p.text, "sent_at": datetime.fromtimestamp(p.now, UTC),
                    "edited_at": None, "deleted": False}
             docs.append(doc)
+            fresh.append(message_out(doc))
             seen[(p.sender, p.client_id)] = doc
-            answers.append({"message": message_out(doc), "duplicate": False})
+            answers.append({"message": fresh[-1], "duplicate": False})
         if docs:
             await self.commit("seq", seq=seq)  # before the write: a seq is never handed out twice
             await messages().insert_many(docs, ordered=True)
-            async with redis_client().pipeline(transaction=False) as pipe:
-                for doc in docs:
-                    pipe.publish(channel(self.key), orjson.dumps({"type": "message", "message": message_out(doc)}))
-                await pipe.execute()
+            await publish(self.key, *({"type": "message", "message": out} for out in fresh))
         return answers
 
     async def change(self, by: str, seq: int, text: str | None, now: float) -> dict[str, Any]:
