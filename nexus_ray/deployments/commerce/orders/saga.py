@@ -90,11 +90,15 @@ def event_payload(row: asyncpg.Record | dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-async def log_line(conn: asyncpg.Connection, order_id: UUID, step: str, phase: str, outcome: str,
-                   detail: dict[str, Any] | None = None, runner: str | None = None) -> None:
+async def log_lines(conn: asyncpg.Connection, order_id: UUID, lines: list[tuple[str, str, str, dict[str, Any]]],
+                    runner: str | None = None) -> None:
+    """Append ``(step, phase, outcome, detail)`` lines to the order's saga log, in order, in one statement."""
     await conn.execute(
-        "INSERT INTO order_saga_log (order_id, step, phase, outcome, detail, runner) VALUES ($1, $2, $3, $4, $5, $6)",
-        order_id, step, phase, outcome, detail or {}, runner)
+        "INSERT INTO order_saga_log (order_id, step, phase, outcome, detail, runner) "
+        "SELECT $1, s, p, o, d::jsonb, $6 FROM unnest($2::text[], $3::text[], $4::text[], $5::text[]) "
+        "WITH ORDINALITY AS u(s, p, o, d, n) ORDER BY n",
+        order_id, [x[0] for x in lines], [x[1] for x in lines], [x[2] for x in lines],
+        [orjson.dumps(x[3] or {}).decode() for x in lines], runner)
 
 
 async def write(order_id: UUID, runner: str, *, line: tuple[str, str, str, dict[str, Any]] | None = None,
@@ -125,21 +129,17 @@ async def write(order_id: UUID, runner: str, *, line: tuple[str, str, str, dict[
         if new is None:
             raise LeaseLost(str(order_id))
         before = new["was_status"]
-        if new["status"] != before:
+        moved = new["status"] != before
+        if moved:
             check_transition(before, new["status"])
         lines = [line] if line is not None else []
-        if new["status"] != before:
+        if moved:
             lines.append(("order", "status", "done", {"from": before, "to": new["status"]}))
         if starts is not None:
             lines.append((starts, "forward", "started", {}))
         if lines:
-            await conn.execute(
-                "INSERT INTO order_saga_log (order_id, step, phase, outcome, detail, runner) "
-                "SELECT $1, s, p, o, d::jsonb, $6 FROM unnest($2::text[], $3::text[], $4::text[], $5::text[]) "
-                "WITH ORDINALITY AS u(s, p, o, d, n) ORDER BY n",
-                order_id, [x[0] for x in lines], [x[1] for x in lines], [x[2] for x in lines],
-                [orjson.dumps(x[3] or {}).decode() for x in lines], runner)
-        if new["status"] != before:
+            await log_lines(conn, order_id, lines, runner)
+        if moved:
             await emit(conn, topic(new["status"]), event_payload(new), key=str(order_id))
     return new
 

@@ -91,7 +91,7 @@ async def create_order(*, customer: str, request: dict[str, Any], currency: str,
                                 "type": "idempotency_key_reused"}], "code": "idempotency_key_reused",
                     "order_id": str(earlier["id"])})
             return earlier, True
-        await saga.log_line(conn, row["id"], "order", "status", "done", {"to": "pending"}, runner)
+        await saga.log_lines(conn, row["id"], [("order", "status", "done", {"to": "pending"})], runner)
         await emit(conn, saga.topic("pending"), saga.event_payload(row), key=str(row["id"]))
     return await saga.drive(row["id"], runner, row=row), False
 
