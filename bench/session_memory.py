@@ -23,6 +23,8 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from scratch import scratch_stores
 
+from nexus_ray.runtime.embedded import free_port
+
 
 def _mem(pids: list[int]) -> dict[str, float]:
     uss = pss = 0
@@ -93,8 +95,8 @@ def main() -> None:
         from nexus_ray.runtime import cluster
 
         # The stores' URLs are in this process's environment (scratch_stores): the head's workers inherit them.
-        head = cluster.start_head(data_dir, {}, dashboard_port=cluster._free_port(),
-                                  metrics_export_port=cluster._free_port())
+        head = cluster.start_head(data_dir, {}, dashboard_port=free_port(),
+                                  metrics_export_port=free_port())
         try:
             cluster.connect(head.address, logging_level="WARNING", log_to_driver=False)
             print(json.dumps(asyncio.run(run(args.users, args.shards)), indent=2))

@@ -24,6 +24,7 @@ import httpx
 import psutil
 
 from nexus_ray.catalog import NAMESPACES
+from nexus_ray.runtime.embedded import free_port
 
 SERVE_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
 
@@ -133,14 +134,6 @@ def temp_dir_for(data_dir: Path) -> str:
     return f"/tmp/nexus-ray-{hashlib.sha1(str(data_dir.resolve()).encode()).hexdigest()[:8]}"
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def processes(temp_dir: str) -> list[psutil.Process]:
     """Every live process of the cluster that uses ``temp_dir``, with all their descendants.
 
@@ -185,7 +178,7 @@ def start_head(
         progress(f"ray head already running at {existing.address}")
         return existing
     temp_dir = temp_dir_for(data_dir)
-    gcs_port = _free_port()
+    gcs_port = free_port()
     cmd = [
         str(Path(sys.executable).with_name("ray")), "start", "--head",
         f"--port={gcs_port}",

@@ -23,6 +23,7 @@ import fcntl
 import importlib.util
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -46,6 +47,8 @@ if TYPE_CHECKING:
 STORE_NAMES = ("postgres", "redis", "mongo", "kafka", "smtp")
 
 _HOST = "127.0.0.1"
+# Ports for our servers are chosen from here up to the ephemeral range (see free_port).
+_PORT_FLOOR = 20000
 _DATABASE = "nexus"
 # Generous: a cold start on a busy 2-core machine includes initdb and a Python daemon's imports.
 _READY_TIMEOUT_S = 60.0
@@ -761,12 +764,43 @@ def _poll(condition: Callable[[], bool], *, timeout: float, what: str) -> None:
 def _choose_port(remembered: int | None, taken: set[int]) -> int:
     if remembered is not None and remembered not in taken and _port_free(remembered):
         return remembered
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind((_HOST, 0))
-            port = sock.getsockname()[1]
-        if port not in taken:
+    return free_port(taken)
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    """The kernel's range for outgoing connections' local ports (Linux default 32768-60999)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def free_port(taken: Iterable[int] = ()) -> int:
+    """A free TCP port on the loopback address, chosen below the kernel's ephemeral range.
+
+    A port from ``bind(0)`` lies in the ephemeral range, so once its server stops, any outgoing
+    connection may be given it as a local port, and a client that keeps reconnecting to it can even
+    connect to itself (TCP simultaneous open). Either holds the port, and a server restarted on the
+    same port (``restart_kafka``) could not bind it. The kernel never hands out ports below the range,
+    so those stay free for the server that owns them. Ray's worker ports (10002-19999) lie below
+    ``_PORT_FLOOR``.
+    """
+    low, _high = _ephemeral_range()
+    avoid = set(taken)
+    rng = random.SystemRandom()
+    for _ in range(200):
+        # With no room below an unusual range, fall back to what the kernel picks.
+        port = rng.randint(_PORT_FLOOR, low - 1) if low - 1 > _PORT_FLOOR else _kernel_port()
+        if port not in avoid and _port_free(port):
             return port
+    raise EmbeddedStoreError(f"no free port found between {_PORT_FLOOR} and {low - 1}")
+
+
+def _kernel_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((_HOST, 0))
+        return int(sock.getsockname()[1])
 
 
 def _port_free(port: int) -> bool:

@@ -7,10 +7,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import socket
 import uuid
 
 import pytest
+
+from nexus_ray.runtime.embedded import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -155,9 +156,7 @@ async def test_a_delivery_is_retried_after_a_500_and_a_timeout_then_delivered_si
 async def test_a_delivery_that_keeps_failing_is_given_up_after_the_most_attempts(client, bearer, until,
                                                                                  fast_webhooks):
     shop = bearer(*RW, subject="hook-shop-down")
-    with socket.socket() as s:  # a port nothing listens on: every attempt is refused
-        s.bind(("127.0.0.1", 0))
-        dead = f"http://127.0.0.1:{s.getsockname()[1]}/hooks"
+    dead = f"http://127.0.0.1:{free_port()}/hooks"  # a port nothing listens on: every attempt is refused
     endpoint = (await _endpoint(client, shop, dead, ["*"])).json()
     await _paid(client, shop, amount=300)
 

@@ -294,6 +294,15 @@ def test_a_taken_port_moves_the_server(store_dir: Path) -> None:
     assert embedded.status(store_dir)["kafka"]["ready"]
 
 
+def test_servers_listen_below_the_ephemeral_range(store_dir: Path) -> None:
+    # A port the kernel may hand to an outgoing connection could be taken while its server restarts.
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    embedded.start(store_dir)
+    ports = {name: report["port"] for name, report in embedded.status(store_dir).items()}
+    assert all(port < low for port in ports.values()), ports
+    assert len(set(ports.values())) == len(ports)
+
+
 def test_a_lost_state_file_leaves_no_duplicate_servers(store_dir: Path) -> None:
     before = embedded.start(store_dir)
     (store_dir / "run" / "stores.json").unlink()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import socket
 import ssl
 import uuid
 
@@ -20,6 +19,7 @@ from cryptography.x509.oid import NameOID
 from nexus_ray.deployments.kit.settings import settings_of
 from nexus_ray.deployments.platform.notifications import providers
 from nexus_ray.deployments.platform.notifications.settings import NotificationSettings
+from nexus_ray.runtime.embedded import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -66,10 +66,7 @@ def relay(certificate, *, tls: bool) -> tuple[Controller, Inbox]:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(certificate / "cert.pem", certificate / "key.pem")
         options |= {"tls_context": context, "require_starttls": True}
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    controller = Controller(inbox, hostname="127.0.0.1", port=port, server_hostname="127.0.0.1", **options)
+    controller = Controller(inbox, hostname="127.0.0.1", port=free_port(), server_hostname="127.0.0.1", **options)
     controller.start()
     return controller, inbox
 
