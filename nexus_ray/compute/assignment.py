@@ -5,10 +5,10 @@
 result always assigns as many jobs as any assignment can (maximum cardinality over all feasible
 pairs); no driver or job appears twice and no infeasible pair is ever returned. Its total cost
 is the least among such assignments on a sparse graph of the promising pairs: not a proven
-optimum: on the dispatch bench 0.3 to 0.4 % above it on average, and above 1 % on a few of the
-hardest rounds (bench/dispatch.py measures it against :func:`assign_exact` every round, and
-bench/RESULTS.md gives the figures). Small matrices, and
-``k=None``, are solved on every feasible pair (exact).
+optimum: on the dispatch bench 0.3 to 0.4 % above it on average and at most 0.9 % in any of its
+40 rounds (bench/dispatch.py measures it against :func:`assign_exact` every round, and
+bench/RESULTS.md gives the figures). Small matrices, and ``k=None``, are solved on every feasible
+pair (exact).
 
 How, for a large matrix:
 
@@ -33,7 +33,8 @@ How, for a large matrix:
    the pairs of that maximum matching are added: the graph then holds a maximum-cardinality
    assignment of the whole problem.
 4. *Exact solve on the graph* (OR-Tools, C++): a square problem whose graph holds a perfect
-   matching goes to the cost-scaling linear sum assignment; any other (rectangular, or where not
+   matching goes to the cost-scaling linear sum assignment (tried first, before step 3: it says
+   itself when there is no perfect matching, and usually there is one); any other (rectangular, or where not
    everyone can be matched) to a minimum-cost maximum flow, which puts cardinality first.
    Costs are scaled to integers (``INT_RANGE`` steps up to the largest cost), so "exact" is
    exact to one part in ``INT_RANGE`` of the largest cost per pair. (OR-Tools is already a
@@ -64,7 +65,7 @@ EXACT_BELOW = 40_000
 CANDIDATES = 96
 """Length of each bidder's candidate list in the auction."""
 
-ROUNDS = 100
+ROUNDS = 150
 """Most auction rounds; the auction also stops when at most 1 % of the bidders are unassigned."""
 
 FREE_EXTRA = 256
@@ -213,10 +214,13 @@ def _auction(
     prices only rise), so a row whose best candidate is within its bound knows its best job.
     """
     n, m = cost.shape
-    price = np.zeros(m)
-    order = np.argpartition(cost, width, axis=1)
+    # In single precision: prices only choose the graph (the solve below is on the float64 costs), and
+    # the auction's selections and sums over the dense matrix take half the memory traffic.
+    single = cost.astype(np.float32)
+    price = np.zeros(m, dtype=np.float32)
+    order = np.argpartition(single, width, axis=1)
     cand = order[:, :width].copy()
-    flat = cost.ravel()
+    flat = single.ravel()
     start = (np.arange(n) * m)[:, None]
     cand_cost = flat[cand + start]
     bound = flat[order[:, width] + start[:, 0]]
@@ -238,7 +242,7 @@ def _auction(
         stale = w1 > limit  # a job outside the list may now be better: rebuild from the dense row
         if stale.any():
             rows = free[stale]
-            dense = cost[rows] + price
+            dense = single[rows] + price
             fresh = np.argpartition(dense, width, axis=1)
             new = fresh[:, :width]
             cand[rows] = new
@@ -268,7 +272,7 @@ def _auction(
         losing = np.ones(free.size, dtype=bool)
         losing[winners] = False
         free = np.concatenate([free[losing], evicted])
-    return col_of, price, cand, cand_cost
+    return col_of, price.astype(np.float64), cand, cand_cost.astype(np.float64)
 
 
 def _two_least(value: NDArray[np.float64]) -> tuple[Ints, NDArray[np.float64], NDArray[np.float64]]:
@@ -289,6 +293,8 @@ def _solve(cost: NDArray[np.float64], rows: Ints, cols: Ints, prices: Prices | N
     pairs is computed and, when larger, its pairs are added.
     """
     n, m = cost.shape
+    if n == m and (pairs := _perfect_assignment(n, rows, cols, _integer_costs(cost[rows, cols]))) is not None:
+        return pairs  # the usual case: the graph holds a perfect matching, so no flow is needed to say so
     size, used = _max_matching(n, m, rows, cols)
     if size < min(n, m) and prices is not None:
         alone_r = np.ones(n, dtype=bool)
@@ -310,13 +316,23 @@ def _solve(cost: NDArray[np.float64], rows: Ints, cols: Ints, prices: Prices | N
             size = most
     weights = _integer_costs(cost[rows, cols])
     if n == m and size == n:
-        solver = or_assignment.SimpleLinearSumAssignment()
-        solver.add_arcs_with_cost(rows.astype(np.int32), cols.astype(np.int32), weights)
-        if solver.solve() != solver.OPTIMAL:  # cannot happen: the graph holds a perfect matching
+        pairs = _perfect_assignment(n, rows, cols, weights)
+        if pairs is None:  # cannot happen: the graph holds a perfect matching
             raise RuntimeError("assignment solver failed on a graph with a perfect matching")
-        mate = [solver.right_mate(i) for i in range(n)]
-        return [(i, int(j)) for i, j in enumerate(mate)]
+        return pairs
     return _min_cost_max_flow(n, m, rows, cols, weights)
+
+
+def _perfect_assignment(n: int, rows: Ints, cols: Ints, weights: NDArray[np.int64]) -> Pairs | None:
+    """The least-cost perfect matching of the square graph (OR-Tools' cost scaling), or None without one."""
+    solver = or_assignment.SimpleLinearSumAssignment()
+    solver.add_arcs_with_cost(rows.astype(np.int32), cols.astype(np.int32), weights)
+    status = solver.solve()
+    if status == solver.INFEASIBLE:
+        return None
+    if status != solver.OPTIMAL:
+        raise RuntimeError(f"assignment solver failed: {status}")
+    return [(i, solver.right_mate(i)) for i in range(n)]
 
 
 def _integer_costs(weights: NDArray[np.float64]) -> NDArray[np.int64]:
