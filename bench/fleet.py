@@ -296,9 +296,10 @@ async def main_async(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]
 def local_platform(data_dir: Path, port: int) -> tuple[subprocess.Popen[bytes], str]:
     """A Ray head and the logistics app in uvicorn (connected to it) on ``port``; returns (process, address)."""
     from nexus_ray.runtime import cluster
+    from nexus_ray.runtime.embedded import free_port
 
     env = {k: v for k, v in os.environ.items() if k.startswith("NEXUS_")}
-    head = cluster.start_head(data_dir, env, dashboard_port=_free_port(), metrics_export_port=_free_port())
+    head = cluster.start_head(data_dir, env, dashboard_port=free_port(), metrics_export_port=free_port())
     code = ("import sys, uvicorn\n"
             "from nexus_ray.runtime import cluster\n"
             "cluster.connect(sys.argv[1], logging_level='WARNING', log_to_driver=False)\n"
@@ -326,14 +327,6 @@ def local_platform(data_dir: Path, port: int) -> tuple[subprocess.Popen[bytes], 
     return proc, head.address
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--vehicles", type=int, default=10_000)
@@ -354,10 +347,11 @@ def main() -> None:
         from scratch import scratch_stores
 
         from nexus_ray.runtime import cluster
+        from nexus_ray.runtime.embedded import free_port
 
         limits = {"NEXUS_RATE_LIMIT_PER_ADDRESS": "100000000", "NEXUS_RATE_LIMIT_PER_PRINCIPAL": "100000000"}
         with scratch_stores("nexus-bench-fleet-", **limits) as data_dir:
-            port = _free_port()
+            port = free_port()
             os.environ["NEXUS_HTTP_PORT"] = str(port)
             proc, _ = local_platform(data_dir, port)
             try:

@@ -151,15 +151,10 @@ def main() -> None:
     head = None
     try:
         if not args.skip_ray:
-            import socket
-
-            def port() -> int:
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", 0))
-                    return int(s.getsockname()[1])
+            from nexus_ray.runtime.embedded import free_port
 
             env = {k: v for k, v in os.environ.items() if k.startswith("NEXUS_")}
-            head = cluster.start_head(data_dir, env, dashboard_port=port(), metrics_export_port=port())
+            head = cluster.start_head(data_dir, env, dashboard_port=free_port(), metrics_export_port=free_port())
             os.environ["NEXUS_DASHBOARD_URL"] = head.dashboard_url
             cluster.connect(head.address, logging_level="WARNING", log_to_driver=False)
         print(f"cpus: {os.cpu_count()} (machine shared with other engineers' work: figures are noisy)")

@@ -17,7 +17,6 @@ import contextlib
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -55,9 +54,7 @@ def start_bare_app(api: str, token: str) -> Iterator[str]:
 
     redis_url = get_settings().redis_url or embedded.status(get_settings().data_dir.resolve())["redis"]["url"]
     jwks = httpx.get(f"{api}/specialized/v1/keys/jwks", timeout=10).text
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = embedded.free_port()
     env = {**os.environ, "NEXUS_REDIS_URL": redis_url, "NEXUS_BENCH_JWKS": jwks}
     bare = subprocess.Popen([sys.executable, str(ROOT / "bench/bare_app.py"), str(port)], env=env)
     try:

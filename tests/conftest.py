@@ -30,6 +30,13 @@ os.environ.update(
         # edge would answer with 429 past its failure budget (tests/integration/test_edge_hardening.py
         # sets a small one to test it).
         "NEXUS_RATE_LIMIT_AUTH_FAILURES_PER_ADDRESS": "1000000",
+        # Webhook deliveries retried within a test's patience (tests/integration/test_billing_webhooks.py).
+        # Set here, not patched in-process: the deployed platform's billing replica polls the same table
+        # and may claim a test's delivery, so every deliverer must keep the same pace and limit.
+        "NEXUS_BILLING_WEBHOOK_BACKOFF_S": "0.05",
+        "NEXUS_BILLING_WEBHOOK_TIMEOUT_S": "0.5",
+        "NEXUS_BILLING_WEBHOOK_POLL_S": "0.1",
+        "NEXUS_BILLING_WEBHOOK_MAX_ATTEMPTS": "3",
     }
 )
 for _k in ("NEXUS_POSTGRES_URL", "NEXUS_REDIS_URL", "NEXUS_MONGO_URL", "NEXUS_KAFKA_BOOTSTRAP", "NEXUS_SMTP_URL"):
@@ -41,14 +48,9 @@ get_settings.cache_clear()
 
 # What every app's start-up does (build_app): key-service and legacy sessions registered with the edge.
 from nexus_ray.deployments.wiring import wire_edge  # noqa: E402
+from nexus_ray.runtime.embedded import free_port  # noqa: E402
 
 wire_edge()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

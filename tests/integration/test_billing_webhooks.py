@@ -64,19 +64,6 @@ class Receiver:
             writer.close()
 
 
-@pytest.fixture
-def fast_webhooks(monkeypatch):
-    from nexus_ray.deployments.commerce.billing.settings import BillingSettings
-    from nexus_ray.deployments.kit.settings import settings_of
-
-    s = settings_of(BillingSettings)
-    monkeypatch.setattr(s, "billing_webhook_backoff_s", 0.05)
-    monkeypatch.setattr(s, "billing_webhook_timeout_s", 0.5)
-    monkeypatch.setattr(s, "billing_webhook_poll_s", 0.1)
-    monkeypatch.setattr(s, "billing_webhook_max_attempts", 3)
-    return s
-
-
 async def _endpoint(client, headers, url, events, k=None):
     h = {**headers, **({"Idempotency-Key": k} if k else {})}
     r = await client.post(f"{API}/webhook_endpoints", json={"url": url, "events": events}, headers=h)
@@ -103,7 +90,7 @@ async def _deliveries(client, headers, endpoint_id):
 
 
 async def test_a_delivery_is_retried_after_a_500_and_a_timeout_then_delivered_signed(
-        client, bearer, until, fast_webhooks):
+        client, bearer, until):
     from nexus_ray.deployments.commerce.billing import verify_signature
 
     shop = bearer(*RW, subject="hook-shop")
@@ -153,8 +140,7 @@ async def test_a_delivery_is_retried_after_a_500_and_a_timeout_then_delivered_si
         verify_signature(body, headers["nexus-signature"], secret, 300)
 
 
-async def test_a_delivery_that_keeps_failing_is_given_up_after_the_most_attempts(client, bearer, until,
-                                                                                 fast_webhooks):
+async def test_a_delivery_that_keeps_failing_is_given_up_after_the_most_attempts(client, bearer, until):
     shop = bearer(*RW, subject="hook-shop-down")
     dead = f"http://127.0.0.1:{free_port()}/hooks"  # a port nothing listens on: every attempt is refused
     endpoint = (await _endpoint(client, shop, dead, ["*"])).json()
