@@ -37,6 +37,10 @@ os.environ.update(
         "NEXUS_BILLING_WEBHOOK_TIMEOUT_S": "0.5",
         "NEXUS_BILLING_WEBHOOK_POLL_S": "0.1",
         "NEXUS_BILLING_WEBHOOK_MAX_ATTEMPTS": "3",
+        # The same for notification retries (tests/integration/test_notifications.py): the deployed
+        # notification-service delivers from the same table as the in-process one.
+        "NEXUS_NOTIFICATIONS_RETRY_BASE_S": "0.05",
+        "NEXUS_NOTIFICATIONS_POLL_S": "0.1",
     }
 )
 for _k in ("NEXUS_POSTGRES_URL", "NEXUS_REDIS_URL", "NEXUS_MONGO_URL", "NEXUS_KAFKA_BOOTSTRAP", "NEXUS_SMTP_URL"):

@@ -5,12 +5,14 @@ Run by :mod:`nexus_ray.runtime.embedded` as a separate process (``python -m nexu
 as any development server. Each accepted message is one file in ``DIR/new`` (:class:`mailbox.Maildir`),
 with the envelope in ``X-Envelope-From``/``X-Envelope-To`` headers prepended.
 
-Two reserved test domains (RFC 2606 ``.test``) make it answer as real servers do when delivery fails,
-so clients exercise their real failure paths:
+Three reserved test domains (RFC 2606 ``.test``) make it answer as real servers do when delivery fails
+or drags, so clients exercise their real failure paths:
 
 * ``<anything>@reject.test``: ``550 5.1.1`` at RCPT -- a permanent failure;
 * ``tempfail-<N>-<tag>@tempfail.test``: ``451 4.3.0`` at RCPT the first N times that address is offered
-  (counted since this server started), then accepted -- a transient failure.
+  (counted since this server started), then accepted -- a transient failure;
+* ``slow-<MS>-<tag>@slow.test``: the RCPT answer comes after MS milliseconds (at most 60,000), then the
+  address is accepted -- a relay that is slow but works.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from typing import Any
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 _TEMPFAIL = re.compile(r"^tempfail-(\d+)-[^@]*@tempfail\.test$", re.IGNORECASE)
+_SLOW = re.compile(r"^slow-(\d+)-[^@]*@slow\.test$", re.IGNORECASE)
+_SLOWEST_MS = 60_000
 
 
 class MaildirHandler:
@@ -46,6 +50,9 @@ class MaildirHandler:
             self.offered[lowered] += 1
             if self.offered[lowered] <= int(failing.group(1)):
                 return "451 4.3.0 temporary failure, try again later"
+        dragging = _SLOW.match(lowered)
+        if dragging is not None:  # only this session waits: the server goes on answering others
+            await asyncio.sleep(min(int(dragging.group(1)), _SLOWEST_MS) / 1000)
         envelope.rcpt_tos.append(address)
         return "250 OK"
 

@@ -16,23 +16,12 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from nexus_ray.deployments.kit.settings import settings_of
 from nexus_ray.deployments.platform.notifications import service
-from nexus_ray.deployments.platform.notifications.settings import NotificationSettings
 
 pytestmark = pytest.mark.integration
 
 API = "/platform/v1/notifications"
 ALL = "platform:notifications:*"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def quick_retries():
-    s = settings_of(NotificationSettings)
-    before = s.notifications_retry_base_s, s.notifications_poll_s
-    s.notifications_retry_base_s, s.notifications_poll_s = 0.05, 0.1
-    yield
-    s.notifications_retry_base_s, s.notifications_poll_s = before
 
 
 @pytest.fixture(scope="module")
@@ -127,6 +116,24 @@ async def test_permanent_failure_and_exhausted_retries_are_dead_letters(client, 
     r = await client.post(f"{API}/messages/{dead['id']}/retry", headers=admin)
     assert r.status_code == 200 and r.json()["status"] == "queued" and r.json()["attempts"] == 0
     assert (await client.post(f"{API}/messages/{dead['id']}/retry", headers=admin)).status_code in (200, 409)
+
+
+async def test_a_slow_relay_exchange_holds_up_only_its_own_message(client, admin, stores, until):
+    slow = f"slow-6000-{uuid.uuid4().hex[:8]}@slow.test"  # the SMTP server takes 6 s to answer its RCPT
+    r = await client.post(f"{API}/messages", headers=admin, json={"channel": "email", "to": slow,
+                                                                  "data": {"text": "take your time"}})
+    slow_id = r.json()["id"]
+    await message_of(client, admin, slow_id, "sending", until)  # taken, and its exchange under way
+    fast = []
+    for _ in range(3):  # queued after the slow one was taken: a later round of the delivery loop
+        r = await client.post(f"{API}/messages", headers=admin, json={
+            "channel": "email", "to": f"quick-{uuid.uuid4().hex[:8]}@shop.test", "data": {"text": "now"}})
+        fast.append(r.json()["id"])
+    for message_id in fast:
+        await message_of(client, admin, message_id, "sent", until)
+    assert (await client.get(f"{API}/messages/{slow_id}", headers=admin)).json()["status"] == "sending"
+    assert (await message_of(client, admin, slow_id, "sent", until))["attempts"] == 1
+    assert len(mail_to(stores, slow)) == 1
 
 
 async def test_direct_sends_are_idempotent_by_client_id_and_guarded(client, admin, bearer, stores, until):
