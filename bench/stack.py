@@ -55,22 +55,20 @@ def startup() -> dict:
     return {"cold_up_to_all_ready_s": round(elapsed, 1), "log": out.stdout.splitlines()[-12:]}
 
 
-def idle(seconds: float = 30.0) -> dict:
+def idle(seconds: float = 30.0, top: int = 12) -> dict:
+    """CPU (as % of the machine) and memory of every stack process over ``seconds``; the ``top`` busiest named."""
     procs = stack_processes()
 
-    def cpu() -> float:
-        total = 0.0
-        for p in procs:
-            try:
-                t = p.cpu_times()
-                total += t.user + t.system + t.children_user + t.children_system
-            except psutil.NoSuchProcess:
-                pass
-        return total
+    def cpu(p: psutil.Process) -> float:
+        try:
+            t = p.cpu_times()
+            return t.user + t.system + t.children_user + t.children_system
+        except psutil.NoSuchProcess:
+            return 0.0
 
-    c0, t0 = cpu(), time.monotonic()
+    before, t0 = {p.pid: cpu(p) for p in procs}, time.monotonic()
     time.sleep(seconds)
-    c1, t1 = cpu(), time.monotonic()
+    after, t1 = {p.pid: cpu(p) for p in procs}, time.monotonic()
     rss = pss = 0
     for p in procs:
         try:
@@ -80,12 +78,22 @@ def idle(seconds: float = 30.0) -> dict:
         except psutil.NoSuchProcess:
             pass
     cores = psutil.cpu_count()
+    used = {p.pid: max(0.0, after[p.pid] - before[p.pid]) for p in procs}
+
+    def name(p: psutil.Process) -> str:
+        try:
+            return (" ".join(p.cmdline()) or p.name())[:80]
+        except psutil.Error:
+            return "?"
+
+    busiest = sorted(procs, key=lambda p: used[p.pid], reverse=True)[:top]
     return {
         "processes": len(procs),
-        "idle_cpu_percent_of_machine": round(100 * (c1 - c0) / (t1 - t0) / cores, 1),
+        "idle_cpu_percent_of_machine": round(100 * sum(used.values()) / (t1 - t0) / cores, 1),
         "rss_mib": round(rss / 2**20),
         "pss_mib": round(pss / 2**20),
         "window_s": seconds,
+        "busiest_percent_of_one_core": [[round(100 * used[p.pid] / (t1 - t0), 1), name(p)] for p in busiest],
     }
 
 
