@@ -73,10 +73,26 @@ def map_tasks(
             results.append(None)
         _collect(list(pending), pending, results)
     except BaseException:
-        for ref in pending:
-            ray.cancel(ref)
+        _cancel_unfinished(pending)
         raise
     return results
+
+
+def _cancel_unfinished(pending: dict[ray.ObjectRef, int]) -> None:
+    """Cancel the tasks that have not finished; leave the finished ones (the failed one among them) alone.
+
+    Cancelling a task whose reply the driver is handling at that moment trips a check inside Ray
+    that ends the whole calling process ("Tried to complete task that was not pending", a known
+    race: ray-project/ray#54846). It ended a test session here when every pending task, the one
+    that had just failed included, was cancelled. A task finishing in the instant between this
+    look and the cancel can still meet the race; that window is now a few microseconds wide.
+    """
+    refs = list(pending)
+    if not refs:
+        return
+    _finished, unfinished = ray.wait(refs, num_returns=len(refs), timeout=0)
+    for ref in unfinished:
+        ray.cancel(ref)
 
 
 async def amap_tasks(
