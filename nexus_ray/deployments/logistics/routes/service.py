@@ -209,8 +209,6 @@ async def _claim(settings: RoutesSettings) -> None:
 
 
 async def _supervise(job_id: UUID, row: asyncpg.Record, settings: RoutesSettings) -> None:
-    import ray
-
     from nexus_ray.compute import remote
 
     problem = vrp.VrpProblem.model_validate(row["problem"])
@@ -229,17 +227,26 @@ async def _supervise(job_id: UUID, row: asyncpg.Record, settings: RoutesSettings
                 job_id, RUNNER,
             )
             if status != "running":  # cancelled, or taken over by another runner
-                ray.cancel(ref, force=True)
+                _stop(ref, result)
                 log.info("route job %s stopped: %s", job_id, status or "claimed elsewhere")
                 return
     except asyncio.CancelledError:
-        ray.cancel(ref, force=True)
+        _stop(ref, result)
         raise
     except Exception as exc:
         log.warning("route job %s supervision failed: %s", job_id, type(exc).__name__)
     finally:
         _tasks.pop(job_id, None)
         _kick.set()  # a slot is free
+
+
+def _stop(ref: Any, result: asyncio.Future[Any]) -> None:
+    """Cancel the solve (``ref``) unless its reply is already in: cancelling a task whose reply Ray is
+    handling trips a check that ends this process (ray-project/ray#54846; see ``compute.tasks``)."""
+    import ray
+
+    if not result.done():
+        ray.cancel(ref, force=True)
 
 
 async def _finish(job_id: UUID, result: asyncio.Future[Any]) -> None:
