@@ -1,7 +1,7 @@
 """chat-service through the entrypoint: N WebSocket members of one room, messages at a fixed rate.
 
     flock /tmp/nexus-ray.lock timeout 1500 bash bench/with_stack.sh python bench/chat.py \
-        [--clients 500] [--senders 25] [--rate 50] [--duration 10]
+        [--clients 500] [--senders 25] [--rate 50] [--duration 10] [--batch]
 
 Against a running stack (``nexus up``; bench/with_stack.sh starts a private one). Mints a
 token per member (as ``nexus token`` does), creates one room with ``--clients`` members,
@@ -12,8 +12,10 @@ from sender k mod ``--senders``). Every member records each message it receives.
 Prints: whether every acknowledged message reached every member exactly once and in order
 per sender; delivery latency (send to receipt, one clock: the same process) p50/p99/max
 over all deliveries; ack latency (send to the sender's ack) p50/p99; the run's
-connection and send figures. The client is one Python process on the same machine: its
-own parsing of rate x clients messages per second is part of what is measured.
+connection and send figures, and the frames received (with ``--batch`` the members connect
+with ``?batch=true``: events that queued up for a member while its connection was busy come
+in one ``batch`` frame). The client is one Python process on the same machine: its own
+parsing of rate x clients messages per second is part of what is measured.
 """
 
 from __future__ import annotations
@@ -65,19 +67,25 @@ class Client:
         self.got: list[tuple[str, str, int, float]] = []  # (sender, client_id, seq, received at)
         self.acks: dict[str, tuple[int, float]] = {}
         self.ready = asyncio.Event()
+        self.frames = 0
 
     async def read(self) -> None:
         async for raw in self.ws:
             now = time.perf_counter()
+            self.frames += 1
             event = orjson.loads(raw)
-            kind = event["type"]
-            if kind == "message":
-                m = event["message"]
-                self.got.append((m["sender"], m["client_id"], m["seq"], now))
-            elif kind == "ack":
-                self.acks[event["client_id"]] = (event["seq"], now)
-            elif kind == "ready":
-                self.ready.set()
+            for one in event["events"] if event["type"] == "batch" else (event,):
+                self.handle(one, now)
+
+    def handle(self, event: dict, now: float) -> None:
+        kind = event["type"]
+        if kind == "message":
+            m = event["message"]
+            self.got.append((m["sender"], m["client_id"], m["seq"], now))
+        elif kind == "ack":
+            self.acks[event["client_id"]] = (event["seq"], now)
+        elif kind == "ready":
+            self.ready.set()
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -102,12 +110,13 @@ async def run(args: argparse.Namespace) -> None:
         print(f"room with {args.clients} members made in {time.perf_counter() - t0:.1f} s")
 
     url = args.api.replace("http://", "ws://") + f"/platform/v1/chat/rooms/{room_id}/live"
+    url += "?batch=true" if args.batch else ""
     clients: list[Client] = []
     t0 = time.perf_counter()
     for i in range(0, args.clients, 50):
         batch = subjects[i:i + 50]
         sockets = await asyncio.gather(*(connect(url, subprotocols=["nexus.bearer", toks[s]], open_timeout=120,
-                                                 max_queue=None) for s in batch))
+                                                 max_queue=None, compression=args.compression) for s in batch))
         for s, ws in zip(batch, sockets, strict=True):
             c = Client(s, ws)
             clients.append(c)
@@ -161,6 +170,8 @@ async def run(args: argparse.Namespace) -> None:
     print(f"delivery latency ms: p50 {statistics.median(ms):.1f}  p99 {pct(ms, 99):.1f}  max {max(ms):.1f}")
     ams = [x * 1000 for x in ack_lat]
     print(f"ack latency ms: p50 {statistics.median(ams):.1f}  p99 {pct(ams, 99):.1f}")
+    frames = sum(c.frames for c in clients)
+    print(f"frames received {frames} for {len(latencies)} deliveries ({'batch' if args.batch else 'one per event'})")
     await asyncio.gather(*(c.ws.close() for c in clients), return_exceptions=True)
 
 
@@ -172,6 +183,9 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=50.0, help="Messages per second into the room.")
     ap.add_argument("--duration", type=float, default=10.0, help="Seconds of sending.")
     ap.add_argument("--drain", type=float, default=30.0, help="Seconds to wait for the last deliveries.")
+    ap.add_argument("--batch", action="store_true", help="Connect with ?batch=true (queued events in one frame).")
+    ap.add_argument("--no-deflate", dest="compression", action="store_const", const=None, default="deflate",
+                    help="Offer no permessage-deflate (browsers offer it; the server then compresses every frame).")
     ap.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
     args = ap.parse_args()
     if args.loop == "uvloop":  # the client shares the 2 cores with the platform: the cheaper loop

@@ -68,17 +68,20 @@ def room(ray_client, bearer):
 
 
 class Member:
-    """One live connection: what it received, by type, in order."""
+    """One live connection: what it received, by type, in order (the events of a ``batch`` frame one by one)."""
 
     def __init__(self, ws) -> None:
         self.ws = ws
         self.events: list[dict] = []
+        self.frames: list[str] = []  # each frame's type
         self._reader = asyncio.create_task(self._read())
 
     async def _read(self) -> None:
         try:
             async for raw in self.ws:
-                self.events.append(json.loads(raw))
+                frame = json.loads(raw)
+                self.frames.append(frame["type"])
+                self.events += frame["events"] if frame["type"] == "batch" else [frame]
         except ConnectionClosed:
             pass
 
@@ -96,10 +99,11 @@ class Member:
 async def join(ws_base, bearer):
     opened: list[Member] = []
 
-    async def open_(room_id: str, user: str, after: int | None = None) -> Member:
+    async def open_(room_id: str, user: str, after: int | None = None, batch: bool = False) -> Member:
         token = bearer(*SCOPES, subject=user)["Authorization"].split()[1]
-        query = "" if after is None else f"?after={after}"
-        ws = await connect(f"{ws_base}{BASE}/{room_id}/live{query}", subprotocols=["nexus.bearer", token])
+        query = "&".join(([] if after is None else [f"after={after}"]) + (["batch=true"] if batch else []))
+        ws = await connect(f"{ws_base}{BASE}/{room_id}/live{'?' + query if query else ''}",
+                           subprotocols=["nexus.bearer", token])
         member = Member(ws)
         opened.append(member)
         return member
@@ -152,6 +156,19 @@ async def test_send_ack_deliver_once_in_order_and_history(ray_client, bearer, ro
     outsider = await join(room_id, "carol")
     await until(lambda: outsider.ws.close_code is not None)
     assert outsider.ws.close_code == 4404
+
+
+async def test_a_batch_member_gets_the_same_messages_in_order_and_a_plain_one_never_a_batch(room, join, until):
+    room_id = await room("alice", "bob", "carol")
+    alice = await join(room_id, "alice", batch=True)
+    bob, carol = await join(room_id, "bob"), await join(room_id, "carol")
+    await until(lambda: alice.of("ready") and bob.of("ready") and carol.of("ready"))
+    await asyncio.gather(*(carol.send(f"c{i}", f"burst {i}") for i in range(40)))
+    await until(lambda: len(alice.seqs()) == 40 and len(bob.seqs()) == 40)
+    assert alice.seqs() == bob.seqs() == sorted(bob.seqs()) and len(set(bob.seqs())) == 40
+    assert [e["message"]["text"] for e in alice.of("message")] == [e["message"]["text"] for e in bob.of("message")]
+    assert "batch" not in bob.frames  # batches only for a member that asked for them
+    assert len(bob.frames) >= 41  # ready, then one frame per message (and presence events)
 
 
 async def test_moderation_edits_deletes_reports_mutes_and_receipts(ray_client, bearer, room, join, until):

@@ -15,6 +15,7 @@ Server to client::
     {"type": "receipt", "user_id": ..., "seq": ...}
     {"type": "typing", "user_id": ...}   {"type": "presence", "user_id": ..., "online": true|false}
     {"type": "ready", "seq": N}                             # replay done: live from here
+    {"type": "batch", "events": [{...}, {...}]}            # only with ?batch=true: see below
 
 **Resume.** A client connects with ``after`` = the last sequence number it saw; the server
 subscribes first, then replays every stored message after it from history, then forwards
@@ -32,12 +33,20 @@ subscriptions are the next step when rooms x replicas makes that matter.
 
 A connection that falls more than ``chat_client_backlog`` events behind is closed with
 1013 (try again) rather than buffered without bound; it resumes from its last sequence number.
+
+**Batches** (``?batch=true``, for clients that can read them). Each live event is a frame of
+its own while the connection keeps up. When events have queued for it (the room is busier
+than the connection's share of the replica can send one frame at a time), everything queued,
+up to :data:`BATCH_MOST` events, goes out as one ``batch`` frame, in order: the frames per
+second then fall as the load rises, instead of the backlog growing. A client without
+``batch`` gets one frame per event, as before.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 from typing import Any
@@ -62,6 +71,11 @@ log = logging.getLogger(__name__)
 router = APIRouter()
 SCOPES = scopes_of("chat-service")
 
+BATCH_MOST = 256
+"""The most events in one ``batch`` frame."""
+
+_MESSAGE = b'{"type":"message"'
+
 _rooms = Fanout(CHANNEL_PATTERN, name="chat", backlog=lambda: settings_of(ChatSettings).chat_client_backlog)
 
 
@@ -79,7 +93,7 @@ class _Connection:
             else:
                 await self.ws.send_text(orjson.dumps(event).decode())
 
-    async def forward(self, queue: asyncio.Queue, after: int | None) -> None:
+    async def forward(self, queue: asyncio.Queue, after: int | None, *, batch: bool = False) -> None:
         """Replay what was missed after ``after``, then the live events, each message once and in seq order."""
         if after is None:
             delivered = (await service.room_state(room_id=self.room_id, user_id=self.user_id))["seq"]
@@ -89,18 +103,36 @@ class _Connection:
                 await self.send({"type": "message", "message": message})
                 delivered = message["seq"]
         await self.send({"type": "ready", "seq": delivered})
+        await self.live(queue, delivered, batch=batch)
+
+    async def live(self, queue: asyncio.Queue, delivered: int, *, batch: bool) -> None:
+        """Forward the queue's events, skipping messages up to ``delivered``.
+
+        With ``batch``, whatever has queued (up to :data:`BATCH_MOST` events) goes out as one frame.
+        """
         while True:
-            raw = await queue.get()
-            if raw is LOST:
-                raise ServiceUnavailable("the room's feed was interrupted; resume")
-            if raw is OVERFLOW:
-                raise ServiceUnavailable("too far behind; resume from your last sequence number")
-            if raw.startswith(b'{"type":"message"'):
-                seq = orjson.loads(raw)["message"]["seq"]
-                if seq <= delivered:
-                    continue  # replayed already
-                delivered = seq
-            await self.send(raw)
+            items = [await queue.get()]
+            while batch and len(items) < BATCH_MOST and not queue.empty():
+                items.append(queue.get_nowait())
+            frames: list[bytes] = []
+            ended: str | None = None
+            for raw in items:
+                if raw is LOST or raw is OVERFLOW:
+                    ended = ("the room's feed was interrupted; resume" if raw is LOST
+                             else "too far behind; resume from your last sequence number")
+                    break
+                if raw.startswith(_MESSAGE):
+                    seq = _seq_of(raw)
+                    if seq <= delivered:
+                        continue  # replayed already
+                    delivered = seq
+                frames.append(raw)
+            if len(frames) == 1:
+                await self.send(frames[0])
+            elif frames:
+                await self.send(b'{"type":"batch","events":[' + b",".join(frames) + b"]}")
+            if ended is not None:
+                raise ServiceUnavailable(ended)
 
     async def receive(self) -> None:
         """The member's sends, receipts and typing, one at a time: their order is the order of their seqs."""
@@ -140,11 +172,19 @@ class _Connection:
                          "duplicate": result["duplicate"]})
 
 
+@functools.lru_cache(maxsize=4096)
+def _seq_of(raw: bytes) -> int:
+    """A message event's seq, parsed once per process: every connection of the room gets the same bytes."""
+    return int(orjson.loads(raw)["message"]["seq"])
+
+
 @router.websocket("/rooms/{room_id}/live", name="room_live")
 async def room_live(
     websocket: WebSocket,
     room_id: str = Path(pattern=ROOM_ID_PATTERN),
     after: int | None = Query(None, ge=0, le=2**62, description="The last sequence number seen: replay from it."),
+    batch: bool = Query(False, description="Send the events that queued up while the connection was busy as one "
+                                           '`{"type": "batch", "events": [...]}` frame.'),
     principal: Principal = ws_authorize(SCOPES.write),
 ) -> None:
     """A member's live connection to a room (WebSocket): send, receive in order, resume."""
@@ -152,7 +192,7 @@ async def room_live(
     conn = _Connection(websocket, room_id, principal.subject)
     async with _rooms.listen(room_id) as queue:
         reader = asyncio.create_task(conn.receive(), name="chat-receive")
-        writer = asyncio.create_task(conn.forward(queue, after), name="chat-forward")
+        writer = asyncio.create_task(conn.forward(queue, after, batch=batch), name="chat-forward")
         await publish(room_id, {"type": "presence", "user_id": principal.subject, "online": True})
         try:
             await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
