@@ -2,7 +2,8 @@
 
 Every family is fitted on the outer training folds only; whatever it chooses or calibrates
 (the logit's L2 strength and Platt map, the forests' calibration) is done on those rows with an
-inner cross-validation, so no step sees the outer test fold. The standardisation and one-hot
+inner cross-validation (the served model's number of stumps on a hold-out of them), so no step
+sees the outer test fold. The standardisation and one-hot
 encoding are fitted on the training rows too (the category lists are the data dictionary's).
 
     /work/main/.venv/bin/python bench/risk_model.py --seeds 4 --png bench/risk_calibration.png
@@ -66,39 +67,19 @@ def _design_forest(seed: int):
                                   random_state=seed)
 
 
-class _LogitStart:
-    """Gradient boosting's ``init``: the calibrated logit's probabilities on its design columns."""
-
-    def __init__(self, logit: risk.Logit) -> None:
-        self.logit = logit
-
-    def fit(self, x, y, sample_weight=None):
-        return self
-
-    def predict_proba(self, x):
-        p = 1.0 / (1.0 + np.exp(-(x @ self.logit.coef + self.logit.intercept)))
-        return np.column_stack([1 - p, p])
-
-
 def _boosted_from_logit(logit: risk.Logit, seed: int):
     """Gradient boosting (depth 3, 150 trees, rate 0.02) that starts from the calibrated logit's margin."""
     from sklearn.ensemble import GradientBoostingClassifier
 
-    return GradientBoostingClassifier(init=_LogitStart(logit), n_estimators=150, learning_rate=0.02, max_depth=3,
+    return GradientBoostingClassifier(init=risk._Margin(logit), n_estimators=150, learning_rate=0.02, max_depth=3,
                                       subsample=0.8, min_samples_leaf=10, random_state=seed)
 
 
-def _stumps_from_logit(logit: risk.Logit, seed: int, depth: int = 1):
-    """Boosted trees of ``depth`` from the logit's margin, their number chosen on an inner 20 % hold-out.
-
-    Depth 1 (stumps: each on one design column, so on one attribute) keeps the model additive per
-    attribute: the score is still a baseline plus one exact contribution per attribute.
-    """
-    from sklearn.ensemble import GradientBoostingClassifier
-
-    return GradientBoostingClassifier(init=_LogitStart(logit), n_estimators=1000, learning_rate=0.05,
-                                      max_depth=depth, subsample=0.8, min_samples_leaf=10, validation_fraction=0.2,
-                                      n_iter_no_change=30, random_state=seed)
+def _depth2_from_logit(logit: risk.Logit, seed: int):
+    """The served model's booster with depth-2 trees instead of stumps (not additive per attribute)."""
+    booster = risk.stump_booster(logit, seed)
+    booster.set_params(max_depth=2)
+    return booster
 
 
 def _hgb_additive(seed: int):
@@ -112,8 +93,12 @@ def _hgb_additive(seed: int):
                                           validation_fraction=0.2, n_iter_no_change=30, random_state=seed)
 
 
-FAMILIES = ["plain_lr", "calibrated_logit", "calibrated_rf", "calibrated_hgb", "avg_logit_rf", "avg_logit_forest",
-            "logit_boosted", "logit_stumps", "logit_depth2", "hgb_additive"]
+ALWAYS = ["plain_lr", "logit", "served"]
+"""Always run: the plain logit, the calibrated logit alone, and the served model (the calibrated logit with
+boosted stumps, ``risk.fit``)."""
+
+FAMILIES = [*ALWAYS, "calibrated_rf", "calibrated_hgb", "avg_logit_rf", "avg_logit_forest", "logit_boosted",
+            "logit_depth2", "hgb_additive"]
 
 
 def _fold(job: tuple[int, int]) -> tuple[int, np.ndarray, dict[str, np.ndarray]]:
@@ -127,24 +112,23 @@ def _fold(job: tuple[int, int]) -> tuple[int, np.ndarray, dict[str, np.ndarray]]
     tr, te = list(StratifiedKFold(5, shuffle=True, random_state=1000 + seed).split(xm, y))[k]
     out: dict[str, np.ndarray] = {}
     out["plain_lr"] = _plain_lr().fit(xm[tr], y[tr]).predict_proba(xm[te])[:, 1]
-    logit = risk.fit(risk.take(cols, tr), y[tr], seed=seed)
-    out["calibrated_logit"] = logit.probability(risk.take(cols, te))
-    if {"avg_logit_forest", "logit_boosted", "logit_stumps", "logit_depth2"} & set(FAMILIES):
+    logit = risk.fit(risk.take(cols, tr), y[tr], seed=seed, stumps=False)
+    out["logit"] = logit.probability(risk.take(cols, te))
+    out["served"] = risk.with_stumps(logit, risk.take(cols, tr), y[tr], seed=seed).probability(risk.take(cols, te))
+    if {"avg_logit_forest", "logit_boosted", "logit_depth2"} & set(FAMILIES):
         xd = logit.design.transform(cols)  # standardised on the training rows only
         if "avg_logit_forest" in FAMILIES:
             forest = _design_forest(seed).fit(xd[tr], y[tr]).predict_proba(xd[te])[:, 1]
-            out["avg_logit_forest"] = (out["calibrated_logit"] + forest) / 2
+            out["avg_logit_forest"] = (out["logit"] + forest) / 2
         if "logit_boosted" in FAMILIES:
             out["logit_boosted"] = _boosted_from_logit(logit, seed).fit(xd[tr], y[tr]).predict_proba(xd[te])[:, 1]
-        for name, depth in (("logit_stumps", 1), ("logit_depth2", 2)):
-            if name in FAMILIES:
-                model = _stumps_from_logit(logit, seed, depth).fit(xd[tr], y[tr])
-                out[name] = model.predict_proba(xd[te])[:, 1]
+        if "logit_depth2" in FAMILIES:
+            out["logit_depth2"] = _depth2_from_logit(logit, seed).fit(xd[tr], y[tr]).predict_proba(xd[te])[:, 1]
     if "hgb_additive" in FAMILIES:
         out["hgb_additive"] = _hgb_additive(seed).fit(xm[tr], y[tr]).predict_proba(xm[te])[:, 1]
     if "calibrated_rf" in FAMILIES:
         out["calibrated_rf"] = _forest(seed).fit(xm[tr], y[tr]).predict_proba(xm[te])[:, 1]
-        out["avg_logit_rf"] = (out["calibrated_logit"] + out["calibrated_rf"]) / 2
+        out["avg_logit_rf"] = (out["logit"] + out["calibrated_rf"]) / 2
     if "calibrated_hgb" in FAMILIES:
         out["calibrated_hgb"] = _hgb(seed).fit(xm[tr], y[tr]).predict_proba(xm[te])[:, 1]
     return seed, te, out
@@ -188,7 +172,7 @@ def _calibration_png(pooled: dict[str, list[tuple[np.ndarray, np.ndarray]]], pat
 
     fig, ax = plt.subplots(figsize=(6, 6))
     ax.plot([0, 1], [0, 1], "k:", label="perfectly calibrated")
-    for f in [f for f in ("plain_lr", "calibrated_logit", "calibrated_rf", "avg_logit_rf") if f in pooled]:
+    for f in [f for f in ("plain_lr", "logit", "served", "calibrated_rf", "avg_logit_rf") if f in pooled]:
         y = np.concatenate([a for a, _ in pooled[f]])
         p = np.concatenate([b for _, b in pooled[f]])
         frac, mean = calibration_curve(y, p, n_bins=10, strategy="quantile")
@@ -206,23 +190,24 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=4, help="repetitions of the outer 5-fold split (default 4)")
     ap.add_argument("--png", default="bench/risk_calibration.png", help="where the calibration curve goes")
     ap.add_argument("--jobs", type=int, default=2, help="processes (default 2)")
-    ap.add_argument("--logit-only", action="store_true", help="only the plain and the calibrated logit (fast)")
-    ap.add_argument("--families", help=f"comma-separated subset of {','.join(FAMILIES)} (the two logits always run)")
+    ap.add_argument("--logit-only", action="store_true", help=f"only {', '.join(ALWAYS)} (fast)")
+    ap.add_argument("--families",
+                    help=f"comma-separated subset of {','.join(FAMILIES)} ({', '.join(ALWAYS)} always run)")
     ap.add_argument("--forest-cost", action="store_true",
                     help="also time the blend's forest scoring 50,000 synthetic applications (sklearn's apply)")
     args = ap.parse_args()
     if args.logit_only:
-        FAMILIES[:] = ["plain_lr", "calibrated_logit"]
+        FAMILIES[:] = ALWAYS
     elif args.families:
         wanted = set(args.families.split(","))
-        FAMILIES[:] = [f for f in FAMILIES if f in wanted | {"plain_lr", "calibrated_logit"}]
+        FAMILIES[:] = [f for f in FAMILIES if f in wanted | set(ALWAYS)]
     run(args.seeds, args.png, args.jobs)
     if args.forest_cost:
         _forest_cost()
 
 
 def _forest_cost() -> None:
-    """Seconds the blend's forest needs for 50,000 applications, beside the logit's scoring with reasons."""
+    """Seconds the blend's forest needs for 50,000 applications, beside the served model's scoring with reasons."""
     apps, y = risk.german_credit()
     cols = risk.columns(apps)
     logit = risk.fit(cols, y)
@@ -234,7 +219,7 @@ def _forest_cost() -> None:
     logit.score(batch)
     t2 = time.perf_counter()
     print(f"50,000 applications: forest {t1 - t0:.3f} s (probabilities only, no reasons), "
-          f"logit with reasons {t2 - t1:.3f} s")
+          f"the served model with reasons {t2 - t1:.3f} s")
 
 
 if __name__ == "__main__":

@@ -13,11 +13,16 @@ amount (amount / duration). Numeric columns are standardised with the means and 
 the training rows only. The L2 strength is chosen by an inner cross-validation on the training
 rows, then a Platt (sigmoid) calibration fitted on out-of-fold predictions of those rows maps
 the score to a probability of default; Platt's map is affine on the logit, so it folds into the
-coefficients and the whole model stays one dot product (``fit`` returns that folded form).
+coefficients and the whole model stays one dot product. Then **boosted stumps** start from that
+calibrated margin (:func:`with_stumps`): gradient boosting of depth-1 trees, each a step on one
+design column, so on one attribute, their number chosen on a 20 % hold-out of the training rows.
+They bend the numbers' curves and adjust categories where the straight logit is off; the model stays
+*additive per attribute* (nested CV in bench/RESULTS.md: AUC 0.788 -> 0.793, Brier 0.164 -> 0.162).
 
 **Reasons** (adverse-action style): the logit is exactly ``baseline + sum of contributions``,
 the contribution of an attribute being ``sum_j coef_j * (x_j - mean_j)`` over its design
-columns, with ``mean_j`` the training population's mean (the baseline applicant). The
+columns, with ``mean_j`` the training population's mean (the baseline applicant), plus each of
+its stumps' value less that stump's mean over the training rows. The
 attributes with the largest positive contributions are the ones that pushed this score up most;
 each is said in words (:data:`PHRASES`) chosen by the applicant's own value (a category's own
 sentence, or "high"/"low" for a number on the side of the population's mean it lies). Attributes
@@ -291,14 +296,19 @@ class Logit:
     intercept: float
     mean: np.ndarray  # the training population's mean design row: the baseline of the reasons
     hyper: dict[str, float] = field(default_factory=dict)
+    #: Boosted stumps on the margin, one row each: design column, threshold (on the standardised
+    #: column: at or below it the left value, above it the right value), left value, right value.
+    stumps: np.ndarray = field(default_factory=lambda: np.empty((0, 4)))
+    stump_means: np.ndarray = field(default_factory=lambda: np.empty(0))  # each stump's mean over training rows
     _fast: Any = field(default=None, repr=False, compare=False)
 
     # -- scoring
     def _parts(self, cols: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """(logit, per-attribute contributions) without building the design matrix.
 
-        A category's contribution is one number per category (a table lookup); a number's is a
-        weighted sum of its few features. Equal to :meth:`contributions_by_design` (tested).
+        A category's contribution is one number per category (a table lookup, its stumps folded in);
+        a number's is a weighted sum of its few features plus, per feature with stumps, one step
+        function (a sorted search). Equal to :meth:`contributions_by_design` (tested).
         """
         tables, numeric, baseline = self._compiled()
         n = len(cols[ATTRIBUTES[0]])
@@ -307,37 +317,66 @@ class Logit:
             if name in tables:
                 contributions[:, a] = tables[name][cols[name].astype(np.intp)]
             else:
-                acc = np.full(n, -numeric[name][1])
-                for fn, w in numeric[name][0]:
-                    acc += w * fn(cols)
+                terms, const = numeric[name]
+                acc = np.full(n, -const)
+                for fn, w, cuts, steps in terms:
+                    value = fn(cols)
+                    acc += w * value
+                    if cuts.size:
+                        acc += steps[np.searchsorted(cuts, value, side="left")]
                 contributions[:, a] = acc
         return baseline + contributions.sum(axis=1), contributions
 
     def contributions_by_design(self, cols: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """(logit, contributions) the long way: the standardised design matrix times the coefficients."""
+        """(logit, contributions) the long way: the standardised design matrix times the coefficients, plus
+        every stump evaluated on its column."""
         x = self.design.transform(cols)
-        contributions = ((x - self.mean) * self.coef) @ _group_matrix(self.design.groups)
-        baseline = self.intercept + float(self.mean @ self.coef)
+        groups = _group_matrix(self.design.groups)
+        contributions = ((x - self.mean) * self.coef) @ groups
+        if len(self.stumps):
+            j = self.stumps[:, 0].astype(np.intp)
+            value = np.where(x[:, j] <= self.stumps[:, 1], self.stumps[:, 2], self.stumps[:, 3])
+            contributions += (value - self.stump_means) @ groups[j]
+        baseline = self.intercept + float(self.mean @ self.coef) + float(self.stump_means.sum())
         return baseline + contributions.sum(axis=1), contributions
 
-    def _compiled(self) -> tuple[dict[str, np.ndarray], dict[str, tuple[list[tuple[Any, float]], float]], float]:
+    def _compiled(self) -> tuple[dict[str, np.ndarray], dict[str, tuple[list[Any], float]], float]:
         if self._fast is None:
             names, groups = self.design.names, self.design.groups
+            center, scale = self.design.center, self.design.scale
             col = {n: j for j, n in enumerate(names)}
             tables: dict[str, np.ndarray] = {}
             for name in CATEGORIES:
                 js = [col[f"{name}={v}"] for v in VALUES[name]]
                 offset = float(sum(self.coef[j] * self.mean[j] for j in js))
                 tables[name] = np.array([self.coef[j] for j in js]) - offset
-            numeric: dict[str, tuple[list[tuple[Any, float]], float]] = {}
+            cuts: dict[int, list[tuple[float, float, float]]] = {}  # numeric column -> its stumps, in raw units
+            for (jf, threshold, left, right), mu in zip(self.stumps, self.stump_means, strict=True):
+                j = int(jf)
+                if "=" in names[j]:  # an indicator (0 or 1, not standardised): a step between two categories' sets
+                    name, _, category = names[j].partition("=")
+                    step = np.full(len(VALUES[name]), left if threshold >= 0 else right)
+                    step[VALUES[name].index(category)] = left if threshold >= 1 else right
+                    tables[name] = tables[name] + step - mu
+                else:  # standardised: x <= t exactly when the raw value <= t * scale + center
+                    cuts.setdefault(j, []).append((threshold * scale[j] + center[j], left, right))
+            numeric: dict[str, tuple[list[Any], float]] = {}
             for f, group, fn in NUMERIC_FEATURES:
                 j = col[f]
-                w = float(self.coef[j] / self.design.scale[j])
-                const = float(self.coef[j] * (self.design.center[j] / self.design.scale[j] + self.mean[j]))
+                w = float(self.coef[j] / scale[j])
+                const = float(self.coef[j] * (center[j] / scale[j] + self.mean[j]))
+                mine = sorted(cuts.get(j, []))
+                at = np.array([c for c, _, _ in mine])
+                # the step function: every left value, plus (right - left) of each cut below the value
+                rises = np.cumsum([r - lft for _, lft, r in mine])
+                steps = sum(lft for _, lft, _ in mine) + np.concatenate([[0.0], rises])
+                const += float(sum(mu for (jf, *_), mu in zip(self.stumps, self.stump_means, strict=True)
+                                   if int(jf) == j))
                 terms, c = numeric.get(group, ([], 0.0))
-                numeric[group] = ([*terms, (fn, w)], c + const)
+                numeric[group] = ([*terms, (fn, w, at, steps)], c + const)
             assert set(groups) == set(ATTRIBUTES)
-            self._fast = (tables, numeric, self.intercept + float(self.mean @ self.coef))
+            baseline = self.intercept + float(self.mean @ self.coef) + float(self.stump_means.sum())
+            self._fast = (tables, numeric, baseline)
         return self._fast
 
     def probability(self, cols: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -354,10 +393,12 @@ class Logit:
 
     # -- storage: JSON, never pickle (a model is data read back from the database)
     def to_bytes(self) -> bytes:
+        """JSON numbers. Version 2 adds the stumps; a version 1 model (no stumps) still loads."""
         return json.dumps({
-            "family": "calibrated_logit", "version": 1, "names": self.design.names, "groups": self.design.groups,
+            "family": "calibrated_logit", "version": 2, "names": self.design.names, "groups": self.design.groups,
             "center": self.design.center.tolist(), "scale": self.design.scale.tolist(), "coef": self.coef.tolist(),
             "intercept": self.intercept, "mean": self.mean.tolist(), "hyper": self.hyper,
+            "stumps": self.stumps.tolist(), "stump_means": self.stump_means.tolist(),
         }).encode()
 
     @classmethod
@@ -366,7 +407,9 @@ class Logit:
         if d.get("family") != "calibrated_logit":
             raise ValueError(f"not a calibrated_logit model: {d.get('family')!r}")
         design = Design(list(d["names"]), list(d["groups"]), np.array(d["center"]), np.array(d["scale"]))
-        return cls(design, np.array(d["coef"]), float(d["intercept"]), np.array(d["mean"]), dict(d["hyper"]))
+        stumps = np.array(d.get("stumps", []), dtype=np.float64).reshape(-1, 4)
+        return cls(design, np.array(d["coef"]), float(d["intercept"]), np.array(d["mean"]), dict(d["hyper"]),
+                   stumps, np.array(d.get("stump_means", []), dtype=np.float64))
 
     def feature_schema(self) -> dict[str, Any]:
         """The attributes a model reads, with their categories or ranges, and its design columns."""
@@ -485,8 +528,9 @@ C_GRID = (0.01, 0.03, 0.1, 0.3, 1.0)
 
 
 def fit(cols: Mapping[str, np.ndarray], y: np.ndarray, *, seed: int = 0, inner_folds: int = 5,
-        c_grid: Iterable[float] = C_GRID) -> Logit:
-    """Fit the calibrated logit on these rows only: C by inner CV (log loss), then Platt on out-of-fold scores."""
+        c_grid: Iterable[float] = C_GRID, stumps: bool = True) -> Logit:
+    """Fit the model on these rows only: C by inner CV (log loss), Platt on out-of-fold scores, then the
+    boosted stumps (:func:`with_stumps`; ``stumps=False`` stops at the calibrated logit)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold
 
@@ -510,7 +554,56 @@ def fit(cols: Mapping[str, np.ndarray], y: np.ndarray, *, seed: int = 0, inner_f
     m = LogisticRegression(C=c, max_iter=2000).fit(x, y)
     coef = a * m.coef_[0]
     intercept = a * float(m.intercept_[0]) + b
-    return Logit(design, coef, intercept, x.mean(axis=0), {"C": c, "platt_a": a, "platt_b": b})
+    logit = Logit(design, coef, intercept, x.mean(axis=0), {"C": c, "platt_a": a, "platt_b": b})
+    return with_stumps(logit, cols, y, seed=seed) if stumps else logit
+
+
+STUMPS_MOST = 1000
+STUMP_RATE = 0.05
+
+
+class _Margin:
+    """Gradient boosting's starting point: the calibrated logit's probability (already fitted)."""
+
+    def __init__(self, logit: Logit) -> None:
+        self.logit = logit
+
+    def fit(self, x: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None) -> _Margin:
+        return self
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        p = _sigmoid(x @ self.logit.coef + self.logit.intercept)
+        return np.column_stack([1 - p, p])
+
+
+def stump_booster(logit: Logit, seed: int) -> Any:
+    """The unfitted booster :func:`with_stumps` fits (depth 1, rate 0.05, subsample 0.8, at most 1,000 stumps,
+    stopped after 30 without gain on a 20 % hold-out of the training rows)."""
+    from sklearn.ensemble import GradientBoostingClassifier
+
+    return GradientBoostingClassifier(init=_Margin(logit), n_estimators=STUMPS_MOST, learning_rate=STUMP_RATE,
+                                      max_depth=1, subsample=0.8, min_samples_leaf=10, validation_fraction=0.2,
+                                      n_iter_no_change=30, random_state=seed)
+
+
+def with_stumps(logit: Logit, cols: Mapping[str, np.ndarray], y: np.ndarray, *, seed: int = 0) -> Logit:
+    """``logit`` with boosted stumps on its margin, fitted on these rows (the logit's own training rows)."""
+    x = logit.design.transform(cols)
+    booster = stump_booster(logit, seed).fit(x, y)
+    intercept = logit.intercept
+    rows = []
+    for tree in booster.estimators_[:, 0]:
+        t = tree.tree_
+        if t.node_count == 1:  # no split found: a constant
+            intercept += STUMP_RATE * float(t.value[0, 0, 0])
+            continue
+        left, right = t.children_left[0], t.children_right[0]
+        rows.append((t.feature[0], t.threshold[0], STUMP_RATE * t.value[left, 0, 0], STUMP_RATE * t.value[right, 0, 0]))
+    stumps = np.array(rows, dtype=np.float64).reshape(-1, 4)
+    j = stumps[:, 0].astype(np.intp)
+    means = np.where(x[:, j] <= stumps[:, 1], stumps[:, 2], stumps[:, 3]).mean(axis=0)
+    hyper = {**logit.hyper, "stumps": float(len(stumps)), "stump_rate": STUMP_RATE}
+    return Logit(logit.design, logit.coef, intercept, logit.mean, hyper, stumps, means)
 
 
 def _log_loss(y: np.ndarray, p: np.ndarray) -> float:

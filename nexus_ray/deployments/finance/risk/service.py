@@ -11,9 +11,10 @@ promotes any stored model or rolls back to the one active before, each change lo
 and written to the append-only ``risk_promotions`` with who did it and why. The first model ever
 stored becomes active by itself (action ``first``), so a fresh platform can score once trained.
 
-The family (a calibrated logit, :mod:`nexus_ray.compute.risk`) was chosen by the measurements
-of ``bench/risk_model.py`` (bench/RESULTS.md): its reasons are exact decompositions of its own
-score, and it is stored as JSON numbers, never as a pickle read back from the database.
+The family (a calibrated logit with boosted stumps on its margin, :mod:`nexus_ray.compute.risk`;
+the family name stays ``calibrated_logit``, its stored form is version 2) was chosen by the
+measurements of ``bench/risk_model.py`` (bench/RESULTS.md): its reasons are exact decompositions of
+its own score, and it is stored as JSON numbers, never as a pickle read back from the database.
 
 Scoring
 -------
@@ -399,7 +400,7 @@ def training_rows(*, sample: int | None, seed: int) -> tuple[dict[str, np.ndarra
 async def train(*, sample: int | None = None, seed: int = 0, trained_by: str, job_id: UUID | None = None,
                 mapper: Callable[[Callable[[Fold], np.ndarray], Iterable[Fold]], list[np.ndarray]] | None = None,
                 c_grid: tuple[float, ...] = risk.C_GRID) -> ModelRead:
-    """Fit the calibrated logit, measure it by 5-fold CV (each fold through ``mapper``), store it.
+    """Fit the model (calibrated logit and stumps), measure it by 5-fold CV (each fold through ``mapper``), store it.
 
     ``c_grid``: the L2 strengths the inner cross-validation chooses from (tests use one, for speed).
     """
