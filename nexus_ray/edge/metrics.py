@@ -6,6 +6,9 @@ Ray dashboard's Grafana panels read them; outside a Ray worker they are no-ops.
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 from ray.util.metrics import Counter, Gauge, Histogram
 
 _TAGS = ("namespace", "service", "route", "method", "status")
@@ -80,14 +83,48 @@ def ws_opened(tags: dict[str, str]) -> None:
     WS_OPENED.inc(1, tags=tags)
 
 
+WS_MESSAGES_FLUSH_S = 1.0
+"""Messages are counted in the process and added to :data:`WS_MESSAGES` this long after the first one counted."""
+
+_ws_pending: dict[tuple[str, str, str, str], int] = {}
+_ws_due = 0.0  # when the pending counts' timer should have flushed them
+
+
 def ws_message(tags: dict[str, str], direction: str) -> None:
-    """Record one message, ``direction`` "in" (from the client) or "out"."""
-    WS_MESSAGES.inc(1, tags={**tags, "direction": direction})
+    """Record one message, ``direction`` "in" (from the client) or "out".
+
+    A busy socket sends thousands of frames a second, and one call of Ray's counter per frame was 5 % of
+    a chat replica's CPU (py-spy, 500 members at 50 messages/s): the counts are summed here and added
+    once a second per label set (:func:`flush_ws_messages`, also run when a connection closes).
+    """
+    global _ws_due
+    now = time.monotonic()
+    if _ws_pending and now > _ws_due + WS_MESSAGES_FLUSH_S:  # the timer's loop is gone: flush here
+        flush_ws_messages()
+    if not _ws_pending:
+        try:
+            asyncio.get_running_loop().call_later(WS_MESSAGES_FLUSH_S, flush_ws_messages)
+        except RuntimeError:  # no event loop: count it now
+            WS_MESSAGES.inc(1, tags={**tags, "direction": direction})
+            return
+        _ws_due = now + WS_MESSAGES_FLUSH_S
+    key = (tags["namespace"], tags["service"], tags["route"], direction)
+    _ws_pending[key] = _ws_pending.get(key, 0) + 1
+
+
+def flush_ws_messages() -> None:
+    """Add the messages counted so far to the counter."""
+    pending = list(_ws_pending.items())
+    _ws_pending.clear()
+    for (namespace, service, route, direction), count in pending:
+        WS_MESSAGES.inc(count, tags={"namespace": namespace, "service": service, "route": route,
+                                     "direction": direction})
 
 
 def ws_closed(tags: dict[str, str], code: str, seconds: float | None) -> None:
     """Record one ended connection; ``seconds`` is None for one never accepted."""
     closed = {**tags, "code": code}
+    flush_ws_messages()
     WS_CLOSED.inc(1, tags=closed)
     if seconds is not None:
         WS_DURATION.observe(seconds, tags=closed)
