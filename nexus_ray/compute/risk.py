@@ -334,9 +334,8 @@ class Logit:
         groups = _group_matrix(self.design.groups)
         contributions = ((x - self.mean) * self.coef) @ groups
         if len(self.stumps):
-            j = self.stumps[:, 0].astype(np.intp)
-            value = np.where(x[:, j] <= self.stumps[:, 1], self.stumps[:, 2], self.stumps[:, 3])
-            contributions += (value - self.stump_means) @ groups[j]
+            by_attribute = groups[self.stumps[:, 0].astype(np.intp)]
+            contributions += (_stump_values(self.stumps, x) - self.stump_means) @ by_attribute
         baseline = self.intercept + float(self.mean @ self.coef) + float(self.stump_means.sum())
         return baseline + contributions.sum(axis=1), contributions
 
@@ -351,6 +350,7 @@ class Logit:
                 offset = float(sum(self.coef[j] * self.mean[j] for j in js))
                 tables[name] = np.array([self.coef[j] for j in js]) - offset
             cuts: dict[int, list[tuple[float, float, float]]] = {}  # numeric column -> its stumps, in raw units
+            cut_means: dict[int, float] = {}  # numeric column -> the sum of its stumps' training means
             for (jf, threshold, left, right), mu in zip(self.stumps, self.stump_means, strict=True):
                 j = int(jf)
                 if "=" in names[j]:  # an indicator (0 or 1, not standardised): a step between two categories' sets
@@ -360,18 +360,17 @@ class Logit:
                     tables[name] = tables[name] + step - mu
                 else:  # standardised: x <= t exactly when the raw value <= t * scale + center
                     cuts.setdefault(j, []).append((threshold * scale[j] + center[j], left, right))
+                    cut_means[j] = cut_means.get(j, 0.0) + float(mu)
             numeric: dict[str, tuple[list[Any], float]] = {}
             for f, group, fn in NUMERIC_FEATURES:
                 j = col[f]
                 w = float(self.coef[j] / scale[j])
-                const = float(self.coef[j] * (center[j] / scale[j] + self.mean[j]))
+                const = float(self.coef[j] * (center[j] / scale[j] + self.mean[j])) + cut_means.get(j, 0.0)
                 mine = sorted(cuts.get(j, []))
                 at = np.array([c for c, _, _ in mine])
                 # the step function: every left value, plus (right - left) of each cut below the value
                 rises = np.cumsum([r - lft for _, lft, r in mine])
                 steps = sum(lft for _, lft, _ in mine) + np.concatenate([[0.0], rises])
-                const += float(sum(mu for (jf, *_), mu in zip(self.stumps, self.stump_means, strict=True)
-                                   if int(jf) == j))
                 terms, c = numeric.get(group, ([], 0.0))
                 numeric[group] = ([*terms, (fn, w, at, steps)], c + const)
             assert set(groups) == set(ATTRIBUTES)
@@ -600,10 +599,14 @@ def with_stumps(logit: Logit, cols: Mapping[str, np.ndarray], y: np.ndarray, *, 
         left, right = t.children_left[0], t.children_right[0]
         rows.append((t.feature[0], t.threshold[0], STUMP_RATE * t.value[left, 0, 0], STUMP_RATE * t.value[right, 0, 0]))
     stumps = np.array(rows, dtype=np.float64).reshape(-1, 4)
-    j = stumps[:, 0].astype(np.intp)
-    means = np.where(x[:, j] <= stumps[:, 1], stumps[:, 2], stumps[:, 3]).mean(axis=0)
+    means = _stump_values(stumps, x).mean(axis=0)
     hyper = {**logit.hyper, "stumps": float(len(stumps)), "stump_rate": STUMP_RATE}
     return Logit(logit.design, logit.coef, intercept, logit.mean, hyper, stumps, means)
+
+
+def _stump_values(stumps: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """(rows x stumps): each stump's value on the standardised design matrix ``x`` (left at or below its threshold)."""
+    return np.where(x[:, stumps[:, 0].astype(np.intp)] <= stumps[:, 1], stumps[:, 2], stumps[:, 3])
 
 
 def _log_loss(y: np.ndarray, p: np.ndarray) -> float:
