@@ -1,4 +1,4 @@
-"""Credit risk for risk-assessment: the German credit attributes, a calibrated logit, reasons in words.
+"""Credit risk for risk-assessment: the German credit attributes, a calibrated logit and a forest, reasons in words.
 
 **Applications** are dicts with the readable keys of :data:`CATEGORIES` and :data:`NUMBERS`
 (the Statlog German credit attributes, UCI, with the A-codes of ``german.doc`` turned into
@@ -6,7 +6,12 @@ words). Two attributes of the data set are not used at all: personal status *and
 *foreign worker* (sex, marital status and national origin may not be grounds of a credit
 decision: US ECOA/Regulation B, EU anti-discrimination law); an application does not carry them.
 
-**The model** is a logistic regression over a design matrix built here with numpy
+**The served model** (:class:`Blend`, :func:`fit`) is the mean of two probabilities: a calibrated
+logit with boosted stumps (:class:`Logit`) and a random forest (:class:`Forest`) on the logit's
+design columns (nested CV in bench/RESULTS.md: AUC 0.8015, Brier 0.1589; the logit with its stumps
+alone 0.7929 / 0.1622).
+
+**The logit** is a logistic regression over a design matrix built here with numpy
 (:class:`Design`): one indicator column per category of each categorical attribute, and for
 the numbers the value, its logarithm where it is skewed (amount, duration, age) and the monthly
 amount (amount / duration). Numeric columns are standardised with the means and deviations of
@@ -16,20 +21,28 @@ the score to a probability of default; Platt's map is affine on the logit, so it
 coefficients and the whole model stays one dot product. Then **boosted stumps** start from that
 calibrated margin (:func:`with_stumps`): gradient boosting of depth-1 trees, each a step on one
 design column, so on one attribute, their number chosen on a 20 % hold-out of the training rows.
-They bend the numbers' curves and adjust categories where the straight logit is off; the model stays
-*additive per attribute* (nested CV in bench/RESULTS.md: AUC 0.788 -> 0.793, Brier 0.164 -> 0.162).
+They bend the numbers' curves and adjust categories where the straight logit is off; the logit
+stays *additive per attribute*.
+
+**The forest** (200 trees of depth at most 8, fitted by scikit-learn) catches what no additive
+model can: interactions of several attributes. It is stored as its node arrays and walked by one
+compiled loop (:mod:`nexus_ray.compute.forest_walk`); each leaf's value is its root's plus the
+change at each split on its path, so the forest too is ``baseline + one term per attribute``
+(each change given to the attribute split on), tabled once per leaf.
 
 **Reasons** (adverse-action style): the logit is exactly ``baseline + sum of contributions``,
 the contribution of an attribute being ``sum_j coef_j * (x_j - mean_j)`` over its design
 columns, with ``mean_j`` the training population's mean (the baseline applicant), plus each of
-its stumps' value less that stump's mean over the training rows. The
+its stumps' value less that stump's mean over the training rows. The blend carries the logit's
+terms into probability by one positive factor per row (:class:`Blend`) and adds the forest's, so a
+served score is exactly the baseline probability plus one contribution per attribute. The
 attributes with the largest positive contributions are the ones that pushed this score up most;
 each is said in words (:data:`PHRASES`) chosen by the applicant's own value (a category's own
 sentence, or "high"/"low" for a number on the side of the population's mean it lies). Attributes
 that lowered the risk are never given as reasons.
 
-Everything scores columns (numpy arrays), so a batch of a million applications is a few matrix
-products; an application dict is a batch of one. No Ray here (nexus_ray.compute).
+Everything scores columns (numpy arrays, and the forest's compiled walk), so a batch of a million
+applications takes seconds; an application dict is a batch of one. No Ray here (nexus_ray.compute).
 """
 
 from __future__ import annotations
@@ -382,29 +395,33 @@ class Logit:
         logit, _ = self._parts(cols)
         return _sigmoid(logit)
 
+    def baseline(self) -> float:
+        """The logit of the baseline applicant: every attribute's contribution is measured from it."""
+        return self._compiled()[2]
+
     def score(self, cols: Mapping[str, np.ndarray], *, top: int = 4) -> Scores:
-        """Probabilities, bands and the ``top`` reasons of every application (phrase ids, most first)."""
+        """Probabilities, bands and the ``top`` reasons of every application (phrase ids, most first);
+        contributions in log-odds."""
         logit, contrib = self._parts(cols)
-        p = _sigmoid(logit)
-        attributes, reasons = _reasons(contrib, cols, self, top)
-        return Scores(probability=p, band=band_of(p), reasons=reasons, reason_attributes=attributes,
-                      contributions=contrib)
+        return _scores(_sigmoid(logit), contrib, cols, self.design, top)
 
     # -- storage: JSON, never pickle (a model is data read back from the database)
+    family = "calibrated_logit"
+
     def to_bytes(self) -> bytes:
-        """JSON numbers. Version 2 adds the stumps; a version 1 model (no stumps) still loads."""
-        return json.dumps({
-            "family": "calibrated_logit", "version": 2, "names": self.design.names, "groups": self.design.groups,
+        """JSON numbers. Version 2 adds the stumps; a version 1 model (no stumps) still loads (:func:`load`)."""
+        return json.dumps(self.as_dict()).encode()
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "family": self.family, "version": 2, "names": self.design.names, "groups": self.design.groups,
             "center": self.design.center.tolist(), "scale": self.design.scale.tolist(), "coef": self.coef.tolist(),
             "intercept": self.intercept, "mean": self.mean.tolist(), "hyper": self.hyper,
             "stumps": self.stumps.tolist(), "stump_means": self.stump_means.tolist(),
-        }).encode()
+        }
 
     @classmethod
-    def from_bytes(cls, raw: bytes) -> Logit:
-        d = json.loads(raw)
-        if d.get("family") != "calibrated_logit":
-            raise ValueError(f"not a calibrated_logit model: {d.get('family')!r}")
+    def from_dict(cls, d: Mapping[str, Any]) -> Logit:
         design = Design(list(d["names"]), list(d["groups"]), np.array(d["center"]), np.array(d["scale"]))
         stumps = np.array(d.get("stumps", []), dtype=np.float64).reshape(-1, 4)
         return cls(design, np.array(d["coef"]), float(d["intercept"]), np.array(d["mean"]), dict(d["hyper"]),
@@ -414,6 +431,204 @@ class Logit:
         """The attributes a model reads, with their categories or ranges, and its design columns."""
         return {"categorical": {k: list(VALUES[k]) for k in CATEGORIES},
                 "numeric": {k: list(v) for k, v in NUMBERS.items()}, "design_columns": self.design.names}
+
+
+# -- the forest and the served blend ---------------------------------------------------------------
+
+#: The forest's settings, fixed before they were measured (bench/RESULTS.md): 200 trees of depth at
+#: most 8, leaves of at least 5 rows, 30 % of the design columns tried at each split.
+FOREST_TREES = 200
+FOREST_DEPTH = 8
+FOREST_LEAF = 5
+FOREST_FEATURES = 0.3
+
+
+def forest_model(seed: int) -> Any:
+    """The unfitted random forest :func:`fit_forest` fits (scikit-learn's), with :data:`FOREST_TREES` etc."""
+    from sklearn.ensemble import RandomForestClassifier
+
+    return RandomForestClassifier(n_estimators=FOREST_TREES, max_depth=FOREST_DEPTH, min_samples_leaf=FOREST_LEAF,
+                                  max_features=FOREST_FEATURES, n_jobs=1, random_state=seed)
+
+
+@dataclass
+class Forest:
+    """A fitted random forest on a :class:`Design`'s standardised columns, as flat node arrays.
+
+    Its probability is the mean over its trees of the bad fraction in the leaf a row reaches. A tree's
+    leaf value is its root's value plus the change at each split on the way down; giving each change to
+    the attribute of the column split on makes the forest's probability exactly ``mean of the roots +
+    one contribution per attribute``. That sum is fixed per leaf, so it is tabled once per leaf
+    (:meth:`_table`) and scoring adds one table row per tree (:mod:`nexus_ray.compute.forest_walk`).
+    """
+
+    feature: np.ndarray  # per node: the design column split on (-2 at a leaf)
+    threshold: np.ndarray  # per node: left when the float32 value is at or below it
+    left: np.ndarray  # per node: the left child, -1 at a leaf
+    right: np.ndarray
+    value: np.ndarray  # per node: the (bootstrap-weighted) fraction of bad outcomes in it
+    roots: np.ndarray  # the first node of each tree
+    groups: list[str]  # the attribute of each design column
+    _fast: Any = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def from_sklearn(cls, rf: Any, groups: Sequence[str]) -> Forest:
+        feature, threshold, left, right, value, roots = [], [], [], [], [], []
+        at = 0
+        for tree in rf.estimators_:
+            t = tree.tree_
+            v = t.value[:, 0, :]
+            leaf = t.children_left < 0
+            roots.append(at)
+            feature.append(np.where(leaf, -2, t.feature))
+            threshold.append(t.threshold)
+            left.append(np.where(leaf, -1, t.children_left + at))
+            right.append(np.where(leaf, -1, t.children_right + at))
+            value.append(v[:, 1] / v.sum(axis=1))
+            at += t.node_count
+        return cls(np.concatenate(feature).astype(np.int32), np.concatenate(threshold).astype(np.float64),
+                   np.concatenate(left).astype(np.int32), np.concatenate(right).astype(np.int32),
+                   np.concatenate(value).astype(np.float64), np.array(roots, dtype=np.int32), list(groups))
+
+    def _compiled(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, np.ndarray, float]:
+        """The walking layout of :mod:`nexus_ray.compute.forest_walk` and the leaves' table.
+
+        Nodes renumbered tree by tree, level by level, so that siblings are adjacent; a leaf points to
+        itself with threshold +inf. ``table[node]`` holds the changes of value on the path to the node,
+        each given to the attribute of the column split on, divided by the number of trees. Returns
+        (feature, threshold, left, roots, depth, table, the roots' mean value).
+        """
+        if self._fast is None:
+            attribute = [ATTRIBUTES.index(g) for g in self.groups]
+            trees = len(self.roots)
+            feature: list[int] = []
+            threshold: list[float] = []
+            left: list[int] = []
+            rows: list[np.ndarray] = []
+            roots: list[int] = []
+            depth = 0
+            for root in self.roots.tolist():
+                at = len(feature)
+                roots.append(at)
+                order, level, paths = [root], [0], [np.zeros(len(ATTRIBUTES))]
+                k = 0
+                while k < len(order):  # breadth first: a node's children are numbered together
+                    node, path = order[k], paths[k]
+                    k += 1
+                    rows.append(path)
+                    if self.left[node] < 0:
+                        feature.append(0)
+                        threshold.append(np.inf)
+                        left.append(at + k - 1)
+                        continue
+                    a = attribute[self.feature[node]]
+                    feature.append(int(self.feature[node]))
+                    threshold.append(float(self.threshold[node]))
+                    left.append(at + len(order))
+                    for child in (int(self.left[node]), int(self.right[node])):
+                        step = path.copy()
+                        step[a] += (self.value[child] - self.value[node]) / trees
+                        order.append(child)
+                        level.append(level[k - 1] + 1)
+                        paths.append(step)
+                depth = max(depth, max(level))
+            self._fast = (np.array(feature, dtype=np.int32), np.array(threshold, dtype=np.float64),
+                          np.array(left, dtype=np.int32), np.array(roots, dtype=np.int32), depth,
+                          np.array(rows), float(self.value[self.roots].mean()))
+        return self._fast
+
+    def parts(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(probability, per-attribute contributions) of the rows of the standardised design matrix ``x``."""
+        from nexus_ray.compute.forest_walk import walk
+
+        feature, threshold, left, roots, depth, table, base = self._compiled()
+        out = np.zeros((len(x), table.shape[1]))
+        walk(np.ascontiguousarray(x, dtype=np.float32), feature, threshold, left, roots, depth, table, out)
+        return base + out.sum(axis=1), out
+
+    def baseline(self) -> float:
+        return self._compiled()[6]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"feature": self.feature.tolist(), "threshold": self.threshold.tolist(), "left": self.left.tolist(),
+                "right": self.right.tolist(), "value": self.value.tolist(), "roots": self.roots.tolist(),
+                "groups": self.groups}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Forest:
+        return cls(np.array(d["feature"], dtype=np.int32), np.array(d["threshold"], dtype=np.float64),
+                   np.array(d["left"], dtype=np.int32), np.array(d["right"], dtype=np.int32),
+                   np.array(d["value"], dtype=np.float64), np.array(d["roots"], dtype=np.int32), list(d["groups"]))
+
+
+@dataclass
+class Blend:
+    """The served model: the mean of the calibrated logit's probability (with its stumps) and the forest's.
+
+    Both halves are ``baseline + one term per attribute``: the forest's in probability, the logit's in
+    log-odds. The logit's half is carried into probability by the slope of the secant of the sigmoid
+    between the baseline logit and this row's (one positive factor per row, so its terms keep their
+    signs and order and still sum exactly to its change of probability). A score is therefore exactly
+    ``the baseline probability + one contribution per attribute`` (probability points), and the reasons
+    are the largest positive ones, as for the logit alone.
+    """
+
+    logit: Logit
+    forest: Forest
+    family = "logit_forest_blend"
+
+    @property
+    def design(self) -> Design:
+        return self.logit.design
+
+    @property
+    def hyper(self) -> dict[str, float]:
+        return {**self.logit.hyper, "forest_trees": float(len(self.forest.roots))}
+
+    def baseline(self) -> float:
+        """The baseline applicant's probability of default."""
+        return 0.5 * float(_sigmoid(np.array(self.logit.baseline()))) + 0.5 * self.forest.baseline()
+
+    def _parts(self, cols: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        margin, by_logit = self.logit._parts(cols)
+        p_logit = _sigmoid(margin)
+        base = self.logit.baseline()
+        p_base = float(_sigmoid(np.array(base)))
+        step = margin - base
+        flat = np.abs(step) < 1e-9
+        slope = np.where(flat, p_base * (1 - p_base), (p_logit - p_base) / np.where(flat, 1.0, step))
+        p_forest, by_forest = self.forest.parts(self.design.transform(cols))
+        return 0.5 * (p_logit + p_forest), 0.5 * (by_logit * slope[:, None] + by_forest)
+
+    def probability(self, cols: Mapping[str, np.ndarray]) -> np.ndarray:
+        return self._parts(cols)[0]
+
+    def score(self, cols: Mapping[str, np.ndarray], *, top: int = 4) -> Scores:
+        """As :meth:`Logit.score`; contributions in probability points."""
+        p, contrib = self._parts(cols)
+        return _scores(p, contrib, cols, self.design, top)
+
+    def to_bytes(self) -> bytes:
+        """JSON numbers, version 3: the logit (as its own version 2) and the forest's node arrays."""
+        return json.dumps({"family": self.family, "version": 3, "logit": self.logit.as_dict(),
+                           "forest": self.forest.as_dict()}).encode()
+
+    def feature_schema(self) -> dict[str, Any]:
+        return self.logit.feature_schema()
+
+
+Model = Logit | Blend
+
+
+def load(raw: bytes) -> Model:
+    """A stored model (:meth:`Logit.to_bytes`, :meth:`Blend.to_bytes`) back; JSON only, never a pickle."""
+    d = json.loads(raw)
+    family = d.get("family")
+    if family == Logit.family:
+        return Logit.from_dict(d)
+    if family == Blend.family:
+        return Blend(Logit.from_dict(d["logit"]), Forest.from_dict(d["forest"]))
+    raise ValueError(f"unknown model family: {family!r}")
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
@@ -476,7 +691,14 @@ def _phrase_table() -> np.ndarray:
     return _PHRASE_TABLE
 
 
-def _reasons(contrib: np.ndarray, cols: Mapping[str, np.ndarray], model: Logit, top: int
+def _scores(p: np.ndarray, contrib: np.ndarray, cols: Mapping[str, np.ndarray], design: Design, top: int
+            ) -> Scores:
+    attributes, reasons = _reasons(contrib, cols, design, top)
+    return Scores(probability=p, band=band_of(p), reasons=reasons, reason_attributes=attributes,
+                  contributions=contrib)
+
+
+def _reasons(contrib: np.ndarray, cols: Mapping[str, np.ndarray], design: Design, top: int
              ) -> tuple[np.ndarray, np.ndarray]:
     """The ``top`` attributes of largest positive contribution per row, and their phrase ids.
 
@@ -502,7 +724,7 @@ def _reasons(contrib: np.ndarray, cols: Mapping[str, np.ndarray], model: Logit, 
         if name in CATEGORIES:
             v = cols[name].astype(np.intp)
         else:
-            v = (cols[name] > model.design.center[model.design.names.index(name)]).astype(np.intp)
+            v = (cols[name] > design.center[design.names.index(name)]).astype(np.intp)
         at_row, at_rank = np.nonzero(hit)
         value[at_row, at_rank] = v[at_row]
     ids = _phrase_table()[order, value]
@@ -515,7 +737,9 @@ class Scores:
     band: np.ndarray  # index into BAND_NAMES
     reasons: np.ndarray  # (n, top) phrase ids into REASON_TEXTS, NO_REASON where fewer
     reason_attributes: np.ndarray  # (n, top) index into ATTRIBUTES of each reason
-    contributions: np.ndarray  # (n, attributes) log-odds contribution against the population baseline
+    #: (n, attributes) each attribute's contribution against the population baseline, in the model's units
+    #: (log-odds for a :class:`Logit`, probability points for the served :class:`Blend`)
+    contributions: np.ndarray
 
     def reason_texts(self, row: int) -> list[str]:
         return [REASON_TEXTS[i] for i in self.reasons[row] if i != NO_REASON]
@@ -527,8 +751,22 @@ C_GRID = (0.01, 0.03, 0.1, 0.3, 1.0)
 
 
 def fit(cols: Mapping[str, np.ndarray], y: np.ndarray, *, seed: int = 0, inner_folds: int = 5,
-        c_grid: Iterable[float] = C_GRID, stumps: bool = True) -> Logit:
-    """Fit the model on these rows only: C by inner CV (log loss), Platt on out-of-fold scores, then the
+        c_grid: Iterable[float] = C_GRID) -> Blend:
+    """Fit the served model on these rows only: the calibrated logit with its stumps (:func:`fit_logit`)
+    and the forest (:func:`fit_forest`) on the logit's design columns."""
+    logit = fit_logit(cols, y, seed=seed, inner_folds=inner_folds, c_grid=c_grid)
+    return Blend(logit, fit_forest(logit.design, cols, y, seed=seed))
+
+
+def fit_forest(design: Design, cols: Mapping[str, np.ndarray], y: np.ndarray, *, seed: int = 0) -> Forest:
+    """:func:`forest_model` fitted on these rows' standardised design columns."""
+    rf = forest_model(seed).fit(design.transform(cols), y)
+    return Forest.from_sklearn(rf, design.groups)
+
+
+def fit_logit(cols: Mapping[str, np.ndarray], y: np.ndarray, *, seed: int = 0, inner_folds: int = 5,
+              c_grid: Iterable[float] = C_GRID, stumps: bool = True) -> Logit:
+    """Fit the logit on these rows only: C by inner CV (log loss), Platt on out-of-fold scores, then the
     boosted stumps (:func:`with_stumps`; ``stumps=False`` stops at the calibrated logit)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold

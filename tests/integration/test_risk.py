@@ -53,7 +53,7 @@ async def test_training_stores_an_immutable_model_with_its_metrics(client, admin
     from nexus_ray.stores import postgres
 
     m = first_model
-    assert m.training_rows == 300 and m.family == "calibrated_logit" and len(m.data_hash) == 64
+    assert m.training_rows == 300 and m.family == "logit_forest_blend" and len(m.data_hash) == 64
     cv = m.metrics["cv"]
     assert cv["folds"] == 5 and cv["n"] == 300 and 0.6 < cv["auc"] <= 1 and 0 < cv["brier"] < 0.25
     assert set(m.feature_schema["categorical"]["checking_account"]) == {"negative", "under_200", "200_or_more",

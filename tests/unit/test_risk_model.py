@@ -1,6 +1,8 @@
 """The credit-risk model's arithmetic: the fast scoring path equals the design matrix's, with and without the
-boosted stumps, and equals the booster it was read from; the model survives its JSON form (an older form without
-stumps still loads); bands follow their stated bounds, and reasons are the attributes that raised the score."""
+boosted stumps, and equals the booster it was read from; the served blend's compiled forest equals the
+scikit-learn forest it was read from, and its score is exactly a baseline plus one contribution per attribute;
+every model survives its JSON form (an older form without stumps still loads); bands follow their stated bounds,
+and reasons are the attributes that raised the score."""
 
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ def test_the_fast_path_is_the_design_matrix_times_the_coefficients(model):
     logit2, contrib2 = m.contributions_by_design(cols)
     assert np.allclose(logit, logit2) and np.allclose(contrib, contrib2)
     assert np.allclose(m.probability(cols), lr.predict_proba(x)[:, 1])
-    assert np.allclose(risk.Logit.from_bytes(m.to_bytes()).probability(cols), m.probability(cols))
+    assert np.allclose(risk.load(m.to_bytes()).probability(cols), m.probability(cols))
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +40,7 @@ def served():
     """The served form, fitted as the service fits it: the calibrated logit, then its boosted stumps."""
     apps, y = risk.german_credit()
     cols = risk.columns(apps)
-    logit = risk.fit(cols, y, seed=3, stumps=False)
+    logit = risk.fit_logit(cols, y, seed=3, stumps=False)
     return logit, risk.with_stumps(logit, cols, y, seed=3), cols, y
 
 
@@ -67,14 +69,14 @@ def test_with_stumps_the_fast_path_still_equals_the_design_path_and_sums_to_the_
 
 def test_the_stumps_survive_the_json_form_and_an_older_model_loads_without_them(served, model):
     _, stumped, cols, _ = served
-    back = risk.Logit.from_bytes(stumped.to_bytes())
+    back = risk.load(stumped.to_bytes())
     assert np.allclose(back.score(cols).contributions, stumped.score(cols).contributions)
     assert back.hyper["stumps"] == len(stumped.stumps)
     m = model[0]
     old = json.loads(m.to_bytes())
     old["version"] = 1
     del old["stumps"], old["stump_means"]
-    assert np.allclose(risk.Logit.from_bytes(json.dumps(old).encode()).probability(cols), m.probability(cols))
+    assert np.allclose(risk.load(json.dumps(old).encode()).probability(cols), m.probability(cols))
 
 
 def test_bands_follow_the_stated_bounds():
@@ -93,3 +95,52 @@ def test_reasons_are_the_largest_positive_contributions_in_order(model):
     assert ((s.reasons == risk.NO_REASON) == (chosen <= 1e-9)).all()
     row = int(np.argmax(s.contributions[:, risk.ATTRIBUTES.index("checking_account")]))
     assert "checking account" in s.reason_texts(row)[0].lower()
+
+
+@pytest.fixture(scope="module")
+def blend(served):
+    """The served model as :func:`risk.fit` makes it, beside the scikit-learn forest its forest was read from."""
+    _, stumped, cols, y = served
+    x = stumped.design.transform(cols)
+    rf = risk.forest_model(3).fit(x, y)
+    return risk.Blend(stumped, risk.Forest.from_sklearn(rf, stumped.design.groups)), rf, cols, x
+
+
+def test_the_compiled_forest_is_the_scikit_learn_forest_it_was_read_from(blend):
+    model, rf, _, x = blend
+    p, contrib = model.forest.parts(x)
+    assert np.allclose(p, rf.predict_proba(x)[:, 1], rtol=0, atol=1e-12)
+    # on applications it never saw, too (the synthetic ones spread the numbers past the training rows)
+    other = risk.synthetic(3000, seed=5)
+    xo = model.design.transform(other)
+    assert np.allclose(model.forest.parts(xo)[0], rf.predict_proba(xo)[:, 1], rtol=0, atol=1e-12)
+    # exactly the roots' mean plus one term per attribute, and only attributes the forest split on move
+    assert np.allclose(p, model.forest.baseline() + contrib.sum(axis=1), rtol=0, atol=1e-12)
+    split_on = {model.design.groups[j] for tree in rf.estimators_ for j in tree.tree_.feature if j >= 0}
+    moved = {risk.ATTRIBUTES[a] for a in np.flatnonzero(np.abs(contrib).max(axis=0) > 0)}
+    assert moved <= split_on and len(moved) > 0
+
+
+def test_the_blend_is_the_mean_of_its_halves_and_its_reasons_sum_to_its_score(blend, served):
+    model, rf, cols, x = blend
+    s = model.score(cols)
+    halves = (model.logit.probability(cols) + rf.predict_proba(x)[:, 1]) / 2
+    assert np.allclose(s.probability, halves, rtol=0, atol=1e-12)
+    assert np.allclose(s.probability, model.baseline() + s.contributions.sum(axis=1), rtol=0, atol=1e-12)
+    # the logit's half keeps the signs and the order of its own contributions within each row
+    logit_half = s.contributions - model.forest.parts(x)[1] / 2
+    by_logit = model.logit._parts(cols)[1]
+    assert (np.sign(logit_half) == np.sign(by_logit)).all()
+    assert (np.argsort(logit_half, axis=1, kind="stable") == np.argsort(by_logit, axis=1, kind="stable")).all()
+    order = np.argsort(-s.contributions, axis=1)[:, :4]
+    assert (s.reason_attributes == order).all()
+
+
+def test_the_blend_survives_its_json_form_and_an_unknown_family_is_refused(blend):
+    model, _, cols, _ = blend
+    back = risk.load(model.to_bytes())
+    assert isinstance(back, risk.Blend) and back.family == "logit_forest_blend"
+    assert np.array_equal(back.score(cols).contributions, model.score(cols).contributions)
+    assert np.array_equal(back.score(cols).reasons, model.score(cols).reasons)
+    with pytest.raises(ValueError, match="unknown model family"):
+        risk.load(json.dumps({"family": "pickle", "version": 1}).encode())

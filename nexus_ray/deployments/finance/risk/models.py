@@ -88,11 +88,13 @@ assert tuple(Application.model_fields) == risk.ATTRIBUTES
 
 
 class Reason(BaseModel):
-    """A factor that raised this applicant's estimated risk, in words, with how much (logit units)."""
+    """A factor that raised this applicant's estimated risk, in words, with how much (``weight``)."""
 
     attribute: str = Field(description="The application key it is about.")
     text: str = Field(description="The reason in plain words.")
-    weight: float = Field(description="Its contribution to the log-odds of default against the average applicant.")
+    weight: float = Field(description=(
+        "Its contribution to the score against the average applicant: probability points for the served "
+        "family (logit_forest_blend), log-odds for a calibrated_logit model."))
 
 
 class RiskScore(BaseModel):

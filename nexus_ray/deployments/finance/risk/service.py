@@ -11,10 +11,12 @@ promotes any stored model or rolls back to the one active before, each change lo
 and written to the append-only ``risk_promotions`` with who did it and why. The first model ever
 stored becomes active by itself (action ``first``), so a fresh platform can score once trained.
 
-The family (a calibrated logit with boosted stumps on its margin, :mod:`nexus_ray.compute.risk`;
-the family name stays ``calibrated_logit``, its stored form is version 2) was chosen by the
-measurements of ``bench/risk_model.py`` (bench/RESULTS.md): its reasons are exact decompositions of
-its own score, and it is stored as JSON numbers, never as a pickle read back from the database.
+The family (``logit_forest_blend``: the mean of a calibrated logit with boosted stumps on its margin
+and a random forest, :mod:`nexus_ray.compute.risk`) was chosen by the measurements of
+``bench/risk_model.py`` (bench/RESULTS.md): the only measured family that meets the AUC and Brier
+goals, its reasons are still an exact decomposition of its own score, and it is stored as JSON
+numbers, never as a pickle read back from the database. Models of the earlier family
+(``calibrated_logit``) stay stored and can still be promoted and scored.
 
 Scoring
 -------
@@ -78,16 +80,17 @@ async def _active_id(conn: asyncpg.Connection | asyncpg.Pool) -> UUID | None:
     return found
 
 
-async def store_model(*, model: risk.Logit, metrics: dict[str, Any], data_hash: str, training_rows: int,
+async def store_model(*, model: risk.Model, metrics: dict[str, Any], data_hash: str, training_rows: int,
                       trained_by: str, job_id: UUID | None = None) -> ModelRead:
     """Store a trained model (immutable); the first model ever stored becomes the active one."""
     async with postgres.transaction() as conn:
         row = await conn.fetchrow(
             f"""INSERT INTO risk_models (id, version, family, model, metrics, feature_schema, data_hash,
                                          training_rows, trained_by)
-                VALUES ($1, nextval('risk_model_versions'), 'calibrated_logit', $2, $3, $4, $5, $6, $7)
+                VALUES ($1, nextval('risk_model_versions'), $2, $3, $4, $5, $6, $7, $8)
                 RETURNING {_MODEL_COLUMNS}""",
-            uuid.uuid4(), model.to_bytes(), metrics, model.feature_schema(), data_hash, training_rows, trained_by)
+            uuid.uuid4(), model.family, model.to_bytes(), metrics, model.feature_schema(), data_hash, training_rows,
+            trained_by)
         first = await conn.fetchval(
             "INSERT INTO risk_active (model_id) VALUES ($1) ON CONFLICT DO NOTHING RETURNING model_id", row["id"])
         if first is not None:
@@ -174,7 +177,7 @@ async def promotions(*, page: PageRequest) -> Page[PromotionRead]:
 class _Loaded:
     id: UUID
     version: int
-    model: risk.Logit
+    model: risk.Model
     read_at: float
 
 
@@ -204,7 +207,7 @@ class _ActiveModel:
                                extra={"code": "no_active_model"})
             if self.loaded is None or self.loaded.id != active:
                 row = await p.fetchrow("SELECT version, model FROM risk_models WHERE id = $1", active)
-                self.loaded = _Loaded(active, row["version"], risk.Logit.from_bytes(row["model"]), now)
+                self.loaded = _Loaded(active, row["version"], risk.load(row["model"]), now)
             else:
                 self.loaded.read_at = now
             return self.loaded
@@ -400,7 +403,8 @@ def training_rows(*, sample: int | None, seed: int) -> tuple[dict[str, np.ndarra
 async def train(*, sample: int | None = None, seed: int = 0, trained_by: str, job_id: UUID | None = None,
                 mapper: Callable[[Callable[[Fold], np.ndarray], Iterable[Fold]], list[np.ndarray]] | None = None,
                 c_grid: tuple[float, ...] = risk.C_GRID) -> ModelRead:
-    """Fit the model (calibrated logit and stumps), measure it by 5-fold CV (each fold through ``mapper``), store it.
+    """Fit the model (the logit with stumps, blended with the forest), measure it by 5-fold CV (each fold through
+    ``mapper``), store it.
 
     ``c_grid``: the L2 strengths the inner cross-validation chooses from (tests use one, for speed).
     """
@@ -487,16 +491,16 @@ async def read_chunk(conn: asyncpg.Connection, first_id: int, last_id: int
     return rows["id"].astype(np.int64), cols
 
 
-_MODELS: dict[str, risk.Logit] = {}  # per worker process; models are immutable, so never stale
+_MODELS: dict[str, risk.Model] = {}  # per worker process; models are immutable, so never stale
 
 
-async def _model(conn: asyncpg.Connection, model_id: str) -> risk.Logit:
+async def _model(conn: asyncpg.Connection, model_id: str) -> risk.Model:
     m = _MODELS.get(model_id)
     if m is None:
         raw = await conn.fetchval("SELECT model FROM risk_models WHERE id = $1", UUID(model_id))
         if raw is None:
             raise NotFound(f"model {model_id} not found")
-        m = _MODELS[model_id] = risk.Logit.from_bytes(raw)
+        m = _MODELS[model_id] = risk.load(raw)
     return m
 
 
