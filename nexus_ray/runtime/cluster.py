@@ -107,10 +107,19 @@ def write_haproxy_launcher(path: Path, real: str | None = None) -> Path:
 # generator, a test run, a bare app to compare against -- then takes the cores first: with others'
 # load a replica got a few % of a core and the platform's tail grew by seconds (bench/RESULTS.md,
 # issue 6). A local head serves; its workers run at the same priority as everything else.
+#
+# Ray's log monitor lists the session's log directory (a glob over a few hundred files) on every
+# pass, ten times a second, while there are fewer than RAY_LOG_MONITOR_MANY_FILES_THRESHOLD files;
+# with the threshold at 0 it lists it every LOG_NAME_UPDATE_INTERVAL_S instead. Measured idle: 1.8 %
+# of a core for the log monitor, 0.6 % throttled (bench/RESULTS.md, issue 6). A new worker's log is
+# then found up to 2 s later and read from its start, so its first lines reach a driver later, never
+# lost; lines of files already open still go out every 0.1 s.
 LOCAL_ENV = {
     "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5",
     "RAY_SERVE_METRICS_EXPORT_INTERVAL_MS": "1000",
     "RAY_worker_niceness": "0",
+    "RAY_LOG_MONITOR_MANY_FILES_THRESHOLD": "0",
+    "LOG_NAME_UPDATE_INTERVAL_S": "2",
 }
 
 
