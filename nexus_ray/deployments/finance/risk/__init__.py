@@ -1,7 +1,7 @@
 """puabo-blac-risk-assessment: credit-risk models trained as Ray jobs, online and batch scoring with reasons.
 
 Routes in :mod:`.views`; logic in :mod:`.service`; the model itself (design matrix, calibrated
-logit, reasons) in :mod:`nexus_ray.compute.risk`; the Ray jobs in :mod:`nexus_ray.jobs.train_risk`
+logit with stumps, forest, reasons) in :mod:`nexus_ray.compute.risk`; the Ray jobs in :mod:`nexus_ray.jobs.train_risk`
 and :mod:`nexus_ray.jobs.score_risk`. Other namespaces call ``exports`` with
 :func:`nexus_ray.deployments.kit.calls.call`::
 
