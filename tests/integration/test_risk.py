@@ -160,6 +160,22 @@ async def test_the_export_scores_a_dict_and_names_bad_keys(first_model):
     assert [e["field"] for e in err.value.extra["errors"]] == ["application.age"]
 
 
+async def test_the_active_model_is_ready_to_score_once_loaded(first_model):
+    """Loading the active model (at the replica's start, or when a promotion is noticed) builds its scoring tables
+    and compiles the forest's walk in a thread, so the first score does not do it on the event loop."""
+    from nexus_ray.compute import risk
+    from nexus_ray.deployments.finance.risk import service
+    from nexus_ray.stores import postgres
+
+    service._ACTIVE.forget()
+    await service.load_active_model()
+    loaded = service._ACTIVE.loaded
+    assert loaded is not None and loaded.id == await service._active_id(await postgres.pool())
+    model = loaded.model
+    assert isinstance(model, risk.Blend)
+    assert model.logit._fast is not None and model.forest._fast is not None
+
+
 async def test_one_job_of_each_kind_runs_at_a_time(first_model):
     from nexus_ray.deployments.finance.risk import service
     from nexus_ray.exceptions import Conflict

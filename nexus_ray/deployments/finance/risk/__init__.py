@@ -24,6 +24,8 @@ from . import service
 from .models import Application, RiskScore
 from .views import router
 
+background = [service.load_active_model]
+
 
 async def score(*, application: dict[str, Any]) -> RiskScore:
     """Probability of default, band and reasons of ``application`` (keys: :class:`.models.Application`)."""

@@ -207,13 +207,35 @@ class _ActiveModel:
                                extra={"code": "no_active_model"})
             if self.loaded is None or self.loaded.id != active:
                 row = await p.fetchrow("SELECT version, model FROM risk_models WHERE id = $1", active)
-                self.loaded = _Loaded(active, row["version"], risk.load(row["model"]), now)
+                model = risk.load(row["model"])
+                await asyncio.to_thread(ready, model)
+                self.loaded = _Loaded(active, row["version"], model, now)
             else:
                 self.loaded.read_at = now
             return self.loaded
 
 
 _ACTIVE = _ActiveModel()
+
+
+def ready(model: risk.Model) -> None:
+    """Make ``model`` ready to score: its tables built and the forest's walk compiled (or read from numba's
+    cache), by scoring one application. Run in a thread: the first score of a model in a process takes 0.7 to
+    1.6 s (bench/RESULTS.md), which on the event loop would stall every finance route of the replica."""
+    model.score(risk.synthetic(1, seed=0))
+
+
+async def load_active_model() -> None:
+    """At start, load the active model (if any) and make it ready, so that the first score does not wait.
+
+    Nothing depends on it: without a trained model, or if the store cannot be reached yet, the first
+    score loads the model itself (and answers 409 or 503 as it would have)."""
+    try:
+        await _ACTIVE.get()
+    except Conflict:
+        pass  # no model trained yet
+    except Exception as e:  # a head start only: the first score tries again
+        log.warning("risk model not loaded at start (%s); the first score will load it", type(e).__name__)
 
 
 async def score(*, application: Application) -> RiskScore:
