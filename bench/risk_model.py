@@ -87,9 +87,10 @@ def _hgb_additive(seed: int):
                                           validation_fraction=0.2, n_iter_no_change=30, random_state=seed)
 
 
-ALWAYS = ["plain_lr", "logit", "logit_stumps", "served"]
+ALWAYS = ["plain_lr", "logit", "logit_stumps", "blend_mean", "served"]
 """Always run: the plain logit, the calibrated logit alone, with its boosted stumps (served until
-2026-12-01 11:00 UTC), and the served model (that, averaged with the forest: ``risk.fit``)."""
+2026-12-01 10:45 UTC), that averaged with the forest (served until 12:15 UTC), and the served model
+(the same mean through Platt's map fitted on inner out-of-fold means: ``risk.fit``)."""
 
 FAMILIES = [*ALWAYS, "calibrated_rf", "calibrated_hgb", "avg_logit_rf", "avg_logit_forest", "logit_boosted",
             "logit_depth2", "hgb_additive"]
@@ -110,12 +111,13 @@ def _fold(job: tuple[int, int]) -> tuple[int, np.ndarray, dict[str, np.ndarray]]
     out["logit"] = logit.probability(risk.take(cols, te))
     stumped = risk.with_stumps(logit, risk.take(cols, tr), y[tr], seed=seed)
     out["logit_stumps"] = stumped.probability(risk.take(cols, te))
-    served = risk.Blend(stumped, risk.fit_forest(stumped.design, risk.take(cols, tr), y[tr], seed=seed))
-    out["served"] = served.probability(risk.take(cols, te))
+    mean = risk.Blend(stumped, risk.fit_forest(stumped.design, risk.take(cols, tr), y[tr], seed=seed))
+    out["blend_mean"] = mean.probability(risk.take(cols, te))
+    out["served"] = risk.fit(risk.take(cols, tr), y[tr], seed=seed).probability(risk.take(cols, te))
     if {"avg_logit_forest", "logit_boosted", "logit_depth2"} & set(FAMILIES):
         xd = logit.design.transform(cols)  # standardised on the training rows only
         if "avg_logit_forest" in FAMILIES:
-            out["avg_logit_forest"] = (out["logit"] + served.forest.parts(xd[te])[0]) / 2
+            out["avg_logit_forest"] = (out["logit"] + mean.forest.parts(xd[te])[0]) / 2
         if "logit_boosted" in FAMILIES:
             out["logit_boosted"] = _boosted_from_logit(logit, seed).fit(xd[tr], y[tr]).predict_proba(xd[te])[:, 1]
         if "logit_depth2" in FAMILIES:
@@ -141,22 +143,32 @@ def run(seeds: int, png: str | None, jobs: int) -> dict[str, dict[str, list[floa
         for seed, te, out in pool.map(_fold, work):
             for f in FAMILIES:
                 preds[seed][f][te] = out[f]
-    scores: dict[str, dict[str, list[float]]] = {f: {"auc": [], "brier": []} for f in FAMILIES}
+    scores: dict[str, dict[str, list[float]]] = {f: {"auc": [], "brier": [], "ece": []} for f in FAMILIES}
     for seed in range(seeds):
         for f in FAMILIES:
             m = risk.metrics(y, preds[seed][f])
             scores[f]["auc"].append(m["auc"])
             scores[f]["brier"].append(m["brier"])
+            scores[f]["ece"].append(_calibration_error(y, preds[seed][f]))
         print(f"seed {seed}: " + ", ".join(
             f"{f} {scores[f]['auc'][-1]:.4f}/{scores[f]['brier'][-1]:.4f}" for f in FAMILIES), flush=True)
     print(f"\n{seeds} x nested 5-fold CV in {time.perf_counter() - t0:.0f} s ({jobs} processes)")
-    print("family              AUC mean (sd)      Brier mean (sd)   [per seed: out-of-fold predictions of all 5 folds]")
+    print("family              AUC mean (sd)      Brier mean (sd)    ECE mean (sd)     "
+          "[per seed: out-of-fold predictions of all 5 folds]")
     for f in FAMILIES:
-        a, b = np.array(scores[f]["auc"]), np.array(scores[f]["brier"])
-        print(f"{f:<18}  {a.mean():.4f} ({a.std():.4f})   {b.mean():.4f} ({b.std():.4f})")
+        a, b, e = (np.array(scores[f][k]) for k in ("auc", "brier", "ece"))
+        print(f"{f:<18}  {a.mean():.4f} ({a.std():.4f})   {b.mean():.4f} ({b.std():.4f})   "
+              f"{e.mean():.4f} ({e.std():.4f})")
     if png:
         _calibration_png({f: [(y, preds[s][f]) for s in range(seeds)] for f in FAMILIES}, png)
     return scores
+
+
+def _calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
+    """Expected calibration error: over deciles of the prediction, the row-weighted mean of
+    |mean predicted - observed rate|."""
+    order = np.argsort(p, kind="stable")
+    return float(sum(len(b) * abs(p[b].mean() - y[b].mean()) for b in np.array_split(order, bins)) / len(p))
 
 
 def _calibration_png(pooled: dict[str, list[tuple[np.ndarray, np.ndarray]]], path: str) -> None:
@@ -168,7 +180,7 @@ def _calibration_png(pooled: dict[str, list[tuple[np.ndarray, np.ndarray]]], pat
 
     fig, ax = plt.subplots(figsize=(6, 6))
     ax.plot([0, 1], [0, 1], "k:", label="perfectly calibrated")
-    for f in [f for f in ("plain_lr", "logit", "logit_stumps", "served", "calibrated_rf") if f in pooled]:
+    for f in [f for f in ("plain_lr", "logit_stumps", "blend_mean", "served", "calibrated_rf") if f in pooled]:
         y = np.concatenate([a for a, _ in pooled[f]])
         p = np.concatenate([b for _, b in pooled[f]])
         frac, mean = calibration_curve(y, p, n_bins=10, strategy="quantile")

@@ -563,18 +563,22 @@ class Forest:
 
 @dataclass
 class Blend:
-    """The served model: the mean of the calibrated logit's probability (with its stumps) and the forest's.
+    """The served model: the mean of the calibrated logit's probability (with its stumps) and the forest's,
+    mapped by a Platt calibration fitted on out-of-fold blends of the training rows (:func:`fit`).
 
     Both halves are ``baseline + one term per attribute``: the forest's in probability, the logit's in
     log-odds. The logit's half is carried into probability by the slope of the secant of the sigmoid
-    between the baseline logit and this row's (one positive factor per row, so its terms keep their
-    signs and order and still sum exactly to its change of probability). A score is therefore exactly
-    ``the baseline probability + one contribution per attribute`` (probability points), and the reasons
-    are the largest positive ones, as for the logit alone.
+    between the baseline logit and this row's, and the calibration's map likewise by its secant between
+    the baseline blend and this row's (each one positive factor per row, so the terms keep their signs
+    and order and still sum exactly to the change). A score is therefore exactly ``the baseline
+    probability + one contribution per attribute`` (probability points), and the reasons are the largest
+    positive ones, as for the logit alone.
     """
 
     logit: Logit
     forest: Forest
+    #: Platt's (a, b): ``p = sigmoid(a * logit(mean) + b)``; None: the mean itself
+    calibration: tuple[float, float] | None = None
     family = "logit_forest_blend"
 
     @property
@@ -583,22 +587,39 @@ class Blend:
 
     @property
     def hyper(self) -> dict[str, float]:
-        return {**self.logit.hyper, "forest_trees": float(len(self.forest.roots))}
+        a, b = self.calibration or (1.0, 0.0)
+        return {**self.logit.hyper, "forest_trees": float(len(self.forest.roots)), "blend_platt_a": a,
+                "blend_platt_b": b}
+
+    def _mean_baseline(self) -> float:
+        return 0.5 * float(_sigmoid(np.array(self.logit.baseline()))) + 0.5 * self.forest.baseline()
 
     def baseline(self) -> float:
         """The baseline applicant's probability of default."""
-        return 0.5 * float(_sigmoid(np.array(self.logit.baseline()))) + 0.5 * self.forest.baseline()
+        return float(self._calibrated(np.array([self._mean_baseline()]))[0])
+
+    def _calibrated(self, p: np.ndarray) -> np.ndarray:
+        if self.calibration is None:
+            return p
+        a, b = self.calibration
+        return _sigmoid(a * _log_odds(p) + b)
 
     def _parts(self, cols: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         margin, by_logit = self.logit._parts(cols)
-        p_logit = _sigmoid(margin)
         base = self.logit.baseline()
+        p_logit = _sigmoid(margin)
         p_base = float(_sigmoid(np.array(base)))
-        step = margin - base
-        flat = np.abs(step) < 1e-9
-        slope = np.where(flat, p_base * (1 - p_base), (p_logit - p_base) / np.where(flat, 1.0, step))
+        slope = _secant(p_logit, p_base, margin - base, p_base * (1 - p_base))
         p_forest, by_forest = self.forest.parts(self.design.transform(cols))
-        return 0.5 * (p_logit + p_forest), 0.5 * (by_logit * slope[:, None] + by_forest)
+        mean, contrib = 0.5 * (p_logit + p_forest), 0.5 * (by_logit * slope[:, None] + by_forest)
+        if self.calibration is None:
+            return mean, contrib
+        mean_base = self._mean_baseline()
+        p, p0 = self._calibrated(mean), self.baseline()
+        a = self.calibration[0]
+        m0 = min(max(mean_base, 1e-12), 1 - 1e-12)
+        slope = _secant(p, p0, mean - mean_base, a * p0 * (1 - p0) / (m0 * (1 - m0)))
+        return p, contrib * slope[:, None]
 
     def probability(self, cols: Mapping[str, np.ndarray]) -> np.ndarray:
         return self._parts(cols)[0]
@@ -609,12 +630,25 @@ class Blend:
         return _scores(p, contrib, cols, self.design, top)
 
     def to_bytes(self) -> bytes:
-        """JSON numbers, version 3: the logit (as its own version 2) and the forest's node arrays."""
+        """JSON numbers, version 3: the logit (as its own version 2), the forest's node arrays, the calibration."""
         return json.dumps({"family": self.family, "version": 3, "logit": self.logit.as_dict(),
-                           "forest": self.forest.as_dict()}).encode()
+                           "forest": self.forest.as_dict(),
+                           "calibration": list(self.calibration) if self.calibration else None}).encode()
 
     def feature_schema(self) -> dict[str, Any]:
         return self.logit.feature_schema()
+
+
+def _secant(f_x: np.ndarray, f_0: float, step: np.ndarray, slope_at_0: float) -> np.ndarray:
+    """Per row, ``(f(x) - f(x0)) / (x - x0)`` of an increasing map ``f`` (its slope at ``x0`` where ``x == x0``):
+    the one factor that carries a row's additive terms in ``x`` over to ``f``, exactly."""
+    flat = np.abs(step) < 1e-9
+    return np.where(flat, slope_at_0, (f_x - f_0) / np.where(flat, 1.0, step))
+
+
+def _log_odds(p: np.ndarray) -> np.ndarray:
+    q = np.clip(p, 1e-12, 1 - 1e-12)
+    return np.log(q / (1 - q))
 
 
 Model = Logit | Blend
@@ -627,7 +661,9 @@ def load(raw: bytes) -> Model:
     if family == Logit.family:
         return Logit.from_dict(d)
     if family == Blend.family:
-        return Blend(Logit.from_dict(d["logit"]), Forest.from_dict(d["forest"]))
+        calibration = d.get("calibration")
+        return Blend(Logit.from_dict(d["logit"]), Forest.from_dict(d["forest"]),
+                     (float(calibration[0]), float(calibration[1])) if calibration else None)
     raise ValueError(f"unknown model family: {family!r}")
 
 
@@ -753,9 +789,18 @@ C_GRID = (0.01, 0.03, 0.1, 0.3, 1.0)
 def fit(cols: Mapping[str, np.ndarray], y: np.ndarray, *, seed: int = 0, inner_folds: int = 5,
         c_grid: Iterable[float] = C_GRID) -> Blend:
     """Fit the served model on these rows only: the calibrated logit with its stumps (:func:`fit_logit`)
-    and the forest (:func:`fit_forest`) on the logit's design columns."""
+    and the forest (:func:`fit_forest`) on the logit's design columns, then Platt's map of their mean,
+    fitted on the out-of-fold means of an inner ``inner_folds``-fold split of these rows (each fold's
+    blend fitted the same way on the other folds, with the L2 strength chosen here for all the rows)."""
+    from sklearn.model_selection import StratifiedKFold
+
     logit = fit_logit(cols, y, seed=seed, inner_folds=inner_folds, c_grid=c_grid)
-    return Blend(logit, fit_forest(logit.design, cols, y, seed=seed))
+    oof = np.empty(len(y))
+    for tr, va in StratifiedKFold(inner_folds, shuffle=True, random_state=seed + 1).split(np.zeros(len(y)), y):
+        part = take(cols, tr)
+        inner = fit_logit(part, y[tr], seed=seed, inner_folds=inner_folds, c_grid=(logit.hyper["C"],))
+        oof[va] = Blend(inner, fit_forest(inner.design, part, y[tr], seed=seed)).probability(take(cols, va))
+    return Blend(logit, fit_forest(logit.design, cols, y, seed=seed), _platt(_log_odds(oof), y))
 
 
 def fit_forest(design: Design, cols: Mapping[str, np.ndarray], y: np.ndarray, *, seed: int = 0) -> Forest:

@@ -56,6 +56,10 @@ async def test_training_stores_an_immutable_model_with_its_metrics(client, admin
     assert m.training_rows == 300 and m.family == "logit_forest_blend" and len(m.data_hash) == 64
     cv = m.metrics["cv"]
     assert cv["folds"] == 5 and cv["n"] == 300 and 0.6 < cv["auc"] <= 1 and 0 < cv["brier"] < 0.25
+    # the blend's Platt map, fitted on inner out-of-fold blends: increasing, and not the identity
+    hyper = m.metrics["hyper"]
+    assert hyper["forest_trees"] == 200 and hyper["blend_platt_a"] > 0
+    assert (hyper["blend_platt_a"], hyper["blend_platt_b"]) != (1.0, 0.0)
     assert set(m.feature_schema["categorical"]["checking_account"]) == {"negative", "under_200", "200_or_more",
                                                                         "none"}
     r = await client.get(f"{API}/models/{m.id}", headers=admin)

@@ -144,3 +144,20 @@ def test_the_blend_survives_its_json_form_and_an_unknown_family_is_refused(blend
     assert np.array_equal(back.score(cols).reasons, model.score(cols).reasons)
     with pytest.raises(ValueError, match="unknown model family"):
         risk.load(json.dumps({"family": "pickle", "version": 1}).encode())
+
+
+def test_the_calibrated_blend_maps_the_mean_and_its_reasons_still_sum_to_its_score(blend):
+    import dataclasses
+
+    model, _, cols, _ = blend
+    raw = model.score(cols)
+    calibrated = dataclasses.replace(model, calibration=(1.3, -0.2))
+    s = calibrated.score(cols)
+    mean = raw.probability
+    assert np.allclose(s.probability, 1 / (1 + np.exp(-(1.3 * np.log(mean / (1 - mean)) - 0.2))), rtol=0, atol=1e-12)
+    assert np.allclose(s.probability, calibrated.baseline() + s.contributions.sum(axis=1), rtol=0, atol=1e-12)
+    # one positive factor per row: the same signs, the same order, the same reasons
+    assert (np.sign(s.contributions) == np.sign(raw.contributions)).all()
+    assert (s.reason_attributes == raw.reason_attributes).all()
+    back = risk.load(calibrated.to_bytes())
+    assert back.calibration == (1.3, -0.2) and np.array_equal(back.probability(cols), s.probability)
