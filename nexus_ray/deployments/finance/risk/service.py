@@ -12,7 +12,7 @@ and written to the append-only ``risk_promotions`` with who did it and why. The 
 stored becomes active by itself (action ``first``), so a fresh platform can score once trained.
 
 The family (``logit_forest_blend``: the mean of a calibrated logit with boosted stumps on its margin
-and a random forest, :mod:`nexus_ray.compute.risk`) was chosen by the measurements of
+and a random forest, through a Platt map, :mod:`nexus_ray.compute.risk`) was chosen by the measurements of
 ``bench/risk_model.py`` (bench/RESULTS.md): the only measured family that meets the AUC and Brier
 goals, its reasons are still an exact decomposition of its own score, and it is stored as JSON
 numbers, never as a pickle read back from the database. Models of the earlier family
