@@ -89,7 +89,7 @@ def _hgb_additive(seed: int):
 
 ALWAYS = ["plain_lr", "logit", "logit_stumps", "blend_mean", "served"]
 """Always run: the plain logit, the calibrated logit alone, with its boosted stumps (served until
-2026-12-01 10:45 UTC), that averaged with the forest (served until 12:15 UTC), and the served model
+2026-12-01 10:43 UTC), that averaged with the forest (served until 12:00 UTC), and the served model
 (the same mean through Platt's map fitted on inner out-of-fold means: ``risk.fit``)."""
 
 FAMILIES = [*ALWAYS, "calibrated_rf", "calibrated_hgb", "avg_logit_rf", "avg_logit_forest", "logit_boosted",
