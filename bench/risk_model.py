@@ -3,9 +3,9 @@
 Every family is fitted on the outer training folds only; whatever it chooses or calibrates
 (the logit's L2 strength and Platt map, the forests' calibration) is done on those rows with an
 inner cross-validation (the number of stumps on a hold-out of them), so no step sees the outer
-test fold. The served model (``served``: the logit with its stumps, averaged with the forest) is
-fitted by the same functions as the service's (``risk.fit_logit``, ``risk.with_stumps``,
-``risk.fit_forest``) and scored by its own compiled path. The standardisation and one-hot
+test fold. The served model (``served``: the logit with its stumps averaged with the forest, through
+Platt's map fitted on inner out-of-fold means) is fitted by the service's own ``risk.fit`` and scored
+by its own compiled path; ``blend_mean`` is the same mean without the map. The standardisation and one-hot
 encoding are fitted on the training rows too (the category lists are the data dictionary's).
 
     /work/main/.venv/bin/python bench/risk_model.py --seeds 4 --png bench/risk_calibration.png

@@ -459,7 +459,7 @@ class Forest:
     leaf value is its root's value plus the change at each split on the way down; giving each change to
     the attribute of the column split on makes the forest's probability exactly ``mean of the roots +
     one contribution per attribute``. That sum is fixed per leaf, so it is tabled once per leaf
-    (:meth:`_table`) and scoring adds one table row per tree (:mod:`nexus_ray.compute.forest_walk`).
+    (:meth:`_compiled`) and scoring adds one table row per tree (:mod:`nexus_ray.compute.forest_walk`).
     """
 
     feature: np.ndarray  # per node: the design column split on (-2 at a leaf)
@@ -615,7 +615,7 @@ class Blend:
         if self.calibration is None:
             return mean, contrib
         mean_base = self._mean_baseline()
-        p, p0 = self._calibrated(mean), self.baseline()
+        p, p0 = self._calibrated(mean), float(self._calibrated(np.array([mean_base]))[0])
         a = self.calibration[0]
         m0 = min(max(mean_base, 1e-12), 1 - 1e-12)
         slope = _secant(p, p0, mean - mean_base, a * p0 * (1 - p0) / (m0 * (1 - m0)))
