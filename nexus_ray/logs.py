@@ -96,9 +96,18 @@ def redact(text: str) -> str:
 
 
 class RedactingFilter(logging.Filter):
-    """Masks secrets in a record's message and arguments before any handler sees it."""
+    """Masks secrets in a record's message and arguments before any handler sees it.
+
+    Serve's access-log records (one per request, marked ``serve_access_log``) are passed as they
+    are: Serve writes them from fields alone (method, route template, status, latency, peer
+    address), never from a request's path, headers or body, so they hold nothing to mask, and
+    formatting and searching them cost every request a few percent of its CPU (bench/RESULTS.md,
+    issue 6) although Serve's own filter then drops them (the platform turns its access log off).
+    """
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "serve_access_log", False):
+            return True
         if record.args:
             try:
                 record.msg = record.msg % record.args

@@ -62,7 +62,18 @@ _api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="Scoped 
 def client_address(request: HTTPConnection) -> str:
     """The caller's address: the TCP peer, or what the trusted proxies in front of it say the client was."""
     peer = request.client.host if request.client else "unknown"
-    return forwarded_client(peer, request.headers.getlist("x-forwarded-for"), get_settings().trusted_proxies)
+    return _forwarded_client(peer, tuple(request.headers.getlist("x-forwarded-for")),
+                             tuple(get_settings().trusted_proxies))
+
+
+@lru_cache(maxsize=4096)
+def _forwarded_client(peer: str, forwarded: tuple[str, ...], trusted_proxies: tuple[str, ...]) -> str:
+    """:func:`forwarded_client` remembered: every request asks, and the same few peers and headers recur.
+
+    The answer depends on nothing but the arguments; headers a client invents only push older
+    entries out of a bounded cache.
+    """
+    return forwarded_client(peer, list(forwarded), trusted_proxies)
 
 
 def forwarded_client(peer: str, forwarded: list[str], trusted_proxies: list[str] | tuple[str, ...]) -> str:

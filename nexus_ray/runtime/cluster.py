@@ -26,7 +26,15 @@ import psutil
 from nexus_ray.catalog import NAMESPACES
 from nexus_ray.runtime.embedded import free_port
 
-SERVE_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+# Serve's HTTP metrics per request: with HAProxy's request metrics on (Serve's default), HAProxy sends
+# one syslog datagram per request to the node's HAProxyManager actor, which parses it with regular
+# expressions and records Ray metrics -- about a tenth of a core at 800 requests/s on this 2-core
+# machine, plus HAProxy's own formatting (bench/RESULTS.md, issue 6). Off, each replica records the
+# same serve_num_http_* and latency metrics itself, in the counters it flushes once a second; only
+# the requests HAProxy answers on its own (no route, health checks) go uncounted by Serve. The
+# edge's nexus_http_* metrics count every request that reaches an ingress either way.
+SERVE_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+             "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0"}
 
 # The client address. Serve renders HAProxy's config itself (ray/serve/_private/haproxy_templates.py)
 # and has no setting for X-Forwarded-For: its frontend passes on whatever header the client sent,

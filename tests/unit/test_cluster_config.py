@@ -20,7 +20,8 @@ from nexus_ray.config import DEV_MASTER_KEY, Settings
 from nexus_ray.runtime.cluster import INGRESS_RULES
 
 ROOT = Path(__file__).resolve().parents[2]
-HAPROXY_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+HAPROXY_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+               "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0"}
 
 
 def _load(relative: str) -> dict:

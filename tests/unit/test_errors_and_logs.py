@@ -67,6 +67,17 @@ def test_json_log_line_has_request_id_and_no_secret(capsys):
     assert "hunter2" not in line
 
 
+def test_serve_access_log_records_pass_untouched():
+    """Serve builds them from fields only; formatting and searching one per request would be waste."""
+    access = logging.makeLogRecord({"name": "ray.serve", "msg": "%s %s 200 1.2ms", "args": ("GET", "/v1/x"),
+                                    "serve_access_log": True})
+    assert logs.RedactingFilter().filter(access)
+    assert (access.msg, access.args) == ("%s %s 200 1.2ms", ("GET", "/v1/x"))
+    other = logging.makeLogRecord({"name": "ray.serve", "msg": "%s %s", "args": ("password=", "hunter2")})
+    assert logs.RedactingFilter().filter(other)
+    assert other.args is None and "hunter2" not in other.msg
+
+
 def test_email_addresses_are_masked():
     out = logs.redact("welcome mail sent to jane.doe+news@example.co.uk for user 42")
     assert "jane.doe" not in out and "example.co.uk" not in out and "user 42" in out
