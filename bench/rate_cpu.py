@@ -1,0 +1,110 @@
+"""One fixed rate against the platform's notice route, with the CPU of every process of the stack.
+
+    NEXUS_DATA_DIR=... NEXUS_HTTP_PORT=... NEXUS_METRICS_EXPORT_PORT=... \\
+        python bench/rate_cpu.py [--rate 800] [--duration 25] [--py-spy PATH --spy-match ServeReplica:platform]
+
+(``bench/with_stack.sh`` sets those variables.) wrk2 (``WRK2=wrk2-eof`` picks the binary) at ``--rate`` with
+64 connections, latency corrected for coordinated omission; the CPU of each process of the stack, of
+Redis, HAProxy and the load generator over 15 s from the 5th second, in % of one core; and a reference
+loop (a fixed amount of pure Python) timed before and after, so that runs on a host whose speed drifts
+can be told apart. Ends by checking that Serve's HTTP request counter for the ``platform`` application
+reaches the metrics endpoint. With ``--py-spy``, a raw py-spy profile of the first process whose
+command line contains ``--spy-match``, over the same 15 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from latency import wrk2
+from replica_kill import token
+
+from nexus_ray.runtime import cluster
+
+_OTHERS = ("redis-server", "haproxy", "wrk2", "wrk2-eof")
+
+
+def reference_ms() -> int:
+    t, x = time.perf_counter(), 0
+    for i in range(2_000_000):
+        x += i
+    return round((time.perf_counter() - t) * 1000)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rate", type=int, default=800)
+    ap.add_argument("--duration", type=int, default=25)
+    ap.add_argument("--py-spy", help="write a raw py-spy profile here")
+    ap.add_argument("--spy-match", default="ServeReplica:platform")
+    args = ap.parse_args()
+    head = cluster.running(Path(os.environ["NEXUS_DATA_DIR"]))
+    assert head is not None, "no stack running for NEXUS_DATA_DIR"
+    tok = token("platform:gateway:read")
+    url = f"http://127.0.0.1:{os.environ['NEXUS_HTTP_PORT']}/platform/v1/gateway/notice"
+
+    ref_before = reference_ms()
+    wrk2(url, tok, 400, 8, 64)  # warm: connections, caches, pools
+    cpu: dict[str, float] = {}
+
+    def sample() -> None:
+        time.sleep(5)
+        procs = {p.pid: p for p in cluster.processes(head.temp_dir)}
+        procs.update({p.pid: p for p in psutil.process_iter() if p.name() in _OTHERS})
+        start = {}
+        for pid, p in procs.items():
+            try:
+                start[pid] = sum(p.cpu_times()[:2])
+            except psutil.Error:
+                pass
+        time.sleep(15)
+        for pid, c in start.items():
+            try:
+                p = procs[pid]
+                cpu[f"{pid} {' '.join(p.cmdline())[:60]}"] = round((sum(p.cpu_times()[:2]) - c) / 15 * 100, 1)
+            except psutil.Error:
+                pass
+
+    def spy() -> None:
+        time.sleep(5)
+        target = next(p for p in cluster.processes(head.temp_dir) if args.spy_match in " ".join(p.cmdline()))
+        spy_bin = os.environ.get("PY_SPY", "py-spy")
+        subprocess.run([spy_bin, "record", "-r", "250", "-d", "15", "-f", "raw", "-o", args.py_spy,
+                        "-p", str(target.pid)], capture_output=True, check=False)
+
+    threads = [threading.Thread(target=sample)] + ([threading.Thread(target=spy)] if args.py_spy else [])
+    for t in threads:
+        t.start()
+    result = wrk2(url, tok, args.rate, args.duration, 64)
+    for t in threads:
+        t.join()
+    top = sorted(cpu.items(), key=lambda kv: -kv[1])[:10]
+
+    serve_counted = []
+    deadline = time.monotonic() + 20
+    while not serve_counted and time.monotonic() < deadline:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{os.environ['NEXUS_METRICS_EXPORT_PORT']}/metrics",
+                                      timeout=5).read().decode()
+        serve_counted = [line for line in text.splitlines()
+                         if line.startswith("ray_serve_num_http_requests_total") and 'application="platform"' in line]
+        if not serve_counted:
+            time.sleep(1)
+    print(json.dumps({"rate": args.rate, "reference_ms": [ref_before, reference_ms()], "wrk2": result,
+                      "cpu_total_pct_of_core": round(sum(cpu.values()), 1), "busiest": top,
+                      "serve_http_requests_counted": bool(serve_counted)}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
