@@ -75,7 +75,9 @@ def test_request_uses_the_settings(monkeypatch):
     assert client_address(_request("127.0.0.1", "198.51.100.1", "203.0.113.7")) == "203.0.113.7"
     assert client_address(_request("203.0.113.9", "198.51.100.1")) == "203.0.113.9"
     assert client_address(_request(None, "198.51.100.1")) == "unknown"
+    assert client_address(_request("127.0.0.1", "203.0.113.7")) == "203.0.113.7"
     monkeypatch.setattr(get_settings(), "trusted_proxies", [])
+    # The same request again: the answer is remembered per trusted-proxy list, never across lists.
     assert client_address(_request("127.0.0.1", "203.0.113.7")) == "127.0.0.1"
 
 
