@@ -15,21 +15,31 @@ over all deliveries; ack latency (send to the sender's ack) p50/p99; the run's
 connection and send figures, and the frames received (with ``--batch`` the members connect
 with ``?batch=true``: events that queued up for a member while its connection was busy come
 in one ``batch`` frame). The client is one Python process on the same machine: its own
-parsing of rate x clients messages per second is part of what is measured.
+parsing of rate x clients messages per second is part of what is measured (its garbage collector is
+off while it measures: it keeps every delivery, and full collections over them paused it).
+
+With ``--cpu``, the CPU of every process of the stack (and of this client) over the sending, from
+its 2nd second to 1 s before its end, in % of one core; with ``--py-spy PATH``, a raw py-spy profile
+of the first stack process whose command line contains ``--spy-match``, over the same span.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import statistics
+import sys
+import threading
 import time
 import uuid
 from collections import defaultdict
 
 import httpx
 import orjson
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 SCOPES = ["platform:chat:read", "platform:chat:write"]
 
@@ -124,10 +134,16 @@ async def run(args: argparse.Namespace) -> None:
         await asyncio.gather(*(c.ready.wait() for c in clients[i:]))
     print(f"{args.clients} members connected (handshake, auth, membership, ready) in {time.perf_counter() - t0:.1f} s")
 
+    # The client keeps every delivery (about a million objects at 250,000): the collector's full passes over
+    # them would pause its one event loop for 100 ms and more, late receipts counted against the platform.
+    # What it keeps holds no cycles, so the collector stays off while it measures.
+    gc.disable()
     senders = clients[: args.senders]
     n = int(args.rate * args.duration)
     sent_at: dict[str, float] = {}
     start = time.perf_counter() + 0.5
+    cpu: dict[str, float] = {}
+    watchers = watch(args, cpu, wait_s=1.5, span_s=max(1.0, args.duration - 2))
     late = 0
     for k in range(n):
         due = start + k / args.rate
@@ -168,11 +184,46 @@ async def run(args: argparse.Namespace) -> None:
           f"{dupes}; members whose per-sender order held: {order_ok}/{len(clients)}")
     ms = [x * 1000 for x in latencies]
     print(f"delivery latency ms: p50 {statistics.median(ms):.1f}  p99 {pct(ms, 99):.1f}  max {max(ms):.1f}")
+    by_second: dict[int, list[float]] = defaultdict(list)
+    for c in clients:
+        for _sender, cid, _seq, at in c.got:
+            by_second[int(sent_at[cid] - start)].append((at - sent_at[cid]) * 1000)
+    print("delivery p99 ms by second of sending: "
+          + " ".join(f"{pct(by_second[k], 99):.0f}" for k in sorted(by_second)))
     ams = [x * 1000 for x in ack_lat]
     print(f"ack latency ms: p50 {statistics.median(ams):.1f}  p99 {pct(ams, 99):.1f}")
     frames = sum(c.frames for c in clients)
     print(f"frames received {frames} for {len(latencies)} deliveries ({'batch' if args.batch else 'one per event'})")
+    for t in watchers:
+        t.join()
+    if cpu:
+        print(f"CPU over the sending, % of one core: all {sum(cpu.values()):.0f}; busiest:")
+        for name, pct_ in sorted(cpu.items(), key=lambda kv: -kv[1])[:8]:
+            print(f"  {pct_:5.1f}  {name}")
     await asyncio.gather(*(c.ws.close() for c in clients), return_exceptions=True)
+
+
+def watch(args: argparse.Namespace, cpu: dict[str, float], *, wait_s: float, span_s: float) -> list[threading.Thread]:
+    """Start the ``--cpu`` and ``--py-spy`` samplers (threads: the event loop keeps reading meanwhile)."""
+    if not (args.cpu or args.py_spy):
+        return []
+    from pathlib import Path
+
+    from rate_cpu import py_spy, stack_cpu
+
+    from nexus_ray.runtime import cluster
+
+    head = cluster.running(Path(os.environ["NEXUS_DATA_DIR"]))
+    assert head is not None, "--cpu and --py-spy need NEXUS_DATA_DIR of a running stack"
+    threads = []
+    if args.cpu:
+        threads.append(threading.Thread(target=lambda: cpu.update(stack_cpu(head.temp_dir, wait_s, span_s, me=True))))
+    if args.py_spy:
+        threads.append(threading.Thread(target=py_spy, args=(head.temp_dir, args.spy_match, args.py_spy, wait_s,
+                                                             span_s)))
+    for t in threads:
+        t.start()
+    return threads
 
 
 def main() -> None:
@@ -187,6 +238,9 @@ def main() -> None:
     ap.add_argument("--no-deflate", dest="compression", action="store_const", const=None, default="deflate",
                     help="Offer no permessage-deflate (browsers offer it; the server then compresses every frame).")
     ap.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
+    ap.add_argument("--cpu", action="store_true", help="Print the CPU of every stack process over the sending.")
+    ap.add_argument("--py-spy", help="Write a raw py-spy profile of one stack process over the sending here.")
+    ap.add_argument("--spy-match", default="ServeReplica:platform")
     args = ap.parse_args()
     if args.loop == "uvloop":  # the client shares the 2 cores with the platform: the cheaper loop
         import uvloop

@@ -43,6 +43,44 @@ def reference_ms() -> int:
     return round((time.perf_counter() - t) * 1000)
 
 
+def stack_cpu(temp_dir: str, wait_s: float, span_s: float, *, me: bool = False) -> dict[str, float]:
+    """After ``wait_s``, the CPU of each process of the stack over ``span_s`` seconds, in % of one core, keyed
+    by pid and command line: Ray's, the embedded stores of ``NEXUS_DATA_DIR``, Redis, HAProxy, the load
+    generator, and with ``me`` this process."""
+    time.sleep(wait_s)
+    procs = {p.pid: p for p in cluster.processes(temp_dir)}
+    procs.update({p.pid: p for p in psutil.process_iter() if p.name() in _OTHERS})
+    data_dir = os.environ.get("NEXUS_DATA_DIR")
+    if data_dir:  # the embedded stores (PostgreSQL's backends are its children)
+        procs.update({p.pid: p for p in cluster.processes(data_dir)})
+    if me:
+        procs[os.getpid()] = psutil.Process()
+    start = {}
+    for pid, p in procs.items():
+        try:
+            start[pid] = sum(p.cpu_times()[:2])
+        except psutil.Error:
+            pass
+    time.sleep(span_s)
+    cpu = {}
+    for pid, c in start.items():
+        try:
+            p = procs[pid]
+            cpu[f"{pid} {' '.join(p.cmdline())[:60]}"] = round((sum(p.cpu_times()[:2]) - c) / span_s * 100, 1)
+        except psutil.Error:
+            pass
+    return cpu
+
+
+def py_spy(temp_dir: str, match: str, out: str, wait_s: float, span_s: float) -> None:
+    """After ``wait_s``, a raw py-spy profile (``PY_SPY`` names the binary) of the first stack process whose
+    command line contains ``match``, over ``span_s`` seconds."""
+    time.sleep(wait_s)
+    target = next(p for p in cluster.processes(temp_dir) if match in " ".join(p.cmdline()))
+    subprocess.run([os.environ.get("PY_SPY", "py-spy"), "record", "-r", "250", "-d", str(round(span_s)), "-f", "raw",
+                    "-o", out, "-p", str(target.pid)], capture_output=True, check=False)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rate", type=int, default=800)
@@ -59,32 +97,9 @@ def main() -> None:
     wrk2(url, tok, 400, 8, 64)  # warm: connections, caches, pools
     cpu: dict[str, float] = {}
 
-    def sample() -> None:
-        time.sleep(5)
-        procs = {p.pid: p for p in cluster.processes(head.temp_dir)}
-        procs.update({p.pid: p for p in psutil.process_iter() if p.name() in _OTHERS})
-        start = {}
-        for pid, p in procs.items():
-            try:
-                start[pid] = sum(p.cpu_times()[:2])
-            except psutil.Error:
-                pass
-        time.sleep(15)
-        for pid, c in start.items():
-            try:
-                p = procs[pid]
-                cpu[f"{pid} {' '.join(p.cmdline())[:60]}"] = round((sum(p.cpu_times()[:2]) - c) / 15 * 100, 1)
-            except psutil.Error:
-                pass
-
-    def spy() -> None:
-        time.sleep(5)
-        target = next(p for p in cluster.processes(head.temp_dir) if args.spy_match in " ".join(p.cmdline()))
-        spy_bin = os.environ.get("PY_SPY", "py-spy")
-        subprocess.run([spy_bin, "record", "-r", "250", "-d", "15", "-f", "raw", "-o", args.py_spy,
-                        "-p", str(target.pid)], capture_output=True, check=False)
-
-    threads = [threading.Thread(target=sample)] + ([threading.Thread(target=spy)] if args.py_spy else [])
+    threads = [threading.Thread(target=lambda: cpu.update(stack_cpu(head.temp_dir, 5, 15)))]
+    if args.py_spy:
+        threads.append(threading.Thread(target=py_spy, args=(head.temp_dir, args.spy_match, args.py_spy, 5, 15)))
     for t in threads:
         t.start()
     result = wrk2(url, tok, args.rate, args.duration, 64)

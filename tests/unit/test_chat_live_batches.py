@@ -2,7 +2,8 @@
 
 The loop is driven with a real :class:`asyncio.Queue` holding the bytes the fan-out hands over, and a
 recording WebSocket (the frames it was given to send); the queue ends with the fan-out's LOST marker,
-so each run ends with the same error a lost subscription gives.
+so each run ends with the same error a lost subscription gives. The linger between a member's frames
+(``chat_batch_linger_ms``) is set by each test that depends on it.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import asyncio
 import orjson
 import pytest
 
+from nexus_ray.config import get_settings
 from nexus_ray.deployments.platform.chat import live
 from nexus_ray.exceptions import ServiceUnavailable
 from nexus_ray.stores.fanout import LOST, OVERFLOW
@@ -23,6 +25,17 @@ class Recorder:
 
     async def send_text(self, text: str) -> None:
         self.frames.append(orjson.loads(text))
+
+
+@pytest.fixture
+def linger_ms(monkeypatch):
+    def set_to(ms: float) -> None:
+        monkeypatch.setenv("NEXUS_CHAT_BATCH_LINGER_MS", str(ms))
+        get_settings.cache_clear()
+
+    yield set_to
+    monkeypatch.delenv("NEXUS_CHAT_BATCH_LINGER_MS", raising=False)
+    get_settings.cache_clear()
 
 
 def message(seq: int) -> bytes:
@@ -76,3 +89,34 @@ async def test_what_came_before_an_overflow_is_sent_then_the_connection_ends():
     with pytest.raises(ServiceUnavailable, match="too far behind"):
         await live._Connection(ws, "room", "alice").live(queue, 0, batch=True)  # type: ignore[arg-type]
     assert ws.frames == [{"type": "batch", "events": [orjson.loads(message(1)), orjson.loads(message(2))]}]
+
+
+async def trickled(until) -> list[dict]:
+    """Message 1 into an idle connection; once it is out, message 2, a few turns of the loop, then message 3."""
+    queue: asyncio.Queue[object] = asyncio.Queue()
+    ws = Recorder()
+    task = asyncio.create_task(live._Connection(ws, "room", "alice").live(queue, 0, batch=True))  # type: ignore[arg-type]
+    queue.put_nowait(message(1))
+    await until(lambda: ws.frames, within_s=5)
+    queue.put_nowait(message(2))
+    for _ in range(5):
+        await asyncio.sleep(0)  # the forwarding loop runs: without a linger it sends message 2 now
+    queue.put_nowait(message(3))
+    queue.put_nowait(LOST)
+    with pytest.raises(ServiceUnavailable):
+        await task
+    return ws.frames
+
+
+async def test_events_within_the_linger_after_a_frame_go_out_together(linger_ms, until):
+    linger_ms(300)
+    assert await trickled(until) == [
+        orjson.loads(message(1)),  # after a quiet spell: at once, not held for the linger
+        {"type": "batch", "events": [orjson.loads(message(2)), orjson.loads(message(3))]},
+    ]
+
+
+async def test_without_a_linger_each_event_goes_out_as_soon_as_the_connection_is_free(linger_ms, until):
+    linger_ms(0)
+    frames = await trickled(until)
+    assert frames == [orjson.loads(message(1)), orjson.loads(message(2)), orjson.loads(message(3))]

@@ -21,4 +21,9 @@ class ChatSettings(ServiceSettings):
         2000, ge=10, description="Live events queued for one connection before it is closed (1013) as too slow; "
         "the client reconnects and resumes from its last sequence number.",
     )
+    chat_batch_linger_ms: float = Field(
+        50.0, ge=0, le=1000, description="For a member that reads batches (``?batch=true``): after a frame, the "
+        "next one waits at most this long, so events of a busy room go out together (at most 1000/this frames a "
+        "second per connection). An event after a quiet spell goes out at once. 0 sends as soon as possible.",
+    )
     chat_max_text: int = Field(4000, ge=1, description="Longest message text, characters.")
