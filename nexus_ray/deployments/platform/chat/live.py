@@ -39,8 +39,8 @@ its own while the connection keeps up. When events have queued for it (the room 
 than the connection's share of the replica can send one frame at a time), everything queued,
 up to :data:`BATCH_MOST` events, goes out as one ``batch`` frame, in order: the frames per
 second then fall as the load rises, instead of the backlog growing. And a frame follows the
-one before it by at least ``chat_batch_linger_ms`` (50 ms unless configured): in a busy room
-an event waits up to that long for the ones behind it, so a connection gets at most 20 frames
+one before it by at least ``chat_batch_linger_ms`` (100 ms unless configured): in a busy room
+an event waits up to that long for the ones behind it, so a connection gets at most 10 frames
 a second however fast the room talks, while an event after a quiet spell goes out at once.
 (Every frame costs a system call in the replica, a pass through the proxy and a read in the
 client, whatever it holds.) A client without ``batch`` gets one frame per event, as before.

@@ -22,7 +22,7 @@ class ChatSettings(ServiceSettings):
         "the client reconnects and resumes from its last sequence number.",
     )
     chat_batch_linger_ms: float = Field(
-        50.0, ge=0, le=1000, description="For a member that reads batches (``?batch=true``): after a frame, the "
+        100.0, ge=0, le=1000, description="For a member that reads batches (``?batch=true``): after a frame, the "
         "next one waits at most this long, so events of a busy room go out together (at most 1000/this frames a "
         "second per connection). An event after a quiet spell goes out at once. 0 sends as soon as possible.",
     )
