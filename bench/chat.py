@@ -31,7 +31,6 @@ import gc
 import os
 import statistics
 import sys
-import threading
 import time
 import uuid
 from collections import defaultdict
@@ -40,6 +39,7 @@ import httpx
 import orjson
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from rate_cpu import print_cpu, watch
 
 SCOPES = ["platform:chat:read", "platform:chat:write"]
 
@@ -143,7 +143,8 @@ async def run(args: argparse.Namespace) -> None:
     sent_at: dict[str, float] = {}
     start = time.perf_counter() + 0.5
     cpu: dict[str, float] = {}
-    watchers = watch(args, cpu, wait_s=1.5, span_s=max(1.0, args.duration - 2))
+    watchers = (watch(cpu, wait_s=1.5, span_s=max(1.0, args.duration - 2), spy_out=args.py_spy,
+                      spy_match=args.spy_match, me=True) if args.cpu or args.py_spy else [])
     late = 0
     for k in range(n):
         due = start + k / args.rate
@@ -197,33 +198,9 @@ async def run(args: argparse.Namespace) -> None:
     for t in watchers:
         t.join()
     if cpu:
-        print(f"CPU over the sending, % of one core: all {sum(cpu.values()):.0f}; busiest:")
-        for name, pct_ in sorted(cpu.items(), key=lambda kv: -kv[1])[:8]:
-            print(f"  {pct_:5.1f}  {name}")
+        print("over the sending:", end=" ")
+        print_cpu(cpu)
     await asyncio.gather(*(c.ws.close() for c in clients), return_exceptions=True)
-
-
-def watch(args: argparse.Namespace, cpu: dict[str, float], *, wait_s: float, span_s: float) -> list[threading.Thread]:
-    """Start the ``--cpu`` and ``--py-spy`` samplers (threads: the event loop keeps reading meanwhile)."""
-    if not (args.cpu or args.py_spy):
-        return []
-    from pathlib import Path
-
-    from rate_cpu import py_spy, stack_cpu
-
-    from nexus_ray.runtime import cluster
-
-    head = cluster.running(Path(os.environ["NEXUS_DATA_DIR"]))
-    assert head is not None, "--cpu and --py-spy need NEXUS_DATA_DIR of a running stack"
-    threads = []
-    if args.cpu:
-        threads.append(threading.Thread(target=lambda: cpu.update(stack_cpu(head.temp_dir, wait_s, span_s, me=True))))
-    if args.py_spy:
-        threads.append(threading.Thread(target=py_spy, args=(head.temp_dir, args.spy_match, args.py_spy, wait_s,
-                                                             span_s)))
-    for t in threads:
-        t.start()
-    return threads
 
 
 def main() -> None:

@@ -1,10 +1,11 @@
 """Orders per second end to end: the full saga through the public entrypoint, closed loop and at a fixed rate.
 
     flock /tmp/nexus-ray.lock timeout 1500 bash bench/with_stack.sh python bench/orders.py \
-        [--concurrency 16] [--duration 30] [--rates 25,50,100 | auto] [--rate-duration 30]
+        [--concurrency 16] [--duration 30] [--rates 25,50,100 | auto] [--rate-duration 30] [--products 1]
 
 Against a running stack (bench/with_stack.sh starts a private one). Set-up over HTTP: a merchant
-lists one product with two variants in the catalog, operations stock both SKUs in a warehouse.
+lists ``--products`` products (one unless given) with two variants each in the catalog, operations stock
+every SKU in a warehouse; the orders take the products in turn.
 Every order is ``POST /commerce/v1/order-processor/orders`` with its own ``Idempotency-Key``: two
 lines, the billing sandbox's approving card, a German address. Its saga runs inside the request:
 the catalog prices the cart, inventory-mgr reserves the stock, invoice-gen quotes the tax,
@@ -20,8 +21,9 @@ finishes it.
   when it was due (not when it was sent), so a stall is not hidden by fewer orders being sent
   (the correction wrk2 makes; wrk2 itself cannot give each request a new idempotency key).
 
-The load generator runs on the same two cores as the platform: the figures are a floor.
-At the end the stock left must equal the stock put in minus the units of the completed orders.
+The load generator runs on the same two cores as the platform: the figures are a floor. ``--cpu`` and
+``--py-spy PATH`` sample every stack process's CPU, or profile one (``--spy-match``), during the closed loop.
+At the end each SKU's stock left must equal the stock put in minus the units of its completed orders.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ from typing import Any
 
 import httpx
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
 API = "/commerce/v1/order-processor"
 INV = "/commerce/v1/inventory"
 STOCK = 10_000_000
@@ -57,23 +61,29 @@ def bearer(subject: str, *scopes: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token(subject, *scopes)}"}
 
 
-async def set_up(http: httpx.AsyncClient) -> tuple[list[str], dict[str, str]]:
+async def set_up(http: httpx.AsyncClient, products: int = 1) -> tuple[list[list[str]], dict[str, str]]:
+    """``products`` products of two variants each, all stocked in one new warehouse: their SKU pairs."""
     merchant = bearer("bench-merchant", "commerce:catalog:read", "commerce:catalog:write")
     ops = bearer("bench-ops", "commerce:inventory:*")
-    skus = [f"BENCH-{uuid.uuid4().hex[:10]}" for _ in range(2)]
-    product = {"title": "Bench mug", "description": "", "brand": "Acme", "category": "kitchen", "attributes": {},
-               "status": "active", "variants": [
-                   {"sku": skus[0], "prices": {"EUR": 1250}, "tax_category": "standard", "weight_g": 300},
-                   {"sku": skus[1], "prices": {"EUR": 333}, "tax_category": "reduced", "weight_g": 100}]}
-    r = await http.post("/commerce/v1/catalog/products", json=product, headers=merchant)
-    r.raise_for_status()
     wid = f"wh-{uuid.uuid4().hex[:8]}"
     (await http.post(f"{INV}/warehouses", json={"id": wid, "name": wid}, headers=ops)).raise_for_status()
-    for sku in skus:
-        r = await http.post(f"{INV}/stock/restock", json={"sku": sku, "warehouse_id": wid, "quantity": STOCK},
-                            headers=ops)
-        r.raise_for_status()
-    return skus, ops
+    gate = asyncio.Semaphore(8)
+
+    async def one() -> list[str]:
+        skus = [f"BENCH-{uuid.uuid4().hex[:10]}" for _ in range(2)]
+        product = {"title": "Bench mug", "description": "", "brand": "Acme", "category": "kitchen", "attributes": {},
+                   "status": "active", "variants": [
+                       {"sku": skus[0], "prices": {"EUR": 1250}, "tax_category": "standard", "weight_g": 300},
+                       {"sku": skus[1], "prices": {"EUR": 333}, "tax_category": "reduced", "weight_g": 100}]}
+        async with gate:
+            (await http.post("/commerce/v1/catalog/products", json=product, headers=merchant)).raise_for_status()
+            for sku in skus:
+                r = await http.post(f"{INV}/stock/restock", json={"sku": sku, "warehouse_id": wid, "quantity": STOCK},
+                                    headers=ops)
+                r.raise_for_status()
+        return skus
+
+    return list(await asyncio.gather(*(one() for _ in range(products)))), ops
 
 
 def order_body(skus: list[str]) -> dict[str, Any]:
@@ -88,18 +98,32 @@ class Tally:
         self.codes: Counter[str] = Counter()
         self.latencies: list[float] = []
         self.completed = 0
+        self.by_product: Counter[int] = Counter()  # completed orders per product (index into the pairs)
+        self.sent = 0
+
+    async def next_order(self, http: httpx.AsyncClient, headers: dict[str, str], bodies: list[dict[str, Any]],
+                         due: float | None = None) -> None:
+        """The next order, the products taken in turn."""
+        k = self.sent % len(bodies)
+        self.sent += 1
+        done = await self.order(http, headers, bodies[k], due)  # awaited first: `x[k] += await` reads x[k] before
+        self.by_product[k] += done
 
     async def order(self, http: httpx.AsyncClient, headers: dict[str, str], body: dict[str, Any],
-                    due: float | None = None) -> None:
+                    due: float | None = None) -> bool:
+        """Send one order: whether it completed."""
         began = due if due is not None else time.perf_counter()
+        done = False
         try:
             r = await http.post(f"{API}/orders", json=body, headers={**headers, "Idempotency-Key": uuid.uuid4().hex})
             status = r.json().get("status", "?") if r.status_code < 300 else r.json().get("code", "")
             self.codes[f"{r.status_code} {status}"] += 1
-            self.completed += r.status_code == 201 and status == "completed"
+            done = r.status_code == 201 and status == "completed"
+            self.completed += done
         except httpx.HTTPError as exc:
             self.codes[type(exc).__name__] += 1
         self.latencies.append(time.perf_counter() - began)
+        return done
 
     def summary(self, seconds: float) -> dict[str, Any]:
         ordered = sorted(self.latencies)
@@ -113,25 +137,25 @@ class Tally:
                 "p99_ms": pct(0.99), "max_ms": round(ordered[-1] * 1000, 1) if n else 0.0}
 
 
-async def closed_loop(http: httpx.AsyncClient, headers: dict[str, str], skus: list[str], *, concurrency: int,
-                      seconds: float) -> tuple[dict[str, Any], int]:
+async def closed_loop(http: httpx.AsyncClient, headers: dict[str, str], pairs: list[list[str]], *, concurrency: int,
+                      seconds: float) -> tuple[dict[str, Any], Counter[int]]:
     tally = Tally()
-    body = order_body(skus)
+    bodies = [order_body(skus) for skus in pairs]
     stop = time.perf_counter() + seconds
 
     async def client() -> None:
         while time.perf_counter() < stop:
-            await tally.order(http, headers, body)
+            await tally.next_order(http, headers, bodies)
 
     began = time.perf_counter()
     await asyncio.gather(*(client() for _ in range(concurrency)))
-    return tally.summary(time.perf_counter() - began), tally.completed
+    return tally.summary(time.perf_counter() - began), tally.by_product
 
 
-async def open_loop(http: httpx.AsyncClient, headers: dict[str, str], skus: list[str], *, rate: float,
-                    seconds: float) -> tuple[dict[str, Any], int]:
+async def open_loop(http: httpx.AsyncClient, headers: dict[str, str], pairs: list[list[str]], *, rate: float,
+                    seconds: float) -> tuple[dict[str, Any], Counter[int]]:
     tally = Tally()
-    body = order_body(skus)
+    bodies = [order_body(skus) for skus in pairs]
     start = time.perf_counter() + 0.2
     tasks = []
     for k in range(int(rate * seconds)):
@@ -139,9 +163,9 @@ async def open_loop(http: httpx.AsyncClient, headers: dict[str, str], skus: list
         wait = due - time.perf_counter()
         if wait > 0:
             await asyncio.sleep(wait)
-        tasks.append(asyncio.create_task(tally.order(http, headers, body, due)))
+        tasks.append(asyncio.create_task(tally.next_order(http, headers, bodies, due)))
     await asyncio.gather(*tasks)
-    return {"rate": rate, **tally.summary(seconds)}, tally.completed
+    return {"rate": rate, **tally.summary(seconds)}, tally.by_product
 
 
 async def stock_left(http: httpx.AsyncClient, ops: dict[str, str], sku: str) -> int:
@@ -152,27 +176,43 @@ async def stock_left(http: httpx.AsyncClient, ops: dict[str, str], sku: str) -> 
 async def run(args: argparse.Namespace) -> None:
     limits = httpx.Limits(max_connections=max(args.concurrency, 256), max_keepalive_connections=64)
     async with httpx.AsyncClient(base_url=args.api, timeout=60, limits=limits) as http:
-        skus, ops = await set_up(http)
+        pairs, ops = await set_up(http, args.products)
         buyer = bearer("bench-buyer", "commerce:order-processor:read", "commerce:order-processor:write")
-        completed = 0
-        warm, _ = await closed_loop(http, buyer, skus, concurrency=4, seconds=5)
-        completed += _
+        completed: Counter[int] = Counter()
+        warm, done = await closed_loop(http, buyer, pairs, concurrency=4, seconds=5)
+        completed += done
         print("warm-up:", json.dumps(warm), flush=True)
-        result, done = await closed_loop(http, buyer, skus, concurrency=args.concurrency, seconds=args.duration)
+        cpu: dict[str, float] = {}
+        watchers = []
+        if args.cpu or args.py_spy:
+            from rate_cpu import print_cpu, watch
+
+            watchers = watch(cpu, wait_s=5, span_s=max(1.0, args.duration - 10), spy_out=args.py_spy,
+                             spy_match=args.spy_match, me=True)
+        result, done = await closed_loop(http, buyer, pairs, concurrency=args.concurrency, seconds=args.duration)
         completed += done
         print(f"closed loop, {args.concurrency} clients:", json.dumps(result), flush=True)
+        for t in watchers:
+            t.join()
+        if cpu:
+            print(f"closed loop, 5th second to 5 s before the end, {result['completed_per_s']} orders/s:", end=" ")
+            print_cpu(cpu, top=12)
         if args.rates == "auto":  # a quarter, half and nine tenths of what the closed loop completed
             rates = [round(result["completed_per_s"] * f, 1) for f in (0.25, 0.5, 0.9)]
         else:
             rates = [float(r) for r in args.rates.split(",") if r]
         for rate in [r for r in rates if r > 0]:
-            result, done = await open_loop(http, buyer, skus, rate=rate, seconds=args.rate_duration)
+            result, done = await open_loop(http, buyer, pairs, rate=rate, seconds=args.rate_duration)
             completed += done
             print("open loop:", json.dumps(result), flush=True)
-        # Stock check: each completed order took 1 of the first SKU and 2 of the second.
-        left = [await stock_left(http, ops, sku) for sku in skus]
-        print("stock check:", json.dumps({"completed_orders": completed, "on_hand": left,
-                                          "expected": [STOCK - completed, STOCK - 2 * completed]}))
+        # Stock check: each completed order took 1 of its product's first SKU and 2 of the second.
+        wrong = []
+        for k, skus in enumerate(pairs):
+            left = [await stock_left(http, ops, sku) for sku in skus]
+            if left != [STOCK - completed[k], STOCK - 2 * completed[k]]:
+                wrong.append({"skus": skus, "on_hand": left, "completed": completed[k]})
+        print("stock check:", json.dumps({"products": len(pairs), "completed_orders": sum(completed.values()),
+                                          "products_whose_stock_is_not_what_their_orders_took": wrong}))
 
 
 def main() -> None:
@@ -182,6 +222,11 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=30)
     parser.add_argument("--rates", default="25,50,100")
     parser.add_argument("--rate-duration", type=float, default=30)
+    parser.add_argument("--products", type=int, default=1, help="Products (two SKUs each) the orders take in turn: "
+                        "1 puts every order on the same two stock rows.")
+    parser.add_argument("--cpu", action="store_true", help="The CPU of every stack process during the closed loop.")
+    parser.add_argument("--py-spy", help="Write a raw py-spy profile of one stack process during the closed loop here.")
+    parser.add_argument("--spy-match", default="ServeReplica:commerce")
     asyncio.run(run(parser.parse_args()))
 
 

@@ -84,9 +84,9 @@ async def run(args: argparse.Namespace, store_pids: list[int]) -> None:
         bench_orders.bearer = bearer  # the same set-up as bench/orders.py, with in-process tokens
         transport = httpx.ASGITransport(app=_Prefixed(app), client=("203.0.113.9", 40000))
         async with httpx.AsyncClient(transport=transport, base_url="http://nexus.test", timeout=60) as http:
-            skus, _ = await bench_orders.set_up(http)
+            pairs, _ = await bench_orders.set_up(http)
             buyer = bearer("bench-buyer", "commerce:order-processor:read", "commerce:order-processor:write")
-            body = bench_orders.order_body(skus)
+            body = bench_orders.order_body(pairs[0])
             warm = bench_orders.Tally()
             for _ in range(10):
                 await warm.order(http, buyer, body)

@@ -81,6 +81,26 @@ def py_spy(temp_dir: str, match: str, out: str, wait_s: float, span_s: float) ->
                     "-o", out, "-p", str(target.pid)], capture_output=True, check=False)
 
 
+def watch(cpu: dict[str, float], *, wait_s: float, span_s: float, spy_out: str | None = None,
+          spy_match: str = "ServeReplica:platform", me: bool = False) -> list[threading.Thread]:
+    """Start, in threads, :func:`stack_cpu` into ``cpu`` and (with ``spy_out``) :func:`py_spy`, against the stack
+    of ``NEXUS_DATA_DIR`` (bench/with_stack.sh sets it); join the threads for the results."""
+    head = cluster.running(Path(os.environ["NEXUS_DATA_DIR"]))
+    assert head is not None, "no stack running for NEXUS_DATA_DIR"
+    threads = [threading.Thread(target=lambda: cpu.update(stack_cpu(head.temp_dir, wait_s, span_s, me=me)))]
+    if spy_out:
+        threads.append(threading.Thread(target=py_spy, args=(head.temp_dir, spy_match, spy_out, wait_s, span_s)))
+    for t in threads:
+        t.start()
+    return threads
+
+
+def print_cpu(cpu: dict[str, float], top: int = 8) -> None:
+    print(f"CPU, % of one core: all {sum(cpu.values()):.0f}; busiest:")
+    for name, pct in sorted(cpu.items(), key=lambda kv: -kv[1])[:top]:
+        print(f"  {pct:5.1f}  {name}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rate", type=int, default=800)
@@ -88,8 +108,6 @@ def main() -> None:
     ap.add_argument("--py-spy", help="write a raw py-spy profile here")
     ap.add_argument("--spy-match", default="ServeReplica:platform")
     args = ap.parse_args()
-    head = cluster.running(Path(os.environ["NEXUS_DATA_DIR"]))
-    assert head is not None, "no stack running for NEXUS_DATA_DIR"
     tok = token("platform:gateway:read")
     url = f"http://127.0.0.1:{os.environ['NEXUS_HTTP_PORT']}/platform/v1/gateway/notice"
 
@@ -97,11 +115,7 @@ def main() -> None:
     wrk2(url, tok, 400, 8, 64)  # warm: connections, caches, pools
     cpu: dict[str, float] = {}
 
-    threads = [threading.Thread(target=lambda: cpu.update(stack_cpu(head.temp_dir, 5, 15)))]
-    if args.py_spy:
-        threads.append(threading.Thread(target=py_spy, args=(head.temp_dir, args.spy_match, args.py_spy, 5, 15)))
-    for t in threads:
-        t.start()
+    threads = watch(cpu, wait_s=5, span_s=15, spy_out=args.py_spy, spy_match=args.spy_match)
     result = wrk2(url, tok, args.rate, args.duration, 64)
     for t in threads:
         t.join()
