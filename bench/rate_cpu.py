@@ -96,7 +96,9 @@ def watch(cpu: dict[str, float], *, wait_s: float, span_s: float, spy_out: str |
 
 
 def print_cpu(cpu: dict[str, float], top: int = 8) -> None:
-    print(f"CPU, % of one core: all {sum(cpu.values()):.0f}; busiest:")
+    """The total, the ``top`` busiest processes, and PostgreSQL's backends summed (each is a process of its own)."""
+    pg = [pct for name, pct in cpu.items() if name.split(" ", 1)[1].startswith("postgres:")]
+    print(f"CPU, % of one core: all {sum(cpu.values()):.0f}; PostgreSQL's {len(pg)} backends {sum(pg):.0f}; busiest:")
     for name, pct in sorted(cpu.items(), key=lambda kv: -kv[1])[:top]:
         print(f"  {pct:5.1f}  {name}")
 
