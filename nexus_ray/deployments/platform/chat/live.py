@@ -196,7 +196,8 @@ async def room_live(
     room_id: str = Path(pattern=ROOM_ID_PATTERN),
     after: int | None = Query(None, ge=0, le=2**62, description="The last sequence number seen: replay from it."),
     batch: bool = Query(False, description="Send the events that queued up while the connection was busy as one "
-                                           '`{"type": "batch", "events": [...]}` frame.'),
+                                           '`{"type": "batch", "events": [...]}` frame; while the room is busy, '
+                                           "frames go out at most once per linger (100 ms unless configured)."),
     principal: Principal = ws_authorize(SCOPES.write),
 ) -> None:
     """A member's live connection to a room (WebSocket): send, receive in order, resume."""
