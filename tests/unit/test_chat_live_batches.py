@@ -97,7 +97,7 @@ async def trickled(until) -> list[dict]:
     ws = Recorder()
     task = asyncio.create_task(live._Connection(ws, "room", "alice").live(queue, 0, batch=True))  # type: ignore[arg-type]
     queue.put_nowait(message(1))
-    await until(lambda: ws.frames, within_s=5)
+    await until(lambda: ws.frames, within_s=5, every=0.001)  # message 2 follows message 1 at once
     queue.put_nowait(message(2))
     for _ in range(5):
         await asyncio.sleep(0)  # the forwarding loop runs: without a linger it sends message 2 now
@@ -109,7 +109,7 @@ async def trickled(until) -> list[dict]:
 
 
 async def test_events_within_the_linger_after_a_frame_go_out_together(linger_ms, until):
-    linger_ms(300)
+    linger_ms(500)
     assert await trickled(until) == [
         orjson.loads(message(1)),  # after a quiet spell: at once, not held for the linger
         {"type": "batch", "events": [orjson.loads(message(2)), orjson.loads(message(3))]},
