@@ -73,10 +73,10 @@ def _forwarded_client(peer: str, forwarded: tuple[str, ...], trusted_proxies: tu
     The answer depends on nothing but the arguments; headers a client invents only push older
     entries out of a bounded cache.
     """
-    return forwarded_client(peer, list(forwarded), trusted_proxies)
+    return forwarded_client(peer, forwarded, trusted_proxies)
 
 
-def forwarded_client(peer: str, forwarded: list[str], trusted_proxies: list[str] | tuple[str, ...]) -> str:
+def forwarded_client(peer: str, forwarded: Sequence[str], trusted_proxies: Sequence[str]) -> str:
     """The client behind ``peer``, from its X-Forwarded-For header lines, believing only ``trusted_proxies``.
 
     Each proxy appends the address it received the request from, so the header is read from the
