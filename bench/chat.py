@@ -18,6 +18,11 @@ in one ``batch`` frame). The client is one Python process on the same machine: i
 parsing of rate x clients messages per second is part of what is measured (its garbage collector is
 off while it measures: it keeps every delivery, and full collections over them paused it).
 
+``--procs N`` spreads the members over N client processes (the first holds the senders): 500 members are
+500 devices, and one Python process reading all their sockets serialises what they would read at once
+(each linger, every member's frame arrives together). Receipts are stamped on the system's monotonic clock,
+which all processes share. The default, 1, is what every figure up to 2026-12-01 18:00 UTC used.
+
 ``--client aiohttp`` reads the members' sockets with aiohttp's compiled frame reader instead of the
 websockets library (the default, which every figure up to 2026-12-01 16:00 UTC used).
 
@@ -31,6 +36,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import multiprocessing
 import os
 import statistics
 import sys
@@ -81,10 +87,11 @@ class Client:
         self.acks: dict[str, tuple[int, float]] = {}
         self.ready = asyncio.Event()
         self.frames = 0
+        self.reader: asyncio.Task[None] | None = None
 
     async def read(self) -> None:
         async for raw in self.ws:
-            now = time.perf_counter()
+            now = time.monotonic()  # CLOCK_MONOTONIC: one clock for every client process
             self.frames += 1
             event = orjson.loads(raw)
             for one in event["events"] if event["type"] == "batch" else (event,):
@@ -170,17 +177,22 @@ async def run(args: argparse.Namespace) -> None:
 
     url = args.api.replace("http://", "ws://") + f"/platform/v1/chat/rooms/{room_id}/live"
     url += "?batch=true" if args.batch else ""
-    clients: list[Client] = []
+    share = -(-args.clients // args.procs)  # members per client process; the first holds the senders
+    assert args.senders <= share, "--senders must fit in the first client process's share of the members"
     t0 = time.perf_counter()
-    for i in range(0, args.clients, 50):
-        batch = subjects[i:i + 50]
-        sockets = await asyncio.gather(*(open_socket(url, toks[s]) for s in batch))
-        for s, ws in zip(batch, sockets, strict=True):
-            c = Client(s, ws)
-            clients.append(c)
-            asyncio.get_running_loop().create_task(c.read())
-        await asyncio.gather(*(c.ready.wait() for c in clients[i:]))
-    print(f"{args.clients} members connected (handshake, auth, membership, ready) in {time.perf_counter() - t0:.1f} s")
+    others = []
+    for i in range(share, args.clients, share):
+        mine, theirs = multiprocessing.get_context("spawn").Pipe()
+        proc = multiprocessing.get_context("spawn").Process(
+            target=member_process, args=(args, url, [(s, toks[s]) for s in subjects[i:i + share]], theirs))
+        proc.start()
+        others.append((proc, mine))
+    loop = asyncio.get_running_loop()
+    clients = await connect_members(open_socket, url, [(s, toks[s]) for s in subjects[:share]])
+    for _proc, pipe in others:
+        assert await loop.run_in_executor(None, pipe.recv) == "ready"
+    print(f"{args.clients} members connected (handshake, auth, membership, ready) in {time.perf_counter() - t0:.1f} s"
+          + (f" by {args.procs} client processes" if args.procs > 1 else ""))
 
     # The client keeps every delivery (about a million objects at 250,000): the collector's full passes over
     # them would pause its one event loop for 100 ms and more, late receipts counted against the platform.
@@ -189,14 +201,16 @@ async def run(args: argparse.Namespace) -> None:
     senders = clients[: args.senders]
     n = int(args.rate * args.duration)
     sent_at: dict[str, float] = {}
-    start = time.perf_counter() + 0.5
+    start = time.monotonic() + 0.5
+    for _proc, pipe in others:
+        pipe.send((start, n))
     cpu: dict[str, float] = {}
     watchers = (watch(cpu, wait_s=1.5, span_s=max(1.0, args.duration - 2), spy_out=args.py_spy,
                       spy_match=args.spy_match, me=True) if args.cpu or args.py_spy else [])
     late = 0
     for k in range(n):
         due = start + k / args.rate
-        wait = due - time.perf_counter()
+        wait = due - time.monotonic()
         if wait > 0:
             await asyncio.sleep(wait)
         elif wait < -0.01:
@@ -206,12 +220,13 @@ async def run(args: argparse.Namespace) -> None:
         sent_at[cid] = due  # open loop: latency counts from when it was due
         await sender.ws.send(orjson.dumps({"type": "send", "client_id": cid, "text": f"message {k}"}).decode())
 
-    def all_in() -> bool:
-        return all(len(c.got) >= n for c in clients)
-
-    deadline = time.perf_counter() + args.drain
-    while not all_in() and time.perf_counter() < deadline:  # noqa: ASYNC110 - the readers run meanwhile
-        await asyncio.sleep(0.2)
+    await drain(clients, n, start + n / args.rate + args.drain)
+    for proc, pipe in others:
+        for subject, frames, got in await loop.run_in_executor(None, pipe.recv):
+            c = Client(subject, None)
+            c.frames, c.got = frames, got
+            clients.append(c)
+        proc.join()
 
     acks = {cid: a for s in senders for cid, a in s.acks.items()}
     acked = set(acks)
@@ -249,8 +264,57 @@ async def run(args: argparse.Namespace) -> None:
     if cpu:
         print("over the sending:", end=" ")
         print_cpu(cpu)
+    await asyncio.gather(*(c.ws.close() for c in clients if c.ws is not None), return_exceptions=True)
+    await close_all()
+
+
+async def connect_members(open_socket, url: str, members: list[tuple[str, str]]) -> list[Client]:
+    """Open the members' live connections, 50 at a time, each read by a task of its own; returns once every one
+    has had its ``ready``."""
+    clients: list[Client] = []
+    for i in range(0, len(members), 50):
+        batch = members[i:i + 50]
+        sockets = await asyncio.gather(*(open_socket(url, tok) for _, tok in batch))
+        for (subject, _), ws in zip(batch, sockets, strict=True):
+            c = Client(subject, ws)
+            c.reader = asyncio.get_running_loop().create_task(c.read())
+            clients.append(c)
+        await asyncio.gather(*(c.ready.wait() for c in clients[i:]))
+    return clients
+
+
+async def drain(clients: list[Client], n: int, deadline: float) -> None:
+    """Until every member has ``n`` messages, or the monotonic clock passes ``deadline``."""
+    while any(len(c.got) < n for c in clients) and time.monotonic() < deadline:  # noqa: ASYNC110 - readers run
+        await asyncio.sleep(0.2)
+
+
+async def members_only(args: argparse.Namespace, url: str, members: list[tuple[str, str]], pipe) -> None:
+    """A client process of ``--procs``: connect ``members``, say ready, take (start, n) from the first process,
+    record deliveries until each member has ``n`` or the drain ends, send back what each member got."""
+    open_socket, close_all = await opener(args)
+    clients = await connect_members(open_socket, url, members)
+    loop = asyncio.get_running_loop()
+    pipe.send("ready")
+    start, n = await loop.run_in_executor(None, pipe.recv)
+    gc.disable()  # as in the first process: what the members keep has no cycles
+    await drain(clients, n, start + n / args.rate + args.drain)
+    pipe.send([(c.subject, c.frames, c.got) for c in clients])
     await asyncio.gather(*(c.ws.close() for c in clients), return_exceptions=True)
     await close_all()
+
+
+def member_process(args: argparse.Namespace, url: str, members: list[tuple[str, str]], pipe) -> None:
+    run_loop(args, members_only(args, url, members, pipe))
+
+
+def run_loop(args: argparse.Namespace, main) -> None:
+    if args.loop == "uvloop":  # the client shares the 2 cores with the platform: the cheaper loop
+        import uvloop
+
+        uvloop.run(main)
+    else:
+        asyncio.run(main)
 
 
 def main() -> None:
@@ -270,13 +334,9 @@ def main() -> None:
     ap.add_argument("--cpu", action="store_true", help="Print the CPU of every stack process over the sending.")
     ap.add_argument("--py-spy", help="Write a raw py-spy profile of one stack process over the sending here.")
     ap.add_argument("--spy-match", default="ServeReplica:platform")
+    ap.add_argument("--procs", type=int, default=1, help="Client processes the members are spread over.")
     args = ap.parse_args()
-    if args.loop == "uvloop":  # the client shares the 2 cores with the platform: the cheaper loop
-        import uvloop
-
-        uvloop.run(run(args))
-    else:
-        asyncio.run(run(args))
+    run_loop(args, run(args))
 
 
 if __name__ == "__main__":

@@ -34,24 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import httpx  # noqa: E402
 import orders as bench_orders  # noqa: E402
-import psutil  # noqa: E402
-
-
-def cpu_of(pids: list[int]) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for pid in pids:
-        try:
-            proc = psutil.Process(pid)
-            procs = [proc, *proc.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            continue
-        for p in procs:
-            try:
-                t = p.cpu_times()
-                out[f"{p.pid}:{p.name()}"] = t.user + t.system
-            except psutil.NoSuchProcess:
-                pass
-    return out
+from rate_cpu import cpu_of  # noqa: E402
 
 
 async def main(args: argparse.Namespace) -> None:

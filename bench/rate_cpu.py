@@ -43,10 +43,28 @@ def reference_ms() -> int:
     return round((time.perf_counter() - t) * 1000)
 
 
+def cpu_of(pids: list[int]) -> dict[str, float]:
+    """CPU seconds so far (user + system) of each of ``pids`` and of their children, keyed ``pid:name``."""
+    out: dict[str, float] = {}
+    for pid in pids:
+        try:
+            proc = psutil.Process(pid)
+            procs = [proc, *proc.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            continue
+        for p in procs:
+            try:
+                t = p.cpu_times()
+                out[f"{p.pid}:{p.name()}"] = t.user + t.system
+            except psutil.NoSuchProcess:
+                pass
+    return out
+
+
 def stack_cpu(temp_dir: str, wait_s: float, span_s: float, *, me: bool = False) -> dict[str, float]:
     """After ``wait_s``, the CPU of each process of the stack over ``span_s`` seconds, in % of one core, keyed
     by pid and command line: Ray's, the embedded stores of ``NEXUS_DATA_DIR``, Redis, HAProxy, the load
-    generator, and with ``me`` this process."""
+    generator, and with ``me`` this process and its children."""
     time.sleep(wait_s)
     procs = {p.pid: p for p in cluster.processes(temp_dir)}
     procs.update({p.pid: p for p in psutil.process_iter() if p.name() in _OTHERS})
@@ -55,6 +73,7 @@ def stack_cpu(temp_dir: str, wait_s: float, span_s: float, *, me: bool = False) 
         procs.update({p.pid: p for p in cluster.processes(data_dir)})
     if me:
         procs[os.getpid()] = psutil.Process()
+        procs.update({p.pid: p for p in psutil.Process().children(recursive=True)})
     start = {}
     for pid, p in procs.items():
         try:
