@@ -43,6 +43,7 @@ import sys
 import time
 import uuid
 from collections import defaultdict
+from pathlib import Path
 
 import httpx
 import orjson
@@ -254,6 +255,12 @@ async def run(args: argparse.Namespace) -> None:
             by_second[int(sent_at[cid] - start)].append((at - sent_at[cid]) * 1000)
     print("delivery p99 ms by second of sending: "
           + " ".join(f"{pct(by_second[k], 99):.0f}" for k in sorted(by_second)))
+    if args.dump:  # when sending began; one line per delivery: message number, member, receipt after due (ms); acks
+        lines = [f"s {start:.6f}\n"]  # the monotonic time of message 0's due moment
+        lines += [f"d {cid[1:]} {i} {(at - sent_at[cid]) * 1000:.2f}\n"
+                 for i, c in enumerate(clients) for _s, cid, _q, at in c.got]
+        lines += [f"a {cid[1:]} {(acks[cid][1] - sent_at[cid]) * 1000:.2f}\n" for cid in acked]
+        await asyncio.to_thread(Path(args.dump).write_text, "".join(lines))
     ams = [x * 1000 for x in ack_lat]
     print(f"ack latency ms: p50 {statistics.median(ams):.1f}  p99 {pct(ams, 99):.1f}")
     frames = sum(c.frames for c in clients)
@@ -335,6 +342,7 @@ def main() -> None:
     ap.add_argument("--py-spy", help="Write a raw py-spy profile of one stack process over the sending here.")
     ap.add_argument("--spy-match", default="ServeReplica:platform")
     ap.add_argument("--procs", type=int, default=1, help="Client processes the members are spread over.")
+    ap.add_argument("--dump", help="Write every delivery's and ack's latency to this file (one line each).")
     args = ap.parse_args()
     run_loop(args, run(args))
 

@@ -17,32 +17,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import secrets
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-DIR = Path(tempfile.mkdtemp(prefix="nexus-bench-room-"))
-os.environ.update({"NEXUS_ENVIRONMENT": "test", "NEXUS_MASTER_KEY": secrets.token_urlsafe(48),
-                   "NEXUS_DATA_DIR": str(DIR), "NEXUS_LOG_LEVEL": "WARNING"})
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from on_stores import on_stores, private_stores
+
+DIR = private_stores("nexus-bench-room-")
 
 from rate_cpu import cpu_of  # noqa: E402
 
 
 async def main(args: argparse.Namespace) -> None:
-    from nexus_ray.config import get_settings
-    from nexus_ray.runtime import embedded
-
-    stores = embedded.start(DIR)
-    os.environ.update(stores.env())
-    get_settings.cache_clear()
-    try:
-        await run(args, list(stores.pids.values()))
-    finally:
-        embedded.stop(DIR)
+    await on_stores(DIR, lambda store_pids: run(args, store_pids))
 
 
 async def run(args: argparse.Namespace, store_pids: list[int]) -> None:
