@@ -13,11 +13,11 @@ messages: :meth:`ChatRoom.post` runs one at a time per room, so
 * a message is in the document store before :meth:`post` returns, so the sender's ack
   means durable; and it is published (Redis pub/sub, one channel per room) after that;
 * a client message id seen before returns the stored message instead of a second one
-  (the dedup the client relies on when it resends after a dropped connection). The room
-  remembers the ids of its last :data:`_RECENT` posts, so a resend soon after is answered
-  without a look-up and a new post costs none: it is inserted, and the store's unique
-  (room, sender, client id) index refuses the rare resend of an older post, which is then
-  answered from the store (its number, handed out for nothing, stays a gap).
+  (the dedup the client relies on when it resends after a dropped connection). A new post
+  costs no look-up: it is inserted, and the store's unique (room, sender, client id) index
+  refuses a resend, which is then answered with the stored message (the number it was
+  handed stays a gap). The room remembers the ids of its last :data:`_RECENT` posts, so the
+  usual resend, soon after a dropped connection, is known before it is numbered: no gap.
 
 Ops are idempotent because Ray retries a call whose shard died mid-flight: "member X has
 role R", "sequence is N", "X has read up to N (never backwards)", "X is muted until T".
@@ -103,7 +103,7 @@ _BATCH = 256
 """Most posts written in one group commit."""
 
 _RECENT = 256
-"""Posts per room whose (sender, client id) the room remembers, to answer a resend without a look-up."""
+"""Posts per room whose (sender, client id) the room remembers, to know a resend before numbering it."""
 
 _DUPLICATE_KEY = 11000
 
