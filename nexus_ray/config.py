@@ -61,6 +61,15 @@ class Settings(BaseSettings):
         1.0, ge=0, description="Seconds a consumer waits before it retries an event its handler failed on, doubled "
         "after each failure (at most 60 s). Only that event's partition waits; the others go on.",
     )
+    event_replay_window_h: float = Field(
+        24.0, gt=0, description="When the broker has lost its log (the embedded broker keeps none across restarts), "
+        "the outbox relay publishes again the events created in this many hours before the newest one; consumers "
+        "skip those they had processed. Bounds what a restart costs, however long the outbox's history.",
+    )
+    event_retention_days: int = Field(
+        7, ge=1, description="The housekeeping job deletes published outbox events, consumers' records of processed "
+        "events and replayed dead letters older than this. Keep it longer than event_replay_window_h.",
+    )
 
     # Edge.
     jwt_issuer: str = Field(

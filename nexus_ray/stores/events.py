@@ -144,6 +144,37 @@ def _decode(msg: Any) -> Event:
     )
 
 
+async def mark_for_replay(pg: asyncpg.Pool | asyncpg.Connection, *, window_h: float) -> int:
+    """Mark the published events created in the ``window_h`` hours before the newest one for publication again
+    (the relay publishes them in outbox order); returns how many.
+
+    The window is anchored at the newest event, not at the clock: after a long downtime the events around the
+    moment the broker went are still replayed, and a history of months is not.
+    """
+    return int(await pg.fetchval(
+        'WITH u AS (UPDATE outbox SET published_at = NULL, partition = NULL, "offset" = NULL '
+        "WHERE published_at IS NOT NULL "
+        "AND created_at >= (SELECT max(created_at) FROM outbox) - make_interval(secs => $1) "
+        "RETURNING 1) SELECT count(*) FROM u",
+        window_h * 3600.0,
+    ))
+
+
+async def purge_events(*, conn: asyncpg.Connection, older_than_days: int) -> dict[str, int]:
+    """Delete what the event machinery keeps past ``older_than_days`` (the housekeeping job calls it): published
+    outbox events, consumers' records of processed events, and dead letters replayed that long ago. Unpublished
+    events and dead letters not yet replayed are kept whatever their age."""
+    age = "now() - make_interval(days => $1)"
+    counts = {}
+    for name, sql in (
+        ("outbox_events", f"DELETE FROM outbox WHERE published_at IS NOT NULL AND created_at < {age}"),
+        ("processed_events", f"DELETE FROM processed_events WHERE processed_at < {age}"),
+        ("dead_letters", f"DELETE FROM dead_letters WHERE status = 'replayed' AND replayed_at < {age}"),
+    ):
+        counts[name] = await conn.fetchval(f"WITH d AS ({sql} RETURNING 1) SELECT count(*) FROM d", older_than_days)
+    return counts
+
+
 class OutboxRelay:
     """Publishes committed outbox events to Kafka; replays them after broker data loss."""
 
@@ -265,12 +296,13 @@ class OutboxRelay:
         return len(rows)
 
     async def replay_lost(self, probe: AIOKafkaConsumer, producer: AIOKafkaProducer) -> int:
-        """Re-publish every retained event if the broker lost its data; returns how many.
+        """Re-publish the recent events if the broker lost its data; returns how many.
 
         The relay keeps an epoch marker record in a topic of its own and the epoch in
         PostgreSQL. A broker that comes back without the marker has lost its log (tansu
-        keeps none across restarts; a real cluster after a disaster), so every retained
-        event is marked for publication again, in order. End offsets alone cannot tell:
+        keeps none across restarts; a real cluster after a disaster), so the events of the
+        last ``event_replay_window_h`` before the newest are marked for publication again,
+        in order (:func:`mark_for_replay`). End offsets alone cannot tell:
         tansu reports the last batch's base offset, not the high watermark.
         """
         pg = await postgres.pool()
@@ -284,10 +316,7 @@ class OutboxRelay:
             return 0
         replayed = 0
         if recorded is not None:
-            replayed = await pg.fetchval(
-                'WITH u AS (UPDATE outbox SET published_at = NULL, partition = NULL, "offset" = NULL '
-                "WHERE published_at IS NOT NULL RETURNING 1) SELECT count(*) FROM u"
-            )
+            replayed = await mark_for_replay(pg, window_h=get_settings().event_replay_window_h)
             log.warning("broker lost its log (epoch marker gone): replaying %d retained events", replayed)
         epoch = uuid.uuid4()
         await producer.send_and_wait(EPOCH_TOPIC, value=str(epoch).encode(), partition=0)

@@ -390,3 +390,65 @@ async def test_message_that_is_not_an_event_is_dead_lettered_at_once(relay, unti
     (letter,) = await events.list_dead_letters(consumer=consumer.group)
     assert letter.data == {"undecodable": "\ufffdnot json"} and letter.key == "k" and letter.attempts == 1
     assert letter.error_type in ("json.decoder.JSONDecodeError", "UnicodeDecodeError")
+
+
+async def _outbox_row(conn: asyncpg.Connection, topic: str, *, created: str, published: bool) -> uuid.UUID:
+    """An outbox event created at ``now() + created`` (an interval), published or not."""
+    event_id = uuid.uuid4()
+    await conn.execute(
+        "INSERT INTO outbox (event_id, topic, payload, created_at, published_at) "
+        "VALUES ($1, $2, '{}'::jsonb, now() + $3::text::interval, CASE WHEN $4 THEN now() END)",
+        event_id, topic, created, published)
+    return event_id
+
+
+async def test_a_lost_broker_gets_the_events_of_the_window_before_the_newest_again(migrated):
+    topic = f"test.window.{uuid.uuid4().hex[:6]}"
+    p = await postgres.pool()
+    async with postgres.transaction() as conn:
+        # Dated ahead of everything else in the outbox, so these anchor the window and nothing else is in it.
+        newest = await _outbox_row(conn, topic, created="10 days", published=True)
+        inside = await _outbox_row(conn, topic, created="10 days - 2 hours", published=True)
+        outside = await _outbox_row(conn, topic, created="10 days - 30 hours", published=True)
+    try:
+        assert await events.mark_for_replay(p, window_h=24) == 2
+        unpublished = {r["event_id"] for r in await p.fetch(
+            "SELECT event_id FROM outbox WHERE topic = $1 AND published_at IS NULL", topic)}
+        assert unpublished == {newest, inside}  # the one 30 hours before the newest stays published
+        assert await p.fetchval("SELECT published_at IS NOT NULL FROM outbox WHERE event_id = $1", outside)
+    finally:
+        await p.execute("DELETE FROM outbox WHERE topic = $1", topic)  # they would anchor later windows
+
+
+async def test_purge_removes_old_published_events_and_consumer_records_only(migrated):
+    # The housekeeping job's part for events (the job closes the pool it used: this session's is shared).
+    topic, consumer = f"test.purge.{uuid.uuid4().hex[:6]}", f"g-{uuid.uuid4().hex[:6]}"
+    p = await postgres.pool()
+    async with postgres.transaction() as conn:
+        old = await _outbox_row(conn, topic, created="-10 days", published=True)
+        pending = await _outbox_row(conn, topic, created="-10 days", published=False)
+        recent = await _outbox_row(conn, topic, created="-1 day", published=True)
+        for event_id, age in ((old, "10 days"), (recent, "1 day")):
+            await conn.execute("INSERT INTO processed_events (consumer, event_id, processed_at) "
+                               "VALUES ($1, $2, now() - $3::text::interval)", consumer, event_id, age)
+        for event_id, status, age in ((old, "replayed", "10 days"), (recent, "replayed", "1 day"),
+                                      (pending, "dead", "10 days")):
+            await conn.execute(
+                "INSERT INTO dead_letters (consumer, event_id, topic, payload, occurred_at, attempts, error_type, "
+                "error_message, first_failed_at, status, replayed_at) VALUES ($1, $2, $3, '{}'::jsonb, now(), 5, "
+                "'E', 'e', now(), $4, CASE WHEN $4 = 'replayed' THEN now() - $5::text::interval END)",
+                consumer, event_id, topic, status, age)
+    async with postgres.transaction() as conn:
+        counts = await events.purge_events(conn=conn, older_than_days=7)
+    assert counts["outbox_events"] >= 1 and counts["processed_events"] >= 1 and counts["dead_letters"] >= 1
+    assert {r["event_id"] for r in await p.fetch("SELECT event_id FROM outbox WHERE topic = $1", topic)} == {
+        pending, recent}  # an unpublished event is kept whatever its age
+    assert {r["event_id"] for r in await p.fetch(
+        "SELECT event_id FROM processed_events WHERE consumer = $1", consumer)} == {recent}
+    assert {(r["event_id"], r["status"]) for r in await p.fetch(
+        "SELECT event_id, status FROM dead_letters WHERE consumer = $1", consumer)} == {
+        (recent, "replayed"), (pending, "dead")}  # a dead letter not yet replayed is kept
+    async with postgres.transaction() as conn:
+        again = await events.purge_events(conn=conn, older_than_days=7)
+    assert (again["outbox_events"], again["processed_events"], again["dead_letters"]) == (0, 0, 0)
+    await p.execute("DELETE FROM outbox WHERE topic = $1", topic)
