@@ -163,12 +163,14 @@ async def mark_for_replay(pg: asyncpg.Pool | asyncpg.Connection, *, window_h: fl
 async def purge_events(*, conn: asyncpg.Connection, older_than_days: int) -> dict[str, int]:
     """Delete what the event machinery keeps past ``older_than_days`` (the housekeeping job calls it): published
     outbox events, consumers' records of processed events, and dead letters replayed that long ago. Unpublished
-    events and dead letters not yet replayed are kept whatever their age."""
+    events and dead letters not yet replayed are kept whatever their age, and so is a consumer's record of an event
+    still in the outbox (one marked for replay after a long downtime must still be known as processed)."""
     age = "now() - make_interval(days => $1)"
     counts = {}
     for name, sql in (
         ("outbox_events", f"DELETE FROM outbox WHERE published_at IS NOT NULL AND created_at < {age}"),
-        ("processed_events", f"DELETE FROM processed_events WHERE processed_at < {age}"),
+        ("processed_events", f"DELETE FROM processed_events p WHERE processed_at < {age} "
+                             "AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.event_id = p.event_id)"),
         ("dead_letters", f"DELETE FROM dead_letters WHERE status = 'replayed' AND replayed_at < {age}"),
     ):
         counts[name] = await conn.fetchval(f"WITH d AS ({sql} RETURNING 1) SELECT count(*) FROM d", older_than_days)

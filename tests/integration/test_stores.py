@@ -428,7 +428,7 @@ async def test_purge_removes_old_published_events_and_consumer_records_only(migr
         old = await _outbox_row(conn, topic, created="-10 days", published=True)
         pending = await _outbox_row(conn, topic, created="-10 days", published=False)
         recent = await _outbox_row(conn, topic, created="-1 day", published=True)
-        for event_id, age in ((old, "10 days"), (recent, "1 day")):
+        for event_id, age in ((old, "10 days"), (recent, "1 day"), (pending, "10 days")):
             await conn.execute("INSERT INTO processed_events (consumer, event_id, processed_at) "
                                "VALUES ($1, $2, now() - $3::text::interval)", consumer, event_id, age)
         for event_id, status, age in ((old, "replayed", "10 days"), (recent, "replayed", "1 day"),
@@ -444,7 +444,8 @@ async def test_purge_removes_old_published_events_and_consumer_records_only(migr
     assert {r["event_id"] for r in await p.fetch("SELECT event_id FROM outbox WHERE topic = $1", topic)} == {
         pending, recent}  # an unpublished event is kept whatever its age
     assert {r["event_id"] for r in await p.fetch(
-        "SELECT event_id FROM processed_events WHERE consumer = $1", consumer)} == {recent}
+        "SELECT event_id FROM processed_events WHERE consumer = $1", consumer)} == {
+        recent, pending}  # an old record of an event still in the outbox (to be published, again) is kept
     assert {(r["event_id"], r["status"]) for r in await p.fetch(
         "SELECT event_id, status FROM dead_letters WHERE consumer = $1", consumer)} == {
         (recent, "replayed"), (pending, "dead")}  # a dead letter not yet replayed is kept
