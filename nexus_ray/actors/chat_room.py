@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -131,8 +130,8 @@ class ChatRoom(PersistentActor):
         # Posts waiting for the room's writer, which takes all that wait (up to _BATCH) at once.
         self._posts: list[_Post] = []
         self._writer: asyncio.Future[None] | None = None
-        # (sender, client id) -> seq of this room's last _RECENT stored posts, oldest first.
-        self._recent: OrderedDict[tuple[str, str], int] = OrderedDict()
+        # (sender, client id) of this room's last _RECENT stored posts, oldest first (a dict keeps insertion order).
+        self._recent: dict[tuple[str, str], None] = {}
 
     def initial_state(self) -> dict[str, Any]:
         return {"created": False, "name": "", "created_by": "", "members": {}, "seq": 0, "reads": {},
@@ -260,79 +259,67 @@ class ChatRoom(PersistentActor):
 
     async def _write_batch(self, batch: list[_Post]) -> list[dict[str, Any]]:
         """One group commit: the batch numbered with one journal write, stored with one insert, then published
-        in order with one round trip. A resend of a recent post is answered from the store by its number;
-        one the store refuses as a duplicate of an older post, by its (sender, client id)."""
+        in order with one round trip. A resend (of a post the room remembers, or one the store's unique index
+        refuses) is answered with the stored message."""
         seq = self.state["seq"]
         docs: list[dict[str, Any]] = []
-        answers: list[dict[str, Any] | int] = []  # an answer, or the seq of a recent post this one resends
-        in_batch: dict[tuple[str, str], dict[str, Any]] = {}
+        answers: list[dict[str, Any] | None] = []  # None: a resend, answered from the store
+        in_batch: dict[tuple[str, str], dict[str, Any]] = {}  # the answers of this batch's new posts
         for p in batch:
             key = (p.sender, p.client_id)
             if (earlier := in_batch.get(key)) is not None:
-                answers.append({"message": message_out(earlier), "duplicate": True})
+                answers.append({**earlier, "duplicate": True})
                 continue
-            if (stored_seq := self._recent.get(key)) is not None:
-                answers.append(stored_seq)
+            if key in self._recent:
+                answers.append(None)
                 continue
             seq += 1
             doc = {"_id": f"{self.key}:{seq}", "room_id": self.key, "seq": seq, "sender": p.sender,
                    "client_id": p.client_id, "text": p.text, "sent_at": datetime.fromtimestamp(p.now, UTC),
                    "edited_at": None, "deleted": False}
             docs.append(doc)
-            in_batch[key] = doc
-            answers.append({"message": message_out(doc), "duplicate": False})
-        fresh = {a["message"]["seq"]: a["message"] for a in answers if isinstance(a, dict) and not a["duplicate"]}
-        refused: dict[tuple[str, str], dict[str, Any]] = {}
+            in_batch[key] = {"message": message_out(doc), "duplicate": False}
+            answers.append(in_batch[key])
+        refused: set[tuple[str, str]] = set()
         if docs:
             await self.commit("seq", seq=seq)  # before the write: a seq is never handed out twice
             refused = await self._insert(docs)
-            stored = [d for d in docs if (d["sender"], d["client_id"]) not in refused]
-            await publish(self.key, *({"type": "message", "message": fresh[d["seq"]]} for d in stored))
-            for d in stored:
-                self._remember(d["sender"], d["client_id"], d["seq"])
-        by_seq = await self._stored_by_seq({a for a in answers if isinstance(a, int)})
-        out: list[dict[str, Any]] = []
-        for p, answer in zip(batch, answers, strict=True):
-            if isinstance(answer, int):
-                out.append({"message": message_out(by_seq[answer]), "duplicate": True})
-            elif (older := refused.get((p.sender, p.client_id))) is not None:
-                out.append({"message": message_out(older), "duplicate": True})
-            else:
-                out.append(answer)
-        return out
+            stored = [(d["sender"], d["client_id"]) for d in docs if (d["sender"], d["client_id"]) not in refused]
+            await publish(self.key, *({"type": "message", "message": in_batch[key]["message"]} for key in stored))
+            for key in stored:
+                self._remember(key)
+        resent = {(p.sender, p.client_id) for p, a in zip(batch, answers, strict=True) if a is None} | refused
+        found = await self._stored(resent)
+        return [answer if answer is not None and (p.sender, p.client_id) not in refused
+                else {"message": message_out(found[(p.sender, p.client_id)]), "duplicate": True}
+                for p, answer in zip(batch, answers, strict=True)]
 
-    async def _insert(self, docs: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
-        """Insert ``docs``; the stored messages of those the unique index refused as resends of older posts."""
+    async def _insert(self, docs: list[dict[str, Any]]) -> set[tuple[str, str]]:
+        """Insert ``docs``; the (sender, client id) of those the unique index refused as resends of older posts."""
         try:
             await messages().insert_many(docs, ordered=False)
-            return {}
+            return set()
         except BulkWriteError as exc:
             errors = exc.details.get("writeErrors", [])
             if any(e.get("code") != _DUPLICATE_KEY or "client_id" not in (e.get("keyPattern") or {})
                    for e in errors):
                 raise  # not (only) resends: nothing is acknowledged, each sender retries with its client id
-            resent = [docs[e["index"]] for e in errors]
+            return {(docs[e["index"]]["sender"], docs[e["index"]]["client_id"]) for e in errors}
+
+    async def _stored(self, keys: set[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Any]]:
+        """The stored messages of these (sender, client id) pairs, one look-up each (all at once) by the unique
+        (room, sender, client id) index."""
         found = await asyncio.gather(*(
-            messages().find_one({"room_id": self.key, "sender": d["sender"], "client_id": d["client_id"]})
-            for d in resent))
+            messages().find_one({"room_id": self.key, "sender": sender, "client_id": client_id})
+            for sender, client_id in keys))
         if any(f is None for f in found):
-            raise RuntimeError("a message refused as a duplicate is not in the store")
+            raise RuntimeError("a message answered as a resend is not in the store")
         return {(f["sender"], f["client_id"]): f for f in found if f is not None}
 
-    async def _stored_by_seq(self, seqs: set[int]) -> dict[int, dict[str, Any]]:
-        """The stored messages with these numbers (recent posts that were sent again)."""
-        if not seqs:
-            return {}
-        docs = await messages().find({"_id": {"$in": [f"{self.key}:{s}" for s in sorted(seqs)]}}).to_list()
-        found = {d["seq"]: d for d in docs}
-        if len(found) != len(seqs):
-            raise RuntimeError("a recent message is not in the store")
-        return found
-
-    def _remember(self, sender: str, client_id: str, seq: int) -> None:
-        self._recent[(sender, client_id)] = seq
+    def _remember(self, key: tuple[str, str]) -> None:
+        self._recent[key] = None
         if len(self._recent) > _RECENT:
-            self._recent.popitem(last=False)
+            del self._recent[next(iter(self._recent))]  # the oldest
 
     async def change(self, by: str, seq: int, text: str | None, now: float) -> dict[str, Any]:
         """Edit (``text``) or delete (None) message ``seq``: its author, or a moderator for a delete."""

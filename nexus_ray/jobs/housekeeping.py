@@ -36,7 +36,8 @@ async def purge(*, run_retention_days: int, message_retention_days: int,
     report(progress=0.7, **counts)
     async with postgres.transaction() as conn:
         counts.update(await events.purge_events(
-            conn=conn, older_than_days=event_retention_days or get_settings().event_retention_days))
+            conn=conn, older_than_days=get_settings().event_retention_days if event_retention_days is None
+            else event_retention_days))
     await postgres.close_pool()
     return counts
 
