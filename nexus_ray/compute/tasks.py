@@ -57,42 +57,28 @@ def map_tasks(
     At most ``max_in_flight`` tasks are submitted and unfinished at a time (default:
     twice as many as the cluster fits with these resources), so a long input neither
     floods the scheduler nor holds every result in the object store. ``items`` is
-    consumed lazily. If a task fails, the unfinished ones are cancelled and the error
-    is raised. Blocks: from async code use :func:`amap_tasks`.
+    consumed lazily. If a task fails, no further item is submitted and the error is
+    raised; the tasks already in flight (at most ``max_in_flight``) run to their end and
+    their results are dropped. They are not cancelled: in this Ray, cancelling a task
+    whose reply the caller is handling at that moment trips a check inside Ray that ends
+    the whole calling process ("Tried to complete task that was not pending",
+    ray-project/ray#54846). That ended a test session here, and again in CI after the
+    cancel was narrowed to the tasks that looked unfinished: short tasks finish while
+    they are being cancelled. A few wasted tasks cost less than a lost process.
+    Blocks: from async code use :func:`amap_tasks`.
     """
     task = remote(fn, num_cpus=num_cpus, num_gpus=num_gpus)
     limit = _in_flight_limit(max_in_flight, num_cpus, num_gpus)
     results: list[Any] = []
     pending: dict[ray.ObjectRef, int] = {}
-    try:
-        for item in items:
-            if len(pending) >= limit:
-                ready, _ = ray.wait(list(pending), num_returns=1)
-                _collect(ready, pending, results)
-            pending[task.remote(item)] = len(results)
-            results.append(None)
-        _collect(list(pending), pending, results)
-    except BaseException:
-        _cancel_unfinished(pending)
-        raise
+    for item in items:
+        if len(pending) >= limit:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            _collect(ready, pending, results)
+        pending[task.remote(item)] = len(results)
+        results.append(None)
+    _collect(list(pending), pending, results)
     return results
-
-
-def _cancel_unfinished(pending: dict[ray.ObjectRef, int]) -> None:
-    """Cancel the tasks that have not finished; leave the finished ones (the failed one among them) alone.
-
-    Cancelling a task whose reply the driver is handling at that moment trips a check inside Ray
-    that ends the whole calling process ("Tried to complete task that was not pending", a known
-    race: ray-project/ray#54846). It ended a test session here when every pending task, the one
-    that had just failed included, was cancelled. A task finishing in the instant between this
-    look and the cancel can still meet the race; that window is now a few microseconds wide.
-    """
-    refs = list(pending)
-    if not refs:
-        return
-    _finished, unfinished = ray.wait(refs, num_returns=len(refs), timeout=0)
-    for ref in unfinished:
-        ray.cancel(ref)
 
 
 async def amap_tasks(

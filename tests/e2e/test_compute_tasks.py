@@ -40,6 +40,16 @@ async def test_amap_tasks_from_async_code(ray_cluster):
     assert np.allclose(np.array(rows), geo.distance_matrix_km(np.array(CITIES)))
 
 
-def test_a_failing_task_raises_its_error(ray_cluster):
+def test_a_failing_task_raises_its_error_and_nothing_more_is_submitted(ray_cluster):
+    taken: list[int] = []
+
+    def items():
+        for i in range(1000):
+            taken.append(i)
+            yield i
+
     with pytest.raises(ValueError, match="three is refused"):
-        map_tasks(_fails_on_three, range(6), num_cpus=0.5)
+        map_tasks(_fails_on_three, items(), num_cpus=0.5, max_in_flight=2)
+    # The input is read lazily and stops with the failure: a few items past the failed one were
+    # in flight or already due (tasks finish in any order), not the rest of the thousand.
+    assert 4 <= len(taken) < 100

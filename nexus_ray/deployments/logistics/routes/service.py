@@ -242,7 +242,8 @@ async def _supervise(job_id: UUID, row: asyncpg.Record, settings: RoutesSettings
 
 def _stop(ref: Any, result: asyncio.Future[Any]) -> None:
     """Cancel the solve (``ref``) unless its reply is already in: cancelling a task whose reply Ray is
-    handling trips a check that ends this process (ray-project/ray#54846; see ``compute.tasks``)."""
+    handling trips a check that ends this process (ray-project/ray#54846). A solve runs for seconds, so
+    the reply and the cancel rarely meet; ``compute.map_tasks``, whose tasks are short, cancels none."""
     import ray
 
     if not result.done():
