@@ -163,6 +163,10 @@ class Settings(BaseSettings):
     http_port: int = Field(8000, description="Port of the public HTTP entrypoint (Serve proxy / HAProxy).")
     dashboard_port: int = Field(8265, description="Ray dashboard port.")
     metrics_export_port: int = Field(8080, description="Port where Ray exports Prometheus metrics.")
+    ray_local_pandas: bool = Field(
+        False, description="Let the processes of a local Ray head (`nexus up`) import pandas. Off, Serve leaves it "
+        "out of each of its processes (about 32 MiB each; nexus_ray.runtime.cluster.WITHOUT_PANDAS).",
+    )
     ray_address: str = Field("", description="Ray cluster address for `nexus deploy`; empty: local head.")
     dedicated_services: dict[str, dict[str, float]] = Field(
         default_factory=dict,

@@ -130,6 +130,17 @@ LOCAL_ENV = {
     "LOG_NAME_UPDATE_INTERVAL_S": "2",
 }
 
+# Ray Serve imports pandas wherever it is installed (ray/serve/_private/utils.py), only to encode
+# DataFrames as JSON; here it comes with OR-Tools, and nothing of the platform uses it. Every process
+# that loads Serve carries it: the 11 ingress replicas, the controller, Serve's proxy, the HAProxy
+# manager and the dashboard's Serve module, each about 32 MiB more private memory and 0.3 s more CPU
+# at its start (bench/RESULTS.md, issue 6). A local head puts WITHOUT_PANDAS first on its processes'
+# PYTHONPATH: there `import pandas` fails as if pandas were not installed, which Serve (and every
+# optional user, scikit-learn among them) takes in its stride. OR-Tools' routing does not import it;
+# its CP-SAT and model builder do and would fail at import, saying why. The setting ray_local_pandas
+# (NEXUS_RAY_LOCAL_PANDAS=true) leaves pandas importable. The cluster files do not do this.
+WITHOUT_PANDAS = Path(__file__).resolve().with_name("without_pandas")
+
 
 @dataclass
 class HeadInfo:
@@ -187,9 +198,13 @@ def start_head(
     dashboard_port: int = 8265,
     metrics_export_port: int = 8080,
     num_cpus: int | None = None,
+    pandas: bool = False,
     progress: Callable[[str], None] = lambda _m: None,
 ) -> HeadInfo:
-    """Start (or find) the local Ray head whose workers see ``env`` (store URLs, settings)."""
+    """Start (or find) the local Ray head whose workers see ``env`` (store URLs, settings).
+
+    Its processes cannot import pandas unless ``pandas`` (see :data:`WITHOUT_PANDAS`).
+    """
     existing = running(data_dir)
     if existing:
         progress(f"ray head already running at {existing.address}")
@@ -215,6 +230,8 @@ def start_head(
         # Where replicas and jobs submit Ray jobs (nexus_ray.runtime.jobs): this head's dashboard.
         "NEXUS_DASHBOARD_URL": f"http://127.0.0.1:{dashboard_port}",
     }
+    if not pandas:
+        full_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(WITHOUT_PANDAS), full_env.get("PYTHONPATH")) if p)
     log = data_dir / "logs" / "ray-start.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:

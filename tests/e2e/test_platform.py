@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+from pathlib import Path
 
 import httpx
 import pytest
@@ -25,6 +26,20 @@ def test_every_service_ready_through_the_entrypoint(platform):
         for s in SERVICES:
             r = c.get(f"{s.path()}/health/ready")
             assert r.status_code == 200 and r.json()["ready"], (s.name, r.text)
+
+
+def test_no_serve_process_of_the_local_head_loads_pandas(platform, ray_cluster):
+    """Serve would import pandas into each of its processes; a local head leaves it out (cluster.WITHOUT_PANDAS)."""
+    from nexus_ray.runtime import cluster
+
+    serve = {}
+    for p in cluster.processes(ray_cluster.temp_dir):
+        title = " ".join(p.cmdline())
+        if any(kind in title for kind in ("ServeReplica:", "ServeController", "ProxyActor", "HAProxyManager")):
+            serve[p.pid] = title
+    assert sum("ServeReplica:" in title for title in serve.values()) >= len(NAMESPACES)
+    with_pandas = [title for pid, title in serve.items() if "/pandas/_libs/" in Path(f"/proc/{pid}/maps").read_text()]
+    assert with_pandas == []
 
 
 def test_directory_uses_handles_across_namespaces(platform, bearer):
