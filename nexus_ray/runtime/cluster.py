@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -167,17 +168,32 @@ def processes(temp_dir: str) -> list[psutil.Process]:
 
     Descendants matter: Ray's agents rename themselves (``ray::DashboardAgent``) and
     their command lines no longer name the temp dir, but they are the raylet's children.
+    Ray's client server names neither the temp dir nor a living parent (``ray start``
+    exits): it is found by the port of the GCS it serves. Left running after the head,
+    it would hold its port for about a minute and answer for a cluster that is gone.
     """
     found: dict[int, psutil.Process] = {}
+    gcs_ports: set[str] = set()
+    clients: list[tuple[psutil.Process, str]] = []
     for p in psutil.process_iter(["cmdline", "pid"]):
         try:
             cmd = " ".join(p.info["cmdline"] or [])
+            if "ray.util.client.server" in cmd:
+                clients.append((p, cmd))
             if temp_dir in cmd and p.pid != os.getpid():
                 found[p.pid] = p
+                if "gcs_server" in cmd and (port := re.search(r"--gcs_server_port=(\d+)", cmd)):
+                    gcs_ports.add(port.group(1))
                 for child in p.children(recursive=True):
                     found[child.pid] = child
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
+    for p, cmd in clients:
+        if any(re.search(rf"--address=\S+:{port}(\s|$)", cmd) for port in gcs_ports):
+            try:
+                found.update({q.pid: q for q in [p, *p.children(recursive=True)]})
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
     found.pop(os.getpid(), None)
     return list(found.values())
 

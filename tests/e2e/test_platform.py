@@ -28,6 +28,15 @@ def test_every_service_ready_through_the_entrypoint(platform):
             assert r.status_code == 200 and r.json()["ready"], (s.name, r.text)
 
 
+def test_the_heads_processes_include_its_ray_client_server(ray_cluster):
+    """`nexus down` stops what `processes` finds; Ray's client server names neither the temp dir nor a parent."""
+    from nexus_ray.runtime import cluster
+
+    titles = [" ".join(p.cmdline()) for p in cluster.processes(ray_cluster.temp_dir)]
+    assert [t for t in titles if "ray.util.client.server" in t]
+    assert [t for t in titles if "gcs_server" in t]
+
+
 def test_no_serve_process_of_the_local_head_loads_pandas(platform, ray_cluster):
     """Serve would import pandas into each of its processes; a local head leaves it out (cluster.WITHOUT_PANDAS)."""
     from nexus_ray.runtime import cluster
