@@ -165,7 +165,7 @@ class Settings(BaseSettings):
     metrics_export_port: int = Field(8080, description="Port where Ray exports Prometheus metrics.")
     ray_local_pandas: bool = Field(
         False, description="Let the processes of a local Ray head (`nexus up`) import pandas. Off, Serve leaves it "
-        "out of each of its processes (about 32 MiB each; nexus_ray.runtime.cluster.WITHOUT_PANDAS).",
+        "out of each of its processes (about 25 MiB each; nexus_ray.runtime.cluster.WITHOUT_PANDAS).",
     )
     ray_address: str = Field("", description="Ray cluster address for `nexus deploy`; empty: local head.")
     dedicated_services: dict[str, dict[str, float]] = Field(

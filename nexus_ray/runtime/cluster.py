@@ -134,12 +134,13 @@ LOCAL_ENV = {
 # Ray Serve imports pandas wherever it is installed (ray/serve/_private/utils.py), only to encode
 # DataFrames as JSON; here it comes with OR-Tools, and nothing of the platform uses it. Every process
 # that loads Serve carries it: the 11 ingress replicas, the controller, Serve's proxy, the HAProxy
-# manager and the dashboard's Serve module, each about 32 MiB more private memory and 0.3 s more CPU
-# at its start (bench/RESULTS.md, issue 6). A local head puts WITHOUT_PANDAS first on its processes'
-# PYTHONPATH: there `import pandas` fails as if pandas were not installed, which Serve (and every
-# optional user, scikit-learn among them) takes in its stride. OR-Tools' routing does not import it;
-# its CP-SAT and model builder do and would fail at import, saying why. The setting ray_local_pandas
-# (NEXUS_RAY_LOCAL_PANDAS=true) leaves pandas importable. The cluster files do not do this.
+# manager and the dashboard's Serve module, each about 25 MiB more memory (PSS, measured in the
+# stack) and 0.3 s more CPU at its start (bench/RESULTS.md, issue 6). A local head puts
+# WITHOUT_PANDAS first on its processes' PYTHONPATH: there `import pandas` fails as if pandas were
+# not installed, which Serve (and every optional user, scikit-learn among them) takes in its stride.
+# OR-Tools' routing does not import it; its CP-SAT and model builder do and would fail at import,
+# saying why. The setting ray_local_pandas (NEXUS_RAY_LOCAL_PANDAS=true) leaves pandas importable.
+# The cluster files do not do this.
 WITHOUT_PANDAS = Path(__file__).resolve().with_name("without_pandas")
 
 
