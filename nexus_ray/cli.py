@@ -63,7 +63,7 @@ def up(
     env = _store_env()
     head = cluster.start_head(
         data_dir, env, dashboard_port=s.dashboard_port, metrics_export_port=s.metrics_export_port,
-        pandas=s.ray_local_pandas, progress=_say,
+        client_server_port=s.ray_client_server_port, pandas=s.ray_local_pandas, progress=_say,
     )
     config = serve_config.build(host=s.http_host, port=s.http_port, max_ongoing_requests=s.ingress_max_ongoing_requests)
     cluster.deploy(head.dashboard_url, config)

@@ -163,6 +163,7 @@ class Settings(BaseSettings):
     http_port: int = Field(8000, description="Port of the public HTTP entrypoint (Serve proxy / HAProxy).")
     dashboard_port: int = Field(8265, description="Ray dashboard port.")
     metrics_export_port: int = Field(8080, description="Port where Ray exports Prometheus metrics.")
+    ray_client_server_port: int = Field(10001, description="Port of the local head's Ray Client proxy (ray://).")
     ray_local_pandas: bool = Field(
         False, description="Let the processes of a local Ray head (`nexus up`) import pandas. Off, Serve leaves it "
         "out of each of its processes (about 25 MiB each; nexus_ray.runtime.cluster.WITHOUT_PANDAS).",

@@ -93,7 +93,7 @@ def ray_cluster(stores, data_dir):
 
     env = {**stores.env(), **{k: v for k, v in os.environ.items() if k.startswith("NEXUS_")}}
     head = cluster.start_head(
-        data_dir, env, dashboard_port=free_port(), metrics_export_port=free_port()
+        data_dir, env, dashboard_port=free_port(), metrics_export_port=free_port(), client_server_port=free_port()
     )
     try:
         cluster.connect(head.address, logging_level="WARNING", log_to_driver=False)

@@ -214,6 +214,7 @@ def start_head(
     *,
     dashboard_port: int = 8265,
     metrics_export_port: int = 8080,
+    client_server_port: int = 10001,
     num_cpus: int | None = None,
     pandas: bool = False,
     progress: Callable[[str], None] = lambda _m: None,
@@ -233,6 +234,8 @@ def start_head(
         f"--port={gcs_port}",
         "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}",
         f"--metrics-export-port={metrics_export_port}",
+        # Ray Client's proxy (ray://host:port); one port per head, or a second local head's proxy cannot bind.
+        f"--ray-client-server-port={client_server_port}",
         f"--temp-dir={temp_dir}",
         "--disable-usage-stats",
     ]
