@@ -591,6 +591,65 @@ async def test_racing_debits_on_one_wallet_spend_exactly_its_funds(client, admin
     assert (await reconciled(client, admin))["clean"]
 
 
+async def test_racing_batches_on_one_wallet_spend_exactly_its_funds(client, admin):
+    """20 batches of 10 debits of 10 race for a wallet of 1,000: each batch decides from totals read without a lock
+    and must have that decision confirmed under the lock, so exactly 100 are posted and the wallet ends at zero."""
+    from nexus_ray.deployments.commerce.ledger import service
+
+    _, wallet = await funded_wallet(client, admin, 1_000)
+    shop = await open_account(client, admin, name="shop")
+
+    async def batch() -> list[str]:
+        reqs = [service.transfer_request(debit_account_id=uuid.UUID(wallet), credit_account_id=uuid.UUID(shop),
+                                         amount=10, currency="USD", idempotency_key=key()) for _ in range(10)]
+        return [r.status for r in await service.post_entries(caller="ledger-ops", privileged=True, requests=reqs)]
+
+    statuses = [s for b in await asyncio.gather(*(batch() for _ in range(20))) for s in b]
+    assert statuses.count("posted") == 100 and statuses.count("refused") == 100
+    b = await balance_of(client, admin, wallet)
+    assert (b["posted"], b["available"]) == (0, 0)
+    assert (await reconciled(client, admin))["clean"]
+
+
+async def test_a_batch_whose_funds_move_before_it_locks_decides_again(client, admin, until):
+    """A batch reads a wallet of 1,000 without a lock and plans to spend 600; before it gets the wallet's lock,
+    a transfer of 600 that was queued first commits. Under the lock the batch sees 400 left, so it decides again:
+    its 600 is refused, its other item posted, and the wallet holds 400."""
+    from nexus_ray.deployments.commerce.ledger import service
+    from nexus_ray.stores import postgres
+
+    bank, wallet = await funded_wallet(client, admin, 1_000)
+    shop = await open_account(client, admin, name="shop")
+    w, s, b = uuid.UUID(wallet), uuid.UUID(shop), uuid.UUID(bank)
+    pool = await postgres.pool()
+
+    async def waiting(n: int) -> bool:  # n transactions wait for the wallet's balance rows
+        return n == await pool.fetchval("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                        "AND query LIKE '%FOR UPDATE OF b%'")
+
+    async with pool.acquire() as gate, gate.transaction():
+        await gate.execute("SELECT 1 FROM ledger_balances WHERE account_id = $1 FOR UPDATE", w)
+        first = asyncio.create_task(service.post_entries(caller="ledger-ops", privileged=True, requests=[
+            service.transfer_request(debit_account_id=w, credit_account_id=s, amount=600, currency="USD",
+                                     idempotency_key=key())]))
+        await until(lambda: waiting(1))
+        second = asyncio.create_task(service.post_entries(caller="ledger-ops", privileged=True, requests=[
+            service.transfer_request(debit_account_id=w, credit_account_id=s, amount=600, currency="USD",
+                                     idempotency_key=key()),
+            service.transfer_request(debit_account_id=b, credit_account_id=s, amount=5, currency="USD",
+                                     idempotency_key=key())]))
+        await until(lambda: waiting(2))
+    (one,), (two, three) = await asyncio.gather(first, second)
+    assert one.status == "posted"
+    assert two.status == "refused" and two.error is not None and two.error["code"] == "insufficient_funds"
+    assert two.error["available"] == 400
+    assert three.status == "posted"
+    bal = await balance_of(client, admin, wallet)
+    assert (bal["posted"], bal["available"]) == (400, 400)
+    assert (await balance_of(client, admin, shop))["posted"] == 605
+    assert (await reconciled(client, admin))["clean"]
+
+
 async def test_a_cursor_that_is_not_ours_names_the_field(client, admin):
     from nexus_ray.deployments.kit.pages import encode_cursor
 
