@@ -83,7 +83,7 @@ from nexus_ray.deployments.kit.pages import Page, PageRequest
 from nexus_ray.deployments.kit.settings import settings_of
 from nexus_ray.exceptions import Conflict, Forbidden, NexusError, NotFound, ValidationFailed
 from nexus_ray.stores import postgres
-from nexus_ray.stores.events import emit, emit_many
+from nexus_ray.stores.events import emit, emit_many, json_text
 
 from .models import (
     AccountRead,
@@ -512,7 +512,7 @@ async def _claim(conn: asyncpg.Connection, caller: str, ops: Sequence[_Op],
         "SELECT $1, k, h, r::jsonb FROM unnest($2::text[], $3::text[], $4::text[]) WITH ORDINALITY AS u(k, h, r, n) "
         "ORDER BY n ON CONFLICT DO NOTHING RETURNING key",
         caller, [op.key for op in keyed], [op.request_hash for op in keyed],
-        [None if a is None else orjson.dumps(a).decode() for a in answers],
+        [None if a is None else json_text(a) for a in answers],
     )}
     for op, answer in zip(keyed, answers, strict=True):
         op.claimed = op.key in claimed
@@ -543,7 +543,7 @@ async def _settle_keys(conn: asyncpg.Connection, caller: str, ops: Sequence[_Op]
         await conn.execute(
             "UPDATE ledger_idempotency i SET response = u.r::jsonb FROM unnest($2::text[], $3::text[]) AS u(k, r) "
             "WHERE i.principal = $1 AND i.key = u.k",
-            caller, [op.key for op in done], [orjson.dumps(op.result).decode() for op in done],
+            caller, [op.key for op in done], [json_text(op.result) for op in done],
         )
     if refused:
         # Claimed by this transaction, so no other has touched them (even one stored with its response already).
@@ -653,11 +653,12 @@ def _check_owners(req: EntryRequest, op: _Op, caller: str, privileged: bool) -> 
 
 def _entry_result(entry_id: UUID, req: EntryRequest, caller: str, now: datetime, *, reverses: UUID | None = None,
                   hold_id: UUID | None = None) -> dict[str, Any]:
+    """An entry's answer (and event). Ids and times stay objects: orjson writes them as text where it is stored
+    (the key's response, the event) at native speed, and the answer's model takes them as they are."""
     return {
-        "id": str(entry_id), "kind": req.kind, "reverses": str(reverses) if reverses else None,
-        "hold_id": str(hold_id) if hold_id else None, "description": req.description, "metadata": req.metadata,
-        "created_by": caller, "created_at": now.isoformat(),
-        "lines": [{"account_id": str(ln.account_id), "side": ln.side, "amount": ln.amount, "currency": ln.currency}
+        "id": entry_id, "kind": req.kind, "reverses": reverses, "hold_id": hold_id, "description": req.description,
+        "metadata": req.metadata, "created_by": caller, "created_at": now,
+        "lines": [{"account_id": ln.account_id, "side": ln.side, "amount": ln.amount, "currency": ln.currency}
                   for ln in req.lines],
     }
 
@@ -672,9 +673,8 @@ async def _insert_entries(conn: asyncpg.Connection, caller: str, now: datetime,
         "SELECT i, k, r, h, d, m::jsonb, $7, $8 FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::uuid[], "
         "$5::text[], $6::text[]) AS u(i, k, r, h, d, m)",
         [e for e, _, _ in posted], [r.kind for _, r, _ in posted],
-        [res["reverses"] and UUID(res["reverses"]) for _, _, res in posted],
-        [res["hold_id"] and UUID(res["hold_id"]) for _, _, res in posted],
-        [r.description for _, r, _ in posted], [orjson.dumps(r.metadata).decode() for _, r, _ in posted], caller, now,
+        [res["reverses"] for _, _, res in posted], [res["hold_id"] for _, _, res in posted],
+        [r.description for _, r, _ in posted], [json_text(r.metadata) for _, r, _ in posted], caller, now,
     )
     lines = [(e, ln) for e, r, _ in posted for ln in r.lines]
     await conn.execute(
