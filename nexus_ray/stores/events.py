@@ -129,16 +129,15 @@ async def emit_many(
 
 
 def _encode(row: asyncpg.Record) -> tuple[bytes, bytes | None, list[tuple[str, bytes]]]:
-    value = json.dumps(
-        {
-            "id": str(row["event_id"]),
-            "topic": row["topic"],
-            "key": row["key"],
-            "occurred_at": row["created_at"].isoformat(),
-            "data": row["payload"],
-        },
-        separators=(",", ":"),
-    ).encode()
+    """The broker message of an outbox row read with its payload as text (``payload::text``): the envelope is
+    written around that text as it is, neither parsed nor written again."""
+    envelope = orjson.dumps({
+        "id": str(row["event_id"]),
+        "topic": row["topic"],
+        "key": row["key"],
+        "occurred_at": row["created_at"].isoformat(),
+    })
+    value = envelope[:-1] + b',"data":' + row["payload"].encode() + b"}"
     headers = [("event_id", str(row["event_id"]).encode())]
     headers += [(k, str(v).encode()) for k, v in (row["headers"] or {}).items()]
     return value, (row["key"].encode() if row["key"] is not None else None), headers
@@ -288,7 +287,7 @@ class OutboxRelay:
         """Publish up to ``batch`` unpublished events in outbox order; returns how many."""
         pg = await postgres.pool()
         rows = await pg.fetch(
-            "SELECT id, event_id, topic, key, payload, headers, created_at FROM outbox "
+            "SELECT id, event_id, topic, key, payload::text AS payload, headers, created_at FROM outbox "
             "WHERE published_at IS NULL ORDER BY id LIMIT $1",
             self.batch,
         )
