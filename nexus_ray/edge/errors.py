@@ -9,6 +9,8 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import asyncpg
+import pymongo.errors
+import redis.exceptions
 from fastapi import FastAPI, Request
 from fastapi.dependencies.utils import get_flat_params
 from fastapi.exceptions import RequestValidationError
@@ -20,7 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from nexus_ray.catalog import API_VERSIONS
 from nexus_ray.edge.security import api_routes, route_guard
-from nexus_ray.exceptions import PROBLEM_JSON, NexusError, NotFound, ValidationFailed, for_status
+from nexus_ray.exceptions import PROBLEM_JSON, NexusError, NotFound, ServiceUnavailable, ValidationFailed, for_status
 from nexus_ray.logs import request_id_var
 
 log = logging.getLogger(__name__)
@@ -74,6 +76,17 @@ def _unknown_route(request: Request, status: int, detail: str) -> NexusError:
 #: a validator on every string field of every service.
 UNSTORABLE_TEXT = (asyncpg.exceptions.UntranslatableCharacterError, asyncpg.exceptions.CharacterNotInRepertoireError)
 
+#: A store's connection lost under a request (PostgreSQL terminated the backend or went away, Redis or the
+#: document store unreachable): nothing was committed that the request did not finish, so the answer is a 503
+#: the client may retry (with the same idempotency key), not a 500 that reads as a defect. Narrow on purpose:
+#: a statement timeout or a protocol misuse stays a 500.
+STORE_CONNECTION_LOST: tuple[type[Exception], ...] = (
+    asyncpg.exceptions.ConnectionDoesNotExistError, asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.AdminShutdownError, asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.CannotConnectNowError, redis.exceptions.ConnectionError, pymongo.errors.ConnectionFailure,
+    ConnectionError,
+)
+
 
 def install(app: FastAPI) -> None:
     """Register the problem+json handlers on ``app``."""
@@ -101,6 +114,16 @@ def install(app: FastAPI) -> None:
 
     for unstorable in UNSTORABLE_TEXT:
         app.add_exception_handler(unstorable, _unstorable)
+
+    async def _store_lost(request: Request, exc: Exception) -> JSONResponse:
+        log.warning("store connection lost on %s %s: %s", request.method, request.url.path, type(exc).__name__)
+        lost = ServiceUnavailable("a store's connection was lost while answering; nothing half-done was kept, "
+                                  "retry (with the same idempotency key)",
+                                  extra={"code": "store_connection_lost"}, headers={"Retry-After": "1"})
+        return problem_response(lost, request.url.path)
+
+    for lost in STORE_CONNECTION_LOST:
+        app.add_exception_handler(lost, _store_lost)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -143,12 +143,48 @@ async def migrate(p: asyncpg.Pool) -> list[str]:
     return applied_now
 
 
+_PROTOCOL_ERRORS = (asyncpg.InterfaceError, asyncpg.exceptions.InternalClientError)
+
+
+def _lost(conn: asyncpg.Connection) -> bool:
+    """Whether a pool connection is closed (a closed one may already be back in the pool: its proxy says so
+    by refusing every call)."""
+    try:
+        return conn.is_closed()
+    except asyncpg.InterfaceError:
+        return True
+
+
 @asynccontextmanager
 async def transaction() -> AsyncIterator[asyncpg.Connection]:
-    """A connection inside a transaction: committed on exit, rolled back on error."""
+    """A connection inside a transaction: committed on exit, rolled back on error.
+
+    When the connection dies under the transaction (the server terminated its backend, or went away), the error
+    that says so reaches the caller as :class:`asyncpg.ConnectionDoesNotExistError`, whatever asyncpg raised
+    first: a statement sent after the server's farewell fails with a protocol-state error, and asyncpg's own
+    transaction block would replace the error with "the underlying connection is closed" on its way out. The
+    edge answers that one error with a 503 to retry (``edge/errors.py``), not a 500.
+    """
     p = await pool()
-    async with p.acquire() as conn, conn.transaction():
-        yield conn
+    async with p.acquire() as conn:
+        tx = conn.transaction()
+        await tx.start()
+        try:
+            yield conn
+        except BaseException as exc:
+            lost = _lost(conn)
+            if not lost:
+                try:
+                    await tx.rollback()
+                except _PROTOCOL_ERRORS:  # it cannot even roll back: not to be handed out again
+                    conn.terminate()
+                    lost = True
+            if lost and isinstance(exc, _PROTOCOL_ERRORS):
+                raise asyncpg.ConnectionDoesNotExistError("the connection was lost during the transaction") from exc
+            raise
+        if _lost(conn):
+            raise asyncpg.ConnectionDoesNotExistError("the connection was lost before the commit")
+        await tx.commit()
 
 
 async def ping() -> bool:

@@ -650,6 +650,38 @@ async def test_a_batch_whose_funds_move_before_it_locks_decides_again(client, ad
     assert (await reconciled(client, admin))["clean"]
 
 
+async def test_a_transfer_whose_database_connection_is_cut_midway_is_a_503_and_its_retry_posts_once(
+        client, admin, until):
+    """The backend of a transfer waiting for its wallet's lock is terminated: the client gets a 503 problem with
+    Retry-After (not a 500), nothing of the transfer is kept, and the retry with the same key posts it once."""
+    from nexus_ray.stores import postgres
+
+    _, wallet = await funded_wallet(client, admin, 1_000)
+    shop = await open_account(client, admin, name="shop")
+    pool = await postgres.pool()
+    k = key()
+
+    async def waiter() -> int | None:
+        return await pool.fetchval("SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                   "AND query LIKE '%FOR UPDATE OF b%'")
+
+    async with pool.acquire() as gate, gate.transaction():
+        await gate.execute("SELECT 1 FROM ledger_balances WHERE account_id = $1 FOR UPDATE", uuid.UUID(wallet))
+        request = asyncio.create_task(transfer(client, admin, wallet, shop, 300, k=k))
+        pid = await until(waiter)
+        assert await pool.fetchval("SELECT pg_terminate_backend($1)", pid)
+        r = await request
+    assert r.status_code == 503, r.text
+    assert r.headers["content-type"].startswith("application/problem+json") and r.headers["retry-after"] == "1"
+    assert r.json()["code"] == "store_connection_lost"
+    assert (await balance_of(client, admin, wallet))["posted"] == 1_000
+    again = await transfer(client, admin, wallet, shop, 300, k=k)
+    assert again.status_code == 201, again.text
+    assert again.headers.get("idempotent-replayed") != "true"
+    assert (await balance_of(client, admin, wallet))["posted"] == 700
+    assert (await reconciled(client, admin))["clean"]
+
+
 async def test_a_cursor_that_is_not_ours_names_the_field(client, admin):
     from nexus_ray.deployments.kit.pages import encode_cursor
 
