@@ -35,7 +35,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from scratch import scratch_stores  # bench/ is on sys.path when a bench runs
+from scratch import asgi_client, scratch_stores  # bench/ is on sys.path when a bench runs
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -162,29 +162,17 @@ async def core(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def in_process(args: argparse.Namespace) -> dict[str, Any]:
-    import httpx
+    async with asgi_client("commerce", ["commerce:inventory:*"], timeout=120) as (c, headers):
 
-    from nexus_ray.config import get_settings
-    from nexus_ray.deployments.app import build_app
-    from nexus_ray.edge import tokens
+        async def reserve(sku: str) -> bool:
+            r = await c.post(f"{API}/reservations", headers=headers, json={
+                "reference": "bench", "lines": [{"sku": sku, "quantity": 1}], "ttl_s": 3600,
+                "idempotency_key": uuid.uuid4().hex})
+            if r.status_code not in (201, 409):
+                raise SystemExit(f"unexpected {r.status_code}: {r.text[:300]}")
+            return r.status_code == 201
 
-    get_settings.cache_clear()
-    app = build_app("commerce")
-    async with app.router.lifespan_context(app):
-        await tokens.prepare()
-        headers = {"Authorization": f"Bearer {tokens.issue('bench', ['commerce:inventory:*'], ttl_s=3600)}"}
-        transport = httpx.ASGITransport(app=app, root_path="/commerce", client=("10.9.0.1", 1))
-        async with httpx.AsyncClient(transport=transport, base_url="http://bench", timeout=120) as c:
-
-            async def reserve(sku: str) -> bool:
-                r = await c.post(f"{API}/reservations", headers=headers, json={
-                    "reference": "bench", "lines": [{"sku": sku, "quantity": 1}], "ttl_s": 3600,
-                    "idempotency_key": uuid.uuid4().hex})
-                if r.status_code not in (201, 409):
-                    raise SystemExit(f"unexpected {r.status_code}: {r.text[:300]}")
-                return r.status_code == 201
-
-            return await _runs(reserve, args)
+        return await _runs(reserve, args)
 
 
 def main() -> None:

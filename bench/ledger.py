@@ -38,7 +38,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from scratch import scratch_stores  # bench/ is on sys.path when a bench runs
+from scratch import asgi_client, scratch_stores  # bench/ is on sys.path when a bench runs
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -164,6 +164,22 @@ async def _core_run(*, batch: int, concurrency: int, seconds: float, hot: bool) 
             "call_p99_ms": round(_percentile(latencies, 99) * 1000, 1)}
 
 
+def _runs(args: argparse.Namespace) -> list[tuple[str, int, int, bool]]:
+    """(name, transfers per call, calls in flight, hot) of the runs ``--only`` leaves."""
+    runs = [("batch spread", args.batch, args.batch_concurrency, False),
+            ("batch hot", args.batch, args.batch_concurrency, True),
+            ("single spread", 1, args.concurrency, False),
+            ("single hot", 1, args.concurrency, True)]
+    return [r for r in runs if not args.only or args.only in r[0]]
+
+
+def _hot_ratios(results: dict[str, Any]) -> None:
+    for kind in ("batch", "single"):
+        if f"{kind} hot" in results and f"{kind} spread" in results:
+            results[f"{kind} hot / spread"] = round(
+                results[f"{kind} hot"]["transfers_per_s"] / max(results[f"{kind} spread"]["transfers_per_s"], 1), 2)
+
+
 async def core(args: argparse.Namespace) -> dict[str, Any]:
     """The four runs against the service functions, in this process, without the app."""
     from nexus_ray.config import get_settings
@@ -171,52 +187,24 @@ async def core(args: argparse.Namespace) -> dict[str, Any]:
 
     get_settings.cache_clear()
     results: dict[str, Any] = {}
-    for name, batch, conc, hot in (("batch spread", args.batch, args.batch_concurrency, False),
-                                   ("batch hot", args.batch, args.batch_concurrency, True),
-                                   ("single spread", 1, args.concurrency, False),
-                                   ("single hot", 1, args.concurrency, True)):
-        if args.only and args.only not in name:
-            continue
+    for name, batch, conc, hot in _runs(args):
         results[name] = await _core_run(batch=batch, concurrency=conc, seconds=args.duration, hot=hot)
         print(name, json.dumps(results[name]), file=sys.stderr, flush=True)
     results["reconciliation_clean"] = (await service.reconcile()).clean
-    for kind in ("batch", "single"):
-        if f"{kind} hot" in results and f"{kind} spread" in results:
-            results[f"{kind} hot / spread"] = round(
-                results[f"{kind} hot"]["transfers_per_s"] / max(results[f"{kind} spread"]["transfers_per_s"], 1), 2)
+    _hot_ratios(results)
     return results
 
 
 async def in_process(args: argparse.Namespace) -> dict[str, Any]:
-    import httpx
-
-    from nexus_ray.config import get_settings
-    from nexus_ray.deployments.app import build_app
-    from nexus_ray.edge import tokens
-
-    get_settings.cache_clear()
-    app = build_app("commerce")
-    async with app.router.lifespan_context(app):
-        await tokens.prepare()
-        headers = {"Authorization": f"Bearer {tokens.issue('bench', ['commerce:ledger:*'], ttl_s=3600)}"}
-        transport = httpx.ASGITransport(app=app, root_path="/commerce", client=("10.9.0.1", 1))
-        results: dict[str, Any] = {}
-        async with httpx.AsyncClient(transport=transport, base_url="http://bench", timeout=60) as c:
-            for name, batch, conc, hot in (("batch spread", args.batch, args.batch_concurrency, False),
-                                           ("batch hot", args.batch, args.batch_concurrency, True),
-                                           ("single spread", 1, args.concurrency, False),
-                                           ("single hot", 1, args.concurrency, True)):
-                if args.only and args.only not in name:
-                    continue
-                results[name] = await _run(c, headers, batch=batch, concurrency=conc, seconds=args.duration, hot=hot)
-                print(name, json.dumps(results[name]), file=sys.stderr, flush=True)
-            report = (await c.get(f"{API}/reconciliation", headers=headers)).json()
-        results["reconciliation_clean"] = report["clean"]
-        for kind in ("batch", "single"):
-            if f"{kind} hot" in results and f"{kind} spread" in results:
-                results[f"{kind} hot / spread"] = round(
-                    results[f"{kind} hot"]["transfers_per_s"] / max(results[f"{kind} spread"]["transfers_per_s"], 1), 2)
-        return results
+    results: dict[str, Any] = {}
+    async with asgi_client("commerce", ["commerce:ledger:*"]) as (c, headers):
+        for name, batch, conc, hot in _runs(args):
+            results[name] = await _run(c, headers, batch=batch, concurrency=conc, seconds=args.duration, hot=hot)
+            print(name, json.dumps(results[name]), file=sys.stderr, flush=True)
+        report = (await c.get(f"{API}/reconciliation", headers=headers)).json()
+    results["reconciliation_clean"] = report["clean"]
+    _hot_ratios(results)
+    return results
 
 
 def main() -> None:

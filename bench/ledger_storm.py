@@ -37,7 +37,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from scratch import scratch_stores  # bench/ is on sys.path when a bench runs
+from scratch import asgi_client, scratch_stores  # bench/ is on sys.path when a bench runs
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -293,20 +293,8 @@ class Storm:
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
-    import httpx
-
-    from nexus_ray.config import get_settings
-    from nexus_ray.deployments.app import build_app
-    from nexus_ray.edge import tokens
-
-    get_settings.cache_clear()
-    app = build_app("commerce")
-    async with app.router.lifespan_context(app):
-        await tokens.prepare()
-        headers = {"Authorization": f"Bearer {tokens.issue('bench', ['commerce:ledger:*'], ttl_s=3600)}"}
-        transport = httpx.ASGITransport(app=app, root_path="/commerce", client=("10.9.0.1", 1))
-        async with httpx.AsyncClient(transport=transport, base_url="http://bench", timeout=120) as c:
-            return await Storm(c, headers, args).run()
+    async with asgi_client("commerce", ["commerce:ledger:*"], timeout=120) as (c, headers):
+        return await Storm(c, headers, args).run()
 
 
 def main() -> None:

@@ -1,13 +1,15 @@
-"""Throwaway embedded stores for in-process benchmarks (``from scratch import scratch_stores``)."""
+"""Throwaway embedded stores for in-process benchmarks (``from scratch import scratch_stores``), and a namespace's app
+in this process with a client over ASGI (``asgi_client``)."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
+from typing import Any
 
 _STORE_URLS = ("NEXUS_POSTGRES_URL", "NEXUS_REDIS_URL", "NEXUS_MONGO_URL", "NEXUS_KAFKA_BOOTSTRAP", "NEXUS_SMTP_URL")
 
@@ -28,3 +30,25 @@ def scratch_stores(prefix: str, **env: str) -> Iterator[Path]:
     finally:
         embedded.stop(data_dir)
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@asynccontextmanager
+async def asgi_client(namespace: str, scopes: list[str], *, timeout: float = 60
+                      ) -> AsyncIterator[tuple[Any, dict[str, str]]]:
+    """(an httpx client, headers with a bearer token holding ``scopes``) for the ``namespace`` app built in this
+    process -- the edge and the services as deployed, without Serve -- with its lifespan (stores, relay, sweeps)
+    running. The client reaches it over ASGI from the address 10.9.0.1."""
+    import httpx
+
+    from nexus_ray.config import get_settings
+    from nexus_ray.deployments.app import build_app
+    from nexus_ray.edge import tokens
+
+    get_settings.cache_clear()
+    app = build_app(namespace)
+    async with app.router.lifespan_context(app):
+        await tokens.prepare()
+        headers = {"Authorization": f"Bearer {tokens.issue('bench', scopes, ttl_s=3600)}"}
+        transport = httpx.ASGITransport(app=app, root_path=f"/{namespace}", client=("10.9.0.1", 1))
+        async with httpx.AsyncClient(transport=transport, base_url="http://bench", timeout=timeout) as c:
+            yield c, headers
