@@ -190,6 +190,45 @@ async def _is(intent_awaitable, status):
 # -- idempotency -----------------------------------------------------------------------------------------------
 
 
+async def test_a_refund_retried_after_its_write_was_lost_refunds_once(client, merchant, monkeypatch):
+    """The provider refunds, then billing's own write is lost before its commit (the connection cut): the client
+    gets a 503 and billing has recorded nothing. The retry with the same key reaches the provider as the same
+    request, which replays its refund instead of refusing a second one: billing records it once, the card is
+    refunded once."""
+    import asyncpg
+
+    from nexus_ray.deployments.commerce.billing import service
+    from nexus_ray.stores import postgres
+
+    pi = await authorized(client, merchant, amount=2000)
+    assert (await act(client, merchant, pi["id"], "capture")).status_code == 200
+    real = service._refund_read
+    cuts = []
+
+    def cut_once(*args, **kwargs):
+        if not cuts:
+            cuts.append(1)
+            raise asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(service, "_refund_read", cut_once)
+    k = key()
+    r = await act(client, merchant, pi["id"], "refunds", k=k)
+    assert r.status_code == 503 and r.json()["code"] == "store_connection_lost", r.text
+    pg = await postgres.pool()
+    charge = await pg.fetchval("SELECT provider_charge_id FROM billing_payment_intents WHERE id = $1",
+                               uuid.UUID(pi["id"]))
+    assert await pg.fetchval("SELECT count(*) FROM billing_refunds WHERE payment_intent_id = $1",
+                             uuid.UUID(pi["id"])) == 0
+    assert await pg.fetchval("SELECT count(*) FROM billing_sandbox_refunds WHERE charge_id = $1", charge) == 1
+    r = await act(client, merchant, pi["id"], "refunds", k=k)
+    assert r.status_code == 201, r.text
+    assert r.json()["amount"] == 2000 and r.json()["payment_intent"]["status"] == "refunded"
+    assert await pg.fetchval("SELECT count(*) FROM billing_sandbox_refunds WHERE charge_id = $1", charge) == 1
+    assert await pg.fetchval("SELECT count(*) FROM billing_refunds WHERE payment_intent_id = $1",
+                             uuid.UUID(pi["id"])) == 1
+
+
 async def test_same_key_and_body_replays_the_first_response(client, merchant):
     k = key()
     first = await create(client, merchant, amount=777, k=k)

@@ -255,6 +255,41 @@ async def test_recovery_finishes_an_unwinding_cut_short(client, ops, shopper, un
     assert await events_of(oid) == ["order.failed"]
 
 
+async def test_a_step_given_up_unanswered_is_undone_if_it_happened_after_all(client, ops, shopper, until):
+    """The saga gave up on the reserve step after it did not answer, and started compensating; but inventory had
+    held the stock (the answer, not the reservation, was lost). Recovery runs the step once more with its key,
+    finds that reservation (one, not two), records it and releases it: the stock is back at once, not when the
+    reservation would have expired."""
+    from nexus_ray.deployments.kit.calls import call
+    from nexus_ray.stores import postgres
+
+    sku = await stocked_sku(client, ops, 2)
+    order_id = uuid.uuid4()
+    held = await call("puabo-nuki-inventory-mgr", "reserve", caller="puabo-nuki-order-processor",
+                      reference=str(order_id), lines=[{"sku": sku, "quantity": 2}], ttl_s=900,
+                      idempotency_key=f"order:{order_id}:reserve")
+    assert await available(client, ops, sku) == 0
+    await crashed_order(sku=sku, quantity=2, status="compensating", order_id=order_id,
+                        log=[("reserve", "forward", "started"), ("reserve", "forward", "interrupted")])
+    pg = await postgres.pool()
+    await pg.execute("UPDATE orders SET failure = $2 WHERE id = $1", order_id, {
+        "step": "reserve", "problem": {"status": 503, "code": "step_unanswered",
+                                       "detail": "the reserve step did not answer in 5 attempts"}})
+
+    async def settled():
+        return (await order_of(client, shopper, order_id))["status"] == "failed"
+
+    await until(settled, within_s=20, every=0.2)
+    assert await available(client, ops, sku) == 2
+    assert await pg.fetchval("SELECT count(*) FROM inventory_reservations WHERE reference = $1", str(order_id)) == 1
+    r = await client.get(f"{INV}/reservations/{held.id}", headers=ops)
+    assert r.json()["status"] == "released"
+    saga = (await client.get(f"{API}/orders/{order_id}/saga", headers=shopper)).json()
+    assert [(s["step"], s["phase"], s["outcome"]) for s in saga if s["phase"] != "status"][-4:] == [
+        ("reserve", "forward", "started"), ("reserve", "forward", "done"),
+        ("reserve", "compensate", "started"), ("reserve", "compensate", "done")]
+
+
 async def test_a_live_lease_keeps_recovery_away_and_a_lost_one_stops_its_runner(client, ops):
     from nexus_ray.deployments.commerce.orders import saga
     from nexus_ray.stores import postgres

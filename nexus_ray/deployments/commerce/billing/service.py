@@ -39,6 +39,7 @@ refund would surface in a reconciliation with the provider's records, which is n
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import uuid
 from collections.abc import Sequence
@@ -124,6 +125,24 @@ async def _locked(conn: asyncpg.Connection, intent_id: UUID, caller: str, privil
 # -- authorise ---------------------------------------------------------------------------------------------------
 
 
+def _provider_key(operation: str, caller: str, key: str | None, fingerprint_: str) -> str:
+    """The idempotency key billing gives the provider for a keyed request: derived from the request's own key, so
+    that a retry after an attempt whose local write was lost (its connection cut after the provider acted)
+    reaches the provider as the same request and is replayed there -- the same charge, the same refund -- instead
+    of acting twice. An unkeyed request gets a key of its own."""
+    if key is None:
+        return f"billing:{operation}:{uuid.uuid4()}"
+    digest = hashlib.sha256("\0".join((operation, caller, key, fingerprint_)).encode()).hexdigest()
+    return f"billing:{operation}:{digest[:40]}"
+
+
+def _authorized(intent: dict[str, Any], decline_code: str | None) -> tuple[int, dict[str, Any]]:
+    if intent["status"] == "declined":
+        return 402, CardDeclined(f"the card was declined: {decline_code}", extra={
+            "code": "card_declined", "decline_code": decline_code, "payment_intent": intent}).problem()
+    return 201, intent
+
+
 async def authorize(
     *, caller: str, customer: str, amount: int, currency: str, payment_method: str, metadata: dict[str, Any],
     idempotency_key: str, field_name: str = "Idempotency-Key",
@@ -137,7 +156,11 @@ async def authorize(
     async def work(conn: asyncpg.Connection) -> tuple[int, dict[str, Any]]:
         intent_id = uuid.uuid4()
         charge = await p.authorize(amount=amount, currency=currency, payment_method=payment_method,
-                                   idempotency_key=f"billing:authorize:{intent_id}")
+                                   idempotency_key=_provider_key("authorize", caller, idempotency_key, fp))
+        known = await conn.fetchrow(f"SELECT {_INTENT} FROM billing_payment_intents WHERE provider_charge_id = $1",
+                                    charge.id)
+        if known is not None:  # the provider replayed a charge recorded under this key before it expired here
+            return _authorized(_intent_read(known).model_dump(mode="json"), known["decline_code"])
         now = datetime.now(UTC)
         row = await conn.fetchrow(
             f"INSERT INTO billing_payment_intents (id, created_by, customer, amount, currency, status, card_brand, "
@@ -151,10 +174,7 @@ async def authorize(
         topic = {"authorized": "payment_intent.authorized", "requires_action": "payment_intent.requires_action",
                  "declined": "payment_intent.payment_failed"}[charge.status]
         await _publish(conn, topic, caller, intent_id, intent)
-        if charge.status == "declined":
-            return 402, CardDeclined(f"the card was declined: {charge.decline_code}", extra={
-                "code": "card_declined", "decline_code": charge.decline_code, "payment_intent": intent}).problem()
-        return 201, intent
+        return _authorized(intent, charge.decline_code)
 
     outcome = await KEYS.run(scope=caller, key=idempotency_key, fingerprint=fp, work=work, field_name=field_name)
     webhooks.wake()
@@ -276,7 +296,10 @@ async def refund(
                                              "less_than_equal")
         refund_id = uuid.uuid4()
         done = await provider().refund(charge_id=row["provider_charge_id"], amount=take,
-                                       idempotency_key=f"billing:refund:{refund_id}")
+                                       idempotency_key=_provider_key("refund", caller, idempotency_key, fp))
+        known = await conn.fetchrow(f"SELECT {_REFUND} FROM billing_refunds WHERE provider_refund_id = $1", done.id)
+        if known is not None:  # the provider replayed a refund recorded under this key before it expired here
+            return 201, _refund_read(known, _intent_read(row)).model_dump(mode="json")
         refund_row = await conn.fetchrow(
             f"INSERT INTO billing_refunds (id, payment_intent_id, amount, currency, reason, status, "
             f"provider_refund_id, created_by, created_at) VALUES ($1, $2, $3, $4, $5, 'succeeded', $6, $7, now()) "

@@ -24,8 +24,10 @@ compensating, cancelling, refunding) whose lease has run out -- their runner cra
 on a step that did not answer -- with ``FOR UPDATE SKIP LOCKED`` so two replicas never take the
 same order, and drives each on from where its log ends: forward if no step has failed, else
 through the remaining compensations. A step that does not answer is retried on later passes; after
-``order_max_attempts`` the order is compensated (holds it may have left expire on their own: stock
-reservations and payment authorisations both have an expiry).
+``order_max_attempts`` the order is compensated. That step may have happened all the same (its answer, not its
+action, lost), so the unwinding first runs it once more with its idempotency key: the collaborator replays what
+it did, or does it now, and it is undone with the others (a capture refunded, an invoice credited, a shipment
+cancelled), instead of being left in place because its result was never recorded.
 
 Compensation
 ------------
@@ -253,7 +255,38 @@ async def _forward(row: asyncpg.Record, runner: str, announced: str | None) -> t
     return new, after
 
 
+async def _resolve_unanswered(row: asyncpg.Record, runner: str) -> asyncpg.Record:
+    """The forward step given up on without an answer may still have happened: the answer, not the action, may
+    be what was lost (a connection cut after the collaborator committed). Before the done steps are undone, it
+    is run again with its idempotency key, so the collaborator replays what it did (or does it now), and its
+    result is recorded, to be undone with the others. Refused now, it never happened: marked so, nothing to undo.
+    Still unanswered: the unwinding waits for a later pass, as any compensation that does not answer."""
+    failure = row["failure"] or {}
+    name = failure.get("step")
+    if ((failure.get("problem") or {}).get("code") != "step_unanswered" or name not in BY_NAME
+            or name in row["results"] or name in row["undone"] or BY_NAME[name].compensate is None):
+        return row
+    step = BY_NAME[name]
+    row = await write(row["id"], runner, line=(name, "forward", "started", {"resolving": "unanswered"}))
+    try:
+        result = await step.forward(context(row))
+    except Refused as refused:
+        return await write(row["id"], runner, line=(name, "forward", "failed", refused.problem),
+                           undone=(name, {"skipped": "refused when run again: it had not happened",
+                                          "problem": refused.problem}))
+    except (LeaseLost, asyncio.CancelledError):
+        raise
+    except Exception as exc:
+        await _interrupted(row, runner, name, "compensate", exc)
+        raise LeaseLost(str(row["id"])) from None
+    return await write(row["id"], runner, line=(name, "forward", "done", {"id": result.get("id"),
+                                                                          "resolving": "unanswered"}),
+                       result=(name, result))
+
+
 async def _unwind(row: asyncpg.Record, runner: str) -> asyncpg.Record:
+    if row["status"] == "compensating":
+        row = await _resolve_unanswered(row, runner)
     todo = _unwinds(row)
     if not todo:
         return await write(row["id"], runner, status=SETTLES[row["status"]], let_go_s=0)
