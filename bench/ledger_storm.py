@@ -37,7 +37,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from scratch import asgi_client, scratch_stores  # bench/ is on sys.path when a bench runs
+from scratch import asgi_client, scratch_stores, terminate_backends  # bench/ is on sys.path when a bench runs
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -194,31 +194,6 @@ class Storm:
         self.holds[h["id"]] = r.json()
         self.outcomes[f"hold {r.json()['status']}"] += 1
 
-    async def killer(self, stop: asyncio.Event) -> None:
-        """Every --kill-every-ms, terminate one backend inside a ledger statement or transaction."""
-        from nexus_ray.stores import postgres
-
-        if self.args.kill_every_ms <= 0:
-            return
-        pg = await postgres.pool()
-        while not stop.is_set():
-            try:
-                await asyncio.wait_for(stop.wait(), self.args.kill_every_ms / 1000)
-            except TimeoutError:
-                pass
-            if stop.is_set():
-                return
-            try:
-                pids = await pg.fetch(
-                    "SELECT pid FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND datname = current_database() "
-                    "AND state IN ('active', 'idle in transaction') AND query ILIKE '%ledger_%'")
-                if pids:
-                    pid = self.rng.choice(pids)["pid"]
-                    if await pg.fetchval("SELECT pg_terminate_backend($1)", pid):
-                        self.kills += 1
-            except Exception:  # the killer's own connection may be the one a pool replaced: go on
-                continue
-
     async def run(self) -> dict[str, Any]:
         await self.setup()
         n = self.args.transfers
@@ -233,12 +208,13 @@ class Storm:
         jobs += [self.hold(k) for k in range(n // 50)]
         self.rng.shuffle(jobs)
         stop = asyncio.Event()
-        killer = asyncio.create_task(self.killer(stop))
+        killer = asyncio.create_task(terminate_backends(stop, every_ms=self.args.kill_every_ms, rng=self.rng,
+                                                        where="query ILIKE '%ledger_%'"))
         t0 = time.monotonic()
         await asyncio.gather(*jobs)
         elapsed = time.monotonic() - t0
         stop.set()
-        await killer
+        self.kills = await killer
         return await self.check(elapsed, len(jobs))
 
     async def check(self, elapsed: float, requests: int) -> dict[str, Any]:

@@ -39,7 +39,7 @@ from collections import Counter
 from typing import Any
 
 import orders as bench_orders  # bench/orders.py: the set-up and the order body (bench/ is on sys.path)
-from scratch import asgi_client, scratch_stores
+from scratch import asgi_client, scratch_stores, terminate_backends
 
 API = bench_orders.API
 SCOPES = ["commerce:order-processor:*", "commerce:catalog:*", "commerce:inventory:*", "commerce:ledger:*",
@@ -76,29 +76,6 @@ class Storm:
             return str(r.json()["id"])
         raise RuntimeError("an order got no answer in 100 attempts")
 
-    async def killer(self, stop: asyncio.Event) -> None:
-        from nexus_ray.stores import postgres
-
-        if self.args.kill_every_ms <= 0:
-            return
-        pg = await postgres.pool()
-        while not stop.is_set():
-            try:
-                await asyncio.wait_for(stop.wait(), self.args.kill_every_ms / 1000)
-            except TimeoutError:
-                pass
-            if stop.is_set():
-                return
-            try:
-                pids = await pg.fetch(
-                    "SELECT pid FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND datname = current_database() "
-                    "AND backend_type = 'client backend' AND state IN ('active', 'idle in transaction') "
-                    "AND query NOT ILIKE '%pg_stat_activity%'")
-                if pids and await pg.fetchval("SELECT pg_terminate_backend($1)", self.rng.choice(pids)["pid"]):
-                    self.kills += 1
-            except Exception:  # the killer's own connection was replaced: go on
-                continue
-
     async def run(self) -> dict[str, Any]:
         from nexus_ray.stores import postgres
 
@@ -112,12 +89,12 @@ class Storm:
                 return await self.order(body)
 
         stop = asyncio.Event()
-        killer = asyncio.create_task(self.killer(stop))
+        killer = asyncio.create_task(terminate_backends(stop, every_ms=self.args.kill_every_ms, rng=self.rng))
         t0 = time.monotonic()
         ids = await asyncio.gather(*(one() for _ in range(self.args.orders)))
         answered = time.monotonic() - t0
         stop.set()
-        await killer
+        self.kills = await killer
         pg = await postgres.pool()
         unsettled_after = None
         deadline = time.monotonic() + 180

@@ -1,9 +1,12 @@
-"""Throwaway embedded stores for in-process benchmarks (``from scratch import scratch_stores``), and a namespace's app
-in this process with a client over ASGI (``asgi_client``)."""
+"""Throwaway embedded stores for in-process benchmarks (``from scratch import scratch_stores``), a namespace's app
+in this process with a client over ASGI (``asgi_client``), and a fault injector that terminates PostgreSQL backends
+under the app (``terminate_backends``)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import random
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
@@ -52,3 +55,32 @@ async def asgi_client(namespace: str, scopes: list[str], *, timeout: float = 60
         transport = httpx.ASGITransport(app=app, root_path=f"/{namespace}", client=("10.9.0.1", 1))
         async with httpx.AsyncClient(transport=transport, base_url="http://bench", timeout=timeout) as c:
             yield c, headers
+
+
+async def terminate_backends(stop: asyncio.Event, *, every_ms: float, rng: random.Random, where: str = "") -> int:
+    """Until ``stop``, every ``every_ms`` terminate one PostgreSQL client backend of this database that is running
+    a statement or holding a transaction open (``pg_terminate_backend``), chosen at random among those that also
+    match the SQL condition ``where``; returns how many were terminated. ``every_ms`` <= 0: none."""
+    from nexus_ray.stores import postgres
+
+    if every_ms <= 0:
+        return 0
+    pg = await postgres.pool()
+    kills = 0
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), every_ms / 1000)
+        except TimeoutError:
+            pass
+        if stop.is_set():
+            break
+        try:
+            pids = await pg.fetch(
+                "SELECT pid FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND datname = current_database() "
+                "AND backend_type = 'client backend' AND state IN ('active', 'idle in transaction') "
+                f"AND query NOT ILIKE '%pg_stat_activity%' {'AND ' + where if where else ''}")
+            if pids and await pg.fetchval("SELECT pg_terminate_backend($1)", rng.choice(pids)["pid"]):
+                kills += 1
+        except Exception:  # the killer's own connection may be one a pool replaced: go on
+            continue
+    return kills

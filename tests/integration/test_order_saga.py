@@ -56,6 +56,15 @@ async def available(client, ops, sku) -> int:
     return r.json()[0]["available"]
 
 
+async def held_for(order_id: uuid.UUID, sku: str, quantity: int):
+    """The stock reservation the saga's reserve step makes for an order, under the order's key."""
+    from nexus_ray.deployments.kit.calls import call
+
+    return await call("puabo-nuki-inventory-mgr", "reserve", caller="puabo-nuki-order-processor",
+                      reference=str(order_id), lines=[{"sku": sku, "quantity": quantity}], ttl_s=900,
+                      idempotency_key=f"order:{order_id}:reserve")
+
+
 async def crashed_order(*, sku: str, quantity: int, status: str = "pending", results: dict | None = None,
                         log: list[tuple[str, str, str]] = (), capture_method: str = "automatic",
                         customer: str = "shopper-1", order_id: uuid.UUID | None = None,
@@ -210,14 +219,11 @@ async def test_a_failing_payment_step_releases_the_stock_and_moves_no_money(clie
 async def test_recovery_reruns_a_step_cut_short_without_doing_it_twice(client, ops, shopper, until):
     """The runner died after inventory held the stock but before it recorded the result: recovery runs the step
     again with the same key, finds the same reservation (one, not two), and then compensates it."""
-    from nexus_ray.deployments.kit.calls import call
     from nexus_ray.stores import postgres
 
     sku = await stocked_sku(client, ops, 2)
     order_id = uuid.uuid4()
-    held = await call("puabo-nuki-inventory-mgr", "reserve", caller="puabo-nuki-order-processor",
-                      reference=str(order_id), lines=[{"sku": sku, "quantity": 2}], ttl_s=900,
-                      idempotency_key=f"order:{order_id}:reserve")
+    held = await held_for(order_id, sku, 2)
     assert await available(client, ops, sku) == 0
     await crashed_order(sku=sku, quantity=2, log=[("reserve", "forward", "started")], order_id=order_id)
 
@@ -234,13 +240,10 @@ async def test_recovery_reruns_a_step_cut_short_without_doing_it_twice(client, o
 
 async def test_recovery_finishes_an_unwinding_cut_short(client, ops, shopper, until):
     """The runner died while compensating: recovery undoes what is left (the stock) and settles the order."""
-    from nexus_ray.deployments.kit.calls import call
 
     sku = await stocked_sku(client, ops, 3)
     order_id = uuid.uuid4()  # the reservation is made first, as the saga would have, under the order's key
-    held = await call("puabo-nuki-inventory-mgr", "reserve", caller="puabo-nuki-order-processor",
-                      reference=str(order_id), lines=[{"sku": sku, "quantity": 3}], ttl_s=900,
-                      idempotency_key=f"order:{order_id}:reserve")
+    held = await held_for(order_id, sku, 3)
     oid = await crashed_order(sku=sku, quantity=3, status="compensating", order_id=order_id,
                               results={"reserve": held.model_dump(mode="json")},
                               log=[("reserve", "forward", "started"), ("reserve", "forward", "done"),
@@ -260,14 +263,11 @@ async def test_a_step_given_up_unanswered_is_undone_if_it_happened_after_all(cli
     held the stock (the answer, not the reservation, was lost). Recovery runs the step once more with its key,
     finds that reservation (one, not two), records it and releases it: the stock is back at once, not when the
     reservation would have expired."""
-    from nexus_ray.deployments.kit.calls import call
     from nexus_ray.stores import postgres
 
     sku = await stocked_sku(client, ops, 2)
     order_id = uuid.uuid4()
-    held = await call("puabo-nuki-inventory-mgr", "reserve", caller="puabo-nuki-order-processor",
-                      reference=str(order_id), lines=[{"sku": sku, "quantity": 2}], ttl_s=900,
-                      idempotency_key=f"order:{order_id}:reserve")
+    held = await held_for(order_id, sku, 2)
     assert await available(client, ops, sku) == 0
     await crashed_order(sku=sku, quantity=2, status="compensating", order_id=order_id,
                         log=[("reserve", "forward", "started"), ("reserve", "forward", "interrupted")])
@@ -339,13 +339,10 @@ async def test_cancelling_an_authorised_order_releases_its_stock(client, ops, sh
     cancelled by its customer: the payment's void is attempted (billing is absent here: recorded as refused),
     the stock released, the order cancelled with its event. (Where billing is deployed it knows no such intent:
     404, recorded the same way.)"""
-    from nexus_ray.deployments.kit.calls import call
 
     sku = await stocked_sku(client, ops, 2)
     order_id = uuid.uuid4()
-    held = await call("puabo-nuki-inventory-mgr", "reserve", caller="puabo-nuki-order-processor",
-                      reference=str(order_id), lines=[{"sku": sku, "quantity": 2}], ttl_s=900,
-                      idempotency_key=f"order:{order_id}:reserve")
+    held = await held_for(order_id, sku, 2)
     intent = {"id": str(uuid.uuid4()), "status": "authorized", "amount": 2500, "currency": "USD"}
     oid = await crashed_order(sku=sku, quantity=2, status="authorized", capture_method="manual", order_id=order_id,
                               results={"reserve": held.model_dump(mode="json"), "authorize": intent})
