@@ -229,6 +229,39 @@ async def test_a_refund_retried_after_its_write_was_lost_refunds_once(client, me
                              uuid.UUID(pi["id"])) == 1
 
 
+async def test_an_authorization_retried_after_its_write_was_lost_holds_the_card_once(client, merchant, monkeypatch):
+    """The provider authorises, then billing's write is lost before its commit: 503, no intent. The retry with the
+    same key reaches the provider as the same request, which replays its charge: one intent, one hold on the card
+    (not a second authorisation beside a forgotten first)."""
+    import asyncpg
+
+    from nexus_ray.deployments.commerce.billing import service
+    from nexus_ray.stores import postgres
+
+    real = service._publish
+    cuts = []
+
+    async def cut_once(*args, **kwargs):
+        if not cuts:
+            cuts.append(1)
+            raise asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation")
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(service, "_publish", cut_once)
+    pg = await postgres.pool()
+    charges = await pg.fetchval("SELECT count(*) FROM billing_sandbox_charges")
+    k = key()
+    r = await create(client, merchant, amount=1234, k=k)
+    assert r.status_code == 503 and r.json()["code"] == "store_connection_lost", r.text
+    assert await pg.fetchval("SELECT count(*) FROM billing_sandbox_charges") == charges + 1
+    r = await create(client, merchant, amount=1234, k=k)
+    assert r.status_code == 201 and r.json()["status"] == "authorized", r.text
+    assert await pg.fetchval("SELECT count(*) FROM billing_sandbox_charges") == charges + 1
+    assert await pg.fetchval("SELECT count(*) FROM billing_payment_intents WHERE provider_charge_id = "
+                             "(SELECT provider_charge_id FROM billing_payment_intents WHERE id = $1)",
+                             uuid.UUID(r.json()["id"])) == 1
+
+
 async def test_same_key_and_body_replays_the_first_response(client, merchant):
     k = key()
     first = await create(client, merchant, amount=777, k=k)
