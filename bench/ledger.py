@@ -16,6 +16,8 @@ Four runs, each on fresh accounts:
 * ``single spread``  -- POST /transfers, one transfer per request, ``--concurrency`` in flight;
 * ``single hot``     -- the same, every transfer into the fee account.
 
+With ``--minimal`` the batches ask for ``Prefer: return=minimal``: each item answered with its entry's id.
+
 With ``--core`` the same four runs call :mod:`nexus_ray.deployments.commerce.ledger.service` directly
 (no HTTP, no edge, no outbox relay publishing in the same process): what the ledger itself costs.
 
@@ -74,9 +76,10 @@ def _transfer(rng: random.Random, wallets: list[str], fee: str, hot: bool) -> di
             "currency": "USD", "idempotency_key": uuid.uuid4().hex}
 
 
-async def _run(c: Any, headers: dict[str, str], *, batch: int, concurrency: int, seconds: float, hot: bool
-               ) -> dict[str, Any]:
+async def _run(c: Any, headers: dict[str, str], *, batch: int, concurrency: int, seconds: float, hot: bool,
+               minimal: bool = False) -> dict[str, Any]:
     wallets, fee = await _accounts(c, headers, 200)
+    batch_headers = {**headers, "Prefer": "return=minimal"} if minimal else headers
     rng = random.Random(1)
     statuses: Counter[str] = Counter()
     latencies: list[float] = []
@@ -88,7 +91,7 @@ async def _run(c: Any, headers: dict[str, str], *, batch: int, concurrency: int,
             t0 = time.perf_counter()
             if batch > 1:
                 items = [_transfer(rng, wallets, fee, hot) for _ in range(batch)]
-                r = await c.post(f"{API}/transfers/batch", json={"items": items}, headers=headers, timeout=120)
+                r = await c.post(f"{API}/transfers/batch", json={"items": items}, headers=batch_headers, timeout=120)
                 if r.status_code == 200:
                     body = r.json()
                     posted += body["posted"]
@@ -199,7 +202,8 @@ async def in_process(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {}
     async with asgi_client("commerce", ["commerce:ledger:*"]) as (c, headers):
         for name, batch, conc, hot in _runs(args):
-            results[name] = await _run(c, headers, batch=batch, concurrency=conc, seconds=args.duration, hot=hot)
+            results[name] = await _run(c, headers, batch=batch, concurrency=conc, seconds=args.duration, hot=hot,
+                                       minimal=args.minimal)
             print(name, json.dumps(results[name]), file=sys.stderr, flush=True)
         report = (await c.get(f"{API}/reconciliation", headers=headers)).json()
     results["reconciliation_clean"] = report["clean"]
@@ -215,6 +219,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32, help="single-transfer requests in flight")
     parser.add_argument("--only", default="", help="run only the runs whose name contains this")
     parser.add_argument("--core", action="store_true", help="call the service functions, not the HTTP app")
+    parser.add_argument("--minimal", action="store_true",
+                        help="batches sent with Prefer: return=minimal (each item answered with its entry's id)")
     args = parser.parse_args()
     with scratch_stores("nexus-bench-ledger-", NEXUS_RATE_LIMIT_PER_ADDRESS=str(10**9),
                         NEXUS_RATE_LIMIT_PER_PRINCIPAL=str(10**9)):

@@ -413,6 +413,33 @@ async def test_a_batch_accepts_and_refuses_each_item_on_its_own(client, admin):
     assert r.status_code == 422 and "amount" in r.json()["errors"][0]["field"]
 
 
+async def test_a_batch_with_prefer_return_minimal_answers_entry_ids(client, admin):
+    """``Prefer: return=minimal``: each item answered with its entry's id (the entry readable by it), refusals as
+    before, replays with the same id; without the header the whole entries, and no Preference-Applied."""
+    _, wallet = await funded_wallet(client, admin, 100)
+    shop = await open_account(client, admin)
+    items = [{"debit_account_id": wallet, "credit_account_id": shop, "amount": 60, "currency": "USD",
+              "idempotency_key": key()} for _ in range(2)]
+    minimal = {**admin, "Prefer": "handling=lenient, return=minimal"}
+    r = await client.post(f"{API}/transfers/batch", json={"items": items}, headers=minimal)
+    assert r.status_code == 200, r.text
+    assert r.headers["preference-applied"] == "return=minimal"
+    body = r.json()
+    assert (body["posted"], body["replayed"], body["refused"]) == (1, 0, 1)
+    first, second = body["results"]
+    assert "entry" not in first and first["status"] == "posted" and first["error"] is None
+    entry = (await client.get(f"{API}/entries/{first['entry_id']}", headers=admin)).json()
+    assert {(ln["account_id"], ln["side"], ln["amount"]) for ln in entry["lines"]} == {
+        (wallet, "debit", 60), (shop, "credit", 60)}
+    assert second["status"] == "refused" and second["entry_id"] is None
+    assert second["error"]["code"] == "insufficient_funds"
+    again = (await client.post(f"{API}/transfers/batch", json={"items": items[:1]}, headers=minimal)).json()
+    assert again["results"][0]["status"] == "replayed" and again["results"][0]["entry_id"] == first["entry_id"]
+    full = await client.post(f"{API}/transfers/batch", json={"items": items[:1]}, headers=admin)
+    assert "preference-applied" not in full.headers
+    assert full.json()["results"][0]["entry"]["id"] == first["entry_id"]
+
+
 async def test_reconciliation_finds_what_is_wrong(client, admin):
     from nexus_ray.stores import postgres
 

@@ -178,6 +178,24 @@ class BatchResult(BaseModel):
     results: list[ItemResult]
 
 
+class ItemSummary(BaseModel):
+    """One item of a batch answered with ``Prefer: return=minimal``: its entry's id, not the entry."""
+
+    index: int
+    status: Literal["posted", "replayed", "refused"]
+    entry_id: UUID | None = None
+    error: dict[str, Any] | None = Field(None, description="Why the item was refused (problem+json body).")
+
+
+class BatchSummary(BaseModel):
+    """A batch's answer with ``Prefer: return=minimal`` (``Preference-Applied: return=minimal``)."""
+
+    posted: int
+    replayed: int
+    refused: int
+    results: list[ItemSummary]
+
+
 class ReverseCreate(_In):
     description: Text = Field("", max_length=500)
     idempotency_key: IdempotencyKey | None = Field(None, description="Or the Idempotency-Key header.")

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Annotated
 from uuid import UUID
 
-from fastapi import APIRouter, Path, Query, Response
+from fastapi import APIRouter, Header, Path, Query, Response
 
 from nexus_ray.deployments.kit.idempotency import KeyHeader, key_of, mark_replayed
 from nexus_ray.deployments.kit.pages import Page, PageRequest, page_params
@@ -28,6 +28,7 @@ from .models import (
     AccountRead,
     BatchCreate,
     BatchResult,
+    BatchSummary,
     EntryCreate,
     EntryRead,
     HoldCapture,
@@ -97,9 +98,19 @@ async def transfer(body: TransferCreate, response: Response, idempotency_key: Ke
     return entry
 
 
-@router.post("/transfers/batch", response_model=BatchResult,
+PreferHeader = Annotated[str | None, Header(
+    description="`return=minimal` (RFC 7240): each item is answered with its entry's id instead of the whole entry "
+                "(the answer then carries `Preference-Applied: return=minimal`).")]
+
+
+def _minimal(prefer: str | None) -> bool:
+    return prefer is not None and any(p.strip().lower() == "return=minimal" for p in prefer.split(","))
+
+
+@router.post("/transfers/batch", response_model=BatchResult | BatchSummary,
              summary="Post many transfers, each accepted or refused on its own (per-item results)")
-async def batch(body: BatchCreate, principal: Principal = authorize(SCOPES.write)) -> BatchResult:
+async def batch(body: BatchCreate, response: Response, prefer: PreferHeader = None,
+                principal: Principal = authorize(SCOPES.write)) -> BatchResult | BatchSummary:
     limit = service.settings_of(LedgerSettings).ledger_batch_max
     if len(body.items) > limit:
         raise ValidationFailed.for_field("items", f"at most {limit} transfers per batch", "too_long")
@@ -107,6 +118,10 @@ async def batch(body: BatchCreate, principal: Principal = authorize(SCOPES.write
         debit_account_id=t.debit_account_id, credit_account_id=t.credit_account_id, amount=t.amount,
         currency=t.currency, description=t.description, metadata=t.metadata, idempotency_key=t.idempotency_key)
         for t in body.items]
+    if _minimal(prefer):
+        response.headers["Preference-Applied"] = "return=minimal"
+        return await service.post_batch_minimal(caller=principal.subject, privileged=_admin(principal),
+                                                requests=requests)
     return await service.post_batch(caller=principal.subject, privileged=_admin(principal), requests=requests)
 
 
