@@ -73,7 +73,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 from uuid import UUID
 
 import asyncpg
@@ -700,15 +700,27 @@ async def post_entries(*, caller: str, privileged: bool, requests: Sequence[Entr
     ``privileged`` callers (administrators, other platform services) may draw on any account;
     others only on their own. Results are in the order of ``requests``.
     """
-    out = []
-    for op in await _post(caller=caller, privileged=privileged, requests=requests):
-        if op.result is not None:
-            out.append(ItemResult(index=op.index, status="replayed" if op.replayed else "posted",
-                                  entry=EntryRead.model_validate(op.result)))
-        else:
-            assert op.error is not None
-            out.append(ItemResult(index=op.index, status="refused", error=_error_body(op.error)))
-    return out
+    return [ItemResult(index=op.index, status=_status(op), error=_refusal(op),
+                       entry=None if op.result is None else EntryRead.model_validate(op.result))
+            for op in await _post(caller=caller, privileged=privileged, requests=requests)]
+
+
+def _status(op: _Op) -> Literal["posted", "replayed", "refused"]:
+    """How a posted op is answered."""
+    return "refused" if op.result is None else "replayed" if op.replayed else "posted"
+
+
+def _refusal(op: _Op) -> dict[str, Any] | None:
+    """A posted op's problem body, if it was refused."""
+    if op.result is not None:
+        return None
+    assert op.error is not None
+    return _error_body(op.error)
+
+
+def _counts(results: Sequence[ItemResult | ItemSummary]) -> dict[str, int]:
+    """A batch's results counted by status, as its answer states them."""
+    return {s: sum(1 for r in results if r.status == s) for s in ("posted", "replayed", "refused")}
 
 
 async def _post(*, caller: str, privileged: bool, requests: Sequence[EntryRequest]) -> list[_Op]:
@@ -816,23 +828,16 @@ def _error_from(problem: dict[str, Any]) -> NexusError:
 
 async def post_batch(*, caller: str, privileged: bool, requests: Sequence[EntryRequest]) -> BatchResult:
     results = await post_entries(caller=caller, privileged=privileged, requests=requests)
-    count = {s: sum(1 for r in results if r.status == s) for s in ("posted", "replayed", "refused")}
-    return BatchResult(posted=count["posted"], replayed=count["replayed"], refused=count["refused"], results=results)
+    return BatchResult(**_counts(results), results=results)
 
 
 async def post_batch_minimal(*, caller: str, privileged: bool, requests: Sequence[EntryRequest]) -> BatchSummary:
     """:func:`post_batch` answering each item with its entry's id only (``Prefer: return=minimal``): no entry model
     is built for the answer, which is most of what a batch's answer costs."""
-    results = []
-    for op in await _post(caller=caller, privileged=privileged, requests=requests):
-        if op.result is not None:
-            results.append(ItemSummary(index=op.index, status="replayed" if op.replayed else "posted",
-                                       entry_id=op.result["id"]))
-        else:
-            assert op.error is not None
-            results.append(ItemSummary(index=op.index, status="refused", error=_error_body(op.error)))
-    count = {s: sum(1 for r in results if r.status == s) for s in ("posted", "replayed", "refused")}
-    return BatchSummary(posted=count["posted"], replayed=count["replayed"], refused=count["refused"], results=results)
+    results = [ItemSummary(index=op.index, status=_status(op), error=_refusal(op),
+                           entry_id=None if op.result is None else op.result["id"])
+               for op in await _post(caller=caller, privileged=privileged, requests=requests)]
+    return BatchSummary(**_counts(results), results=results)
 
 
 async def _entry_lines(conn: asyncpg.Connection | asyncpg.Pool, entry_id: UUID) -> list[asyncpg.Record]:
