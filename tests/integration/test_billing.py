@@ -262,6 +262,24 @@ async def test_an_authorization_retried_after_its_write_was_lost_holds_the_card_
                              uuid.UUID(r.json()["id"])) == 1
 
 
+async def test_a_key_sent_again_after_billing_forgot_it_gets_the_same_intent(client, merchant):
+    """Billing's record of a key expires before the provider's does: the same key and body then reach the provider
+    as the same request, which replays its charge, and billing answers with the intent it already has (not a
+    second intent, not a conflict on the charge)."""
+    from nexus_ray.stores import postgres
+
+    k = key()
+    first = await authorized(client, merchant, amount=777, k=k)
+    pg = await postgres.pool()
+    await pg.execute("DELETE FROM billing_idempotency WHERE scope = 'shop-1' AND key = $1", k)
+    again = await create(client, merchant, amount=777, k=k)
+    assert again.status_code == 201, again.text
+    assert again.json()["id"] == first["id"]
+    assert await pg.fetchval("SELECT count(*) FROM billing_payment_intents WHERE provider_charge_id = "
+                             "(SELECT provider_charge_id FROM billing_payment_intents WHERE id = $1)",
+                             uuid.UUID(first["id"])) == 1
+
+
 async def test_same_key_and_body_replays_the_first_response(client, merchant):
     k = key()
     first = await create(client, merchant, amount=777, k=k)

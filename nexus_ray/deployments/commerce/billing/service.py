@@ -157,18 +157,19 @@ async def authorize(
         intent_id = uuid.uuid4()
         charge = await p.authorize(amount=amount, currency=currency, payment_method=payment_method,
                                    idempotency_key=_provider_key("authorize", caller, idempotency_key, fp))
-        known = await conn.fetchrow(f"SELECT {_INTENT} FROM billing_payment_intents WHERE provider_charge_id = $1",
-                                    charge.id)
-        if known is not None:  # the provider replayed a charge recorded under this key before it expired here
-            return _authorized(_intent_read(known).model_dump(mode="json"), known["decline_code"])
         now = datetime.now(UTC)
         row = await conn.fetchrow(
             f"INSERT INTO billing_payment_intents (id, created_by, customer, amount, currency, status, card_brand, "
             f"card_last4, decline_code, provider, provider_charge_id, metadata, created_at, updated_at) "
-            f"VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13) RETURNING {_INTENT}",
+            f"VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13) "
+            f"ON CONFLICT (provider_charge_id) DO NOTHING RETURNING {_INTENT}",
             intent_id, caller, customer, amount, currency, charge.status, charge.card_brand, charge.card_last4,
             charge.decline_code, p.name, charge.id, metadata, now)
-        assert row is not None
+        if row is None:  # the provider replayed a charge recorded under this key before it expired here
+            known = await conn.fetchrow(
+                f"SELECT {_INTENT} FROM billing_payment_intents WHERE provider_charge_id = $1", charge.id)
+            assert known is not None
+            return _authorized(_intent_read(known).model_dump(mode="json"), known["decline_code"])
         intent = _intent_read(row).model_dump(mode="json")
         await _publish(conn, "payment_intent.created", caller, intent_id, intent)
         topic = {"authorized": "payment_intent.authorized", "requires_action": "payment_intent.requires_action",
@@ -297,13 +298,15 @@ async def refund(
         refund_id = uuid.uuid4()
         done = await provider().refund(charge_id=row["provider_charge_id"], amount=take,
                                        idempotency_key=_provider_key("refund", caller, idempotency_key, fp))
-        known = await conn.fetchrow(f"SELECT {_REFUND} FROM billing_refunds WHERE provider_refund_id = $1", done.id)
-        if known is not None:  # the provider replayed a refund recorded under this key before it expired here
-            return 201, _refund_read(known, _intent_read(row)).model_dump(mode="json")
         refund_row = await conn.fetchrow(
             f"INSERT INTO billing_refunds (id, payment_intent_id, amount, currency, reason, status, "
             f"provider_refund_id, created_by, created_at) VALUES ($1, $2, $3, $4, $5, 'succeeded', $6, $7, now()) "
-            f"RETURNING {_REFUND}", refund_id, intent_id, take, row["currency"], reason, done.id, caller)
+            f"ON CONFLICT (provider_refund_id) DO NOTHING RETURNING {_REFUND}",
+            refund_id, intent_id, take, row["currency"], reason, done.id, caller)
+        if refund_row is None:  # the provider replayed a refund recorded under this key before it expired here
+            known = await conn.fetchrow(f"SELECT {_REFUND} FROM billing_refunds WHERE provider_refund_id = $1", done.id)
+            assert known is not None
+            return 201, _refund_read(known, _intent_read(row)).model_dump(mode="json")
         row = await conn.fetchrow(
             f"UPDATE billing_payment_intents SET amount_refunded = amount_refunded + $2, updated_at = now(), "
             f"status = CASE WHEN amount_refunded + $2 = amount_captured THEN 'refunded' ELSE 'partially_refunded' END "
