@@ -14,10 +14,14 @@ not of clients.
 * A lost subscription puts :data:`LOST` in every queue: the streams end, and their clients
   reconnect and read the state again.
 * ``latest_only``: a queue keeps only the newest message (for messages that carry the whole
-  state, such as the platform notice). ``backlog``: a queue that holds that many messages
-  gets :data:`OVERFLOW` instead of more, and its stream should end rather than buffer without bound.
+  state, such as the platform notice).
 
 Messages are handed over as Redis sent them (bytes); each stream decodes its own.
+
+A listener that serves many streams at once (a chat room's frames, built once for all its
+members in this process) attaches a *sink* instead of a queue: :meth:`Fanout.attach` calls it
+with each message, in order, on the event loop. A sink attached twice is called once, and stays
+attached until the last of its attachments ends.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from nexus_ray.exceptions import ServiceUnavailable
 from nexus_ray.stores.cache import redis_client
@@ -34,22 +39,18 @@ log = logging.getLogger(__name__)
 
 #: Put in every queue when the subscription is lost.
 LOST = object()
-#: Put in a queue that reached its backlog.
-OVERFLOW = object()
 
 
 class Fanout:
     """One subscription to ``channel`` (a pattern when it ends with ``*``), shared by this process's listeners."""
 
-    def __init__(self, channel: str, *, name: str, latest_only: bool = False,
-                 backlog: Callable[[], int] | None = None) -> None:
+    def __init__(self, channel: str, *, name: str, latest_only: bool = False) -> None:
         self.channel = channel
         self.name = name
         self._pattern = channel.endswith("*")
         self._prefix = channel[:-1].encode() if self._pattern else b""
         self._latest_only = latest_only
-        self._backlog = backlog
-        self._queues: dict[str, set[asyncio.Queue[object]]] = {}
+        self._sinks: dict[str, dict[Callable[[object], Any], int]] = {}
         self._task: asyncio.Task[None] | None = None
         self._ready: asyncio.Future[None] | None = None
 
@@ -57,36 +58,50 @@ class Fanout:
     async def listen(self, key: str = "") -> AsyncIterator[asyncio.Queue[object]]:
         """A queue of the messages for ``key``, subscribed (confirmed by Redis) before it is yielded."""
         queue: asyncio.Queue[object] = asyncio.Queue(maxsize=1 if self._latest_only else 0)
-        self._queues.setdefault(key, set()).add(queue)
+
+        def put(item: object) -> None:
+            if self._latest_only and queue.full():
+                queue.get_nowait()
+            queue.put_nowait(item)
+
+        async with self.attach(key, put):
+            yield queue
+
+    @contextlib.asynccontextmanager
+    async def attach(self, key: str, sink: Callable[[object], Any]) -> AsyncIterator[None]:
+        """Call ``sink`` with each message for ``key`` (and :data:`LOST`), subscribed before this yields."""
+        sinks = self._sinks.setdefault(key, {})
+        sinks[sink] = sinks.get(sink, 0) + 1
         try:
             if self._task is None or self._task.done():
                 self._ready = asyncio.get_running_loop().create_future()
                 self._task = asyncio.create_task(self._run(self._ready), name=f"{self.name}-subscription")
             if self._ready is not None:
                 await asyncio.shield(self._ready)
-            yield queue
+            yield
         finally:
-            held = self._queues.get(key, set())
-            held.discard(queue)
+            held = self._sinks.get(key, {})
+            if held.get(sink, 0) > 1:
+                held[sink] -= 1
+            else:
+                held.pop(sink, None)
             if not held:
-                self._queues.pop(key, None)
-            if not self._queues and self._task is not None:
+                self._sinks.pop(key, None)
+            if not self._sinks and self._task is not None:
                 self._task.cancel()  # nobody listens: give the Redis connection back
                 self._task = None
 
     def _offer(self, key: str | None, item: object) -> None:
-        """Hand ``item`` to the queues of ``key`` (every queue when None)."""
-        targets = self._queues.get(key, set()) if key is not None else {q for qs in self._queues.values() for q in qs}
-        backlog = self._backlog() if self._backlog is not None else None
-        for queue in list(targets):
-            if self._latest_only:
-                if queue.full():
-                    queue.get_nowait()
-                queue.put_nowait(item)
-            elif backlog is not None and queue.qsize() >= backlog:
-                queue.put_nowait(OVERFLOW)
-            else:
-                queue.put_nowait(item)
+        """Hand ``item`` to the sinks of ``key`` (every sink when None)."""
+        if key is not None:
+            targets = list(self._sinks.get(key, ()))
+        else:
+            targets = list({sink: None for sinks in self._sinks.values() for sink in sinks})
+        for sink in targets:
+            try:
+                sink(item)
+            except Exception:  # one listener's fault must not end the subscription of the others
+                log.exception("%s listener failed", self.name)
 
     async def _run(self, ready: asyncio.Future[None]) -> None:
         pubsub = redis_client().pubsub()

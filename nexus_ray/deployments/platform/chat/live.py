@@ -26,33 +26,36 @@ its connection dropped) is acknowledged with the stored message and not stored t
 
 **Fan-out.** Rooms publish their events on a Redis channel each (the room entity publishes
 after the write). Each replica holds one pattern subscription to all rooms' channels and
-hands every event to the connections it holds for that room: Redis connections follow
-the number of replicas, not of clients or rooms. The price: each replica receives every
-room's events, including those of rooms it holds no connection for; per-room
-subscriptions are the next step when rooms x replicas makes that matter.
+hands every event to the room's *feed* in this replica, which makes each frame once and
+hands the same frame to every connection it holds for that room: Redis connections follow
+the number of replicas, not of clients or rooms, and a frame's bytes are made once per
+replica, not once per member. The price: each replica receives every room's events,
+including those of rooms it holds no connection for; per-room subscriptions are the next
+step when rooms x replicas makes that matter.
 
 A connection that falls more than ``chat_client_backlog`` events behind is closed with
 1013 (try again) rather than buffered without bound; it resumes from its last sequence number.
 
-**Batches** (``?batch=true``, for clients that can read them). Each live event is a frame of
-its own while the connection keeps up. When events have queued for it (the room is busier
-than the connection's share of the replica can send one frame at a time), everything queued,
-up to :data:`BATCH_MOST` events, goes out as one ``batch`` frame, in order: the frames per
-second then fall as the load rises, instead of the backlog growing. And a frame follows the
-one before it by at least ``chat_batch_linger_ms`` (100 ms unless configured): in a busy room
-an event waits up to that long for the ones behind it, so a connection gets at most 10 frames
-a second however fast the room talks, while an event after a quiet spell goes out at once.
-(Every frame costs a system call in the replica, a pass through the proxy and a read in the
-client, whatever it holds.) A client without ``batch`` gets one frame per event, as before.
+**Batches** (``?batch=true``, for clients that can read them). In a busy room an event waits for
+the ones behind it, at most ``chat_batch_linger_ms`` (80 ms unless configured) from when it reached
+the replica, and they go out together as one ``batch`` frame (at most :data:`BATCH_MOST` events,
+in order); an event after a quiet spell (no event for a linger) goes out at once. Every frame costs
+a system call in the replica, a pass through the proxy and a read in the client, whatever it holds,
+so a busy room's members get about one frame per linger however fast the room talks. The frame is
+made once per room and replica and the same text goes to every batch member there, all at the same
+moment: sent together, a replica's, the proxy's and the clients' frames share their wake-ups (what
+bench/RESULTS.md measured to be cheaper than spreading them over the linger). A connection that is
+behind (frames queued for it while it was sending) gets what queued as one batch. A client without
+``batch`` gets one frame per event, as soon as the event comes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -65,7 +68,7 @@ from nexus_ray.deployments.kit.settings import settings_of
 from nexus_ray.edge.security import Principal
 from nexus_ray.edge.websocket import ws_authorize
 from nexus_ray.exceptions import NexusError, ServiceUnavailable, ValidationFailed
-from nexus_ray.stores.fanout import LOST, OVERFLOW, Fanout
+from nexus_ray.stores.fanout import LOST, Fanout
 
 from . import service
 from .models import ROOM_ID_PATTERN
@@ -80,24 +83,149 @@ BATCH_MOST = 256
 
 _MESSAGE = b'{"type":"message"'
 
-_rooms = Fanout(CHANNEL_PATTERN, name="chat", backlog=lambda: settings_of(ChatSettings).chat_client_backlog)
+OVERFLOW = object()
+"""Queued for a connection instead of the frame that would take it past ``chat_client_backlog`` events."""
+
+_rooms = Fanout(CHANNEL_PATTERN, name="chat")
+
+
+class _Frame:
+    """Events of a room as one WebSocket text frame, made once for every connection of the room here."""
+
+    __slots__ = ("events", "first", "last", "seqs", "text")
+
+    def __init__(self, events: list[bytes], seqs: list[int | None]) -> None:
+        self.events, self.seqs = events, seqs
+        self.text = _text_of(events)
+        numbered = [seq for seq in seqs if seq is not None]
+        self.first = numbered[0] if numbered else None  # the messages' seqs, in order
+        self.last = numbered[-1] if numbered else None
+
+
+def _text_of(events: list[bytes]) -> str:
+    """One event as itself, several as a ``batch`` frame."""
+    if len(events) == 1:
+        return events[0].decode()
+    return (b'{"type":"batch","events":[' + b",".join(events) + b"]}").decode()
+
+
+def _seq_of(raw: bytes) -> int | None:
+    """A message event's seq (None for the room's other events: presence, typing, receipts, edits)."""
+    return int(orjson.loads(raw)["message"]["seq"]) if raw.startswith(_MESSAGE) else None
+
+
+class _Feed:
+    """One room's live events in this replica, made into frames once and handed to its connections here.
+
+    It is the fan-out's sink for the room: called with each event as Redis delivered it, in order.
+    A plain member gets each event at once as a frame of its own; members that read batches share
+    one frame per linger in a busy room (see the module's docstring).
+    """
+
+    def __init__(self, room_id: str) -> None:
+        self.room_id = room_id
+        self.plain: set[_Connection] = set()
+        self.batched: set[_Connection] = set()
+        self._pending: list[bytes] = []
+        self._seqs: list[int | None] = []
+        self._due: asyncio.TimerHandle | None = None
+        self._last = float("-inf")  # when the last event came (the loop's clock)
+
+    def __call__(self, item: object) -> None:
+        if item is LOST:
+            self._flush()
+            for conn in self.plain | self.batched:
+                conn.push(LOST, 0)
+            return
+        assert isinstance(item, bytes)
+        seq = _seq_of(item)
+        if self.plain:
+            single = _Frame([item], [seq])
+            for conn in self.plain:
+                conn.push(single, 1)
+        if not self.batched:
+            return
+        linger = settings_of(ChatSettings).chat_batch_linger_ms / 1000
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        quiet = now - self._last >= linger
+        self._last = now
+        self._pending.append(item)
+        self._seqs.append(seq)
+        if (self._due is None and (quiet or not linger)) or len(self._pending) >= BATCH_MOST:
+            self._flush()
+        elif self._due is None:
+            self._due = loop.call_later(linger, self._flush)
+
+    def _flush(self) -> None:
+        self._stop()
+        if not self._pending:
+            return
+        frame = _Frame(self._pending, self._seqs)
+        self._pending, self._seqs = [], []
+        for conn in self.batched:
+            conn.push(frame, len(frame.events))
+
+    def _stop(self) -> None:
+        if self._due is not None:
+            self._due.cancel()
+            self._due = None
+
+    def join(self, conn: _Connection) -> None:
+        (self.batched if conn.batch else self.plain).add(conn)
+
+    def leave(self, conn: _Connection) -> bool:
+        """Take ``conn`` off; True when the feed has no connection left (its timer is then stopped)."""
+        (self.batched if conn.batch else self.plain).discard(conn)
+        if self.plain or self.batched:
+            return False
+        self._stop()
+        return True
+
+
+_feeds: dict[str, _Feed] = {}
+
+
+@contextlib.asynccontextmanager
+async def _joined(conn: _Connection) -> AsyncIterator[None]:
+    """``conn`` receives its room's live events from when this yields (the subscription is confirmed)."""
+    feed = _feeds.get(conn.room_id)
+    if feed is None:
+        feed = _feeds[conn.room_id] = _Feed(conn.room_id)
+    feed.join(conn)
+    try:
+        async with _rooms.attach(conn.room_id, feed):
+            yield
+    finally:
+        if feed.leave(conn) and _feeds.get(conn.room_id) is feed:
+            del _feeds[conn.room_id]
 
 
 class _Connection:
     """One member's live connection to one room."""
 
-    def __init__(self, websocket: WebSocket, room_id: str, user_id: str) -> None:
-        self.ws, self.room_id, self.user_id = websocket, room_id, user_id
+    def __init__(self, websocket: WebSocket, room_id: str, user_id: str, *, batch: bool = False) -> None:
+        self.ws, self.room_id, self.user_id, self.batch = websocket, room_id, user_id, batch
         self._send_lock = asyncio.Lock()
+        self.inbox: asyncio.Queue[object] = asyncio.Queue()
+        self._queued = 0  # events in the inbox
+        self._overflowed = False
 
-    async def send(self, event: dict[str, Any] | bytes) -> None:
+    def push(self, frame: object, events: int) -> None:
+        """Queue a frame of ``events`` events (or LOST) for this connection; past the backlog, OVERFLOW instead."""
+        if self._overflowed:
+            return
+        if self._queued + events > settings_of(ChatSettings).chat_client_backlog:
+            self._overflowed = True
+            frame = OVERFLOW
+        self._queued += events
+        self.inbox.put_nowait(frame)
+
+    async def send(self, event: dict[str, Any] | str) -> None:
         async with self._send_lock:
-            if isinstance(event, bytes):
-                await self.ws.send_text(event.decode())
-            else:
-                await self.ws.send_text(orjson.dumps(event).decode())
+            await self.ws.send_text(event if isinstance(event, str) else orjson.dumps(event).decode())
 
-    async def forward(self, queue: asyncio.Queue, after: int | None, *, batch: bool = False) -> None:
+    async def forward(self, after: int | None) -> None:
         """Replay what was missed after ``after``, then the live events, each message once and in seq order."""
         if after is None:
             delivered = (await service.room_state(room_id=self.room_id, user_id=self.user_id))["seq"]
@@ -107,42 +235,40 @@ class _Connection:
                 await self.send({"type": "message", "message": message})
                 delivered = message["seq"]
         await self.send({"type": "ready", "seq": delivered})
-        await self.live(queue, delivered, batch=batch)
+        await self.live(delivered)
 
-    async def live(self, queue: asyncio.Queue, delivered: int, *, batch: bool) -> None:
-        """Forward the queue's events, skipping messages up to ``delivered``.
+    async def live(self, delivered: int) -> None:
+        """Forward the inbox's frames, skipping messages up to ``delivered`` (replayed already).
 
-        With ``batch``, whatever has queued (up to :data:`BATCH_MOST` events) goes out as one frame, and a
-        frame follows the one before it by at least the linger (``chat_batch_linger_ms``): an event that
-        comes sooner waits for the ones behind it, up to that long.
+        A frame whose messages all come after ``delivered`` goes out as it was made for the room. With
+        ``batch``, frames that queued while the connection was sending go out together as one batch
+        (at most :data:`BATCH_MOST` events a frame); without it, every event is a frame of its own.
         """
-        linger = settings_of(ChatSettings).chat_batch_linger_ms / 1000 if batch else 0.0
-        clock = asyncio.get_running_loop().time
-        next_frame = 0.0
         while True:
-            items = [await queue.get()]
-            if linger and (hold := next_frame - clock()) > 0:
-                await asyncio.sleep(hold)  # pacing, not polling: the events behind this one join its frame
-            while batch and len(items) < BATCH_MOST and not queue.empty():
-                items.append(queue.get_nowait())
-            frames: list[bytes] = []
+            frames = [await self.inbox.get()]
+            while self.batch and not self.inbox.empty():
+                frames.append(self.inbox.get_nowait())
             ended: str | None = None
-            for raw in items:
-                if raw is LOST or raw is OVERFLOW:
-                    ended = ("the room's feed was interrupted; resume" if raw is LOST
+            events: list[bytes] = []
+            for frame in frames:
+                if not isinstance(frame, _Frame):
+                    ended = ("the room's feed was interrupted; resume" if frame is LOST
                              else "too far behind; resume from your last sequence number")
                     break
-                if raw.startswith(_MESSAGE):
-                    seq = _seq_of(raw)
-                    if seq <= delivered:
-                        continue  # replayed already
-                    delivered = seq
-                frames.append(raw)
-            next_frame = clock() + linger
-            if len(frames) == 1:
-                await self.send(frames[0])
-            elif frames:
-                await self.send(b'{"type":"batch","events":[' + b",".join(frames) + b"]}")
+                self._queued -= len(frame.events)
+                if len(frames) == 1 and (frame.first is None or frame.first > delivered):
+                    delivered = frame.last if frame.last is not None else delivered
+                    await self.send(frame.text)  # the room's frame as it was made: the usual case
+                    break
+                for raw, seq in zip(frame.events, frame.seqs, strict=True):
+                    if seq is not None:
+                        if seq <= delivered:
+                            continue
+                        delivered = seq
+                    events.append(raw)
+            step = BATCH_MOST if self.batch else 1
+            for at in range(0, len(events), step):
+                await self.send(_text_of(events[at:at + step]))
             if ended is not None:
                 raise ServiceUnavailable(ended)
 
@@ -184,12 +310,6 @@ class _Connection:
                          "duplicate": result["duplicate"]})
 
 
-@functools.lru_cache(maxsize=4096)
-def _seq_of(raw: bytes) -> int:
-    """A message event's seq, parsed once per process: every connection of the room gets the same bytes."""
-    return int(orjson.loads(raw)["message"]["seq"])
-
-
 @router.websocket("/rooms/{room_id}/live", name="room_live")
 async def room_live(
     websocket: WebSocket,
@@ -197,15 +317,16 @@ async def room_live(
     after: int | None = Query(None, ge=0, le=2**62, description="The last sequence number seen: replay from it."),
     batch: bool = Query(False, description="Send the events that queued up while the connection was busy as one "
                                            '`{"type": "batch", "events": [...]}` frame; while the room is busy, '
-                                           "frames go out at most once per linger (100 ms unless configured)."),
+                                           "an event waits at most the linger (80 ms unless configured) for the "
+                                           "ones behind it, which share its frame."),
     principal: Principal = ws_authorize(SCOPES.write),
 ) -> None:
     """A member's live connection to a room (WebSocket): send, receive in order, resume."""
     await service.room_state(room_id=room_id, user_id=principal.subject)  # 4404 for a non-member
-    conn = _Connection(websocket, room_id, principal.subject)
-    async with _rooms.listen(room_id) as queue:
+    conn = _Connection(websocket, room_id, principal.subject, batch=batch)
+    async with _joined(conn):
         reader = asyncio.create_task(conn.receive(), name="chat-receive")
-        writer = asyncio.create_task(conn.forward(queue, after, batch=batch), name="chat-forward")
+        writer = asyncio.create_task(conn.forward(after), name="chat-forward")
         await publish(room_id, {"type": "presence", "user_id": principal.subject, "online": True})
         try:
             await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)

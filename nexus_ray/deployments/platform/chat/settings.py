@@ -22,8 +22,9 @@ class ChatSettings(ServiceSettings):
         "the client reconnects and resumes from its last sequence number.",
     )
     chat_batch_linger_ms: float = Field(
-        100.0, ge=0, le=1000, description="For a member that reads batches (``?batch=true``): after a frame, the "
-        "next one waits at most this long, so events of a busy room go out together (at most 1000/this frames a "
-        "second per connection). An event after a quiet spell goes out at once. 0 sends as soon as possible.",
+        80.0, ge=0, le=1000, description="For members that read batches (``?batch=true``): in a busy room an event "
+        "waits at most this long, from when it reached the replica, for the ones behind it, and they go out as one "
+        "frame (about 1000/this frames a second per connection however fast the room talks). An event after a "
+        "quiet spell of this length goes out at once. 0 sends each event as soon as it comes.",
     )
     chat_max_text: int = Field(4000, ge=1, description="Longest message text, characters.")
