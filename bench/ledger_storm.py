@@ -132,7 +132,8 @@ class Storm:
                 self.faults[f"request failed ({type(exc).__name__}), sent again"] += 1
                 continue
             if r.status_code >= 500:
-                self.faults["5xx (backend terminated midway), sent again"] += 1
+                code = r.json().get("code", "") if r.headers.get("content-type", "").endswith("json") else ""
+                self.faults[f"{r.status_code} {code} (backend terminated midway), sent again"] += 1
                 continue
             if r.status_code == 409 and r.json().get("code") == "idempotency_key_in_progress":
                 self.faults["409 key in progress (its twin still running), sent again"] += 1

@@ -79,9 +79,14 @@ UNSTORABLE_TEXT = (asyncpg.exceptions.UntranslatableCharacterError, asyncpg.exce
 #: A store's connection lost under a request (PostgreSQL terminated the backend or went away, Redis or the
 #: document store unreachable): nothing was committed that the request did not finish, so the answer is a 503
 #: the client may retry (with the same idempotency key), not a 500 that reads as a defect. Narrow on purpose:
-#: a statement timeout or a protocol misuse stays a 500.
+#: a statement timeout or a protocol misuse (``InterfaceError``: two operations at once on one connection) stays
+#: a 500. asyncpg's ``InternalClientError`` is in: it means the protocol met a server message it did not expect,
+#: which in practice is the server's farewell to a pool connection that was idle, taken by a request in the turn
+#: of the loop before asyncpg sees the closed socket (``stores.postgres.transaction`` takes another connection
+#: when it happens at ``BEGIN``; a statement outside a transaction gets this 503).
 STORE_CONNECTION_LOST: tuple[type[Exception], ...] = (
     asyncpg.exceptions.ConnectionDoesNotExistError, asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.InternalClientError,
     asyncpg.exceptions.AdminShutdownError, asyncpg.exceptions.CrashShutdownError,
     asyncpg.exceptions.CannotConnectNowError, redis.exceptions.ConnectionError, pymongo.errors.ConnectionFailure,
     ConnectionError,

@@ -144,6 +144,7 @@ async def migrate(p: asyncpg.Pool) -> list[str]:
 
 
 _PROTOCOL_ERRORS = (asyncpg.InterfaceError, asyncpg.exceptions.InternalClientError)
+_BEGIN_ATTEMPTS = 3
 
 
 def _lost(conn: asyncpg.Connection) -> bool:
@@ -164,27 +165,43 @@ async def transaction() -> AsyncIterator[asyncpg.Connection]:
     first: a statement sent after the server's farewell fails with a protocol-state error, and asyncpg's own
     transaction block would replace the error with "the underlying connection is closed" on its way out. The
     edge answers that one error with a 503 to retry (``edge/errors.py``), not a 500.
+
+    A connection whose server ended it while it sat idle in the pool is refused by its own ``BEGIN`` (asyncpg
+    has taken the server's farewell but not yet the closed socket, which comes a turn of the loop later, so the
+    pool still hands it out): it is closed and another is taken, since nothing of the caller's has run yet.
     """
     p = await pool()
-    async with p.acquire() as conn:
-        tx = conn.transaction()
-        await tx.start()
-        try:
-            yield conn
-        except BaseException as exc:
-            lost = _lost(conn)
-            if not lost:
-                try:
-                    await tx.rollback()
-                except _PROTOCOL_ERRORS:  # it cannot even roll back: not to be handed out again
-                    conn.terminate()
-                    lost = True
-            if lost and isinstance(exc, _PROTOCOL_ERRORS):
-                raise asyncpg.ConnectionDoesNotExistError("the connection was lost during the transaction") from exc
-            raise
-        if _lost(conn):
-            raise asyncpg.ConnectionDoesNotExistError("the connection was lost before the commit")
-        await tx.commit()
+    for attempt in range(1, _BEGIN_ATTEMPTS + 1):
+        async with p.acquire() as conn:
+            tx = conn.transaction()
+            try:
+                await tx.start()
+            except _PROTOCOL_ERRORS as exc:
+                conn.terminate()  # dead on arrival: the pool opens a new one in its place
+                if attempt == _BEGIN_ATTEMPTS:
+                    raise asyncpg.ConnectionDoesNotExistError("no live connection to begin a transaction") from exc
+                continue
+            try:
+                yield conn
+            except BaseException as exc:
+                lost = _lost(conn)
+                if not lost:
+                    try:
+                        await tx.rollback()
+                    except _PROTOCOL_ERRORS:  # it cannot even roll back: not to be handed out again
+                        conn.terminate()
+                        lost = True
+                if lost and isinstance(exc, _PROTOCOL_ERRORS):
+                    raise asyncpg.ConnectionDoesNotExistError("the connection was lost during the transaction") from exc
+                raise
+            if _lost(conn):
+                raise asyncpg.ConnectionDoesNotExistError("the connection was lost before the commit")
+            try:
+                await tx.commit()
+            except _PROTOCOL_ERRORS as exc:  # the server's farewell came before the COMMIT could be sent
+                conn.terminate()
+                raise asyncpg.ConnectionDoesNotExistError("the connection was lost before the commit") from exc
+            return
 
 
 async def ping() -> bool:

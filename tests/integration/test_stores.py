@@ -453,3 +453,94 @@ async def test_purge_removes_old_published_events_and_consumer_records_only(migr
         again = await events.purge_events(conn=conn, older_than_days=7)
     assert (again["outbox_events"], again["processed_events"], again["dead_letters"]) == (0, 0, 0)
     await p.execute("DELETE FROM outbox WHERE topic = $1", topic)
+
+
+class _HalfOpenRelay:
+    """A TCP relay to PostgreSQL that, when the server ends a connection, passes on its last bytes (the
+    farewell) but keeps the client's side open: the client then holds the connection in the state asyncpg
+    is in for one turn of the loop between the server's farewell and the closed socket, for as long as
+    the test needs it."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.ended = 0  # server sides that ended
+        self._writers: list[asyncio.StreamWriter] = []
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return self._server.sockets[0].getsockname()[1]
+
+    async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        server_r, server_w = await asyncio.open_connection(self.host, self.port)
+        self._writers += [client_w, server_w]
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            while data := await src.read(65536):
+                dst.write(data)
+                await dst.drain()
+
+        upstream = asyncio.create_task(pump(client_r, server_w))
+        with contextlib.suppress(ConnectionError):
+            await pump(server_r, client_w)
+        self.ended += 1  # the farewell went through; the client's side stays open
+        with contextlib.suppress(ConnectionError):
+            await upstream
+
+    async def close(self) -> None:
+        for w in self._writers:
+            w.close()
+        if self._server is not None:
+            self._server.close()
+
+
+@pytest.fixture
+async def half_dead_pool(migrated, monkeypatch, until):
+    """The process's pool replaced by one of a single connection whose backend the server ended while it was
+    idle, through a :class:`_HalfOpenRelay`: asyncpg has the server's farewell and not the closed socket.
+    Yields the ended backend's pid."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    url = urlsplit(get_settings().postgres_url)
+    relay = _HalfOpenRelay(url.hostname or "127.0.0.1", url.port or 5432)
+    port = await relay.start()
+    credentials = url.netloc.rsplit("@", 1)[0] + "@" if "@" in url.netloc else ""
+    p = await asyncpg.create_pool(urlunsplit(url._replace(netloc=f"{credentials}127.0.0.1:{port}")),
+                                  min_size=1, max_size=1, reset=postgres._keep_session)
+    try:
+        pid = await p.fetchval("SELECT pg_backend_pid()")
+        assert await (await postgres.pool()).fetchval("SELECT pg_terminate_backend($1)", pid)  # idle in the pool
+        await until(lambda: relay.ended == 1, within_s=10)
+        async with p.acquire() as conn:  # the pool still hands it out: it does not know yet
+            assert not conn.is_closed()
+        monkeypatch.setattr(postgres, "_pool", p)
+        yield pid
+    finally:
+        monkeypatch.undo()
+        await relay.close()
+        p.terminate()  # its connections' sockets are gone with the relay: nothing to say goodbye to
+
+
+async def test_a_pool_connection_the_server_ended_while_idle_is_not_where_a_transaction_begins(half_dead_pool):
+    async with postgres.transaction() as conn:
+        assert await conn.fetchval("SELECT pg_backend_pid()") != half_dead_pool  # begun on a new connection
+
+
+async def test_a_statement_on_a_pool_connection_the_server_ended_is_a_503_to_retry(half_dead_pool):
+    import httpx
+    from fastapi import FastAPI
+
+    from nexus_ray.edge import errors
+
+    app = FastAPI()
+    errors.install(app)
+
+    @app.get("/one")
+    async def one() -> int:
+        return await (await postgres.pool()).fetchval("SELECT 1")
+
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+        r = await client.get("/one")
+    assert r.status_code == 503, r.text
+    assert r.headers["content-type"].startswith("application/problem+json")
+    assert (r.json()["code"], r.headers["retry-after"]) == ("store_connection_lost", "1")
