@@ -11,7 +11,8 @@ from sender k mod ``--senders``). Every member records each message it receives.
 
 Prints: whether every acknowledged message reached every member exactly once and in order
 per sender; delivery latency (send to receipt, one clock: the same process) p50/p99/max
-over all deliveries; ack latency (send to the sender's ack) p50/p99; the run's
+over all deliveries; per message, its first receipt and the time from it to its last (how far apart one
+message's frames reach the members); ack latency (send to the sender's ack) p50/p99; the run's
 connection and send figures, and the frames received (with ``--batch`` the members connect
 with ``?batch=true``: events that queued up for a member while its connection was busy come
 in one ``batch`` frame). The client is one Python process on the same machine: its own
@@ -255,6 +256,16 @@ async def run(args: argparse.Namespace) -> None:
             by_second[int(sent_at[cid] - start)].append((at - sent_at[cid]) * 1000)
     print("delivery p99 ms by second of sending: "
           + " ".join(f"{pct(by_second[k], 99):.0f}" for k in sorted(by_second)))
+    # Per message: when its first member got it, and how long the last one took after the first (how far apart a
+    # message's frames leave and get through the replicas, HAProxy and this client).
+    receipts: dict[str, list[float]] = defaultdict(list)
+    for c in clients:
+        for _sender, cid, _seq, at in c.got:
+            receipts[cid].append(at)
+    first = [min(v) - sent_at[cid] for cid, v in receipts.items()]
+    spread = [max(v) - min(v) for v in receipts.values()]
+    print(f"per message, ms: first receipt p50 {pct(first, 50) * 1000:.1f} p99 {pct(first, 99) * 1000:.1f}; "
+          f"last minus first p50 {pct(spread, 50) * 1000:.1f} p99 {pct(spread, 99) * 1000:.1f}")
     if args.dump:  # when sending began; one line per delivery: message number, member, receipt after due (ms); acks
         lines = [f"s {start:.6f}\n"]  # the monotonic time of message 0's due moment
         lines += [f"d {cid[1:]} {i} {(at - sent_at[cid]) * 1000:.2f}\n"
