@@ -190,6 +190,39 @@ async def test_reads_and_new_reservations_treat_a_lapsed_hold_as_released(client
     await assert_history_explains_stock(client, ops, svc, sku)
 
 
+async def test_a_new_reservation_waits_for_a_lapsed_hold_that_the_sweep_is_ending_instead_of_refusing(
+    client, ops, svc, until
+):
+    """The sweep has locked a lapsed hold and is ending it when a reservation of the same units comes: the
+    reservation waits for it and gets the units, where it used to skip the locked hold and answer 409."""
+    from nexus_ray.deployments.commerce.inventory import service
+    from nexus_ray.stores import postgres
+
+    sku = new_sku()
+    wid = await warehouse(client, ops)
+    await restock(client, ops, sku, wid, 2)
+    rid = uuid.UUID((await reserve(client, svc, [{"sku": sku, "quantity": 2}])).json()["id"])
+    pg = await postgres.pool()
+    await pg.execute("UPDATE inventory_reservations SET expires_at = now() - interval '1 second' WHERE id = $1", rid)
+
+    async def blocked() -> bool:  # the reservation waits on the hold's row lock
+        return 1 == await pg.fetchval("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                      "AND query LIKE '%inventory_reservations r WHERE r.status%'")
+
+    async with pg.acquire() as sweep, sweep.transaction():  # what the sweep does, held open at its first step
+        held = await sweep.fetch(f"SELECT {service._RES_COLUMNS} FROM inventory_reservations WHERE id = $1 "
+                                 "FOR UPDATE SKIP LOCKED", rid)
+        again = asyncio.ensure_future(reserve(client, svc, [{"sku": sku, "quantity": 2}]))
+        await until(blocked, within_s=15, every=0.02)
+        await service._finish(sweep, "inventory-sweep", held, "expired")
+    r = await again
+    assert r.status_code == 201, r.text
+    assert (await client.get(f"{API}/reservations/{rid}", headers=svc)).json()["status"] == "expired"
+    assert (await stock_of(client, svc, sku))["available"] == 0
+    history = await assert_history_explains_stock(client, ops, svc, sku)
+    assert [m["kind"] for m in history].count("expire") == 1  # ended once, by the sweep
+
+
 async def test_reserve_commit_and_release_are_idempotent(client, ops, svc, bearer):
     sku = new_sku()
     wid = await warehouse(client, ops)

@@ -17,9 +17,12 @@ Every transaction that changes a SKU's stock first locks that SKU's row in ``inv
 (``FOR UPDATE``, all its SKUs in one statement, ordered by SKU), then reads its stock rows and
 decides. Two reservations of the same SKU therefore queue on one row lock and the second sees
 what the first took; two transactions never wait on each other's SKUs in opposite orders. A
-transaction that starts from a reservation (commit, release, expiry) locks the reservation row
-first, then its SKUs; a reservation takes SKUs first and only ever *skips* locked reservation rows
-(``SKIP LOCKED``), so the two orders cannot deadlock. The CHECKs on ``inventory_stock``
+transaction that touches reservations locks them first (in id order), then their SKUs: commit,
+release and expiry, and a new reservation that ends the lapsed holds on its SKUs before it locks
+them (it waits for a lapsed hold that someone else is ending rather than skip it, which would refuse
+stock that is free a moment later). The sweep takes reservations with ``SKIP LOCKED`` and never
+waits on one. No transaction holds a SKU while it waits for a reservation, so the orders cannot
+deadlock. The CHECKs on ``inventory_stock``
 (``0 <= reserved <= on_hand``) are the last guard: a bug would be an error, never an oversell.
 
 Expiry
@@ -403,11 +406,11 @@ async def reserve(*, caller: str, reference: str, lines: Sequence[dict[str, Any]
             if row["request_hash"] != h:
                 raise _key_reused()
             return await _reservation_read(conn, row), True
+        if claim["lapsed"]:  # before the SKUs are locked: reservations, then SKUs, as the sweep locks them
+            await _expire_lapsed(conn, skus, caller)
         # Lock first, then read, in two statements: a read joined to the lock would see the stock as it was
         # before the wait for the lock (a row locked after a wait is re-read, the rows joined to it are not).
         locked = await _lock_skus(conn, skus)
-        if claim["lapsed"]:
-            await _expire_lapsed(conn, skus, caller)
         rows = await conn.fetch(
             "SELECT s.sku, s.warehouse_id, s.on_hand - s.reserved AS free FROM inventory_stock s "
             "JOIN inventory_warehouses w ON w.id = s.warehouse_id WHERE s.sku = ANY($1::text[]) "
@@ -467,14 +470,21 @@ async def _finish(conn: asyncpg.Connection, caller: str, res: Sequence[asyncpg.R
 
 
 async def _expire_lapsed(conn: asyncpg.Connection, skus: Sequence[str], caller: str) -> None:
-    """Expire the lapsed holds on ``skus`` (locked) that touch no other SKU and no one else is handling."""
+    """Expire the lapsed holds on ``skus`` that touch no other SKU, before the caller locks the SKUs.
+
+    A lapsed hold that someone else has locked (the sweep, or its owner committing or releasing it) is waited
+    for, not skipped: whoever holds it is ending it, and skipping it would refuse a reservation for stock that
+    is free a moment later. Locks go reservations first (in id order), then SKUs, as in the sweep and in
+    commit and release, so the wait cannot close a cycle. After the wait the row is read again: ended by the
+    other, it is left out.
+    """
     res = await conn.fetch(
         f"SELECT {_RES_COLUMNS} FROM inventory_reservations r WHERE r.status = 'held' AND r.expires_at <= now() "
         "AND EXISTS (SELECT 1 FROM inventory_reservation_lines l WHERE l.reservation_id = r.id "
         "            AND l.sku = ANY($1::text[])) "
         "AND NOT EXISTS (SELECT 1 FROM inventory_reservation_lines l WHERE l.reservation_id = r.id "
         "                AND NOT l.sku = ANY($1::text[])) "
-        "ORDER BY r.id FOR UPDATE SKIP LOCKED", list(skus))
+        "ORDER BY r.id FOR UPDATE OF r", list(skus))
     await _finish(conn, caller, res, "expired")
 
 
