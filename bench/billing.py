@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -36,7 +35,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from scratch import scratch_stores  # bench/ is on sys.path when a bench runs
+from scratch import NO_RATE_LIMIT, machine, scratch_stores  # bench/ is on sys.path when a bench runs
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -199,13 +198,10 @@ def main() -> None:
     else:
         run = {"service": lambda: service_layer(args), "http": lambda: over_http(args, rate=None),
                "rate": lambda: over_http(args, rate=args.rate)}[args.only]
-        with scratch_stores(f"nexus-bench-billing-{args.only}-", NEXUS_RATE_LIMIT_PER_ADDRESS=str(10**9),
-                            NEXUS_RATE_LIMIT_PER_PRINCIPAL=str(10**9)):
+        with scratch_stores(f"nexus-bench-billing-{args.only}-", **NO_RATE_LIMIT):
             results[args.only] = asyncio.run(run())
         print(args.only, json.dumps(results[args.only]), file=sys.stderr, flush=True)
-    results["machine"] = {"cpus": os.cpu_count(), "python": sys.version.split()[0],
-                          "load_average": [round(x, 1) for x in os.getloadavg()],
-                          "note": "shared machine: other sessions' tests and benches ran at the same time"}
+    results["machine"] = machine(note="shared machine: other sessions' tests and benches ran at the same time")
     print(json.dumps(results, indent=2))
 
 

@@ -50,6 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from catalog_gen import CatalogGenerator  # noqa: E402
+from scratch import machine  # noqa: E402
 
 API = "/commerce/v1/catalog"
 
@@ -428,8 +429,7 @@ def main() -> None:
     finally:
         if args.stop:
             embedded.stop(args.data_dir)
-    results["machine"] = {"cpus": os.cpu_count(), "python": sys.version.split()[0],
-                          "load_average": [round(x, 1) for x in os.getloadavg()]}
+    results["machine"] = machine()
     print(json.dumps(results, indent=2))
 
 

@@ -30,14 +30,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from scratch import scratch_stores  # bench/ is on sys.path when a bench runs
+from scratch import NO_RATE_LIMIT, machine, scratch_stores  # bench/ is on sys.path when a bench runs
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -249,11 +248,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=8)
     parser.add_argument("--only", default="", choices=["", "mints", "chain", "royalties"])
     args = parser.parse_args()
-    with scratch_stores("nexus-bench-finance-", NEXUS_RATE_LIMIT_PER_ADDRESS=str(10**9),
-                        NEXUS_RATE_LIMIT_PER_PRINCIPAL=str(10**9), NEXUS_POSTGRES_POOL_MAX="16"):
+    with scratch_stores("nexus-bench-finance-", **NO_RATE_LIMIT, NEXUS_POSTGRES_POOL_MAX="16"):
         results = asyncio.run(main_async(args))
-    results["machine"] = {"cpus": os.cpu_count(), "python": sys.version.split()[0],
-                          "load_average": [round(x, 1) for x in os.getloadavg()]}
+    results["machine"] = machine()
     print(json.dumps(results, indent=2))
 
 

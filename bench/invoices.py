@@ -20,14 +20,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
-from scratch import scratch_stores  # bench/ is on sys.path when a bench runs
+from scratch import NO_RATE_LIMIT, machine, scratch_stores  # bench/ is on sys.path when a bench runs
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -119,11 +118,9 @@ def main() -> None:
     parser.add_argument("--http", action="store_true", help="through the HTTP route (edge included)")
     parser.add_argument("--in-flight", type=int, default=100, help="with --http: requests in flight at once")
     args = parser.parse_args()
-    with scratch_stores("nexus-bench-invoices-", NEXUS_RATE_LIMIT_PER_ADDRESS=str(10**9),
-                        NEXUS_RATE_LIMIT_PER_PRINCIPAL=str(10**9)):
+    with scratch_stores("nexus-bench-invoices-", **NO_RATE_LIMIT):
         results = asyncio.run(run(args))
-    results["machine"] = {"cpus": os.cpu_count(), "python": sys.version.split()[0],
-                          "load_average": [round(x, 1) for x in os.getloadavg()]}
+    results["machine"] = machine()
     print(json.dumps(results, indent=2))
 
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
 import sys
 import time
@@ -37,7 +36,13 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from scratch import asgi_client, scratch_stores, terminate_backends  # bench/ is on sys.path when a bench runs
+from scratch import (  # bench/ is on sys.path when a bench runs
+    NO_RATE_LIMIT,
+    asgi_client,
+    machine,
+    scratch_stores,
+    terminate_backends,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -281,10 +286,9 @@ def main() -> None:
     parser.add_argument("--kill-every-ms", type=float, default=100.0, help="0: no backend is terminated")
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
-    with scratch_stores("nexus-bench-storm-", NEXUS_RATE_LIMIT_PER_ADDRESS=str(10**9),
-                        NEXUS_RATE_LIMIT_PER_PRINCIPAL=str(10**9)):
+    with scratch_stores("nexus-bench-storm-", **NO_RATE_LIMIT):
         results = asyncio.run(main_async(args))
-    results["machine"] = {"cpus": os.cpu_count(), "load_average": [round(x, 1) for x in os.getloadavg()]}
+    results["machine"] = machine()
     print(json.dumps(results, indent=2))
     sys.exit(0 if results["all hold"] else 1)
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
 import sys
 import time
@@ -39,7 +38,7 @@ from collections import Counter
 from typing import Any
 
 import orders as bench_orders  # bench/orders.py: the set-up and the order body (bench/ is on sys.path)
-from scratch import asgi_client, scratch_stores, terminate_backends
+from scratch import NO_RATE_LIMIT, asgi_client, machine, scratch_stores, terminate_backends
 
 API = bench_orders.API
 SCOPES = ["commerce:order-processor:*", "commerce:catalog:*", "commerce:inventory:*", "commerce:ledger:*",
@@ -161,12 +160,11 @@ def main() -> None:
     parser.add_argument("--max-attempts", type=int, default=5,
                         help="NEXUS_ORDER_MAX_ATTEMPTS: 1 compensates an order at its first unanswered step")
     args = parser.parse_args()
-    with scratch_stores("nexus-bench-orders-storm-", NEXUS_RATE_LIMIT_PER_ADDRESS=str(10**9),
-                        NEXUS_RATE_LIMIT_PER_PRINCIPAL=str(10**9), NEXUS_ORDER_LEASE_S="3",
+    with scratch_stores("nexus-bench-orders-storm-", **NO_RATE_LIMIT, NEXUS_ORDER_LEASE_S="3",
                         NEXUS_ORDER_RECOVERY_INTERVAL_S="0.5",
                         NEXUS_ORDER_MAX_ATTEMPTS=str(args.max_attempts)):
         results = asyncio.run(main_async(args))
-    results["machine"] = {"cpus": os.cpu_count(), "load_average": [round(x, 1) for x in os.getloadavg()]}
+    results["machine"] = machine()
     print(json.dumps(results, indent=2))
     sys.exit(0 if results["all hold"] else 1)
 

@@ -1,6 +1,7 @@
-"""Throwaway embedded stores for in-process benchmarks (``from scratch import scratch_stores``), a namespace's app
-in this process with a client over ASGI (``asgi_client``), and a fault injector that terminates PostgreSQL backends
-under the app (``terminate_backends``)."""
+"""Throwaway embedded stores for in-process benchmarks (``from scratch import scratch_stores``; ``NO_RATE_LIMIT``
+for a bench's own token), a namespace's app in this process with a client over ASGI (``asgi_client``), a fault
+injector that terminates PostgreSQL backends under the app (``terminate_backends``), and the machine a run's figures
+came from (``machine``)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,15 @@ import asyncio
 import os
 import random
 import shutil
+import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
+
+NO_RATE_LIMIT = {"NEXUS_RATE_LIMIT_PER_ADDRESS": str(10**9), "NEXUS_RATE_LIMIT_PER_PRINCIPAL": str(10**9)}
+"""``scratch_stores`` settings under which the edge's rate limiter counts but never refuses the bench's token."""
 
 _STORE_URLS = ("NEXUS_POSTGRES_URL", "NEXUS_REDIS_URL", "NEXUS_MONGO_URL", "NEXUS_KAFKA_BOOTSTRAP", "NEXUS_SMTP_URL")
 
@@ -33,6 +38,12 @@ def scratch_stores(prefix: str, **env: str) -> Iterator[Path]:
     finally:
         embedded.stop(data_dir)
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def machine(**extra: Any) -> dict[str, Any]:
+    """What a run's figures depend on besides the code: cores, Python, the load average at its end."""
+    return {"cpus": os.cpu_count(), "python": sys.version.split()[0],
+            "load_average": [round(x, 1) for x in os.getloadavg()], **extra}
 
 
 @asynccontextmanager
