@@ -23,6 +23,10 @@ With ``--core`` the same four runs call :mod:`nexus_ray.deployments.commerce.led
 
 Every transfer carries its own idempotency key and an outbox event is written per entry, as in
 production. Only posted transfers count. At the end the reconciliation report must be clean.
+
+Each run also reports ``cpu_per_1000``: the CPU milliseconds this process (app and load generator) and PostgreSQL
+(all its processes) spent per 1,000 posted transfers, and how busy both cores were. This host's speed drifts by a
+third from one minute to the next, so compare code by those figures as well as by the rate.
 """
 
 from __future__ import annotations
@@ -40,7 +44,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from scratch import asgi_client, scratch_stores  # bench/ is on sys.path when a bench runs
+import orjson
+
+# bench/ is on sys.path when a bench runs
+from scratch import NO_RATE_LIMIT, CpuMeter, asgi_client, machine, scratch_stores
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -70,16 +77,32 @@ async def _accounts(c: Any, headers: dict[str, str], wallets: int) -> tuple[list
     return ids, fee
 
 
-def _transfer(rng: random.Random, wallets: list[str], fee: str, hot: bool) -> dict[str, Any]:
+def _transfer(rng: random.Random, wallets: list[str], fee: str, hot: bool, key: str | None = None) -> dict[str, Any]:
     debit, credit = (rng.choice(wallets), fee) if hot else rng.sample(wallets, 2)
     return {"debit_account_id": debit, "credit_account_id": credit, "amount": rng.randint(1, 10_000),
-            "currency": "USD", "idempotency_key": uuid.uuid4().hex}
+            "currency": "USD", "idempotency_key": key or uuid.uuid4().hex}
+
+
+def _batch_body(rng: random.Random, wallets: list[str], fee: str, hot: bool, n: int) -> bytes:
+    """A batch's JSON body, made as a lean client would (one read of the random source for its keys, orjson): the
+    load generator shares the process with the app, and what it spends is taken from the app."""
+    keys = os.urandom(16 * n).hex()
+    return orjson.dumps({"items": [_transfer(rng, wallets, fee, hot, keys[32 * i:32 * i + 32]) for i in range(n)]})
+
+
+def _cpu_per_1000(cpu: dict[str, float], transfers: int) -> dict[str, float]:
+    """CPU milliseconds per 1,000 posted transfers (this process, PostgreSQL) and how busy the machine was."""
+    per = 1e6 / max(transfers, 1)
+    return {"process_ms": round(cpu["process"] * per, 1), "postgres_ms": round(cpu["postgres"] * per, 1),
+            "machine_busy_pct": round(cpu["machine_busy"] * 100, 1)}
 
 
 async def _run(c: Any, headers: dict[str, str], *, batch: int, concurrency: int, seconds: float, hot: bool,
                minimal: bool = False) -> dict[str, Any]:
     wallets, fee = await _accounts(c, headers, 200)
-    batch_headers = {**headers, "Prefer": "return=minimal"} if minimal else headers
+    batch_headers = {**headers, "Content-Type": "application/json"}
+    if minimal:
+        batch_headers["Prefer"] = "return=minimal"
     rng = random.Random(1)
     statuses: Counter[str] = Counter()
     latencies: list[float] = []
@@ -90,10 +113,10 @@ async def _run(c: Any, headers: dict[str, str], *, batch: int, concurrency: int,
         while time.monotonic() < stop:
             t0 = time.perf_counter()
             if batch > 1:
-                items = [_transfer(rng, wallets, fee, hot) for _ in range(batch)]
-                r = await c.post(f"{API}/transfers/batch", json={"items": items}, headers=batch_headers, timeout=120)
+                r = await c.post(f"{API}/transfers/batch", content=_batch_body(rng, wallets, fee, hot, batch),
+                                 headers=batch_headers, timeout=120)
                 if r.status_code == 200:
-                    body = r.json()
+                    body = orjson.loads(r.content)
                     posted += body["posted"]
                     statuses.update({"posted": body["posted"], "refused": body["refused"]})
                 else:
@@ -109,6 +132,8 @@ async def _run(c: Any, headers: dict[str, str], *, batch: int, concurrency: int,
     statuses.clear()
     latencies.clear()
     posted = 0
+    meter = CpuMeter()
+    meter.start()
     started = time.monotonic()
     stop = started + seconds
     await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -118,6 +143,7 @@ async def _run(c: Any, headers: dict[str, str], *, batch: int, concurrency: int,
         "outcomes": dict(statuses), "transfers_per_s": round(posted / elapsed, 1),
         "request_p50_ms": round(statistics.median(latencies) * 1000, 1),
         "request_p99_ms": round(_percentile(latencies, 99) * 1000, 1),
+        "cpu_per_1000": _cpu_per_1000(meter.stop(), posted),
     }
 
 
@@ -157,6 +183,8 @@ async def _core_run(*, batch: int, concurrency: int, seconds: float, hot: bool) 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     posted = 0
     latencies.clear()
+    meter = CpuMeter()
+    meter.start()
     started = time.monotonic()
     stop = started + seconds
     await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -164,7 +192,8 @@ async def _core_run(*, batch: int, concurrency: int, seconds: float, hot: bool) 
     return {"seconds": round(elapsed, 1), "batch": batch, "in_flight": concurrency, "calls": len(latencies),
             "transfers_per_s": round(posted / elapsed, 1),
             "call_p50_ms": round(statistics.median(latencies) * 1000, 1),
-            "call_p99_ms": round(_percentile(latencies, 99) * 1000, 1)}
+            "call_p99_ms": round(_percentile(latencies, 99) * 1000, 1),
+            "cpu_per_1000": _cpu_per_1000(meter.stop(), posted)}
 
 
 def _runs(args: argparse.Namespace) -> list[tuple[str, int, int, bool]]:
@@ -222,13 +251,11 @@ def main() -> None:
     parser.add_argument("--minimal", action="store_true",
                         help="batches sent with Prefer: return=minimal (each item answered with its entry's id)")
     args = parser.parse_args()
-    with scratch_stores("nexus-bench-ledger-", NEXUS_RATE_LIMIT_PER_ADDRESS=str(10**9),
-                        NEXUS_RATE_LIMIT_PER_PRINCIPAL=str(10**9)):
+    with scratch_stores("nexus-bench-ledger-", **NO_RATE_LIMIT):
         results = asyncio.run(core(args) if args.core else in_process(args))
     results["mode"] = ("service functions, no HTTP (--core)" if args.core else
                        "in-process (commerce app + load generator in one process, embedded stores)")
-    results["machine"] = {"cpus": os.cpu_count(), "python": sys.version.split()[0],
-                          "load_average": [round(x, 1) for x in os.getloadavg()]}
+    results["machine"] = machine()
     print(json.dumps(results, indent=2))
 
 

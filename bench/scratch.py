@@ -1,7 +1,7 @@
 """Throwaway embedded stores for in-process benchmarks (``from scratch import scratch_stores``; ``NO_RATE_LIMIT``
 for a bench's own token), a namespace's app in this process with a client over ASGI (``asgi_client``), a fault
-injector that terminates PostgreSQL backends under the app (``terminate_backends``), and the machine a run's figures
-came from (``machine``)."""
+injector that terminates PostgreSQL backends under the app (``terminate_backends``), the machine a run's figures
+came from (``machine``), and the CPU time a run cost this process and PostgreSQL (``CpuMeter``)."""
 
 from __future__ import annotations
 
@@ -44,6 +44,40 @@ def machine(**extra: Any) -> dict[str, Any]:
     """What a run's figures depend on besides the code: cores, Python, the load average at its end."""
     return {"cpus": os.cpu_count(), "python": sys.version.split()[0],
             "load_average": [round(x, 1) for x in os.getloadavg()], **extra}
+
+
+class CpuMeter:
+    """CPU seconds (user and system) spent between :meth:`start` and :meth:`stop` by this process and by PostgreSQL's
+    processes (its postmaster and every backend), and how busy the whole machine was. On a host whose speed drifts
+    from minute to minute, CPU time per unit of work compares code far more steadily than the rate does."""
+
+    def __init__(self) -> None:
+        import psutil
+
+        self._psutil = psutil
+        self._own = psutil.Process()
+
+    def _postgres(self) -> dict[int, float]:
+        seconds = {}
+        for p in self._psutil.process_iter(["name", "cpu_times"]):
+            if p.info["name"] == "postgres" and p.info["cpu_times"] is not None:
+                seconds[p.pid] = p.info["cpu_times"].user + p.info["cpu_times"].system
+        return seconds
+
+    def _own_seconds(self) -> float:
+        t = self._own.cpu_times()
+        return t.user + t.system
+
+    def start(self) -> None:
+        self._t0, self._pg0, self._sys0 = self._own_seconds(), self._postgres(), self._psutil.cpu_times()
+
+    def stop(self) -> dict[str, float]:
+        """{"process": s, "postgres": s, "machine_busy": fraction of all cores busy (any process)}."""
+        own, pg, sys1 = self._own_seconds(), self._postgres(), self._psutil.cpu_times()
+        busy = [sum(t) - t.idle - getattr(t, "iowait", 0.0) for t in (self._sys0, sys1)]
+        total = sum(sys1) - sum(self._sys0)
+        return {"process": own - self._t0, "postgres": sum(s - self._pg0.get(pid, 0.0) for pid, s in pg.items()),
+                "machine_busy": (busy[1] - busy[0]) / total if total > 0 else 0.0}
 
 
 @asynccontextmanager

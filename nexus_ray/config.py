@@ -184,6 +184,15 @@ class Settings(BaseSettings):
         "a crash (state restored from Redis).",
     )
     log_level: str = Field("INFO", description="Log level of platform loggers.")
+    gc_freeze_at_start: bool = Field(
+        True, description="A serving process moves the objects alive once it has started (modules, the app, its "
+        "models) out of the garbage collector's view (gc.freeze), so that its full collections scan only what it "
+        "made since. See nexus_ray/runtime/heap.py.",
+    )
+    gc_thresholds: tuple[int, int, int] = Field(
+        (50_000, 20, 20), description="The collector's thresholds in a serving process (gc.set_threshold; Python's "
+        "own are 700, 10, 10). See nexus_ray/runtime/heap.py.",
+    )
 
     # Per-process cache of the services' own settings (nexus_ray.deployments.kit.settings).
     _service_sections: dict[type, Any] = PrivateAttr(default_factory=dict)

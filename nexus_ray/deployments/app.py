@@ -36,6 +36,7 @@ from nexus_ray.edge.middleware import EdgeMiddleware
 from nexus_ray.edge.security import api_routes, check_route_security, public
 from nexus_ray.exceptions import PROBLEM_JSON, ServiceUnavailable
 from nexus_ray.logs import configure as configure_logs
+from nexus_ray.runtime import heap
 from nexus_ray.stores import cache, documents, events, postgres
 
 log = logging.getLogger(__name__)
@@ -108,6 +109,7 @@ def build_app(
             app.state.relay = relay
             tasks.append(asyncio.create_task(relay.run(), name="outbox-relay"))
         tasks += [asyncio.create_task(fn(), name=getattr(fn, "__name__", "background")) for fn in background]
+        heap.settle(settings)
         try:
             yield
         finally:

@@ -24,7 +24,7 @@ import json
 import logging
 import os
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -58,7 +58,8 @@ class Event:
     headers: dict[str, str]
 
 
-def _uuid_text(value: Any) -> str:
+def uuid_text(value: Any) -> str:
+    """orjson's ``default`` for the UUID classes it does not write itself (asyncpg's): their text."""
     if isinstance(value, uuid.UUID):  # asyncpg's own UUID class, which orjson does not take for one
         return str(value)
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
@@ -67,7 +68,7 @@ def _uuid_text(value: Any) -> str:
 def json_text(value: Any) -> str:
     """``value`` as JSON text for a ``jsonb`` parameter, at orjson's speed: ids (of any UUID class) and aware
     datetimes as ISO text."""
-    return orjson.dumps(value, default=_uuid_text).decode()
+    return orjson.dumps(value, default=uuid_text).decode()
 
 
 async def emit(
@@ -100,14 +101,15 @@ async def emit(
 async def emit_many(
     conn: asyncpg.Connection,
     topic: str,
-    items: list[tuple[str | None, dict[str, Any]]],
+    items: Sequence[tuple[str | None, dict[str, Any] | str]],
     *,
     headers: dict[str, str] | None = None,
 ) -> list[uuid.UUID]:
     """Record one event per ``(key, data)`` of ``items`` in one statement, in order (see :func:`emit`).
 
     For changes that make many facts at once (a ledger batch): one round trip and one wake-up of
-    the relay instead of two per event.
+    the relay instead of two per event. A payload may be given as its JSON text when the caller has
+    made that already (the ledger stores the same text as the idempotent response).
     """
     if not conn.is_in_transaction():
         raise RuntimeError("emit_many() must run inside the transaction of the change it reports")
@@ -122,7 +124,7 @@ async def emit_many(
         ids,
         topic,
         [k for k, _ in items],
-        [json_text(d) for _, d in items],
+        [d if isinstance(d, str) else json_text(d) for _, d in items],
         headers or {},
     )
     return ids
