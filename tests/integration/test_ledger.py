@@ -218,6 +218,36 @@ async def test_entries_are_immutable_and_reversed_once(client, admin, bearer):
     assert sorted(r.status_code for r in races) == [201] + [409] * 5
 
 
+async def test_a_posting_must_refer_to_an_existing_entry_and_account_and_accounts_are_kept(client, admin):
+    import asyncpg
+
+    from nexus_ray.stores import postgres
+
+    _, wallet = await funded_wallet(client, admin, 1_000)
+    shop = await open_account(client, admin)
+    entry = uuid.UUID((await transfer(client, admin, wallet, shop, 300)).json()["id"])
+    account = uuid.UUID(wallet)
+    pg = await postgres.pool()
+    insert = ("INSERT INTO ledger_postings (entry_id, account_id, side, amount, currency, created_at) "
+              "SELECT e, a, 'D', 1, 'USD', now() FROM unnest($1::uuid[], $2::uuid[]) AS u(e, a)")
+    count = "SELECT count(*) FROM ledger_postings WHERE entry_id = $1"
+    before = await pg.fetchval(count, entry)
+    # One statement of three rows, one of them an orphan: the check is per statement, and none of them is kept.
+    for entries, accounts in (([entry, entry, uuid.uuid4()], [account] * 3),
+                              ([entry] * 3, [account, account, uuid.uuid4()])):
+        with pytest.raises(asyncpg.ForeignKeyViolationError, match="existing entry and account"):
+            await pg.execute(insert, entries, accounts)
+    assert await pg.fetchval(count, entry) == before
+    # The rows the check relies on cannot go away: entries are append-only, and accounts are kept.
+    for sql in ("DELETE FROM ledger_accounts WHERE id = $1", "UPDATE ledger_accounts SET id = gen_random_uuid() "
+                "WHERE id = $1", "DELETE FROM ledger_entries WHERE id = $1"):
+        with pytest.raises(asyncpg.RestrictViolationError):
+            await pg.execute(sql, account if "accounts" in sql else entry)
+    with pytest.raises(asyncpg.RestrictViolationError):
+        await pg.execute("TRUNCATE ledger_accounts CASCADE")
+    assert (await reconciled(client, admin))["clean"]
+
+
 # -- holds -----------------------------------------------------------------------------------------------
 
 
