@@ -74,8 +74,12 @@ class CpuMeter:
     def stop(self) -> dict[str, float]:
         """{"process": s, "postgres": s, "machine_busy": fraction of all cores busy (any process)}."""
         own, pg, sys1 = self._own_seconds(), self._postgres(), self._psutil.cpu_times()
-        busy = [sum(t) - t.idle - getattr(t, "iowait", 0.0) for t in (self._sys0, sys1)]
-        total = sum(sys1) - sum(self._sys0)
+        def spent(t: Any) -> tuple[float, float]:  # (all, busy); guest time is counted in user already
+            every = sum(t) - getattr(t, "guest", 0.0) - getattr(t, "guest_nice", 0.0)
+            return every, every - t.idle - getattr(t, "iowait", 0.0)
+
+        (all0, busy0), (all1, busy1) = spent(self._sys0), spent(sys1)
+        busy, total = [busy0, busy1], all1 - all0
         return {"process": own - self._t0, "postgres": sum(s - self._pg0.get(pid, 0.0) for pid, s in pg.items()),
                 "machine_busy": (busy[1] - busy[0]) / total if total > 0 else 0.0}
 
