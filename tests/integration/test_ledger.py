@@ -443,6 +443,35 @@ async def test_a_batch_accepts_and_refuses_each_item_on_its_own(client, admin):
     assert r.status_code == 422 and "amount" in r.json()["errors"][0]["field"]
 
 
+async def test_a_batch_body_is_read_from_its_bytes_with_the_problems_and_the_document_of_a_declared_one(
+        client, admin, apps):
+    """The batch route validates its body itself (parse_json_body): the same 422s, and the same OpenAPI document,
+    as a body FastAPI reads."""
+    _, wallet = await funded_wallet(client, admin, 100)
+    shop = await open_account(client, admin)
+    good = {"debit_account_id": wallet, "credit_account_id": shop, "amount": 1, "currency": "USD",
+            "idempotency_key": key()}
+    url = f"{API}/transfers/batch"
+    no_amount = {k: v for k, v in good.items() if k != "amount"}
+    r = await client.post(url, json={"items": [good, no_amount]}, headers=admin)
+    assert r.status_code == 422, r.text
+    assert [(e["field"], e["in"], e["type"]) for e in r.json()["errors"]] == [("items[1].amount", "body", "missing")]
+    r = await client.post(url, content=b'{"items": [', headers={**admin, "Content-Type": "application/json"})
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "body"
+    r = await client.post(url, json={"items": [good], "extra": 1}, headers=admin)
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "extra"
+    assert (await client.post(url, json={"items": [good]})).status_code == 401  # the guard runs first
+    assert (await balance_of(client, admin, shop))["posted"] == 0  # nothing of the refused batches was written
+    doc = apps["commerce"].openapi()
+    op = doc["paths"]["/v1/ledger/transfers/batch"]["post"]
+    ref = op["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    assert ref == "#/components/schemas/BatchCreate" and op["requestBody"]["required"]
+    schema = doc["components"]["schemas"]["BatchCreate"]
+    assert schema["required"] == ["items"] and schema["properties"]["items"]["maxItems"] == 2000
+    assert "BatchTransfer" in doc["components"]["schemas"]
+    assert {"400", "413", "422"} <= set(op["responses"])
+
+
 async def test_a_batch_with_prefer_return_minimal_answers_entry_ids(client, admin):
     """``Prefer: return=minimal``: each item answered with its entry's id (the entry readable by it), refusals as
     before, replays with the same id; without the header the whole entries, and no Preference-Applied."""

@@ -13,11 +13,12 @@ from __future__ import annotations
 from typing import Annotated
 from uuid import UUID
 
-from fastapi import APIRouter, Header, Path, Query, Response
+from fastapi import APIRouter, Header, Path, Query, Request, Response
 
 from nexus_ray.deployments.kit.idempotency import KeyHeader, key_of, mark_replayed
 from nexus_ray.deployments.kit.pages import Page, PageRequest, page_params
 from nexus_ray.deployments.kit.scopes import scopes_of
+from nexus_ray.edge.errors import json_body_doc, parse_json_body
 from nexus_ray.edge.security import Principal, authorize
 from nexus_ray.exceptions import Forbidden, ValidationFailed
 
@@ -108,9 +109,11 @@ def _minimal(prefer: str | None) -> bool:
 
 
 @router.post("/transfers/batch", response_model=BatchResult | BatchSummary,
-             summary="Post many transfers, each accepted or refused on its own (per-item results)")
-async def batch(body: BatchCreate, response: Response, prefer: PreferHeader = None,
+             summary="Post many transfers, each accepted or refused on its own (per-item results)",
+             openapi_extra=json_body_doc(BatchCreate))
+async def batch(request: Request, response: Response, prefer: PreferHeader = None,
                 principal: Principal = authorize(SCOPES.write)) -> BatchResult | BatchSummary:
+    body = await parse_json_body(request, BatchCreate)  # up to 2,000 items: read straight from the bytes
     limit = service.settings_of(LedgerSettings).ledger_batch_max
     if len(body.items) > limit:
         raise ValidationFailed.for_field("items", f"at most {limit} transfers per batch", "too_long")
