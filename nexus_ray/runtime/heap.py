@@ -17,7 +17,7 @@ time went to the collector, and each full collection pauses every request in fli
   frozen, and its full collections traversed all of it;
 * raises the thresholds (``gc_thresholds``, default 50,000, 20, 20): a young collection after 50,000 net new
   container objects, not 700. Serve keeps Python's 700 in its replicas: a platform replica at 800 requests/s ran
-  10-35 young collections a second (1-3 % of its core, each a pause of the requests in flight); with these
+  5-38 young collections a second (up to 3 % of its core, each a pause of the requests in flight); with these
   thresholds, none in 40 s of the same load. A cycle that becomes garbage waits longer to be freed: until 50,000
   more container objects are alive than at the last collection.
 """
