@@ -177,6 +177,7 @@ class Owners:
         self.client = client
         self.table = table
         self.owner = owner
+        self._item = 0  # which item of an array is being made (see _value)
         self.docs = {ns: app.openapi() for ns, app in apps.items()}
         self.ids: dict[tuple[str, str], str | None] = {}  # (namespace, param) -> A's object id (None: cannot)
         self.refused: list[str] = []  # creations that failed: their objects are swept with a made-up id
@@ -237,15 +238,20 @@ class Owners:
             schema = self._resolve(namespace, next(s for s in schema["anyOf"] if s.get("type") != "null"))
         if "const" in schema:
             return schema["const"]
-        if "enum" in schema:
-            return schema["enum"][0]
+        if "enum" in schema:  # the n-th item of an array takes the n-th value: an entry's lines get both sides
+            return schema["enum"][self._item % len(schema["enum"])]
         kind = schema.get("type")
         if kind == "object" or "properties" in schema:
             return {p: await self._value(namespace, p, schema["properties"][p], actor)
                     for p in schema.get("required", [])}
         if kind == "array":
             items = schema.get("items", {"type": "string"})
-            return [await self._value(namespace, name, items, actor) for _ in range(max(1, schema.get("minItems", 0)))]
+            made = []
+            for n in range(max(1, schema.get("minItems", 0))):
+                self._item = n
+                made.append(await self._value(namespace, name, items, actor))
+            self._item = 0
+            return made
         if kind == "integer":
             return max(int(schema.get("minimum", 1)), 60)
         if kind == "number":
@@ -263,6 +269,8 @@ class Owners:
             return actor.user_id
         if name in ("owner", "from_holder", "user_id", "subject"):
             return self.owner.user_id
+        if name == "currency":  # a code the services know: the sweep is about whose objects, not about currencies
+            return "USD"
         if name in ("scopes", "scope") and self.owner.account_scopes:
             return self.owner.account_scopes[0]
         if name.endswith("_id"):

@@ -31,10 +31,12 @@ async def test_authorization_sweep_through_the_entrypoint(entrypoint, apps, bear
 
 
 async def test_another_users_objects_are_refused_through_the_entrypoint(entrypoint, apps, bearer):
-    """Known failing on this branch until the services' ownership fixes land (see tests/integration/test_edge.py)."""
+    """As user B, every route that takes an object id, or whose body names one, on user A's objects: refused."""
     table = sweep.route_table(apps)
     result = await sweep.sweep_ownership(entrypoint, apps, table, bearer)
     assert result["checked"] == result["routes"] == sum(1 for r in table if r.params) + len(result["by body"])
     # With Ray behind the entrypoint, session-mgr's sessions are real objects of A too.
     assert "GET /platform/v1/sessions/users/{user_id}/sessions/{session_id}" in result["owned"], result["owned"]
+    # A's ledger account exists (a known currency), so an entry naming it in its lines is checked, every time.
+    assert "POST /commerce/v1/ledger/entries" in result["by body"], result["not created"]
     assert not result["failures"], "\n".join(result["failures"])

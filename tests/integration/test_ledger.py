@@ -387,6 +387,16 @@ async def test_owners_and_administrators(client, admin, bearer):
         assert (await client.get(API + url, headers=admin)).status_code == 200
     r = await transfer(client, mallory, a_wallet, m_wallet, 10)  # drawing on another's account
     assert r.status_code == 403 and r.json()["field"] == "debit_account_id"
+    # Lines that cancel out on another's account are still drawing on it, line by line; and a refusal says
+    # nothing of that account before whose it is (its currency).
+    for currency in ("USD", "EUR"):
+        r = await client.post(f"{API}/entries", headers=mallory, json={
+            "idempotency_key": key(), "lines": [
+                {"account_id": a_wallet, "side": "credit", "amount": 10, "currency": currency},
+                {"account_id": a_wallet, "side": "debit", "amount": 10, "currency": currency}]})
+        assert r.status_code == 403 and r.json()["field"] == "lines.1.account_id", r.text
+    assert (await client.get(f"{API}/accounts/{a_wallet}/statement", headers=alice)).json()["items"][-1]["amount"] \
+        == 1_000  # only the funding
     entry = (await transfer(client, alice, a_wallet, m_wallet, 10)).json()  # paying someone is fine
     assert (await client.get(f"{API}/entries/{entry['id']}", headers=mallory)).status_code == 200  # payee sees it
     stranger = bearer("commerce:ledger:read", subject="stranger")

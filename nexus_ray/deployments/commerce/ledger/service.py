@@ -614,8 +614,11 @@ def _field(req: EntryRequest, i: int, name: str) -> str:
 
 
 def _check_entry(req: EntryRequest, accounts: dict[UUID, _Account], op: _Op, caller: str, privileged: bool) -> None:
-    """Validate ``req`` against the accounts and fill ``op.changes``; on a fault set ``op.error``."""
-    per_currency: dict[str, int] = {}
+    """Validate ``req`` against the accounts and fill ``op.changes``; on a fault set ``op.error``.
+
+    Whether the caller may draw on each account is decided before anything else is said about the lines: a caller
+    refused an account learns nothing more of it (its currency) from the refusal.
+    """
     if req.kind == "transfer" and req.lines[0].account_id == req.lines[1].account_id:
         op.error = ValidationFailed.for_field("credit_account_id", "must differ from debit_account_id")
         return
@@ -624,34 +627,41 @@ def _check_entry(req: EntryRequest, accounts: dict[UUID, _Account], op: _Op, cal
         if a is None:
             op.error = NotFound(f"account {ln.account_id} not found", extra={"field": _field(req, i, "account_id")})
             return
-        if a.currency != ln.currency:
-            op.error = ValidationFailed.for_field(
-                _field(req, i, "currency"), f"is {ln.currency} but account {a.id} holds {a.currency}",
-                "currency_mismatch")
-            return
-        per_currency[ln.currency] = per_currency.get(ln.currency, 0) + (ln.amount if ln.side == "debit" else -ln.amount)
         ch = op.change(a)
         if ln.side == "debit":
             ch.debits_posted += ln.amount
         else:
             ch.credits_posted += ln.amount
+    _check_owners(req, op, caller, privileged)
+    if op.error is not None:
+        return
+    per_currency: dict[str, int] = {}
+    for i, ln in enumerate(req.lines):
+        held = accounts[ln.account_id].currency
+        if held != ln.currency:
+            op.error = ValidationFailed.for_field(
+                _field(req, i, "currency"), f"is {ln.currency} but account {ln.account_id} holds {held}",
+                "currency_mismatch")
+            return
+        per_currency[ln.currency] = per_currency.get(ln.currency, 0) + (ln.amount if ln.side == "debit" else -ln.amount)
     unbalanced = sorted(c for c, v in per_currency.items() if v != 0)
     if unbalanced:
         op.error = ValidationFailed.for_field(
             "lines", f"debits and credits differ in {', '.join(unbalanced)}: an entry balances in every currency",
             "unbalanced")
-        return
-    _check_owners(req, op, caller, privileged)
 
 
 def _check_owners(req: EntryRequest, op: _Op, caller: str, privileged: bool) -> None:
-    """Unless ``privileged``, the caller may only lower the available balance of accounts it owns."""
+    """Unless ``privileged``, the caller may only lower the available balance of accounts it owns, line by line: a
+    line that lowers it (a debit of a liability, revenue or equity account, a credit of an asset or expense one)
+    needs the caller to own its account, even when other lines of the entry make up for it. Otherwise anyone could
+    write entries on another's account (and its statement) with lines that cancel out."""
     if privileged:
         return
     for i, ln in enumerate(req.lines):
-        ch = op.changes[ln.account_id]
-        if ch.available_delta < 0 and ch.account.owner != caller:
-            op.error = Forbidden(f"account {ch.account.id} is not the caller's to draw on",
+        account = op.changes[ln.account_id].account
+        if (ln.side == "debit") != account.debit_normal and account.owner != caller:
+            op.error = Forbidden(f"account {account.id} is not the caller's to draw on",
                                  extra={"field": _field(req, i, "account_id")})
             return
 
