@@ -47,41 +47,37 @@ def machine(**extra: Any) -> dict[str, Any]:
 
 
 class CpuMeter:
-    """CPU seconds (user and system) spent between :meth:`start` and :meth:`stop` by this process and by PostgreSQL's
-    processes (its postmaster and every backend), and how busy the whole machine was. On a host whose speed drifts
-    from minute to minute, CPU time per unit of work compares code far more steadily than the rate does."""
+    """CPU seconds (user and system) spent between :meth:`start` and :meth:`stop` by this process and by the
+    PostgreSQL of this run's stores (``NEXUS_DATA_DIR``: its postmaster and every backend), and how busy the whole
+    machine was. On a host whose speed drifts from minute to minute, CPU time per unit of work compares code far
+    more steadily than the rate does."""
 
     def __init__(self) -> None:
+        from nexus_ray.runtime import cluster
+
+        self._postmasters = [p.pid for p in cluster.processes(os.environ["NEXUS_DATA_DIR"]) if p.name() == "postgres"]
+
+    def _now(self) -> tuple[dict[str, float], dict[str, float], Any]:
         import psutil
+        from rate_cpu import cpu_of  # bench/ is on sys.path when a bench runs
 
-        self._psutil = psutil
-        self._own = psutil.Process()
-
-    def _postgres(self) -> dict[int, float]:
-        seconds = {}
-        for p in self._psutil.process_iter(["name", "cpu_times"]):
-            if p.info["name"] == "postgres" and p.info["cpu_times"] is not None:
-                seconds[p.pid] = p.info["cpu_times"].user + p.info["cpu_times"].system
-        return seconds
-
-    def _own_seconds(self) -> float:
-        t = self._own.cpu_times()
-        return t.user + t.system
+        return cpu_of([os.getpid()]), cpu_of(self._postmasters), psutil.cpu_times()
 
     def start(self) -> None:
-        self._t0, self._pg0, self._sys0 = self._own_seconds(), self._postgres(), self._psutil.cpu_times()
+        self._before = self._now()
 
     def stop(self) -> dict[str, float]:
         """{"process": s, "postgres": s, "machine_busy": fraction of all cores busy (any process)}."""
-        own, pg, sys1 = self._own_seconds(), self._postgres(), self._psutil.cpu_times()
+        (own0, pg0, sys0), (own1, pg1, sys1) = self._before, self._now()
+
         def spent(t: Any) -> tuple[float, float]:  # (all, busy); guest time is counted in user already
             every = sum(t) - getattr(t, "guest", 0.0) - getattr(t, "guest_nice", 0.0)
             return every, every - t.idle - getattr(t, "iowait", 0.0)
 
-        (all0, busy0), (all1, busy1) = spent(self._sys0), spent(sys1)
-        busy, total = [busy0, busy1], all1 - all0
-        return {"process": own - self._t0, "postgres": sum(s - self._pg0.get(pid, 0.0) for pid, s in pg.items()),
-                "machine_busy": (busy[1] - busy[0]) / total if total > 0 else 0.0}
+        (all0, busy0), (all1, busy1) = spent(sys0), spent(sys1)
+        return {"process": sum(own1.values()) - sum(own0.values()),
+                "postgres": sum(t - pg0.get(name, 0.0) for name, t in pg1.items()),
+                "machine_busy": (busy1 - busy0) / (all1 - all0) if all1 > all0 else 0.0}
 
 
 @asynccontextmanager
