@@ -972,16 +972,15 @@ async def place_hold(
 
     async def work(conn: asyncpg.Connection) -> _Op:
         op = _Op(0, idempotency_key, h)
-        _check_entry(req, accounts, op, caller, privileged)  # the same checks as the transfer it will become
-        if op.error is not None:
-            return op
-        op.changes.clear()
-        _hold_changes(op, accounts[debit_account_id], accounts[credit_account_id], amount, 0)
-        _check_owners(req, op, caller, privileged)
+        # The same checks as the transfer it will become, owners included (whose account each line draws on does
+        # not depend on whether the amount is pending or posted).
+        _check_entry(req, accounts, op, caller, privileged)
         if op.error is None and idempotency_key is None:
             op.error = _key_missing()
         if op.error is not None:
             return op
+        op.changes.clear()
+        _hold_changes(op, accounts[debit_account_id], accounts[credit_account_id], amount, 0)
         await _claim(conn, caller, [op])
         await _apply_balances(conn, [op])
         if op.error is None and op.result is None:
