@@ -119,7 +119,7 @@ async def emit_many(
     ids = [uuid.UUID(bytes=raw[i:i + 16], version=4) for i in range(0, len(raw), 16)]
     await conn.execute(
         "WITH e AS (INSERT INTO outbox (event_id, topic, key, payload, headers) "
-        "SELECT e, $2, k, p::jsonb, $5 FROM unnest($1::uuid[], $3::text[], $4::text[]) "
+        "SELECT e, $2, k, p::json, $5 FROM unnest($1::uuid[], $3::text[], $4::text[]) "
         f"WITH ORDINALITY AS u(e, k, p, n) ORDER BY n) SELECT pg_notify('{_NOTIFY_CHANNEL}', '')",
         ids,
         topic,

@@ -10,6 +10,8 @@ import uuid
 
 import pytest
 
+from nexus_ray.deployments.commerce.ledger.models import BatchResult, BatchSummary, EntryRead, ItemResult, ItemSummary
+
 pytestmark = pytest.mark.integration
 
 API = "/commerce/v1/ledger"
@@ -443,6 +445,13 @@ async def test_a_batch_accepts_and_refuses_each_item_on_its_own(client, admin):
     assert res[4]["error"]["errors"][0]["field"] == "currency"
     assert res[5]["entry"]["id"] == res[2]["entry"]["id"]
     assert res[6]["error"]["errors"][0]["field"] == "idempotency_key"
+    # The answer is written around the entries' JSON, not by the response model: it must be the model's document,
+    # and each entry in it the entry as stored.
+    assert BatchResult.model_validate_json(r.content).posted == 3  # raises unless the model's document
+    assert set(body) == set(BatchResult.model_fields) and all(set(x) == set(ItemResult.model_fields) for x in res)
+    for x in (res[0], res[2], res[5], res[7]):
+        stored = (await client.get(f"{API}/entries/{x['entry']['id']}", headers=admin)).json()
+        assert EntryRead.model_validate(x["entry"]) == EntryRead.model_validate(stored)
     assert (await balance_of(client, admin, wallet))["posted"] == 50
     assert (await balance_of(client, admin, shop))["posted"] == 1_000
     # The whole batch again: everything posted is replayed, nothing twice.
@@ -494,6 +503,8 @@ async def test_a_batch_with_prefer_return_minimal_answers_entry_ids(client, admi
     assert r.status_code == 200, r.text
     assert r.headers["preference-applied"] == "return=minimal"
     body = r.json()
+    assert BatchSummary.model_validate_json(r.content).posted == 1  # raises unless the model's document
+    assert all(set(x) == set(ItemSummary.model_fields) for x in body["results"])
     assert (body["posted"], body["replayed"], body["refused"]) == (1, 0, 1)
     first, second = body["results"]
     assert "entry" not in first and first["status"] == "posted" and first["error"] is None

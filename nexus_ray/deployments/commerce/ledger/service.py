@@ -318,6 +318,7 @@ class _Op:
     changes: dict[UUID, _Change] = field(default_factory=dict)
     error: NexusError | None = None
     result: dict[str, Any] | None = None
+    text: str | None = None  # ``result`` as JSON text, when it was made here (for the answer, the key, the event)
     replayed: bool = False
     claimed: bool = False  # this op inserted its key's row (so may store or release it)
     stored: bool = False  # ... with its response in it already
@@ -512,7 +513,7 @@ async def _claim(conn: asyncpg.Connection, caller: str, ops: Sequence[_Op],
     # Sorted: two batches that share keys claim them in the same order and cannot deadlock on them.
     claimed = {r["key"] for r in await conn.fetch(
         "INSERT INTO ledger_idempotency (principal, key, request_hash, response) "
-        "SELECT $1, k, h, r::jsonb FROM unnest($2::text[], $3::text[], $4::text[]) WITH ORDINALITY AS u(k, h, r, n) "
+        "SELECT $1, k, h, r::json FROM unnest($2::text[], $3::text[], $4::text[]) WITH ORDINALITY AS u(k, h, r, n) "
         "ORDER BY n ON CONFLICT DO NOTHING RETURNING key",
         caller, [op.key for op in keyed], [op.request_hash for op in keyed],
         answers,
@@ -544,7 +545,7 @@ async def _settle_keys(conn: asyncpg.Connection, caller: str, ops: Sequence[_Op]
     refused = [op.key for op in ops if op.claimed and op.result is None]
     if done:
         await conn.execute(
-            "UPDATE ledger_idempotency i SET response = u.r::jsonb FROM unnest($2::text[], $3::text[]) AS u(k, r) "
+            "UPDATE ledger_idempotency i SET response = u.r::json FROM unnest($2::text[], $3::text[]) AS u(k, r) "
             "WHERE i.principal = $1 AND i.key = u.k",
             caller, [op.key for op in done], [json_text(op.result) for op in done],
         )
@@ -799,7 +800,7 @@ async def _post(*, caller: str, privileged: bool, requests: Sequence[EntryReques
             prepare(live, plan)
         for op in live:
             if op.index in entries and (plan is None or op.index not in plan.refused):
-                op.result = entries[op.index][1]
+                _, op.result, op.text = entries[op.index]
             elif op.key is not None:
                 op.error = (predicted if plan is None else plan).refused[op.index]
         written = [op for op in live if op.result is not None]
@@ -816,7 +817,7 @@ async def _post(*, caller: str, privileged: bool, requests: Sequence[EntryReques
             if dup.request_hash != orig.request_hash:
                 dup.error = _key_reused()
             elif orig.result is not None:
-                dup.result, dup.replayed = orig.result, True
+                dup.result, dup.text, dup.replayed = orig.result, orig.text, True
             else:
                 dup.error = orig.error
         return ops
@@ -849,6 +850,27 @@ def _error_from(problem: dict[str, Any]) -> NexusError:
 async def post_batch(*, caller: str, privileged: bool, requests: Sequence[EntryRequest]) -> BatchResult:
     results = await post_entries(caller=caller, privileged=privileged, requests=requests)
     return BatchResult(**_counts(results), results=results)
+
+
+async def post_batch_json(*, caller: str, privileged: bool, requests: Sequence[EntryRequest],
+                          minimal: bool = False) -> bytes:
+    """The batch endpoint's answer as JSON: the document of :class:`BatchResult` (of :class:`BatchSummary` when
+    ``minimal``), written around each entry's JSON text as it was made for its key and its event instead of
+    through a model per item and the models' serializer (a fifth of the batch's CPU when it was done that way)."""
+    counts = {"posted": 0, "replayed": 0, "refused": 0}
+    items: list[str] = []
+    for op in await _post(caller=caller, privileged=privileged, requests=requests):
+        status = _status(op)
+        counts[status] += 1
+        if op.result is None:
+            items.append(orjson.dumps({"index": op.index, "status": status, "entry_id" if minimal else "entry": None,
+                                       "error": _refusal(op)}).decode())
+        elif minimal:
+            items.append(f'{{"index":{op.index},"status":"{status}","entry_id":"{op.result["id"]}","error":null}}')
+        else:
+            entry = op.text if op.text is not None else json_text(op.result)
+            items.append(f'{{"index":{op.index},"status":"{status}","entry":{entry},"error":null}}')
+    return f'{orjson.dumps(counts).decode()[:-1]},"results":[{",".join(items)}]}}'.encode()
 
 
 async def post_batch_minimal(*, caller: str, privileged: bool, requests: Sequence[EntryRequest]) -> BatchSummary:
