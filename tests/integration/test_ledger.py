@@ -205,6 +205,8 @@ async def test_entries_are_immutable_and_reversed_once(client, admin, bearer):
     assert r.status_code == 201, r.text
     reversal = r.json()
     assert reversal["kind"] == "reversal" and reversal["reverses"] == entry["id"]
+    stored = (await client.get(f"{API}/entries/{reversal['id']}", headers=admin)).json()  # as written
+    assert (stored["kind"], stored["reverses"], stored["hold_id"]) == ("reversal", entry["id"], None)
     assert {(ln["account_id"], ln["side"]) for ln in reversal["lines"]} == {(wallet, "credit"), (shop, "debit")}
     assert (await balance_of(client, admin, wallet))["posted"] == 1_000
     assert (await balance_of(client, admin, shop))["posted"] == 0
@@ -431,7 +433,7 @@ async def test_a_batch_accepts_and_refuses_each_item_on_its_own(client, admin):
         item(wallet, eur, 1),                          # 4 refused: currency mismatch
         item(wallet, shop, 600, k=dup),                # 5 the same key and body as 2: replayed
         item(wallet, shop, 1, k=dup),                  # 6 the same key, another body: refused
-        item(bank, wallet, 50),                        # 7 posted
+        {**item(bank, wallet, 50), "description": "top-up", "metadata": {"n": 7}},  # 7 posted
     ]
     r = await client.post(f"{API}/transfers/batch", json={"items": items}, headers=admin)
     assert r.status_code == 200, r.text
@@ -452,6 +454,8 @@ async def test_a_batch_accepts_and_refuses_each_item_on_its_own(client, admin):
     for x in (res[0], res[2], res[5], res[7]):
         stored = (await client.get(f"{API}/entries/{x['entry']['id']}", headers=admin)).json()
         assert EntryRead.model_validate(x["entry"]) == EntryRead.model_validate(stored)
+    assert (res[7]["entry"]["description"], res[7]["entry"]["metadata"], res[0]["entry"]["description"]) == (
+        "top-up", {"n": 7}, "")
     assert (await balance_of(client, admin, wallet))["posted"] == 50
     assert (await balance_of(client, admin, shop))["posted"] == 1_000
     # The whole batch again: everything posted is replayed, nothing twice.
