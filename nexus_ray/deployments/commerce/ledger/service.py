@@ -713,13 +713,14 @@ async def _insert_entries(conn: asyncpg.Connection, caller: str, now: datetime,
     )
     lines = [(e, ln) for e, r, _ in posted for ln in r.lines]
     currencies, currency = _column([ln.currency for _, ln in lines])
-    # The sides as one text, a letter per line (D or C), read by the line's number.
+    # The sides as one string of bytes, a letter per line (D or C), read by the line's number (get_byte: a
+    # substr of text counts its characters from the start, so 2,000 of them cost 16 ms a batch).
     await conn.execute(
         "INSERT INTO ledger_postings (entry_id, account_id, side, amount, currency, created_at) "
-        "SELECT e, a, substr($3, n::int, 1), m, COALESCE(c, $6), $7 "
+        "SELECT e, a, chr(get_byte($3, n::int - 1)), m, COALESCE(c, $6), $7 "
         "FROM unnest($1::uuid[], $2::uuid[], $4::int8[], $5::text[]) WITH ORDINALITY AS u(e, a, m, c, n) ORDER BY n",
         [e for e, _ in lines], [ln.account_id for _, ln in lines],
-        "".join("D" if ln.side == "debit" else "C" for _, ln in lines), [ln.amount for _, ln in lines],
+        bytes(68 if ln.side == "debit" else 67 for _, ln in lines), [ln.amount for _, ln in lines],  # D, C
         currencies, currency, now,
     )
     payloads: Sequence[dict[str, Any] | str] = texts if texts is not None else [res for _, _, res in posted]
