@@ -461,6 +461,9 @@ async def test_a_batch_accepts_and_refuses_each_item_on_its_own(client, admin):
     # The whole batch again: everything posted is replayed, nothing twice.
     again = (await client.post(f"{API}/transfers/batch", json={"items": items}, headers=admin)).json()
     assert [x["status"] for x in again["results"]][:3] == ["replayed", "refused", "replayed"]
+    for first, replay in zip(res, again["results"], strict=True):  # each key's entry, read back, as first answered
+        if first["entry"] is not None:
+            assert EntryRead.model_validate(replay["entry"]) == EntryRead.model_validate(first["entry"])
     assert (await balance_of(client, admin, shop))["posted"] == 1_000
     r = await client.post(f"{API}/transfers/batch", json={"items": [{**items[0], "amount": 1.5}]}, headers=admin)
     assert r.status_code == 422 and "amount" in r.json()["errors"][0]["field"]

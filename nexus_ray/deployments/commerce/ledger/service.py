@@ -499,21 +499,22 @@ def _key_reused() -> Conflict:
 
 
 async def _claim(conn: asyncpg.Connection, caller: str, ops: Sequence[_Op],
-                 responses: dict[int, str] | None = None) -> None:
+                 entries: dict[int, UUID] | None = None) -> None:
     """Claim each op's key; an op whose key was used before is replayed (same request) or refused (another).
 
-    ``responses`` (by op index, as JSON text) are stored with the keys they answer, when the caller knows them
-    already: one write of each key row instead of two.
+    ``entries``: the ids of the entries that will answer some ops (by op index), when the caller knows them
+    already; they are stored with the keys (one write of each key row instead of two), and a replay reads the
+    entry back (entries never change) instead of a stored copy of its JSON.
     """
     keyed = sorted((op for op in ops if op.key is not None and op.error is None), key=lambda o: o.key or "")
     if not keyed:
         return
-    responses = responses or {}
-    answers = [responses.get(op.index) for op in keyed]
+    entries = entries or {}
+    answers = [entries.get(op.index) for op in keyed]
     # Sorted: two batches that share keys claim them in the same order and cannot deadlock on them.
     claimed = {r["key"] for r in await conn.fetch(
-        "INSERT INTO ledger_idempotency (principal, key, request_hash, response) "
-        "SELECT $1, k, h, r::json FROM unnest($2::text[], $3::text[], $4::text[]) WITH ORDINALITY AS u(k, h, r, n) "
+        "INSERT INTO ledger_idempotency (principal, key, request_hash, entry_id) "
+        "SELECT $1, k, h, e FROM unnest($2::text[], $3::text[], $4::uuid[]) WITH ORDINALITY AS u(k, h, e, n) "
         "ORDER BY n ON CONFLICT DO NOTHING RETURNING key",
         caller, [op.key for op in keyed], [op.request_hash for op in keyed],
         answers,
@@ -525,18 +526,22 @@ async def _claim(conn: asyncpg.Connection, caller: str, ops: Sequence[_Op],
     if not taken:
         return
     earlier = {r["key"]: r for r in await conn.fetch(
-        "SELECT key, request_hash, response FROM ledger_idempotency WHERE principal = $1 AND key = ANY($2::text[])",
+        "SELECT key, request_hash, response, entry_id FROM ledger_idempotency "
+        "WHERE principal = $1 AND key = ANY($2::text[])",
         caller, [op.key for op in taken],
     )}
+    posted = await _entry_results(conn, [r["entry_id"] for r in earlier.values() if r["entry_id"] is not None])
     for op in taken:
         row = earlier.get(op.key)
-        if row is None or row["response"] is None:  # released by a refusal meanwhile: the caller retries
+        if row is None or (row["response"] is None and row["entry_id"] is None):
+            # released by a refusal meanwhile, or not committed yet: the caller retries
             op.error = Conflict("a request with this idempotency_key is in progress; retry",
                                 extra={"code": "idempotency_key_in_progress"})
         elif row["request_hash"] != op.request_hash:
             op.error = _key_reused()
         else:
-            op.result, op.replayed = row["response"], True
+            op.result = row["response"] if row["entry_id"] is None else posted[row["entry_id"]]
+            op.replayed = True
 
 
 async def _settle_keys(conn: asyncpg.Connection, caller: str, ops: Sequence[_Op]) -> None:
@@ -806,7 +811,7 @@ async def _post(*, caller: str, privileged: bool, requests: Sequence[EntryReques
             available, target = await _totals(conn, live, lock=False)
             predicted = _decide(live, available, target)
             prepare(live, predicted)
-            await _claim(conn, caller, ops, {i: text for i, (_, _, text) in entries.items()})
+            await _claim(conn, caller, ops, {i: entry_id for i, (entry_id, _, _) in entries.items()})
             if len(_live(ops)) != len(live):  # some were replayed or refused by their keys: decide without them
                 live = _live(ops)
                 if _decide(live, available, target).refused.keys() != predicted.refused.keys() & {
@@ -905,6 +910,19 @@ async def post_batch_minimal(*, caller: str, privileged: bool, requests: Sequenc
 async def _entry_lines(conn: asyncpg.Connection | asyncpg.Pool, entry_id: UUID) -> list[asyncpg.Record]:
     return await conn.fetch(
         "SELECT account_id, side, amount, currency FROM ledger_postings WHERE entry_id = $1 ORDER BY id", entry_id)
+
+
+async def _entry_results(conn: asyncpg.Connection, ids: list[UUID]) -> dict[UUID, dict[str, Any]]:
+    """Entries read back as their answers (the values of :func:`_entry_result`), by id: replays of keys that
+    store their entry's id."""
+    if not ids:
+        return {}
+    rows = await conn.fetch("SELECT * FROM ledger_entries WHERE id = ANY($1::uuid[])", ids)
+    lines: dict[UUID, list[asyncpg.Record]] = {}
+    for ln in await conn.fetch("SELECT entry_id, account_id, side, amount, currency FROM ledger_postings "
+                               "WHERE entry_id = ANY($1::uuid[]) ORDER BY id", ids):
+        lines.setdefault(ln["entry_id"], []).append(ln)
+    return {r["id"]: _entry_read(r, lines.get(r["id"], [])).model_dump() for r in rows}
 
 
 def _entry_read(row: asyncpg.Record, lines: Sequence[asyncpg.Record]) -> EntryRead:
