@@ -67,7 +67,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import os
 import random
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -473,13 +472,6 @@ async def _in_transaction(work: Callable[[asyncpg.Connection], Awaitable[T]]) ->
     raise AssertionError("unreachable")
 
 
-def _new_ids(n: int) -> list[UUID]:
-    """``n`` random (version 4) UUIDs from one read of the system's random source: a batch needs thousands, and
-    one ``uuid4()`` each (one ``os.urandom`` call each) showed up in its profile."""
-    raw = os.urandom(16 * n)
-    return [UUID(bytes=raw[i:i + 16], version=4) for i in range(0, 16 * n, 16)]
-
-
 # -- idempotency ---------------------------------------------------------------------------------------
 
 
@@ -791,7 +783,7 @@ async def _post(*, caller: str, privileged: bool, requests: Sequence[EntryReques
             first[req.key] = op
             _check_entry(req, accounts, op, caller, privileged)
         now = datetime.now(UTC)
-        ids = iter(_new_ids(len(ops)))
+        ids = iter(postgres.new_ids(len(ops)))
         # op index -> (entry id, result, its JSON text) if posted; the text is both the key's stored response
         # and the event's payload
         entries: dict[int, tuple[UUID, dict[str, Any], str]] = {}
