@@ -114,7 +114,7 @@ T = TypeVar("T")
 # -- accounts ------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Account:
     id: UUID
     owner: str
@@ -122,10 +122,18 @@ class _Account:
     currency: str
     allow_negative: bool
     shards: int
+    debit_normal: bool = field(init=False)  # an asset or expense: debits raise it (read for every line and row)
 
-    @property
-    def debit_normal(self) -> bool:
-        return self.type in DEBIT_NORMAL
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "debit_normal", self.type in DEBIT_NORMAL)
+
+
+def _available(account: _Account, debits_posted: int, credits_posted: int, debits_pending: int,
+               credits_pending: int) -> int:
+    """What totals make available to draw on: the posted balance less pending draws."""
+    if account.debit_normal:
+        return debits_posted - credits_posted - credits_pending
+    return credits_posted - debits_posted - debits_pending
 
 
 _ACCOUNT_COLUMNS = "id, owner, name, type, currency, allow_negative, shards, metadata, created_at"
@@ -290,7 +298,7 @@ async def statement(*, account_id: UUID, caller: str, privileged: bool, page: Pa
 # -- balance changes: sharded rows, locked in one order ----------------------------------------------
 
 
-@dataclass
+@dataclass(slots=True)
 class _Change:
     """What one operation does to one account's totals."""
 
@@ -302,12 +310,11 @@ class _Change:
 
     @property
     def available_delta(self) -> int:
-        if self.account.debit_normal:
-            return self.debits_posted - self.credits_posted - self.credits_pending
-        return self.credits_posted - self.debits_posted - self.debits_pending
+        return _available(self.account, self.debits_posted, self.credits_posted, self.debits_pending,
+                          self.credits_pending)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Op:
     """One operation of a request (a batch has many): its key, its changes, and how it ended."""
 
@@ -386,9 +393,9 @@ async def _totals(conn: asyncpg.Connection, live: Sequence[_Op], *, lock: bool
     for r in totals:
         a = checked.get(r["account_id"])
         if a is not None:
-            part = _Change(a, int(r["debits_posted"]), int(r["credits_posted"]), int(r["debits_pending"]),
-                           int(r["credits_pending"]))
-            available[a.id] = available.get(a.id, 0) + part.available_delta
+            part = _available(a, int(r["debits_posted"]), int(r["credits_posted"]), int(r["debits_pending"]),
+                              int(r["credits_pending"]))
+            available[a.id] = available.get(a.id, 0) + part
     return available, target
 
 
@@ -399,19 +406,20 @@ def _decide(live: Sequence[_Op], available: dict[UUID, int], target: dict[UUID, 
     refused: dict[int, Conflict] = {}
     sums: dict[UUID, list[int]] = {}
     for op in live:
-        short = [ch for ch in op.changes.values()
-                 if ch.account.id in available and available[ch.account.id] + ch.available_delta < 0]
-        if short:
-            a = short[0].account
+        changes = [(ch, ch.account.id, ch.available_delta) for ch in op.changes.values()]
+        short = next((ch.account for ch, a, delta in changes if a in available and available[a] + delta < 0), None)
+        if short is not None:
             refused[op.index] = Conflict(
-                f"insufficient funds in account {a.id}",
-                extra={"account_id": str(a.id), "available": available[a.id], "code": "insufficient_funds"},
+                f"insufficient funds in account {short.id}",
+                extra={"account_id": str(short.id), "available": available[short.id], "code": "insufficient_funds"},
             )
             continue
-        for ch in op.changes.values():
-            if ch.account.id in available:
-                available[ch.account.id] += ch.available_delta
-            s = sums.setdefault(ch.account.id, [0, 0, 0, 0])
+        for ch, a, delta in changes:
+            if a in available:
+                available[a] += delta
+            s = sums.get(a)
+            if s is None:
+                s = sums[a] = [0, 0, 0, 0]
             s[0] += ch.debits_posted
             s[1] += ch.credits_posted
             s[2] += ch.debits_pending
@@ -699,14 +707,14 @@ async def _insert_entries(conn: asyncpg.Connection, caller: str, now: datetime,
     reverses, reverse = _column([res["reverses"] for _, _, res in posted])
     holds, hold = _column([res["hold_id"] for _, _, res in posted])
     descriptions, description = _column([r.description for _, r, _ in posted])
-    metadata, meta = _column([json_text(r.metadata) for _, r, _ in posted])
+    metadata, meta = _column([r.metadata for _, r, _ in posted])
     await conn.execute(
         "INSERT INTO ledger_entries (id, kind, reverses, hold_id, description, metadata, created_by, created_at) "
         "SELECT i, COALESCE(k, $9), COALESCE(r, $12), COALESCE(h, $13), COALESCE(d, $10), COALESCE(m, $11)::jsonb, "
         "$7, $8 "
         "FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::uuid[], $5::text[], $6::text[]) AS u(i, k, r, h, d, m)",
-        [e for e, _, _ in posted], kinds, reverses, holds, descriptions, metadata, caller, now, kind, description, meta,
-        reverse, hold,
+        [e for e, _, _ in posted], kinds, reverses, holds, descriptions, [json_text(m) for m in metadata], caller, now,
+        kind, description, None if meta is None else json_text(meta), reverse, hold,
     )
     lines = [(e, ln) for e, r, _ in posted for ln in r.lines]
     currencies, currency = _column([ln.currency for _, ln in lines])
