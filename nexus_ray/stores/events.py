@@ -82,7 +82,7 @@ async def emit(
     """Record an event in the outbox on ``conn`` (which must be inside a transaction)."""
     if not conn.is_in_transaction():
         raise RuntimeError("emit() must run inside the transaction of the change it reports")
-    event_id = event_id or uuid.uuid4()
+    event_id = event_id or postgres.new_ids(1)[0]  # time-ordered, like emit_many's
     # The notification is delivered on commit and wakes the relay; sent in the same statement as
     # the insert, so an event costs one round trip.
     await conn.execute(
