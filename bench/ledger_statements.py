@@ -1,11 +1,12 @@
 """One ledger batch at a time: each statement's time, and the CPU of this process and of PostgreSQL per batch.
 
-    .venv/bin/python bench/ledger_statements.py [--batches 30] [--hot] [--foreign-keys]
+    .venv/bin/python bench/ledger_statements.py [--batches 30] [--size 1000] [--hot] [--foreign-keys]
 
 Calls :mod:`nexus_ray.deployments.commerce.ledger.service` directly (no HTTP) on throwaway embedded stores:
 200 funded wallets, then ``--batches`` batches of 1,000 transfers, each awaited before the next, so that a
 statement's time is PostgreSQL's work on it and nothing waits on another batch. ``--hot``: every transfer pays
-the platform's fee account instead of another wallet.
+the platform's fee account instead of another wallet. ``--size 1``: one transfer per call (the path of
+``POST /transfers``, which locks before it writes), the figures then per transfer.
 
 ``--foreign-keys`` first puts back the schema before ``1101_ledger_postings_refer.sql``: the postings' two
 foreign keys instead of the statement-level check (to compare the two on the same code, in alternate runs).
@@ -82,18 +83,21 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     began = time.perf_counter()
     for _ in range(args.batches):
         requests = []
-        for _ in range(1000):
+        for _ in range(args.size):
             debit, credit = (rng.choice(wallets), fee) if args.hot else rng.sample(wallets, 2)
             requests.append(service.transfer_request(debit_account_id=debit, credit_account_id=credit,
                                                      amount=rng.randint(1, 10_000), currency="USD",
                                                      idempotency_key=uuid.uuid4().hex))
-        await service.post_batch_minimal(caller="bench", privileged=True, requests=requests)
+        if args.size == 1:
+            await service.post_one(caller="bench", privileged=True, request=requests[0])
+        else:
+            await service.post_batch_minimal(caller="bench", privileged=True, requests=requests)
     wall = time.perf_counter() - began
     cpu = meter.stop()
     per = 1000 / args.batches
     return {
         "schema": "foreign keys" if args.foreign_keys else "statement check", "hot": args.hot,
-        "batches": args.batches, "wall_ms_per_batch": round(wall * per, 1),
+        "batches": args.batches, "size": args.size, "wall_ms_per_batch": round(wall * per, 1),
         "process_cpu_ms_per_batch": round(cpu["process"] * per, 1),
         "postgres_cpu_ms_per_batch": round(cpu["postgres"] * per, 1),
         "statements_ms_per_batch": {q: round(sum(v) * per, 1)
@@ -105,6 +109,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batches", type=int, default=30, help="batches of 1,000 transfers, one after another")
+    parser.add_argument("--size", type=int, default=1000, help="transfers per batch; 1: one per call, post_one")
     parser.add_argument("--hot", action="store_true", help="every transfer pays the fee account")
     parser.add_argument("--foreign-keys", action="store_true",
                         help="the postings' foreign keys instead of the statement-level check (the schema before)")
