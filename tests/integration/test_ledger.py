@@ -252,6 +252,35 @@ async def test_a_posting_must_refer_to_an_existing_entry_and_account_and_account
     assert (await reconciled(client, admin))["clean"]
 
 
+async def test_the_postings_check_looks_entries_up_by_key_not_by_reading_them_all(client, admin):
+    """The statement check must find a batch's entries by their key: a plan that reads (and hashes) the whole of
+    ledger_entries at every statement grows with the ledger. 20,000 entries and a batch-sized statement of 2,000
+    postings, in a transaction rolled back: the check must not scan the table."""
+    from nexus_ray.stores import postgres
+
+    account = uuid.UUID(await open_account(client, admin))
+    pg = await postgres.pool()
+    scans = "SELECT seq_scan FROM pg_stat_xact_user_tables WHERE relname = 'ledger_entries'"
+    async with pg.acquire() as conn:
+        tx = conn.transaction()
+        await tx.start()
+        try:
+            await conn.execute("INSERT INTO ledger_entries (id, kind, created_by, created_at) "
+                               "SELECT gen_random_uuid(), 'entry', 'test', now() FROM generate_series(1, 20000)")
+            batch = [uuid.uuid4() for _ in range(1000)]
+            await conn.execute("INSERT INTO ledger_entries (id, kind, created_by, created_at) "
+                               "SELECT e, 'entry', 'test', now() FROM unnest($1::uuid[]) AS e", batch)
+            await conn.execute("ANALYZE ledger_entries")
+            before = await conn.fetchval(scans)
+            await conn.execute(
+                "INSERT INTO ledger_postings (entry_id, account_id, side, amount, currency, created_at) "
+                "SELECT e, $2, s, 1, 'USD', now() FROM unnest($1::uuid[]) AS e, unnest(ARRAY['D', 'C']) AS s",
+                batch, account)
+            assert await conn.fetchval(scans) == before
+        finally:
+            await tx.rollback()
+
+
 # -- holds -----------------------------------------------------------------------------------------------
 
 
