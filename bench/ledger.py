@@ -147,7 +147,9 @@ async def _run(c: Any, headers: dict[str, str], *, batch: int, concurrency: int,
     }
 
 
-async def _core_run(*, batch: int, concurrency: int, seconds: float, hot: bool) -> dict[str, Any]:
+async def funded_accounts(wallets: int = 200) -> tuple[uuid.UUID, list[uuid.UUID]]:
+    """(the platform's fee account, ``wallets`` customer wallets funded from a bank account), opened and funded
+    through the service functions, as the runs over HTTP open theirs: for the runs that call the service."""
     from nexus_ray.deployments.commerce.ledger import service
 
     async def open_(**kw: Any) -> uuid.UUID:
@@ -157,10 +159,18 @@ async def _core_run(*, batch: int, concurrency: int, seconds: float, hot: bool) 
 
     bank = await open_(type="asset", allow_negative=True, shards=16)
     fee = await open_(type="revenue", allow_negative=False, shards=16)
-    wallets = [await open_(type="liability", allow_negative=False, shards=None) for _ in range(200)]
-    await service.post_batch(caller="bench", privileged=True, requests=[service.transfer_request(
-        debit_account_id=bank, credit_account_id=w, amount=10**12, currency="USD",
-        idempotency_key=uuid.uuid4().hex) for w in wallets])
+    ids = [await open_(type="liability", allow_negative=False, shards=None) for _ in range(wallets)]
+    answer = orjson.loads(await service.post_batch_json(caller="bench", privileged=True, requests=[
+        service.transfer_request(debit_account_id=bank, credit_account_id=w, amount=10**12, currency="USD",
+                                 idempotency_key=uuid.uuid4().hex) for w in ids]))
+    assert answer["posted"] == len(ids)
+    return fee, ids
+
+
+async def _core_run(*, batch: int, concurrency: int, seconds: float, hot: bool) -> dict[str, Any]:
+    from nexus_ray.deployments.commerce.ledger import service
+
+    fee, wallets = await funded_accounts()
     rng = random.Random(1)
     posted = 0
     latencies: list[float] = []
@@ -175,9 +185,10 @@ async def _core_run(*, batch: int, concurrency: int, seconds: float, hot: bool) 
         nonlocal posted
         while time.monotonic() < stop:
             t0 = time.perf_counter()
-            out = await service.post_batch(caller="bench", privileged=True, requests=[one() for _ in range(batch)])
+            out = await service.post_batch_json(caller="bench", privileged=True,
+                                                requests=[one() for _ in range(batch)])
             latencies.append(time.perf_counter() - t0)
-            posted += out.posted
+            posted += orjson.loads(out)["posted"]
 
     stop = time.monotonic() + 2
     await asyncio.gather(*(worker() for _ in range(concurrency)))

@@ -28,6 +28,7 @@ from typing import Any
 import asyncpg
 
 # bench/ is on sys.path when a bench runs
+from ledger import funded_accounts
 from scratch import NO_RATE_LIMIT, CpuMeter, machine, scratch_stores
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -64,16 +65,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
     heap.settle(get_settings())  # as a serving process does
 
-    async def open_(**kw: Any) -> uuid.UUID:
-        return (await service.create_account(caller="bench", privileged=True, name="x", currency="USD",
-                                             owner="platform", metadata={}, **kw)).id
-
-    bank = await open_(type="asset", allow_negative=True, shards=16)
-    fee = await open_(type="revenue", allow_negative=False, shards=16)
-    wallets = [await open_(type="liability", allow_negative=False, shards=None) for _ in range(200)]
-    await service.post_batch(caller="bench", privileged=True, requests=[service.transfer_request(
-        debit_account_id=bank, credit_account_id=w, amount=10**12, currency="USD",
-        idempotency_key=uuid.uuid4().hex) for w in wallets])
+    fee, wallets = await funded_accounts()
     if args.foreign_keys:
         await (await postgres.pool()).execute(_FOREIGN_KEYS)
     rng = random.Random(1)
@@ -91,7 +83,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         if args.size == 1:
             await service.post_one(caller="bench", privileged=True, request=requests[0])
         else:
-            await service.post_batch_minimal(caller="bench", privileged=True, requests=requests)
+            await service.post_batch_json(caller="bench", privileged=True, requests=requests, minimal=True)
     wall = time.perf_counter() - began
     cpu = meter.stop()
     per = 1000 / args.batches

@@ -87,13 +87,10 @@ from nexus_ray.stores.events import emit, emit_many, json_text, uuid_text
 from .models import (
     AccountRead,
     Balance,
-    BatchResult,
-    BatchSummary,
     CurrencyTotals,
     EntryRead,
     HoldRead,
     ItemResult,
-    ItemSummary,
     LineRead,
     Reconciliation,
     StatementLine,
@@ -760,11 +757,6 @@ def _refusal(op: _Op) -> dict[str, Any] | None:
     return _error_body(op.error)
 
 
-def _counts(results: Sequence[ItemResult | ItemSummary]) -> dict[str, int]:
-    """A batch's results counted by status, as its answer states them."""
-    return {s: sum(1 for r in results if r.status == s) for s in ("posted", "replayed", "refused")}
-
-
 async def _post(*, caller: str, privileged: bool, requests: Sequence[EntryRequest]) -> list[_Op]:
     """:func:`post_entries`' work: the ops, each with its result (the entry as JSON-able values) or its error."""
     if not requests:
@@ -872,11 +864,6 @@ def _error_from(problem: dict[str, Any]) -> NexusError:
     return cls(str(problem.get("detail", "")), extra=extra)
 
 
-async def post_batch(*, caller: str, privileged: bool, requests: Sequence[EntryRequest]) -> BatchResult:
-    results = await post_entries(caller=caller, privileged=privileged, requests=requests)
-    return BatchResult(**_counts(results), results=results)
-
-
 async def post_batch_json(*, caller: str, privileged: bool, requests: Sequence[EntryRequest],
                           minimal: bool = False) -> bytes:
     """The batch endpoint's answer as JSON: the document of :class:`BatchResult` (of :class:`BatchSummary` when
@@ -896,15 +883,6 @@ async def post_batch_json(*, caller: str, privileged: bool, requests: Sequence[E
             entry = op.text if op.text is not None else json_text(op.result)
             items.append(f'{{"index":{op.index},"status":"{status}","entry":{entry},"error":null}}')
     return f'{orjson.dumps(counts).decode()[:-1]},"results":[{",".join(items)}]}}'.encode()
-
-
-async def post_batch_minimal(*, caller: str, privileged: bool, requests: Sequence[EntryRequest]) -> BatchSummary:
-    """:func:`post_batch` answering each item with its entry's id only (``Prefer: return=minimal``): no entry model
-    is built for the answer, which is most of what a batch's answer costs."""
-    results = [ItemSummary(index=op.index, status=_status(op), error=_refusal(op),
-                           entry_id=None if op.result is None else op.result["id"])
-               for op in await _post(caller=caller, privileged=privileged, requests=requests)]
-    return BatchSummary(**_counts(results), results=results)
 
 
 async def _entry_lines(conn: asyncpg.Connection | asyncpg.Pool, entry_id: UUID) -> list[asyncpg.Record]:
