@@ -527,7 +527,7 @@ async def _claim(conn: asyncpg.Connection, caller: str, ops: Sequence[_Op],
         "WHERE principal = $1 AND key = ANY($2::text[])",
         caller, [op.key for op in taken],
     )}
-    posted = await _entry_results(conn, [r["entry_id"] for r in earlier.values() if r["entry_id"] is not None])
+    posted = await _entries(conn, [r["entry_id"] for r in earlier.values() if r["entry_id"] is not None])
     for op in taken:
         row = earlier.get(op.key)
         if row is None or (row["response"] is None and row["entry_id"] is None):
@@ -537,7 +537,7 @@ async def _claim(conn: asyncpg.Connection, caller: str, ops: Sequence[_Op],
         elif row["request_hash"] != op.request_hash:
             op.error = _key_reused()
         else:
-            op.result = row["response"] if row["entry_id"] is None else posted[row["entry_id"]]
+            op.result = row["response"] if row["entry_id"] is None else posted[row["entry_id"]].model_dump()
             op.replayed = True
 
 
@@ -885,14 +885,8 @@ async def post_batch_json(*, caller: str, privileged: bool, requests: Sequence[E
     return f'{orjson.dumps(counts).decode()[:-1]},"results":[{",".join(items)}]}}'.encode()
 
 
-async def _entry_lines(conn: asyncpg.Connection | asyncpg.Pool, entry_id: UUID) -> list[asyncpg.Record]:
-    return await conn.fetch(
-        "SELECT account_id, side, amount, currency FROM ledger_postings WHERE entry_id = $1 ORDER BY id", entry_id)
-
-
-async def _entry_results(conn: asyncpg.Connection, ids: list[UUID]) -> dict[UUID, dict[str, Any]]:
-    """Entries read back as their answers (the values of :func:`_entry_result`), by id: replays of keys that
-    store their entry's id."""
+async def _entries(conn: asyncpg.Connection | asyncpg.Pool, ids: Sequence[UUID]) -> dict[UUID, EntryRead]:
+    """Entries with their lines, by id (those found): two statements whatever their number."""
     if not ids:
         return {}
     rows = await conn.fetch("SELECT * FROM ledger_entries WHERE id = ANY($1::uuid[])", ids)
@@ -900,7 +894,7 @@ async def _entry_results(conn: asyncpg.Connection, ids: list[UUID]) -> dict[UUID
     for ln in await conn.fetch("SELECT entry_id, account_id, side, amount, currency FROM ledger_postings "
                                "WHERE entry_id = ANY($1::uuid[]) ORDER BY id", ids):
         lines.setdefault(ln["entry_id"], []).append(ln)
-    return {r["id"]: _entry_read(r, lines.get(r["id"], [])).model_dump() for r in rows}
+    return {r["id"]: _entry_read(r, lines.get(r["id"], [])) for r in rows}
 
 
 def _entry_read(row: asyncpg.Record, lines: Sequence[asyncpg.Record]) -> EntryRead:
@@ -916,16 +910,15 @@ def _entry_read(row: asyncpg.Record, lines: Sequence[asyncpg.Record]) -> EntryRe
 async def get_entry(*, entry_id: UUID, caller: str, privileged: bool) -> EntryRead:
     """An entry, for its poster, an owner of one of its accounts, or an administrator."""
     pg = await postgres.pool()
-    row = await pg.fetchrow("SELECT * FROM ledger_entries WHERE id = $1", entry_id)
-    lines = await _entry_lines(pg, entry_id) if row is not None else []
-    if row is not None and not privileged and row["created_by"] != caller:
+    entry = (await _entries(pg, [entry_id])).get(entry_id)
+    if entry is not None and not privileged and entry.created_by != caller:
         owners = await pg.fetch("SELECT owner FROM ledger_accounts WHERE id = ANY($1::uuid[])",
-                                [ln["account_id"] for ln in lines])
+                                [ln.account_id for ln in entry.lines])
         if caller not in {o["owner"] for o in owners}:
-            row = None
-    if row is None:
+            entry = None
+    if entry is None:
         raise NotFound(f"entry {entry_id} not found")
-    return _entry_read(row, lines)
+    return entry
 
 
 async def reverse_entry(*, entry_id: UUID, caller: str, description: str, idempotency_key: str | None
@@ -939,17 +932,16 @@ async def reverse_entry(*, entry_id: UUID, caller: str, description: str, idempo
         op = await _claimed(conn, caller, idempotency_key, h)
         if op.error is not None or op.result is not None:
             return op
-        row = await conn.fetchrow("SELECT id, metadata FROM ledger_entries WHERE id = $1", entry_id)
-        if row is None:
+        original = (await _entries(conn, [entry_id])).get(entry_id)
+        if original is None:
             op.error = NotFound(f"entry {entry_id} not found")
         elif await conn.fetchval("SELECT 1 FROM ledger_entries WHERE reverses = $1", entry_id):
             op.error = Conflict(f"entry {entry_id} is already reversed", extra={"code": "already_reversed"})
-        if op.error is None:
-            lines = await _entry_lines(conn, entry_id)
-            accounts = await _accounts(conn, [ln["account_id"] for ln in lines])
+        if original is not None and op.error is None:
+            accounts = await _accounts(conn, [ln.account_id for ln in original.lines])
             req = EntryRequest(
-                lines=tuple(Line(ln["account_id"], "credit" if ln["side"] == "D" else "debit", ln["amount"],
-                                 ln["currency"].strip()) for ln in lines),
+                lines=tuple(Line(ln.account_id, "credit" if ln.side == "debit" else "debit", ln.amount, ln.currency)
+                            for ln in original.lines),
                 kind="reversal", description=description or f"reversal of {entry_id}",
                 metadata={"reverses": str(entry_id)}, key=idempotency_key, request_hash=h)
             _check_entry(req, accounts, op, caller, True)
