@@ -31,6 +31,7 @@ from nexus_ray.config import get_settings
 _MIGRATION_LOCK = 0x6E65787573_01
 
 _pool: asyncpg.Pool | None = None
+_pool_lock = asyncio.Lock()
 
 _VERSION_7 = (0x7 << 76) | (0b10 << 62)  # the version and variant bits of RFC 9562's version 7
 _RANDOM_62 = (1 << 62) - 1
@@ -50,7 +51,6 @@ def new_ids(n: int) -> list[uuid.UUID]:
     head = time.time_ns() // 1_000_000 << 80 | _VERSION_7
     raw = os.urandom(8 * n)
     return [uuid.UUID(int=head | i << 64 | int.from_bytes(raw[8 * i:8 * i + 8]) & _RANDOM_62) for i in range(n)]
-_pool_lock = asyncio.Lock()
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
