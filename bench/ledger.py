@@ -19,7 +19,8 @@ Four runs, each on fresh accounts:
 With ``--minimal`` the batches ask for ``Prefer: return=minimal``: each item answered with its entry's id.
 
 With ``--core`` the same four runs call :mod:`nexus_ray.deployments.commerce.ledger.service` directly
-(no HTTP, no edge, no outbox relay publishing in the same process): what the ledger itself costs.
+(``post_batch_json``, the function the route calls, and ``post_one``; no HTTP, no edge, no outbox relay publishing
+in the same process): what the ledger itself costs.
 
 Every transfer carries its own idempotency key and an outbox event is written per entry, as in
 production. Only posted transfers count. At the end the reconciliation report must be clean.
