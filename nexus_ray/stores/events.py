@@ -70,6 +70,23 @@ def json_text(value: Any) -> str:
     return orjson.dumps(value, default=uuid_text).decode()
 
 
+#: Selected by a statement that recorded an event: wakes the relay when the statement's transaction commits.
+NOTIFY = f"pg_notify('{_NOTIFY_CHANNEL}', '')"
+
+
+def outbox_insert(event_id: str, topic: str, key: str, payload: str, headers: str, *, source: str = "") -> str:
+    """The SQL that records one event in the outbox, for a statement that also makes the change it reports.
+
+    Each argument is an SQL expression (a parameter such as ``"$4"``, or a column of ``source``); the payload is
+    taken as ``json`` and the headers as ``jsonb``. ``source`` (``"FROM changed WHERE ..."``) decides whether
+    the row is written: a change that wrote nothing records no event. The statement selects :data:`NOTIFY`
+    when it wrote one. :func:`emit` is this insert on its own; a statement that changes, logs and records in
+    one round trip (the order saga's step) puts it in a ``WITH`` beside its change.
+    """
+    return (f"INSERT INTO outbox (event_id, topic, key, payload, headers) SELECT {event_id}::uuid, {topic}::text, "
+            f"{key}::text, {payload}::json, {headers}::jsonb {source}")
+
+
 async def emit(
     conn: asyncpg.Connection,
     topic: str,
@@ -86,8 +103,7 @@ async def emit(
     # The notification is delivered on commit and wakes the relay; sent in the same statement as
     # the insert, so an event costs one round trip.
     await conn.execute(
-        "WITH e AS (INSERT INTO outbox (event_id, topic, key, payload, headers) VALUES ($1, $2, $3, $4, $5)) "
-        f"SELECT pg_notify('{_NOTIFY_CHANNEL}', '')",
+        f"WITH e AS ({outbox_insert('$1', '$2', '$3', '$4', '$5')}) SELECT {NOTIFY}",
         event_id,
         topic,
         key,
@@ -115,10 +131,9 @@ async def emit_many(
     if not items:
         return []
     ids = postgres.new_ids(len(items))  # time-ordered: the event_id index grows at its end
+    rows = "FROM unnest($1::uuid[], $3::text[], $4::text[]) WITH ORDINALITY AS u(e, k, p, n) ORDER BY n"
     await conn.execute(
-        "WITH e AS (INSERT INTO outbox (event_id, topic, key, payload, headers) "
-        "SELECT e, $2, k, p::json, $5 FROM unnest($1::uuid[], $3::text[], $4::text[]) "
-        f"WITH ORDINALITY AS u(e, k, p, n) ORDER BY n) SELECT pg_notify('{_NOTIFY_CHANNEL}', '')",
+        f"WITH e AS ({outbox_insert('e', '$2', 'k', 'p', '$5', source=rows)}) SELECT {NOTIFY}",
         ids,
         topic,
         [k for k, _ in items],

@@ -72,6 +72,18 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     """
 
 
+async def open_pool(min_size: int, max_size: int) -> asyncpg.Pool:
+    """A new pool on the configured server, its connections set up as every pool of the platform's: JSON
+    columns as Python objects, released without a reset round trip. For a part that must not share the
+    process-wide :func:`pool` (the sandbox payment provider stands for another company's system); every other
+    caller uses :func:`pool`."""
+    s = get_settings()
+    if not s.postgres_url:
+        raise RuntimeError("NEXUS_POSTGRES_URL is not set: start the embedded stores or configure it")
+    return await asyncpg.create_pool(s.postgres_url, min_size=min_size, max_size=max_size, init=_init_connection,
+                                     reset=_keep_session, command_timeout=30)
+
+
 async def pool() -> asyncpg.Pool:
     """The process-wide pool, created (and the schema migrated) on first use."""
     global _pool
@@ -79,16 +91,7 @@ async def pool() -> asyncpg.Pool:
         async with _pool_lock:
             if _pool is None:
                 s = get_settings()
-                if not s.postgres_url:
-                    raise RuntimeError("NEXUS_POSTGRES_URL is not set: start the embedded stores or configure it")
-                p = await asyncpg.create_pool(
-                    s.postgres_url,
-                    min_size=s.postgres_pool_min,
-                    max_size=s.postgres_pool_max,
-                    init=_init_connection,
-                    reset=_keep_session,
-                    command_timeout=30,
-                )
+                p = await open_pool(s.postgres_pool_min, s.postgres_pool_max)
                 await migrate(p)
                 _pool = p
     return _pool

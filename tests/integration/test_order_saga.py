@@ -301,10 +301,16 @@ async def test_a_live_lease_keeps_recovery_away_and_a_lost_one_stops_its_runner(
     await asyncio.gather(saga.recover(), saga.recover())
     row = await pg.fetchrow("SELECT status, lease_owner FROM orders WHERE id = $1", order_id)
     assert (row["status"], row["lease_owner"]) == ("pending", "dead-replica:1")
-    # A runner whose lease was taken over writes nothing more.
+    # A runner whose lease was taken over writes nothing more: not the order, not a log line, not an event.
+    written = ("SELECT (SELECT count(*) FROM order_saga_log WHERE order_id = $1), "
+               "(SELECT count(*) FROM outbox WHERE key = $1::text)")
+    before = await pg.fetchrow(written, order_id)
     with pytest.raises(saga.LeaseLost):
-        await saga.write(order_id, "stale-replica", status="compensating")
+        await saga.write(await pg.fetchrow(f"SELECT {saga.COLUMNS} FROM orders WHERE id = $1", order_id),
+                         "stale-replica", line=("price", "forward", "failed", {}), status="compensating",
+                         starts="reserve")
     assert await pg.fetchval("SELECT status FROM orders WHERE id = $1", order_id) == "pending"
+    assert await pg.fetchrow(written, order_id) == before
     # Settled here so the session's recovery loop leaves it alone afterwards.
     await pg.execute("UPDATE orders SET status = 'failed', failure = $2 WHERE id = $1", order_id,
                      {"step": "price", "problem": {"status": 503}})

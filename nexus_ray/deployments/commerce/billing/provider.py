@@ -45,7 +45,6 @@ from typing import Literal, Protocol
 
 import asyncpg
 
-from nexus_ray.config import get_settings
 from nexus_ray.deployments.kit.settings import settings_of
 from nexus_ray.exceptions import Conflict, NotFound, ValidationFailed
 from nexus_ray.stores import postgres
@@ -175,8 +174,7 @@ class SandboxProvider:
             async with self._lock:
                 if self._pool is None:
                     await postgres.pool()  # the schema (its tables included) is migrated by the main pool
-                    self._pool = await asyncpg.create_pool(get_settings().postgres_url, min_size=1, max_size=4,
-                                                           command_timeout=30)
+                    self._pool = await postgres.open_pool(1, 4)
         return self._pool
 
     async def close(self) -> None:

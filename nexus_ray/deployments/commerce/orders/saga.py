@@ -54,7 +54,7 @@ import orjson
 
 from nexus_ray.deployments.kit.settings import settings_of
 from nexus_ray.stores import postgres
-from nexus_ray.stores.events import emit
+from nexus_ray.stores.events import NOTIFY, outbox_insert
 
 from .models import UNSETTLED, check_transition
 from .settings import OrderSettings
@@ -92,57 +92,99 @@ def event_payload(row: asyncpg.Record | dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-async def log_lines(conn: asyncpg.Connection, order_id: UUID, lines: list[tuple[str, str, str, dict[str, Any]]],
-                    runner: str | None = None) -> None:
-    """Append ``(step, phase, outcome, detail)`` lines to the order's saga log, in order, in one statement."""
-    await conn.execute(
-        "INSERT INTO order_saga_log (order_id, step, phase, outcome, detail, runner) "
-        "SELECT $1, s, p, o, d::jsonb, $6 FROM unnest($2::text[], $3::text[], $4::text[], $5::text[]) "
-        "WITH ORDINALITY AS u(s, p, o, d, n) ORDER BY n",
-        order_id, [x[0] for x in lines], [x[1] for x in lines], [x[2] for x in lines],
-        [orjson.dumps(x[3] or {}).decode() for x in lines], runner)
+def _columns(lines: list[tuple[str, str, str, dict[str, Any]]]) -> list[list[str]]:
+    """``(step, phase, outcome, detail)`` log lines as the four arrays :func:`_log_insert` unnests."""
+    return [[x[0] for x in lines], [x[1] for x in lines], [x[2] for x in lines],
+            [orjson.dumps(x[3] or {}).decode() for x in lines]]
 
 
-async def write(order_id: UUID, runner: str, *, line: tuple[str, str, str, dict[str, Any]] | None = None,
+def _log_insert(first: int, runner: str) -> str:
+    """The insert of the saga log lines held as :func:`_columns` in parameters ``$first`` to ``$first+3``, in
+    order, for the order the statement's ``o`` changed (none when it changed none), by ``runner`` (an SQL
+    expression)."""
+    a, b, c, d = (f"${n}::text[]" for n in range(first, first + 4))
+    return (f"INSERT INTO order_saga_log (order_id, step, phase, outcome, detail, runner) "
+            f"SELECT o.id, s, p, oc, d::jsonb, {runner} FROM o, unnest({a}, {b}, {c}, {d}) "
+            f"WITH ORDINALITY AS u(s, p, oc, d, n) ORDER BY n")
+
+
+def _event_insert(first: int) -> str:
+    """The insert of the order's event (id, topic, payload in ``$first`` to ``$first+2``, headers after them),
+    keyed by the order, written when ``o`` changed the order and a topic is given."""
+    e, t, p, h = (f"${n}" for n in range(first, first + 4))
+    return outbox_insert(e, t, "o.id", p, h, source=f"FROM o WHERE {t}::text IS NOT NULL")
+
+
+#: A saga step's write in one statement, so one round trip and no transaction block: the order's change (fenced
+#: on the runner's lease and on the status it last wrote), its log lines and its event, each written only when
+#: the change was.
+_WRITE = (
+    f"WITH o AS (UPDATE orders o SET status = $2, results = o.results || $3::jsonb, undone = o.undone || $4::jsonb, "
+    f"failure = coalesce($5::jsonb, o.failure), total = coalesce($6, o.total), attempts = coalesce($7, o.attempts), "
+    f"lease_owner = CASE WHEN $8::float8 IS NULL THEN o.lease_owner END, "
+    f"lease_until = now() + make_interval(secs => coalesce($8::float8, $9::float8)), updated_at = now() "
+    f"WHERE o.id = $1 AND o.lease_owner = $10 AND o.status = $11 RETURNING {_QUALIFIED}), "
+    f"l AS ({_log_insert(12, '$10')}), e AS ({_event_insert(16)}) "
+    f"SELECT {COLUMNS}, CASE WHEN $17::text IS NOT NULL THEN {NOTIFY} END FROM o")
+
+#: An order's creation in one statement: the order (once per customer and key), its first log line and its
+#: ``order.created`` event; nothing when the key was used already.
+_START = (
+    f"WITH o AS (INSERT INTO orders (id, customer, status, capture_method, currency, request, idempotency_key, "
+    f"request_hash, lease_owner, lease_until) VALUES ($1, $2, 'pending', $3, $4, $5, $6, $7, $8, "
+    f"now() + make_interval(secs => $9::float8)) ON CONFLICT (customer, idempotency_key) DO NOTHING "
+    f"RETURNING {COLUMNS}), l AS ({_log_insert(10, '$8')}), e AS ({_event_insert(14)}) "
+    f"SELECT {COLUMNS}, {NOTIFY} FROM o")
+
+
+async def start(*, customer: str, request: dict[str, Any], currency: str, capture_method: str,
+                idempotency_key: str, request_hash: str, runner: str) -> asyncpg.Record | None:
+    """Create a pending order leased to ``runner``, with its log line and its event, in one statement: its row,
+    or None when the customer's key names an order already."""
+    order_id = uuid.uuid4()
+    payload = event_payload({"id": order_id, "customer": customer, "total": None, "currency": currency,
+                             "status": "pending"})
+    pg = await postgres.pool()
+    return await pg.fetchrow(
+        _START, order_id, customer, capture_method, currency, request, idempotency_key, request_hash, runner,
+        settings_of(OrderSettings).order_lease_s, *_columns([("order", "status", "done", {"to": "pending"})]),
+        postgres.new_ids(1)[0], topic("pending"), payload, {})
+
+
+async def write(row: asyncpg.Record, runner: str, *, line: tuple[str, str, str, dict[str, Any]] | None = None,
                 status: str | None = None, result: tuple[str, dict[str, Any]] | None = None,
                 undone: tuple[str, dict[str, Any]] | None = None, failure: dict[str, Any] | None = None,
                 total: int | None = None, let_go_s: float | None = None, attempts: int | None = None,
                 starts: str | None = None) -> asyncpg.Record:
-    """One fenced step of the saga in one transaction: the order's change, its log lines, its event.
+    """One fenced step of the saga, atomically: the order's change, its log lines, its event. Returns the order.
 
-    ``let_go_s``: give the lease up; recovery may take the order that many seconds from now.
-    ``starts``: the forward step that runs next, whose ``started`` line is written last (so a step
-    that follows another costs one transaction, not two).
+    ``row`` is the order as this runner last wrote (or read) it: while the runner holds the lease nobody else
+    writes the order, so its status is the one the change starts from, checked against the state machine here
+    (a refused transition writes nothing) and fenced on in the statement. ``let_go_s``: give the lease up;
+    recovery may take the order that many seconds from now. ``starts``: the forward step that runs next, whose
+    ``started`` line is written last (so a step that follows another costs one write, not two).
     """
-    lease_s = settings_of(OrderSettings).order_lease_s
-    async with postgres.transaction() as conn:
-        # Lock the order, fence on the lease and change it in one statement; the status it had comes back
-        # beside the new row, for the transition check (a refused one rolls the transaction back).
-        new = await conn.fetchrow(
-            f"UPDATE orders o SET status = coalesce($2, o.status), results = o.results || $3::jsonb, "
-            f"undone = o.undone || $4::jsonb, failure = coalesce($5::jsonb, o.failure), "
-            f"total = coalesce($6, o.total), attempts = coalesce($7, o.attempts), "
-            f"lease_owner = CASE WHEN $8::float8 IS NULL THEN o.lease_owner END, "
-            f"lease_until = now() + make_interval(secs => coalesce($8::float8, $9::float8)), updated_at = now() "
-            f"FROM (SELECT id, status, lease_owner FROM orders WHERE id = $1 FOR UPDATE) AS was "
-            f"WHERE o.id = was.id AND was.lease_owner = $10 RETURNING {_QUALIFIED}, was.status AS was_status",
-            order_id, status, dict([result]) if result else {}, dict([undone]) if undone else {}, failure, total,
-            attempts, let_go_s, lease_s, runner)
-        if new is None:
-            raise LeaseLost(str(order_id))
-        before = new["was_status"]
-        moved = new["status"] != before
-        if moved:
-            check_transition(before, new["status"])
-        lines = [line] if line is not None else []
-        if moved:
-            lines.append(("order", "status", "done", {"from": before, "to": new["status"]}))
-        if starts is not None:
-            lines.append((starts, "forward", "started", {}))
-        if lines:
-            await log_lines(conn, order_id, lines, runner)
-        if moved:
-            await emit(conn, topic(new["status"]), event_payload(new), key=str(order_id))
+    before = row["status"]
+    after = status or before
+    moved = after != before
+    if moved:
+        check_transition(before, after)
+    lines = [line] if line is not None else []
+    if moved:
+        lines.append(("order", "status", "done", {"from": before, "to": after}))
+    if starts is not None:
+        lines.append((starts, "forward", "started", {}))
+    event: tuple[UUID | None, str | None, dict[str, Any] | None] = (None, None, None)
+    if moved:
+        changed = {**dict(row), "status": after, "total": row["total"] if total is None else total,
+                   "failure": row["failure"] if failure is None else failure}
+        event = (postgres.new_ids(1)[0], topic(after), event_payload(changed))
+    pg = await postgres.pool()
+    new = await pg.fetchrow(
+        _WRITE, row["id"], after, dict([result]) if result else {}, dict([undone]) if undone else {}, failure, total,
+        attempts, let_go_s, settings_of(OrderSettings).order_lease_s, runner, before, *_columns(lines), *event, {})
+    if new is None:  # the lease was taken over (recovery), so the order is not as this runner last saw it
+        raise LeaseLost(str(row["id"]))
     return new
 
 
@@ -172,10 +214,10 @@ async def _interrupted(row: asyncpg.Record, runner: str, step: str, phase: str, 
     if phase == "forward" and attempts >= s.order_max_attempts:
         failure = {"step": step, "problem": {"status": 503, "detail": f"the {step} step did not answer in "
                                              f"{attempts} attempts", "code": "step_unanswered"}}
-        await write(row["id"], runner, line=(step, phase, "interrupted", detail), status="compensating",
+        await write(row, runner, line=(step, phase, "interrupted", detail), status="compensating",
                     failure=failure, attempts=0, let_go_s=0)
         return
-    await write(row["id"], runner, line=(step, phase, "interrupted", detail), attempts=attempts,
+    await write(row, runner, line=(step, phase, "interrupted", detail), attempts=attempts,
                 let_go_s=min(2.0 ** attempts, 60.0))
 
 
@@ -202,7 +244,7 @@ async def drive(order_id: UUID, runner: str, *, capture_now: bool = False,
             elif status in SETTLES:
                 row = await _unwind(row, runner)
             else:
-                return await write(order_id, runner, let_go_s=0)
+                return await write(row, runner, let_go_s=0)
     except LeaseLost:
         log.info("order %s: lease lost to another runner", order_id)
         row = await pg.fetchrow(f"SELECT {COLUMNS} FROM orders WHERE id = $1", order_id)
@@ -222,16 +264,16 @@ async def _forward(row: asyncpg.Record, runner: str, announced: str | None) -> t
     """Runs the order's next forward step: (the order as written, the step announced for after it)."""
     step = next((s for s in STEPS if s.name not in row["results"]), None)
     if step is None:  # every step done (a crash after the last one's result, before its status): settle
-        return await write(row["id"], runner, status="completed", let_go_s=0), None
+        return await write(row, runner, status="completed", let_go_s=0), None
     if step.name == "commit_stock" and row["capture_method"] == "manual" and row["status"] == "pending":
-        return await write(row["id"], runner, line=(step.name, "forward", "skipped", {"waiting": "manual capture"}),
+        return await write(row, runner, line=(step.name, "forward", "skipped", {"waiting": "manual capture"}),
                            status="authorized", let_go_s=0), None
     if announced != step.name:
-        row = await write(row["id"], runner, line=(step.name, "forward", "started", {}))
+        row = await write(row, runner, line=(step.name, "forward", "started", {}))
     try:
         result = await step.forward(context(row))
     except Refused as refused:
-        return await write(row["id"], runner, line=(step.name, "forward", "failed", refused.problem),
+        return await write(row, runner, line=(step.name, "forward", "failed", refused.problem),
                            status="compensating", failure={"step": step.name, "problem": refused.problem}), None
     except (LeaseLost, asyncio.CancelledError):
         raise
@@ -243,13 +285,13 @@ async def _forward(row: asyncpg.Record, runner: str, announced: str | None) -> t
         if result.get("currency") != str(row["currency"]).strip() or not isinstance(result.get("total"), int):
             problem = {"status": 422, "detail": "the catalog priced the cart in another currency",
                        "code": "pricing_mismatch"}
-            return await write(row["id"], runner, line=(step.name, "forward", "failed", problem),
+            return await write(row, runner, line=(step.name, "forward", "failed", problem),
                                status="compensating", failure={"step": step.name, "problem": problem}), None
         total = result["total"]
     reaches = REACHES.get(step.name)
     after = _next_forward({*row["results"], step.name}, reaches or row["status"], row["capture_method"])
     # Settled in the same write that lets the lease go: a cancellation right after finds the order free.
-    new = await write(row["id"], runner, line=(step.name, "forward", "done", {"id": result.get("id")}),
+    new = await write(row, runner, line=(step.name, "forward", "done", {"id": result.get("id")}),
                       result=(step.name, result), total=total, status=reaches, attempts=0,
                       let_go_s=0 if reaches == "completed" else None, starts=after)
     return new, after
@@ -267,11 +309,11 @@ async def _resolve_unanswered(row: asyncpg.Record, runner: str) -> asyncpg.Recor
             or name in row["results"] or name in row["undone"] or BY_NAME[name].compensate is None):
         return row
     step = BY_NAME[name]
-    row = await write(row["id"], runner, line=(name, "forward", "started", {"resolving": "unanswered"}))
+    row = await write(row, runner, line=(name, "forward", "started", {"resolving": "unanswered"}))
     try:
         result = await step.forward(context(row))
     except Refused as refused:
-        return await write(row["id"], runner, line=(name, "forward", "failed", refused.problem),
+        return await write(row, runner, line=(name, "forward", "failed", refused.problem),
                            undone=(name, {"skipped": "refused when run again: it had not happened",
                                           "problem": refused.problem}))
     except (LeaseLost, asyncio.CancelledError):
@@ -279,7 +321,7 @@ async def _resolve_unanswered(row: asyncpg.Record, runner: str) -> asyncpg.Recor
     except Exception as exc:
         await _interrupted(row, runner, name, "compensate", exc)
         raise LeaseLost(str(row["id"])) from None
-    return await write(row["id"], runner, line=(name, "forward", "done", {"id": result.get("id"),
+    return await write(row, runner, line=(name, "forward", "done", {"id": result.get("id"),
                                                                           "resolving": "unanswered"}),
                        result=(name, result))
 
@@ -289,11 +331,11 @@ async def _unwind(row: asyncpg.Record, runner: str) -> asyncpg.Record:
         row = await _resolve_unanswered(row, runner)
     todo = _unwinds(row)
     if not todo:
-        return await write(row["id"], runner, status=SETTLES[row["status"]], let_go_s=0)
+        return await write(row, runner, status=SETTLES[row["status"]], let_go_s=0)
     name = todo[0]
     step = BY_NAME[name]
     assert step.compensate is not None
-    row = await write(row["id"], runner, line=(name, "compensate", "started", {}))
+    row = await write(row, runner, line=(name, "compensate", "started", {}))
     try:
         out = await step.compensate(context(row))
         outcome = "done"
@@ -305,7 +347,7 @@ async def _unwind(row: asyncpg.Record, runner: str) -> asyncpg.Record:
     except Exception as exc:
         await _interrupted(row, runner, name, "compensate", exc)
         raise LeaseLost(str(row["id"])) from None
-    return await write(row["id"], runner, line=(name, "compensate", outcome, {"id": out.get("id")}),
+    return await write(row, runner, line=(name, "compensate", outcome, {"id": out.get("id")}),
                        undone=(name, out))
 
 

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
-from uuid import UUID, uuid4
+from uuid import UUID
 
 import asyncpg
 import orjson
@@ -31,7 +31,6 @@ from nexus_ray.deployments.kit.pages import Page, PageRequest
 from nexus_ray.deployments.kit.settings import settings_of
 from nexus_ray.exceptions import Conflict, NexusError, NotFound, ValidationFailed, for_status
 from nexus_ray.stores import postgres
-from nexus_ray.stores.events import emit
 
 from . import saga
 from .models import AT_REST, OrderRead, SagaLogRead, check_transition
@@ -73,26 +72,19 @@ async def create_order(*, customer: str, request: dict[str, Any], currency: str,
     """Create the order (once per key) and run its saga: (the order's row as it stands, replayed)."""
     h = _hash({"request": request, "currency": currency, "capture_method": capture_method})
     runner = saga.new_runner()
-    lease = timedelta(seconds=settings_of(OrderSettings).order_lease_s)
-    async with postgres.transaction() as conn:
-        row = await conn.fetchrow(
-            f"INSERT INTO orders (id, customer, status, capture_method, currency, request, idempotency_key, "
-            f"request_hash, lease_owner, lease_until) VALUES ($1, $2, 'pending', $3, $4, $5, $6, $7, $8, $9) "
-            f"ON CONFLICT (customer, idempotency_key) DO NOTHING RETURNING {saga.COLUMNS}",
-            uuid4(), customer, capture_method, currency, request, idempotency_key, h, runner,
-            datetime.now(UTC) + lease)
-        if row is None:
-            earlier = await conn.fetchrow(f"SELECT {saga.COLUMNS} FROM orders WHERE customer = $1 "
-                                          f"AND idempotency_key = $2", customer, idempotency_key)
-            assert earlier is not None
-            if earlier["request_hash"] != h:
-                raise Conflict("idempotency_key was already used with another order", extra={
-                    "errors": [{"field": "idempotency_key", "message": "was used with another order",
-                                "type": "idempotency_key_reused"}], "code": "idempotency_key_reused",
-                    "order_id": str(earlier["id"])})
-            return earlier, True
-        await saga.log_lines(conn, row["id"], [("order", "status", "done", {"to": "pending"})], runner)
-        await emit(conn, saga.topic("pending"), saga.event_payload(row), key=str(row["id"]))
+    row = await saga.start(customer=customer, request=request, currency=currency, capture_method=capture_method,
+                           idempotency_key=idempotency_key, request_hash=h, runner=runner)
+    if row is None:
+        pg = await postgres.pool()
+        earlier = await pg.fetchrow(f"SELECT {saga.COLUMNS} FROM orders WHERE customer = $1 AND idempotency_key = $2",
+                                    customer, idempotency_key)
+        assert earlier is not None
+        if earlier["request_hash"] != h:
+            raise Conflict("idempotency_key was already used with another order", extra={
+                "errors": [{"field": "idempotency_key", "message": "was used with another order",
+                            "type": "idempotency_key_reused"}], "code": "idempotency_key_reused",
+                "order_id": str(earlier["id"])})
+        return earlier, True
     return await saga.drive(row["id"], runner, row=row), False
 
 
@@ -166,15 +158,15 @@ async def cancel_order(*, order_id: UUID, caller: str, privileged: bool, reason:
         try:
             undone = ("ship", await cancel_shipment(saga.context(row)))
         except Refused as refused:
-            await saga.write(order_id, runner, line=("ship", "compensate", "failed", refused.problem), let_go_s=0)
+            await saga.write(row, runner, line=("ship", "compensate", "failed", refused.problem), let_go_s=0)
             raise Conflict("the shipment can no longer be cancelled: ask for a refund",
                            extra={"code": "already_shipped", "shipment": refused.problem}) from None
         except BaseException:
-            await saga.write(order_id, runner, let_go_s=0)
+            await saga.write(row, runner, let_go_s=0)
             raise
-    await saga.write(order_id, runner, line=("order", "status", "started", {"cancel": reason}), status="cancelling",
-                     undone=undone)
-    return await saga.drive(order_id, runner)
+    row = await saga.write(row, runner, line=("order", "status", "started", {"cancel": reason}),
+                           status="cancelling", undone=undone)
+    return await saga.drive(order_id, runner, row=row)
 
 
 async def refund_order(*, order_id: UUID, caller: str, reason: str, restock: bool) -> asyncpg.Record:
@@ -185,9 +177,9 @@ async def refund_order(*, order_id: UUID, caller: str, reason: str, restock: boo
     pg = await postgres.pool()
     await pg.execute("UPDATE orders SET refund_restock = $2 WHERE id = $1 AND lease_owner = $3", order_id, restock,
                      runner)
-    await saga.write(order_id, runner, line=("order", "status", "started", {"refund": reason, "restock": restock}),
-                     status="refunding")
-    return await saga.drive(order_id, runner)
+    row = await saga.write(row, runner, line=("order", "status", "started", {"refund": reason, "restock": restock}),
+                           status="refunding")
+    return await saga.drive(order_id, runner, row=row)
 
 
 async def capture_order(*, order_id: UUID, caller: str) -> asyncpg.Record:
