@@ -212,21 +212,23 @@ class SandboxProvider:
         return row
 
     async def capture(self, *, charge_id: str, amount: int, idempotency_key: str) -> Charge:
-        async with (await self._db()).acquire() as conn, conn.transaction():
-            row = await self._locked(conn, charge_id)
-            if row["status"] == "captured" and row["amount_captured"] == amount:
-                return _charge(row)  # a retried capture
-            if row["status"] != "authorized":
-                raise Conflict(f"charge {charge_id} is {row['status']}, not authorized",
-                               extra={"code": "charge_not_capturable"})
-            if amount > row["amount"]:
-                raise ValidationFailed.for_field("amount", f"must be at most the authorised {row['amount']}",
-                                                 "less_than_equal")
-            row = await conn.fetchrow(
-                f"UPDATE billing_sandbox_charges SET status = 'captured', amount_captured = $2 WHERE id = $1 "
-                f"RETURNING {_CHARGE}", charge_id, amount)
-            assert row is not None
+        db = await self._db()
+        # The capture is one conditional statement; only when it changes nothing is the charge read, to say why.
+        row = await db.fetchrow(
+            f"UPDATE billing_sandbox_charges SET status = 'captured', amount_captured = $2 WHERE id = $1 "
+            f"AND status = 'authorized' AND $2 <= amount RETURNING {_CHARGE}", charge_id, amount)
+        if row is not None:
             return _charge(row)
+        row = await db.fetchrow(f"SELECT {_CHARGE} FROM billing_sandbox_charges WHERE id = $1", charge_id)
+        if row is None:
+            raise NotFound(f"sandbox charge {charge_id} not found")
+        if row["status"] == "captured" and row["amount_captured"] == amount:
+            return _charge(row)  # a retried capture
+        if row["status"] != "authorized":
+            raise Conflict(f"charge {charge_id} is {row['status']}, not authorized",
+                           extra={"code": "charge_not_capturable"})
+        raise ValidationFailed.for_field("amount", f"must be at most the authorised {row['amount']}",
+                                         "less_than_equal")
 
     async def cancel(self, *, charge_id: str) -> Charge:
         async with (await self._db()).acquire() as conn, conn.transaction():

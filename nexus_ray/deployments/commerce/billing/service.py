@@ -53,7 +53,6 @@ from nexus_ray.deployments.kit.idempotency import Outcome, fingerprint
 from nexus_ray.deployments.kit.pages import Page, PageRequest
 from nexus_ray.exceptions import Conflict, Forbidden, NotFound, ValidationFailed
 from nexus_ray.stores import postgres
-from nexus_ray.stores.events import emit
 
 from . import postings, webhooks
 from .keyed import KEYS
@@ -106,10 +105,12 @@ def _move(row: asyncpg.Record, to: str, action: str) -> None:
         raise _unexpected(row, action)
 
 
-async def _publish(conn: asyncpg.Connection, topic: str, owner: str, key: UUID, data: dict[str, Any]) -> None:
-    """The event ``topic`` in the outbox and queued for the merchant's webhooks, in the change's transaction."""
-    event_id = await emit(conn, topic, data, key=str(key))
-    await webhooks.enqueue(conn, owner=owner, event_id=event_id, event_type=WEBHOOK_TYPE.get(topic, topic), data=data)
+async def _publish(conn: asyncpg.Connection, queued: list[int], topic: str, owner: str, key: UUID,
+                   data: dict[str, Any]) -> None:
+    """The event ``topic`` in the outbox and queued for the merchant's webhooks, in the change's transaction; how
+    many deliveries it queued goes on ``queued`` (the deliverer is woken after the commit only for those)."""
+    queued.append(await webhooks.publish(conn, topic=topic, key=str(key), owner=owner,
+                                         event_type=WEBHOOK_TYPE.get(topic, topic), data=data))
 
 
 async def _locked(conn: asyncpg.Connection, intent_id: UUID, caller: str, privileged: bool) -> asyncpg.Record:
@@ -151,6 +152,7 @@ async def authorize(
     402 (declined; the problem carries ``decline_code`` and the declined intent, which is kept)."""
     fp = fingerprint("authorize", {"amount": amount, "currency": currency, "payment_method": payment_method,
                                    "customer": customer, "metadata": metadata})
+    hooks: list[int] = []
     p = provider()
 
     async def work(conn: asyncpg.Connection) -> tuple[int, dict[str, Any]]:
@@ -171,14 +173,14 @@ async def authorize(
             assert known is not None
             return _authorized(_intent_read(known).model_dump(mode="json"), known["decline_code"])
         intent = _intent_read(row).model_dump(mode="json")
-        await _publish(conn, "payment_intent.created", caller, intent_id, intent)
+        await _publish(conn, hooks, "payment_intent.created", caller, intent_id, intent)
         topic = {"authorized": "payment_intent.authorized", "requires_action": "payment_intent.requires_action",
                  "declined": "payment_intent.payment_failed"}[charge.status]
-        await _publish(conn, topic, caller, intent_id, intent)
+        await _publish(conn, hooks, topic, caller, intent_id, intent)
         return _authorized(intent, charge.decline_code)
 
     outcome = await KEYS.run(scope=caller, key=idempotency_key, fingerprint=fp, work=work, field_name=field_name)
-    webhooks.wake()
+    webhooks.wake(sum(hooks))
     return outcome
 
 
@@ -188,6 +190,7 @@ async def on_provider_update(charge: Charge) -> None:
     At-least-once from the provider: a notice for an intent that already moved is ignored. A notice for an
     intent not (yet) committed raises, so the provider sends it again.
     """
+    hooks: list[int] = []
     async with postgres.transaction() as conn:
         row = await conn.fetchrow(
             f"SELECT {_INTENT} FROM billing_payment_intents WHERE provider_charge_id = $1 FOR UPDATE", charge.id)
@@ -200,8 +203,8 @@ async def on_provider_update(charge: Charge) -> None:
             f"RETURNING {_INTENT}", row["id"], charge.status, charge.decline_code)
         assert row is not None
         topic = "payment_intent.authorized" if charge.status == "authorized" else "payment_intent.payment_failed"
-        await _publish(conn, topic, row["created_by"], row["id"], _intent_read(row).model_dump(mode="json"))
-    webhooks.wake()
+        await _publish(conn, hooks, topic, row["created_by"], row["id"], _intent_read(row).model_dump(mode="json"))
+    webhooks.wake(sum(hooks))
 
 
 async def run_provider() -> None:
@@ -218,6 +221,7 @@ async def capture(
 ) -> Outcome:
     """Capture an authorized intent (all, or ``amount`` of it): 200 with the captured intent."""
     fp = fingerprint("capture", {"payment_intent_id": str(intent_id), "amount": amount})
+    hooks: list[int] = []
     queued: list[UUID] = []
 
     async def work(conn: asyncpg.Connection) -> tuple[int, dict[str, Any]]:
@@ -235,12 +239,12 @@ async def capture(
         assert row is not None
         queued.append(await _queue_posting(conn, row, "capture", intent_id, take))
         intent = _intent_read(row).model_dump(mode="json")
-        await _publish(conn, "payment_intent.succeeded", row["created_by"], intent_id, intent)
+        await _publish(conn, hooks, "payment_intent.succeeded", row["created_by"], intent_id, intent)
         return 200, intent
 
     outcome = await KEYS.run(scope=caller, key=idempotency_key, fingerprint=fp, work=work, field_name=field_name)
     await postings.post(queued)
-    webhooks.wake()
+    webhooks.wake(sum(hooks))
     return outcome
 
 
@@ -258,6 +262,7 @@ async def cancel(*, caller: str, privileged: bool, intent_id: UUID, idempotency_
                  field_name: str = "Idempotency-Key") -> Outcome:
     """Void an authorization (or a pending customer action): 200 with the canceled intent; again for a canceled one."""
     fp = fingerprint("cancel", {"payment_intent_id": str(intent_id)})
+    hooks: list[int] = []
 
     async def work(conn: asyncpg.Connection) -> tuple[int, dict[str, Any]]:
         row = await _locked(conn, intent_id, caller, privileged)
@@ -270,11 +275,11 @@ async def cancel(*, caller: str, privileged: bool, intent_id: UUID, idempotency_
             f"RETURNING {_INTENT}", intent_id)
         assert row is not None
         intent = _intent_read(row).model_dump(mode="json")
-        await _publish(conn, "payment_intent.canceled", row["created_by"], intent_id, intent)
+        await _publish(conn, hooks, "payment_intent.canceled", row["created_by"], intent_id, intent)
         return 200, intent
 
     outcome = await KEYS.run(scope=caller, key=idempotency_key, fingerprint=fp, work=work, field_name=field_name)
-    webhooks.wake()
+    webhooks.wake(sum(hooks))
     return outcome
 
 
@@ -284,6 +289,7 @@ async def refund(
 ) -> Outcome:
     """Refund ``amount`` (default: all not yet refunded) of a captured intent: 201 with the refund."""
     fp = fingerprint("refund", {"payment_intent_id": str(intent_id), "amount": amount, "reason": reason})
+    hooks: list[int] = []
     queued: list[UUID] = []
 
     async def work(conn: asyncpg.Connection) -> tuple[int, dict[str, Any]]:
@@ -314,12 +320,12 @@ async def refund(
         assert row is not None and refund_row is not None
         queued.append(await _queue_posting(conn, row, "refund", refund_id, take))
         result = _refund_read(refund_row, _intent_read(row)).model_dump(mode="json")
-        await _publish(conn, "payment_intent.refunded", row["created_by"], intent_id, result)
+        await _publish(conn, hooks, "payment_intent.refunded", row["created_by"], intent_id, result)
         return 201, result
 
     outcome = await KEYS.run(scope=caller, key=idempotency_key, fingerprint=fp, work=work, field_name=field_name)
     await postings.post(queued)
-    webhooks.wake()
+    webhooks.wake(sum(hooks))
     return outcome
 
 

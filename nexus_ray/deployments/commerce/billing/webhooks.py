@@ -47,6 +47,7 @@ from nexus_ray.deployments.kit.settings import settings_of
 from nexus_ray.deployments.specialized import keys
 from nexus_ray.exceptions import NotFound, ValidationFailed
 from nexus_ray.stores import postgres
+from nexus_ray.stores.events import NOTIFY, outbox_insert
 
 from .keyed import KEYS
 from .models import DeliveryAttempt, WebhookDeliveryRead, WebhookEndpointRead
@@ -104,9 +105,11 @@ def backoff_s(failures: int) -> float:
     return float(min(s.billing_webhook_backoff_max_s, s.billing_webhook_backoff_s * 2 ** max(0, failures - 1)))
 
 
-def wake() -> None:
-    """Tell this process's deliverer that deliveries were queued (it would find them on its next poll anyway)."""
-    _wake.set()
+def wake(queued: int) -> None:
+    """After a commit that queued ``queued`` deliveries: wake this process's deliverer if there are any (it would
+    find them on its next poll anyway)."""
+    if queued:
+        _wake.set()
 
 
 # -- endpoints ---------------------------------------------------------------------------------------------------
@@ -210,34 +213,36 @@ async def list_deliveries(*, endpoint_id: UUID, owner: str, privileged: bool, pa
 # -- queueing and delivery ---------------------------------------------------------------------------------------
 
 
-async def enqueue(conn: asyncpg.Connection, *, owner: str, event_id: UUID, event_type: str,
+async def publish(conn: asyncpg.Connection, *, topic: str, key: str, owner: str, event_type: str,
                   data: dict[str, Any]) -> int:
-    """Queue ``event_type`` for ``owner``'s endpoints that want it, in the caller's transaction; returns how many."""
-    endpoints = await conn.fetch(
-        "SELECT id FROM billing_webhook_endpoints WHERE owner = $1 AND status = 'enabled' "
-        "AND ('*' = ANY(events) OR $2 = ANY(events))", owner, event_type)
-    if not endpoints:
-        return 0
+    """The event ``topic`` in the outbox and queued as ``event_type`` for ``owner``'s endpoints that want it, in the
+    caller's transaction and in one statement; returns how many deliveries were queued."""
+    if not conn.is_in_transaction():
+        raise RuntimeError("publish() must run inside the transaction of the change it reports")
+    event_id = postgres.new_ids(1)[0]
     body = orjson.dumps({"id": str(event_id), "object": "event", "type": event_type,
                          "created": int(datetime.now(UTC).timestamp()), "data": {"object": data}}).decode()
-    await conn.execute(
-        "INSERT INTO billing_webhook_deliveries (id, endpoint_id, event_id, event_type, body, status, next_attempt_at) "
-        "SELECT gen_random_uuid(), e, $2, $3, $4, 'pending', now() FROM unnest($1::uuid[]) AS e "
-        "ON CONFLICT (endpoint_id, event_id) DO NOTHING",
-        [r["id"] for r in endpoints], event_id, event_type, body)
-    return len(endpoints)
+    row = await conn.fetchrow(
+        f"WITH e AS ({outbox_insert('$1', '$2', '$3', '$4', '$5')}), "
+        "d AS (INSERT INTO billing_webhook_deliveries (id, endpoint_id, event_id, event_type, body, status, "
+        "next_attempt_at) SELECT gen_random_uuid(), id, $1, $6, $7, 'pending', now() FROM billing_webhook_endpoints "
+        "WHERE owner = $8 AND status = 'enabled' AND ('*' = ANY(events) OR $6 = ANY(events)) "
+        "ON CONFLICT (endpoint_id, event_id) DO NOTHING RETURNING 1) "
+        f"SELECT {NOTIFY}, (SELECT count(*) FROM d) AS queued",
+        event_id, topic, key, data, {}, event_type, body, owner)
+    return int(row["queued"])
 
 
 async def _claim_due(limit: int) -> list[asyncpg.Record]:
     s = settings_of(BillingSettings)
     lease = s.billing_webhook_timeout_s + 5
-    async with postgres.transaction() as conn:
-        return await conn.fetch(
-            "UPDATE billing_webhook_deliveries d SET next_attempt_at = now() + make_interval(secs => $2) "
-            "FROM billing_webhook_endpoints e WHERE e.id = d.endpoint_id AND d.id IN ("
-            "  SELECT id FROM billing_webhook_deliveries WHERE status = 'pending' AND next_attempt_at <= now() "
-            "  ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED) "
-            "RETURNING d.id, d.endpoint_id, d.body, d.attempts, e.url, e.secret", limit, float(lease))
+    pg = await postgres.pool()
+    return await pg.fetch(  # one statement: its own transaction
+        "UPDATE billing_webhook_deliveries d SET next_attempt_at = now() + make_interval(secs => $2) "
+        "FROM billing_webhook_endpoints e WHERE e.id = d.endpoint_id AND d.id IN ("
+        "  SELECT id FROM billing_webhook_deliveries WHERE status = 'pending' AND next_attempt_at <= now() "
+        "  ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED) "
+        "RETURNING d.id, d.endpoint_id, d.body, d.attempts, e.url, e.secret", limit, float(lease))
 
 
 async def _attempt(http: httpx.AsyncClient, d: asyncpg.Record, secrets_: dict[UUID, str]) -> None:

@@ -344,6 +344,11 @@ async def _reservation_read(conn: asyncpg.Connection | asyncpg.Pool, row: asyncp
     lines = await conn.fetch(
         "SELECT sku, warehouse_id, quantity FROM inventory_reservation_lines WHERE reservation_id = $1 "
         "ORDER BY sku, warehouse_id", row["id"])
+    return _read_of(row, lines)
+
+
+def _read_of(row: asyncpg.Record, lines: Sequence[asyncpg.Record]) -> ReservationRead:
+    """A reservation's row and its lines (in SKU and warehouse order) as it is read."""
     status = row["status"]
     if status == "held" and row["expires_at"] <= datetime.now(UTC):
         status = "expired"  # reads treat a lapsed hold as released, before the sweep gets to it
@@ -439,15 +444,17 @@ async def reserve(*, caller: str, reference: str, lines: Sequence[dict[str, Any]
     return out, False
 
 
-async def _finish(conn: asyncpg.Connection, caller: str, res: Sequence[asyncpg.Record], status: str) -> None:
-    """Move locked reservations to ``status``: held -> committed/released/expired, committed -> returned."""
+async def _finish(conn: asyncpg.Connection, caller: str, res: Sequence[asyncpg.Record], status: str
+                  ) -> dict[UUID, ReservationRead]:
+    """Move locked reservations to ``status``: held -> committed/released/expired, committed -> returned.
+    Returns each as it now reads."""
     if not res:
-        return
+        return {}
     ids = [r["id"] for r in res]
     state = {r["id"]: r["status"] for r in res}
     lines = await conn.fetch(
         "SELECT reservation_id, sku, warehouse_id, quantity FROM inventory_reservation_lines "
-        "WHERE reservation_id = ANY($1::uuid[])", ids)
+        "WHERE reservation_id = ANY($1::uuid[]) ORDER BY reservation_id, sku, warehouse_id", ids)
     await _lock_skus(conn, [ln["sku"] for ln in lines])
     moves = []
     for ln in lines:
@@ -463,10 +470,12 @@ async def _finish(conn: asyncpg.Connection, caller: str, res: Sequence[asyncpg.R
     rows = await conn.fetch(
         f"UPDATE inventory_reservations SET status = $2, returned = returned OR status = 'committed', "
         f"resolved_at = now() WHERE id = ANY($1::uuid[]) RETURNING {_RES_COLUMNS}", ids, status)
+    reads = {}
     for row in rows:
-        read = await _reservation_read(conn, row)
+        read = reads[row["id"]] = _read_of(row, [ln for ln in lines if ln["reservation_id"] == row["id"]])
         await emit(conn, reservation_topic("returned" if row["returned"] and status == "released" else status),
                    read.model_dump(mode="json"), key=str(row["id"]))
+    return reads
 
 
 async def _expire_lapsed(conn: asyncpg.Connection, skus: Sequence[str], caller: str) -> None:
@@ -515,17 +524,17 @@ async def commit_reservation(*, reservation_id: UUID, caller: str, privileged: b
     refusal: NexusError | None = None
     async with postgres.transaction() as conn:
         row = await _locked_reservation(conn, reservation_id, caller, privileged)
+        reads: dict[UUID, ReservationRead] = {}
         if row["status"] == "held":
             if _lapsed(row):  # expire it now (committed with this transaction), then refuse
-                await _finish(conn, caller, [row], "expired")
+                reads = await _finish(conn, caller, [row], "expired")
                 refusal = Conflict(f"reservation {reservation_id} has expired", extra={"code": "reservation_expired"})
             else:
-                await _finish(conn, caller, [row], "committed")
+                reads = await _finish(conn, caller, [row], "committed")
         elif row["status"] != "committed":
             refusal = Conflict(f"reservation {reservation_id} is {row['status']}, not held",
                                extra={"code": "reservation_not_held", "status": row["status"]})
-        row = await conn.fetchrow(f"SELECT {_RES_COLUMNS} FROM inventory_reservations WHERE id = $1", reservation_id)
-        out = await _reservation_read(conn, row)
+        out = reads.get(row["id"]) or await _reservation_read(conn, row)
     if refusal is not None:
         raise refusal
     return out
@@ -536,12 +545,12 @@ async def release_reservation(*, reservation_id: UUID, caller: str, privileged: 
     (its units come back on hand). Releasing a released or expired reservation returns it as it is."""
     async with postgres.transaction() as conn:
         row = await _locked_reservation(conn, reservation_id, caller, privileged)
+        reads: dict[UUID, ReservationRead] = {}
         if row["status"] == "held":
-            await _finish(conn, caller, [row], "expired" if _lapsed(row) else "released")
+            reads = await _finish(conn, caller, [row], "expired" if _lapsed(row) else "released")
         elif row["status"] == "committed":
-            await _finish(conn, caller, [row], "released")
-        row = await conn.fetchrow(f"SELECT {_RES_COLUMNS} FROM inventory_reservations WHERE id = $1", reservation_id)
-        return await _reservation_read(conn, row)
+            reads = await _finish(conn, caller, [row], "released")
+        return reads.get(row["id"]) or await _reservation_read(conn, row)
 
 
 async def expire_reservations(*, limit: int | None = None) -> int:
