@@ -65,6 +65,45 @@ async def test_transaction_rolls_back_change_and_event(migrated):
     assert await p.fetchval("SELECT count(*) FROM outbox WHERE payload->>'marker' = $1", marker) == 0
 
 
+async def test_a_keyed_change_that_refuses_is_stored_as_refused_and_leaves_nothing_of_itself(migrated):
+    """The kit's idempotency keys: a change that wrote (a row, an event) and then refused is stored as its refusal
+    with its writes undone, and its key replays the refusal without running it again; one that succeeds keeps
+    what it wrote."""
+    from nexus_ray.deployments.kit.idempotency import Idempotency
+    from nexus_ray.exceptions import Conflict
+
+    p = await postgres.pool()
+    await p.execute("CREATE TABLE IF NOT EXISTS t_keyed (scope text NOT NULL, key text NOT NULL, fingerprint text "
+                    "NOT NULL, status smallint, response jsonb, created_at timestamptz NOT NULL DEFAULT now(), "
+                    "expires_at timestamptz NOT NULL, PRIMARY KEY (scope, key))")
+    await p.execute("CREATE TABLE IF NOT EXISTS t_rollback (id text PRIMARY KEY)")
+    keys = Idempotency("t_keyed", ttl_s=lambda: 60.0)
+    runs: list[str] = []
+
+    def change(marker: str, refuse: bool):  # type: ignore[no-untyped-def]
+        async def work(conn):  # type: ignore[no-untyped-def]
+            runs.append(marker)
+            await conn.execute("INSERT INTO t_rollback VALUES ($1)", marker)
+            await events.emit(conn, "test.keyed", {"marker": marker})
+            if refuse:
+                raise Conflict("refused after writing", extra={"code": "refused_late"})
+            return 201, {"marker": marker}
+        return work
+
+    async def written(marker: str) -> tuple[int, int]:
+        return (await p.fetchval("SELECT count(*) FROM t_rollback WHERE id = $1", marker),
+                await p.fetchval("SELECT count(*) FROM outbox WHERE payload->>'marker' = $1", marker))
+
+    refused, kept = uuid.uuid4().hex, uuid.uuid4().hex
+    first = await keys.run(scope="s", key=refused, fingerprint="f", work=change(refused, True))
+    again = await keys.run(scope="s", key=refused, fingerprint="f", work=change(refused, True))
+    assert (first.status, first.replayed, again.status, again.replayed) == (409, False, 409, True)
+    assert again.body == first.body and first.body["code"] == "refused_late"
+    assert runs == [refused] and await written(refused) == (0, 0)
+    done = await keys.run(scope="s", key=kept, fingerprint="f", work=change(kept, False))
+    assert (done.status, done.body) == (201, {"marker": kept}) and await written(kept) == (1, 1)
+
+
 async def test_emit_outside_transaction_refused(migrated):
     p = await postgres.pool()
     async with p.acquire() as conn:

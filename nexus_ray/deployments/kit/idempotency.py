@@ -183,10 +183,13 @@ class Idempotency:
                     raise key_reused(field_name)
                 return Outcome(int(row["status"]), row["response"], replayed=True,
                                headers={REPLAYED_HEADER: "true"})
+            # A savepoint, so that a refusal leaves nothing of the change behind. It is not released on success:
+            # the commit ends it with the transaction, and a release would cost a round trip for nothing.
+            await conn.execute("SAVEPOINT idempotent_work")
             try:
-                async with conn.transaction():  # a savepoint: a refusal leaves nothing of the change behind
-                    status, body = await work(conn)
+                status, body = await work(conn)
             except NexusError as err:
+                await conn.execute("ROLLBACK TO SAVEPOINT idempotent_work")
                 status, body = err.status, err.problem()
             if key is not None:
                 await conn.execute(
