@@ -139,16 +139,18 @@ _START = (
 
 async def start(*, customer: str, request: dict[str, Any], currency: str, capture_method: str,
                 idempotency_key: str, request_hash: str, runner: str) -> asyncpg.Record | None:
-    """Create a pending order leased to ``runner``, with its log line and its event, in one statement: its row,
-    or None when the customer's key names an order already."""
+    """Create a pending order leased to ``runner``, with its event and its log lines (created, and the first
+    step's ``started``: drive it on with ``announced=STEPS[0].name``), in one statement: its row, or None when
+    the customer's key names an order already."""
     order_id = uuid.uuid4()
     payload = event_payload({"id": order_id, "customer": customer, "total": None, "currency": currency,
                              "status": "pending"})
+    lines = [("order", "status", "done", {"to": "pending"}), (STEPS[0].name, "forward", "started", {})]
     pg = await postgres.pool()
     return await pg.fetchrow(
         _START, order_id, customer, capture_method, currency, request, idempotency_key, request_hash, runner,
-        settings_of(OrderSettings).order_lease_s, *_columns([("order", "status", "done", {"to": "pending"})]),
-        postgres.new_ids(1)[0], topic("pending"), payload, {})
+        settings_of(OrderSettings).order_lease_s, *_columns(lines), postgres.new_ids(1)[0], topic("pending"),
+        payload, {})
 
 
 async def write(row: asyncpg.Record, runner: str, *, line: tuple[str, str, str, dict[str, Any]] | None = None,
@@ -221,16 +223,16 @@ async def _interrupted(row: asyncpg.Record, runner: str, step: str, phase: str, 
                 let_go_s=min(2.0 ** attempts, 60.0))
 
 
-async def drive(order_id: UUID, runner: str, *, capture_now: bool = False,
-                row: asyncpg.Record | None = None) -> asyncpg.Record:
+async def drive(order_id: UUID, runner: str, *, capture_now: bool = False, row: asyncpg.Record | None = None,
+                announced: str | None = None) -> asyncpg.Record:
     """Move the order on while ``runner`` holds its lease, until it settles or must wait; returns its row.
 
     ``capture_now``: an ``authorized`` order (manual capture) goes on to capture. ``row``: the order
     as ``runner`` just wrote it, if it has it (else it is read). While the runner holds the lease
     nobody else writes the order, so the row each fenced write returns is the order as it stands.
+    ``announced``: the forward step whose ``started`` line that write made (it is not written again).
     """
     pg = await postgres.pool()
-    announced: str | None = None  # the forward step whose "started" line the last write made
     try:
         if row is None:
             row = await pg.fetchrow(f"SELECT {COLUMNS} FROM orders WHERE id = $1", order_id)

@@ -85,7 +85,7 @@ async def create_order(*, customer: str, request: dict[str, Any], currency: str,
                             "type": "idempotency_key_reused"}], "code": "idempotency_key_reused",
                 "order_id": str(earlier["id"])})
         return earlier, True
-    return await saga.drive(row["id"], runner, row=row), False
+    return await saga.drive(row["id"], runner, row=row, announced=saga.STEPS[0].name), False
 
 
 async def _visible(conn: asyncpg.Connection | asyncpg.Pool, order_id: UUID, caller: str, privileged: bool,
