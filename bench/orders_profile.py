@@ -1,6 +1,6 @@
 """Where an order's time goes: the whole saga in one process, on the real embedded stores, profiled.
 
-    .venv/bin/python bench/orders_profile.py [--orders 200] [--concurrency 1] [--profile out.pstats]
+    .venv/bin/python bench/orders_profile.py [--orders 200] [--concurrency 1] [--profile out.pstats] [--trace]
 
 Starts the embedded stores in a fresh temporary directory (stopped at the end), builds the
 ``commerce`` application in this process and sends ``--orders`` orders through it over ASGI (no
@@ -10,7 +10,10 @@ idempotency key, the same order as bench/orders.py. It prints
 * the CPU seconds per order of this process and of every store server process (from /proc), so
   the split between Python and PostgreSQL/Mongo/Redis is measured, not guessed;
 * the mean wall time of each saga step, from the saga log's own timestamps;
-* with ``--profile``, the functions that took this process's time (cProfile, sorted by own time).
+* with ``--profile``, the functions that took this process's time (cProfile, sorted by own time);
+* with ``--queries N``, the statements per order and the N most frequent; with ``--trace``, every statement of one
+  more order in the order it was sent, numbered by connection (which ones share a transaction, which read again
+  what was just read).
 """
 
 from __future__ import annotations
@@ -69,7 +72,8 @@ async def run(args: argparse.Namespace, store_pids: list[int]) -> None:
                     queue.pop()
                     await tally.order(http, buyer, body)
 
-            counts = _count_queries() if args.queries else None
+            trace: list[tuple[int, str]] = []
+            counts = _count_queries(trace) if args.queries or args.trace else None
             profiler = cProfile.Profile() if args.profile else None
             before_me, before_stores = time.process_time(), cpu_of(store_pids)
             began = time.perf_counter()
@@ -95,6 +99,16 @@ async def run(args: argparse.Namespace, store_pids: list[int]) -> None:
                 print(f"  statements per order: {sum(counts.values()) / n:.1f}")
                 for text, k in counts.most_common(args.queries):
                     print(f"    {k / n:6.2f}  {text[:150]}")
+            if args.trace:  # one more order, its statements in the order sent, numbered by connection
+                trace.clear()
+                trace.append((0, ""))  # on: _count_queries appends while the list is not empty
+                await tally.order(http, buyer, body)
+                conns: dict[int, int] = {}
+                print(f"  the statements of one more order ({len(trace) - 1}, the relay's among them), "
+                      f"by connection:")
+                for conn, text in trace[1:]:
+                    print(f"    {conns.setdefault(conn, len(conns)):2d}  {text[:140]}")
+                trace.clear()
             pool = await postgres.pool()
             rows = await pool.fetch(
                 "WITH l AS (SELECT order_id, step, phase, outcome, created_at AS at, "
@@ -111,21 +125,28 @@ async def run(args: argparse.Namespace, store_pids: list[int]) -> None:
                 stats.sort_stats("cumulative").print_stats(45)
 
 
-def _count_queries() -> Counter[str]:
-    """Counts every statement sent to PostgreSQL from now on, by its text (BEGIN, COMMIT and resets too)."""
+def _count_queries(trace: list[tuple[int, str]]) -> Counter[str]:
+    """Counts every statement sent to PostgreSQL from now on, by its text (BEGIN, COMMIT and resets too); while
+    ``trace`` is not empty, each is also appended to it with its connection's id."""
     import asyncpg
 
     counts: Counter[str] = Counter()
     plain = asyncpg.Connection.execute
     extended = asyncpg.Connection._execute
 
+    def seen(conn: object, query: str) -> None:
+        text = " ".join(query.split())
+        counts[text] += 1
+        if trace:
+            trace.append((id(conn), text))
+
     async def execute(self, query, *args, **kwargs):  # type: ignore[no-untyped-def]
         if not args:
-            counts[" ".join(query.split())] += 1
+            seen(self, query)
         return await plain(self, query, *args, **kwargs)
 
     async def _execute(self, query, *args, **kwargs):  # type: ignore[no-untyped-def]
-        counts[" ".join(query.split())] += 1
+        seen(self, query)
         return await extended(self, query, *args, **kwargs)
 
     asyncpg.Connection.execute = execute  # type: ignore[method-assign]
@@ -152,6 +173,7 @@ if __name__ == "__main__":
     parser.add_argument("--profile", default="")
     parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
     parser.add_argument("--queries", type=int, default=0, help="count statements and print the N most frequent")
+    parser.add_argument("--trace", action="store_true", help="print the statements of one more order, in order")
     _args = parser.parse_args()
 
     if _args.loop == "uvloop":  # what Ray's workers, Serve's replicas among them, run on
