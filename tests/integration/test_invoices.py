@@ -51,12 +51,9 @@ async def a_rate(client, admin, rate: str, country: str = "DE") -> str:
 # -- numbering -------------------------------------------------------------------------------------------------
 
 
-async def test_200_concurrent_invoices_are_numbered_1_to_200_and_failures_in_the_middle_leave_no_gap():
-    from nexus_ray.stores import postgres
-
-    name = series()
-    pg = await postgres.pool()
-    # A fault injected after the number is taken and the invoice written: recording its event fails.
+async def inject_fault(pg) -> None:  # type: ignore[no-untyped-def]
+    """A fault after the number is taken and the invoice written: recording the event of an issue whose source id
+    starts with ``fault-`` fails."""
     await pg.execute("""
         CREATE OR REPLACE FUNCTION test_invoice_fault() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN
@@ -67,13 +64,42 @@ async def test_200_concurrent_invoices_are_numbered_1_to_200_and_failures_in_the
         END $$;
         CREATE TRIGGER test_invoice_fault BEFORE INSERT ON outbox
             FOR EACH ROW EXECUTE FUNCTION test_invoice_fault();""")
+
+
+async def remove_fault(pg) -> None:  # type: ignore[no-untyped-def]
+    await pg.execute("DROP TRIGGER test_invoice_fault ON outbox; DROP FUNCTION test_invoice_fault();")
+
+
+async def test_a_lone_issue_that_fails_gives_its_number_back():
+    """An issue with no other of its series waiting is written in a transaction of its own: when it fails after
+    taking its number, the number is not used, and the next issue of the series takes it."""
+    from nexus_ray.stores import postgres
+
+    name = series()
+    pg = await postgres.pool()
+    await inject_fault(pg)
+    try:
+        with pytest.raises(asyncpg.RaiseError):
+            await issue(series_name=name, lines=[line()], order_id="fault-alone")
+    finally:
+        await remove_fault(pg)
+    assert await pg.fetchval("SELECT count(*) FROM invoices WHERE series = $1", name) == 0
+    assert (await issue(series_name=name, lines=[line()])).number == 1
+
+
+async def test_200_concurrent_invoices_are_numbered_1_to_200_and_failures_in_the_middle_leave_no_gap():
+    from nexus_ray.stores import postgres
+
+    name = series()
+    pg = await postgres.pool()
+    await inject_fault(pg)
     try:
         jobs = [issue(series_name=name, lines=[line(100 + i)]) for i in range(200)]
         for i in range(10):  # spread among the good ones
             jobs.insert(i * 20 + 7, issue(series_name=name, lines=[line()], order_id=f"fault-{i}"))
         results = await asyncio.gather(*jobs, return_exceptions=True)
     finally:
-        await pg.execute("DROP TRIGGER test_invoice_fault ON outbox; DROP FUNCTION test_invoice_fault();")
+        await remove_fault(pg)
     failed = [r for r in results if isinstance(r, BaseException)]
     assert len(failed) == 10 and all(isinstance(f, asyncpg.RaiseError) for f in failed), failed[:1]
     numbers = sorted(r.number for r in results if not isinstance(r, BaseException))

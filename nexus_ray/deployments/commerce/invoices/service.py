@@ -282,7 +282,8 @@ SELECT number FROM inv"""
 
 
 async def _write(conn: asyncpg.Connection, item: _Issue) -> int | None:
-    """Write ``item`` on ``conn`` (in a savepoint of its batch): its number, or None for a duplicate key."""
+    """Write ``item`` on ``conn`` (in a savepoint of its batch, or in a transaction of its own): its number;
+    raises _Duplicate when its key was used (roll back: the counter moved)."""
     p = item.priced
     number = await conn.fetchval(
         _INSERT, item.id, item.series, item.source, item.source_id, item.customer.get("id"), item.customer,
@@ -360,7 +361,8 @@ class _SeriesBatches:
     savepoint of its own: a failing issue takes back its own number and the others go on, so the
     numbers that commit are still consecutive. If the transaction itself fails (the connection is
     lost, the commit fails), every issue of the batch fails and no number was used. Other
-    processes' batches queue on the counter's row lock as single issues would.
+    processes' batches queue on the counter's row lock as single issues would. A batch of one (a quiet
+    series) is written by its one-statement insert in a transaction of its own, without savepoints.
     """
 
     def __init__(self, max_batch: int = 200) -> None:
@@ -386,6 +388,8 @@ class _SeriesBatches:
             self.draining.discard(series)
 
     async def _commit(self, batch: list[_Issue]) -> None:
+        if len(batch) == 1:
+            return await self._commit_one(batch[0])
         outcomes: list[int | BaseException | None] = []
         try:
             async with postgres.transaction() as conn:
@@ -416,6 +420,24 @@ class _SeriesBatches:
                 item.done.set_exception(outcome)
             else:
                 item.done.set_result(outcome)
+
+    async def _commit_one(self, item: _Issue) -> None:
+        """A batch of one (no issue of its series was waiting): its one-statement write and its event in a
+        transaction of their own, with no savepoint to set and release. A duplicate key or a failure rolls the
+        whole transaction back, so its number is given back as in a batch."""
+        try:
+            async with postgres.transaction() as conn:
+                number = await _write(conn, item)
+        except _Duplicate:
+            number = None
+        except BaseException as exc:  # nothing committed
+            if not item.done.done():
+                item.done.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        if not item.done.done():
+            item.done.set_result(number)
 
 
 _batches = _SeriesBatches()
