@@ -326,7 +326,7 @@ async def _on_order_paid(conn: asyncpg.Connection, event: Event) -> None:
         conn, caller="order.paid", order_id=order_id, address=Address.model_validate(shipping["address"]),
         weight_g=int(shipping["weight_g"]), service_level=str(shipping.get("service_level", "standard")),
         customer=customer if isinstance(customer, str) else None, idempotency_key=None)
-    log.info("order %s paid: shipment %s %s", order_id, shipment.id, "existed" if existed else "created")
+    log.debug("order %s paid: shipment %s %s", order_id, shipment.id, "existed" if existed else "created")
 
 
 async def _on_order_cancelled(conn: asyncpg.Connection, event: Event) -> None:

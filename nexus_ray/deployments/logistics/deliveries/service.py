@@ -427,7 +427,7 @@ async def on_assigned(conn: asyncpg.Connection, data: dict[str, Any]) -> Deliver
 async def _on_event(conn: asyncpg.Connection, event: Event) -> None:
     if event.topic == SHIPMENT_CREATED:
         if await create_from_shipment(conn, event.data) is not None:
-            log.info("delivery created from a shipment")
+            log.debug("delivery created from a shipment")
     elif event.topic == DISPATCH_ASSIGNED:
         await on_assigned(conn, event.data)
 

@@ -210,7 +210,7 @@ async def notify_user(
     transaction; ``key`` makes it idempotent (one message per key, channel and address). Returns how many."""
     contact = await _contact(conn, user_id)
     if contact is None:
-        log.info("no contact details for user %s: %s not sent", user_id, template)
+        log.debug("no contact details for user %s: %s not sent", user_id, template)
         return 0
     now = datetime.now(UTC)
     queued = 0
@@ -444,7 +444,7 @@ async def on_event(conn: asyncpg.Connection, event: Event) -> None:
     template, category, fields, urgent = route
     user_id = next((str(event.data[f]) for f in fields if event.data.get(f)), None)
     if user_id is None:
-        log.info("event %s (%s) names no user: nothing to notify", event.id, event.topic)
+        log.debug("event %s (%s) names no user: nothing to notify", event.id, event.topic)
         return
     queued = await notify_user(conn, user_id=user_id, category=category, template=template, data=event.data,
                                urgent=urgent, key=f"event:{event.id}", source_event=event.id)
