@@ -388,24 +388,12 @@ class _SeriesBatches:
             self.draining.discard(series)
 
     async def _commit(self, batch: list[_Issue]) -> None:
-        if len(batch) == 1:
-            return await self._commit_one(batch[0])
-        outcomes: list[int | BaseException | None] = []
+        outcomes: list[int | BaseException | None]
         try:
-            async with postgres.transaction() as conn:
-                try:
-                    async with conn.transaction():  # a savepoint: the set-based attempt, all or nothing
-                        outcomes = list(await _write_all(conn, batch[0].series, batch))
-                except (_Duplicate, asyncpg.PostgresError):
-                    outcomes = []  # one issue of the batch cannot be written: write them one at a time
-                    for item in batch:
-                        try:
-                            async with conn.transaction():  # a savepoint: a failure takes back this one alone
-                                outcomes.append(await _write(conn, item))
-                        except _Duplicate:
-                            outcomes.append(None)
-                        except (asyncpg.PostgresError, NexusError) as exc:
-                            outcomes.append(exc)
+            if len(batch) == 1:
+                outcomes = [await _write_alone(batch[0])]
+            else:
+                outcomes = await _write_batch(batch)
         except BaseException as exc:  # nothing of the batch committed
             for item in batch:
                 if not item.done.done():
@@ -421,23 +409,36 @@ class _SeriesBatches:
             else:
                 item.done.set_result(outcome)
 
-    async def _commit_one(self, item: _Issue) -> None:
-        """A batch of one (no issue of its series was waiting): its one-statement write and its event in a
-        transaction of their own, with no savepoint to set and release. A duplicate key or a failure rolls the
-        whole transaction back, so its number is given back as in a batch."""
+
+async def _write_batch(batch: list[_Issue]) -> list[int | BaseException | None]:
+    """Several issues in one transaction: set-based in a savepoint, else one at a time, each in its own."""
+    outcomes: list[int | BaseException | None] = []
+    async with postgres.transaction() as conn:
         try:
-            async with postgres.transaction() as conn:
-                number = await _write(conn, item)
-        except _Duplicate:
-            number = None
-        except BaseException as exc:  # nothing committed
-            if not item.done.done():
-                item.done.set_exception(exc)
-            if not isinstance(exc, Exception):
-                raise
-            return
-        if not item.done.done():
-            item.done.set_result(number)
+            async with conn.transaction():  # a savepoint: the set-based attempt, all or nothing
+                outcomes = list(await _write_all(conn, batch[0].series, batch))
+        except (_Duplicate, asyncpg.PostgresError):
+            outcomes = []  # one issue of the batch cannot be written: write them one at a time
+            for item in batch:
+                try:
+                    async with conn.transaction():  # a savepoint: a failure takes back this one alone
+                        outcomes.append(await _write(conn, item))
+                except _Duplicate:
+                    outcomes.append(None)
+                except (asyncpg.PostgresError, NexusError) as exc:
+                    outcomes.append(exc)
+    return outcomes
+
+
+async def _write_alone(item: _Issue) -> int | None:
+    """A batch of one (no issue of its series was waiting): its one-statement write and its event in a transaction
+    of their own, with no savepoint to set and release. A duplicate key (None) or a failure (raised) rolls the whole
+    transaction back, so its number is given back as in a batch."""
+    try:
+        async with postgres.transaction() as conn:
+            return await _write(conn, item)
+    except _Duplicate:
+        return None
 
 
 _batches = _SeriesBatches()
