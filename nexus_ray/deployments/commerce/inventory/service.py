@@ -470,9 +470,12 @@ async def _finish(conn: asyncpg.Connection, caller: str, res: Sequence[asyncpg.R
     rows = await conn.fetch(
         f"UPDATE inventory_reservations SET status = $2, returned = returned OR status = 'committed', "
         f"resolved_at = now() WHERE id = ANY($1::uuid[]) RETURNING {_RES_COLUMNS}", ids, status)
+    by_reservation: dict[UUID, list[asyncpg.Record]] = {}
+    for ln in lines:  # in reservation, SKU and warehouse order
+        by_reservation.setdefault(ln["reservation_id"], []).append(ln)
     reads = {}
     for row in rows:
-        read = reads[row["id"]] = _read_of(row, [ln for ln in lines if ln["reservation_id"] == row["id"]])
+        read = reads[row["id"]] = _read_of(row, by_reservation.get(row["id"], []))
         await emit(conn, reservation_topic("returned" if row["returned"] and status == "released" else status),
                    read.model_dump(mode="json"), key=str(row["id"]))
     return reads

@@ -64,7 +64,6 @@ log = logging.getLogger(__name__)
 
 COLUMNS = ("id, customer, status, capture_method, currency, total, request, request_hash, results, undone, "
            "refund_restock, failure, attempts, lease_owner, lease_until, created_at, updated_at")
-_QUALIFIED = ", ".join(f"o.{c.strip()}" for c in COLUMNS.split(","))
 #: Where each kind of unwinding ends.
 SETTLES = {"compensating": "failed", "cancelling": "cancelled", "refunding": "refunded"}
 #: The forward steps after which the order's status changes.
@@ -123,7 +122,7 @@ _WRITE = (
     f"failure = coalesce($5::jsonb, o.failure), total = coalesce($6, o.total), attempts = coalesce($7, o.attempts), "
     f"lease_owner = CASE WHEN $8::float8 IS NULL THEN o.lease_owner END, "
     f"lease_until = now() + make_interval(secs => coalesce($8::float8, $9::float8)), updated_at = now() "
-    f"WHERE o.id = $1 AND o.lease_owner = $10 AND o.status = $11 RETURNING {_QUALIFIED}), "
+    f"WHERE o.id = $1 AND o.lease_owner = $10 AND o.status = $11 RETURNING {COLUMNS}), "
     f"l AS ({_log_insert(12, '$10')}), e AS ({_event_insert(16)}) "
     f"SELECT {COLUMNS}, CASE WHEN $17::text IS NOT NULL THEN {NOTIFY} END FROM o")
 
