@@ -95,20 +95,28 @@ async def emit(
     key: str | None = None,
     event_id: uuid.UUID | None = None,
     headers: dict[str, str] | None = None,
+    beside: str = "",
+    args: Sequence[Any] = (),
 ) -> uuid.UUID:
-    """Record an event in the outbox on ``conn`` (which must be inside a transaction)."""
+    """Record an event in the outbox on ``conn`` (which must be inside a transaction).
+
+    ``beside``: the change the event reports, as a data-modifying statement whose parameters are numbered from
+    ``$6`` and given in ``args``; it runs in the same statement as the event's insert (one round trip for both).
+    """
     if not conn.is_in_transaction():
         raise RuntimeError("emit() must run inside the transaction of the change it reports")
     event_id = event_id or postgres.new_ids(1)[0]  # time-ordered, like emit_many's
     # The notification is delivered on commit and wakes the relay; sent in the same statement as
     # the insert, so an event costs one round trip.
+    change = f"c AS ({beside}), " if beside else ""
     await conn.execute(
-        f"WITH e AS ({outbox_insert('$1', '$2', '$3', '$4', '$5')}) SELECT {NOTIFY}",
+        f"WITH {change}e AS ({outbox_insert('$1', '$2', '$3', '$4', '$5')}) SELECT {NOTIFY}",
         event_id,
         topic,
         key,
         data,
         headers or {},
+        *args,
     )
     return event_id
 

@@ -104,6 +104,23 @@ async def test_a_keyed_change_that_refuses_is_stored_as_refused_and_leaves_nothi
     assert (done.status, done.body) == (201, {"marker": kept}) and await written(kept) == (1, 1)
 
 
+async def test_an_event_emitted_beside_its_change_is_written_with_it_or_not_at_all(migrated):
+    p = await postgres.pool()
+    await p.execute("CREATE TABLE IF NOT EXISTS t_beside (id text PRIMARY KEY, n int NOT NULL CHECK (n > 0))")
+    marker = uuid.uuid4().hex
+    beside = "INSERT INTO t_beside (id, n) VALUES ($6, $7)"
+    async with postgres.transaction() as conn:
+        await events.emit(conn, "test.beside", {"marker": marker}, key=marker, beside=beside, args=[marker, 1])
+    assert await p.fetchval("SELECT n FROM t_beside WHERE id = $1", marker) == 1
+    assert await p.fetchval("SELECT key FROM outbox WHERE payload->>'marker' = $1", marker) == marker
+    refused = uuid.uuid4().hex  # the change fails its check: the statement writes neither
+    with pytest.raises(asyncpg.CheckViolationError):
+        async with postgres.transaction() as conn:
+            await events.emit(conn, "test.beside", {"marker": refused}, beside=beside, args=[refused, 0])
+    assert await p.fetchval("SELECT count(*) FROM t_beside WHERE id = $1", refused) == 0
+    assert await p.fetchval("SELECT count(*) FROM outbox WHERE payload->>'marker' = $1", refused) == 0
+
+
 async def test_emit_outside_transaction_refused(migrated):
     p = await postgres.pool()
     async with p.acquire() as conn:

@@ -33,6 +33,7 @@ import asyncio
 import hashlib
 import logging
 from collections.abc import Sequence
+from typing import NamedTuple
 from uuid import UUID
 
 from nexus_ray.deployments.commerce.ledger import service as ledger
@@ -84,39 +85,49 @@ async def accounts(currency: str) -> dict[str, UUID]:
     return found
 
 
-async def post(posting_ids: Sequence[UUID]) -> int:
-    """Post the pending postings ``posting_ids`` to the ledger; returns how many are now posted.
+class Posting(NamedTuple):
+    """A pending row of ``billing_ledger_postings``: what is to be posted."""
 
-    A failure (the ledger away) leaves the posting pending for :func:`retry_forever`; it is logged, not raised:
-    the capture or refund it belongs to has happened.
+    id: UUID
+    payment_intent_id: UUID
+    kind: str  # capture | refund
+    source_id: UUID  # the intent's id for its capture, the refund's id for a refund
+    amount: int
+    currency: str
+
+
+async def post(pending: Sequence[Posting]) -> int:
+    """Post the ``pending`` postings to the ledger; returns how many are now posted.
+
+    The request that queued a posting passes it on as it wrote it, after its commit; the retry loop passes what it
+    found pending. A row posted by someone else meanwhile is posted again harmlessly: the ledger answers its key
+    with the same entry, and only a pending row is marked posted. A failure (the ledger away) leaves the posting
+    pending for :func:`retry_forever`; it is logged, not raised: the capture or refund it belongs to has happened.
     """
-    if not posting_ids:
+    if not pending:
         return 0
     pg = await postgres.pool()
-    rows = await pg.fetch(
-        "SELECT id, payment_intent_id, kind, source_id, amount, currency FROM billing_ledger_postings "
-        "WHERE id = ANY($1::uuid[]) AND status = 'pending' ORDER BY created_at", list(posting_ids))
     posted = 0
-    for r in rows:
-        currency = r["currency"].strip()
+    for r in pending:
+        currency = r.currency.strip()
         try:
             acct = await accounts(currency)
             debit, credit = acct["clearing"], acct["merchant_payable"]
-            if r["kind"] == "refund":
+            if r.kind == "refund":
                 debit, credit = credit, debit
             entry = await call(
                 "ledger-mgr", "post_transfer", caller=CALLER, debit_account_id=debit, credit_account_id=credit,
-                amount=r["amount"], currency=currency, idempotency_key=f"billing:{r['kind']}:{r['source_id']}",
-                description=f"billing {r['kind']} of payment intent {r['payment_intent_id']}",
-                metadata={"payment_intent_id": str(r["payment_intent_id"]), "billing_posting_id": str(r["id"])})
+                amount=r.amount, currency=currency, idempotency_key=f"billing:{r.kind}:{r.source_id}",
+                description=f"billing {r.kind} of payment intent {r.payment_intent_id}",
+                metadata={"payment_intent_id": str(r.payment_intent_id), "billing_posting_id": str(r.id)})
         except Exception as exc:
-            log.warning("ledger posting %s failed, retried later: %s", r["id"], type(exc).__name__)
+            log.warning("ledger posting %s failed, retried later: %s", r.id, type(exc).__name__)
             await pg.execute("UPDATE billing_ledger_postings SET attempts = attempts + 1, last_error = $2 "
-                             "WHERE id = $1", r["id"], type(exc).__name__)
+                             "WHERE id = $1", r.id, type(exc).__name__)
             continue
         await pg.execute("UPDATE billing_ledger_postings SET status = 'posted', entry_id = $2, posted_at = now(), "
                          "attempts = attempts + 1, last_error = NULL WHERE id = $1 AND status = 'pending'",
-                         r["id"], entry.id)
+                         r.id, entry.id)
         posted += 1
     return posted
 
@@ -124,11 +135,10 @@ async def post(posting_ids: Sequence[UUID]) -> int:
 async def retry_pending(*, older_than_s: float, limit: int = 200) -> int:
     """Post pending postings older than ``older_than_s`` (their request's own try failed, or it crashed)."""
     pg = await postgres.pool()
-    ids = [r["id"] for r in await pg.fetch(
-        "SELECT id FROM billing_ledger_postings WHERE status = 'pending' "
-        "AND created_at <= now() - make_interval(secs => $1) ORDER BY created_at LIMIT $2",
-        float(older_than_s), limit)]
-    return await post(ids)
+    rows = await pg.fetch(
+        f"SELECT {', '.join(Posting._fields)} FROM billing_ledger_postings WHERE status = 'pending' "
+        "AND created_at <= now() - make_interval(secs => $1) ORDER BY created_at LIMIT $2", float(older_than_s), limit)
+    return await post([Posting(*r) for r in rows])
 
 
 async def retry_forever() -> None:

@@ -105,12 +105,13 @@ def _move(row: asyncpg.Record, to: str, action: str) -> None:
         raise _unexpected(row, action)
 
 
-async def _publish(conn: asyncpg.Connection, queued: list[int], topic: str, owner: str, key: UUID,
+async def _publish(conn: asyncpg.Connection, queued: list[int], topics: Sequence[str], owner: str, key: UUID,
                    data: dict[str, Any]) -> None:
-    """The event ``topic`` in the outbox and queued for the merchant's webhooks, in the change's transaction; how
-    many deliveries it queued goes on ``queued`` (the deliverer is woken after the commit only for those)."""
-    queued.append(await webhooks.publish(conn, topic=topic, key=str(key), owner=owner,
-                                         event_type=WEBHOOK_TYPE.get(topic, topic), data=data))
+    """The events ``topics`` (about one object, ``data``) in the outbox and queued for the merchant's webhooks, in
+    the change's transaction and one statement; how many deliveries they queued goes on ``queued`` (the deliverer
+    is woken after the commit only for those)."""
+    queued.append(await webhooks.publish(conn, events=[(topic, WEBHOOK_TYPE.get(topic, topic)) for topic in topics],
+                                         key=str(key), owner=owner, data=data))
 
 
 async def _locked(conn: asyncpg.Connection, intent_id: UUID, caller: str, privileged: bool) -> asyncpg.Record:
@@ -173,10 +174,9 @@ async def authorize(
             assert known is not None
             return _authorized(_intent_read(known).model_dump(mode="json"), known["decline_code"])
         intent = _intent_read(row).model_dump(mode="json")
-        await _publish(conn, hooks, "payment_intent.created", caller, intent_id, intent)
         topic = {"authorized": "payment_intent.authorized", "requires_action": "payment_intent.requires_action",
                  "declined": "payment_intent.payment_failed"}[charge.status]
-        await _publish(conn, hooks, topic, caller, intent_id, intent)
+        await _publish(conn, hooks, ["payment_intent.created", topic], caller, intent_id, intent)
         return _authorized(intent, charge.decline_code)
 
     outcome = await KEYS.run(scope=caller, key=idempotency_key, fingerprint=fp, work=work, field_name=field_name)
@@ -203,7 +203,7 @@ async def on_provider_update(charge: Charge) -> None:
             f"RETURNING {_INTENT}", row["id"], charge.status, charge.decline_code)
         assert row is not None
         topic = "payment_intent.authorized" if charge.status == "authorized" else "payment_intent.payment_failed"
-        await _publish(conn, hooks, topic, row["created_by"], row["id"], _intent_read(row).model_dump(mode="json"))
+        await _publish(conn, hooks, [topic], row["created_by"], row["id"], _intent_read(row).model_dump(mode="json"))
     webhooks.wake(sum(hooks))
 
 
@@ -222,7 +222,7 @@ async def capture(
     """Capture an authorized intent (all, or ``amount`` of it): 200 with the captured intent."""
     fp = fingerprint("capture", {"payment_intent_id": str(intent_id), "amount": amount})
     hooks: list[int] = []
-    queued: list[UUID] = []
+    queued: list[postings.Posting] = []
 
     async def work(conn: asyncpg.Connection) -> tuple[int, dict[str, Any]]:
         row = await _locked(conn, intent_id, caller, privileged)
@@ -233,13 +233,11 @@ async def capture(
                                              "less_than_equal")
         await provider().capture(charge_id=row["provider_charge_id"], amount=take,
                                  idempotency_key=f"billing:capture:{intent_id}")
-        row = await conn.fetchrow(
-            f"UPDATE billing_payment_intents SET status = 'captured', amount_captured = $2, updated_at = now() "
-            f"WHERE id = $1 RETURNING {_INTENT}", intent_id, take)
-        assert row is not None
-        queued.append(await _queue_posting(conn, row, "capture", intent_id, take))
+        row = await _moved(conn, queued, "UPDATE billing_payment_intents SET status = 'captured', "
+                           "amount_captured = $2, updated_at = now() WHERE id = $1",
+                           intent_id, take, "capture", intent_id)
         intent = _intent_read(row).model_dump(mode="json")
-        await _publish(conn, hooks, "payment_intent.succeeded", row["created_by"], intent_id, intent)
+        await _publish(conn, hooks, ["payment_intent.succeeded"], row["created_by"], intent_id, intent)
         return 200, intent
 
     outcome = await KEYS.run(scope=caller, key=idempotency_key, fingerprint=fp, work=work, field_name=field_name)
@@ -248,14 +246,20 @@ async def capture(
     return outcome
 
 
-async def _queue_posting(conn: asyncpg.Connection, intent: asyncpg.Record, kind: str, source_id: UUID,
-                         amount: int) -> UUID:
-    posting_id = uuid.uuid4()
-    await conn.execute(
-        "INSERT INTO billing_ledger_postings (id, payment_intent_id, kind, source_id, amount, currency, status) "
-        "VALUES ($1, $2, $3, $4, $5, $6, 'pending')", posting_id, intent["id"], kind, source_id, amount,
-        intent["currency"])
-    return posting_id
+async def _moved(conn: asyncpg.Connection, queued: list[postings.Posting], update: str, intent_id: UUID, amount: int,
+                 kind: str, source_id: UUID) -> asyncpg.Record:
+    """The intent after ``update`` (of intent $1, moving the amount $2), with the ledger posting of that amount queued
+    in the same statement; the posting goes on ``queued``, to be posted after the commit."""
+    posting = postings.Posting(id=uuid.uuid4(), payment_intent_id=intent_id, kind=kind, source_id=source_id,
+                               amount=amount, currency="")
+    row = await conn.fetchrow(
+        f"WITH i AS ({update} RETURNING {_INTENT}), p AS (INSERT INTO billing_ledger_postings "
+        f"(id, payment_intent_id, kind, source_id, amount, currency, status) "
+        f"SELECT $3, i.id, $4, $5, $2, i.currency, 'pending' FROM i) SELECT * FROM i",
+        intent_id, amount, posting.id, kind, source_id)
+    assert row is not None
+    queued.append(posting._replace(currency=row["currency"]))
+    return row
 
 
 async def cancel(*, caller: str, privileged: bool, intent_id: UUID, idempotency_key: str | None = None,
@@ -275,7 +279,7 @@ async def cancel(*, caller: str, privileged: bool, intent_id: UUID, idempotency_
             f"RETURNING {_INTENT}", intent_id)
         assert row is not None
         intent = _intent_read(row).model_dump(mode="json")
-        await _publish(conn, hooks, "payment_intent.canceled", row["created_by"], intent_id, intent)
+        await _publish(conn, hooks, ["payment_intent.canceled"], row["created_by"], intent_id, intent)
         return 200, intent
 
     outcome = await KEYS.run(scope=caller, key=idempotency_key, fingerprint=fp, work=work, field_name=field_name)
@@ -290,7 +294,7 @@ async def refund(
     """Refund ``amount`` (default: all not yet refunded) of a captured intent: 201 with the refund."""
     fp = fingerprint("refund", {"payment_intent_id": str(intent_id), "amount": amount, "reason": reason})
     hooks: list[int] = []
-    queued: list[UUID] = []
+    queued: list[postings.Posting] = []
 
     async def work(conn: asyncpg.Connection) -> tuple[int, dict[str, Any]]:
         row = await _locked(conn, intent_id, caller, privileged)
@@ -313,14 +317,12 @@ async def refund(
             known = await conn.fetchrow(f"SELECT {_REFUND} FROM billing_refunds WHERE provider_refund_id = $1", done.id)
             assert known is not None
             return 201, _refund_read(known, _intent_read(row)).model_dump(mode="json")
-        row = await conn.fetchrow(
-            f"UPDATE billing_payment_intents SET amount_refunded = amount_refunded + $2, updated_at = now(), "
-            f"status = CASE WHEN amount_refunded + $2 = amount_captured THEN 'refunded' ELSE 'partially_refunded' END "
-            f"WHERE id = $1 RETURNING {_INTENT}", intent_id, take)
-        assert row is not None and refund_row is not None
-        queued.append(await _queue_posting(conn, row, "refund", refund_id, take))
+        row = await _moved(
+            conn, queued, "UPDATE billing_payment_intents SET amount_refunded = amount_refunded + $2, "
+            "updated_at = now(), status = CASE WHEN amount_refunded + $2 = amount_captured THEN 'refunded' "
+            "ELSE 'partially_refunded' END WHERE id = $1", intent_id, take, "refund", refund_id)
         result = _refund_read(refund_row, _intent_read(row)).model_dump(mode="json")
-        await _publish(conn, hooks, "payment_intent.refunded", row["created_by"], intent_id, result)
+        await _publish(conn, hooks, ["payment_intent.refunded"], row["created_by"], intent_id, result)
         return 201, result
 
     outcome = await KEYS.run(scope=caller, key=idempotency_key, fingerprint=fp, work=work, field_name=field_name)

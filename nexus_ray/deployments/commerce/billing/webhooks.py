@@ -213,23 +213,29 @@ async def list_deliveries(*, endpoint_id: UUID, owner: str, privileged: bool, pa
 # -- queueing and delivery ---------------------------------------------------------------------------------------
 
 
-async def publish(conn: asyncpg.Connection, *, topic: str, key: str, owner: str, event_type: str,
+async def publish(conn: asyncpg.Connection, *, events: Sequence[tuple[str, str]], key: str, owner: str,
                   data: dict[str, Any]) -> int:
-    """The event ``topic`` in the outbox and queued as ``event_type`` for ``owner``'s endpoints that want it, in the
-    caller's transaction and in one statement; returns how many deliveries were queued."""
+    """Record ``events`` -- ``(outbox topic, webhook event type)`` pairs about one object, ``data`` -- in the outbox,
+    in order, and queue each for ``owner``'s endpoints that want its type: in the caller's transaction and in one
+    statement whatever their number. Returns how many deliveries were queued."""
     if not conn.is_in_transaction():
         raise RuntimeError("publish() must run inside the transaction of the change it reports")
-    event_id = postgres.new_ids(1)[0]
-    body = orjson.dumps({"id": str(event_id), "object": "event", "type": event_type,
-                         "created": int(datetime.now(UTC).timestamp()), "data": {"object": data}}).decode()
+    ids = postgres.new_ids(len(events))
+    created = int(datetime.now(UTC).timestamp())
+    bodies = [orjson.dumps({"id": str(event_id), "object": "event", "type": event_type, "created": created,
+                            "data": {"object": data}}).decode()
+              for event_id, (_, event_type) in zip(ids, events, strict=True)]
     row = await conn.fetchrow(
-        f"WITH e AS ({outbox_insert('$1', '$2', '$3', '$4', '$5')}), "
+        "WITH v AS (SELECT * FROM unnest($1::uuid[], $2::text[], $6::text[], $7::text[]) WITH ORDINALITY "
+        "AS v(event_id, topic, event_type, body, n)), "
+        f"e AS ({outbox_insert('v.event_id', 'v.topic', '$3', '$4', '$5', source='FROM v ORDER BY v.n')}), "
         "d AS (INSERT INTO billing_webhook_deliveries (id, endpoint_id, event_id, event_type, body, status, "
-        "next_attempt_at) SELECT gen_random_uuid(), id, $1, $6, $7, 'pending', now() FROM billing_webhook_endpoints "
-        "WHERE owner = $8 AND status = 'enabled' AND ('*' = ANY(events) OR $6 = ANY(events)) "
+        "next_attempt_at) SELECT gen_random_uuid(), w.id, v.event_id, v.event_type, v.body, 'pending', now() "
+        "FROM billing_webhook_endpoints w JOIN v ON '*' = ANY(w.events) OR v.event_type = ANY(w.events) "
+        "WHERE w.owner = $8 AND w.status = 'enabled' "
         "ON CONFLICT (endpoint_id, event_id) DO NOTHING RETURNING 1) "
         f"SELECT {NOTIFY}, (SELECT count(*) FROM d) AS queued",
-        event_id, topic, key, data, {}, event_type, body, owner)
+        ids, [topic for topic, _ in events], key, data, {}, [event_type for _, event_type in events], bodies, owner)
     return int(row["queued"])
 
 

@@ -144,11 +144,19 @@ async def _apply(conn: asyncpg.Connection, caller: str, moves: Sequence[Move],
         t[1] += m.reserved
     keys = sorted(totals)
     try:
+        # The history and the stock rows in one statement.
         found = {(r["sku"], r["warehouse_id"]) for r in await conn.fetch(
+            "WITH m AS (INSERT INTO inventory_movements (sku, warehouse_id, kind, on_hand_delta, reserved_delta, "
+            "reservation_id, note, created_by) SELECT s, w, k, o, r, i, n, $12 FROM unnest($5::text[], $6::text[], "
+            "$7::text[], $8::int8[], $9::int8[], $10::uuid[], $11::text[]) "
+            "WITH ORDINALITY AS u(s, w, k, o, r, i, n, x) ORDER BY x) "
             "UPDATE inventory_stock s SET on_hand = s.on_hand + u.o, reserved = s.reserved + u.r "
             "FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[]) AS u(k, w, o, r) "
             "WHERE s.sku = u.k AND s.warehouse_id = u.w RETURNING s.sku, s.warehouse_id",
-            [k[0] for k in keys], [k[1] for k in keys], [totals[k][0] for k in keys], [totals[k][1] for k in keys])}
+            [k[0] for k in keys], [k[1] for k in keys], [totals[k][0] for k in keys], [totals[k][1] for k in keys],
+            [m.sku for m in moves], [m.warehouse_id for m in moves], [m.kind for m in moves],
+            [m.on_hand for m in moves], [m.reserved for m in moves], [m.reservation_id for m in moves],
+            [m.note for m in moves], caller)}
         new = [k for k in keys if k not in found]  # a SKU's first units in a warehouse
         if new:
             await conn.execute(
@@ -159,13 +167,6 @@ async def _apply(conn: asyncpg.Connection, caller: str, moves: Sequence[Move],
         # Only reachable through a bug in the checks before: the database refuses to oversell.
         raise Conflict("the change would take stock below zero or below what is reserved",
                        extra={"code": "insufficient_stock"}) from None
-    await conn.execute(
-        "INSERT INTO inventory_movements (sku, warehouse_id, kind, on_hand_delta, reserved_delta, reservation_id, "
-        "note, created_by) SELECT s, w, k, o, r, i, n, $8 FROM unnest($1::text[], $2::text[], $3::text[], "
-        "$4::int8[], $5::int8[], $6::uuid[], $7::text[]) WITH ORDINALITY AS u(s, w, k, o, r, i, n, x) ORDER BY x",
-        [m.sku for m in moves], [m.warehouse_id for m in moves], [m.kind for m in moves],
-        [m.on_hand for m in moves], [m.reserved for m in moves], [m.reservation_id for m in moves],
-        [m.note for m in moves], caller)
     skus = sorted({m.sku for m in moves})
     if known is None or any(sku not in known for sku in skus):
         await _flag_low(conn, skus)
@@ -432,15 +433,14 @@ async def reserve(*, caller: str, reference: str, lines: Sequence[dict[str, Any]
                 raise _insufficient(first_index[sku], sku, wanted[sku], free)  # rolls the claim back too
             moves += [Move(sku, w, "reserve", 0, q, rid) for w, q in _allocate(wanted[sku], by_sku[sku])]
         await _apply(conn, caller, moves, known)
-        await conn.execute(
-            "INSERT INTO inventory_reservation_lines (reservation_id, sku, warehouse_id, quantity) "
-            "SELECT $1, * FROM unnest($2::text[], $3::text[], $4::int8[])",
-            rid, [m.sku for m in moves], [m.warehouse_id for m in moves], [m.reserved for m in moves])
         out = ReservationRead(id=rid, reference=reference, status="held", returned=False, created_at=now,
                               expires_at=now + timedelta(seconds=ttl_s), resolved_at=None,
                               lines=sorted((ReservationLine(sku=m.sku, warehouse_id=m.warehouse_id, quantity=m.reserved)
                                             for m in moves), key=lambda ln: (ln.sku, ln.warehouse_id)))
-        await emit(conn, reservation_topic("held"), out.model_dump(mode="json"), key=str(rid))
+        await emit(conn, reservation_topic("held"), out.model_dump(mode="json"), key=str(rid),
+                   beside="INSERT INTO inventory_reservation_lines (reservation_id, sku, warehouse_id, quantity) "
+                          "SELECT $6, * FROM unnest($7::text[], $8::text[], $9::int8[])",
+                   args=[rid, [m.sku for m in moves], [m.warehouse_id for m in moves], [m.reserved for m in moves]])
     return out, False
 
 
