@@ -506,6 +506,15 @@ async def request_replay(*, dead_letter_id: int) -> DeadLetter:
     return DeadLetter.from_row(row)
 
 
+RELAXED_FETCH_WAIT_MS = 2000
+"""``fetch_max_wait_ms`` for a consumer whose events may wait a second or two (e-mail, clean-up after an erasure).
+
+Kafka's default is 500 ms. Each idle consumer's long poll costs the embedded broker about 0.8 % of a core at 500 ms
+and 0.2 % at 2 s. But the embedded broker answers a waiting fetch late, not when a record arrives, so a longer wait
+delays delivery (median 68 ms at 500 ms, about 200 ms at 2 s; bench/RESULTS.md, issue 6). The order flow's
+consumers keep the default."""
+
+
 class EventConsumer:
     """Consumes topics in a consumer group, at-least-once, idempotent by event id.
 

@@ -39,7 +39,7 @@ from nexus_ray.deployments.kit.pages import Page, PageRequest, one_or_404
 from nexus_ray.deployments.kit.settings import settings_of
 from nexus_ray.exceptions import Conflict, ValidationFailed
 from nexus_ray.stores import postgres
-from nexus_ray.stores.events import Event, EventConsumer
+from nexus_ray.stores.events import RELAXED_FETCH_WAIT_MS, Event, EventConsumer
 
 from . import providers, templates
 from .models import MessageCreate, MessageRead, Preferences, PushSubscription, TemplateBody, TemplateRead
@@ -456,7 +456,7 @@ async def consume_events() -> None:
     """Background: the consumer of the events that notify users."""
     if not settings().notifications_consume_events:
         return
-    await EventConsumer(CONSUMER_GROUP, sorted(ROUTES), on_event).run()
+    await EventConsumer(CONSUMER_GROUP, sorted(ROUTES), on_event, fetch_max_wait_ms=RELAXED_FETCH_WAIT_MS).run()
 
 
 __all__ = ["consume_events", "deliver_due", "deliver_forever", "notify_user", "on_event", "send_direct"]

@@ -24,7 +24,7 @@ from nexus_ray.config import get_settings
 from nexus_ray.deployments.kit.pages import Page, PageRequest
 from nexus_ray.deployments.kit.settings import settings_of
 from nexus_ray.exceptions import NotFound, ValidationFailed
-from nexus_ray.stores.events import Event, EventConsumer
+from nexus_ray.stores.events import RELAXED_FETCH_WAIT_MS, Event, EventConsumer
 
 from .models import SessionRead
 from .settings import SessionSettings
@@ -137,11 +137,16 @@ async def _on_erased(_conn: asyncpg.Connection, event: Event) -> None:
 async def forget_erased_users() -> None:
     """Background: consume ``auth.user.erased`` and forget those users' sessions (at least once, idempotent)."""
     if not ray.is_initialized():
-        # The in-process app of integration tests: no actors to reach, so nothing to consume for.
-        log.info("not connected to Ray: erased accounts' sessions are not forgotten by this process")
-        return
+        log.info("not connected to Ray: erased accounts' sessions are forgotten once this process connects")
     while True:
-        consumer = EventConsumer("session-mgr", [ERASED_TOPIC], _on_erased, session_timeout_ms=6000)
+        if not ray.is_initialized():
+            # A process not (yet) connected to Ray (the tests' in-process apps, started before or without a
+            # cluster) has no actors to reach. It waits to connect. Consuming now would commit past events it
+            # cannot act on; giving up for good left a process that connected later forgetting no one.
+            await asyncio.sleep(1)
+            continue
+        consumer = EventConsumer("session-mgr", [ERASED_TOPIC], _on_erased, session_timeout_ms=6000,
+                                 fetch_max_wait_ms=RELAXED_FETCH_WAIT_MS)
         try:
             await consumer.run()
             return
