@@ -250,15 +250,15 @@ async def _moved(conn: asyncpg.Connection, queued: list[postings.Posting], updat
                  kind: str, source_id: UUID) -> asyncpg.Record:
     """The intent after ``update`` (of intent $1, moving the amount $2), with the ledger posting of that amount queued
     in the same statement; the posting goes on ``queued``, to be posted after the commit."""
-    posting = postings.Posting(id=uuid.uuid4(), payment_intent_id=intent_id, kind=kind, source_id=source_id,
-                               amount=amount, currency="")
+    posting_id = uuid.uuid4()
     row = await conn.fetchrow(
         f"WITH i AS ({update} RETURNING {_INTENT}), p AS (INSERT INTO billing_ledger_postings "
         f"(id, payment_intent_id, kind, source_id, amount, currency, status) "
         f"SELECT $3, i.id, $4, $5, $2, i.currency, 'pending' FROM i) SELECT * FROM i",
-        intent_id, amount, posting.id, kind, source_id)
+        intent_id, amount, posting_id, kind, source_id)
     assert row is not None
-    queued.append(posting._replace(currency=row["currency"]))
+    queued.append(postings.Posting(id=posting_id, payment_intent_id=intent_id, kind=kind, source_id=source_id,
+                                   amount=amount, currency=row["currency"]))
     return row
 
 
