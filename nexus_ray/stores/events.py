@@ -565,6 +565,24 @@ class EventConsumer:
     def stop(self) -> None:
         self._stop.set()
 
+    async def run_until_stopped(self, *, retry_s: float = 2.0) -> None:
+        """:meth:`run`, started again ``retry_s`` after each failure, until :meth:`stop` or cancellation: what a
+        service's background consumer runs.
+
+        A broker that restarts under a running consumer ends :meth:`run` (its group and offsets are gone, so the
+        next commit fails), and so does a database that goes away. What was not committed comes again to the
+        consumer started anew, and what was processed is skipped by its record.
+        """
+        while not self._stop.is_set():
+            try:
+                await self.run()
+            except asyncio.CancelledError:
+                self.stop()
+                raise
+            except Exception as exc:  # a broker or the database away: start again
+                log.warning("consumer %s interrupted, starting again: %s", self.group, type(exc).__name__)
+                await asyncio.sleep(retry_s)
+
     async def handle(self, event: Event) -> Outcome:
         """Process one event exactly once in effect; returns what came of it.
 

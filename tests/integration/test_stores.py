@@ -363,6 +363,30 @@ async def test_broker_restart_loses_no_committed_event(relay, data_dir, until):
         await asyncio.wait_for(task, 30)
 
 
+async def test_a_consumer_goes_on_after_the_broker_restarts(relay, data_dir, until):
+    from nexus_ray.runtime import embedded
+
+    topic = f"test.outlive.{uuid.uuid4().hex[:6]}"
+    seen: set[uuid.UUID] = set()
+
+    async def handler(conn, event):
+        seen.add(event.id)
+
+    consumer = events.EventConsumer(f"g-{uuid.uuid4().hex[:6]}", [topic], handler,
+                                    session_timeout_ms=6000, heartbeat_interval_ms=500)
+    task = asyncio.create_task(consumer.run_until_stopped(retry_s=0.5))
+    try:
+        before = await _emit_n(topic, 3)
+        await until(lambda: seen >= set(before), within_s=60)
+        # The broker goes away under the running consumer and comes back empty (its memory is gone).
+        await asyncio.to_thread(embedded.restart_kafka, data_dir)
+        after = await _emit_n(topic, 3)
+        await until(lambda: seen >= set(after), within_s=60)
+    finally:
+        consumer.stop()
+        await asyncio.wait_for(task, 30)
+
+
 async def test_only_one_relay_leads(migrated, until):
     a = events.OutboxRelay(poll_s=0.2, standby_s=0.2)
     b = events.OutboxRelay(poll_s=0.2, standby_s=0.2)

@@ -49,7 +49,6 @@ Use::
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import re
@@ -62,6 +61,7 @@ import orjson
 from fastapi import Header, Response
 from pydantic import BaseModel
 
+from nexus_ray.deployments.kit import loops
 from nexus_ray.exceptions import Conflict, Forbidden, NexusError, NotFound, ValidationFailed
 from nexus_ray.stores import postgres
 
@@ -207,12 +207,4 @@ class Idempotency:
 
     async def purge_forever(self, every_s: Callable[[], float]) -> None:
         """Background: purge expired records every ``every_s()`` seconds."""
-        while True:
-            try:
-                while await self.purge() > 0:
-                    pass
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # database away: the next round tries again
-                log.warning("idempotency purge of %s failed: %s", self.table, type(exc).__name__)
-            await asyncio.sleep(every_s())
+        await loops.repeat(f"idempotency purge of {self.table}", self.purge, every_s, drain=True)

@@ -68,6 +68,7 @@ from nexus_ray.deployments.auth.auth import sessions as legacy_sessions
 from nexus_ray.deployments.auth.oauth.settings import settings as oauth_settings
 from nexus_ray.deployments.auth.users import service as users
 from nexus_ray.deployments.auth.users.models import check_scope
+from nexus_ray.deployments.kit import loops
 from nexus_ray.deployments.specialized.keys import service as keys
 from nexus_ray.edge import digests, revocations, tokens
 from nexus_ray.edge.security import Principal, has_scope
@@ -1001,11 +1002,9 @@ async def purge_expired() -> dict[str, int]:
 
 async def purge_loop(interval_s: float = 3600.0) -> None:
     """Run :func:`purge_expired` every ``interval_s`` for the app's lifetime (idempotent in every replica)."""
-    while True:
-        await asyncio.sleep(interval_s)
-        try:
-            counts = await purge_expired()
-            if any(counts.values()):
-                log.info("purged expired OAuth records", extra=counts)
-        except Exception as exc:  # the next round tries again
-            log.warning("OAuth purge failed: %s", type(exc).__name__)
+    async def purge_once() -> None:
+        counts = await purge_expired()
+        if any(counts.values()):
+            log.info("purged expired OAuth records", extra=counts)
+
+    await loops.repeat("OAuth purge", purge_once, interval_s, wait_first=True)

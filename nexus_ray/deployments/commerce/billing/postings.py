@@ -37,6 +37,7 @@ from typing import NamedTuple
 from uuid import UUID
 
 from nexus_ray.deployments.commerce.ledger import service as ledger
+from nexus_ray.deployments.kit import loops
 from nexus_ray.deployments.kit.calls import call
 from nexus_ray.deployments.kit.settings import settings_of
 from nexus_ray.stores import postgres
@@ -141,14 +142,10 @@ async def retry_pending(*, older_than_s: float, limit: int = 200) -> int:
     return await post([Posting(*r) for r in rows])
 
 
-async def retry_forever() -> None:
-    """Background: post what is still pending every ``billing_ledger_retry_s``."""
-    while True:
-        every = settings_of(BillingSettings).billing_ledger_retry_s
-        try:
-            await retry_pending(older_than_s=every)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # database away: the next round tries again
-            log.warning("ledger posting retry round failed: %s", type(exc).__name__)
-        await asyncio.sleep(every)
+def _retry_every_s() -> float:
+    return settings_of(BillingSettings).billing_ledger_retry_s
+
+
+#: Background: post what is still pending (for longer than a round) every ``billing_ledger_retry_s``.
+retry_forever = loops.every("ledger posting retry round", lambda: retry_pending(older_than_s=_retry_every_s()),
+                            _retry_every_s)

@@ -45,6 +45,7 @@ from typing import Literal, Protocol
 
 import asyncpg
 
+from nexus_ray.deployments.kit import loops
 from nexus_ray.deployments.kit.settings import settings_of
 from nexus_ray.exceptions import Conflict, NotFound, ValidationFailed
 from nexus_ray.stores import postgres
@@ -297,16 +298,13 @@ class SandboxProvider:
         return sent
 
     async def run(self, notify: Notify) -> None:
+        async def one_round() -> None:
+            await self.complete_actions()
+            await self.send_notices(notify)
+
         try:
-            while True:
-                try:
-                    await self.complete_actions()
-                    await self.send_notices(notify)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:  # database away: the next round tries again
-                    log.warning("sandbox provider round failed: %s", type(exc).__name__)
-                await asyncio.sleep(settings_of(BillingSettings).billing_sandbox_poll_s)
+            await loops.repeat("sandbox provider round", one_round,
+                               lambda: settings_of(BillingSettings).billing_sandbox_poll_s)
         finally:
             await self.close()
 

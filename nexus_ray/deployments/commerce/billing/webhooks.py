@@ -41,6 +41,7 @@ import asyncpg
 import httpx
 import orjson
 
+from nexus_ray.deployments.kit import loops
 from nexus_ray.deployments.kit.idempotency import Outcome, fingerprint
 from nexus_ray.deployments.kit.pages import Page, PageRequest
 from nexus_ray.deployments.kit.settings import settings_of
@@ -304,16 +305,5 @@ async def deliver_due(http: httpx.AsyncClient, *, limit: int = 50) -> int:
 async def deliver_forever() -> None:
     """Background: deliver due webhooks, woken by new ones or every ``billing_webhook_poll_s``."""
     async with httpx.AsyncClient(follow_redirects=False) as http:
-        while True:
-            _wake.clear()
-            try:
-                while await deliver_due(http) > 0:
-                    pass
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # database away: the next round tries again
-                log.warning("webhook delivery round failed: %s", type(exc).__name__)
-            try:
-                await asyncio.wait_for(_wake.wait(), settings_of(BillingSettings).billing_webhook_poll_s)
-            except TimeoutError:
-                pass
+        await loops.repeat("webhook delivery round", lambda: deliver_due(http),
+                           lambda: settings_of(BillingSettings).billing_webhook_poll_s, drain=True, wake=_wake)

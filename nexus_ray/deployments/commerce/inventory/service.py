@@ -49,7 +49,6 @@ succeed later. Commit and release are idempotent by state.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import uuid
@@ -62,6 +61,7 @@ from uuid import UUID
 import asyncpg
 import orjson
 
+from nexus_ray.deployments.kit import loops
 from nexus_ray.deployments.kit.pages import Page, PageRequest
 from nexus_ray.deployments.kit.settings import settings_of
 from nexus_ray.exceptions import Conflict, NexusError, NotFound, ValidationFailed
@@ -568,14 +568,6 @@ async def expire_reservations(*, limit: int | None = None) -> int:
     return len(res)
 
 
-async def expire_forever() -> None:
-    """Background: release lapsed holds every ``inventory_sweep_s``."""
-    while True:
-        try:
-            while await expire_reservations() > 0:
-                pass
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # database away: the next sweep tries again
-            log.warning("reservation expiry sweep failed: %s", type(exc).__name__)
-        await asyncio.sleep(settings_of(InventorySettings).inventory_sweep_s)
+#: Background: release lapsed holds every ``inventory_sweep_s``.
+expire_forever = loops.every("reservation expiry sweep", expire_reservations,
+                             lambda: settings_of(InventorySettings).inventory_sweep_s, drain=True)

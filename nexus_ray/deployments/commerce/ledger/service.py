@@ -78,6 +78,7 @@ from uuid import UUID
 import asyncpg
 import orjson
 
+from nexus_ray.deployments.kit import loops
 from nexus_ray.deployments.kit.pages import Page, PageRequest
 from nexus_ray.deployments.kit.settings import settings_of
 from nexus_ray.exceptions import Conflict, Forbidden, NexusError, NotFound, ValidationFailed
@@ -1161,17 +1162,9 @@ async def expire_holds(*, limit: int = 500) -> int:
     return await _in_transaction(work)
 
 
-async def expire_holds_forever() -> None:
-    """Background: void expired holds every ``ledger_hold_sweep_s``."""
-    while True:
-        try:
-            while await expire_holds() > 0:
-                pass
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # database away: the next sweep tries again
-            log.warning("hold expiry sweep failed: %s", type(exc).__name__)
-        await asyncio.sleep(settings_of(LedgerSettings).ledger_hold_sweep_s)
+#: Background: void expired holds every ``ledger_hold_sweep_s``.
+expire_holds_forever = loops.every("hold expiry sweep", expire_holds,
+                                   lambda: settings_of(LedgerSettings).ledger_hold_sweep_s, drain=True)
 
 
 # -- reconciliation --------------------------------------------------------------------------------------------

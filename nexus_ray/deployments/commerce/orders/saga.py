@@ -52,6 +52,7 @@ from uuid import UUID
 import asyncpg
 import orjson
 
+from nexus_ray.deployments.kit import loops
 from nexus_ray.deployments.kit.settings import settings_of
 from nexus_ray.stores import postgres
 from nexus_ray.stores.events import NOTIFY, outbox_insert
@@ -371,13 +372,6 @@ async def recover(*, limit: int = 20) -> int:
     return len(taken)
 
 
-async def recover_forever() -> None:
-    """Background: finish or compensate orders whose runner is gone, every ``order_recovery_interval_s``."""
-    while True:
-        try:
-            await recover()
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # database away: the next pass tries again
-            log.warning("order recovery pass failed: %s", type(exc).__name__)
-        await asyncio.sleep(settings_of(OrderSettings).order_recovery_interval_s)
+#: Background: finish or compensate orders whose runner is gone, every ``order_recovery_interval_s``.
+recover_forever = loops.every("order recovery pass", recover,
+                              lambda: settings_of(OrderSettings).order_recovery_interval_s)

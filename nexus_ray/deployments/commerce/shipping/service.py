@@ -27,7 +27,6 @@ or cancelled) is logged and dropped, since retrying it could never succeed.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
 import uuid
@@ -378,16 +377,6 @@ async def _handle(conn: asyncpg.Connection, event: Event) -> None:
 async def consume_events() -> None:
     """Background: consume ``order.paid``, ``order.cancelled`` and ``delivery.status`` (at least once, applied
     once)."""
-    while True:
-        consumer = EventConsumer(CONSUMER_GROUP, list(HANDLERS), _handle, session_timeout_ms=6000,
-                                 heartbeat_interval_ms=500)
-        try:
-            await consumer.run()
-            return
-        except asyncio.CancelledError:
-            consumer.stop()
-            raise
-        except Exception as exc:  # broker away: consume again shortly
-            log.warning("shipping's event consumer interrupted: %s", type(exc).__name__)
-            await asyncio.sleep(2)
+    await EventConsumer(CONSUMER_GROUP, list(HANDLERS), _handle, session_timeout_ms=6000,
+                        heartbeat_interval_ms=500).run_until_stopped()
 

@@ -35,7 +35,6 @@ runs the loop and however often.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
 from datetime import UTC, datetime
@@ -45,6 +44,7 @@ from uuid import UUID
 import asyncpg
 
 from nexus_ray.deployments.finance.accounts import ledger_account
+from nexus_ray.deployments.kit import loops
 from nexus_ray.deployments.kit.calls import call
 from nexus_ray.deployments.kit.pages import Page, PageRequest
 from nexus_ray.deployments.kit.settings import settings_of
@@ -363,13 +363,6 @@ async def release_due(*, now: datetime | None = None) -> int:
     return released
 
 
-async def release_vesting_forever() -> None:
-    """Background: release ended vesting periods every ``tokens_vesting_tick_s``."""
-    while True:
-        try:
-            await release_due()
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # database or ledger away: the next pass tries again
-            log.warning("vesting release pass failed: %s", type(exc).__name__)
-        await asyncio.sleep(settings_of(TokenSettings).tokens_vesting_tick_s)
+#: Background: release ended vesting periods every ``tokens_vesting_tick_s``.
+release_vesting_forever = loops.every("vesting release pass", release_due,
+                                      lambda: settings_of(TokenSettings).tokens_vesting_tick_s)

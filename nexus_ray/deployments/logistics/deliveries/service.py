@@ -36,7 +36,6 @@ failed one) is recorded.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import uuid
@@ -46,6 +45,7 @@ from uuid import UUID
 
 import asyncpg
 
+from nexus_ray.deployments.kit import loops
 from nexus_ray.deployments.kit.calls import call, exported
 from nexus_ray.deployments.kit.pages import Page, PageRequest
 from nexus_ray.deployments.kit.settings import settings_of
@@ -395,16 +395,9 @@ async def _submit_quietly(delivery_id: UUID) -> None:
         log.warning("delivery %s not submitted to dispatch yet: %s", delivery_id, type(exc).__name__)
 
 
-async def submit_forever() -> None:
-    """Background: submit pending deliveries to ai-dispatch (when it is there), retrying failures."""
-    while True:
-        await asyncio.sleep(settings_of(DeliverySettings).deliveries_submit_every_s)
-        try:
-            await submit_pending()
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.warning("dispatch submission interrupted: %s", type(exc).__name__)
+#: Background: submit pending deliveries to ai-dispatch (when it is there), retrying failures.
+submit_forever = loops.every("dispatch submission", submit_pending,
+                             lambda: settings_of(DeliverySettings).deliveries_submit_every_s, wait_first=True)
 
 
 async def on_assigned(conn: asyncpg.Connection, data: dict[str, Any]) -> DeliveryRead | None:
@@ -434,17 +427,8 @@ async def _on_event(conn: asyncpg.Connection, event: Event) -> None:
 
 async def consume_forever() -> None:
     """Background: consume ``shipment.created`` and ``dispatch.assigned`` (at least once, idempotent)."""
-    while True:
-        consumer = EventConsumer(SERVICE, [SHIPMENT_CREATED, DISPATCH_ASSIGNED], _on_event, session_timeout_ms=6000)
-        try:
-            await consumer.run()
-            return
-        except asyncio.CancelledError:
-            consumer.stop()
-            raise
-        except Exception as exc:  # broker away: the events come again
-            log.warning("deliveries consumer interrupted: %s", type(exc).__name__)
-            await asyncio.sleep(2)
+    await EventConsumer(SERVICE, [SHIPMENT_CREATED, DISPATCH_ASSIGNED], _on_event,
+                        session_timeout_ms=6000).run_until_stopped()
 
 
 async def home_summary(*, user_id: str) -> dict[str, Any]:

@@ -44,6 +44,7 @@ import numpy as np
 
 from nexus_ray.compute import assignment
 from nexus_ray.compute.geo import distance_matrix_km, haversine_km
+from nexus_ray.deployments.kit import loops
 from nexus_ray.deployments.kit.pages import Page, PageRequest
 from nexus_ray.deployments.kit.settings import settings_of
 from nexus_ray.exceptions import Conflict, NotFound, ValidationFailed
@@ -405,19 +406,11 @@ async def hold_lease(*, holder: str = RUNNER, seconds: float | None = None, name
     return got == holder
 
 
-async def dispatch_forever() -> None:
-    """Background: run a round every ``dispatch_interval_s`` (sooner when kicked) while holding the lease."""
-    settings = settings_of(DispatchSettings)
-    while True:
-        try:
-            if await hold_lease():
-                await run_round()
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # database or cluster away: the next round tries again
-            log.warning("dispatch round failed: %s", type(exc).__name__)
-        try:
-            await asyncio.wait_for(_kick.wait(), settings.dispatch_interval_s)
-        except TimeoutError:
-            pass
-        _kick.clear()
+async def _round_if_leased() -> None:
+    if await hold_lease():
+        await run_round()
+
+
+#: Background: run a round every ``dispatch_interval_s`` (sooner when kicked) while holding the lease.
+dispatch_forever = loops.every("dispatch round", _round_if_leased,
+                               lambda: settings_of(DispatchSettings).dispatch_interval_s, wake=_kick)

@@ -37,7 +37,6 @@ idempotent on the earning's id; a failed posting is retried by :func:`post_earni
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 import uuid
@@ -48,6 +47,7 @@ from uuid import UUID
 import asyncpg
 import orjson
 
+from nexus_ray.deployments.kit import loops
 from nexus_ray.deployments.kit.calls import call, exported
 from nexus_ray.deployments.kit.pages import Page, PageRequest
 from nexus_ray.deployments.kit.settings import settings_of
@@ -531,20 +531,18 @@ async def post_earning(*, earning_id: UUID) -> EarningRead | None:
     return _earning(posted)
 
 
-async def post_earnings_forever() -> None:
-    """Background: post the earnings a failed ledger call left unposted (when a debit account is configured)."""
-    while True:
-        s = settings_of(DriverSettings)
-        await asyncio.sleep(s.drivers_earnings_sweep_s)
-        if s.drivers_earnings_debit_account is None:
-            continue
-        try:
-            ids = await (await postgres.pool()).fetch(
-                "SELECT id FROM driver_earnings WHERE entry_id IS NULL AND amount > 0 "
-                "AND created_at < now() - interval '10 seconds' ORDER BY created_at LIMIT 100")
-            for r in ids:
-                await post_earning(earning_id=r["id"])
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.warning("earnings sweep interrupted: %s", type(exc).__name__)
+async def post_unposted_earnings() -> int:
+    """Post the earnings a failed ledger call left unposted (when a debit account is configured); how many."""
+    if settings_of(DriverSettings).drivers_earnings_debit_account is None:
+        return 0
+    ids = await (await postgres.pool()).fetch(
+        "SELECT id FROM driver_earnings WHERE entry_id IS NULL AND amount > 0 "
+        "AND created_at < now() - interval '10 seconds' ORDER BY created_at LIMIT 100")
+    for r in ids:
+        await post_earning(earning_id=r["id"])
+    return len(ids)
+
+
+#: Background: :func:`post_unposted_earnings` every ``drivers_earnings_sweep_s``.
+post_earnings_forever = loops.every("earnings sweep", post_unposted_earnings,
+                                    lambda: settings_of(DriverSettings).drivers_earnings_sweep_s, wait_first=True)

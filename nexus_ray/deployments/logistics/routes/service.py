@@ -28,6 +28,7 @@ from uuid import UUID
 import asyncpg
 
 from nexus_ray.compute import vrp
+from nexus_ray.deployments.kit import loops
 from nexus_ray.deployments.kit.pages import Page, PageRequest
 from nexus_ray.deployments.kit.settings import settings_of
 from nexus_ray.exceptions import Conflict, NotFound, ValidationFailed
@@ -162,24 +163,20 @@ async def run_jobs_forever() -> None:
 
     settings = settings_of(RoutesSettings)
     said = False
-    while True:
-        try:
-            if ray.is_initialized():
-                await _claim(settings)
-            elif not said:
-                log.info("route-optimizer runner idle: this process is not connected to Ray")
-                said = True
-        except asyncio.CancelledError:
-            for task in _tasks.values():
-                task.cancel()
-            raise
-        except Exception as exc:  # database away: the next round tries again
-            log.warning("route-optimizer runner round failed: %s", type(exc).__name__)
-        try:
-            await asyncio.wait_for(_kick.wait(), settings.routes_poll_s)
-        except TimeoutError:
-            pass
-        _kick.clear()
+
+    async def one_round() -> None:
+        nonlocal said
+        if ray.is_initialized():
+            await _claim(settings)
+        elif not said:
+            log.info("route-optimizer runner idle: this process is not connected to Ray")
+            said = True
+
+    try:
+        await loops.repeat("route-optimizer runner round", one_round, settings.routes_poll_s, wake=_kick)
+    finally:
+        for task in _tasks.values():
+            task.cancel()
 
 
 async def _claim(settings: RoutesSettings) -> None:

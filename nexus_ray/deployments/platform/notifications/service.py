@@ -35,6 +35,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import asyncpg
 
+from nexus_ray.deployments.kit import loops
 from nexus_ray.deployments.kit.pages import Page, PageRequest, one_or_404
 from nexus_ray.deployments.kit.settings import settings_of
 from nexus_ray.exceptions import Conflict, ValidationFailed
@@ -390,24 +391,19 @@ async def deliver_forever() -> None:
     if not settings().notifications_deliver:
         return
     sending: set[asyncio.Task[None]] = set()
+
+    async def take_due() -> int:
+        room = settings().notifications_batch - len(sending)
+        rows = await _take(room) if room > 0 else []
+        for row in rows:
+            task = asyncio.create_task(_deliver_quietly(row))
+            sending.add(task)
+            task.add_done_callback(sending.discard)
+        return len(rows)
+
     try:
-        while True:
-            _wake.clear()
-            try:
-                room = settings().notifications_batch - len(sending)
-                rows = await _take(room) if room > 0 else []
-                for row in rows:
-                    task = asyncio.create_task(_deliver_quietly(row))
-                    sending.add(task)
-                    task.add_done_callback(sending.discard)
-                if rows:
-                    continue
-            except Exception as exc:  # a store away: the next round tries again
-                log.warning("delivery round failed: %s", type(exc).__name__)
-            try:
-                await asyncio.wait_for(_wake.wait(), timeout=settings().notifications_poll_s)
-            except TimeoutError:
-                pass
+        await loops.repeat("notification delivery round", take_due, lambda: settings().notifications_poll_s,
+                           drain=True, wake=_wake)
     finally:  # stopping: what is still being sent is taken again by a later run once its lease ends
         for task in list(sending):
             task.cancel()
@@ -456,7 +452,8 @@ async def consume_events() -> None:
     """Background: the consumer of the events that notify users."""
     if not settings().notifications_consume_events:
         return
-    await EventConsumer(CONSUMER_GROUP, sorted(ROUTES), on_event, fetch_max_wait_ms=RELAXED_FETCH_WAIT_MS).run()
+    await EventConsumer(CONSUMER_GROUP, sorted(ROUTES), on_event,
+                        fetch_max_wait_ms=RELAXED_FETCH_WAIT_MS).run_until_stopped()
 
 
 __all__ = ["consume_events", "deliver_due", "deliver_forever", "notify_user", "on_event", "send_direct"]

@@ -45,6 +45,7 @@ from uuid import UUID
 
 import asyncpg
 
+from nexus_ray.deployments.kit import loops
 from nexus_ray.deployments.kit.pages import Page, PageRequest, one_or_404
 from nexus_ray.deployments.kit.settings import settings_of
 from nexus_ray.exceptions import Conflict, ValidationFailed
@@ -456,14 +457,8 @@ class Loop:
             await asyncio.gather(*self.live, return_exceptions=True)
 
     async def run_forever(self) -> None:
-        tick = settings().scheduler_tick_s
         try:
-            while True:
-                try:
-                    await self.step()
-                except Exception as exc:  # a store away, a bad row: the next tick tries again
-                    log.warning("scheduler tick failed: %s", type(exc).__name__)
-                await asyncio.sleep(tick)
+            await loops.repeat("scheduler tick", self.step, settings().scheduler_tick_s)
         finally:
             for task in list(self.live):
                 task.cancel()

@@ -139,20 +139,11 @@ async def forget_erased_users() -> None:
     if not ray.is_initialized():
         log.info("not connected to Ray: erased accounts' sessions are forgotten once this process connects")
     while True:
-        if not ray.is_initialized():
-            # A process not (yet) connected to Ray (the tests' in-process apps, started before or without a
-            # cluster) has no actors to reach. It waits to connect. Consuming now would commit past events it
-            # cannot act on; giving up for good left a process that connected later forgetting no one.
-            await asyncio.sleep(1)
-            continue
-        consumer = EventConsumer("session-mgr", [ERASED_TOPIC], _on_erased, session_timeout_ms=6000,
-                                 fetch_max_wait_ms=RELAXED_FETCH_WAIT_MS)
-        try:
-            await consumer.run()
-            return
-        except asyncio.CancelledError:
-            consumer.stop()
-            raise
-        except Exception as exc:  # broker away or an actor call failed: the event comes again
-            log.warning("erasure consumer interrupted: %s", type(exc).__name__)
-            await asyncio.sleep(2)
+        # A process not (yet) connected to Ray (the tests' in-process apps, started before or without a cluster)
+        # has no actors to reach. It waits to connect. Consuming now would commit past events it cannot act on;
+        # giving up for good left a process that connected later forgetting no one.
+        if ray.is_initialized():
+            break
+        await asyncio.sleep(1)
+    await EventConsumer("session-mgr", [ERASED_TOPIC], _on_erased, session_timeout_ms=6000,
+                        fetch_max_wait_ms=RELAXED_FETCH_WAIT_MS).run_until_stopped()
