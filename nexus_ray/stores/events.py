@@ -538,6 +538,7 @@ class EventConsumer:
         max_attempts: int | None = None,
         retry_backoff_s: float | None = None,
         replay_poll_s: float = 5.0,
+        commit_timeout_s: float = 15.0,
         **consumer_options: Any,
     ) -> None:
         settings = get_settings()
@@ -547,6 +548,7 @@ class EventConsumer:
         self.max_attempts = max_attempts if max_attempts is not None else settings.event_max_attempts
         self.retry_backoff_s = retry_backoff_s if retry_backoff_s is not None else settings.event_retry_backoff_s
         self.replay_poll_s = replay_poll_s
+        self.commit_timeout_s = commit_timeout_s
         if self.max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
         self.options = {
@@ -799,7 +801,10 @@ class EventConsumer:
                             break
                         done[tp] = msg.offset + 1
                 if done:
-                    await consumer.commit(done)
+                    # The client retries a commit for as long as the broker calls the error retriable: after a
+                    # broker restart that is for ever (the topic is unknown to it). Bounded, the run ends instead,
+                    # and run_until_stopped starts a new member, which joins afresh.
+                    await asyncio.wait_for(consumer.commit(done), self.commit_timeout_s)
         finally:
             await consumer.stop()
 

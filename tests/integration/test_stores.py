@@ -372,7 +372,7 @@ async def test_a_consumer_goes_on_after_the_broker_restarts(relay, data_dir, unt
     async def handler(conn, event):
         seen.add(event.id)
 
-    consumer = events.EventConsumer(f"g-{uuid.uuid4().hex[:6]}", [topic], handler,
+    consumer = events.EventConsumer(f"g-{uuid.uuid4().hex[:6]}", [topic], handler, commit_timeout_s=3,
                                     session_timeout_ms=6000, heartbeat_interval_ms=500)
     task = asyncio.create_task(consumer.run_until_stopped(retry_s=0.5))
     try:

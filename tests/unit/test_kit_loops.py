@@ -37,7 +37,8 @@ async def test_a_failed_pass_is_logged_by_its_type_only_and_the_loop_goes_on(unt
     assert "hunter2" not in caplog.text
 
 
-async def test_a_pass_that_did_work_is_followed_at_once_when_draining(until):
+@pytest.mark.parametrize(("drain", "passes"), [(True, 3), (False, 1)])
+async def test_a_pass_that_did_work_is_followed_at_once_only_when_draining(until, drain, passes):
     left = [3, 2, 0, 5]
     calls = []
 
@@ -45,28 +46,13 @@ async def test_a_pass_that_did_work_is_followed_at_once_when_draining(until):
         calls.append(1)
         return left.pop(0)
 
-    task = asyncio.create_task(loops.repeat("test drain", work, HOUR, drain=True))
+    task = asyncio.create_task(loops.repeat("test drain", work, HOUR, drain=drain))
     try:
-        # Three passes at once (3, 2, then 0 ends the run); the fourth only after an hour.
-        await until(lambda: len(calls) == 3, within_s=10)
+        # Draining: three passes at once (3, 2, then 0 ends the run), the fourth only after an hour. Not draining:
+        # the first pass did work, and the next still waits its hour.
+        await until(lambda: len(calls) == passes, within_s=10)
         await asyncio.sleep(0.05)
-        assert len(calls) == 3
-    finally:
-        await _stopped(task)
-
-
-async def test_without_draining_a_pass_that_did_work_waits_its_interval(until):
-    calls = []
-
-    async def work() -> int:
-        calls.append(1)
-        return 7
-
-    task = asyncio.create_task(loops.repeat("test no drain", work, HOUR))
-    try:
-        await until(lambda: len(calls) == 1, within_s=10)
-        await asyncio.sleep(0.05)
-        assert len(calls) == 1
+        assert len(calls) == passes
     finally:
         await _stopped(task)
 
