@@ -10,6 +10,7 @@ import uuid
 from datetime import UTC, datetime
 
 import asyncpg
+import orjson
 import pytest
 
 from nexus_ray.config import get_settings
@@ -385,6 +386,64 @@ async def test_a_consumer_goes_on_after_the_broker_restarts(relay, data_dir, unt
     finally:
         consumer.stop()
         await asyncio.wait_for(task, 30)
+
+
+def _row(topic: str, i: int) -> dict:
+    """An outbox row as the relay reads it (payload as text)."""
+    return {"event_id": uuid.uuid4(), "topic": topic, "key": f"k{i}", "payload": f'{{"i": {i}}}', "headers": {},
+            "created_at": datetime.now(UTC)}
+
+
+async def test_the_relay_writes_nothing_into_a_topic_the_restarted_broker_lost(stores, data_dir, until):
+    """The embedded broker takes records for a topic it lost (the producer's cached metadata still names it), and
+    another client's request for the topic then creates it anew with its offsets set back, so the relay's next
+    records were refused. The relay asks for its topics' metadata before each batch, which creates them first."""
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from nexus_ray.runtime import embedded
+
+    topic = f"test.lost.{uuid.uuid4().hex[:6]}"
+    bootstrap = get_settings().kafka_bootstrap
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, request_timeout_ms=5000)
+    await producer.start()
+    reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    try:
+        await events.OutboxRelay.publish(producer, [_row(topic, 0)])
+        await asyncio.to_thread(embedded.restart_kafka, data_dir)
+
+        async def published(rows: list[dict]) -> bool:
+            with contextlib.suppress(Exception):  # until the producer is connected to the new broker
+                await events.OutboxRelay.publish(producer, rows)
+                return True
+            return False
+
+        after = [_row(topic, i) for i in range(1, 7)]
+        await until(lambda: published(after[:3]), within_s=60, every=0.5)
+        # Another client asks for the topic's metadata (as a consumer subscribing to it does).
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            (described,) = await admin.describe_topics([topic])
+        finally:
+            await admin.close()
+        assert await published(after[3:]), "the relay's batch after another client asked for the topic was refused"
+
+        await reader.start()
+        partitions = [TopicPartition(topic, p["partition"]) for p in described["partitions"]]
+        reader.assign(partitions)
+        await reader.seek_to_beginning(*partitions)
+        read: list[int] = []
+
+        async def read_all() -> bool:
+            for messages in (await reader.getmany(timeout_ms=500)).values():
+                read.extend(orjson.loads(m.value)["data"]["i"] for m in messages)
+            return sorted(read) == [1, 2, 3, 4, 5, 6]
+
+        await until(read_all, within_s=30)
+    finally:
+        await reader.stop()
+        await producer.stop()
 
 
 async def test_only_one_relay_leads(migrated, until):
