@@ -365,6 +365,12 @@ class _Postgres(_Server):
         except TimeoutError:
             pids = sorted(process.pid for process in _processes_in(pgdata))
             raise _ServerExited(f"processes {pids} of an earlier server still run in {pgdata}") from None
+        # A postmaster killed outright stays a zombie until its parent collects it (init, for one started
+        # detached, may take its time), and PostgreSQL takes a zombie for a live postmaster ("lock file
+        # already exists"). Its backends are gone (above), so nothing holds the old shared memory: the file
+        # naming it is stale.
+        if (pgdata / "postmaster.pid").exists() and self.running_postmaster(pgdata) is None:
+            (pgdata / "postmaster.pid").unlink(missing_ok=True)
         log.touch()
         if user is not None:
             os.chown(log, user.pw_uid, user.pw_gid)

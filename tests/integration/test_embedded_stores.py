@@ -279,6 +279,41 @@ async def test_postgres_comes_back_after_a_crash_with_a_stale_pid_file(store_dir
         await connection.close()
 
 
+@pytest.mark.asyncio
+async def test_postgres_comes_back_while_its_killed_postmaster_is_an_uncollected_zombie(store_dir: Path, until) -> None:
+    """A postmaster killed outright stays a zombie until its parent collects it, and PostgreSQL took the zombie
+    named in postmaster.pid for a live server ("lock file already exists"): a crashed store could not be started
+    again until then (found by bench/saga_faults.py)."""
+    import psutil
+
+    before = embedded.start(store_dir)
+    os.kill(before.pids["postgres"], signal.SIGKILL)
+    await until(lambda: not _pid_alive(before.pids["postgres"]), within_s=15)
+    # A zombie that is not this process's child (so nothing here collects it; its parent sleeps on), of the user
+    # PostgreSQL runs as: PostgreSQL ignores a pid it may not signal.
+    parent = subprocess.Popen(["/bin/sh", "-c", "true & echo $!; exec sleep 120"], stdout=subprocess.PIPE, text=True,
+                              **embedded._as_user(embedded._pg_system_user()))
+    try:
+        assert parent.stdout is not None
+        zombie = int(parent.stdout.readline())
+        await until(lambda: psutil.Process(zombie).status() == psutil.STATUS_ZOMBIE, within_s=15)
+        pid_file = store_dir / "postgres" / "postmaster.pid"
+        lines = pid_file.read_text().splitlines()
+        pid_file.write_text("\n".join([str(zombie), *lines[1:]]) + "\n")
+
+        after = embedded.start(store_dir)
+
+        assert psutil.Process(zombie).status() == psutil.STATUS_ZOMBIE  # still there: the start did not need it gone
+        connection = await asyncpg.connect(after.postgres_url)
+        try:
+            assert await connection.fetchval("SELECT 1") == 1
+        finally:
+            await connection.close()
+    finally:
+        parent.kill()
+        parent.wait()
+
+
 def test_a_taken_port_moves_the_server(store_dir: Path) -> None:
     import socket
 
