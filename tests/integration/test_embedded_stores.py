@@ -291,11 +291,12 @@ async def test_postgres_comes_back_while_its_killed_postmaster_is_an_uncollected
     await until(lambda: not _pid_alive(before.pids["postgres"]), within_s=15)
     # A zombie that is not this process's child (so nothing here collects it; its parent sleeps on), of the user
     # PostgreSQL runs as: PostgreSQL ignores a pid it may not signal.
-    parent = subprocess.Popen(["/bin/sh", "-c", "true & echo $!; exec sleep 120"], stdout=subprocess.PIPE, text=True,
-                              **embedded._as_user(embedded._pg_system_user()))
+    parent = await asyncio.create_subprocess_exec("/bin/sh", "-c", "true & echo $!; exec sleep 120",
+                                                  stdout=asyncio.subprocess.PIPE,
+                                                  **embedded._as_user(embedded._pg_system_user()))
     try:
         assert parent.stdout is not None
-        zombie = int(parent.stdout.readline())
+        zombie = int(await parent.stdout.readline())
         await until(lambda: psutil.Process(zombie).status() == psutil.STATUS_ZOMBIE, within_s=15)
         pid_file = store_dir / "postgres" / "postmaster.pid"
         lines = pid_file.read_text().splitlines()
@@ -311,7 +312,7 @@ async def test_postgres_comes_back_while_its_killed_postmaster_is_an_uncollected
             await connection.close()
     finally:
         parent.kill()
-        parent.wait()
+        await parent.wait()
 
 
 def test_a_taken_port_moves_the_server(store_dir: Path) -> None:
