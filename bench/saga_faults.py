@@ -1,14 +1,14 @@
 """Faults in the middle of checkouts: does every order still end completed or compensated? (issue 7)
 
     flock /tmp/nexus-ray.lock timeout 900 bash bench/with_stack.sh python bench/saga_faults.py \
-        --fault postgres|replica|none [--rate 6] [--duration 30] [--at 10] [--wait 180]
+        --fault postgres|replica|none [--rate 6] [--duration 30] [--at 10] [--down 0] [--wait 180]
 
 Against a running stack (bench/with_stack.sh starts a private one; NEXUS_DATA_DIR names its data). Places orders
 through the entrypoint, open loop at ``--rate`` a second for ``--duration`` seconds, each with an idempotency key of
 its own, as ``bench/orders.py`` does (its set-up: one product, two SKUs, stocked). ``--at`` seconds in, the fault:
 
-* ``postgres``: SIGKILL of PostgreSQL's postmaster (every saga step's store), then ``embedded.start`` starts it
-  again on the same port (crash recovery replays its log);
+* ``postgres``: SIGKILL of PostgreSQL's postmaster (every saga step's store), then, ``--down`` seconds later,
+  ``embedded.start`` starts it again on the same port (crash recovery replays its log);
 * ``replica``: SIGKILL of one ``commerce`` ingress replica, the process that runs the sagas it was asked for (Serve
   starts another).
 
@@ -52,10 +52,14 @@ async def place(http: httpx.AsyncClient, headers: dict[str, str], body: dict[str
     for attempt in range(5):
         try:
             r = await http.post(f"{bench_orders.API}/orders", json=body, headers={**headers, "Idempotency-Key": key})
-            code = f"{r.status_code} {r.json().get('status') or r.json().get('code', '')}"
-        except (httpx.HTTPError, ValueError) as exc:
-            code = type(exc).__name__
-            r = None
+        except httpx.HTTPError as exc:
+            code, r = type(exc).__name__, None
+        else:
+            try:
+                answer = r.json()
+                code = f"{r.status_code} {answer.get('code') if r.status_code >= 400 else answer.get('status')}"
+            except ValueError:  # not JSON: say what it was
+                code = f"{r.status_code} {r.headers.get('content-type')}: {r.text[:80]!r}"
         answers[("retry " if attempt else "") + code] += 1
         if r is not None and r.status_code < 500:
             return
@@ -69,7 +73,7 @@ def commerce_replicas() -> list[int]:
             if "ServeReplica:commerce" in " ".join(p.info["cmdline"] or [])]
 
 
-def fault(kind: str, data_dir: Path) -> dict[str, Any]:
+def fault(kind: str, data_dir: Path, down_s: float) -> dict[str, Any]:
     from nexus_ray.runtime import embedded
 
     began = time.time()
@@ -78,6 +82,7 @@ def fault(kind: str, data_dir: Path) -> dict[str, Any]:
         os.kill(pid, signal.SIGKILL)
         while embedded.status(data_dir)["postgres"]["alive"]:
             time.sleep(0.05)
+        time.sleep(down_s)
         embedded.start(data_dir)
         back = round(time.time() - began, 1)
         return {"fault": "PostgreSQL SIGKILLed and started again", "pid": pid, "back_after_s": back}
@@ -146,7 +151,7 @@ async def run(args: argparse.Namespace) -> None:
         for k in range(int(args.rate * args.duration)):
             due = start + k / args.rate
             if fault_task is None and due - start >= args.at:
-                fault_task = asyncio.create_task(asyncio.to_thread(fault, args.fault, data_dir))
+                fault_task = asyncio.create_task(asyncio.to_thread(fault, args.fault, data_dir, args.down))
             await asyncio.sleep(max(0.0, due - time.perf_counter()))
             tasks.append(asyncio.create_task(place(http, buyer, body, uuid.uuid4().hex, answers)))
         await asyncio.gather(*tasks)
@@ -179,6 +184,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=30.0)
     parser.add_argument("--at", type=float, default=10.0)
     parser.add_argument("--wait", type=float, default=180.0)
+    parser.add_argument("--down", type=float, default=0.0, help="seconds PostgreSQL stays down before its start")
     asyncio.run(run(parser.parse_args()))
 
 
