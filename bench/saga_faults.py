@@ -1,7 +1,7 @@
 """Faults in the middle of checkouts: does every order still end completed or compensated? (issue 7)
 
     flock /tmp/nexus-ray.lock timeout 900 bash bench/with_stack.sh python bench/saga_faults.py \
-        --fault postgres|replica|none [--rate 6] [--duration 30] [--at 10] [--down 0] [--wait 180]
+        --fault postgres|redis|mongo|kafka|replica|none [--rate 6] [--duration 30] [--at 10] [--down 0] [--wait 180]
 
 Against a running stack (bench/with_stack.sh starts a private one; NEXUS_DATA_DIR names its data). Places orders
 through the entrypoint, open loop at ``--rate`` a second for ``--duration`` seconds, each with an idempotency key of
@@ -9,6 +9,8 @@ its own, as ``bench/orders.py`` does (its set-up: one product, two SKUs, stocked
 
 * ``postgres``: SIGKILL of PostgreSQL's postmaster (every saga step's store), then, ``--down`` seconds later,
   ``embedded.start`` starts it again on the same port (crash recovery replays its log);
+* ``redis``, ``mongo``, ``kafka``: the same for that store (the document store holds the catalog that prices the
+  cart, Redis the edge's rate limits and revocations, the broker the order events);
 * ``replica``: SIGKILL of one ``commerce`` ingress replica, the process that runs the sagas it was asked for (Serve
   starts another).
 
@@ -44,6 +46,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import orders as bench_orders
 
 FINAL = ("completed", "failed")
+STORES = ("postgres", "redis", "mongo", "kafka")
 
 
 async def place(http: httpx.AsyncClient, headers: dict[str, str], body: dict[str, Any], key: str,
@@ -77,15 +80,15 @@ def fault(kind: str, data_dir: Path, down_s: float) -> dict[str, Any]:
     from nexus_ray.runtime import embedded
 
     began = time.time()
-    if kind == "postgres":
-        pid = embedded.status(data_dir)["postgres"]["pid"]
+    if kind in STORES:
+        pid = embedded.status(data_dir)[kind]["pid"]
         os.kill(pid, signal.SIGKILL)
-        while embedded.status(data_dir)["postgres"]["alive"]:
+        while embedded.status(data_dir)[kind]["alive"]:
             time.sleep(0.05)
         time.sleep(down_s)
         embedded.start(data_dir)
         back = round(time.time() - began, 1)
-        return {"fault": "PostgreSQL SIGKILLed and started again", "pid": pid, "back_after_s": back}
+        return {"fault": f"{kind} SIGKILLed and started again", "pid": pid, "back_after_s": back}
     if kind == "replica":
         pids = commerce_replicas()
         os.kill(pids[0], signal.SIGKILL)
@@ -179,12 +182,12 @@ async def run(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--fault", choices=("postgres", "replica", "none"), default="postgres")
+    parser.add_argument("--fault", choices=(*STORES, "replica", "none"), default="postgres")
     parser.add_argument("--rate", type=float, default=6.0)
     parser.add_argument("--duration", type=float, default=30.0)
     parser.add_argument("--at", type=float, default=10.0)
     parser.add_argument("--wait", type=float, default=180.0)
-    parser.add_argument("--down", type=float, default=0.0, help="seconds PostgreSQL stays down before its start")
+    parser.add_argument("--down", type=float, default=0.0, help="seconds a killed store stays down before its start")
     asyncio.run(run(parser.parse_args()))
 
 
