@@ -23,7 +23,9 @@ checks, from the stores, that nothing is stuck or half-done:
 * the stock left is what the completed orders took, and no reservation of these orders is still held;
 * each completed order has one payment captured for its total, and no failed order has money kept (captured and
   not refunded) or a payment still authorised;
-* billing's ledger postings for these payments are all posted, and ledger-mgr's reconciliation report is clean.
+* billing's ledger postings for these payments are all posted, and ledger-mgr's reconciliation report is clean;
+* each consumer group of the order flow (shipping, notification-service, logistics' deliveries) processed an event
+  of every completed order (read from its own record of processed events, as ``bench/broker_restart.py`` does).
 """
 
 from __future__ import annotations
@@ -121,6 +123,32 @@ CHECKS = {
 }
 
 
+GROUPS = ("puabo-nuki-shipping-service", "notification-service", "puabo-nexus")
+
+# Per consumer group: the completed orders of which it has processed no event (the saga's own events are keyed by
+# the order; shipping's name it in their payload), as bench/broker_restart.py reads them.
+UNPROCESSED = """
+    WITH mine AS (SELECT id::text AS oid FROM orders WHERE customer = $1 AND status = 'completed'),
+    ev AS (SELECT e.event_id, m.oid FROM outbox e JOIN mine m ON e.key = m.oid OR e.payload->>'order_id' = m.oid)
+    SELECT g.name, count(*) FILTER (WHERE NOT EXISTS (
+        SELECT 1 FROM ev JOIN processed_events p ON p.event_id = ev.event_id AND p.consumer = g.name
+        WHERE ev.oid = m.oid)) AS n
+    FROM unnest($2::text[]) AS g(name) CROSS JOIN mine m GROUP BY g.name ORDER BY g.name"""
+
+
+async def consumed(pg: Any, customer: str, wait_s: float) -> tuple[float | None, dict[str, int]]:
+    """Seconds until each consumer group of the order flow had processed an event of every completed order (None:
+    not within ``wait_s``), and how many orders each group still missed then."""
+    began = time.time()
+    while True:
+        missing = {r["name"]: r["n"] for r in await pg.fetch(UNPROCESSED, customer, list(GROUPS))}
+        if not any(missing.values()):
+            return round(time.time() - began, 1), missing
+        if time.time() - began > wait_s:
+            return None, missing
+        await asyncio.sleep(1.0)
+
+
 async def settle(pg: Any, customer: str, wait_s: float) -> float | None:
     """Seconds until every order of ``customer`` is final (None: not within ``wait_s``)."""
     began = time.time()
@@ -165,6 +193,8 @@ async def run(args: argparse.Namespace) -> None:
         try:
             settled = await settle(pg, customer, args.wait)
             result: dict[str, Any] = {"every order final after the load, s": settled}
+            (result["every completed order's events consumed by every group after that, s"],
+             result["completed orders with no event processed, by group"]) = await consumed(pg, customer, args.wait)
             for name, sql in CHECKS.items():
                 rows = await pg.fetch(sql, customer)
                 result[name] = ({r["status"]: r["n"] for r in rows} if "status" in rows[0].keys() else rows[0][0]) \
