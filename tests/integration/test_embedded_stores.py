@@ -289,9 +289,10 @@ async def test_postgres_comes_back_while_its_killed_postmaster_is_an_uncollected
     before = embedded.start(store_dir)
     os.kill(before.pids["postgres"], signal.SIGKILL)
     await until(lambda: not _pid_alive(before.pids["postgres"]), within_s=15)
-    # A zombie that is not this process's child (so nothing here collects it; its parent sleeps on), of the user
-    # PostgreSQL runs as: PostgreSQL ignores a pid it may not signal.
-    parent = await asyncio.create_subprocess_exec("/bin/sh", "-c", "true & echo $!; exec sleep 120",
+    # A zombie that is not this process's child (so nothing here collects it), of the user PostgreSQL runs as
+    # (PostgreSQL ignores a pid it may not signal): the shell starts a short sleep and becomes a long one, which
+    # never collects the short one when it ends (the shell itself could, had the child ended before its exec).
+    parent = await asyncio.create_subprocess_exec("/bin/sh", "-c", "sleep 1 & echo $!; exec sleep 120",
                                                   stdout=asyncio.subprocess.PIPE,
                                                   **embedded._as_user(embedded._pg_system_user()))
     try:
