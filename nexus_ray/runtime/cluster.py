@@ -25,6 +25,7 @@ import httpx
 import psutil
 
 from nexus_ray.catalog import NAMESPACES
+from nexus_ray.exceptions import PROBLEM_BASE, PROBLEM_JSON
 from nexus_ray.runtime.embedded import free_port
 
 # Serve's HTTP metrics per request: with HAProxy's request metrics on (Serve's default), HAProxy sends
@@ -54,12 +55,40 @@ INGRESS_RULES = (
     "    http-request set-header X-Forwarded-For %[src]\n"
 )
 _HTTP_FRONTEND = "frontend http_frontend\n"
+# The answers HAProxy makes itself when no replica answers. Serve's config turns its 502, 503 and 504 into one
+# "500 Internal Server Error" in plain text (errorfile lines in its defaults section): a client could not tell a
+# replica that died under its request from a fault of the service, nor would it get the platform's problem+json.
+# The launcher points those lines at these answers instead (written beside the launcher).
+GATEWAY_ERRORS: dict[int, tuple[str, str, str, str]] = {
+    502: ("Bad Gateway", "bad-gateway", "upstream_failed",
+          "The service's replica ended the connection before it answered (it was stopped or restarted). The request "
+          "may or may not have taken effect: send it again with the same Idempotency-Key."),
+    503: ("Service Unavailable", "unavailable", "no_replica",
+          "No replica of the service could take the request now. Try again shortly."),
+    504: ("Gateway Timeout", "gateway-timeout", "upstream_timeout",
+          "The service did not answer in time. The request may or may not have taken effect: send it again with the "
+          "same Idempotency-Key."),
+}
+
+
+def gateway_error_response(status: int) -> bytes:
+    """The whole HTTP answer HAProxy gives for ``status`` (an errorfile): a problem+json body."""
+    title, slug, code, detail = GATEWAY_ERRORS[status]
+    body = json.dumps({"type": PROBLEM_BASE + slug, "title": title, "status": status, "code": code,
+                       "detail": detail}).encode()
+    head = (f"HTTP/1.1 {status} {title}\r\nContent-Type: {PROBLEM_JSON}\r\nContent-Length: {len(body)}\r\n"
+            "Cache-Control: no-store\r\n" + ("Retry-After: 1\r\n" if status == 503 else "") + "\r\n")
+    return head.encode() + body
+
+
 _LAUNCHER = """#!{python} -I
-# Serve's HAProxy with the platform's ingress rules (nexus_ray.runtime.cluster.INGRESS_RULES).
+# Serve's HAProxy with the platform's ingress rules (nexus_ray.runtime.cluster.INGRESS_RULES) and its answers
+# for 502, 503 and 504 (nexus_ray.runtime.cluster.GATEWAY_ERRORS).
 import os
+import re
 import sys
 
-REAL, RULES, FRONTEND = {real!r}, {rules!r}, {frontend!r}
+REAL, RULES, FRONTEND, ERRORS = {real!r}, {rules!r}, {frontend!r}, {errors!r}
 args = sys.argv[1:]
 if "-f" in args:
     i = args.index("-f") + 1
@@ -68,9 +97,11 @@ if "-f" in args:
     if text.count(FRONTEND) != 1:
         sys.exit(f"nexus: {{args[i]}} has no single {{FRONTEND.strip()!r}}: not starting an ingress that "
                  "would pass on the client's X-Forwarded-For")
+    text = text.replace(FRONTEND, FRONTEND + RULES)
+    text = re.sub(r"(?m)^(\\s*errorfile (50[234])) .*$", lambda m: m.group(1) + " " + ERRORS[m.group(2)], text)
     out = args[i] + ".nexus"
     with open(out + ".tmp", "w") as f:
-        f.write(text.replace(FRONTEND, FRONTEND + RULES))
+        f.write(text)
     os.replace(out + ".tmp", out)
     args[i] = out
 os.execv(REAL, [REAL, *args])
@@ -101,8 +132,13 @@ def write_haproxy_launcher(path: Path, real: str | None = None) -> Path:
     if Path(real).resolve() == path.resolve():
         raise ValueError(f"RAY_SERVE_HAPROXY_BINARY_PATH names the launcher itself ({path}): set it to a real HAProxy")
     path.parent.mkdir(parents=True, exist_ok=True)
+    errors = {}
+    for status in GATEWAY_ERRORS:
+        page = path.parent / f"{path.name}-{status}.http"
+        page.write_bytes(gateway_error_response(status))
+        errors[str(status)] = str(page)
     path.write_text(
-        _LAUNCHER.format(python=sys.executable, real=real, rules=INGRESS_RULES, frontend=_HTTP_FRONTEND)
+        _LAUNCHER.format(python=sys.executable, real=real, rules=INGRESS_RULES, frontend=_HTTP_FRONTEND, errors=errors)
     )
     path.chmod(0o755)
     return path

@@ -122,7 +122,89 @@ def test_launcher_puts_the_rule_in_serves_frontend_and_haproxy_accepts_it(tmp_pa
     rules = [line.strip() for line in frontend.splitlines() if line.strip().startswith("http-request")]
     # First of the frontend's rules, so no other rule (health, routes, routing) sees the client's header.
     assert rules[0] == "http-request set-header X-Forwarded-For %[src]"
-    assert started.replace(cluster.INGRESS_RULES, "") == (tmp_path / "haproxy.cfg").read_text()
+    # Serve's 502/503/504 answers (one plain-text 500) are the platform's problem+json ones.
+    pages = {line.split()[1]: line.split()[2] for line in started.splitlines() if line.strip().startswith("errorfile")}
+    assert set(pages) == {"502", "503", "504"}
+    assert all(page == f"{launcher}-{status}.http" for status, page in pages.items())
+    original = (tmp_path / "haproxy.cfg").read_text()
+    assert [line for line in started.replace(cluster.INGRESS_RULES, "").splitlines() if "errorfile" not in line] == [
+        line for line in original.splitlines() if "errorfile" not in line]
+
+
+def test_haproxy_answers_problem_json_when_no_replica_answers(tmp_path):
+    """A replica that ends the connection unanswered (as one killed under a request does) gives a 502, and no
+    replica at all a 503, each as problem+json with a code; Serve's config would have said "500" in plain text."""
+    import json
+    import socket
+    import threading
+    import time
+
+    import httpx
+
+    from nexus_ray.runtime.embedded import free_port
+
+    closer = socket.socket()  # takes each connection and closes it without an answer
+    closer.bind(("127.0.0.1", 0))
+    closer.listen(16)
+
+    def close_all() -> None:
+        while True:
+            try:
+                conn, _ = closer.accept()
+            except OSError:
+                return
+            conn.close()
+
+    threading.Thread(target=close_all, daemon=True).start()
+    port, nobody = free_port(), free_port()
+    serves = tmp_path / "500.http"  # what Serve writes and its config names for all three
+    serves.write_bytes(b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: text/plain\r\nContent-Length: 21\r\n\r\n"
+                       b"Internal Server Error")
+    config = tmp_path / "haproxy.cfg"
+    # The shape of Serve's: the 50x answers set in defaults, the frontend the launcher looks for.
+    config.write_text(f"""global
+    maxconn 100
+defaults
+    mode http
+    timeout connect 1s
+    timeout client 5s
+    timeout server 5s
+    retries 1
+    errorfile 502 {serves}
+    errorfile 503 {serves}
+    errorfile 504 {serves}
+frontend http_frontend
+    bind 127.0.0.1:{port}
+    use_backend dead if {{ path_beg /dead }}
+    default_backend closing
+backend closing
+    server s1 127.0.0.1:{closer.getsockname()[1]}
+backend dead
+    server s1 127.0.0.1:{nobody}
+""")
+    launcher = cluster.write_haproxy_launcher(tmp_path / "haproxy-ingress")
+    proxy = subprocess.Popen([str(launcher), "-db", "-f", str(config)], stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                closing = httpx.get(f"http://127.0.0.1:{port}/orders", timeout=10)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline and proxy.poll() is None, proxy.stdout.read() if proxy.stdout else ""
+                time.sleep(0.1)
+        dead = httpx.get(f"http://127.0.0.1:{port}/dead", timeout=10)
+    finally:
+        proxy.kill()
+        proxy.wait()
+        closer.close()
+    for answer, status, code in ((closing, 502, "upstream_failed"), (dead, 503, "no_replica")):
+        assert answer.status_code == status
+        assert answer.headers["content-type"] == "application/problem+json"
+        body = json.loads(answer.content)
+        assert body["status"] == status and body["code"] == code and body["detail"]
+    assert dead.headers["retry-after"] == "1"
 
 
 def test_launcher_refuses_a_config_without_the_frontend(tmp_path):
