@@ -118,8 +118,20 @@ class RateLimited(NexusError):
         )
 
 
+class BadGateway(NexusError):
+    """The entrypoint's answer when a replica ended the connection unanswered (``runtime.cluster``)."""
+
+    status, title, slug = 502, "Bad Gateway", "bad-gateway"
+
+
 class ServiceUnavailable(NexusError):
     status, title, slug = 503, "Service Unavailable", "unavailable"
+
+
+class GatewayTimeout(NexusError):
+    """The entrypoint's answer when a replica did not answer in time (``runtime.cluster``)."""
+
+    status, title, slug = 504, "Gateway Timeout", "gateway-timeout"
 
 
 _BY_STATUS = {

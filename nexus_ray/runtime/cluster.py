@@ -25,7 +25,7 @@ import httpx
 import psutil
 
 from nexus_ray.catalog import NAMESPACES
-from nexus_ray.exceptions import PROBLEM_BASE, PROBLEM_JSON
+from nexus_ray.exceptions import PROBLEM_JSON, BadGateway, GatewayTimeout, NexusError, ServiceUnavailable
 from nexus_ray.runtime.embedded import free_port
 
 # Serve's HTTP metrics per request: with HAProxy's request metrics on (Serve's default), HAProxy sends
@@ -59,26 +59,25 @@ _HTTP_FRONTEND = "frontend http_frontend\n"
 # "500 Internal Server Error" in plain text (errorfile lines in its defaults section): a client could not tell a
 # replica that died under its request from a fault of the service, nor would it get the platform's problem+json.
 # The launcher points those lines at these answers instead (written beside the launcher).
-GATEWAY_ERRORS: dict[int, tuple[str, str, str, str]] = {
-    502: ("Bad Gateway", "bad-gateway", "upstream_failed",
-          "The service's replica ended the connection before it answered (it was stopped or restarted). The request "
-          "may or may not have taken effect: send it again with the same Idempotency-Key."),
-    503: ("Service Unavailable", "unavailable", "no_replica",
-          "No replica of the service could take the request now. Try again shortly."),
-    504: ("Gateway Timeout", "gateway-timeout", "upstream_timeout",
-          "The service did not answer in time. The request may or may not have taken effect: send it again with the "
-          "same Idempotency-Key."),
+GATEWAY_ERRORS: dict[int, NexusError] = {
+    502: BadGateway("The service's replica ended the connection before it answered (it was stopped or restarted). The "
+                    "request may or may not have taken effect: send it again with the same Idempotency-Key.",
+                    extra={"code": "upstream_failed"}),
+    503: ServiceUnavailable("No replica of the service could take the request now. Try again shortly.",
+                            extra={"code": "no_replica"}, headers={"Retry-After": "1"}),
+    504: GatewayTimeout("The service did not answer in time. The request may or may not have taken effect: send it "
+                        "again with the same Idempotency-Key.", extra={"code": "upstream_timeout"}),
 }
 
 
 def gateway_error_response(status: int) -> bytes:
-    """The whole HTTP answer HAProxy gives for ``status`` (an errorfile): a problem+json body."""
-    title, slug, code, detail = GATEWAY_ERRORS[status]
-    body = json.dumps({"type": PROBLEM_BASE + slug, "title": title, "status": status, "code": code,
-                       "detail": detail}).encode()
-    head = (f"HTTP/1.1 {status} {title}\r\nContent-Type: {PROBLEM_JSON}\r\nContent-Length: {len(body)}\r\n"
-            "Cache-Control: no-store\r\n" + ("Retry-After: 1\r\n" if status == 503 else "") + "\r\n")
-    return head.encode() + body
+    """The whole HTTP answer HAProxy gives for ``status`` (an errorfile): the error's problem+json body."""
+    err = GATEWAY_ERRORS[status]
+    body = json.dumps(err.problem()).encode()
+    headers = {"Content-Type": PROBLEM_JSON, "Content-Length": str(len(body)), "Cache-Control": "no-store",
+               **err.headers}
+    head = f"HTTP/1.1 {err.status} {err.title}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    return (head + "\r\n").encode() + body
 
 
 _LAUNCHER = """#!{python} -I
