@@ -6,6 +6,8 @@ And the HAProxy that Serve starts on a head replaces whatever X-Forwarded-For th
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import subprocess
 
 import pytest
@@ -131,13 +133,12 @@ def test_launcher_puts_the_rule_in_serves_frontend_and_haproxy_accepts_it(tmp_pa
         line for line in original.splitlines() if "errorfile" not in line]
 
 
-def test_haproxy_answers_problem_json_when_no_replica_answers(tmp_path):
+async def test_haproxy_answers_problem_json_when_no_replica_answers(tmp_path, until):
     """A replica that ends the connection unanswered (as one killed under a request does) gives a 502, and no
     replica at all a 503, each as problem+json with a code; Serve's config would have said "500" in plain text."""
     import json
     import socket
     import threading
-    import time
 
     import httpx
 
@@ -183,22 +184,25 @@ backend dead
     server s1 127.0.0.1:{nobody}
 """)
     launcher = cluster.write_haproxy_launcher(tmp_path / "haproxy-ingress")
-    proxy = subprocess.Popen([str(launcher), "-db", "-f", str(config)], stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT)
+    proxy = await asyncio.create_subprocess_exec(str(launcher), "-db", "-f", str(config))
+    answers: dict[str, httpx.Response] = {}
+
+    async def answered(http: httpx.AsyncClient) -> bool:
+        assert proxy.returncode is None, "HAProxy exited"
+        with contextlib.suppress(httpx.TransportError):  # until it listens
+            answers["closing"] = await http.get("/orders")
+            return True
+        return False
+
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                closing = httpx.get(f"http://127.0.0.1:{port}/orders", timeout=10)
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline and proxy.poll() is None, proxy.stdout.read() if proxy.stdout else ""
-                time.sleep(0.1)
-        dead = httpx.get(f"http://127.0.0.1:{port}/dead", timeout=10)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+            await until(lambda: answered(http), within_s=30)
+            answers["dead"] = await http.get("/dead")
     finally:
         proxy.kill()
-        proxy.wait()
+        await proxy.wait()
         closer.close()
+    closing, dead = answers["closing"], answers["dead"]
     for answer, status, code in ((closing, 502, "upstream_failed"), (dead, 503, "no_replica")):
         assert answer.status_code == status
         assert answer.headers["content-type"] == "application/problem+json"
