@@ -3,7 +3,8 @@
 A room's :class:`live._Feed` is driven as the fan-out drives it (called with each event's bytes, in
 order, then the fan-out's LOST marker, so each run ends with the error a lost subscription gives);
 each member is a :class:`live._Connection` on a recording WebSocket (the frames it was given to send).
-The linger (``chat_batch_linger_ms``) is set by each test that depends on it.
+The linger (``chat_batch_linger_ms``, fixed unless a test is about how it adapts) is set by each test that
+depends on it.
 """
 
 from __future__ import annotations
@@ -41,7 +42,12 @@ def chat_setting(monkeypatch):
 
 @pytest.fixture
 def linger_ms(chat_setting):
-    return lambda ms: chat_setting("batch_linger_ms", ms)
+    """A fixed linger of ``ms`` (the shortest and the longest the same)."""
+    def fixed(ms: float) -> None:
+        chat_setting("batch_linger_ms", ms)
+        chat_setting("batch_linger_min_ms", ms)
+
+    return fixed
 
 
 def message(seq: int) -> bytes:
@@ -205,3 +211,70 @@ async def test_an_event_waits_at_most_the_linger_from_when_it_came_not_from_the_
     feed(message(3))
     assert feed._pending == [message(2), message(3)]  # the one behind it joins its frame
     feed._stop()
+
+
+class SlowSocket(Recorder):
+    """A member's socket whose sends take ``delay_s`` each, or never end (``stuck``): a slow or busy path."""
+
+    def __init__(self, delay_s: float = 0.0, *, stuck: bool = False) -> None:
+        super().__init__()
+        self.delay_s, self.stuck = delay_s, stuck
+
+    async def send_text(self, text: str) -> None:
+        if self.stuck:
+            await asyncio.Event().wait()
+        await asyncio.sleep(self.delay_s)  # the simulated send's own duration, not a wait for a condition
+        await super().send_text(text)
+
+
+async def handed_out(sockets: list[Recorder], until) -> live._Feed:
+    """A room's feed whose batch members are ``sockets``, after one frame reached nine in ten of them."""
+    feed = live._Feed("room")
+    conns = []
+    for ws in sockets:
+        conn = live._Connection(ws, "room", "alice", batch=True)  # type: ignore[arg-type]
+        feed.join(conn)
+        conns.append(conn)
+    tasks = [asyncio.create_task(conn.live(0)) for conn in conns]
+    feed(message(1))
+    await until(lambda: feed._handout_s is not None, within_s=5, every=0.002)
+    for task in tasks:
+        task.cancel()
+    return feed
+
+
+@pytest.fixture
+def adaptive(chat_setting):
+    chat_setting("batch_linger_ms", 500)
+    chat_setting("batch_linger_min_ms", 10)
+    chat_setting("batch_linger_factor", 3)
+
+
+async def test_the_linger_is_the_longest_until_a_frame_has_been_handed_out(adaptive):
+    assert live._Feed("room").linger() == pytest.approx(0.5)
+
+
+async def test_frames_that_reach_the_members_slowly_hold_a_longer_linger(adaptive, until):
+    feed = await handed_out([SlowSocket(0.05) for _ in range(10)], until)
+    assert 0.05 <= feed._handout_s < 0.5
+    assert feed.linger() == pytest.approx(3 * feed._handout_s)  # within the bounds: the factor times the time
+    assert feed.linger() >= 0.15
+
+
+async def test_frames_that_reach_the_members_at_once_bring_the_linger_to_its_shortest(adaptive, until):
+    feed = await handed_out([Recorder() for _ in range(10)], until)
+    assert feed.linger() == pytest.approx(0.01)
+
+
+async def test_one_stuck_member_does_not_keep_the_linger_at_its_longest(adaptive, until):
+    feed = await handed_out([Recorder() for _ in range(9)] + [SlowSocket(stuck=True)], until)
+    assert feed.linger() == pytest.approx(0.01)
+
+
+async def test_the_linger_never_exceeds_the_longest_however_slow_the_frames(adaptive):
+    feed = live._Feed("room")
+    feed.took(2.0)
+    assert feed.linger() == pytest.approx(0.5)
+    for _ in range(40):
+        feed.took(0.0)  # a moving average: it comes down over the frames that follow
+    assert feed.linger() == pytest.approx(0.01)

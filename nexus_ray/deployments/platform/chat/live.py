@@ -37,16 +37,23 @@ A connection that falls more than ``chat_client_backlog`` events behind is close
 1013 (try again) rather than buffered without bound; it resumes from its last sequence number.
 
 **Batches** (``?batch=true``, for clients that can read them). In a busy room an event waits for
-the ones behind it, at most ``chat_batch_linger_ms`` (80 ms unless configured) from when it reached
-the replica, and they go out together as one ``batch`` frame (at most :data:`BATCH_MOST` events,
-in order); an event after a quiet spell (no event for a linger) goes out at once. Every frame costs
-a system call in the replica, a pass through the proxy and a read in the client, whatever it holds,
-so a busy room's members get about one frame per linger however fast the room talks. The frame is
-made once per room and replica and the same text goes to every batch member there, all at the same
-moment: sent together, a replica's, the proxy's and the clients' frames share their wake-ups (what
-bench/RESULTS.md measured to be cheaper than spreading them over the linger). A connection that is
-behind (frames queued for it while it was sending) gets what queued as one batch. A client without
-``batch`` gets one frame per event, as soon as the event comes.
+the ones behind it, at most a *linger* from when it reached the replica, and they go out together as
+one ``batch`` frame (at most :data:`BATCH_MOST` events, in order); an event after a quiet spell (no
+event for a linger) goes out at once. Every frame costs a system call in the replica, a pass through
+the proxy and a read in the client, whatever it holds, so a busy room's members get about one frame
+per linger however fast the room talks. The frame is made once per room and replica and the same
+text goes to every batch member there, all at the same moment: sent together, a replica's, the
+proxy's and the clients' frames share their wake-ups (what bench/RESULTS.md measured to be cheaper
+than spreading them over the linger). A connection that is behind (frames queued for it while it
+was sending) gets what queued as one batch. A client without ``batch`` gets one frame per event, as
+soon as the event comes.
+
+The linger follows what handing out frames costs here: each feed times how long its frames take to
+reach nine in ten of its batch members (a moving average; a stuck member does not count) and holds
+the linger at ``chat_batch_linger_factor`` times that, between ``chat_batch_linger_min_ms`` and
+``chat_batch_linger_ms``. On a machine with CPU to spare frames reach the members quickly and events
+wait little; when the replica, the proxy or the clients are short of CPU the same frames take longer,
+the linger grows, and the frames per second fall with it (bench/RESULTS.md, chat).
 """
 
 from __future__ import annotations
@@ -90,9 +97,13 @@ _rooms = Fanout(CHANNEL_PATTERN, name="chat")
 
 
 class _Frame:
-    """Events of a room as one WebSocket text frame, made once for every connection of the room here."""
+    """Events of a room as one WebSocket text frame, made once for every connection of the room here.
 
-    __slots__ = ("events", "first", "last", "seqs", "text")
+    A frame the feed made for its batch members counts their sends (:meth:`sent`): when nine in ten
+    of them have sent it, the feed learns how long handing it out took (:meth:`_Feed.took`).
+    """
+
+    __slots__ = ("events", "feed", "first", "last", "left", "made", "quota", "seqs", "text")
 
     def __init__(self, events: list[bytes], seqs: list[int | None]) -> None:
         self.events, self.seqs = events, seqs
@@ -100,6 +111,22 @@ class _Frame:
         numbered = [seq for seq in seqs if seq is not None]
         self.first = numbered[0] if numbered else None  # the messages' seqs, in order
         self.last = numbered[-1] if numbered else None
+        self.feed: _Feed | None = None
+        self.left = self.quota = 0
+        self.made = 0.0
+
+    def track(self, feed: _Feed, members: int, now: float) -> None:
+        """Count the sends of the ``members`` connections it is handed to, from ``now`` (the loop's clock)."""
+        self.feed, self.left, self.quota, self.made = feed, members, members // 10, now
+
+    def sent(self) -> None:
+        """One connection has sent it (or what it held, inside a batch of its own)."""
+        if self.feed is None:
+            return
+        self.left -= 1
+        if self.left == self.quota:
+            self.feed.took(asyncio.get_running_loop().time() - self.made)
+            self.feed = None
 
 
 def _text_of(events: list[bytes]) -> str:
@@ -130,6 +157,25 @@ class _Feed:
         self._seqs: list[int | None] = []
         self._due: asyncio.TimerHandle | None = None
         self._last = float("-inf")  # when the last event came (the loop's clock)
+        self._handout_s: float | None = None  # moving average of how long a frame took to reach 9 in 10 members
+
+    def linger(self) -> float:
+        """How long an event may wait for the ones behind it now, seconds (see ``chat_batch_linger_factor``).
+
+        Until the feed has handed out a frame it is the longest linger; then the factor times the moving
+        average of how long its frames took to reach its members, within the settings' bounds.
+        """
+        settings = settings_of(ChatSettings)
+        most = settings.chat_batch_linger_ms / 1000
+        if self._handout_s is None:
+            return most
+        least = min(settings.chat_batch_linger_min_ms / 1000, most)
+        return min(most, max(least, settings.chat_batch_linger_factor * self._handout_s))
+
+    def took(self, seconds: float) -> None:
+        """A frame of this feed reached nine in ten of its batch members ``seconds`` after it was made."""
+        average = self._handout_s
+        self._handout_s = seconds if average is None else average + (seconds - average) / 5
 
     def __call__(self, item: object) -> None:
         if item is LOST:
@@ -145,7 +191,7 @@ class _Feed:
                 conn.push(single, 1)
         if not self.batched:
             return
-        linger = settings_of(ChatSettings).chat_batch_linger_ms / 1000
+        linger = self.linger()
         loop = asyncio.get_running_loop()
         now = loop.time()
         quiet = now - self._last >= linger
@@ -163,6 +209,7 @@ class _Feed:
             return
         frame = _Frame(self._pending, self._seqs)
         self._pending, self._seqs = [], []
+        frame.track(self, len(self.batched), asyncio.get_running_loop().time())
         for conn in self.batched:
             conn.push(frame, len(frame.events))
 
@@ -250,6 +297,7 @@ class _Connection:
                 frames.append(self.inbox.get_nowait())
             ended: str | None = None
             events: list[bytes] = []
+            taken: list[_Frame] = []  # frames whose events go out in batches made here
             for frame in frames:
                 if not isinstance(frame, _Frame):
                     ended = ("the room's feed was interrupted; resume" if frame is LOST
@@ -259,6 +307,7 @@ class _Connection:
                 if len(frames) == 1 and (frame.first is None or frame.first > delivered):
                     delivered = frame.last if frame.last is not None else delivered
                     await self.send(frame.text)  # the room's frame as it was made: the usual case
+                    frame.sent()
                     break
                 for raw, seq in zip(frame.events, frame.seqs, strict=True):
                     if seq is not None:
@@ -266,9 +315,12 @@ class _Connection:
                             continue
                         delivered = seq
                     events.append(raw)
+                taken.append(frame)
             step = BATCH_MOST if self.batch else 1
             for at in range(0, len(events), step):
                 await self.send(_text_of(events[at:at + step]))
+            for frame in taken:
+                frame.sent()
             if ended is not None:
                 raise ServiceUnavailable(ended)
 
@@ -317,7 +369,7 @@ async def room_live(
     after: int | None = Query(None, ge=0, le=2**62, description="The last sequence number seen: replay from it."),
     batch: bool = Query(False, description="Send the events that queued up while the connection was busy as one "
                                            '`{"type": "batch", "events": [...]}` frame; while the room is busy, '
-                                           "an event waits at most the linger (80 ms unless configured) for the "
+                                           "an event waits at most the linger (20 to 80 ms unless configured) for the "
                                            "ones behind it, which share its frame."),
     principal: Principal = ws_authorize(SCOPES.write),
 ) -> None:
