@@ -54,8 +54,8 @@ def message(seq: int) -> bytes:
     return orjson.dumps({"type": "message", "message": {"seq": seq, "text": f"m{seq}"}})
 
 
-def member(feed: live._Feed, *, batch: bool) -> tuple[live._Connection, Recorder]:
-    ws = Recorder()
+def member(feed: live._Feed, *, batch: bool, ws: Recorder | None = None) -> tuple[live._Connection, Recorder]:
+    ws = ws or Recorder()
     conn = live._Connection(ws, "room", "alice", batch=batch)  # type: ignore[arg-type]
     feed.join(conn)
     return conn, ws
@@ -230,16 +230,12 @@ class SlowSocket(Recorder):
 async def handed_out(sockets: list[Recorder], until) -> live._Feed:
     """A room's feed whose batch members are ``sockets``, after one frame reached nine in ten of them."""
     feed = live._Feed("room")
-    conns = []
-    for ws in sockets:
-        conn = live._Connection(ws, "room", "alice", batch=True)  # type: ignore[arg-type]
-        feed.join(conn)
-        conns.append(conn)
-    tasks = [asyncio.create_task(conn.live(0)) for conn in conns]
+    tasks = [asyncio.create_task(member(feed, batch=True, ws=ws)[0].live(0)) for ws in sockets]
     feed(message(1))
     await until(lambda: feed._handout_s is not None, within_s=5, every=0.002)
     for task in tasks:
         task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
     return feed
 
 
