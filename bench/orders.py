@@ -23,6 +23,11 @@ finishes it.
 
 The load generator runs on the same two cores as the platform: the figures are a floor. ``--cpu`` and
 ``--py-spy PATH`` sample every stack process's CPU, or profile one (``--spy-match``), during the closed loop.
+``--waits`` says what the closed loop waited on, over the same span: the machine's time split (/proc/stat:
+user, system, softirq, idle), what PostgreSQL's client backends were doing, sampled every 20 ms (running, in a
+transaction waiting for the platform's next statement, or waiting on a lock or on the WAL, the statement
+named), and afterwards, from the saga log, the mean time from one saga write to the next for each step of the
+closed loop's orders.
 At the end each SKU's stock left must equal the stock put in minus the units of its completed orders.
 """
 
@@ -168,6 +173,68 @@ async def open_loop(http: httpx.AsyncClient, headers: dict[str, str], pairs: lis
     return {"rate": rate, **tally.summary(seconds)}, tally.by_product
 
 
+def _proc_stat() -> list[int]:
+    with open("/proc/stat") as f:
+        return [int(x) for x in f.readline().split()[1:9]]
+
+
+async def waits(seconds: float, out: dict[str, Any]) -> None:
+    """Sample the machine's time split and PostgreSQL's client backends for ``seconds``, into ``out``."""
+    import asyncpg
+
+    from nexus_ray.runtime import embedded
+
+    conn = await asyncpg.connect(embedded.status(os.environ["NEXUS_DATA_DIR"])["postgres"]["url"])
+    try:
+        states: Counter[str] = Counter()
+        on_lock: Counter[str] = Counter()
+        samples = 0
+        cpu0 = _proc_stat()
+        stop = time.perf_counter() + seconds
+        while time.perf_counter() < stop:
+            for r in await conn.fetch(
+                    "SELECT state, wait_event_type AS wt, wait_event AS we, left(query, 60) AS q FROM pg_stat_activity "
+                    "WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() "
+                    "AND state IN ('active', 'idle in transaction')"):
+                if r["state"] == "idle in transaction":
+                    states["in a transaction, waiting for the platform's next statement"] += 1
+                elif r["wt"] is None:
+                    states["running a statement"] += 1
+                else:
+                    states[f"waiting: {r['wt']}/{r['we']}"] += 1
+                    if r["wt"] == "Lock":
+                        on_lock[" ".join(r["q"].split())] += 1
+            samples += 1
+            await asyncio.sleep(0.02)
+        cpu1 = _proc_stat()
+        spent = [b - a for a, b in zip(cpu0, cpu1, strict=True)]
+        names = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+        out["machine_%"] = {n: round(100 * v / sum(spent), 1) for n, v in zip(names, spent, strict=True) if v}
+        out["postgres_backends_on_average"] = {k: round(v / samples, 2) for k, v in states.most_common()}
+        out["lock_waits_by_statement"] = {k: round(v / samples, 2) for k, v in on_lock.most_common(5)}
+    finally:
+        await conn.close()
+
+
+async def step_spans(since: float) -> dict[str, float]:
+    """Mean ms from the saga write before to each forward step's ``done``, for orders created after ``since``
+    (a wall-clock time), from the saga log."""
+    import asyncpg
+
+    from nexus_ray.runtime import embedded
+
+    conn = await asyncpg.connect(embedded.status(os.environ["NEXUS_DATA_DIR"])["postgres"]["url"])
+    try:
+        rows = await conn.fetch(
+            "SELECT step, avg(ms) AS ms FROM (SELECT l.step, l.phase, l.outcome, extract(epoch FROM l.created_at - "
+            "lag(l.created_at) OVER (PARTITION BY l.order_id ORDER BY l.id)) * 1000 AS ms FROM order_saga_log l "
+            "JOIN orders o ON o.id = l.order_id WHERE o.created_at >= to_timestamp($1)) x "
+            "WHERE phase = 'forward' AND outcome = 'done' GROUP BY step ORDER BY ms DESC", since)
+        return {r["step"]: round(float(r["ms"]), 1) for r in rows}
+    finally:
+        await conn.close()
+
+
 async def stock_left(http: httpx.AsyncClient, ops: dict[str, str], sku: str) -> int:
     r = await http.get(f"{INV}/stock", params={"sku": sku}, headers=ops)
     return int(r.json()[0]["on_hand"])
@@ -189,9 +256,23 @@ async def run(args: argparse.Namespace) -> None:
 
             watchers = watch(cpu, wait_s=5, span_s=max(1.0, args.duration - 10), spy_out=args.py_spy,
                              spy_match=args.spy_match, me=True)
+        waited: dict[str, Any] = {}
+        sampler = None
+        if args.waits:
+            async def sample_later() -> None:
+                await asyncio.sleep(5)
+                await waits(max(1.0, args.duration - 10), waited)
+
+            sampler = asyncio.create_task(sample_later())
+        loop_began = time.time()
         result, done = await closed_loop(http, buyer, pairs, concurrency=args.concurrency, seconds=args.duration)
         completed += done
         print(f"closed loop, {args.concurrency} clients:", json.dumps(result), flush=True)
+        if sampler is not None:
+            await sampler
+            print("closed loop, 5th second to 5 s before the end, what it waited on:", json.dumps(waited))
+            print("closed loop, mean ms from the saga write before to each step's end:",
+                  json.dumps(await step_spans(loop_began)), flush=True)
         for t in watchers:
             t.join()
         if cpu:
@@ -225,6 +306,8 @@ def main() -> None:
     parser.add_argument("--products", type=int, default=1, help="Products (two SKUs each) the orders take in turn: "
                         "1 puts every order on the same two stock rows.")
     parser.add_argument("--cpu", action="store_true", help="The CPU of every stack process during the closed loop.")
+    parser.add_argument("--waits", action="store_true", help="What the closed loop waited on: the machine's time "
+                        "split, PostgreSQL's backends sampled, and the saga's step times.")
     parser.add_argument("--py-spy", help="Write a raw py-spy profile of one stack process during the closed loop here.")
     parser.add_argument("--spy-match", default="ServeReplica:commerce")
     asyncio.run(run(parser.parse_args()))
