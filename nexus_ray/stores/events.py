@@ -318,9 +318,14 @@ class OutboxRelay:
         if not rows:
             return 0
         metas = await self.publish(producer, rows)
+        # "published_at IS NULL" (the rows were read so, and only this leader publishes) lets the planner find them
+        # in the small partial index of unpublished rows. Joined on the id alone, a plan made while the table was
+        # new (never analysed: a few hundred rows guessed) hash-joined a scan of the whole outbox, every batch:
+        # 3.5 million rows read in 800 batches of a 15-second order benchmark (bench/RESULTS.md, issue 7).
         await pg.execute(
             'UPDATE outbox o SET published_at = now(), partition = u.p, "offset" = u.o '
-            "FROM unnest($1::bigint[], $2::int4[], $3::int8[]) AS u(id, p, o) WHERE o.id = u.id",
+            "FROM unnest($1::bigint[], $2::int4[], $3::int8[]) AS u(id, p, o) WHERE o.id = u.id "
+            "AND o.published_at IS NULL",
             [row["id"] for row in rows],
             [m.partition for m in metas],
             [m.offset for m in metas],
