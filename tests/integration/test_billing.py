@@ -443,6 +443,44 @@ async def test_a_posting_sent_again_after_a_crash_posts_once(client, merchant, a
     assert after["clearing"] - before["clearing"] == 555 == after["merchant_payable"] - before["merchant_payable"]
 
 
+async def test_concurrent_captures_each_post_once_and_their_postings_go_out_together(client, merchant, admin,
+                                                                                          monkeypatch):
+    from nexus_ray.deployments.commerce.billing import postings, service
+    from nexus_ray.stores import postgres
+
+    before = await _ledger_balances(client, admin, "DKK")
+    intents = [await authorized(client, merchant, amount=100 + n, currency="DKK") for n in range(6)]
+    captured = await asyncio.gather(*(act(client, merchant, pi["id"], "capture") for pi in intents))
+    assert [r.status_code for r in captured] == [200] * 6
+    rows = [(await service.ledger_postings(intent_id=uuid.UUID(pi["id"])))[0] for pi in intents]
+    assert all(r["status"] == "posted" for r in rows) and len({r["entry_id"] for r in rows}) == 6
+    after = await _ledger_balances(client, admin, "DKK")
+    assert after["clearing"] - before["clearing"] == sum(100 + n for n in range(6))
+    assert after["merchant_payable"] - before["merchant_payable"] == sum(100 + n for n in range(6))
+
+    # Three requests hand over their postings at once (as if each had just committed, its posting pending): one
+    # batch takes all three to the ledger, which answers each key with the entry it posted before.
+    pg = await postgres.pool()
+    await pg.execute("UPDATE billing_ledger_postings SET status = 'pending', entry_id = NULL WHERE id = ANY($1)",
+                     [r["id"] for r in rows[:3]])
+    batches: list[int] = []
+    real_post = postings.post
+
+    async def counted(pending):
+        batches.append(len(pending))
+        return await real_post(pending)
+
+    monkeypatch.setattr(postings, "post", counted)
+    pending = [postings.Posting(id=r["id"], payment_intent_id=uuid.UUID(pi["id"]), kind=r["kind"],
+                                source_id=r["source_id"], amount=r["amount"], currency=r["currency"])
+               for r, pi in zip(rows[:3], intents[:3], strict=True)]
+    await asyncio.gather(*(postings.post_after_commit([p]) for p in pending))
+    assert batches == [3]
+    again = [(await service.ledger_postings(intent_id=uuid.UUID(pi["id"])))[0] for pi in intents[:3]]
+    assert [(r["status"], r["entry_id"]) for r in again] == [("posted", r["entry_id"]) for r in rows[:3]]
+    assert await _ledger_balances(client, admin, "DKK") == after  # replayed, not posted twice
+
+
 # -- ownership and exports -------------------------------------------------------------------------------------
 
 

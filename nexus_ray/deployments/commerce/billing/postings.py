@@ -16,7 +16,8 @@ capture's when the capture's first try failed, and must not be refused for it.
 
 Exactly once: a capture or refund writes a row in ``billing_ledger_postings`` in its own
 transaction (so it commits with the change, or not at all), and after the commit the row is
-posted with ``call("ledger-mgr", "post_transfer", ...)`` under the idempotency key
+posted with ``call("ledger-mgr", "post_transfers", ...)`` (with the rows of the concurrent requests
+of the process: :func:`post_after_commit`) under the idempotency key
 ``billing:<kind>:<source id>`` -- the intent's id for its one capture, the refund's id for a
 refund. Whoever posts a row, however often (the request that made it, the retry loop after a
 crash or a ledger outage, two replicas at once), the ledger posts it once and answers the
@@ -32,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import weakref
 from collections.abc import Sequence
 from typing import NamedTuple
 from uuid import UUID
@@ -98,39 +100,108 @@ class Posting(NamedTuple):
 
 
 async def post(pending: Sequence[Posting]) -> int:
-    """Post the ``pending`` postings to the ledger; returns how many are now posted.
+    """Post the ``pending`` postings to the ledger, all in one of its transactions; returns how many are now posted.
 
-    The request that queued a posting passes it on as it wrote it, after its commit; the retry loop passes what it
-    found pending. A row posted by someone else meanwhile is posted again harmlessly: the ledger answers its key
-    with the same entry, and only a pending row is marked posted. A failure (the ledger away) leaves the posting
-    pending for :func:`retry_forever`; it is logged, not raised: the capture or refund it belongs to has happened.
+    The requests that queued postings pass them on as they wrote them, after their commits (through
+    :func:`post_after_commit`); the retry loop passes what it found pending. A row posted by someone else
+    meanwhile is posted again harmlessly: the ledger answers its key with the same entry, and only a pending row is
+    marked posted. Each posting is accepted or refused on its own. A failure (the ledger away, a refusal) leaves a
+    posting pending for :func:`retry_forever`; it is logged, not raised: the capture or refund it belongs to has
+    happened.
     """
     if not pending:
         return 0
     pg = await postgres.pool()
-    posted = 0
+    failed: dict[UUID, str] = {}
+    transfers: list[dict[str, object]] = []
+    sent: list[Posting] = []
     for r in pending:
         currency = r.currency.strip()
         try:
             acct = await accounts(currency)
-            debit, credit = acct["clearing"], acct["merchant_payable"]
-            if r.kind == "refund":
-                debit, credit = credit, debit
-            entry = await call(
-                "ledger-mgr", "post_transfer", caller=CALLER, debit_account_id=debit, credit_account_id=credit,
-                amount=r.amount, currency=currency, idempotency_key=f"billing:{r.kind}:{r.source_id}",
-                description=f"billing {r.kind} of payment intent {r.payment_intent_id}",
-                metadata={"payment_intent_id": str(r.payment_intent_id), "billing_posting_id": str(r.id)})
         except Exception as exc:
-            log.warning("ledger posting %s failed, retried later: %s", r.id, type(exc).__name__)
-            await pg.execute("UPDATE billing_ledger_postings SET attempts = attempts + 1, last_error = $2 "
-                             "WHERE id = $1", r.id, type(exc).__name__)
+            failed[r.id] = type(exc).__name__
             continue
-        await pg.execute("UPDATE billing_ledger_postings SET status = 'posted', entry_id = $2, posted_at = now(), "
-                         "attempts = attempts + 1, last_error = NULL WHERE id = $1 AND status = 'pending'",
-                         r.id, entry.id)
-        posted += 1
-    return posted
+        debit, credit = acct["clearing"], acct["merchant_payable"]
+        if r.kind == "refund":
+            debit, credit = credit, debit
+        sent.append(r)
+        transfers.append({
+            "debit_account_id": debit, "credit_account_id": credit, "amount": r.amount, "currency": currency,
+            "idempotency_key": f"billing:{r.kind}:{r.source_id}",
+            "description": f"billing {r.kind} of payment intent {r.payment_intent_id}",
+            "metadata": {"payment_intent_id": str(r.payment_intent_id), "billing_posting_id": str(r.id)}})
+    posted: list[tuple[UUID, UUID]] = []
+    if transfers:
+        try:
+            results = await call("ledger-mgr", "post_transfers", caller=CALLER, transfers=transfers)
+        except Exception as exc:
+            failed.update((r.id, type(exc).__name__) for r in sent)
+        else:
+            for r, result in zip(sent, results, strict=True):
+                if result.entry is None:
+                    failed[r.id] = str((result.error or {}).get("code") or "refused")
+                else:
+                    posted.append((r.id, result.entry.id))
+    for posting_id, error in failed.items():
+        log.warning("ledger posting %s failed, retried later: %s", posting_id, error)
+    if failed:
+        await pg.execute("UPDATE billing_ledger_postings p SET attempts = attempts + 1, last_error = u.e "
+                         "FROM unnest($1::uuid[], $2::text[]) AS u(id, e) WHERE p.id = u.id",
+                         list(failed), list(failed.values()))
+    if posted:
+        await pg.execute("UPDATE billing_ledger_postings p SET status = 'posted', entry_id = u.e, posted_at = now(), "
+                         "attempts = attempts + 1, last_error = NULL FROM unnest($1::uuid[], $2::uuid[]) AS u(id, e) "
+                         "WHERE p.id = u.id AND p.status = 'pending'", [x[0] for x in posted], [x[1] for x in posted])
+    return len(posted)
+
+
+class _Together:
+    """The postings that concurrent requests of one event loop hand over, posted together.
+
+    A request's posting goes out at once when nothing is being posted; while a batch is out, those of the requests
+    that follow wait for it and then go out together, as one of the ledger's transactions. So an idle process
+    posts each at once, and a busy one posts about as many a transaction as requests arrive in one batch's time:
+    a group commit, with no delay set.
+    """
+
+    def __init__(self) -> None:
+        self.waiting: list[tuple[Posting, asyncio.Future[None]]] = []
+        self.task: asyncio.Task[None] | None = None
+
+    async def drain(self) -> None:
+        while self.waiting:
+            batch, self.waiting = self.waiting[:_MOST_TOGETHER], self.waiting[_MOST_TOGETHER:]
+            try:
+                await post([p for p, _ in batch])
+            except Exception as exc:  # the marking's statement failed: the postings stay pending for the retry loop
+                log.warning("ledger postings of %d requests not marked, retried later: %s", len(batch),
+                            type(exc).__name__)
+            finally:
+                for _, done in batch:
+                    if not done.done():
+                        done.set_result(None)
+
+
+_MOST_TOGETHER = 200
+_together: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Together] = weakref.WeakKeyDictionary()
+
+
+async def post_after_commit(pending: Sequence[Posting]) -> None:
+    """Post what a request queued, with those of the requests beside it (:class:`_Together`); returns once the
+    ledger has answered them (or failed, leaving them for the retry loop), as :func:`post` would."""
+    if not pending:
+        return
+    loop = asyncio.get_running_loop()
+    together = _together.get(loop)
+    if together is None:
+        together = _together[loop] = _Together()
+    done = loop.create_future()
+    together.waiting.extend((p, done) for p in pending)
+    if together.task is None or together.task.done():
+        together.task = loop.create_task(together.drain())
+    # Shielded: a request cancelled while it waits leaves its posting to the batch, and the others' wait intact.
+    await asyncio.shield(done)
 
 
 async def retry_pending(*, older_than_s: float, limit: int = 200) -> int:

@@ -241,7 +241,7 @@ async def capture(
         return 200, intent
 
     outcome = await KEYS.run(scope=caller, key=idempotency_key, fingerprint=fp, work=work, field_name=field_name)
-    await postings.post(queued)
+    await postings.post_after_commit(queued)
     webhooks.wake(sum(hooks))
     return outcome
 
@@ -326,7 +326,7 @@ async def refund(
         return 201, result
 
     outcome = await KEYS.run(scope=caller, key=idempotency_key, fingerprint=fp, work=work, field_name=field_name)
-    await postings.post(queued)
+    await postings.post_after_commit(queued)
     webhooks.wake(sum(hooks))
     return outcome
 

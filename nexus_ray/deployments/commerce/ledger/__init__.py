@@ -15,7 +15,7 @@ from nexus_ray.exceptions import ValidationFailed
 
 from . import service
 from .currencies import known
-from .models import AccountRead, AccountType, Balance, EntryRead, HoldRead
+from .models import AccountRead, AccountType, Balance, EntryRead, HoldRead, ItemResult
 from .views import router
 
 background = [service.expire_holds_forever]
@@ -35,6 +35,20 @@ async def post_transfer(
         currency=currency, description=description, metadata=metadata, idempotency_key=idempotency_key)
     entry, _ = await service.post_one(caller=caller, privileged=True, request=req)
     return entry
+
+
+async def post_transfers(*, caller: str, transfers: list[dict[str, Any]]) -> list[ItemResult]:
+    """Post many transfers in one transaction, each accepted or refused on its own (the keys of
+    :func:`post_transfer`'s arguments each); their results in order: ``posted``, ``replayed`` or ``refused``.
+
+    For a caller that has many at once (billing's postings of concurrent captures): one transaction instead of one
+    each.
+    """
+    requests = [service.transfer_request(
+        debit_account_id=UUID(str(t["debit_account_id"])), credit_account_id=UUID(str(t["credit_account_id"])),
+        amount=t["amount"], currency=t["currency"], description=t.get("description", ""),
+        metadata=t.get("metadata"), idempotency_key=t["idempotency_key"]) for t in transfers]
+    return await service.post_entries(caller=caller, privileged=True, requests=requests)
 
 
 async def post_entry(
@@ -91,8 +105,8 @@ async def balance(*, account_id: UUID | str) -> Balance:
 
 
 #: What services of other namespaces may call (nexus_ray.deployments.kit.calls.call).
-exports = {"post_transfer": post_transfer, "post_entry": post_entry, "open_account": open_account,
-           "place_hold": place_hold, "capture_hold": capture_hold,
+exports = {"post_transfer": post_transfer, "post_transfers": post_transfers, "post_entry": post_entry,
+           "open_account": open_account, "place_hold": place_hold, "capture_hold": capture_hold,
            "void_hold": void_hold, "balance": balance}
 
 __all__ = ["background", "exports", "router"]
