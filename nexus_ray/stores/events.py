@@ -179,6 +179,15 @@ def _decode(msg: Any) -> Event:
     )
 
 
+def _all_decoded(messages: Sequence[Any]) -> list[Event] | None:
+    """The events of ``messages``, or None if one is not an event (they are then taken one by one, so that it is
+    dead-lettered in its place)."""
+    try:
+        return [_decode(msg) for msg in messages]
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
 async def mark_for_replay(pg: asyncpg.Pool | asyncpg.Connection, *, window_h: float) -> int:
     """Mark the published events created in the ``window_h`` hours before the newest one for publication again
     (the relay publishes them in outbox order); returns how many.
@@ -545,7 +554,11 @@ class EventConsumer:
 
     ``handler(conn, event)`` runs inside a PostgreSQL transaction together with the
     record that the event was processed, so a redelivered event is skipped and a
-    handler failure leaves nothing half-written. A failed event is retried, after a
+    handler failure leaves nothing half-written. The events of one partition that a fetch
+    brings together share one transaction (:meth:`handle_together`): one commit for a busy
+    consumer's batch. When a handler fails there, the batch is rolled back and its events are
+    handled one by one, so a handler may be called again for an event whose first call was
+    rolled back: what it does outside ``conn`` must bear a repeat, as redeliveries already ask. A failed event is retried, after a
     backoff during which only its partition waits, until it has failed ``max_attempts``
     times (counted in PostgreSQL, across restarts); then it moves to the dead letters,
     with the last error, and the consumer commits past it. A message that is not an event
@@ -609,6 +622,35 @@ class EventConsumer:
             except Exception as exc:  # a broker or the database away: start again
                 log.warning("consumer %s interrupted, starting again: %s", self.group, type(exc).__name__)
                 await asyncio.sleep(retry_s)
+
+    async def handle_together(self, batch: Sequence[Event]) -> bool:
+        """Process ``batch`` (a partition's events, in order) in one transaction: each claimed and handled as
+        :meth:`handle` does, and one commit for all. Whether it was done; False when a handler failed: then nothing
+        of the batch was written, and the caller handles its events one by one (which retries or dead-letters the
+        failing one alone). A database away raises, as in :meth:`handle`.
+
+        One commit instead of one per event: a busy consumer's batches cost the database one transaction each.
+        """
+        failed = False
+        fresh = 0
+        try:
+            async with postgres.transaction() as conn:
+                for event in batch:
+                    if not await conn.fetchval(_CLAIM, self.group, event.id):
+                        continue
+                    fresh += 1
+                    try:
+                        await self.handler(conn, event)
+                    except Exception:
+                        failed = True
+                        raise
+        except Exception:
+            if not failed:
+                raise
+            return False
+        self.handled += fresh
+        self.skipped += len(batch) - fresh
+        return True
 
     async def handle(self, event: Event) -> Outcome:
         """Process one event exactly once in effect; returns what came of it.
@@ -808,6 +850,10 @@ class EventConsumer:
                 batches = await consumer.getmany(timeout_ms=max(10, int(wait_s * 1000)), max_records=200)
                 done: dict[TopicPartition, int] = {}
                 for tp, messages in batches.items():
+                    together = _all_decoded(messages) if len(messages) > 1 else None
+                    if together is not None and await self.handle_together(together):
+                        done[tp] = messages[-1].offset + 1
+                        continue
                     for msg in messages:
                         try:
                             event = _decode(msg)

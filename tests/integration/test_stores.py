@@ -217,6 +217,65 @@ async def test_failed_handler_leaves_nothing_and_event_is_retried(relay, until):
     assert await events.list_dead_letters(consumer=consumer.group) == []
 
 
+async def _published(event_ids: list[uuid.UUID], until) -> None:
+    p = await postgres.pool()
+
+    async def all_out() -> bool:
+        return await p.fetchval("SELECT count(*) FROM outbox WHERE event_id = ANY($1) AND published_at IS NOT NULL",
+                                event_ids) == len(event_ids)
+
+    await until(all_out, within_s=30)
+
+
+async def _emit_one_key(topic: str, n: int) -> list[uuid.UUID]:
+    """``n`` events with one key (so one partition, in order), in one transaction."""
+    async with postgres.transaction() as conn:
+        return [await events.emit(conn, topic, {"i": i}, key="one") for i in range(n)]
+
+
+async def test_events_fetched_together_are_handled_in_one_transaction(relay, until):
+    topic = f"test.together.{uuid.uuid4().hex[:6]}"
+    p = await postgres.pool()
+    await p.execute("CREATE TABLE IF NOT EXISTS t_together (event_id uuid PRIMARY KEY, tx bigint NOT NULL)")
+
+    async def handler(conn, event):
+        await conn.execute("INSERT INTO t_together VALUES ($1, txid_current())", event.id)
+
+    ids = await _emit_one_key(topic, 5)
+    await _published(ids, until)  # all in the partition before the consumer's first fetch
+    consumer = _consumer(topic, handler)
+    async with _running(consumer):
+        await until(lambda: consumer.handled == 5, within_s=60)
+    rows = await p.fetch("SELECT event_id, tx FROM t_together WHERE event_id = ANY($1)", ids)
+    assert sorted(r["event_id"] for r in rows) == sorted(ids)  # each applied once
+    assert len({r["tx"] for r in rows}) < 5  # and those fetched together committed together
+
+
+async def test_a_failing_event_among_others_fetched_with_it_is_retried_alone(relay, until):
+    topic = f"test.together.{uuid.uuid4().hex[:6]}"
+    p = await postgres.pool()
+    await p.execute("CREATE TABLE IF NOT EXISTS t_together_effects (event_id uuid PRIMARY KEY)")
+    calls: list[int] = []
+
+    async def handler(conn, event):
+        calls.append(event.data["i"])
+        await conn.execute("INSERT INTO t_together_effects VALUES ($1)", event.id)
+        if event.data["i"] == 2 and calls.count(2) == 1:
+            raise RuntimeError("transient failure")
+
+    ids = await _emit_one_key(topic, 5)
+    await _published(ids, until)
+    consumer = _consumer(topic, handler, max_attempts=3, retry_backoff_s=0.05)
+    async with _running(consumer):
+        await until(lambda: consumer.handled == 5, within_s=60)
+    # Nothing of the failed batch stayed; each event's effect is there once; the failing one failed once.
+    effects = await p.fetch("SELECT event_id FROM t_together_effects WHERE event_id = ANY($1)", ids)
+    assert sorted(r["event_id"] for r in effects) == sorted(ids)
+    assert calls.count(2) == 2  # failed once (in the batch, or alone), then applied
+    assert await p.fetchval("SELECT count(*) FROM event_attempts WHERE event_id = ANY($1)", ids) == 0
+    assert await events.list_dead_letters(consumer=consumer.group) == []
+
+
 async def test_event_that_keeps_failing_is_dead_lettered_and_later_events_flow(relay, until):
     topic = f"test.poison.{uuid.uuid4().hex[:6]}"
     p = await postgres.pool()
@@ -235,14 +294,18 @@ async def test_event_that_keeps_failing_is_dead_lettered_and_later_events_flow(r
     consumer = _consumer(topic, handler, max_attempts=3, retry_backoff_s=0.05)
     async with _running(consumer):
         ids = await _emit_n(topic, 5)
-        await until(lambda: sorted(handled) == [0, 2, 4] and consumer.dead_lettered == 2, within_s=90)
-    assert calls == {0: 1, 1: 3, 2: 1, 3: 3, 4: 1}
+        await until(lambda: consumer.handled == 3 and consumer.dead_lettered == 2, within_s=90)
+    # Each poison event failed three counted attempts. (Events fetched together are first tried in one transaction:
+    # a handler call in a batch that failed counts no attempt, and is rolled back with the batch.)
+    assert set(handled) == {0, 2, 4} and calls[1] >= 3 and calls[3] >= 3
+    good, poison = [ids[0], ids[2], ids[4]], [ids[1], ids[3]]
+    assert await p.fetchval("SELECT count(*) FROM t_effects WHERE event_id = ANY($1)", good) == 3
     # The poison events left no effect, and they are processed as far as delivery goes: a redelivery is skipped.
-    poison = [ids[1], ids[3]]
     assert await p.fetchval("SELECT count(*) FROM t_effects WHERE event_id = ANY($1)", poison) == 0
     row = await p.fetchrow("SELECT * FROM outbox WHERE event_id = $1", ids[1])
     again = events.Event(ids[1], topic, row["key"], row["payload"], row["created_at"], {})
-    assert await consumer.handle(again) == "duplicate" and calls[1] == 3
+    called = calls[1]
+    assert await consumer.handle(again) == "duplicate" and calls[1] == called
     assert await p.fetchval("SELECT count(*) FROM event_attempts WHERE event_id = ANY($1)", poison) == 0
 
     # Listed per consumer, in order, keyset-paged, with the last error (type and redacted message).
