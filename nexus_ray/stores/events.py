@@ -559,8 +559,8 @@ class EventConsumer:
     consumer's batch. When a handler fails there, the batch is rolled back and its events are
     handled one by one, so a handler may be called again for an event whose first call was
     rolled back: what it does outside ``conn`` must bear a repeat, as redeliveries already ask.
-    A failed event is retried, after a backoff during which only its partition waits, until it has failed ``max_attempts``
-    times (counted in PostgreSQL, across restarts); then it moves to the dead letters,
+    A failed event is retried, after a backoff during which only its partition waits, until it
+    has failed ``max_attempts`` times (counted in PostgreSQL, across restarts); then it moves to the dead letters,
     with the last error, and the consumer commits past it. A message that is not an event
     (it cannot be decoded) goes to the dead letters at once. The consumer also delivers
     the replays requested for its dead letters (:func:`request_replay`), looking for
