@@ -178,13 +178,18 @@ def _proc_stat() -> list[int]:
         return [int(x) for x in f.readline().split()[1:9]]
 
 
-async def waits(seconds: float, out: dict[str, Any]) -> None:
-    """Sample the machine's time split and PostgreSQL's client backends for ``seconds``, into ``out``."""
+async def _stack_pg() -> Any:
+    """A connection of its own to the PostgreSQL of the stack of ``NEXUS_DATA_DIR`` (bench/with_stack.sh sets it)."""
     import asyncpg
 
     from nexus_ray.runtime import embedded
 
-    conn = await asyncpg.connect(embedded.status(os.environ["NEXUS_DATA_DIR"])["postgres"]["url"])
+    return await asyncpg.connect(embedded.status(os.environ["NEXUS_DATA_DIR"])["postgres"]["url"])
+
+
+async def waits(seconds: float, out: dict[str, Any]) -> None:
+    """Sample the machine's time split and PostgreSQL's client backends for ``seconds``, into ``out``."""
+    conn = await _stack_pg()
     try:
         states: Counter[str] = Counter()
         on_lock: Counter[str] = Counter()
@@ -219,11 +224,7 @@ async def waits(seconds: float, out: dict[str, Any]) -> None:
 async def step_spans(since: float) -> dict[str, float]:
     """Mean ms from the saga write before to each forward step's ``done``, for orders created after ``since``
     (a wall-clock time), from the saga log."""
-    import asyncpg
-
-    from nexus_ray.runtime import embedded
-
-    conn = await asyncpg.connect(embedded.status(os.environ["NEXUS_DATA_DIR"])["postgres"]["url"])
+    conn = await _stack_pg()
     try:
         rows = await conn.fetch(
             "SELECT step, avg(ms) AS ms FROM (SELECT l.step, l.phase, l.outcome, extract(epoch FROM l.created_at - "

@@ -179,12 +179,16 @@ def _decode(msg: Any) -> Event:
     )
 
 
+#: What :func:`_decode` raises for a message that is not an event.
+_UNDECODABLE = (ValueError, KeyError, TypeError, AttributeError)
+
+
 def _all_decoded(messages: Sequence[Any]) -> list[Event] | None:
     """The events of ``messages``, or None if one is not an event (they are then taken one by one, so that it is
     dead-lettered in its place)."""
     try:
         return [_decode(msg) for msg in messages]
-    except (ValueError, KeyError, TypeError, AttributeError):
+    except _UNDECODABLE:
         return None
 
 
@@ -330,7 +334,7 @@ class OutboxRelay:
         # "published_at IS NULL" (the rows were read so, and only this leader publishes) lets the planner find them
         # in the small partial index of unpublished rows. Joined on the id alone, a plan made while the table was
         # new (never analysed: a few hundred rows guessed) hash-joined a scan of the whole outbox, every batch:
-        # 3.5 million rows read in 800 batches of a 15-second order benchmark (bench/RESULTS.md, issue 7).
+        # 18.6 million rows read in 1,725 batches of a 35-second order benchmark (bench/RESULTS.md, issue 7).
         await pg.execute(
             'UPDATE outbox o SET published_at = now(), partition = u.p, "offset" = u.o '
             "FROM unnest($1::bigint[], $2::int4[], $3::int8[]) AS u(id, p, o) WHERE o.id = u.id "
@@ -857,7 +861,7 @@ class EventConsumer:
                     for msg in messages:
                         try:
                             event = _decode(msg)
-                        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                        except _UNDECODABLE as exc:
                             await self._undecodable(msg, exc)
                             done[tp] = msg.offset + 1
                             continue
