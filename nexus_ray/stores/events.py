@@ -553,6 +553,15 @@ delays delivery (median 68 ms at 500 ms, about 200 ms at 2 s; bench/RESULTS.md, 
 consumers keep the default."""
 
 
+class _HandlerRaised(Exception):
+    """A consumer's handler failed (``cause``): carried out of the transaction it rolls back, apart from the
+    database's own errors."""
+
+    def __init__(self, cause: Exception) -> None:
+        super().__init__(cause)
+        self.cause = cause
+
+
 class EventConsumer:
     """Consumes topics in a consumer group, at-least-once, idempotent by event id.
 
@@ -635,22 +644,12 @@ class EventConsumer:
 
         One commit instead of one per event: a busy consumer's batches cost the database one transaction each.
         """
-        failed = False
         fresh = 0
         try:
             async with postgres.transaction() as conn:
                 for event in batch:
-                    if not await conn.fetchval(_CLAIM, self.group, event.id):
-                        continue
-                    fresh += 1
-                    try:
-                        await self.handler(conn, event)
-                    except Exception:
-                        failed = True
-                        raise
-        except Exception:
-            if not failed:
-                raise
+                    fresh += await self._claim_and_handle(conn, event)
+        except _HandlerRaised:
             return False
         self.handled += fresh
         self.skipped += len(batch) - fresh
@@ -664,25 +663,28 @@ class EventConsumer:
         :class:`HandlerFailed` once the attempt is counted; any other error (the database
         away) propagates as it is and counts no attempt.
         """
-        failure: Exception | None = None
         try:
             async with postgres.transaction() as conn:
-                fresh = await conn.fetchval(_CLAIM, self.group, event.id)
-                if not fresh:
+                if not await self._claim_and_handle(conn, event):
                     self.skipped += 1
                     return "duplicate"
-                try:
-                    await self.handler(conn, event)
-                except Exception as exc:
-                    failure = exc
-                    raise
-        except Exception:
-            if failure is None:
-                raise
-        if failure is None:
-            self.handled += 1
-            return "handled"
-        return await self._failed(event, failure)
+        except _HandlerRaised as raised:
+            return await self._failed(event, raised.cause)
+        self.handled += 1
+        return "handled"
+
+    async def _claim_and_handle(self, conn: asyncpg.Connection, event: Event) -> bool:
+        """Claim ``event`` for this group and run the handler on it, in the caller's transaction on ``conn``: whether
+        it was fresh (False: processed or dead-lettered before, and the handler did not run). The handler's own
+        failure is raised as :class:`_HandlerRaised`, so the caller tells it from the database's, which counts no
+        attempt."""
+        if not await conn.fetchval(_CLAIM, self.group, event.id):
+            return False
+        try:
+            await self.handler(conn, event)
+        except Exception as exc:
+            raise _HandlerRaised(exc) from exc
+        return True
 
     async def _failed(self, event: Event, failure: Exception) -> Outcome:
         """Count a failed attempt; at the last one, move the event to the dead letters (one transaction)."""
