@@ -19,7 +19,17 @@ finishes it.
 * open loop: each rate of ``--rates`` (``auto``: 25, 50 and 90 % of the closed loop's completed orders
   per second) for ``--rate-duration`` seconds; an order's latency counts from
   when it was due (not when it was sent), so a stall is not hidden by fewer orders being sent
-  (the correction wrk2 makes; wrk2 itself cannot give each request a new idempotency key).
+  (the correction wrk2 makes).
+
+``--wrk`` sends the closed loop's orders with ``wrk -c<concurrency>`` and each fixed rate's with ``wrk2 -R``
+instead, through ``bench/orders.lua`` (each request its own idempotency key): a load generator in C, which
+takes less of the two cores than this process's client, and wrk2's own latency correction. Which orders
+completed is then read from the stack's database, for the orders per second and the stock check. wrk2 opens
+its connections together and paces each at rate / connections, so they send in step: with 16 connections at
+10 orders/s, 16 orders arrive at once every 1.6 s and queue behind each other (measured: the saga's own p50,
+from the orders' rows, 236 ms against 51 ms with 2 connections and 39 ms from this process's evenly spaced
+client). So the fixed rates use ``--rate-connections`` (2 unless given); a late answer delays the next send on
+its connection, which wrk2 counts against the latency, from when the request was due.
 
 The load generator runs on the same two cores as the platform: the figures are a floor. ``--cpu`` and
 ``--py-spy PATH`` sample every stack process's CPU, or profile one (``--spy-match``), during the closed loop.
@@ -241,19 +251,88 @@ async def stock_left(http: httpx.AsyncClient, ops: dict[str, str], sku: str) -> 
     return int(r.json()[0]["on_hand"])
 
 
+async def orders_by_status() -> dict[str, Counter[str]]:
+    """Every order of the stack so far, counted by status and by its first line's SKU (which names its product)."""
+    conn = await _stack_pg()
+    try:
+        rows = await conn.fetch("SELECT status, request->'lines'->0->>'sku' AS sku, count(*) AS n FROM orders "
+                                "GROUP BY 1, 2")
+    finally:
+        await conn.close()
+    out: dict[str, Counter[str]] = {}
+    for r in rows:
+        out.setdefault(r["status"], Counter())[r["sku"]] += r["n"]
+    return out
+
+
+def wrk_orders(binary: str, api: str, headers: dict[str, str], pairs: list[list[str]], *, connections: int,
+               seconds: float, rate: float | None = None) -> dict[str, Any]:
+    """Orders sent by ``wrk`` (closed loop) or by ``wrk2`` at ``rate`` (open loop: latency from each request's
+    intended send time) through bench/orders.lua, each with its own idempotency key, the products in turn: the
+    tool's summary (requests/s, p50 and p99, non-2xx answers)."""
+    from replica_kill import parse_wrk2
+    from throughput import wrk_summary
+
+    argv = [binary, "-t2", f"-c{connections}", f"-d{round(seconds)}s", "--latency",
+            "-s", os.path.join(os.path.dirname(__file__), "orders.lua")]
+    if rate is not None:
+        argv.append(f"-R{max(1, round(rate))}")  # wrk2 takes whole requests per second
+    # The token reaches the script through the environment, not the command line, which `ps` shows everyone.
+    env = {**os.environ, "NEXUS_BENCH_AUTHORIZATION": headers["Authorization"]}
+    out = subprocess.run([*argv, f"{api}{API}/orders", "--", *(json.dumps(order_body(skus)) for skus in pairs)],
+                         capture_output=True, text=True, check=True, env=env).stdout
+    # wrk prints its percentiles as "50%  12.3ms"; wrk2 prints HdrHistogram's table.
+    return wrk_summary(out) if rate is None else parse_wrk2(out)
+
+
+async def completed_orders() -> int:
+    """How many orders of the stack have completed so far."""
+    return sum((await orders_by_status()).get("completed", Counter()).values())
+
+
+def rates_of(spec: str, closed_per_s: float) -> list[float]:
+    """The fixed rates of ``--rates``: ``auto`` is a quarter, half and nine tenths of what the closed loop completed."""
+    if spec == "auto":
+        return [round(closed_per_s * f, 1) for f in (0.25, 0.5, 0.9)]
+    return [r for r in (float(x) for x in spec.split(",") if x) if r > 0]
+
+
+async def stock_check(http: httpx.AsyncClient, ops: dict[str, str], pairs: list[list[str]],
+                      completed: Counter[int]) -> dict[str, Any]:
+    """Each completed order took 1 of its product's first SKU and 2 of the second: the products whose stock says
+    otherwise."""
+    wrong = []
+    for k, skus in enumerate(pairs):
+        left = [await stock_left(http, ops, sku) for sku in skus]
+        if left != [STOCK - completed[k], STOCK - 2 * completed[k]]:
+            wrong.append({"skus": skus, "on_hand": left, "completed": completed[k]})
+    return {"products": len(pairs), "completed_orders": sum(completed.values()),
+            "products_whose_stock_is_not_what_their_orders_took": wrong}
+
+
 async def run(args: argparse.Namespace) -> None:
     limits = httpx.Limits(max_connections=max(args.concurrency, 256), max_keepalive_connections=64)
     async with httpx.AsyncClient(base_url=args.api, timeout=60, limits=limits) as http:
         pairs, ops = await set_up(http, args.products)
         buyer = bearer("bench-buyer", "commerce:order-processor:read", "commerce:order-processor:write")
         completed: Counter[int] = Counter()
+
+        async def by_wrk(binary: str, seconds: float, rate: float | None = None) -> dict[str, Any]:
+            before = await completed_orders()
+            began = time.perf_counter()
+            connections = args.concurrency if rate is None else args.rate_connections
+            summary = await asyncio.to_thread(wrk_orders, binary, args.api, buyer, pairs, connections=connections,
+                                              seconds=seconds, rate=rate)
+            per_s = round((await completed_orders() - before) / (time.perf_counter() - began), 1)
+            return {**({"rate": max(1, round(rate))} if rate is not None else {}), "completed_per_s": per_s, **summary}
+
         warm, done = await closed_loop(http, buyer, pairs, concurrency=4, seconds=5)
         completed += done
         print("warm-up:", json.dumps(warm), flush=True)
         cpu: dict[str, float] = {}
         watchers = []
         if args.cpu or args.py_spy:
-            from rate_cpu import print_cpu, watch
+            from rate_cpu import print_cpu, print_kinds, watch
 
             watchers = watch(cpu, wait_s=5, span_s=max(1.0, args.duration - 10), spy_out=args.py_spy,
                              spy_match=args.spy_match, me=True)
@@ -266,9 +345,13 @@ async def run(args: argparse.Namespace) -> None:
 
             sampler = asyncio.create_task(sample_later())
         loop_began = time.time()
-        result, done = await closed_loop(http, buyer, pairs, concurrency=args.concurrency, seconds=args.duration)
-        completed += done
-        print(f"closed loop, {args.concurrency} clients:", json.dumps(result), flush=True)
+        if args.wrk:
+            result = await by_wrk("wrk", args.duration)
+            print(f"closed loop (wrk), {args.concurrency} connections:", json.dumps(result), flush=True)
+        else:
+            result, done = await closed_loop(http, buyer, pairs, concurrency=args.concurrency, seconds=args.duration)
+            completed += done
+            print(f"closed loop, {args.concurrency} clients:", json.dumps(result), flush=True)
         if sampler is not None:
             await sampler
             print("closed loop, 5th second to 5 s before the end, what it waited on:", json.dumps(waited))
@@ -279,22 +362,21 @@ async def run(args: argparse.Namespace) -> None:
         if cpu:
             print(f"closed loop, 5th second to 5 s before the end, {result['completed_per_s']} orders/s:", end=" ")
             print_cpu(cpu, top=12)
-        if args.rates == "auto":  # a quarter, half and nine tenths of what the closed loop completed
-            rates = [round(result["completed_per_s"] * f, 1) for f in (0.25, 0.5, 0.9)]
-        else:
-            rates = [float(r) for r in args.rates.split(",") if r]
-        for rate in [r for r in rates if r > 0]:
-            result, done = await open_loop(http, buyer, pairs, rate=rate, seconds=args.rate_duration)
-            completed += done
-            print("open loop:", json.dumps(result), flush=True)
-        # Stock check: each completed order took 1 of its product's first SKU and 2 of the second.
-        wrong = []
-        for k, skus in enumerate(pairs):
-            left = [await stock_left(http, ops, sku) for sku in skus]
-            if left != [STOCK - completed[k], STOCK - 2 * completed[k]]:
-                wrong.append({"skus": skus, "on_hand": left, "completed": completed[k]})
-        print("stock check:", json.dumps({"products": len(pairs), "completed_orders": sum(completed.values()),
-                                          "products_whose_stock_is_not_what_their_orders_took": wrong}))
+            print_kinds(cpu, result["completed_per_s"])
+        for rate in rates_of(args.rates, result["completed_per_s"]):
+            if args.wrk:
+                print("open loop (wrk2):", json.dumps(await by_wrk(os.environ.get("WRK2", "wrk2"),
+                                                                   args.rate_duration, rate)), flush=True)
+            else:
+                result, done = await open_loop(http, buyer, pairs, rate=rate, seconds=args.rate_duration)
+                completed += done
+                print("open loop:", json.dumps(result), flush=True)
+        if args.wrk:  # wrk does not tell which orders completed: the stack's database does
+            counted = await orders_by_status()
+            print("orders by status:", json.dumps({k: sum(v.values()) for k, v in counted.items()}))
+            firsts = counted.get("completed", Counter())
+            completed = Counter({k: firsts[skus[0]] for k, skus in enumerate(pairs)})
+        print("stock check:", json.dumps(await stock_check(http, ops, pairs, completed)))
 
 
 def main() -> None:
@@ -311,6 +393,10 @@ def main() -> None:
                         "split, PostgreSQL's backends sampled, and the saga's step times.")
     parser.add_argument("--py-spy", help="Write a raw py-spy profile of one stack process during the closed loop here.")
     parser.add_argument("--spy-match", default="ServeReplica:commerce")
+    parser.add_argument("--wrk", action="store_true", help="Send the closed loop's orders with wrk and the fixed "
+                        "rates' with wrk2 -R (bench/orders.lua), instead of this process's own client.")
+    parser.add_argument("--rate-connections", type=int, default=2, help="wrk2's connections at the fixed rates "
+                        "(at least 2: one per thread); see the module's docstring for why few.")
     asyncio.run(run(parser.parse_args()))
 
 

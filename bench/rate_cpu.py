@@ -33,7 +33,8 @@ from replica_kill import token
 
 from nexus_ray.runtime import cluster
 
-_OTHERS = ("redis-server", "haproxy", "wrk2", "wrk2-eof")
+_LOAD_GENERATORS = ("wrk", "wrk2", "wrk2-eof")
+_OTHERS = ("redis-server", "haproxy", *_LOAD_GENERATORS)
 
 
 def reference_ms() -> int:
@@ -63,11 +64,12 @@ def cpu_of(pids: list[int]) -> dict[str, float]:
 
 def stack_cpu(temp_dir: str, wait_s: float, span_s: float, *, me: bool = False) -> dict[str, float]:
     """After ``wait_s``, the CPU of each process of the stack over ``span_s`` seconds, in % of one core, keyed
-    by pid and command line: Ray's, the embedded stores of ``NEXUS_DATA_DIR``, Redis, HAProxy, the load
-    generator, and with ``me`` this process and its children."""
+    by pid and command line: Ray's, the embedded stores of ``NEXUS_DATA_DIR``, the broker (its command line names
+    no data directory: it keeps topics in memory), Redis, HAProxy, the load generator, and with ``me`` this process
+    and its children."""
     time.sleep(wait_s)
     procs = {p.pid: p for p in cluster.processes(temp_dir)}
-    procs.update({p.pid: p for p in psutil.process_iter() if p.name() in _OTHERS})
+    procs.update({p.pid: p for p in psutil.process_iter() if p.name() in _OTHERS or p.name().startswith("tansu")})
     data_dir = os.environ.get("NEXUS_DATA_DIR")
     if data_dir:  # the embedded stores (PostgreSQL's backends are its children)
         procs.update({p.pid: p for p in cluster.processes(data_dir)})
@@ -120,6 +122,35 @@ def print_cpu(cpu: dict[str, float], top: int = 8) -> None:
     print(f"CPU, % of one core: all {sum(cpu.values()):.0f}; PostgreSQL's {len(pg)} backends {sum(pg):.0f}; busiest:")
     for name, pct in sorted(cpu.items(), key=lambda kv: -kv[1])[:top]:
         print(f"  {pct:5.1f}  {name}")
+
+
+#: What each process of a stack is, by its command line: the first of these words it holds, else "Ray and the rest".
+_KINDS = (("postgres:", "PostgreSQL"), ("bin/postgres", "PostgreSQL"), ("ServeReplica:", None),
+          ("bin/secantu", "document store"), ("tansu", "Kafka broker"), ("redis-server", "Redis"),
+          ("haproxy", "HAProxy"), ("bench/", "load generator"))
+
+
+def kind_of(name: str) -> str:
+    """The kind of the process ``name`` (a key of :func:`stack_cpu`): PostgreSQL, a Serve application's replicas
+    (``replica: commerce``), a store, HAProxy, the load generator, or Ray and the rest (Ray's own processes, idle
+    workers, the dashboard)."""
+    command = name.split(" ", 1)[1] if " " in name else name
+    if command.split(" ", 1)[0].rsplit("/", 1)[-1] in _LOAD_GENERATORS:
+        return "load generator"
+    for word, kind in _KINDS:
+        if word in command:
+            return kind or f"replica: {command.split(word, 1)[1].split(':', 1)[0]}"
+    return "Ray and the rest"
+
+
+def print_kinds(cpu: dict[str, float], per_s: float) -> None:
+    """``cpu`` (% of one core per process) summed by :func:`kind_of`, and as ms of CPU per unit of ``per_s``."""
+    kinds: dict[str, float] = {}
+    for name, pct in cpu.items():
+        kinds[kind_of(name)] = kinds.get(kind_of(name), 0.0) + pct
+    print(f"by kind, % of one core and ms of CPU per order at {per_s}/s:")
+    for kind, pct in sorted(kinds.items(), key=lambda kv: -kv[1]):
+        print(f"  {pct:5.1f}  {10 * pct / per_s:5.2f} ms  {kind}")
 
 
 def main() -> None:

@@ -33,6 +33,11 @@ def wrk(url: str, token: str, duration: int, connections: int) -> dict:
         ["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency", "-H", f"Authorization: Bearer {token}", url],
         capture_output=True, text=True, check=True,
     ).stdout
+    return wrk_summary(out)
+
+
+def wrk_summary(out: str) -> dict:
+    """Requests/s, p50 and p99 (ms), non-2xx answers and socket errors from the output of ``wrk --latency``."""
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
 
     def ms(label: str) -> float:
