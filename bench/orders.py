@@ -285,6 +285,23 @@ def wrk_orders(binary: str, api: str, headers: dict[str, str], pairs: list[list[
     return wrk_summary(out) if rate is None else parse_wrk2(out)
 
 
+async def all_settled(timeout_s: float = 90.0) -> dict[str, Any]:
+    """Wait until no order is unsettled. wrk and wrk2 close their connections at the end with orders in flight;
+    Serve cancels those requests' sagas, and the orders' recovery finishes them once their lease has run out
+    (``order_lease_s``, 30 s). How long that took, and how many orders were unsettled when the wait began."""
+    began = time.perf_counter()
+    first = None
+    while True:
+        counted = await orders_by_status()
+        unsettled = sum(sum(counted.get(s, Counter()).values())
+                        for s in ("pending", "paid", "compensating", "cancelling", "refunding"))
+        first = unsettled if first is None else first
+        if unsettled == 0 or time.perf_counter() - began > timeout_s:
+            return {"unsettled_at_first": first, "unsettled_now": unsettled,
+                    "waited_s": round(time.perf_counter() - began, 1)}
+        await asyncio.sleep(0.5)
+
+
 async def completed_orders() -> int:
     """How many orders of the stack have completed so far."""
     return sum((await orders_by_status()).get("completed", Counter()).values())
@@ -371,7 +388,8 @@ async def run(args: argparse.Namespace) -> None:
                 result, done = await open_loop(http, buyer, pairs, rate=rate, seconds=args.rate_duration)
                 completed += done
                 print("open loop:", json.dumps(result), flush=True)
-        if args.wrk:  # wrk does not tell which orders completed: the stack's database does
+        if args.wrk:  # wrk does not tell which orders completed: the stack's database does, once all have settled
+            print("orders settled:", json.dumps(await all_settled()))
             counted = await orders_by_status()
             print("orders by status:", json.dumps({k: sum(v.values()) for k, v in counted.items()}))
             firsts = counted.get("completed", Counter())
