@@ -491,3 +491,55 @@ async def test_a_checkout_over_http_charges_exactly_what_its_invoice_states_tax_
         "SELECT subtotal, tax_total, total FROM invoices WHERE id = $1", uuid.UUID(str(order["invoice_id"])))
     assert dict(issued) == {"subtotal": 3499, "tax_total": 545, "total": intent.amount_captured}
     assert await available(client, ops, sku_a) == 8 and await available(client, ops, sku_b) == 7
+
+
+@WIRED
+async def test_a_saga_whose_request_goes_away_runs_on_by_its_own_runner(client, ops, bearer, until):
+    """Serve cancels a request whose client went away. The saga that request started goes on at once, by the same
+    runner, instead of keeping the order and its stock held until recovery takes it over when its lease runs out
+    (``order_lease_s``, 30 s here: the test waits 10)."""
+    from nexus_ray.stores import postgres
+
+    merchant = bearer("commerce:catalog:read", "commerce:catalog:write", subject="shop-merchant")
+    buyer = bearer("commerce:order-processor:read", "commerce:order-processor:write", subject="buyer-gone")
+    sku = f"SKU-{uuid.uuid4().hex[:10]}"
+    product = {"title": "Mug", "description": "", "brand": "Acme", "category": "kitchen", "attributes": {},
+               "status": "active", "variants": [
+                   {"sku": sku, "prices": {"EUR": 1250}, "tax_category": "standard", "weight_g": 300}]}
+    r = await client.post("/commerce/v1/catalog/products", json=product, headers=merchant)
+    assert r.status_code == 201, r.text
+    wid = f"wh-{uuid.uuid4().hex[:8]}"
+    assert (await client.post(f"{INV}/warehouses", json={"id": wid, "name": wid}, headers=ops)).status_code == 201
+    r = await client.post(f"{INV}/stock/restock", json={"sku": sku, "warehouse_id": wid, "quantity": 5}, headers=ops)
+    assert r.status_code == 200, r.text
+    body = {"lines": [{"sku": sku, "quantity": 1}], "currency": "EUR", "payment_method": "pm_card_visa",
+            "shipping_address": {"name": "Ada", "line1": "Hauptstr. 1", "city": "Berlin", "postal_code": "10115",
+                                 "country": "DE"}}
+    key = uuid.uuid4().hex
+    pg = await postgres.pool()
+
+    async def reserving() -> bool:  # the saga waits in its reserve step, on the SKU's row this test holds
+        return await pg.fetchval(
+            "SELECT count(*) FROM order_saga_log l JOIN orders o ON o.id = l.order_id WHERE o.idempotency_key = $1 "
+            "AND l.step = 'reserve' AND l.outcome = 'started'", key) == 1
+
+    async with pg.acquire() as blocker:
+        held = blocker.transaction()
+        await held.start()
+        await blocker.execute("SELECT 1 FROM inventory_skus WHERE sku = $1 FOR UPDATE", sku)
+        request = asyncio.create_task(
+            client.post(f"{API}/orders", json=body, headers={**buyer, "Idempotency-Key": key}))
+        await until(reserving, within_s=10)
+        request.cancel()  # as Serve does when the client disconnects
+        with pytest.raises(asyncio.CancelledError):
+            await request
+        await held.rollback()
+    order_id = await pg.fetchval("SELECT id FROM orders WHERE idempotency_key = $1", key)
+
+    async def completed() -> bool:
+        return await pg.fetchval("SELECT status FROM orders WHERE id = $1", order_id) == "completed"
+
+    await until(completed, within_s=10, every=0.1)
+    runners = await pg.fetch("SELECT DISTINCT runner FROM order_saga_log WHERE order_id = $1", order_id)
+    assert len(runners) == 1, runners  # its own runner finished it: recovery (another runner) had no part
+    assert await available(client, ops, sku) == 4

@@ -29,6 +29,13 @@ action, lost), so the unwinding first runs it once more with its idempotency key
 it did, or does it now, and it is undone with the others (a capture refunded, an invoice credited, a shipment
 cancelled), instead of being left in place because its result was never recorded.
 
+A request that goes away
+------------------------
+The requests that start or move an order (creation, capture, cancellation, refund) run its saga through
+:func:`drive_on`: when the client disconnects and Serve cancels the request, the saga still goes on to where it
+settles or must wait, by the same runner, instead of stopping at its next step with the order leased and its
+stock held until recovery.
+
 Compensation
 ------------
 A refused step moves the order to ``compensating``: every done step that has a compensation is
@@ -252,6 +259,32 @@ async def drive(order_id: UUID, runner: str, *, capture_now: bool = False, row: 
         row = await pg.fetchrow(f"SELECT {COLUMNS} FROM orders WHERE id = $1", order_id)
         assert row is not None
         return row
+
+
+#: Sagas that requests started, held here so that they run on when their request stops waiting.
+_running: set[asyncio.Task[asyncpg.Record]] = set()
+
+
+async def drive_on(order_id: UUID, runner: str, **kwargs: Any) -> asyncpg.Record:
+    """:func:`drive` for a request: the saga goes on to where it settles or must wait even when the request stops
+    waiting for it. Serve cancels a request whose client went away (a timeout, a closed connection); stopped there,
+    at its next step, the order would keep its runner's lease with its stock held, and wait for recovery
+    (``order_lease_s``), while a retry of the request with the same key was answered 202 in the meantime."""
+    task = asyncio.get_running_loop().create_task(drive(order_id, runner, **kwargs))
+    _running.add(task)
+    task.add_done_callback(_running.discard)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        task.add_done_callback(_unwaited)
+        raise
+
+
+def _unwaited(task: asyncio.Task[asyncpg.Record]) -> None:
+    """A saga whose request stopped waiting has ended: its failure is logged here, since nobody else sees it (the
+    order keeps the runner's lease, and recovery takes it on when that runs out)."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.warning("an order's saga, which its request stopped waiting for, stopped: %s", type(exc).__name__)
 
 
 def _next_forward(results: set[str], status: str, capture_method: str) -> str | None:

@@ -85,7 +85,7 @@ async def create_order(*, customer: str, request: dict[str, Any], currency: str,
                             "type": "idempotency_key_reused"}], "code": "idempotency_key_reused",
                 "order_id": str(earlier["id"])})
         return earlier, True
-    return await saga.drive(row["id"], runner, row=row, announced=saga.STEPS[0].name), False
+    return await saga.drive_on(row["id"], runner, row=row, announced=saga.STEPS[0].name), False
 
 
 async def _visible(conn: asyncpg.Connection | asyncpg.Pool, order_id: UUID, caller: str, privileged: bool,
@@ -166,7 +166,7 @@ async def cancel_order(*, order_id: UUID, caller: str, privileged: bool, reason:
             raise
     row = await saga.write(row, runner, line=("order", "status", "started", {"cancel": reason}),
                            status="cancelling", undone=undone)
-    return await saga.drive(order_id, runner, row=row)
+    return await saga.drive_on(order_id, runner, row=row)
 
 
 async def refund_order(*, order_id: UUID, caller: str, reason: str, restock: bool) -> asyncpg.Record:
@@ -179,7 +179,7 @@ async def refund_order(*, order_id: UUID, caller: str, reason: str, restock: boo
                      runner)
     row = await saga.write(row, runner, line=("order", "status", "started", {"refund": reason, "restock": restock}),
                            status="refunding")
-    return await saga.drive(order_id, runner, row=row)
+    return await saga.drive_on(order_id, runner, row=row)
 
 
 async def capture_order(*, order_id: UUID, caller: str) -> asyncpg.Record:
@@ -187,7 +187,7 @@ async def capture_order(*, order_id: UUID, caller: str) -> asyncpg.Record:
     row, runner = await _take(order_id, caller, True, "paid", settled="completed", allowed=("authorized",))
     if runner is None:
         return row
-    return await saga.drive(order_id, runner, capture_now=True)
+    return await saga.drive_on(order_id, runner, capture_now=True)
 
 
 async def home_summary(*, user_id: str) -> dict[str, Any]:
