@@ -28,8 +28,9 @@ completed is then read from the stack's database, for the orders per second and 
 its connections together and paces each at rate / connections, so they send in step: with 16 connections at
 10 orders/s, 16 orders arrive at once every 1.6 s and queue behind each other (measured: the saga's own p50,
 from the orders' rows, 236 ms against 51 ms with 2 connections and 39 ms from this process's evenly spaced
-client). So the fixed rates use ``--rate-connections`` (2 unless given); a late answer delays the next send on
-its connection, which wrk2 counts against the latency, from when the request was due.
+client). So the fixed rates use few connections (``--rate-connections``; unless given, 2 for every 20 orders/s
+begun: 2 at 19/s, 4 at 35/s). A late answer delays the next send on its connection, which wrk2 counts against
+the latency, from when the request was due; too few connections for the rate show as seconds of latency.
 
 The load generator runs on the same two cores as the platform: the figures are a floor. ``--cpu`` and
 ``--py-spy PATH`` sample every stack process's CPU, or profile one (``--spy-match``), during the closed loop.
@@ -46,6 +47,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -337,7 +339,8 @@ async def run(args: argparse.Namespace) -> None:
         async def by_wrk(binary: str, seconds: float, rate: float | None = None) -> dict[str, Any]:
             before = await completed_orders()
             began = time.perf_counter()
-            connections = args.concurrency if rate is None else args.rate_connections
+            connections = (args.concurrency if rate is None
+                           else args.rate_connections or 2 * max(1, math.ceil(rate / 20)))
             summary = await asyncio.to_thread(wrk_orders, binary, args.api, buyer, pairs, connections=connections,
                                               seconds=seconds, rate=rate)
             per_s = round((await completed_orders() - before) / (time.perf_counter() - began), 1)
@@ -413,8 +416,8 @@ def main() -> None:
     parser.add_argument("--spy-match", default="ServeReplica:commerce")
     parser.add_argument("--wrk", action="store_true", help="Send the closed loop's orders with wrk and the fixed "
                         "rates' with wrk2 -R (bench/orders.lua), instead of this process's own client.")
-    parser.add_argument("--rate-connections", type=int, default=2, help="wrk2's connections at the fixed rates "
-                        "(at least 2: one per thread); see the module's docstring for why few.")
+    parser.add_argument("--rate-connections", type=int, default=0, help="wrk2's connections at the fixed rates (at "
+                        "least 2: one per thread); 0: 2 for every 20 orders/s begun. See the module's docstring.")
     asyncio.run(run(parser.parse_args()))
 
 
