@@ -288,15 +288,17 @@ def wrk_orders(binary: str, api: str, headers: dict[str, str], pairs: list[list[
 
 
 async def all_settled(timeout_s: float = 90.0) -> dict[str, Any]:
-    """Wait until no order is unsettled. wrk and wrk2 close their connections at the end with orders in flight;
-    Serve cancels those requests' sagas, and the orders' recovery finishes them once their lease has run out
-    (``order_lease_s``, 30 s). How long that took, and how many orders were unsettled when the wait began."""
+    """Wait until no order is unsettled. wrk and wrk2 close their connections at the end with orders in flight, and
+    Serve cancels those requests: their sagas run on (``saga.drive_on``), and recovery would finish any that stopped
+    once its lease ran out (``order_lease_s``, 30 s). How long that took, and how many orders were unsettled when the
+    wait began."""
+    from nexus_ray.deployments.commerce.orders.models import UNSETTLED
+
     began = time.perf_counter()
     first = None
     while True:
         counted = await orders_by_status()
-        unsettled = sum(sum(counted.get(s, Counter()).values())
-                        for s in ("pending", "paid", "compensating", "cancelling", "refunding"))
+        unsettled = sum(sum(counted.get(s, Counter()).values()) for s in UNSETTLED)
         first = unsettled if first is None else first
         if unsettled == 0 or time.perf_counter() - began > timeout_s:
             return {"unsettled_at_first": first, "unsettled_now": unsettled,
