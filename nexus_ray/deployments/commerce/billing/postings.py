@@ -33,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import weakref
 from collections.abc import Sequence
 from typing import NamedTuple
 from uuid import UUID
@@ -42,6 +41,7 @@ from nexus_ray.deployments.commerce.ledger import service as ledger
 from nexus_ray.deployments.kit import loops
 from nexus_ray.deployments.kit.calls import call
 from nexus_ray.deployments.kit.settings import settings_of
+from nexus_ray.deployments.kit.together import GroupCommit
 from nexus_ray.stores import postgres
 
 from .settings import BillingSettings
@@ -156,52 +156,29 @@ async def post(pending: Sequence[Posting]) -> int:
     return len(posted)
 
 
-class _Together:
-    """The postings that concurrent requests of one event loop hand over, posted together.
-
-    A request's posting goes out at once when nothing is being posted; while a batch is out, those of the requests
-    that follow wait for it and then go out together, as one of the ledger's transactions. So an idle process
-    posts each at once, and a busy one posts about as many a transaction as requests arrive in one batch's time:
-    a group commit, with no delay set.
-    """
-
-    def __init__(self) -> None:
-        self.waiting: list[tuple[Posting, asyncio.Future[None]]] = []
-        self.task: asyncio.Task[None] | None = None
-
-    async def drain(self) -> None:
-        while self.waiting:
-            batch, self.waiting = self.waiting[:_MOST_TOGETHER], self.waiting[_MOST_TOGETHER:]
-            try:
-                await post([p for p, _ in batch])
-            except Exception as exc:  # the marking's statement failed: the postings stay pending for the retry loop
-                log.warning("ledger postings of %d requests not marked, retried later: %s", len(batch),
-                            type(exc).__name__)
-            finally:
-                for _, done in batch:
-                    if not done.done():
-                        done.set_result(None)
+async def _post_together(_key: None, batch: list[Posting]) -> list[BaseException | None]:
+    """The postings that concurrent requests of the process handed over (:func:`post_after_commit`), posted as one of
+    the ledger's transactions. A failure to mark them leaves them pending for the retry loop, as :func:`post` does
+    with the ledger's own failures."""
+    try:
+        await post(batch)
+    except Exception as exc:  # the marking's statement failed: the postings stay pending for the retry loop
+        log.warning("ledger postings of %d requests not marked, retried later: %s", len(batch), type(exc).__name__)
+    return [None] * len(batch)
 
 
-_MOST_TOGETHER = 200
-_together: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Together] = weakref.WeakKeyDictionary()
+#: A group commit (:mod:`nexus_ray.deployments.kit.together`): a request's posting goes out at once when nothing is
+#: being posted; while a batch is out, those of the requests that follow wait for it and then go out together. So an
+#: idle process posts each at once, and a busy one about as many a ledger transaction as requests arrive in one
+#: batch's time, with no delay set.
+_together: GroupCommit[None, Posting, None] = GroupCommit(_post_together)
 
 
 async def post_after_commit(pending: Sequence[Posting]) -> None:
-    """Post what a request queued, with those of the requests beside it (:class:`_Together`); returns once the
-    ledger has answered them (or failed, leaving them for the retry loop), as :func:`post` would."""
-    if not pending:
-        return
-    loop = asyncio.get_running_loop()
-    together = _together.get(loop)
-    if together is None:
-        together = _together[loop] = _Together()
-    done = loop.create_future()
-    together.waiting.extend((p, done) for p in pending)
-    if together.task is None or together.task.done():
-        together.task = loop.create_task(together.drain())
-    # Shielded: a request cancelled while it waits leaves its posting to the batch, and the others' wait intact.
-    await asyncio.shield(done)
+    """Post what a request queued, with those of the requests beside it; returns once the ledger has answered them
+    (or failed, leaving them for the retry loop), as :func:`post` would. A request cancelled while it waits leaves
+    its postings to their batch."""
+    await asyncio.gather(*(_together.submit(None, p) for p in pending))
 
 
 async def retry_pending(*, older_than_s: float, limit: int = 200) -> int:

@@ -12,7 +12,7 @@ document committed: no gap, no duplicate (``UNIQUE (series, number)`` backs this
 is that issues in one series commit one after another; everything that does not need the
 number (validation, rates, totals, the idempotency look-up) runs before the lock is taken.
 Different series never wait on each other. Within a process, the issues of a series that arrive
-while its transaction runs are written together by the next one (:class:`_SeriesBatches`): one
+while its transaction runs are written together by the next one (:func:`_write_series`): one
 commit for many invoices, the same guarantee.
 
 Tax
@@ -40,11 +40,10 @@ replay the first result, the same key with another request is a 409 naming ``ide
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import uuid
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
@@ -54,6 +53,7 @@ import asyncpg
 import orjson
 
 from nexus_ray.deployments.kit.pages import Page, PageRequest
+from nexus_ray.deployments.kit.together import GroupCommit
 from nexus_ray.exceptions import Conflict, NexusError, NotFound, ValidationFailed
 from nexus_ray.stores import postgres
 from nexus_ray.stores.events import emit, emit_many
@@ -246,7 +246,6 @@ class _Issue:
     currency: str
     priced: list[_Priced]
     issued_at: datetime
-    done: asyncio.Future[int | None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
     @property
     def subtotal(self) -> int:
@@ -348,8 +347,9 @@ async def _write_all(conn: asyncpg.Connection, series: str, batch: list[_Issue])
     return numbers
 
 
-class _SeriesBatches:
-    """Group commit per series: the issues of one series waiting in this process share one transaction.
+async def _write_series(series: str, batch: list[_Issue]) -> list[int | BaseException | None]:
+    """Group commit per series (:class:`~nexus_ray.deployments.kit.together.GroupCommit`): the issues of one series
+    waiting in this process share one transaction.
 
     Numbers of a series are taken one transaction at a time (the counter's lock), so with one issue
     per transaction each commit -- one WAL flush -- would bound a series to a few dozen invoices a
@@ -364,50 +364,9 @@ class _SeriesBatches:
     processes' batches queue on the counter's row lock as single issues would. A batch of one (a quiet
     series) is written by its one-statement insert in a transaction of its own, without savepoints.
     """
-
-    def __init__(self, max_batch: int = 200) -> None:
-        self.max_batch = max_batch
-        self.waiting: dict[str, list[_Issue]] = {}
-        self.draining: set[str] = set()
-
-    async def issue(self, item: _Issue) -> int | None:
-        self.waiting.setdefault(item.series, []).append(item)
-        if item.series not in self.draining:
-            self.draining.add(item.series)
-            asyncio.get_running_loop().create_task(self._drain(item.series))
-        # Shielded: a caller that stops waiting does not stop its issue (a retry with its key replays it).
-        return await asyncio.shield(item.done)
-
-    async def _drain(self, series: str) -> None:
-        try:
-            while queue := self.waiting.pop(series, []):
-                if len(queue) > self.max_batch:
-                    queue, self.waiting[series] = queue[: self.max_batch], queue[self.max_batch:]
-                await self._commit(queue)
-        finally:
-            self.draining.discard(series)
-
-    async def _commit(self, batch: list[_Issue]) -> None:
-        outcomes: list[int | BaseException | None]
-        try:
-            if len(batch) == 1:
-                outcomes = [await _write_alone(batch[0])]
-            else:
-                outcomes = await _write_batch(batch)
-        except BaseException as exc:  # nothing of the batch committed
-            for item in batch:
-                if not item.done.done():
-                    item.done.set_exception(exc)
-            if not isinstance(exc, Exception):
-                raise
-            return
-        for item, outcome in zip(batch, outcomes, strict=True):
-            if item.done.done():
-                continue
-            if isinstance(outcome, BaseException):
-                item.done.set_exception(outcome)
-            else:
-                item.done.set_result(outcome)
+    if len(batch) == 1:
+        return [await _write_alone(batch[0])]
+    return await _write_batch(batch)
 
 
 async def _write_batch(batch: list[_Issue]) -> list[int | BaseException | None]:
@@ -441,7 +400,8 @@ async def _write_alone(item: _Issue) -> int | None:
         return None
 
 
-_batches = _SeriesBatches()
+#: Shielded: a caller that stops waiting does not stop its issue (a retry with its key replays it).
+_batches: GroupCommit[str, _Issue, int | None] = GroupCommit(_write_series)
 
 
 async def tax_quote(*, country: str, currency: str, lines: list[LineIn]) -> TaxQuote:
@@ -478,7 +438,7 @@ async def issue_invoice(
     item = _Issue(id=uuid.uuid4(), caller=caller, key=idempotency_key, request_hash=h, series=series, source=source,
                   source_id=source_id, customer=customer, country=country, currency=currency, priced=priced,
                   issued_at=datetime.now(UTC))
-    number = await _batches.issue(item)
+    number = await _batches.submit(series, item)
     if number is None:  # a concurrent request with the same key committed first
         replay = await _replay_invoice(pg, caller, idempotency_key, h)
         assert replay is not None

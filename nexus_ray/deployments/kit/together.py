@@ -1,0 +1,76 @@
+"""Group commit: the items that concurrent requests of a process hand over, written together.
+
+A request hands its item over and waits for its outcome. When nothing of its key is being written, a batch starts
+at once; while one is out, the items that follow queue, and the next batch takes them all (at most ``max_batch``).
+So an idle process writes each item at once, with no delay set, and a busy one writes about as many a batch as
+requests arrive in one batch's time: one transaction (one WAL flush, one round trip) for many.
+
+    ISSUES = GroupCommit(write_issues)          # async def write_issues(series, items) -> outcomes, in order
+    number = await ISSUES.submit(series, item)  # the item's outcome, or the exception it came to
+
+The writer returns one outcome per item, in order: a value, or an exception for that item alone. If the writer
+itself raises, every item of its batch gets that exception. A request that stops waiting does not stop its item
+(the wait is shielded): it is written with its batch.
+
+Batches are per event loop as well as per key: a loop that ended with a batch out leaves nothing that holds up
+another loop's items.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Generic, TypeVar
+
+K = TypeVar("K", bound=Hashable)
+T = TypeVar("T")
+R = TypeVar("R")
+
+Writer = Callable[[K, list[T]], Awaitable[list[R | BaseException]]]
+
+
+class GroupCommit(Generic[K, T, R]):
+    """Items of one key written in batches by ``write`` (see the module's docstring)."""
+
+    def __init__(self, write: Writer[K, T, R], *, max_batch: int = 200) -> None:
+        self.write = write
+        self.max_batch = max_batch
+        self._waiting: dict[tuple[asyncio.AbstractEventLoop, K], list[tuple[T, asyncio.Future[R]]]] = {}
+        self._draining: dict[tuple[asyncio.AbstractEventLoop, K], asyncio.Task[None]] = {}
+
+    async def submit(self, key: K, item: T) -> R:
+        """Hand ``item`` over to be written with the others of ``key``: its outcome, once its batch is written."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[R] = loop.create_future()
+        slot = (loop, key)
+        self._waiting.setdefault(slot, []).append((item, done))
+        if slot not in self._draining:
+            self._draining[slot] = loop.create_task(self._drain(slot))
+        return await asyncio.shield(done)
+
+    async def _drain(self, slot: tuple[asyncio.AbstractEventLoop, K]) -> None:
+        try:
+            while queue := self._waiting.pop(slot, []):
+                if len(queue) > self.max_batch:
+                    queue, self._waiting[slot] = queue[: self.max_batch], queue[self.max_batch:]
+                await self._settle(slot[1], queue)
+        finally:
+            self._draining.pop(slot, None)
+
+    async def _settle(self, key: K, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
+        try:
+            outcomes = await self.write(key, [item for item, _ in batch])
+        except BaseException as exc:  # nothing of the batch was written
+            for _, done in batch:
+                if not done.done():
+                    done.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for (_, done), outcome in zip(batch, outcomes, strict=True):
+            if done.done():
+                continue
+            if isinstance(outcome, BaseException):
+                done.set_exception(outcome)
+            else:
+                done.set_result(outcome)
