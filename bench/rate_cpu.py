@@ -147,7 +147,8 @@ def print_kinds(cpu: dict[str, float], per_s: float) -> None:
     """``cpu`` (% of one core per process) summed by :func:`kind_of`, and as ms of CPU per unit of ``per_s``."""
     kinds: dict[str, float] = {}
     for name, pct in cpu.items():
-        kinds[kind_of(name)] = kinds.get(kind_of(name), 0.0) + pct
+        kind = kind_of(name)
+        kinds[kind] = kinds.get(kind, 0.0) + pct
     print(f"by kind, % of one core and ms of CPU per order at {per_s}/s:")
     for kind, pct in sorted(kinds.items(), key=lambda kv: -kv[1]):
         print(f"  {pct:5.1f}  {10 * pct / per_s:5.2f} ms  {kind}")
