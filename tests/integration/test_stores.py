@@ -129,11 +129,12 @@ async def test_emit_outside_transaction_refused(migrated):
             await events.emit(conn, "test.x", {})
 
 
-async def _emit_n(topic: str, n: int) -> list[uuid.UUID]:
+async def _emit_n(topic: str, n: int, *, key: str | None = None) -> list[uuid.UUID]:
+    """``n`` events in one transaction, keyed ``key`` (one partition, in order), or over three keys when None."""
     ids = []
     async with postgres.transaction() as conn:
         for i in range(n):
-            ids.append(await events.emit(conn, topic, {"i": i}, key=f"k{i % 3}"))
+            ids.append(await events.emit(conn, topic, {"i": i}, key=key or f"k{i % 3}"))
     return ids
 
 
@@ -227,12 +228,6 @@ async def _published(event_ids: list[uuid.UUID], until) -> None:
     await until(all_out, within_s=30)
 
 
-async def _emit_one_key(topic: str, n: int) -> list[uuid.UUID]:
-    """``n`` events with one key (so one partition, in order), in one transaction."""
-    async with postgres.transaction() as conn:
-        return [await events.emit(conn, topic, {"i": i}, key="one") for i in range(n)]
-
-
 async def test_events_fetched_together_are_handled_in_one_transaction(relay, until):
     topic = f"test.together.{uuid.uuid4().hex[:6]}"
     p = await postgres.pool()
@@ -241,7 +236,7 @@ async def test_events_fetched_together_are_handled_in_one_transaction(relay, unt
     async def handler(conn, event):
         await conn.execute("INSERT INTO t_together VALUES ($1, txid_current())", event.id)
 
-    ids = await _emit_one_key(topic, 5)
+    ids = await _emit_n(topic, 5, key="one")
     await _published(ids, until)  # all in the partition before the consumer's first fetch
     consumer = _consumer(topic, handler)
     async with _running(consumer):
@@ -263,7 +258,7 @@ async def test_a_failing_event_among_others_fetched_with_it_is_retried_alone(rel
         if event.data["i"] == 2 and calls.count(2) == 1:
             raise RuntimeError("transient failure")
 
-    ids = await _emit_one_key(topic, 5)
+    ids = await _emit_n(topic, 5, key="one")
     await _published(ids, until)
     consumer = _consumer(topic, handler, max_attempts=3, retry_backoff_s=0.05)
     async with _running(consumer):
@@ -406,9 +401,7 @@ async def test_broker_restart_loses_no_committed_event(relay, data_dir, until):
 
     topic = f"test.durable.{uuid.uuid4().hex[:6]}"
     before = await _emit_n(topic, 5)
-    p = await postgres.pool()
-    await until(lambda: p.fetchval("SELECT count(*) = 5 FROM outbox WHERE topic = $1 AND published_at IS NOT NULL",
-                                   topic))
+    await _published(before, until)
     await asyncio.to_thread(embedded.restart_kafka, data_dir)  # the broker's memory is gone
     after = await _emit_n(topic, 3)
     seen: set[uuid.UUID] = set()
