@@ -316,6 +316,40 @@ async def test_a_live_lease_keeps_recovery_away_and_a_lost_one_stops_its_runner(
                      {"step": "price", "problem": {"status": 503}})
 
 
+async def test_saga_writes_sent_together_are_one_transaction_and_each_is_fenced_alone(client, ops):
+    """Writes that runners make at the same moment go out in one statement: the two whose runner holds its order's
+    lease are written (order, log line, event) in one transaction, and the third, from a runner that lost its
+    lease, writes nothing and gets :class:`LeaseLost` on its own."""
+    from nexus_ray.deployments.commerce.orders import saga
+    from nexus_ray.stores import postgres
+
+    sku = await stocked_sku(client, ops, 3)
+    ids = [await crashed_order(sku=sku, quantity=1, lease="1 hour") for _ in range(3)]
+    pg = await postgres.pool()
+    rows = [await pg.fetchrow(f"SELECT {saga.COLUMNS} FROM orders WHERE id = $1", i) for i in ids]
+    stale_before = await pg.fetchrow("SELECT xmin::text, (SELECT count(*) FROM order_saga_log WHERE order_id = $1), "
+                                     "(SELECT count(*) FROM outbox WHERE key = $1::text) FROM orders WHERE id = $1",
+                                     ids[2])
+    outcomes = await asyncio.gather(
+        saga.write(rows[0], "dead-replica:1", line=("price", "forward", "failed", {}), status="compensating"),
+        saga.write(rows[1], "dead-replica:1", line=("reserve", "forward", "started", {})),
+        saga.write(rows[2], "stale-replica", line=("price", "forward", "failed", {}), status="compensating"),
+        return_exceptions=True)
+    assert outcomes[0]["status"] == "compensating" and outcomes[1]["status"] == "pending"
+    assert isinstance(outcomes[2], saga.LeaseLost)
+    written = await pg.fetch("SELECT id, xmin::text AS tx, status FROM orders WHERE id = ANY($1::uuid[])", ids[:2])
+    assert len({r["tx"] for r in written}) == 1  # one transaction wrote both
+    assert [r["step"] for r in await pg.fetch("SELECT step FROM order_saga_log WHERE order_id = $1 AND runner = "
+                                              "'dead-replica:1' ORDER BY id", ids[1])] == ["price", "price", "reserve"]
+    assert await events_of(ids[0]) == ["order.compensating"] and await events_of(ids[1]) == []
+    assert await pg.fetchrow("SELECT xmin::text, (SELECT count(*) FROM order_saga_log WHERE order_id = $1), "
+                             "(SELECT count(*) FROM outbox WHERE key = $1::text) FROM orders WHERE id = $1",
+                             ids[2]) == stale_before
+    # Settled here so the session's recovery loop leaves them alone afterwards.
+    await pg.execute("UPDATE orders SET status = 'failed', failure = $2 WHERE id = ANY($1::uuid[])", ids,
+                     {"step": "price", "problem": {"status": 503}})
+
+
 async def test_recovered_orders_are_taken_by_one_replica_each(client, ops, until):
     """Ten stranded orders, three recovery passes racing (as three replicas would): every order is driven by
     exactly one runner (its saga log names one)."""

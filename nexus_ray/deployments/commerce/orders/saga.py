@@ -10,6 +10,10 @@ in one transaction with the order's new status and its ``order.*`` event (outbox
 dies between the two leaves an order whose log ends on ``started``: the step is run again with the
 same idempotency key (see :mod:`.steps`), so the collaborator replays what it did.
 
+The writes that a process's runners make at the same moment go out together: one statement and one commit for
+the batch (:data:`_WRITES`, a :class:`~nexus_ray.deployments.kit.together.GroupCommit`), each write still fenced
+on its own order's lease (below).
+
 Leases: one runner per order
 ----------------------------
 Only the holder of the order's lease (``lease_owner``, until ``lease_until``) moves it, and every
@@ -53,6 +57,7 @@ import logging
 import os
 import socket
 import uuid
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
@@ -61,6 +66,7 @@ import orjson
 
 from nexus_ray.deployments.kit import loops
 from nexus_ray.deployments.kit.settings import settings_of
+from nexus_ray.deployments.kit.together import GroupCommit
 from nexus_ray.stores import postgres
 from nexus_ray.stores.events import NOTIFY, outbox_insert
 
@@ -122,17 +128,30 @@ def _event_insert(first: int) -> str:
     return outbox_insert(e, t, "o.id", p, h, source=f"FROM o WHERE {t}::text IS NOT NULL")
 
 
-#: A saga step's write in one statement, so one round trip and no transaction block: the order's change (fenced
-#: on the runner's lease and on the status it last wrote), its log lines and its event, each written only when
-#: the change was.
-_WRITE = (
-    f"WITH o AS (UPDATE orders o SET status = $2, results = o.results || $3::jsonb, undone = o.undone || $4::jsonb, "
-    f"failure = coalesce($5::jsonb, o.failure), total = coalesce($6, o.total), attempts = coalesce($7, o.attempts), "
-    f"lease_owner = CASE WHEN $8::float8 IS NULL THEN o.lease_owner END, "
-    f"lease_until = now() + make_interval(secs => coalesce($8::float8, $9::float8)), updated_at = now() "
-    f"WHERE o.id = $1 AND o.lease_owner = $10 AND o.status = $11 RETURNING {COLUMNS}), "
-    f"l AS ({_log_insert(12, '$10')}), e AS ({_event_insert(16)}) "
-    f"SELECT {COLUMNS}, CASE WHEN $17::text IS NOT NULL THEN {NOTIFY} END FROM o")
+_EVENTS = ("FROM unnest($17::int8[], $18::uuid[], $19::text[], $20::text[]) WITH ORDINALITY AS v(n, e, t, p, i) "
+           "JOIN o ON o.n = v.n ORDER BY v.i")
+
+#: The saga's writes of a moment, for many orders in one statement (one round trip, one commit): each order's
+#: change (fenced on its runner's lease and on the status that runner last wrote), its log lines and its event,
+#: each written only when the change was. The orders are locked in id order first, so two batches never wait on
+#: each other in a cycle. Each changed order comes back with ``n``, its write's place in the batch.
+_WRITES = (
+    "WITH u AS (SELECT * FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::jsonb[], $5::jsonb[], $6::int8[], "
+    "$7::int4[], $8::float8[], $9::text[], $10::text[]) WITH ORDINALITY AS u(id, status, results, undone, failure, "
+    "total, attempts, let_go, runner, before, n)), "
+    "k AS (SELECT id FROM orders WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE), "
+    "o AS (UPDATE orders o SET status = u.status, results = o.results || u.results, undone = o.undone || u.undone, "
+    "failure = coalesce(u.failure, o.failure), total = coalesce(u.total, o.total), "
+    "attempts = coalesce(u.attempts, o.attempts), lease_owner = CASE WHEN u.let_go IS NULL THEN o.lease_owner END, "
+    "lease_until = now() + make_interval(secs => coalesce(u.let_go, $11::float8)), updated_at = now() "
+    "FROM u JOIN k USING (id) WHERE o.id = u.id AND o.lease_owner = u.runner AND o.status = u.before "
+    f"RETURNING {', '.join('o.' + c.strip() for c in COLUMNS.split(','))}, u.n, u.runner AS writer), "
+    "l AS (INSERT INTO order_saga_log (order_id, step, phase, outcome, detail, runner) "
+    "SELECT o.id, v.s, v.p, v.oc, v.d::jsonb, o.writer FROM unnest($12::int8[], $13::text[], $14::text[], "
+    "$15::text[], $16::text[]) WITH ORDINALITY AS v(n, s, p, oc, d, i) JOIN o ON o.n = v.n ORDER BY v.i), "
+    f"e AS ({outbox_insert('v.e', 'v.t', 'o.id', 'v.p', '$21', source=_EVENTS)}) "
+    f"SELECT {COLUMNS}, n, CASE WHEN cardinality($18::uuid[]) > 0 THEN {NOTIFY} END FROM o")
+
 
 #: An order's creation in one statement: the order (once per customer and key), its first log line and its
 #: ``order.created`` event; nothing when the key was used already.
@@ -183,18 +202,56 @@ async def write(row: asyncpg.Record, runner: str, *, line: tuple[str, str, str, 
         lines.append(("order", "status", "done", {"from": before, "to": after}))
     if starts is not None:
         lines.append((starts, "forward", "started", {}))
-    event: tuple[UUID | None, str | None, dict[str, Any] | None] = (None, None, None)
+    event: tuple[UUID, str, dict[str, Any]] | None = None
     if moved:
         changed = {**dict(row), "status": after, "total": row["total"] if total is None else total,
                    "failure": row["failure"] if failure is None else failure}
         event = (postgres.new_ids(1)[0], topic(after), event_payload(changed))
-    pg = await postgres.pool()
-    new = await pg.fetchrow(
-        _WRITE, row["id"], after, dict([result]) if result else {}, dict([undone]) if undone else {}, failure, total,
-        attempts, let_go_s, settings_of(OrderSettings).order_lease_s, runner, before, *_columns(lines), *event, {})
+    new = await _writes.submit(None, _Write(
+        row["id"], after, dict([result]) if result else {}, dict([undone]) if undone else {}, failure, total,
+        attempts, let_go_s, runner, before, lines, event))
     if new is None:  # the lease was taken over (recovery), so the order is not as this runner last saw it
         raise LeaseLost(str(row["id"]))
     return new
+
+
+@dataclass(frozen=True)
+class _Write:
+    """One order's change as :func:`write` hands it to the batch: the columns of :data:`_WRITES`, in order."""
+
+    id: UUID
+    status: str
+    results: dict[str, Any]
+    undone: dict[str, Any]
+    failure: dict[str, Any] | None
+    total: int | None
+    attempts: int | None
+    let_go_s: float | None
+    runner: str
+    before: str
+    lines: list[tuple[str, str, str, dict[str, Any]]]
+    event: tuple[UUID, str, dict[str, Any]] | None
+
+
+async def _write_together(_key: None, batch: list[_Write]) -> list[asyncpg.Record | None]:
+    """The writes of a moment in one statement: each order as written, or None where its fence held it back."""
+    lines = [(n, *ln) for n, w in enumerate(batch, 1) for ln in w.lines]
+    events = [(n, *w.event) for n, w in enumerate(batch, 1) if w.event is not None]
+    dumps = orjson.dumps
+    pg = await postgres.pool()
+    rows = await pg.fetch(
+        _WRITES, [w.id for w in batch], [w.status for w in batch], [w.results for w in batch],
+        [w.undone for w in batch], [w.failure for w in batch], [w.total for w in batch], [w.attempts for w in batch],
+        [w.let_go_s for w in batch], [w.runner for w in batch], [w.before for w in batch],
+        settings_of(OrderSettings).order_lease_s, [x[0] for x in lines], [x[1] for x in lines], [x[2] for x in lines],
+        [x[3] for x in lines], [dumps(x[4] or {}).decode() for x in lines], [x[0] for x in events],
+        [x[1] for x in events], [x[2] for x in events], [dumps(x[3]).decode() for x in events], {})
+    written = {r["n"]: r for r in rows}
+    return [written.get(n) for n in range(1, len(batch) + 1)]
+
+
+#: The saga's writes, a batch at a time per process: while one is out, those that follow queue for the next.
+_writes: GroupCommit[None, _Write, asyncpg.Record | None] = GroupCommit(_write_together)
 
 
 def context(row: asyncpg.Record) -> OrderContext:
