@@ -528,14 +528,10 @@ async def test_a_checkout_over_http_charges_exactly_what_its_invoice_states_tax_
 
 
 @WIRED
-async def test_a_saga_whose_request_goes_away_runs_on_by_its_own_runner(client, ops, bearer, until):
-    """Serve cancels a request whose client went away. The saga that request started goes on at once, by the same
-    runner, instead of keeping the order and its stock held until recovery takes it over when its lease runs out
-    (``order_lease_s``, 30 s here: the test waits 10)."""
-    from nexus_ray.stores import postgres
-
+async def _sellable(client, ops, bearer, subject: str) -> tuple[dict, str, dict]:
+    """A buyer's headers, a SKU the catalog sells with 5 units in stock, and an order's body for one of them."""
     merchant = bearer("commerce:catalog:read", "commerce:catalog:write", subject="shop-merchant")
-    buyer = bearer("commerce:order-processor:read", "commerce:order-processor:write", subject="buyer-gone")
+    buyer = bearer("commerce:order-processor:read", "commerce:order-processor:write", subject=subject)
     sku = f"SKU-{uuid.uuid4().hex[:10]}"
     product = {"title": "Mug", "description": "", "brand": "Acme", "category": "kitchen", "attributes": {},
                "status": "active", "variants": [
@@ -549,6 +545,28 @@ async def test_a_saga_whose_request_goes_away_runs_on_by_its_own_runner(client, 
     body = {"lines": [{"sku": sku, "quantity": 1}], "currency": "EUR", "payment_method": "pm_card_visa",
             "shipping_address": {"name": "Ada", "line1": "Hauptstr. 1", "city": "Berlin", "postal_code": "10115",
                                  "country": "DE"}}
+    return buyer, sku, body
+
+
+async def _completed_by_one_runner(pg, key: str, until) -> None:
+    """The order of ``key`` completes within 10 s (recovery would take 30: ``order_lease_s``), and one runner's
+    name is in its whole log: recovery, another runner, had no part in it."""
+    async def completed() -> bool:
+        return await pg.fetchval("SELECT status FROM orders WHERE idempotency_key = $1", key) == "completed"
+
+    await until(completed, within_s=10, every=0.1)
+    order_id = await pg.fetchval("SELECT id FROM orders WHERE idempotency_key = $1", key)
+    runners = await pg.fetch("SELECT DISTINCT runner FROM order_saga_log WHERE order_id = $1", order_id)
+    assert len(runners) == 1, runners
+
+
+async def test_a_saga_whose_request_goes_away_runs_on_by_its_own_runner(client, ops, bearer, until):
+    """Serve cancels a request whose client went away. The saga that request started goes on at once, by the same
+    runner, instead of keeping the order and its stock held until recovery takes it over when its lease runs out
+    (``order_lease_s``, 30 s here: the test waits 10)."""
+    from nexus_ray.stores import postgres
+
+    buyer, sku, body = await _sellable(client, ops, bearer, "buyer-gone")
     key = uuid.uuid4().hex
     pg = await postgres.pool()
 
@@ -568,12 +586,37 @@ async def test_a_saga_whose_request_goes_away_runs_on_by_its_own_runner(client, 
         with pytest.raises(asyncio.CancelledError):
             await request
         await held.rollback()
-    order_id = await pg.fetchval("SELECT id FROM orders WHERE idempotency_key = $1", key)
+    await _completed_by_one_runner(pg, key, until)
+    assert await available(client, ops, sku) == 4
 
-    async def completed() -> bool:
-        return await pg.fetchval("SELECT status FROM orders WHERE id = $1", order_id) == "completed"
 
-    await until(completed, within_s=10, every=0.1)
-    runners = await pg.fetch("SELECT DISTINCT runner FROM order_saga_log WHERE order_id = $1", order_id)
-    assert len(runners) == 1, runners  # its own runner finished it: recovery (another runner) had no part
+async def test_an_order_whose_request_goes_away_while_it_is_created_is_created_and_runs(client, ops, bearer, until):
+    """The request is cancelled while the order's insert waits: the order is still created, and its saga run to the
+    end by the request's runner, not left to recovery with nobody driving it. (The insert is held on the customer's
+    idempotency key, which this test's transaction holds with a row it then rolls back.)"""
+    from nexus_ray.stores import postgres
+
+    buyer, sku, body = await _sellable(client, ops, bearer, "buyer-gone-early")
+    key = uuid.uuid4().hex
+    pg = await postgres.pool()
+
+    async def inserting() -> bool:
+        return await pg.fetchval("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                 "AND query LIKE '%INSERT INTO orders%'") == 1
+
+    async with pg.acquire() as blocker:
+        held = blocker.transaction()
+        await held.start()
+        await blocker.execute(
+            "INSERT INTO orders (id, customer, status, capture_method, currency, request, idempotency_key, "
+            "request_hash, lease_until) VALUES ($1, 'buyer-gone-early', 'failed', 'automatic', 'EUR', '{}', $2, "
+            "'h', now())", uuid.uuid4(), key)
+        request = asyncio.create_task(
+            client.post(f"{API}/orders", json=body, headers={**buyer, "Idempotency-Key": key}))
+        await until(inserting, within_s=10)
+        request.cancel()  # as Serve does when the client disconnects
+        with pytest.raises(asyncio.CancelledError):
+            await request
+        await held.rollback()
+    await _completed_by_one_runner(pg, key, until)
     assert await available(client, ops, sku) == 4

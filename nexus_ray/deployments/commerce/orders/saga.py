@@ -35,10 +35,10 @@ cancelled), instead of being left in place because its result was never recorded
 
 A request that goes away
 ------------------------
-The requests that start or move an order (creation, capture, cancellation, refund) run its saga through
-:func:`drive_on`: when the client disconnects and Serve cancels the request, the saga still goes on to where it
-settles or must wait, by the same runner, instead of stopping at its next step with the order leased and its
-stock held until recovery.
+The requests that start or move an order (creation, capture, cancellation, refund) run through
+:func:`run_on`: when the client disconnects and Serve cancels the request, the order's creation or lease and then
+its saga still go on to where it settles or must wait, by the same runner, instead of stopping at the next
+statement with the order leased and its stock held until recovery.
 
 Compensation
 ------------
@@ -57,8 +57,9 @@ import logging
 import os
 import socket
 import uuid
+from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 import asyncpg
@@ -75,6 +76,7 @@ from .settings import OrderSettings
 from .steps import BY_NAME, STEPS, OrderContext, Refused
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 COLUMNS = ("id, customer, status, capture_method, currency, total, request, request_hash, results, undone, "
            "refund_restock, failure, attempts, lease_owner, lease_until, created_at, updated_at")
@@ -133,18 +135,22 @@ _EVENTS = ("FROM unnest($17::int8[], $18::uuid[], $19::text[], $20::text[]) WITH
 
 #: The saga's writes of a moment, for many orders in one statement (one round trip, one commit): each order's
 #: change (fenced on its runner's lease and on the status that runner last wrote), its log lines and its event,
-#: each written only when the change was. The orders are locked in id order first, so two batches never wait on
-#: each other in a cycle. Each changed order comes back with ``n``, its write's place in the batch.
+#: each written only when the change was. Each changed order comes back with ``n``, its write's place in the batch.
+#: A batch holds its orders' row locks until it commits; it can only wait on another process's batch for an order
+#: whose lease that process lost (a fenced write still waits for the row), so two batches in a cycle need two stale
+#: runners at once. The batch is sent in order id order, so they would mostly lock in the same order; should
+#: PostgreSQL still find a deadlock, it aborts one batch, whose runners stop, and recovery takes their orders on
+#: when their leases run out, as after any failed write. (Locking the rows in id order first, ``FOR UPDATE``, would
+#: write each row twice.)
 _WRITES = (
     "WITH u AS (SELECT * FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::jsonb[], $5::jsonb[], $6::int8[], "
     "$7::int4[], $8::float8[], $9::text[], $10::text[]) WITH ORDINALITY AS u(id, status, results, undone, failure, "
     "total, attempts, let_go, runner, before, n)), "
-    "k AS (SELECT id FROM orders WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE), "
     "o AS (UPDATE orders o SET status = u.status, results = o.results || u.results, undone = o.undone || u.undone, "
     "failure = coalesce(u.failure, o.failure), total = coalesce(u.total, o.total), "
     "attempts = coalesce(u.attempts, o.attempts), lease_owner = CASE WHEN u.let_go IS NULL THEN o.lease_owner END, "
     "lease_until = now() + make_interval(secs => coalesce(u.let_go, $11::float8)), updated_at = now() "
-    "FROM u JOIN k USING (id) WHERE o.id = u.id AND o.lease_owner = u.runner AND o.status = u.before "
+    "FROM u WHERE o.id = u.id AND o.lease_owner = u.runner AND o.status = u.before "
     f"RETURNING {', '.join('o.' + c.strip() for c in COLUMNS.split(','))}, u.n, u.runner AS writer), "
     "l AS (INSERT INTO order_saga_log (order_id, step, phase, outcome, detail, runner) "
     "SELECT o.id, v.s, v.p, v.oc, v.d::jsonb, o.writer FROM unnest($12::int8[], $13::text[], $14::text[], "
@@ -233,8 +239,9 @@ class _Write:
     event: tuple[UUID, str, dict[str, Any]] | None
 
 
-async def _write_together(_key: None, batch: list[_Write]) -> list[asyncpg.Record | None]:
+async def _write_together(_key: None, writes: list[_Write]) -> list[asyncpg.Record | None]:
     """The writes of a moment in one statement: each order as written, or None where its fence held it back."""
+    batch = sorted(writes, key=lambda w: w.id)
     lines = [(n, *ln) for n, w in enumerate(batch, 1) for ln in w.lines]
     events = [(n, *w.event) for n, w in enumerate(batch, 1) if w.event is not None]
     dumps = orjson.dumps
@@ -246,8 +253,8 @@ async def _write_together(_key: None, batch: list[_Write]) -> list[asyncpg.Recor
         settings_of(OrderSettings).order_lease_s, [x[0] for x in lines], [x[1] for x in lines], [x[2] for x in lines],
         [x[3] for x in lines], [dumps(x[4] or {}).decode() for x in lines], [x[0] for x in events],
         [x[1] for x in events], [x[2] for x in events], [dumps(x[3]).decode() for x in events], {})
-    written = {r["n"]: r for r in rows}
-    return [written.get(n) for n in range(1, len(batch) + 1)]
+    written = {id(batch[r["n"] - 1]): r for r in rows}
+    return [written.get(id(w)) for w in writes]
 
 
 #: The saga's writes, a batch at a time per process: while one is out, those that follow queue for the next.
@@ -318,16 +325,19 @@ async def drive(order_id: UUID, runner: str, *, capture_now: bool = False, row: 
         return row
 
 
-#: Sagas that requests started, held here so that they run on when their request stops waiting.
-_running: set[asyncio.Task[asyncpg.Record]] = set()
+#: Changes of orders that requests started, held here so that they run on when their request stops waiting.
+_running: set[asyncio.Task[Any]] = set()
 
 
-async def drive_on(order_id: UUID, runner: str, **kwargs: Any) -> asyncpg.Record:
-    """:func:`drive` for a request: the saga goes on to where it settles or must wait even when the request stops
-    waiting for it. Serve cancels a request whose client went away (a timeout, a closed connection); stopped there,
-    at its next step, the order would keep its runner's lease with its stock held, and wait for recovery
-    (``order_lease_s``), while a retry of the request with the same key was answered 202 in the meantime."""
-    task = asyncio.get_running_loop().create_task(drive(order_id, runner, **kwargs))
+async def run_on(work: Coroutine[Any, Any, T]) -> T:
+    """Run ``work``, a request's change of an order (its creation, capture, cancellation or refund, and the saga
+    it drives), to its end even when the request stops waiting for it; its outcome to the request while it waits.
+
+    Serve cancels a request whose client went away (a timeout, a closed connection). Stopped there, at its next
+    statement, the order would keep its runner's lease with its stock held, and wait for recovery
+    (``order_lease_s``), while a retry of the request with the same key was answered 202 in the meantime; or its
+    creation or lease would be written with nobody left to drive it."""
+    task = asyncio.get_running_loop().create_task(work)
     _running.add(task)
     task.add_done_callback(_running.discard)
     try:
@@ -337,11 +347,11 @@ async def drive_on(order_id: UUID, runner: str, **kwargs: Any) -> asyncpg.Record
         raise
 
 
-def _unwaited(task: asyncio.Task[asyncpg.Record]) -> None:
-    """A saga whose request stopped waiting has ended: its failure is logged here, since nobody else sees it (the
+def _unwaited(task: asyncio.Task[Any]) -> None:
+    """A change whose request stopped waiting has ended: its failure is logged here, since nobody else sees it (the
     order keeps the runner's lease, and recovery takes it on when that runs out)."""
     if not task.cancelled() and (exc := task.exception()) is not None:
-        log.warning("an order's saga, which its request stopped waiting for, stopped: %s", type(exc).__name__)
+        log.warning("an order's change, which its request stopped waiting for, stopped: %s", type(exc).__name__)
 
 
 def _next_forward(results: set[str], status: str, capture_method: str) -> str | None:

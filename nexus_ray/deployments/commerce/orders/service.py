@@ -69,8 +69,17 @@ def _hash(body: dict[str, Any]) -> str:
 
 async def create_order(*, customer: str, request: dict[str, Any], currency: str, capture_method: str,
                        idempotency_key: str) -> tuple[asyncpg.Record, bool]:
-    """Create the order (once per key) and run its saga: (the order's row as it stands, replayed)."""
+    """Create the order (once per key) and run its saga: (the order's row as it stands, replayed).
+
+    The creation runs on with its saga when the request stops waiting (:func:`saga.run_on`): a request cancelled
+    while its insert was out could otherwise leave an order created and leased to a runner that never drives it,
+    held until recovery takes it when the lease runs out."""
     h = _hash({"request": request, "currency": currency, "capture_method": capture_method})
+    return await saga.run_on(_create(customer, request, currency, capture_method, idempotency_key, h))
+
+
+async def _create(customer: str, request: dict[str, Any], currency: str, capture_method: str, idempotency_key: str,
+                  h: str) -> tuple[asyncpg.Record, bool]:
     runner = saga.new_runner()
     row = await saga.start(customer=customer, request=request, currency=currency, capture_method=capture_method,
                            idempotency_key=idempotency_key, request_hash=h, runner=runner)
@@ -85,7 +94,7 @@ async def create_order(*, customer: str, request: dict[str, Any], currency: str,
                             "type": "idempotency_key_reused"}], "code": "idempotency_key_reused",
                 "order_id": str(earlier["id"])})
         return earlier, True
-    return await saga.drive_on(row["id"], runner, row=row, announced=saga.STEPS[0].name), False
+    return await saga.drive(row["id"], runner, row=row, announced=saga.STEPS[0].name), False
 
 
 async def _visible(conn: asyncpg.Connection | asyncpg.Pool, order_id: UUID, caller: str, privileged: bool,
@@ -148,7 +157,12 @@ async def _take(order_id: UUID, caller: str, privileged: bool, to: str, *, settl
 
 async def cancel_order(*, order_id: UUID, caller: str, privileged: bool, reason: str) -> asyncpg.Record:
     """Cancel: before capture the payment is voided and the stock released; after it, the shipment is cancelled
-    (409 if it has left), the payment refunded, a credit note issued and the stock returned."""
+    (409 if it has left), the payment refunded, a credit note issued and the stock returned. Runs on when the
+    request stops waiting (:func:`saga.run_on`), as every change of an order does."""
+    return await saga.run_on(_cancel(order_id, caller, privileged, reason))
+
+
+async def _cancel(order_id: UUID, caller: str, privileged: bool, reason: str) -> asyncpg.Record:
     row, runner = await _take(order_id, caller, privileged, "cancelling", settled="cancelled",
                               allowed=("authorized", "paid", "completed"))
     if runner is None:
@@ -166,11 +180,15 @@ async def cancel_order(*, order_id: UUID, caller: str, privileged: bool, reason:
             raise
     row = await saga.write(row, runner, line=("order", "status", "started", {"cancel": reason}),
                            status="cancelling", undone=undone)
-    return await saga.drive_on(order_id, runner, row=row)
+    return await saga.drive(order_id, runner, row=row)
 
 
 async def refund_order(*, order_id: UUID, caller: str, reason: str, restock: bool) -> asyncpg.Record:
     """Refund a paid order in full with a credit note; its stock returns only when ``restock`` (goods back)."""
+    return await saga.run_on(_refund(order_id, caller, reason, restock))
+
+
+async def _refund(order_id: UUID, caller: str, reason: str, restock: bool) -> asyncpg.Record:
     row, runner = await _take(order_id, caller, True, "refunding", settled="refunded", allowed=("paid", "completed"))
     if runner is None:
         return row
@@ -179,15 +197,19 @@ async def refund_order(*, order_id: UUID, caller: str, reason: str, restock: boo
                      runner)
     row = await saga.write(row, runner, line=("order", "status", "started", {"refund": reason, "restock": restock}),
                            status="refunding")
-    return await saga.drive_on(order_id, runner, row=row)
+    return await saga.drive(order_id, runner, row=row)
 
 
 async def capture_order(*, order_id: UUID, caller: str) -> asyncpg.Record:
     """Capture a manual-capture order that is authorised: the saga goes on from the capture step."""
+    return await saga.run_on(_capture(order_id, caller))
+
+
+async def _capture(order_id: UUID, caller: str) -> asyncpg.Record:
     row, runner = await _take(order_id, caller, True, "paid", settled="completed", allowed=("authorized",))
     if runner is None:
         return row
-    return await saga.drive_on(order_id, runner, capture_now=True)
+    return await saga.drive(order_id, runner, capture_now=True)
 
 
 async def home_summary(*, user_id: str) -> dict[str, Any]:
