@@ -112,6 +112,27 @@ async def test_one_shipment_per_order_however_often_and_concurrently_asked(clien
     assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "address.country"
 
 
+async def test_one_key_sent_at_once_for_many_orders_ships_one_of_them(client):
+    """Eight requests with one key for eight orders, all at once: whichever way they interleave (the key found
+    before the insert, or taken by another request while it ran), exactly one order gets a shipment; the others
+    get the 409 naming the key and leave no shipment, tracking event or event behind."""
+    from nexus_ray.exceptions import Conflict
+    from nexus_ray.stores import postgres
+
+    key, orders = uuid.uuid4().hex, [order() for _ in range(8)]
+    outcomes = await asyncio.gather(*(ship(o, key=key) for o in orders), return_exceptions=True)
+    shipped = [o for o in outcomes if not isinstance(o, BaseException)]
+    refused = [o for o in outcomes if isinstance(o, Conflict)]
+    assert len(shipped) == 1 and len(refused) == 7, outcomes
+    assert all(err.extra["errors"][0]["field"] == "idempotency_key" for err in refused)
+    pg = await postgres.pool()
+    assert await pg.fetchval("SELECT count(*) FROM shipments WHERE order_id = ANY($1::text[])", orders) == 1
+    assert await pg.fetchval("SELECT count(*) FROM shipment_events e JOIN shipments s ON s.id = e.shipment_id "
+                             "WHERE s.order_id = ANY($1::text[])", orders) == 1
+    assert await pg.fetchval("SELECT count(*) FROM outbox WHERE topic = 'shipment.created' AND key = ANY($1::text[])",
+                             orders) == 1
+
+
 async def test_the_state_machine_refuses_invalid_transitions_with_409(client, admin):
     from nexus_ray.stores import postgres
 

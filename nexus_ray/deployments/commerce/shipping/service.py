@@ -38,7 +38,7 @@ import asyncpg
 from nexus_ray.deployments.kit.pages import Page, PageRequest
 from nexus_ray.exceptions import Conflict, NotFound, ValidationFailed
 from nexus_ray.stores import postgres
-from nexus_ray.stores.events import Event, EventConsumer, emit
+from nexus_ray.stores.events import NOTIFY, Event, EventConsumer, emit, outbox_insert
 
 from .models import Address, PublicEvent, PublicTracking, RateQuote, RateRead, ShipmentRead, TrackingEventRead
 
@@ -167,31 +167,41 @@ async def create_shipment(
                 raise _key_reused()
             return _read(known), True
     rate = await quote(weight_g=weight_g, country=address.country, service_level=service_level, conn=conn)
-    now = datetime.now(UTC)
-    # ON CONFLICT waits for a concurrent insert of the same order, then finds its row instead.
+    shipment_id, number, now = uuid.uuid4(), tracking_number(), datetime.now(UTC)
+    where = address.model_dump(exclude_none=True)
+    created = {"shipment_id": str(shipment_id), "order_id": order_id, "customer": customer, "address": where,
+               "weight_g": weight_g, "service_level": service_level, "zone": rate.zone, "tracking_number": number,
+               "status": "label_created"}
     row = await conn.fetchrow(
-        f"INSERT INTO shipments (id, order_id, owner, address, country, zone, weight_g, service_level, rate_amount, "
-        f"rate_currency, tracking_number, status, created_by, created_at, updated_at) "
-        f"VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'label_created', $12, $13, $13) "
-        f"ON CONFLICT (order_id) DO NOTHING RETURNING {_COLUMNS}",
-        uuid.uuid4(), order_id, customer, address.model_dump(exclude_none=True), address.country, rate.zone,
-        weight_g, service_level, rate.amount, rate.currency, tracking_number(), caller, now)
-    existed = row is None
-    if row is None:
-        row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM shipments WHERE order_id = $1", order_id)
-        assert row is not None
+        _CREATE, shipment_id, order_id, customer, where, address.country, rate.zone, weight_g, service_level,
+        rate.amount, rate.currency, number, caller, now, idempotency_key, DESCRIPTIONS["label_created"],
+        postgres.new_ids(1)[0], CREATED, created, {})
+    if row is not None:
+        if idempotency_key is not None and not row["keyed"]:  # the key came in meanwhile, for another shipment
+            raise _key_reused()
+        return _read(row), False
+    # The order has its shipment already: ON CONFLICT waited for a concurrent insert of it, and it is found here.
+    row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM shipments WHERE order_id = $1", order_id)
+    assert row is not None
     shipment = _read(row)
     await _remember_key(conn, caller, idempotency_key, shipment)
-    if not existed:
-        await conn.execute(
-            "INSERT INTO shipment_events (shipment_id, status, description, source, occurred_at) "
-            "VALUES ($1, 'label_created', $2, 'shipping', $3)", shipment.id, DESCRIPTIONS["label_created"], now)
-        await emit(conn, CREATED, {
-            "shipment_id": str(shipment.id), "order_id": order_id, "customer": customer,
-            "address": shipment.address.model_dump(exclude_none=True), "weight_g": weight_g,
-            "service_level": service_level, "zone": rate.zone, "tracking_number": shipment.tracking_number,
-            "status": shipment.status}, key=order_id)
-    return shipment, existed
+    return shipment, True
+
+
+#: A new shipment in one statement: the row (once per order), the caller's key for it, its first tracking event and
+#: its ``shipment.created`` event; nothing when the order has its shipment already. ``keyed``: whether the key was
+#: recorded (false when none was given, or when it names another shipment already).
+_CREATE = (
+    f"WITH s AS (INSERT INTO shipments (id, order_id, owner, address, country, zone, weight_g, service_level, "
+    f"rate_amount, rate_currency, tracking_number, status, created_by, created_at, updated_at) "
+    f"VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'label_created', $12, $13, $13) "
+    f"ON CONFLICT (order_id) DO NOTHING RETURNING {_COLUMNS}), "
+    f"k AS (INSERT INTO shipment_requests (caller, idempotency_key, shipment_id) SELECT $12, $14::text, s.id FROM s "
+    f"WHERE $14::text IS NOT NULL ON CONFLICT DO NOTHING RETURNING shipment_id), "
+    f"t AS (INSERT INTO shipment_events (shipment_id, status, description, source, occurred_at) "
+    f"SELECT s.id, 'label_created', $15, 'shipping', $13 FROM s), "
+    f"e AS ({outbox_insert('$16', '$17', '$2', '$18', '$19', source='FROM s')}) "
+    f"SELECT {_COLUMNS}, EXISTS (SELECT FROM k) AS keyed, {NOTIFY} FROM s")
 
 
 async def request_shipment(
