@@ -167,13 +167,16 @@ async def _apply(conn: asyncpg.Connection, caller: str, moves: Sequence[Move],
         # Only reachable through a bug in the checks before: the database refuses to oversell.
         raise Conflict("the change would take stock below zero or below what is reserved",
                        extra={"code": "insufficient_stock"}) from None
-    skus = sorted({m.sku for m in moves})
+    change: dict[str, int] = {}
+    for m in moves:
+        change[m.sku] = change.get(m.sku, 0) + m.on_hand - m.reserved
+    skus = sorted(sku for sku, delta in change.items() if delta)
+    if not skus:  # no SKU's available stock moved (a commit takes the units from on hand and reserved alike)
+        return
     if known is None or any(sku not in known for sku in skus):
         await _flag_low(conn, skus)
         return
-    after = {sku: known[sku][2] for sku in skus}
-    for m in moves:
-        after[m.sku] += m.on_hand - m.reserved
+    after = {sku: known[sku][2] + change[sku] for sku in skus}
     await _flip(conn, [(sku, not known[sku][1], after[sku], known[sku][0]) for sku in skus
                        if (after[sku] < known[sku][0]) != known[sku][1]])
 
