@@ -548,9 +548,25 @@ async def _sellable(client, ops, bearer, subject: str) -> tuple[dict, str, dict]
     return buyer, sku, body
 
 
-async def _completed_by_one_runner(pg, key: str, until) -> None:
-    """The order of ``key`` completes within 10 s (recovery would take 30: ``order_lease_s``), and one runner's
-    name is in its whole log: recovery, another runner, had no part in it."""
+async def _cut_while_held_then_completed(client, ops, pg, until, buyer, sku: str, body: dict, key: str,
+                                        hold: str, *args, held_at) -> None:
+    """Send the order with ``key`` while this test's open transaction has run ``hold`` (which makes the order wait
+    where the test wants it); once ``held_at()`` says it waits there, cancel the request as Serve does when the
+    client disconnects, and let the order go. It must then complete within 10 s (recovery would take 30:
+    ``order_lease_s``) with one runner's name in its whole log -- recovery, another runner, had no part in it --
+    and have taken its one unit of ``sku``."""
+    async with pg.acquire() as blocker:
+        held = blocker.transaction()
+        await held.start()
+        await blocker.execute(hold, *args)
+        request = asyncio.create_task(
+            client.post(f"{API}/orders", json=body, headers={**buyer, "Idempotency-Key": key}))
+        await until(held_at, within_s=10)
+        request.cancel()  # as Serve does when the client disconnects
+        with pytest.raises(asyncio.CancelledError):
+            await request
+        await held.rollback()
+
     async def completed() -> bool:
         return await pg.fetchval("SELECT status FROM orders WHERE idempotency_key = $1", key) == "completed"
 
@@ -558,36 +574,27 @@ async def _completed_by_one_runner(pg, key: str, until) -> None:
     order_id = await pg.fetchval("SELECT id FROM orders WHERE idempotency_key = $1", key)
     runners = await pg.fetch("SELECT DISTINCT runner FROM order_saga_log WHERE order_id = $1", order_id)
     assert len(runners) == 1, runners
+    assert await available(client, ops, sku) == 4
 
 
 async def test_a_saga_whose_request_goes_away_runs_on_by_its_own_runner(client, ops, bearer, until):
     """Serve cancels a request whose client went away. The saga that request started goes on at once, by the same
-    runner, instead of keeping the order and its stock held until recovery takes it over when its lease runs out
-    (``order_lease_s``, 30 s here: the test waits 10)."""
+    runner, instead of keeping the order and its stock held until recovery takes it over when its lease runs out.
+    (The saga is held in its reserve step, on the SKU's row that this test locks.)"""
     from nexus_ray.stores import postgres
 
     buyer, sku, body = await _sellable(client, ops, bearer, "buyer-gone")
     key = uuid.uuid4().hex
     pg = await postgres.pool()
 
-    async def reserving() -> bool:  # the saga waits in its reserve step, on the SKU's row this test holds
+    async def reserving() -> bool:
         return await pg.fetchval(
             "SELECT count(*) FROM order_saga_log l JOIN orders o ON o.id = l.order_id WHERE o.idempotency_key = $1 "
             "AND l.step = 'reserve' AND l.outcome = 'started'", key) == 1
 
-    async with pg.acquire() as blocker:
-        held = blocker.transaction()
-        await held.start()
-        await blocker.execute("SELECT 1 FROM inventory_skus WHERE sku = $1 FOR UPDATE", sku)
-        request = asyncio.create_task(
-            client.post(f"{API}/orders", json=body, headers={**buyer, "Idempotency-Key": key}))
-        await until(reserving, within_s=10)
-        request.cancel()  # as Serve does when the client disconnects
-        with pytest.raises(asyncio.CancelledError):
-            await request
-        await held.rollback()
-    await _completed_by_one_runner(pg, key, until)
-    assert await available(client, ops, sku) == 4
+    await _cut_while_held_then_completed(client, ops, pg, until, buyer, sku, body, key,
+                                         "SELECT 1 FROM inventory_skus WHERE sku = $1 FOR UPDATE", sku,
+                                         held_at=reserving)
 
 
 async def test_an_order_whose_request_goes_away_while_it_is_created_is_created_and_runs(client, ops, bearer, until):
@@ -604,19 +611,8 @@ async def test_an_order_whose_request_goes_away_while_it_is_created_is_created_a
         return await pg.fetchval("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
                                  "AND query LIKE '%INSERT INTO orders%'") == 1
 
-    async with pg.acquire() as blocker:
-        held = blocker.transaction()
-        await held.start()
-        await blocker.execute(
-            "INSERT INTO orders (id, customer, status, capture_method, currency, request, idempotency_key, "
-            "request_hash, lease_until) VALUES ($1, 'buyer-gone-early', 'failed', 'automatic', 'EUR', '{}', $2, "
-            "'h', now())", uuid.uuid4(), key)
-        request = asyncio.create_task(
-            client.post(f"{API}/orders", json=body, headers={**buyer, "Idempotency-Key": key}))
-        await until(inserting, within_s=10)
-        request.cancel()  # as Serve does when the client disconnects
-        with pytest.raises(asyncio.CancelledError):
-            await request
-        await held.rollback()
-    await _completed_by_one_runner(pg, key, until)
-    assert await available(client, ops, sku) == 4
+    await _cut_while_held_then_completed(
+        client, ops, pg, until, buyer, sku, body, key,
+        "INSERT INTO orders (id, customer, status, capture_method, currency, request, idempotency_key, request_hash, "
+        "lease_until) VALUES ($1, 'buyer-gone-early', 'failed', 'automatic', 'EUR', '{}', $2, 'h', now())",
+        uuid.uuid4(), key, held_at=inserting)
