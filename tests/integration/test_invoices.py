@@ -111,6 +111,28 @@ async def test_200_concurrent_invoices_are_numbered_1_to_200_and_failures_in_the
     assert nxt.number == 201 and nxt.display_number == f"{name}-000201"
 
 
+async def test_retries_among_concurrent_issues_replay_their_invoice_and_leave_no_gap():
+    """Forty issues of one series at once, ten of them sent again with their key in the same moment: every retry is
+    answered with its invoice, the forty are numbered 1 to 40, and the counter stands at 40 (a retry's insert finds
+    its key taken and gives its number back)."""
+    from nexus_ray.stores import postgres
+
+    name = series()
+    firsts = [await issue(series_name=name, lines=[line(100 + i)], key=f"k-{name}-{i}", order_id=f"ord-{name}-{i}")
+              for i in range(10)]
+    jobs = [issue(series_name=name, lines=[line(200 + i)]) for i in range(30)]
+    for i in range(10):  # the same requests again, spread among the new ones
+        jobs.insert(i * 3 + 1, issue(series_name=name, lines=[line(100 + i)], key=f"k-{name}-{i}",
+                                     order_id=f"ord-{name}-{i}"))
+    results = await asyncio.gather(*jobs)
+    again = [r for r in results if r.source_id.startswith(f"ord-{name}-")]
+    assert sorted((r.id, r.number) for r in again) == sorted((f.id, f.number) for f in firsts)
+    assert sorted(r.number for r in results if r not in again) == list(range(11, 41))
+    pg = await postgres.pool()
+    assert await pg.fetchval("SELECT last_number FROM invoice_counters WHERE kind = 'invoice' AND series = $1",
+                             name) == 40
+
+
 async def test_series_count_on_their_own_and_an_event_is_emitted():
     from nexus_ray.stores import postgres
 

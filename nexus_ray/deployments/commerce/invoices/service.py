@@ -428,18 +428,23 @@ async def issue_invoice(
         "series": series, "source": source, "source_id": source_id, "customer": customer, "country": country,
         "currency": currency, "lines": [ln.model_dump() for ln in lines]})
     pg = await postgres.pool()
-    replay = await _replay_invoice(pg, caller, idempotency_key, h)
-    if replay is not None:
-        return replay, True
+    # A retry is not looked up first: its insert finds the key taken (the number given back) and it is answered
+    # below. Only a retry that cannot be priced now is looked up before it is refused.
+    try:
+        rates = await _rates(pg, country, lines)
+    except NexusError:
+        if (replay := await _replay_invoice(pg, caller, idempotency_key, h)) is not None:
+            return replay, True
+        raise
     priced = []
-    for ln, rate in zip(lines, await _rates(pg, country, lines), strict=True):
+    for ln, rate in zip(lines, rates, strict=True):
         net = ln.quantity * ln.unit_price
         priced.append(_Priced(ln, rate, net, line_tax(net, rate)))
     item = _Issue(id=uuid.uuid4(), caller=caller, key=idempotency_key, request_hash=h, series=series, source=source,
                   source_id=source_id, customer=customer, country=country, currency=currency, priced=priced,
                   issued_at=datetime.now(UTC))
     number = await _batches.submit(series, item)
-    if number is None:  # a concurrent request with the same key committed first
+    if number is None:  # the key was used: a retry, or a concurrent request that committed first
         replay = await _replay_invoice(pg, caller, idempotency_key, h)
         assert replay is not None
         return replay, True

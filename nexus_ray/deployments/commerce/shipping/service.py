@@ -152,21 +152,37 @@ def _key_reused() -> Conflict:
                     "type": "idempotency_key_reused"}], "code": "idempotency_key_reused"})
 
 
+async def _keyed_shipment(conn: asyncpg.Connection, caller: str, key: str | None, order_id: str
+                          ) -> ShipmentRead | None:
+    """The shipment the caller's ``key`` was used for, if any; 409 when that was another order's."""
+    if key is None:
+        return None
+    known = await conn.fetchrow(f"SELECT {_COLUMNS} FROM shipments WHERE id = (SELECT shipment_id FROM "
+                                f"shipment_requests WHERE caller = $1 AND idempotency_key = $2)", caller, key)
+    if known is None:
+        return None
+    if known["order_id"] != order_id:
+        raise _key_reused()
+    return _read(known)
+
+
 async def create_shipment(
     conn: asyncpg.Connection, *, caller: str, order_id: str, address: Address, weight_g: int, service_level: str,
     customer: str | None, idempotency_key: str | None,
 ) -> tuple[ShipmentRead, bool]:
     """The order's shipment, created now (label, first tracking event, ``shipment.created``) unless it exists:
-    (shipment, whether it existed). Runs in the caller's transaction on ``conn``."""
-    if idempotency_key is not None:
-        known = await conn.fetchrow(
-            f"SELECT {_COLUMNS} FROM shipments WHERE id = (SELECT shipment_id FROM shipment_requests "
-            f"WHERE caller = $1 AND idempotency_key = $2)", caller, idempotency_key)
-        if known is not None:
-            if known["order_id"] != order_id:
-                raise _key_reused()
-            return _read(known), True
-    rate = await quote(weight_g=weight_g, country=address.country, service_level=service_level, conn=conn)
+    (shipment, whether it existed). Runs in the caller's transaction on ``conn``.
+
+    A retry with a key is not looked up first: the order's shipment exists, so the insert finds it (and the key,
+    already recorded for it, agrees), and a key used for another order's shipment is refused by the insert's own
+    key record, the transaction rolled back. Only a retry that could not be quoted now is looked up before it is
+    refused."""
+    try:
+        rate = await quote(weight_g=weight_g, country=address.country, service_level=service_level, conn=conn)
+    except ValidationFailed:
+        if (known := await _keyed_shipment(conn, caller, idempotency_key, order_id)) is not None:
+            return known, True  # a retry is answered with its shipment even if the rates changed since
+        raise
     shipment_id, number, now = uuid.uuid4(), tracking_number(), datetime.now(UTC)
     where = address.model_dump(exclude_none=True)
     created = {"shipment_id": str(shipment_id), "order_id": order_id, "customer": customer, "address": where,
