@@ -102,6 +102,12 @@ async def test_one_shipment_per_order_however_often_and_concurrently_asked(clien
     with pytest.raises(Conflict) as err:
         await ship(key=key)
     assert err.value.extra["errors"][0]["field"] == "idempotency_key"
+    # A retry is answered with its shipment even when the parcel it names could not be quoted now; a new request
+    # for such a parcel is the quote's 422.
+    assert (await ship(first.order_id, key=key, weight_g=999_999)).id == first.id
+    with pytest.raises(ValidationFailed) as err:
+        await ship(weight_g=999_999)
+    assert err.value.extra["errors"][0]["field"] == "weight_g"
     # Over HTTP: the back office's; asking again for the order answers the same shipment, marked replayed.
     body = {"order_id": first.order_id, "address": ADDRESS, "weight_g": 100, "idempotency_key": uuid.uuid4().hex}
     r = await client.post(f"{API}/shipments", json=body, headers=admin)

@@ -91,15 +91,19 @@ def tracking_number() -> str:
 # -- rates ---------------------------------------------------------------------------------------------------------
 
 
+def _rate(country: str, service_level: str, weight_g: str) -> str:
+    """The query of a parcel's rate (SQL expressions for its country, service level and weight): the smallest band
+    of the country's zone and the level that holds the weight; no row past the largest band."""
+    return ("SELECT r.zone, r.max_weight_g, r.amount, r.currency, r.estimated_days FROM shipping_rates r "
+            f"WHERE r.zone = coalesce((SELECT zone FROM shipping_zones WHERE country = {country}), 'world') "
+            f"AND r.service_level = {service_level} AND r.max_weight_g >= {weight_g} ORDER BY r.max_weight_g LIMIT 1")
+
+
 async def quote(*, weight_g: int, country: str, service_level: str = "standard",
                 conn: asyncpg.Connection | asyncpg.Pool | None = None) -> RateQuote:
     """The price of a parcel of ``weight_g`` to ``country``; 422 naming ``weight_g`` past the largest band."""
     db = conn or await postgres.pool()
-    row = await db.fetchrow(
-        "SELECT r.zone, r.max_weight_g, r.amount, r.currency, r.estimated_days FROM shipping_rates r "
-        "WHERE r.zone = coalesce((SELECT zone FROM shipping_zones WHERE country = $1), 'world') "
-        "AND r.service_level = $2 AND r.max_weight_g >= $3 ORDER BY r.max_weight_g LIMIT 1",
-        country, service_level, weight_g)
+    row = await db.fetchrow(_rate("$1", "$2", "$3"), country, service_level, weight_g)
     if row is None:
         heaviest = await db.fetchval("SELECT max(max_weight_g) FROM shipping_rates WHERE service_level = $1",
                                      service_level)
@@ -171,53 +175,73 @@ async def create_shipment(
     customer: str | None, idempotency_key: str | None,
 ) -> tuple[ShipmentRead, bool]:
     """The order's shipment, created now (label, first tracking event, ``shipment.created``) unless it exists:
-    (shipment, whether it existed). Runs in the caller's transaction on ``conn``.
+    (shipment, whether it existed).
 
-    A retry with a key is not looked up first: the order's shipment exists, so the insert finds it (and the key,
-    already recorded for it, agrees), and a key used for another order's shipment is refused by the insert's own
-    key record, the transaction rolled back. Only a retry that could not be quoted now is looked up before it is
-    refused."""
-    try:
-        rate = await quote(weight_g=weight_g, country=address.country, service_level=service_level, conn=conn)
-    except ValidationFailed:
-        if (known := await _keyed_shipment(conn, caller, idempotency_key, order_id)) is not None:
-            return known, True  # a retry is answered with its shipment even if the rates changed since
-        raise
+    The shipment is created by one statement (:data:`_CREATE`): its rate, the caller's key, the row, its first
+    tracking event and its event, all or nothing. Without a key (the ``order.paid`` consumer) it runs in the
+    caller's transaction; with one, ``conn`` must not be in a transaction: each statement commits by itself, and the
+    statement that creates stands alone. A retry is not looked up first: its key is found taken by the statement,
+    which then creates nothing, and it is answered with the key's shipment (a 409 if that is another order's).
+    A new key for an order that has its shipment fails the statement on the key's reference to a shipment it did
+    not create; the order's shipment is then read and the key recorded for it.
+    """
+    if idempotency_key is not None and conn.is_in_transaction():
+        raise RuntimeError("create_shipment() with a key runs outside a transaction")
     shipment_id, number, now = uuid.uuid4(), tracking_number(), datetime.now(UTC)
     where = address.model_dump(exclude_none=True)
     created = {"shipment_id": str(shipment_id), "order_id": order_id, "customer": customer, "address": where,
-               "weight_g": weight_g, "service_level": service_level, "zone": rate.zone, "tracking_number": number,
-               "status": "label_created"}
-    row = await conn.fetchrow(
-        _CREATE, shipment_id, order_id, customer, where, address.country, rate.zone, weight_g, service_level,
-        rate.amount, rate.currency, number, caller, now, idempotency_key, DESCRIPTIONS["label_created"],
-        postgres.new_ids(1)[0], CREATED, created, {})
-    if row is not None:
-        if idempotency_key is not None and not row["keyed"]:  # the key came in meanwhile, for another shipment
-            raise _key_reused()
-        return _read(row), False
-    # The order has its shipment already: ON CONFLICT waited for a concurrent insert of it, and it is found here.
-    row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM shipments WHERE order_id = $1", order_id)
-    assert row is not None
-    shipment = _read(row)
+               "weight_g": weight_g, "service_level": service_level, "tracking_number": number,
+               "status": "label_created"}  # and its zone, from the statement's rate
+    try:
+        row = await conn.fetchrow(
+            _CREATE, shipment_id, order_id, customer, where, address.country, weight_g, service_level, number,
+            caller, now, idempotency_key, DESCRIPTIONS["label_created"], postgres.new_ids(1)[0], CREATED, created, {})
+    except asyncpg.ForeignKeyViolationError:  # a new key, and the order has its shipment already
+        row = None
+    else:
+        assert row is not None
+        if row["id"] is not None:
+            return _read(row), False
+        if not row["rated"]:  # past the largest band: a retry is still answered, else the quote's 422
+            if (known := await _keyed_shipment(conn, caller, idempotency_key, order_id)) is not None:
+                return known, True
+            await quote(weight_g=weight_g, country=address.country, service_level=service_level, conn=conn)
+            return await create_shipment(  # the rates changed in between: a rate is found now
+                conn, caller=caller, order_id=order_id, address=address, weight_g=weight_g,
+                service_level=service_level, customer=customer, idempotency_key=idempotency_key)
+        if idempotency_key is not None and not row["keyed"]:  # the key was used: a retry, or another order's
+            known = await _keyed_shipment(conn, caller, idempotency_key, order_id)
+            assert known is not None
+            return known, True
+    # The order has its shipment already (ON CONFLICT waited for a concurrent insert of it): it, with the key.
+    found = await conn.fetchrow(f"SELECT {_COLUMNS} FROM shipments WHERE order_id = $1", order_id)
+    assert found is not None
+    shipment = _read(found)
     await _remember_key(conn, caller, idempotency_key, shipment)
     return shipment, True
 
 
-#: A new shipment in one statement: the row (once per order), the caller's key for it, its first tracking event and
-#: its ``shipment.created`` event; nothing when the order has its shipment already. ``keyed``: whether the key was
-#: recorded (false when none was given, or when it names another shipment already).
+#: ``shipment.created``'s payload ($15) with the zone of the rate the statement found.
+_WITH_ZONE = "($15::jsonb || jsonb_build_object('zone', s.zone))"
+
+#: A new shipment in one statement: the parcel's rate, the caller's key ($11, when given), the row (once per order),
+#: its first tracking event and its ``shipment.created`` event, with the rate's zone added. Nothing is written
+#: without a rate, nor when the key is taken; when the order has its shipment already, the row is not written and a
+#: key written for it fails the statement on its reference. One row comes back: the shipment's columns (null when
+#: none was written), ``rated`` and ``keyed``.
 _CREATE = (
-    f"WITH s AS (INSERT INTO shipments (id, order_id, owner, address, country, zone, weight_g, service_level, "
+    f"WITH r AS ({_rate('$5::char(2)', '$7::text', '$6::int')}), "
+    f"k AS (INSERT INTO shipment_requests (caller, idempotency_key, shipment_id) SELECT $9, $11::text, $1 FROM r "
+    f"WHERE $11::text IS NOT NULL ON CONFLICT DO NOTHING RETURNING shipment_id), "
+    f"s AS (INSERT INTO shipments (id, order_id, owner, address, country, zone, weight_g, service_level, "
     f"rate_amount, rate_currency, tracking_number, status, created_by, created_at, updated_at) "
-    f"VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'label_created', $12, $13, $13) "
-    f"ON CONFLICT (order_id) DO NOTHING RETURNING {_COLUMNS}), "
-    f"k AS (INSERT INTO shipment_requests (caller, idempotency_key, shipment_id) SELECT $12, $14::text, s.id FROM s "
-    f"WHERE $14::text IS NOT NULL ON CONFLICT DO NOTHING RETURNING shipment_id), "
+    f"SELECT $1, $2, $3, $4, $5, r.zone, $6, $7, r.amount, r.currency, $8, 'label_created', $9, $10, $10 FROM r "
+    f"WHERE $11::text IS NULL OR EXISTS (SELECT FROM k) ON CONFLICT (order_id) DO NOTHING RETURNING {_COLUMNS}), "
     f"t AS (INSERT INTO shipment_events (shipment_id, status, description, source, occurred_at) "
-    f"SELECT s.id, 'label_created', $15, 'shipping', $13 FROM s), "
-    f"e AS ({outbox_insert('$16', '$17', '$2', '$18', '$19', source='FROM s')}) "
-    f"SELECT {_COLUMNS}, EXISTS (SELECT FROM k) AS keyed, {NOTIFY} FROM s")
+    f"SELECT s.id, 'label_created', $12, 'shipping', $10 FROM s), "
+    f"e AS ({outbox_insert('$13', '$14', '$2', _WITH_ZONE, '$16', source='FROM s')}) "
+    f"SELECT s.*, EXISTS (SELECT FROM r) AS rated, EXISTS (SELECT FROM k) AS keyed, "
+    f"CASE WHEN s.id IS NOT NULL THEN {NOTIFY} END FROM (SELECT) AS one LEFT JOIN s ON true")
 
 
 async def request_shipment(
@@ -228,7 +252,8 @@ async def request_shipment(
     if idempotency_key is None:
         raise ValidationFailed.for_field("idempotency_key", "is required (field or Idempotency-Key header)",
                                          "missing")
-    async with postgres.transaction() as conn:
+    pg = await postgres.pool()
+    async with pg.acquire() as conn:  # no transaction: see create_shipment
         return await create_shipment(conn, caller=caller, order_id=order_id, address=address, weight_g=weight_g,
                                      service_level=service_level, customer=customer,
                                      idempotency_key=idempotency_key)
