@@ -128,12 +128,16 @@ async def emit_many(
     items: Sequence[tuple[str | None, dict[str, Any] | str]],
     *,
     headers: dict[str, str] | None = None,
+    beside: str = "",
+    args: Sequence[Any] = (),
 ) -> list[uuid.UUID]:
     """Record one event per ``(key, data)`` of ``items`` in one statement, in order (see :func:`emit`).
 
     For changes that make many facts at once (a ledger batch): one round trip and one wake-up of
     the relay instead of two per event. A payload may be given as its JSON text when the caller has
-    made that already (the ledger stores the same text as the idempotent response).
+    made that already (the ledger stores the same text as the idempotent response). ``beside``: the change the
+    events report, in the same statement, its parameters numbered from ``$6`` and given in ``args`` (as
+    :func:`emit`'s).
     """
     if not conn.is_in_transaction():
         raise RuntimeError("emit_many() must run inside the transaction of the change it reports")
@@ -141,13 +145,15 @@ async def emit_many(
         return []
     ids = postgres.new_ids(len(items))  # time-ordered: the event_id index grows at its end
     rows = "FROM unnest($1::uuid[], $3::text[], $4::text[]) WITH ORDINALITY AS u(e, k, p, n) ORDER BY n"
+    change = f"c AS ({beside}), " if beside else ""
     await conn.execute(
-        f"WITH e AS ({outbox_insert('e', '$2', 'k', 'p', '$5', source=rows)}) SELECT {NOTIFY}",
+        f"WITH {change}e AS ({outbox_insert('e', '$2', 'k', 'p', '$5', source=rows)}) SELECT {NOTIFY}",
         ids,
         topic,
         [k for k, _ in items],
         [d if isinstance(d, str) else json_text(d) for _, d in items],
         headers or {},
+        *args,
     )
     return ids
 

@@ -268,6 +268,55 @@ async def test_reserve_commit_and_release_are_idempotent(client, ops, svc, beare
     assert (await client.post(f"{API}/reservations/{rid}/commit", headers=svc)).status_code == 409
 
 
+async def test_every_change_of_a_reservation_is_one_event_that_reads_as_the_reservation_does(client, ops, svc, until):
+    """Held, committed, returned; and another held then released: each change is one ``reservation.*`` event, in
+    order, whose payload is the reservation as it reads right after (status, returned, resolved_at, lines). Two holds
+    that lapse together are expired by one sweep, an ``reservation.expired`` event each."""
+    from nexus_ray.deployments.commerce.inventory import service
+    from nexus_ray.stores import postgres
+
+    pg = await postgres.pool()
+
+    async def events_of(rid: str) -> list[tuple[str, dict]]:
+        rows = await pg.fetch("SELECT topic, payload FROM outbox WHERE key = $1 AND topic LIKE 'reservation.%' "
+                              "ORDER BY id", rid)
+        return [(r["topic"], r["payload"]) for r in rows]
+
+    sku = new_sku()
+    wid = await warehouse(client, ops)
+    await restock(client, ops, sku, wid, 10)
+    rid = (await reserve(client, svc, [{"sku": sku, "quantity": 3}])).json()["id"]
+    committed = (await client.post(f"{API}/reservations/{rid}/commit", headers=svc)).json()
+    returned = (await client.post(f"{API}/reservations/{rid}/release", headers=svc)).json()
+    read = (await client.get(f"{API}/reservations/{rid}", headers=svc)).json()
+    got = await events_of(rid)
+    assert [t for t, _ in got] == ["reservation.held", "reservation.committed", "reservation.returned"]
+    assert got[1][1] == committed and got[1][1]["status"] == "committed" and got[1][1]["resolved_at"]
+    assert got[2][1] == returned == read and read["status"] == "released" and read["returned"] is True
+    assert read["lines"] == [{"sku": sku, "warehouse_id": wid, "quantity": 3}]
+
+    rid = (await reserve(client, svc, [{"sku": sku, "quantity": 1}])).json()["id"]
+    released = (await client.post(f"{API}/reservations/{rid}/release", headers=svc)).json()
+    assert [t for t, _ in await events_of(rid)] == ["reservation.held", "reservation.released"]
+    assert (await events_of(rid))[1][1] == released and released["returned"] is False
+
+    lapsing = [(await reserve(client, svc, [{"sku": sku, "quantity": 1}], ttl_s=1)).json()["id"] for _ in range(2)]
+    await pg.execute("UPDATE inventory_reservations SET expires_at = now() - interval '1 second' "
+                     "WHERE id = ANY($1::uuid[])", [uuid.UUID(r) for r in lapsing])
+
+    async def expired() -> bool:  # the session's own sweep may take them first: either way, one event each
+        await service.expire_reservations()
+        topics = [[t for t, _ in await events_of(r)] for r in lapsing]
+        return all(t == ["reservation.held", "reservation.expired"] for t in topics)
+
+    await until(expired, within_s=10, every=0.2)
+    for r in lapsing:
+        (_, payload) = (await events_of(r))[1]
+        assert payload == (await client.get(f"{API}/reservations/{r}", headers=svc)).json()
+    s = await stock_of(client, svc, sku)
+    assert (s["on_hand"], s["reserved"]) == (10, 0)
+
+
 async def test_idempotent_restock(client, ops, svc):
     sku = new_sku()
     wid = await warehouse(client, ops)

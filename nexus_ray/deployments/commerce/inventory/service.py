@@ -66,7 +66,7 @@ from nexus_ray.deployments.kit.pages import Page, PageRequest
 from nexus_ray.deployments.kit.settings import settings_of
 from nexus_ray.exceptions import Conflict, NexusError, NotFound, ValidationFailed
 from nexus_ray.stores import postgres
-from nexus_ray.stores.events import emit
+from nexus_ray.stores.events import emit, emit_many
 
 from .models import MovementRead, ReservationLine, ReservationRead, StockRead, WarehouseRead, WarehouseStock
 from .settings import InventorySettings
@@ -351,7 +351,7 @@ async def _reservation_read(conn: asyncpg.Connection | asyncpg.Pool, row: asyncp
     return _read_of(row, lines)
 
 
-def _read_of(row: asyncpg.Record, lines: Sequence[asyncpg.Record]) -> ReservationRead:
+def _read_of(row: asyncpg.Record | dict[str, Any], lines: Sequence[asyncpg.Record]) -> ReservationRead:
     """A reservation's row and its lines (in SKU and warehouse order) as it is read."""
     status = row["status"]
     if status == "held" and row["expires_at"] <= datetime.now(UTC):
@@ -470,17 +470,24 @@ async def _finish(conn: asyncpg.Connection, caller: str, res: Sequence[asyncpg.R
             moves.append(Move(ln["sku"], ln["warehouse_id"], "release" if status == "released" else "expire", 0, -q,
                               rid))
     await _apply(conn, caller, moves)
-    rows = await conn.fetch(
-        f"UPDATE inventory_reservations SET status = $2, returned = returned OR status = 'committed', "
-        f"resolved_at = now() WHERE id = ANY($1::uuid[]) RETURNING {_RES_COLUMNS}", ids, status)
     by_reservation: dict[UUID, list[asyncpg.Record]] = {}
     for ln in lines:  # in reservation, SKU and warehouse order
         by_reservation.setdefault(ln["reservation_id"], []).append(ln)
-    reads = {}
-    for row in rows:
-        read = reads[row["id"]] = _read_of(row, by_reservation.get(row["id"], []))
-        await emit(conn, reservation_topic("returned" if row["returned"] and status == "released" else status),
-                   read.model_dump(mode="json"), key=str(row["id"]))
+    # Each reservation as it reads after the change (its row is locked: nobody else changes it), and its event, by
+    # topic; the change is written in the statement of the first topic's events.
+    now = datetime.now(UTC)
+    reads: dict[UUID, ReservationRead] = {}
+    events: dict[str, list[tuple[str | None, dict[str, Any] | str]]] = {}
+    for r in res:
+        returned = r["returned"] or r["status"] == "committed"
+        read = reads[r["id"]] = _read_of({**dict(r), "status": status, "returned": returned, "resolved_at": now},
+                                         by_reservation.get(r["id"], []))
+        topic = reservation_topic("returned" if returned and status == "released" else status)
+        events.setdefault(topic, []).append((str(r["id"]), read.model_dump(mode="json")))
+    change = ("UPDATE inventory_reservations SET status = $7, returned = returned OR status = 'committed', "
+              "resolved_at = $8 WHERE id = ANY($6::uuid[])")
+    for n, (topic, items) in enumerate(events.items()):
+        await emit_many(conn, topic, items, beside=change if n == 0 else "", args=(ids, status, now) if n == 0 else ())
     return reads
 
 
