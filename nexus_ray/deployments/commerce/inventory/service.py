@@ -447,17 +447,19 @@ async def reserve(*, caller: str, reference: str, lines: Sequence[dict[str, Any]
     return out, False
 
 
-async def _finish(conn: asyncpg.Connection, caller: str, res: Sequence[asyncpg.Record], status: str
-                  ) -> dict[UUID, ReservationRead]:
+async def _finish(conn: asyncpg.Connection, caller: str, res: Sequence[asyncpg.Record], status: str,
+                  lines: Sequence[asyncpg.Record] | None = None) -> dict[UUID, ReservationRead]:
     """Move locked reservations to ``status``: held -> committed/released/expired, committed -> returned.
-    Returns each as it now reads."""
+    Returns each as it now reads. ``lines``: theirs, in reservation, SKU and warehouse order, when the caller has
+    read them with the reservations."""
     if not res:
         return {}
     ids = [r["id"] for r in res]
     state = {r["id"]: r["status"] for r in res}
-    lines = await conn.fetch(
-        "SELECT reservation_id, sku, warehouse_id, quantity FROM inventory_reservation_lines "
-        "WHERE reservation_id = ANY($1::uuid[]) ORDER BY reservation_id, sku, warehouse_id", ids)
+    if lines is None:
+        lines = await conn.fetch(
+            "SELECT reservation_id, sku, warehouse_id, quantity FROM inventory_reservation_lines "
+            "WHERE reservation_id = ANY($1::uuid[]) ORDER BY reservation_id, sku, warehouse_id", ids)
     await _lock_skus(conn, [ln["sku"] for ln in lines])
     moves = []
     for ln in lines:
@@ -510,14 +512,19 @@ async def _expire_lapsed(conn: asyncpg.Connection, skus: Sequence[str], caller: 
     await _finish(conn, caller, res, "expired")
 
 
+_LOCKED = (f"SELECT {', '.join('r.' + c.strip() for c in _RES_COLUMNS.split(','))}, l.reservation_id, l.sku, "
+           f"l.warehouse_id, l.quantity FROM inventory_reservations r LEFT JOIN inventory_reservation_lines l "
+           f"ON l.reservation_id = r.id WHERE r.id = $1 ORDER BY l.sku, l.warehouse_id FOR UPDATE OF r")
+
+
 async def _locked_reservation(conn: asyncpg.Connection, reservation_id: UUID, caller: str, privileged: bool
-                              ) -> asyncpg.Record:
-    row = await conn.fetchrow(f"SELECT {_RES_COLUMNS} FROM inventory_reservations WHERE id = $1 FOR UPDATE",
-                              reservation_id)
+                              ) -> tuple[asyncpg.Record, list[asyncpg.Record]]:
+    """The reservation, locked, and its lines (in SKU and warehouse order), in one statement."""
+    rows = await conn.fetch(_LOCKED, reservation_id)
     # Another caller's reservation is reported as missing: its existence is not their business.
-    if row is None or (row["caller"] != caller and not privileged):
+    if not rows or (rows[0]["caller"] != caller and not privileged):
         raise NotFound(f"reservation {reservation_id} not found")
-    return row
+    return rows[0], [r for r in rows if r["sku"] is not None]
 
 
 async def get_reservation(*, reservation_id: UUID, caller: str, privileged: bool) -> ReservationRead:
@@ -536,18 +543,18 @@ async def commit_reservation(*, reservation_id: UUID, caller: str, privileged: b
     """The held units leave for good; committing a committed reservation returns it; 409 past its expiry."""
     refusal: NexusError | None = None
     async with postgres.transaction() as conn:
-        row = await _locked_reservation(conn, reservation_id, caller, privileged)
+        row, lines = await _locked_reservation(conn, reservation_id, caller, privileged)
         reads: dict[UUID, ReservationRead] = {}
         if row["status"] == "held":
             if _lapsed(row):  # expire it now (committed with this transaction), then refuse
-                reads = await _finish(conn, caller, [row], "expired")
+                reads = await _finish(conn, caller, [row], "expired", lines)
                 refusal = Conflict(f"reservation {reservation_id} has expired", extra={"code": "reservation_expired"})
             else:
-                reads = await _finish(conn, caller, [row], "committed")
+                reads = await _finish(conn, caller, [row], "committed", lines)
         elif row["status"] != "committed":
             refusal = Conflict(f"reservation {reservation_id} is {row['status']}, not held",
                                extra={"code": "reservation_not_held", "status": row["status"]})
-        out = reads.get(row["id"]) or await _reservation_read(conn, row)
+        out = reads.get(row["id"]) or _read_of(row, lines)
     if refusal is not None:
         raise refusal
     return out
@@ -557,13 +564,13 @@ async def release_reservation(*, reservation_id: UUID, caller: str, privileged: 
     """Return the units: a hold is released (expired, if past its expiry), a committed reservation is a return
     (its units come back on hand). Releasing a released or expired reservation returns it as it is."""
     async with postgres.transaction() as conn:
-        row = await _locked_reservation(conn, reservation_id, caller, privileged)
+        row, lines = await _locked_reservation(conn, reservation_id, caller, privileged)
         reads: dict[UUID, ReservationRead] = {}
         if row["status"] == "held":
-            reads = await _finish(conn, caller, [row], "expired" if _lapsed(row) else "released")
+            reads = await _finish(conn, caller, [row], "expired" if _lapsed(row) else "released", lines)
         elif row["status"] == "committed":
-            reads = await _finish(conn, caller, [row], "released")
-        return reads.get(row["id"]) or await _reservation_read(conn, row)
+            reads = await _finish(conn, caller, [row], "released", lines)
+        return reads.get(row["id"]) or _read_of(row, lines)
 
 
 async def expire_reservations(*, limit: int | None = None) -> int:
