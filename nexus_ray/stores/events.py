@@ -587,6 +587,9 @@ class EventConsumer:
     (it cannot be decoded) goes to the dead letters at once. The consumer also delivers
     the replays requested for its dead letters (:func:`request_replay`), looking for
     them every ``replay_poll_s``.
+
+    ``wants(event)``, when given, picks the events the handler acts on: the others are passed over with no
+    transaction and no record (a redelivered one is passed over again), their offsets committed with the rest.
     """
 
     def __init__(
@@ -595,6 +598,7 @@ class EventConsumer:
         topics: list[str],
         handler: Handler,
         *,
+        wants: Callable[[Event], bool] | None = None,
         max_attempts: int | None = None,
         retry_backoff_s: float | None = None,
         replay_poll_s: float = 5.0,
@@ -605,6 +609,7 @@ class EventConsumer:
         self.group = group
         self.topics = topics
         self.handler = handler
+        self.wants = wants
         self.max_attempts = max_attempts if max_attempts is not None else settings.event_max_attempts
         self.retry_backoff_s = retry_backoff_s if retry_backoff_s is not None else settings.event_retry_backoff_s
         self.replay_poll_s = replay_poll_s
@@ -620,6 +625,7 @@ class EventConsumer:
         }
         self.handled = 0
         self.skipped = 0
+        self.passed_over = 0
         self.dead_lettered = 0
         self.replayed = 0
         self._stop = asyncio.Event()
@@ -866,14 +872,21 @@ class EventConsumer:
                 done: dict[TopicPartition, int] = {}
                 for tp, messages in batches.items():
                     together = _all_decoded(messages) if len(messages) > 1 else None
-                    if together is not None and await self.handle_together(together):
-                        done[tp] = messages[-1].offset + 1
-                        continue
+                    if together is not None:
+                        wanted = [e for e in together if self.wants is None or self.wants(e)]
+                        if not wanted or await self.handle_together(wanted):
+                            self.passed_over += len(together) - len(wanted)
+                            done[tp] = messages[-1].offset + 1
+                            continue
                     for msg in messages:
                         try:
                             event = _decode(msg)
                         except _UNDECODABLE as exc:
                             await self._undecodable(msg, exc)
+                            done[tp] = msg.offset + 1
+                            continue
+                        if self.wants is not None and not self.wants(event):
+                            self.passed_over += 1
                             done[tp] = msg.offset + 1
                             continue
                         try:

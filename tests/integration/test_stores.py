@@ -190,6 +190,26 @@ async def _running(consumer: events.EventConsumer):
         await asyncio.wait_for(task, 30)
 
 
+async def test_a_consumer_passes_over_the_events_it_does_not_want_without_a_record(relay, until):
+    """``wants`` picks the events the handler acts on: the others reach no handler and leave no record that they
+    were processed, and the events after them are handled as usual, in batches and one by one alike."""
+    topic = f"test.wants.{uuid.uuid4().hex[:6]}"
+    seen: list[int] = []
+
+    async def handler(conn, event):
+        seen.append(event.data["i"])
+
+    consumer = _consumer(topic, handler, wants=lambda event: event.data["i"] % 2 == 0)
+    async with _running(consumer):
+        ids = await _emit_n(topic, 10, key="one")  # one partition: fetched together
+        ids += await _emit_n(topic, 1, key="one")  # and one alone (its i is 0: wanted)
+        await until(lambda: consumer.handled == 6 and consumer.passed_over == 5, within_s=60)
+    assert sorted(seen) == [0, 0, 2, 4, 6, 8]
+    p = await postgres.pool()
+    recorded = await p.fetch("SELECT event_id FROM processed_events WHERE consumer = $1", consumer.group)
+    assert {r["event_id"] for r in recorded} == {ids[i] for i in (0, 2, 4, 6, 8, 10)}
+
+
 async def test_failed_handler_leaves_nothing_and_event_is_retried(relay, until):
     topic = f"test.flaky.{uuid.uuid4().hex[:6]}"
     p = await postgres.pool()

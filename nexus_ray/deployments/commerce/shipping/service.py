@@ -425,9 +425,15 @@ async def _handle(conn: asyncpg.Connection, event: Event) -> None:
     await HANDLERS[event.topic](conn, event)
 
 
+def _wanted(event: Event) -> bool:
+    """An ``order.paid`` that asks for no shipping (the checkout saga's: it requests the shipment itself) is
+    passed over, with no transaction or record for it."""
+    return event.topic != "order.paid" or bool(event.data.get("shipping"))
+
+
 async def consume_events() -> None:
     """Background: consume ``order.paid``, ``order.cancelled`` and ``delivery.status`` (at least once, applied
     once)."""
-    await EventConsumer(CONSUMER_GROUP, list(HANDLERS), _handle, session_timeout_ms=6000,
+    await EventConsumer(CONSUMER_GROUP, list(HANDLERS), _handle, wants=_wanted, session_timeout_ms=6000,
                         heartbeat_interval_ms=500).run_until_stopped()
 
