@@ -289,9 +289,9 @@ def wrk_orders(binary: str, api: str, headers: dict[str, str], pairs: list[list[
 
 async def all_settled(timeout_s: float = 90.0) -> dict[str, Any]:
     """Wait until no order is unsettled. wrk and wrk2 close their connections at the end with orders in flight, and
-    Serve cancels those requests: their sagas run on (``saga.drive_on``), and recovery would finish any that stopped
-    once its lease ran out (``order_lease_s``, 30 s). How long that took, and how many orders were unsettled when the
-    wait began."""
+    Serve cancels those requests: their orders' changes run on (``saga.run_on``), and recovery would finish any that
+    stopped once its lease ran out (``order_lease_s``, 30 s). How long that took, and how many orders were unsettled
+    when the wait began."""
     from nexus_ray.deployments.commerce.orders.models import UNSETTLED
 
     began = time.perf_counter()

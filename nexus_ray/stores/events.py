@@ -633,6 +633,10 @@ class EventConsumer:
     def stop(self) -> None:
         self._stop.set()
 
+    def _wanted(self, event: Event) -> bool:
+        """Whether the handler acts on ``event`` (``wants``; every event when none was given)."""
+        return self.wants is None or self.wants(event)
+
     async def run_until_stopped(self, *, retry_s: float = 2.0) -> None:
         """:meth:`run`, started again ``retry_s`` after each failure, until :meth:`stop` or cancellation: what a
         service's background consumer runs.
@@ -873,7 +877,7 @@ class EventConsumer:
                 for tp, messages in batches.items():
                     together = _all_decoded(messages) if len(messages) > 1 else None
                     if together is not None:
-                        wanted = [e for e in together if self.wants is None or self.wants(e)]
+                        wanted = [e for e in together if self._wanted(e)]
                         if not wanted or await self.handle_together(wanted):
                             self.passed_over += len(together) - len(wanted)
                             done[tp] = messages[-1].offset + 1
@@ -885,7 +889,7 @@ class EventConsumer:
                             await self._undecodable(msg, exc)
                             done[tp] = msg.offset + 1
                             continue
-                        if self.wants is not None and not self.wants(event):
+                        if not self._wanted(event):
                             self.passed_over += 1
                             done[tp] = msg.offset + 1
                             continue

@@ -10,7 +10,8 @@ number (a database error, a crash, a concurrent duplicate of its idempotency key
 increment back too -- the next one gets the same number. A number therefore exists only if its
 document committed: no gap, no duplicate (``UNIQUE (series, number)`` backs this up). The cost
 is that issues in one series commit one after another; everything that does not need the
-number (validation, rates, totals, the idempotency look-up) runs before the lock is taken.
+number (validation, rates, totals) runs before the lock is taken. A retry is not looked up first:
+its insert finds its key taken, gives the number back, and the retry is answered with the first invoice.
 Different series never wait on each other. Within a process, the issues of a series that arrive
 while its transaction runs are written together by the next one (:func:`_write_series`): one
 commit for many invoices, the same guarantee.
