@@ -235,10 +235,10 @@ async def test_an_authorization_retried_after_its_write_was_lost_holds_the_card_
     (not a second authorisation beside a forgotten first)."""
     import asyncpg
 
-    from nexus_ray.deployments.commerce.billing import service
+    from nexus_ray.deployments.commerce.billing import webhooks
     from nexus_ray.stores import postgres
 
-    real = service._publish
+    real = webhooks.publish
     cuts = []
 
     async def cut_once(*args, **kwargs):
@@ -247,7 +247,7 @@ async def test_an_authorization_retried_after_its_write_was_lost_holds_the_card_
             raise asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation")
         return await real(*args, **kwargs)
 
-    monkeypatch.setattr(service, "_publish", cut_once)
+    monkeypatch.setattr(webhooks, "publish", cut_once)
     pg = await postgres.pool()
     charges = await pg.fetchval("SELECT count(*) FROM billing_sandbox_charges")
     k = key()
@@ -479,6 +479,63 @@ async def test_concurrent_captures_each_post_once_and_their_postings_go_out_toge
     again = [(await service.ledger_postings(intent_id=uuid.UUID(pi["id"])))[0] for pi in intents[:3]]
     assert [(r["status"], r["entry_id"]) for r in again] == [("posted", r["entry_id"]) for r in rows[:3]]
     assert await _ledger_balances(client, admin, "DKK") == after  # replayed, not posted twice
+
+
+async def test_authorizations_and_captures_asked_at_once_are_written_together_and_answered_each_alone(merchant):
+    """Requests of one kind asked at the same moment go out as one transaction, and each is still answered as it
+    would be alone: a decline, an unknown card, a key sent twice (replayed), a key reused with another body (422);
+    then two captures of one intent (one 200, one 409), one over the authorised amount (422), one of a declined
+    intent (409), and a stranger's (404). The refused write nothing; each capture posts once."""
+    from nexus_ray.deployments.commerce.billing import service
+    from nexus_ray.exceptions import ValidationFailed
+    from nexus_ray.stores import postgres
+
+    def ask(k: str, amount: int, pm: str = "pm_card_visa"):
+        return service.authorize(caller="shop-1", customer="shop-1", amount=amount, currency="SEK", payment_method=pm,
+                                 metadata={}, idempotency_key=k, field_name="idempotency_key")
+
+    keys = [key() for _ in range(6)]
+    out = await asyncio.gather(
+        ask(keys[0], 101), ask(keys[1], 102), ask(keys[2], 103), ask(keys[3], 104, "pm_card_visa_chargeDeclined"),
+        ask(keys[4], 105, "4111111111111111"), ask(keys[1], 102), ask(keys[2], 999), return_exceptions=True)
+    ok, same, other, declined, unknown, replay, reused = out
+    assert [o.status for o in (ok, same, other)] == [201] * 3 and not any(o.replayed for o in (ok, same, other))
+    assert declined.status == 402 and declined.body["decline_code"] == "generic_decline"
+    assert unknown.status == 422 and unknown.body["errors"][0]["field"] == "payment_method"
+    assert replay.replayed and replay.status == 201 and replay.body == same.body
+    assert isinstance(reused, ValidationFailed) and reused.extra["code"] == "idempotency_key_reused"
+    pg = await postgres.pool()
+    ids = [uuid.UUID(o.body["id"]) for o in (ok, same, other)] + [uuid.UUID(declined.body["payment_intent"]["id"])]
+    rows = await pg.fetch("SELECT id, status, xmin::text AS tx FROM billing_payment_intents WHERE id = ANY($1)", ids)
+    assert len(rows) == 4 and len({r["tx"] for r in rows}) == 1  # one transaction for the four
+    assert await pg.fetchval("SELECT count(*) FROM billing_payment_intents WHERE created_by = 'shop-1' "
+                             "AND amount = 105 AND currency = 'SEK'") == 0  # the unknown card wrote nothing
+    stored = await pg.fetch("SELECT key, status FROM billing_idempotency WHERE scope = 'shop-1' AND key = ANY($1)",
+                            keys)
+    assert sorted(r["status"] for r in stored) == [201, 201, 201, 402, 422]
+
+    def take(intent: dict, caller: str = "shop-1", amount: int | None = None):
+        return service.capture(caller=caller, privileged=False, intent_id=uuid.UUID(intent["id"]), amount=amount,
+                               idempotency_key=key())
+
+    out = await asyncio.gather(
+        take(ok.body), take(ok.body), take(same.body, amount=500), take(other.body),
+        take(declined.body["payment_intent"]), take(other.body, caller="shop-2"), return_exceptions=True)
+    first, twice, over, third, of_declined, stranger = out
+    assert first.status == 200 and first.body["status"] == "captured" and first.body["amount_captured"] == 101
+    assert twice.status == 409 and twice.body["payment_intent_status"] == "captured"
+    assert over.status == 422 and over.body["errors"][0]["field"] == "amount"
+    assert third.status == 200 and third.body["amount_captured"] == 103
+    assert of_declined.status == 409 and of_declined.body["payment_intent_status"] == "declined"
+    assert stranger.status == 404 and not stranger.replayed
+    rows = await pg.fetch("SELECT id, status, xmin::text AS tx FROM billing_payment_intents WHERE id = ANY($1)", ids)
+    status = {r["id"]: r["status"] for r in rows}
+    assert [status[i] for i in ids] == ["captured", "authorized", "captured", "declined"]
+    assert len({r["tx"] for r in rows if r["status"] == "captured"}) == 1
+    for intent_id, amount in ((ids[0], 101), (ids[2], 103)):
+        (posting,) = await service.ledger_postings(intent_id=intent_id)
+        assert posting["status"] == "posted" and posting["amount"] == amount
+    assert await service.ledger_postings(intent_id=ids[1]) == []
 
 
 # -- ownership and exports -------------------------------------------------------------------------------------

@@ -35,6 +35,11 @@ Each service keeps its records in a table of its own, created by its migrations 
     );
     CREATE INDEX <service>_idempotency_expiry ON <service>_idempotency (expires_at);
 
+Concurrent requests of one kind can be run together by :meth:`Idempotency.run_many`: one transaction claims
+all their keys in one statement, a batch's work answers every request it runs, and one statement stores the
+answers -- the same semantics per request, in a few statements for the whole batch (its work must refuse an item
+before writing for it: see the method).
+
 Use::
 
     KEYS = Idempotency("billing_idempotency", ttl_s=lambda: settings.idempotency_ttl_s)
@@ -52,9 +57,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Generic, TypeVar
 
 import asyncpg
 import orjson
@@ -68,6 +73,7 @@ from nexus_ray.stores import postgres
 log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
 Work = Callable[[asyncpg.Connection], Awaitable[tuple[int, dict[str, Any]]]]
 
 #: What a key may look like (the ledger's pattern): visible, URL-safe, at most 255 characters.
@@ -149,6 +155,33 @@ class Outcome:
         return cls.model_validate(self.body)
 
 
+def _replayed(row: Mapping[str, Any] | None, fingerprint: str, field_name: str) -> Outcome:
+    """The stored response of a key found taken (``row``, as read after the claim failed), for a request with
+    ``fingerprint``; a key reused with another request, or not answered yet, is refused."""
+    if row is None or row["status"] is None:  # purged between the claim and the read: the caller retries
+        raise Conflict("a request with this idempotency key is in progress; retry",
+                       extra={"code": "idempotency_key_in_progress"})
+    if row["fingerprint"] != fingerprint:
+        raise key_reused(field_name)
+    return Outcome(int(row["status"]), row["response"], replayed=True, headers={REPLAYED_HEADER: "true"})
+
+
+@dataclass(frozen=True)
+class Keyed(Generic[T]):
+    """One request of a batch run by :meth:`Idempotency.run_many`: its caller, its key (None: unkeyed), what its
+    key is bound to, the item that the batch's work gets, and the field a reused key's 422 names."""
+
+    scope: str
+    key: str | None
+    fingerprint: str
+    item: T
+    field_name: str = "Idempotency-Key"
+
+
+#: A batch's work: the items to run, on the batch's connection; an answer for each, in order (see ``run_many``).
+BatchWork = Callable[[asyncpg.Connection, list[T]], Awaitable[Sequence[tuple[int, dict[str, Any]] | NexusError]]]
+
+
 class Idempotency:
     """The idempotency records of one service, in its table ``table`` (the shape in this module's docstring)."""
 
@@ -163,6 +196,12 @@ class Idempotency:
             f"ON CONFLICT (scope, key) DO UPDATE SET fingerprint = EXCLUDED.fingerprint, status = NULL, "
             f"response = NULL, created_at = now(), expires_at = EXCLUDED.expires_at WHERE t.expires_at <= now() "
             f"RETURNING true")
+        self._claim_many = (
+            f"INSERT INTO {table} AS t (scope, key, fingerprint, expires_at) "
+            f"SELECT s, k, f, now() + make_interval(secs => $4) FROM unnest($1::text[], $2::text[], $3::text[]) "
+            f"AS u(s, k, f) ON CONFLICT (scope, key) DO UPDATE SET fingerprint = EXCLUDED.fingerprint, "
+            f"status = NULL, response = NULL, created_at = now(), expires_at = EXCLUDED.expires_at "
+            f"WHERE t.expires_at <= now() RETURNING scope, key")
 
     async def run(self, *, scope: str, key: str | None, fingerprint: str, work: Work,
                   field_name: str = "Idempotency-Key") -> Outcome:
@@ -176,13 +215,7 @@ class Idempotency:
                 row = await conn.fetchrow(
                     f"SELECT fingerprint, status, response FROM {self.table} WHERE scope = $1 AND key = $2",
                     scope, key)
-                if row is None or row["status"] is None:  # purged between the two statements: the caller retries
-                    raise Conflict("a request with this idempotency key is in progress; retry",
-                                   extra={"code": "idempotency_key_in_progress"})
-                if row["fingerprint"] != fingerprint:
-                    raise key_reused(field_name)
-                return Outcome(int(row["status"]), row["response"], replayed=True,
-                               headers={REPLAYED_HEADER: "true"})
+                return _replayed(row, fingerprint, field_name)
             # A savepoint, so that a refusal leaves nothing of the change behind. It is not released on success:
             # the commit ends it with the transaction, and a release would cost a round trip for nothing.
             await conn.execute("SAVEPOINT idempotent_work")
@@ -196,6 +229,73 @@ class Idempotency:
                     f"UPDATE {self.table} SET status = $3, response = $4 WHERE scope = $1 AND key = $2",
                     scope, key, status, body)
         return Outcome(status, body)
+
+    async def run_many(self, requests: Sequence[Keyed[T]], work: BatchWork[T]) -> list[Outcome | NexusError]:
+        """Many requests, each as :meth:`run` runs one, in one transaction of a few statements whatever their number.
+
+        ``work`` gets the items to run -- those whose key this batch claimed, and the unkeyed ones -- and answers
+        each, in order: ``(status, body)``, or the :class:`NexusError` that refuses it. Its refusals are stored like
+        its successes. Unlike ``run``'s, it must refuse an item before writing anything for it: there is no
+        savepoint per item, so a refused item's writes would be kept. If ``work`` raises, the transaction is
+        rolled back, nothing is stored and every request gets the exception (no key stays claimed: the callers
+        retry).
+
+        The answer of each request, in order: its :class:`Outcome` (replayed for a key used before), or the error
+        it was refused with before running (a key reused with another request, a key in progress). A key sent
+        twice in one batch runs once, and its later requests are answered as if they came just after the first.
+        """
+        outcomes: list[Outcome | NexusError | None] = [None] * len(requests)
+        first: dict[tuple[str, str], int] = {}
+        again: list[int] = []
+        for i, r in enumerate(requests):
+            if r.key is not None:
+                if (r.scope, r.key) in first:
+                    again.append(i)
+                else:
+                    first[(r.scope, r.key)] = i
+        async with postgres.transaction() as conn:
+            keyed = sorted(first.items())  # two batches that share keys claim them in one order: no deadlock
+            if keyed:
+                claimed = {(r["scope"], r["key"]) for r in await conn.fetch(
+                    self._claim_many, [s for (s, _), _ in keyed], [k for (_, k), _ in keyed],
+                    [requests[i].fingerprint for _, i in keyed], float(self.ttl_s()))}
+                if taken := [(sk, i) for sk, i in keyed if sk not in claimed]:
+                    stored = {(r["scope"], r["key"]): r for r in await conn.fetch(
+                        f"SELECT scope, key, fingerprint, status, response FROM {self.table} "
+                        f"WHERE (scope, key) IN (SELECT * FROM unnest($1::text[], $2::text[]))",
+                        [s for (s, _), _ in taken], [k for (_, k), _ in taken])}
+                    for sk, i in taken:
+                        try:
+                            outcomes[i] = _replayed(stored.get(sk), requests[i].fingerprint, requests[i].field_name)
+                        except NexusError as err:
+                            outcomes[i] = err
+            repeated = set(again)
+            runs = [i for i in range(len(requests)) if outcomes[i] is None and i not in repeated]
+            answers = await work(conn, [requests[i].item for i in runs]) if runs else []
+            kept: list[tuple[Keyed[T], Outcome]] = []
+            for i, answer in zip(runs, answers, strict=True):
+                status, body = (answer.status, answer.problem()) if isinstance(answer, NexusError) else answer
+                outcomes[i] = done = Outcome(status, body)
+                if requests[i].key is not None:
+                    kept.append((requests[i], done))
+            if kept:
+                await conn.execute(
+                    f"UPDATE {self.table} t SET status = u.st, response = u.r::jsonb "
+                    f"FROM unnest($1::text[], $2::text[], $3::int2[], $4::text[]) AS u(s, k, st, r) "
+                    f"WHERE t.scope = u.s AND t.key = u.k",
+                    [r.scope for r, _ in kept], [r.key for r, _ in kept], [o.status for _, o in kept],
+                    [orjson.dumps(o.body).decode() for _, o in kept])
+        for i in again:
+            r = requests[i]
+            j = first[(r.scope, str(r.key))]
+            earlier = outcomes[j]
+            if requests[j].fingerprint != r.fingerprint:
+                outcomes[i] = key_reused(r.field_name)
+            elif isinstance(earlier, Outcome):
+                outcomes[i] = Outcome(earlier.status, earlier.body, replayed=True, headers={REPLAYED_HEADER: "true"})
+            else:
+                outcomes[i] = earlier
+        return [o for o in outcomes if o is not None]
 
     async def purge(self, *, limit: int = 1000) -> int:
         """Delete up to ``limit`` expired records; returns how many."""

@@ -19,14 +19,14 @@ another loop's items.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
 T = TypeVar("T")
 R = TypeVar("R")
 
-Writer = Callable[[K, list[T]], Awaitable[list[R | BaseException]]]
+Writer = Callable[[K, list[T]], Awaitable[Sequence[R | BaseException]]]
 
 
 class GroupCommit(Generic[K, T, R]):

@@ -39,19 +39,23 @@ refund would surface in a reconciliation with the provider's records, which is n
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
 import asyncpg
+import orjson
 
-from nexus_ray.deployments.kit.idempotency import Outcome, fingerprint
+from nexus_ray.deployments.kit.idempotency import Keyed, Outcome, fingerprint
 from nexus_ray.deployments.kit.pages import Page, PageRequest
-from nexus_ray.exceptions import Conflict, Forbidden, NotFound, ValidationFailed
+from nexus_ray.deployments.kit.together import GroupCommit
+from nexus_ray.exceptions import Conflict, Forbidden, NexusError, NotFound, ValidationFailed
 from nexus_ray.stores import postgres
 
 from . import postings, webhooks
@@ -94,7 +98,7 @@ def _refund_read(row: asyncpg.Record, intent: PaymentIntentRead | None = None) -
     return RefundRead(**{**dict(row), "currency": row["currency"].strip()}, payment_intent=intent)
 
 
-def _unexpected(row: asyncpg.Record, action: str) -> Conflict:
+def _unexpected(row: Mapping[str, Any], action: str) -> Conflict:
     return Conflict(f"payment intent {row['id']} is {row['status']}: it cannot be {action}",
                     extra={"code": "payment_intent_unexpected_state", "payment_intent_status": row["status"],
                            "action": action})
@@ -105,23 +109,33 @@ def _move(row: asyncpg.Record, to: str, action: str) -> None:
         raise _unexpected(row, action)
 
 
+def _report(topics: Sequence[str], owner: str, key: UUID, data: dict[str, Any]) -> webhooks.Report:
+    """The events ``topics`` about one object (``data``), for the outbox and the merchant's webhooks."""
+    return webhooks.Report([(topic, WEBHOOK_TYPE.get(topic, topic)) for topic in topics], str(key), owner, data)
+
+
 async def _publish(conn: asyncpg.Connection, queued: list[int], topics: Sequence[str], owner: str, key: UUID,
                    data: dict[str, Any]) -> None:
     """The events ``topics`` (about one object, ``data``) in the outbox and queued for the merchant's webhooks, in
     the change's transaction and one statement; how many deliveries they queued goes on ``queued`` (the deliverer
     is woken after the commit only for those)."""
-    queued.append(await webhooks.publish(conn, events=[(topic, WEBHOOK_TYPE.get(topic, topic)) for topic in topics],
-                                         key=str(key), owner=owner, data=data))
+    queued.append(await webhooks.publish(conn, [_report(topics, owner, key, data)]))
 
 
-async def _locked(conn: asyncpg.Connection, intent_id: UUID, caller: str, privileged: bool) -> asyncpg.Record:
-    """The intent, locked, for its merchant (or a privileged caller); 404 to strangers, 403 to its customer."""
-    row = await conn.fetchrow(f"SELECT {_INTENT} FROM billing_payment_intents WHERE id = $1 FOR UPDATE", intent_id)
+def _checked(row: asyncpg.Record | None, intent_id: UUID, caller: str, privileged: bool) -> asyncpg.Record:
+    """The intent ``row`` (None: not found) if ``caller`` may change it: its merchant (or a privileged caller);
+    404 to strangers, 403 to its customer."""
     if row is None or not (privileged or caller in (row["created_by"], row["customer"])):
         raise NotFound(f"payment intent {intent_id} not found")
     if not privileged and row["created_by"] != caller:
         raise Forbidden("only the merchant that created a payment intent changes it")
     return row
+
+
+async def _locked(conn: asyncpg.Connection, intent_id: UUID, caller: str, privileged: bool) -> asyncpg.Record:
+    """The intent, locked, if ``caller`` may change it (:func:`_checked`)."""
+    row = await conn.fetchrow(f"SELECT {_INTENT} FROM billing_payment_intents WHERE id = $1 FOR UPDATE", intent_id)
+    return _checked(row, intent_id, caller, privileged)
 
 
 # -- authorise ---------------------------------------------------------------------------------------------------
@@ -145,43 +159,92 @@ def _authorized(intent: dict[str, Any], decline_code: str | None) -> tuple[int, 
     return 201, intent
 
 
+@dataclass(frozen=True)
+class _Authorization:
+    caller: str
+    customer: str
+    amount: int
+    currency: str
+    payment_method: str
+    metadata: dict[str, Any]
+    provider_key: str
+
+
 async def authorize(
     *, caller: str, customer: str, amount: int, currency: str, payment_method: str, metadata: dict[str, Any],
     idempotency_key: str, field_name: str = "Idempotency-Key",
 ) -> Outcome:
     """Create a payment intent and authorise it with the provider: 201 (authorized or requires_action) or
-    402 (declined; the problem carries ``decline_code`` and the declined intent, which is kept)."""
+    402 (declined; the problem carries ``decline_code`` and the declined intent, which is kept).
+
+    The authorisations that a process's requests ask for at the same moment are written together (one
+    transaction of a few statements for all of them; :func:`_authorize_many`)."""
     fp = fingerprint("authorize", {"amount": amount, "currency": currency, "payment_method": payment_method,
                                    "customer": customer, "metadata": metadata})
-    hooks: list[int] = []
-    p = provider()
+    ask = _Authorization(caller, customer, amount, currency, payment_method, metadata,
+                         _provider_key("authorize", caller, idempotency_key, fp))
+    return await _AUTHORIZE.submit("authorize", Keyed(caller, idempotency_key, fp, ask, field_name))
 
-    async def work(conn: asyncpg.Connection) -> tuple[int, dict[str, Any]]:
-        intent_id = uuid.uuid4()
-        charge = await p.authorize(amount=amount, currency=currency, payment_method=payment_method,
-                                   idempotency_key=_provider_key("authorize", caller, idempotency_key, fp))
+
+async def _authorize_many(_: str, requests: list[Keyed[_Authorization]]) -> list[Outcome | NexusError]:
+    hooks: list[int] = []
+    outcomes = await KEYS.run_many(requests, lambda conn, asks: _authorize_all(conn, asks, hooks))
+    webhooks.wake(sum(hooks))
+    return outcomes
+
+
+async def _authorize_all(conn: asyncpg.Connection, asks: list[_Authorization], hooks: list[int]
+                         ) -> list[tuple[int, dict[str, Any]] | NexusError]:
+    """Authorise ``asks`` with the provider and record their intents and events, in two statements for all."""
+    p = provider()
+    charges = await asyncio.gather(*(
+        p.authorize(amount=a.amount, currency=a.currency, payment_method=a.payment_method,
+                    idempotency_key=a.provider_key) for a in asks), return_exceptions=True)
+    answers: list[tuple[int, dict[str, Any]] | NexusError | None] = [None] * len(asks)
+    made: list[tuple[int, Charge]] = []
+    for i, charge in enumerate(charges):
+        if isinstance(charge, NexusError):  # refused by the provider (a card test mode does not know)
+            answers[i] = charge
+        elif isinstance(charge, BaseException):  # the outcome is unknown: the whole batch is tried again
+            raise charge
+        else:
+            made.append((i, charge))
+    if made:
         now = datetime.now(UTC)
-        row = await conn.fetchrow(
+        rows = {r["provider_charge_id"]: r for r in await conn.fetch(
             f"INSERT INTO billing_payment_intents (id, created_by, customer, amount, currency, status, card_brand, "
             f"card_last4, decline_code, provider, provider_charge_id, metadata, created_at, updated_at) "
-            f"VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13) "
+            f"SELECT i, cb, cu, a, c, s, b, l4, d, $12, pc, m::jsonb, $13, $13 FROM unnest($1::uuid[], $2::text[], "
+            f"$3::text[], $4::int8[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], "
+            f"$11::text[]) AS u(i, cb, cu, a, c, s, b, l4, d, pc, m) "
             f"ON CONFLICT (provider_charge_id) DO NOTHING RETURNING {_INTENT}",
-            intent_id, caller, customer, amount, currency, charge.status, charge.card_brand, charge.card_last4,
-            charge.decline_code, p.name, charge.id, metadata, now)
-        if row is None:  # the provider replayed a charge recorded under this key before it expired here
-            known = await conn.fetchrow(
-                f"SELECT {_INTENT} FROM billing_payment_intents WHERE provider_charge_id = $1", charge.id)
-            assert known is not None
-            return _authorized(_intent_read(known).model_dump(mode="json"), known["decline_code"])
-        intent = _intent_read(row).model_dump(mode="json")
-        topic = {"authorized": "payment_intent.authorized", "requires_action": "payment_intent.requires_action",
-                 "declined": "payment_intent.payment_failed"}[charge.status]
-        await _publish(conn, hooks, ["payment_intent.created", topic], caller, intent_id, intent)
-        return _authorized(intent, charge.decline_code)
+            postgres.new_ids(len(made)), [asks[i].caller for i, _ in made], [asks[i].customer for i, _ in made],
+            [asks[i].amount for i, _ in made], [asks[i].currency for i, _ in made], [c.status for _, c in made],
+            [c.card_brand for _, c in made], [c.card_last4 for _, c in made], [c.decline_code for _, c in made],
+            [c.id for _, c in made], [orjson.dumps(asks[i].metadata).decode() for i, _ in made], p.name, now)}
+        if known := [c.id for _, c in made if c.id not in rows]:
+            # The provider replayed charges recorded under these keys before the keys expired here.
+            replayed = {r["provider_charge_id"]: r for r in await conn.fetch(
+                f"SELECT {_INTENT} FROM billing_payment_intents WHERE provider_charge_id = ANY($1::text[])", known)}
+        reports: list[webhooks.Report] = []
+        for i, charge in made:
+            row = rows.get(charge.id)
+            if row is None:
+                old = replayed[charge.id]
+                answers[i] = _authorized(_intent_read(old).model_dump(mode="json"), old["decline_code"])
+                continue
+            intent = _intent_read(row).model_dump(mode="json")
+            topic = {"authorized": "payment_intent.authorized", "requires_action": "payment_intent.requires_action",
+                     "declined": "payment_intent.payment_failed"}[charge.status]
+            reports.append(_report(["payment_intent.created", topic], asks[i].caller, row["id"], intent))
+            answers[i] = _authorized(intent, charge.decline_code)
+        if reports:
+            hooks.append(await webhooks.publish(conn, reports))
+    return [a for a in answers if a is not None]
 
-    outcome = await KEYS.run(scope=caller, key=idempotency_key, fingerprint=fp, work=work, field_name=field_name)
-    webhooks.wake(sum(hooks))
-    return outcome
+
+#: Authorisations asked for at the same moment, written together.
+_AUTHORIZE: GroupCommit[str, Keyed[_Authorization], Outcome] = GroupCommit(_authorize_many)
 
 
 async def on_provider_update(charge: Charge) -> None:
@@ -215,35 +278,102 @@ async def run_provider() -> None:
 # -- capture, cancel, refund -------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _Capture:
+    caller: str
+    privileged: bool
+    intent_id: UUID
+    amount: int | None
+
+
 async def capture(
     *, caller: str, privileged: bool, intent_id: UUID, amount: int | None, idempotency_key: str,
     field_name: str = "Idempotency-Key",
 ) -> Outcome:
-    """Capture an authorized intent (all, or ``amount`` of it): 200 with the captured intent."""
+    """Capture an authorized intent (all, or ``amount`` of it): 200 with the captured intent.
+
+    The captures that a process's requests ask for at the same moment are written together
+    (:func:`_capture_many`); two captures of one intent in one batch are still one capture and one 409."""
     fp = fingerprint("capture", {"payment_intent_id": str(intent_id), "amount": amount})
+    ask = _Capture(caller, privileged, intent_id, amount)
+    return await _CAPTURE.submit("capture", Keyed(caller, idempotency_key, fp, ask, field_name))
+
+
+async def _capture_many(_: str, requests: list[Keyed[_Capture]]) -> list[Outcome | NexusError]:
     hooks: list[int] = []
     queued: list[postings.Posting] = []
-
-    async def work(conn: asyncpg.Connection) -> tuple[int, dict[str, Any]]:
-        row = await _locked(conn, intent_id, caller, privileged)
-        _move(row, "captured", "captured")
-        take = row["amount"] if amount is None else amount
-        if take > row["amount"]:
-            raise ValidationFailed.for_field("amount", f"must be at most the authorised {row['amount']}",
-                                             "less_than_equal")
-        await provider().capture(charge_id=row["provider_charge_id"], amount=take,
-                                 idempotency_key=f"billing:capture:{intent_id}")
-        row = await _moved(conn, queued, "UPDATE billing_payment_intents SET status = 'captured', "
-                           "amount_captured = $2, updated_at = now() WHERE id = $1",
-                           intent_id, take, "capture", intent_id)
-        intent = _intent_read(row).model_dump(mode="json")
-        await _publish(conn, hooks, ["payment_intent.succeeded"], row["created_by"], intent_id, intent)
-        return 200, intent
-
-    outcome = await KEYS.run(scope=caller, key=idempotency_key, fingerprint=fp, work=work, field_name=field_name)
+    outcomes = await KEYS.run_many(requests, lambda conn, asks: _capture_all(conn, asks, hooks, queued))
     await postings.post_after_commit(queued)
     webhooks.wake(sum(hooks))
-    return outcome
+    return outcomes
+
+
+async def _capture_all(conn: asyncpg.Connection, asks: list[_Capture], hooks: list[int],
+                       queued: list[postings.Posting]) -> list[tuple[int, dict[str, Any]] | NexusError]:
+    """Capture ``asks``: their intents locked in one statement (in id order, as every batch locks them), each
+    checked on its own (as the batch's earlier captures left it), the provider asked, and the captures, their
+    ledger postings and their events written in two statements for all."""
+    locked = {r["id"]: r for r in await conn.fetch(
+        f"SELECT {_INTENT} FROM billing_payment_intents WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE",
+        sorted({a.intent_id for a in asks}))}
+    answers: list[tuple[int, dict[str, Any]] | NexusError | None] = [None] * len(asks)
+    takes: list[tuple[int, asyncpg.Record, int]] = []
+    taken: set[UUID] = set()
+    for i, a in enumerate(asks):
+        try:
+            row = _checked(locked.get(a.intent_id), a.intent_id, a.caller, a.privileged)
+            if a.intent_id in taken:  # captured by an earlier request of this batch
+                raise _unexpected({**dict(row), "status": "captured"}, "captured")
+            _move(row, "captured", "captured")
+            take = row["amount"] if a.amount is None else a.amount
+            if take > row["amount"]:
+                raise ValidationFailed.for_field("amount", f"must be at most the authorised {row['amount']}",
+                                                 "less_than_equal")
+        except NexusError as err:
+            answers[i] = err
+            continue
+        taken.add(a.intent_id)
+        takes.append((i, row, take))
+    done = await asyncio.gather(*(
+        provider().capture(charge_id=row["provider_charge_id"], amount=take,
+                           idempotency_key=f"billing:capture:{row['id']}") for _, row, take in takes),
+        return_exceptions=True)
+    moved: list[tuple[int, UUID, int, UUID]] = []
+    for (i, row, take), outcome in zip(takes, done, strict=True):
+        if isinstance(outcome, NexusError):
+            answers[i] = outcome
+        elif isinstance(outcome, BaseException):
+            raise outcome
+        else:
+            moved.append((i, row["id"], take, uuid.uuid4()))
+    if moved:
+        rows = {r["id"]: r for r in await conn.fetch(
+            f"WITH u AS (SELECT * FROM unnest($1::uuid[], $2::int8[], $3::uuid[]) AS u(id, a, p)), "
+            f"i AS (UPDATE billing_payment_intents b SET status = 'captured', amount_captured = u.a, "
+            f"updated_at = now() FROM u WHERE b.id = u.id RETURNING {_columns('b', _INTENT)}), "
+            f"p AS (INSERT INTO billing_ledger_postings (id, payment_intent_id, kind, source_id, amount, currency, "
+            f"status) SELECT u.p, i.id, 'capture', i.id, u.a, i.currency, 'pending' FROM i JOIN u ON u.id = i.id) "
+            f"SELECT * FROM i",
+            [m[1] for m in moved], [m[2] for m in moved], [m[3] for m in moved])}
+        reports: list[webhooks.Report] = []
+        for i, intent_id, take, posting_id in moved:
+            row = rows[intent_id]
+            queued.append(postings.Posting(id=posting_id, payment_intent_id=intent_id, kind="capture",
+                                           source_id=intent_id, amount=take, currency=row["currency"]))
+            intent = _intent_read(row).model_dump(mode="json")
+            reports.append(_report(["payment_intent.succeeded"], row["created_by"], intent_id, intent))
+            answers[i] = (200, intent)
+        hooks.append(await webhooks.publish(conn, reports))
+    return [a for a in answers if a is not None]
+
+
+def _columns(table: str, columns: str) -> str:
+    """``columns`` (a comma-separated list) each qualified by ``table``."""
+    return ", ".join(f"{table}.{c.strip()}" for c in columns.split(","))
+
+
+#: Captures asked for at the same moment, written together.
+_CAPTURE: GroupCommit[str, Keyed[_Capture], Outcome] = GroupCommit(_capture_many)
 
 
 async def _moved(conn: asyncpg.Connection, queued: list[postings.Posting], update: str, intent_id: UUID, amount: int,

@@ -34,7 +34,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 from uuid import UUID
 
 import asyncpg
@@ -214,29 +214,47 @@ async def list_deliveries(*, endpoint_id: UUID, owner: str, privileged: bool, pa
 # -- queueing and delivery ---------------------------------------------------------------------------------------
 
 
-async def publish(conn: asyncpg.Connection, *, events: Sequence[tuple[str, str]], key: str, owner: str,
-                  data: dict[str, Any]) -> int:
-    """Record ``events`` -- ``(outbox topic, webhook event type)`` pairs about one object, ``data`` -- in the outbox,
-    in order, and queue each for ``owner``'s endpoints that want its type: in the caller's transaction and in one
-    statement whatever their number. Returns how many deliveries were queued."""
+class Report(NamedTuple):
+    """Events about one object: ``(outbox topic, webhook event type)`` pairs, in order, the object's id (the
+    events' key), the merchant whose endpoints may want them, and the object as the events carry it."""
+
+    events: Sequence[tuple[str, str]]
+    key: str
+    owner: str
+    data: dict[str, Any]
+
+
+async def publish(conn: asyncpg.Connection, reports: Sequence[Report]) -> int:
+    """Record the events of ``reports`` in the outbox, in order, and queue each for its owner's endpoints that want
+    its type: in the caller's transaction and in one statement whatever their number. Returns how many deliveries
+    were queued."""
     if not conn.is_in_transaction():
         raise RuntimeError("publish() must run inside the transaction of the change it reports")
-    ids = postgres.new_ids(len(events))
+    ids = postgres.new_ids(sum(len(r.events) for r in reports))
     created = int(datetime.now(UTC).timestamp())
-    bodies = [orjson.dumps({"id": str(event_id), "object": "event", "type": event_type, "created": created,
-                            "data": {"object": data}}).decode()
-              for event_id, (_, event_type) in zip(ids, events, strict=True)]
+    topics, types, bodies, keys, owners, payloads = [], [], [], [], [], []
+    numbered = iter(ids)
+    for report in reports:
+        payload = orjson.dumps(report.data).decode()
+        for (topic, event_type), event_id in zip(report.events, numbered, strict=False):
+            topics.append(topic)
+            types.append(event_type)
+            bodies.append(orjson.dumps({"id": str(event_id), "object": "event", "type": event_type,
+                                        "created": created, "data": {"object": report.data}}).decode())
+            keys.append(report.key)
+            owners.append(report.owner)
+            payloads.append(payload)
     row = await conn.fetchrow(
-        "WITH v AS (SELECT * FROM unnest($1::uuid[], $2::text[], $6::text[], $7::text[]) WITH ORDINALITY "
-        "AS v(event_id, topic, event_type, body, n)), "
-        f"e AS ({outbox_insert('v.event_id', 'v.topic', '$3', '$4', '$5', source='FROM v ORDER BY v.n')}), "
+        "WITH v AS (SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], "
+        "$7::text[]) WITH ORDINALITY AS v(event_id, topic, event_type, body, key, owner, payload, n)), "
+        f"e AS ({outbox_insert('v.event_id', 'v.topic', 'v.key', 'v.payload', '$8', source='FROM v ORDER BY v.n')}), "
         "d AS (INSERT INTO billing_webhook_deliveries (id, endpoint_id, event_id, event_type, body, status, "
         "next_attempt_at) SELECT gen_random_uuid(), w.id, v.event_id, v.event_type, v.body, 'pending', now() "
-        "FROM billing_webhook_endpoints w JOIN v ON '*' = ANY(w.events) OR v.event_type = ANY(w.events) "
-        "WHERE w.owner = $8 AND w.status = 'enabled' "
+        "FROM billing_webhook_endpoints w JOIN v ON w.owner = v.owner "
+        "AND ('*' = ANY(w.events) OR v.event_type = ANY(w.events)) WHERE w.status = 'enabled' "
         "ON CONFLICT (endpoint_id, event_id) DO NOTHING RETURNING 1) "
         f"SELECT {NOTIFY}, (SELECT count(*) FROM d) AS queued",
-        ids, [topic for topic, _ in events], key, data, {}, [event_type for _, event_type in events], bodies, owner)
+        ids, topics, types, bodies, keys, owners, payloads, {})
     return int(row["queued"])
 
 
