@@ -268,6 +268,49 @@ async def test_reserve_commit_and_release_are_idempotent(client, ops, svc, beare
     assert (await client.post(f"{API}/reservations/{rid}/commit", headers=svc)).status_code == 409
 
 
+async def test_commits_asked_at_once_are_made_together_and_decided_each_alone(client, ops, svc):
+    """Commits asked at the same moment are one transaction, and each is answered as it would be alone: two held
+    reservations committed (one of them asked for twice: committed once, both asks answered), a lapsed one expired
+    and refused, a released one refused, a stranger's reported missing and left as it is."""
+    from nexus_ray.deployments.commerce.inventory import service
+    from nexus_ray.exceptions import Conflict, NotFound
+    from nexus_ray.stores import postgres
+
+    sku = new_sku()
+    wid = await warehouse(client, ops)
+    await restock(client, ops, sku, wid, 20)
+    rids = []
+    for q in (1, 2, 3, 4):
+        r = await reserve(client, svc, [{"sku": sku, "quantity": q}])
+        assert r.status_code == 201, r.text
+        rids.append(uuid.UUID(r.json()["id"]))
+    held, twice, lapsed, released = rids
+    pg = await postgres.pool()
+    await pg.execute("UPDATE inventory_reservations SET expires_at = now() - interval '1 second' WHERE id = $1",
+                     lapsed)
+    assert (await client.post(f"{API}/reservations/{released}/release", headers=svc)).status_code == 200
+
+    def commit(rid: uuid.UUID, caller: str = "order-service"):
+        return service.commit_reservation(reservation_id=rid, caller=caller, privileged=False)
+
+    out = await asyncio.gather(commit(held), commit(twice), commit(twice), commit(lapsed), commit(released),
+                               commit(held, "someone-else"), return_exceptions=True)
+    first, again, second, expired, not_held, stranger = out
+    assert (first.status, first.lines[0].quantity) == ("committed", 1)
+    assert second.status == again.status == "committed" and second == again
+    assert isinstance(expired, Conflict) and expired.extra["code"] == "reservation_expired"
+    assert isinstance(not_held, Conflict) and not_held.extra["status"] == "released"
+    assert isinstance(stranger, NotFound)
+    rows = await pg.fetch("SELECT id, status, xmin::text AS tx FROM inventory_reservations WHERE id = ANY($1)", rids)
+    status = {r["id"]: r["status"] for r in rows}
+    assert [status[r] for r in rids] == ["committed", "committed", "expired", "released"]
+    assert len({r["tx"] for r in rows if r["id"] in (held, twice, lapsed)}) == 1  # one transaction
+    s = await stock_of(client, svc, sku)
+    assert (s["on_hand"], s["reserved"], s["available"]) == (17, 0, 17)
+    kinds = [m["kind"] for m in await assert_history_explains_stock(client, ops, svc, sku)]
+    assert kinds.count("commit") == 2 and kinds.count("expire") == 1
+
+
 async def test_every_change_of_a_reservation_is_one_event_that_reads_as_the_reservation_does(client, ops, svc, until):
     """Held, committed, returned; and another held then released: each change is one ``reservation.*`` event, in
     order, whose payload is the reservation as it reads right after (status, returned, resolved_at, lines). Two holds

@@ -64,7 +64,8 @@ import orjson
 from nexus_ray.deployments.kit import loops
 from nexus_ray.deployments.kit.pages import Page, PageRequest
 from nexus_ray.deployments.kit.settings import settings_of
-from nexus_ray.exceptions import Conflict, NexusError, NotFound, ValidationFailed
+from nexus_ray.deployments.kit.together import GroupCommit
+from nexus_ray.exceptions import Conflict, NotFound, ValidationFailed
 from nexus_ray.stores import postgres
 from nexus_ray.stores.events import emit, emit_many
 
@@ -514,17 +515,34 @@ async def _expire_lapsed(conn: asyncpg.Connection, skus: Sequence[str], caller: 
 
 _LOCKED = (f"SELECT {', '.join('r.' + c.strip() for c in _RES_COLUMNS.split(','))}, l.reservation_id, l.sku, "
            f"l.warehouse_id, l.quantity FROM inventory_reservations r LEFT JOIN inventory_reservation_lines l "
-           f"ON l.reservation_id = r.id WHERE r.id = $1 ORDER BY l.sku, l.warehouse_id FOR UPDATE OF r")
+           f"ON l.reservation_id = r.id WHERE r.id = ANY($1::uuid[]) ORDER BY r.id, l.sku, l.warehouse_id "
+           f"FOR UPDATE OF r")
+
+
+async def _locked_reservations(conn: asyncpg.Connection, ids: Sequence[UUID]
+                               ) -> dict[UUID, tuple[asyncpg.Record, list[asyncpg.Record]]]:
+    """The reservations, locked in id order, each with its lines (in SKU and warehouse order), in one statement."""
+    out: dict[UUID, tuple[asyncpg.Record, list[asyncpg.Record]]] = {}
+    for r in await conn.fetch(_LOCKED, sorted(set(ids))):
+        _, lines = out.setdefault(r["id"], (r, []))
+        if r["sku"] is not None:
+            lines.append(r)
+    return out
+
+
+def _visible(found: tuple[asyncpg.Record, list[asyncpg.Record]] | None, reservation_id: UUID, caller: str,
+             privileged: bool) -> tuple[asyncpg.Record, list[asyncpg.Record]]:
+    # Another caller's reservation is reported as missing: its existence is not their business.
+    if found is None or (found[0]["caller"] != caller and not privileged):
+        raise NotFound(f"reservation {reservation_id} not found")
+    return found
 
 
 async def _locked_reservation(conn: asyncpg.Connection, reservation_id: UUID, caller: str, privileged: bool
                               ) -> tuple[asyncpg.Record, list[asyncpg.Record]]:
     """The reservation, locked, and its lines (in SKU and warehouse order), in one statement."""
-    rows = await conn.fetch(_LOCKED, reservation_id)
-    # Another caller's reservation is reported as missing: its existence is not their business.
-    if not rows or (rows[0]["caller"] != caller and not privileged):
-        raise NotFound(f"reservation {reservation_id} not found")
-    return rows[0], [r for r in rows if r["sku"] is not None]
+    found = await _locked_reservations(conn, [reservation_id])
+    return _visible(found.get(reservation_id), reservation_id, caller, privileged)
 
 
 async def get_reservation(*, reservation_id: UUID, caller: str, privileged: bool) -> ReservationRead:
@@ -540,24 +558,64 @@ def _lapsed(row: asyncpg.Record) -> bool:
 
 
 async def commit_reservation(*, reservation_id: UUID, caller: str, privileged: bool) -> ReservationRead:
-    """The held units leave for good; committing a committed reservation returns it; 409 past its expiry."""
-    refusal: NexusError | None = None
+    """The held units leave for good; committing a committed reservation returns it; 409 past its expiry.
+
+    The commits that a process's requests ask for at the same moment are made together, in one transaction of
+    a few statements for all of them (:func:`_commit_many`)."""
+    return await _COMMITS.submit("commit", _Commit(reservation_id, caller, privileged))
+
+
+@dataclass(frozen=True)
+class _Commit:
+    reservation_id: UUID
+    caller: str
+    privileged: bool
+
+
+async def _commit_many(_: str, asks: list[_Commit]) -> list[ReservationRead | BaseException]:
+    """Commit the reservations ``asks`` name, each decided on its own: the reservations locked in id order, then
+    their SKUs, as one commit locks them; the held ones committed and the lapsed ones expired (and refused) in
+    one change each. A reservation asked for twice is decided once, and both asks see it."""
     async with postgres.transaction() as conn:
-        row, lines = await _locked_reservation(conn, reservation_id, caller, privileged)
+        found = await _locked_reservations(conn, [a.reservation_id for a in asks])
+        decided: dict[UUID, _Commit] = {}  # each reservation by the first ask that may change it
+        for a in asks:
+            try:
+                _visible(found.get(a.reservation_id), a.reservation_id, a.caller, a.privileged)
+            except NotFound:
+                continue
+            decided.setdefault(a.reservation_id, a)
+        moving: dict[tuple[str, str], list[asyncpg.Record]] = {}
+        refusals: dict[UUID, Conflict] = {}
+        for rid, a in decided.items():
+            row = found[rid][0]
+            if row["status"] == "held":
+                if _lapsed(row):  # expire it now (committed with this transaction), then refuse
+                    moving.setdefault((a.caller, "expired"), []).append(row)
+                    refusals[rid] = Conflict(f"reservation {rid} has expired", extra={"code": "reservation_expired"})
+                else:
+                    moving.setdefault((a.caller, "committed"), []).append(row)
+            elif row["status"] != "committed":
+                refusals[rid] = Conflict(f"reservation {rid} is {row['status']}, not held",
+                                         extra={"code": "reservation_not_held", "status": row["status"]})
         reads: dict[UUID, ReservationRead] = {}
-        if row["status"] == "held":
-            if _lapsed(row):  # expire it now (committed with this transaction), then refuse
-                reads = await _finish(conn, caller, [row], "expired", lines)
-                refusal = Conflict(f"reservation {reservation_id} has expired", extra={"code": "reservation_expired"})
-            else:
-                reads = await _finish(conn, caller, [row], "committed", lines)
-        elif row["status"] != "committed":
-            refusal = Conflict(f"reservation {reservation_id} is {row['status']}, not held",
-                               extra={"code": "reservation_not_held", "status": row["status"]})
-        out = reads.get(row["id"]) or _read_of(row, lines)
-    if refusal is not None:
-        raise refusal
+        for (caller, status), rows in moving.items():
+            rows.sort(key=lambda r: r["id"])
+            reads.update(await _finish(conn, caller, rows, status, [ln for r in rows for ln in found[r["id"]][1]]))
+    out: list[ReservationRead | BaseException] = []
+    for a in asks:
+        try:
+            row, lines = _visible(found.get(a.reservation_id), a.reservation_id, a.caller, a.privileged)
+        except NotFound as err:
+            out.append(err)
+            continue
+        refusal = refusals.get(a.reservation_id)
+        out.append(refusal if refusal is not None else reads.get(a.reservation_id) or _read_of(row, lines))
     return out
+
+
+#: Commits asked for at the same moment, made together.
+_COMMITS: GroupCommit[str, _Commit, ReservationRead] = GroupCommit(_commit_many)
 
 
 async def release_reservation(*, reservation_id: UUID, caller: str, privileged: bool) -> ReservationRead:
