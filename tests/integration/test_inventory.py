@@ -268,6 +268,47 @@ async def test_reserve_commit_and_release_are_idempotent(client, ops, svc, beare
     assert (await client.post(f"{API}/reservations/{rid}/commit", headers=svc)).status_code == 409
 
 
+async def test_reservations_asked_at_once_are_made_together_and_each_held_or_refused_alone(client, ops, svc):
+    """Reservations asked at the same moment are one transaction, each allocated from what the ones before it left
+    and refused alone: of 10 units, 4, 4 and 1 are held and the third 4 refused (leaving no reservation); a key
+    sent twice is held once and replayed; a key reused with another body is refused."""
+    from nexus_ray.deployments.commerce.inventory import service
+    from nexus_ray.exceptions import Conflict
+    from nexus_ray.stores import postgres
+
+    sku = new_sku()
+    wid = await warehouse(client, ops)
+    await restock(client, ops, sku, wid, 10)
+    keys = [uuid.uuid4().hex for _ in range(4)]
+
+    def ask(key: str, quantity: int):
+        return service.reserve(caller="order-service", reference=f"order-{key[:6]}", ttl_s=600, idempotency_key=key,
+                               lines=[{"sku": sku, "quantity": quantity}])
+
+    out = await asyncio.gather(ask(keys[0], 4), ask(keys[1], 4), ask(keys[2], 4), ask(keys[3], 1), ask(keys[1], 4),
+                               ask(keys[0], 2), return_exceptions=True)
+    assert [type(o).__name__ for o in out] == ["tuple", "tuple", "Conflict", "tuple", "tuple", "Conflict"], out
+    (a, a_again), (b, b_again), short, (c, c_again), (replay, replayed), reused = out
+    assert not (a_again or b_again or c_again) and replayed and replay == b
+    assert [r.lines[0].quantity for r in (a, b, c)] == [4, 4, 1]
+    assert isinstance(short, Conflict) and short.extra["code"] == "insufficient_stock" and short.extra["available"] == 2
+    assert isinstance(reused, Conflict) and reused.extra["code"] == "idempotency_key_reused"
+    pg = await postgres.pool()
+    rows = await pg.fetch("SELECT idempotency_key, xmin::text AS tx FROM inventory_reservations "
+                          "WHERE caller = 'order-service' AND idempotency_key = ANY($1)", keys)
+    assert sorted(r["idempotency_key"] for r in rows) == sorted([keys[0], keys[1], keys[3]])  # the short one: none
+    assert len({r["tx"] for r in rows}) == 1  # one transaction
+    s = await stock_of(client, svc, sku)
+    assert (s["on_hand"], s["reserved"], s["available"]) == (10, 9, 1)
+    kinds = [m["kind"] for m in await assert_history_explains_stock(client, ops, svc, sku)]
+    assert kinds.count("reserve") == 3
+    with pytest.raises(Conflict) as refused:  # the refused key kept nothing: its retry runs again
+        await ask(keys[2], 4)
+    assert refused.value.extra["code"] == "insufficient_stock" and refused.value.extra["available"] == 1
+    last, last_again = await ask(keys[2], 1)  # and it may be used for what the stock can hold
+    assert not last_again and last.lines[0].quantity == 1
+
+
 async def test_commits_asked_at_once_are_made_together_and_decided_each_alone(client, ops, svc):
     """Commits asked at the same moment are one transaction, and each is answered as it would be alone: two held
     reservations committed (one of them asked for twice: committed once, both asks answered), a lapsed one expired

@@ -224,6 +224,11 @@ def _key_reused() -> Conflict:
                     "type": "idempotency_key_reused"}], "code": "idempotency_key_reused"})
 
 
+def _in_progress() -> Conflict:
+    return Conflict("a request with this idempotency_key is in progress; retry",
+                    extra={"code": "idempotency_key_in_progress"})
+
+
 async def _keyed_change(caller: str, key: str | None, h: str, sku: str, warehouse_id: str, move: Move
                         ) -> tuple[StockRead, bool]:
     """Apply one restock/adjustment once per key: (the SKU's stock after it, replayed)."""
@@ -259,8 +264,7 @@ async def _keyed_change(caller: str, key: str | None, h: str, sku: str, warehous
             return result, False
         except asyncpg.UniqueViolationError:
             continue  # the same key committed meanwhile: replay it
-    raise Conflict("a request with this idempotency_key is in progress; retry",
-                   extra={"code": "idempotency_key_in_progress"})
+    raise _in_progress()
 
 
 async def restock(*, caller: str, sku: str, warehouse_id: str, quantity: int, note: str = "",
@@ -370,25 +374,43 @@ def _insufficient(i: int, sku: str, wanted: int, available: int) -> Conflict:
         "code": "insufficient_stock", "sku": sku, "available": available})
 
 
-def _allocate(wanted: int, rows: Sequence[asyncpg.Record]) -> list[tuple[str, int]]:
+def _allocate(wanted: int, free: Sequence[tuple[str, int]]) -> list[tuple[str, int]]:
     """Where ``wanted`` units come from: the first warehouse (by priority) that has them all, else spread
-    over the warehouses in priority order. ``rows``: (warehouse_id, free) in priority order, enough in total."""
-    for r in rows:
-        if r["free"] >= wanted:
-            return [(r["warehouse_id"], wanted)]
+    over the warehouses in priority order. ``free``: (warehouse id, units free) in priority order, enough in
+    total."""
+    for warehouse_id, units in free:
+        if units >= wanted:
+            return [(warehouse_id, wanted)]
     out, left = [], wanted
-    for r in rows:
-        take = min(left, r["free"])
+    for warehouse_id, units in free:
+        take = min(left, units)
         if take > 0:
-            out.append((r["warehouse_id"], take))
+            out.append((warehouse_id, take))
             left -= take
     return out
+
+
+@dataclass(frozen=True)
+class _Reservation:
+    """A reservation asked for: its request, and what it wants of each SKU (the SKUs in the order of their first
+    line, with the index of that line)."""
+
+    caller: str
+    reference: str
+    ttl_s: int
+    key: str
+    request_hash: str
+    wanted: dict[str, int]
+    first_index: dict[str, int]
 
 
 async def reserve(*, caller: str, reference: str, lines: Sequence[dict[str, Any]], ttl_s: int,
                   idempotency_key: str) -> tuple[ReservationRead, bool]:
     """Hold every line's units for ``ttl_s`` seconds, or none (409 naming the first short SKU):
-    (the reservation, whether it was a replay of the same key)."""
+    (the reservation, whether it was a replay of the same key).
+
+    The reservations that a process's requests of one caller ask for at the same moment are made together, in one
+    transaction of a few statements for all of them, each held or refused on its own (:func:`_reserve_many`)."""
     wanted: dict[str, int] = {}
     first_index: dict[str, int] = {}
     for i, ln in enumerate(lines):
@@ -396,56 +418,133 @@ async def reserve(*, caller: str, reference: str, lines: Sequence[dict[str, Any]
         first_index.setdefault(ln["sku"], i)
     h = request_hash("reserve", {"reference": reference, "ttl_s": ttl_s,
                                  "lines": [[ln["sku"], int(ln["quantity"])] for ln in lines]})
+    return await _RESERVES.submit(caller, _Reservation(caller, reference, ttl_s, idempotency_key, h, wanted,
+                                                       first_index))
+
+
+async def _reserve_many(caller: str, asks: list[_Reservation]) -> list[tuple[ReservationRead, bool] | BaseException]:
+    """Reserve for ``asks`` (all of ``caller``) in one transaction: their keys claimed in one statement, their SKUs
+    locked in one (in SKU order, as every change locks them) and read in one, each allocated in turn from what
+    the ones before it left, the holds, their lines and their events written in two statements. A reservation
+    that the stock cannot hold is refused alone: its claim is deleted in the same transaction, so it leaves
+    nothing. A key sent twice in the batch is reserved once and its later asks are answered as replays."""
+    out: list[tuple[ReservationRead, bool] | BaseException | None] = [None] * len(asks)
+    first: dict[str, int] = {}
+    for i, a in enumerate(asks):
+        first.setdefault(a.key, i)
     now = datetime.now(UTC)
-    skus = sorted(wanted)
+    claims = sorted(first.items())  # two batches that share keys claim them in one order: no deadlock
     async with postgres.transaction() as conn:
-        # The claim of the key, and whether a lapsed hold on these SKUs is to be released first, in one trip.
-        claim = await conn.fetchrow(
+        all_skus = sorted({sku for a in asks for sku in a.wanted})
+        # The claims of the keys, and whether a lapsed hold on these SKUs is to be released first, in one trip.
+        claimed = await conn.fetch(
             "WITH claim AS (INSERT INTO inventory_reservations (id, caller, reference, status, idempotency_key, "
-            "               request_hash, created_at, expires_at) VALUES ($1, $2, $3, 'held', $4, $5, $6, $7) "
-            "               ON CONFLICT (caller, idempotency_key) DO NOTHING RETURNING id) "
-            "SELECT (SELECT id FROM claim) AS id, EXISTS (SELECT 1 FROM inventory_reservations r "
+            "               request_hash, created_at, expires_at) SELECT i, $2, r, 'held', k, h, $6, e "
+            "               FROM unnest($1::uuid[], $3::text[], $4::text[], $5::text[], $7::timestamptz[]) "
+            "               AS u(i, r, k, h, e) ON CONFLICT (caller, idempotency_key) DO NOTHING "
+            "               RETURNING id, idempotency_key) "
+            "SELECT c.id, c.idempotency_key AS key, EXISTS (SELECT 1 FROM inventory_reservations r "
             "    JOIN inventory_reservation_lines l ON l.reservation_id = r.id WHERE r.status = 'held' "
-            "    AND r.expires_at <= now() AND l.sku = ANY($8::text[])) AS lapsed",
-            uuid.uuid4(), caller, reference, idempotency_key, h, now, now + timedelta(seconds=ttl_s), skus)
-        rid = claim["id"]
-        if rid is None:  # the key was used (a concurrent first request has committed by now)
-            row = await conn.fetchrow(f"SELECT {_RES_COLUMNS} FROM inventory_reservations "
-                                      f"WHERE caller = $1 AND idempotency_key = $2", caller, idempotency_key)
-            assert row is not None
-            if row["request_hash"] != h:
-                raise _key_reused()
-            return await _reservation_read(conn, row), True
-        if claim["lapsed"]:  # before the SKUs are locked: reservations, then SKUs, as the sweep locks them
-            await _expire_lapsed(conn, skus, caller)
-        # Lock first, then read, in two statements: a read joined to the lock would see the stock as it was
-        # before the wait for the lock (a row locked after a wait is re-read, the rows joined to it are not).
-        locked = await _lock_skus(conn, skus)
-        rows = await conn.fetch(
-            "SELECT s.sku, s.warehouse_id, s.on_hand - s.reserved AS free FROM inventory_stock s "
-            "JOIN inventory_warehouses w ON w.id = s.warehouse_id WHERE s.sku = ANY($1::text[]) "
-            "ORDER BY s.sku, w.priority, s.warehouse_id", skus)
-        by_sku: dict[str, list[asyncpg.Record]] = {}
-        for r in rows:
-            by_sku.setdefault(r["sku"], []).append(r)
-        known = {sku: (k["low_threshold"], k["low"], sum(r["free"] for r in by_sku.get(sku, [])))
-                 for sku, k in locked.items()}
-        moves = []
-        for sku in sorted(wanted, key=lambda s: first_index[s]):
-            free = sum(r["free"] for r in by_sku.get(sku, []))
-            if free < wanted[sku]:
-                raise _insufficient(first_index[sku], sku, wanted[sku], free)  # rolls the claim back too
-            moves += [Move(sku, w, "reserve", 0, q, rid) for w, q in _allocate(wanted[sku], by_sku[sku])]
-        await _apply(conn, caller, moves, known)
-        out = ReservationRead(id=rid, reference=reference, status="held", returned=False, created_at=now,
-                              expires_at=now + timedelta(seconds=ttl_s), resolved_at=None,
-                              lines=sorted((ReservationLine(sku=m.sku, warehouse_id=m.warehouse_id, quantity=m.reserved)
-                                            for m in moves), key=lambda ln: (ln.sku, ln.warehouse_id)))
-        await emit(conn, reservation_topic("held"), out.model_dump(mode="json"), key=str(rid),
-                   beside="INSERT INTO inventory_reservation_lines (reservation_id, sku, warehouse_id, quantity) "
-                          "SELECT $6, * FROM unnest($7::text[], $8::text[], $9::int8[])",
-                   args=[rid, [m.sku for m in moves], [m.warehouse_id for m in moves], [m.reserved for m in moves]])
-    return out, False
+            "    AND r.expires_at <= now() AND l.sku = ANY($8::text[])) AS lapsed FROM claim c",
+            [uuid.uuid4() for _ in claims], caller, [asks[i].reference for _, i in claims], [k for k, _ in claims],
+            [asks[i].request_hash for _, i in claims], now,
+            [now + timedelta(seconds=asks[i].ttl_s) for _, i in claims], all_skus)
+        ids = {r["key"]: r["id"] for r in claimed}
+        if taken := [k for k, _ in claims if k not in ids]:  # used before (a concurrent first one has committed)
+            earlier: dict[str, tuple[asyncpg.Record, list[asyncpg.Record]]] = {}
+            for r in await conn.fetch(
+                    f"SELECT {', '.join('r.' + c.strip() for c in _RES_COLUMNS.split(','))}, r.idempotency_key, "
+                    f"l.sku, l.warehouse_id, l.quantity FROM inventory_reservations r "
+                    f"LEFT JOIN inventory_reservation_lines l ON l.reservation_id = r.id "
+                    f"WHERE r.caller = $1 AND r.idempotency_key = ANY($2::text[]) ORDER BY r.id, l.sku, l.warehouse_id",
+                    caller, taken):
+                _, lines = earlier.setdefault(r["idempotency_key"], (r, []))
+                if r["sku"] is not None:
+                    lines.append(r)
+            for k in taken:
+                i = first[k]
+                if k not in earlier:  # claimed and refused by another transaction since: the caller retries
+                    out[i] = _in_progress()
+                    continue
+                row, lines = earlier[k]
+                out[i] = _key_reused() if row["request_hash"] != asks[i].request_hash else (_read_of(row, lines), True)
+        if ids:
+            skus = sorted({sku for _, i in claims if asks[i].key in ids for sku in asks[i].wanted})
+            if claimed[0]["lapsed"]:  # before the SKUs are locked: reservations, then SKUs, as the sweep locks them
+                await _expire_lapsed(conn, skus, caller)
+            held, refused = await _hold(conn, caller, skus, [(i, ids[asks[i].key]) for i in sorted(first.values())
+                                                             if asks[i].key in ids], asks, now)
+            for i, result in held.items():
+                out[i] = result
+            if refused:
+                await conn.execute("DELETE FROM inventory_reservations WHERE id = ANY($1::uuid[])", refused)
+    for i, a in enumerate(asks):
+        if out[i] is None:  # the key's later asks: as if they came right after the first
+            j = first[a.key]
+            earlier_out = out[j]
+            if asks[j].request_hash != a.request_hash:
+                out[i] = _key_reused()
+            elif isinstance(earlier_out, tuple):
+                out[i] = (earlier_out[0], True)
+            else:
+                out[i] = earlier_out
+    return [o for o in out if o is not None]
+
+
+async def _hold(conn: asyncpg.Connection, caller: str, skus: Sequence[str], claimed: Sequence[tuple[int, UUID]],
+                asks: Sequence[_Reservation], now: datetime
+                ) -> tuple[dict[int, tuple[ReservationRead, bool] | BaseException], list[UUID]]:
+    """Allocate the ``claimed`` asks (index, reservation id), in turn, from the stock of ``skus``: each ask's
+    answer, and the ids of the reservations refused for want of stock (to delete)."""
+    # Lock first, then read, in two statements: a read joined to the lock would see the stock as it was
+    # before the wait for the lock (a row locked after a wait is re-read, the rows joined to it are not).
+    locked = await _lock_skus(conn, skus)
+    rows = await conn.fetch(
+        "SELECT s.sku, s.warehouse_id, s.on_hand - s.reserved AS free FROM inventory_stock s "
+        "JOIN inventory_warehouses w ON w.id = s.warehouse_id WHERE s.sku = ANY($1::text[]) "
+        "ORDER BY s.sku, w.priority, s.warehouse_id", list(skus))
+    free: dict[str, dict[str, int]] = {}  # per SKU, per warehouse in priority order: what is still free
+    for r in rows:
+        free.setdefault(r["sku"], {})[r["warehouse_id"]] = r["free"]
+    known = {sku: (k["low_threshold"], k["low"], sum(free.get(sku, {}).values())) for sku, k in locked.items()}
+    answers: dict[int, tuple[ReservationRead, bool] | BaseException] = {}
+    refused: list[UUID] = []
+    moves: list[Move] = []
+    events: list[tuple[str | None, dict[str, Any] | str]] = []
+    for i, rid in claimed:
+        a = asks[i]
+        mine: list[Move] = []
+        for sku in sorted(a.wanted, key=lambda s: a.first_index[s]):
+            left = free.get(sku, {})
+            available = sum(left.values())
+            if available < a.wanted[sku]:
+                answers[i] = _insufficient(a.first_index[sku], sku, a.wanted[sku], available)
+                break
+            mine += [Move(sku, w, "reserve", 0, q, rid) for w, q in _allocate(a.wanted[sku], list(left.items()))]
+        else:
+            for m in mine:
+                free[m.sku][m.warehouse_id] -= m.reserved
+            moves += mine
+            read = ReservationRead(
+                id=rid, reference=a.reference, status="held", returned=False, created_at=now,
+                expires_at=now + timedelta(seconds=a.ttl_s), resolved_at=None,
+                lines=sorted((ReservationLine(sku=m.sku, warehouse_id=m.warehouse_id, quantity=m.reserved)
+                              for m in mine), key=lambda ln: (ln.sku, ln.warehouse_id)))
+            answers[i] = (read, False)
+            events.append((str(rid), read.model_dump(mode="json")))
+            continue
+        refused.append(rid)
+    await _apply(conn, caller, moves, known)
+    await emit_many(conn, reservation_topic("held"), events,
+                    beside="INSERT INTO inventory_reservation_lines (reservation_id, sku, warehouse_id, quantity) "
+                           "SELECT * FROM unnest($6::uuid[], $7::text[], $8::text[], $9::int8[])",
+                    args=[[m.reservation_id for m in moves], [m.sku for m in moves], [m.warehouse_id for m in moves],
+                          [m.reserved for m in moves]])
+    return answers, refused
+
+
+#: Reservations asked for at the same moment, by caller, made together.
+_RESERVES: GroupCommit[str, _Reservation, tuple[ReservationRead, bool]] = GroupCommit(_reserve_many)
 
 
 async def _finish(conn: asyncpg.Connection, caller: str, res: Sequence[asyncpg.Record], status: str,
