@@ -53,6 +53,12 @@ def new_ids(n: int) -> list[uuid.UUID]:
     return [uuid.UUID(int=head | i << 64 | int.from_bytes(raw[8 * i:8 * i + 8]) & _RANDOM_62) for i in range(n)]
 
 
+def qualified(alias: str, columns: str) -> str:
+    """``columns`` (an SQL list, ``"id, status, amount"``) each qualified by ``alias``: ``"r.id, r.status, r.amount"``,
+    for a statement in which another relation has columns of the same names."""
+    return ", ".join(f"{alias}.{c.strip()}" for c in columns.split(","))
+
+
 async def _init_connection(conn: asyncpg.Connection) -> None:
     # JSON columns come back as Python objects, not strings.
     for typ in ("json", "jsonb"):

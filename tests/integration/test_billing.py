@@ -508,6 +508,9 @@ async def test_authorizations_and_captures_asked_at_once_are_written_together_an
     ids = [uuid.UUID(o.body["id"]) for o in (ok, same, other)] + [uuid.UUID(declined.body["payment_intent"]["id"])]
     rows = await pg.fetch("SELECT id, status, xmin::text AS tx FROM billing_payment_intents WHERE id = ANY($1)", ids)
     assert len(rows) == 4 and len({r["tx"] for r in rows}) == 1  # one transaction for the four
+    charges = "SELECT c.status, c.xmin::text AS tx FROM billing_sandbox_charges c JOIN billing_payment_intents i " \
+              "ON i.provider_charge_id = c.id WHERE i.id = ANY($1)"
+    assert len({r["tx"] for r in await pg.fetch(charges, ids)}) == 1  # and the provider wrote their charges together
     assert await pg.fetchval("SELECT count(*) FROM billing_payment_intents WHERE created_by = 'shop-1' "
                              "AND amount = 105 AND currency = 'SEK'") == 0  # the unknown card wrote nothing
     stored = await pg.fetch("SELECT key, status FROM billing_idempotency WHERE scope = 'shop-1' AND key = ANY($1)",
@@ -532,6 +535,8 @@ async def test_authorizations_and_captures_asked_at_once_are_written_together_an
     status = {r["id"]: r["status"] for r in rows}
     assert [status[i] for i in ids] == ["captured", "authorized", "captured", "declined"]
     assert len({r["tx"] for r in rows if r["status"] == "captured"}) == 1
+    captured = [r for r in await pg.fetch(charges, ids) if r["status"] == "captured"]
+    assert len(captured) == 2 and len({r["tx"] for r in captured}) == 1
     for intent_id, amount in ((ids[0], 101), (ids[2], 103)):
         (posting,) = await service.ledger_postings(intent_id=intent_id)
         assert posting["status"] == "posted" and posting["amount"] == amount

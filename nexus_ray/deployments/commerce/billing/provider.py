@@ -47,7 +47,8 @@ import asyncpg
 
 from nexus_ray.deployments.kit import loops
 from nexus_ray.deployments.kit.settings import settings_of
-from nexus_ray.exceptions import Conflict, NotFound, ValidationFailed
+from nexus_ray.deployments.kit.together import GroupCommit
+from nexus_ray.exceptions import Conflict, NexusError, NotFound, ValidationFailed
 from nexus_ray.stores import postgres
 
 from .settings import BillingSettings
@@ -161,6 +162,18 @@ def _charge(row: asyncpg.Record) -> Charge:
                   amount_captured=row["amount_captured"], amount_refunded=row["amount_refunded"])
 
 
+@dataclass(frozen=True)
+class _Authorization:
+    key: str
+    last4: str
+    brand: str
+    amount: int
+    currency: str
+    status: str
+    decline: str | None
+    action: str | None
+
+
 class SandboxProvider:
     """The test-mode provider: outcomes by test card, delayed customer actions, refund limits, idempotency."""
 
@@ -169,6 +182,9 @@ class SandboxProvider:
     def __init__(self) -> None:
         self._pool: asyncpg.Pool | None = None
         self._lock = asyncio.Lock()
+        # Calls that arrive together are written together, as a provider's own service would batch its writes.
+        self._authorizations: GroupCommit[None, _Authorization, Charge] = GroupCommit(self._authorize_many)
+        self._captures: GroupCommit[None, tuple[str, int], Charge] = GroupCommit(self._capture_many)
 
     async def _db(self) -> asyncpg.Pool:
         if self._pool is None:
@@ -190,20 +206,29 @@ class SandboxProvider:
             status, decline = "declined", card.outcome.split(":", 1)[1]
         elif card.outcome.startswith("action:"):
             status, action = "requires_action", card.outcome.split(":", 1)[1]
+        return await self._authorizations.submit(None, _Authorization(
+            idempotency_key, number[-4:], card.brand, amount, currency, status, decline, action))
+
+    async def _authorize_many(self, _: None, asks: list[_Authorization]) -> list[Charge | BaseException]:
+        """The charges of authorisations that arrive together, in one statement; a key seen before gets the charge
+        it made (a retry)."""
         delay = settings_of(BillingSettings).billing_sandbox_action_delay_s
         db = await self._db()
-        row = await db.fetchrow(
+        rows = {r["idempotency_key"]: r for r in await db.fetch(
             f"INSERT INTO billing_sandbox_charges (id, idempotency_key, card_last4, card_brand, amount, currency, "
-            f"status, decline_code, action_outcome, action_due_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, "
-            f"CASE WHEN $9::text IS NULL THEN NULL ELSE now() + make_interval(secs => $10) END) "
-            f"ON CONFLICT (idempotency_key) DO NOTHING RETURNING {_CHARGE}",
-            "ch_sbx_" + secrets.token_hex(12), idempotency_key, number[-4:], card.brand, amount, currency, status,
-            decline, action, float(delay))
-        if row is None:  # a retry: the first call's charge
-            row = await db.fetchrow(f"SELECT {_CHARGE} FROM billing_sandbox_charges WHERE idempotency_key = $1",
-                                    idempotency_key)
-        assert row is not None
-        return _charge(row)
+            f"status, decline_code, action_outcome, action_due_at) SELECT i, k, l4, b, a, c, s, d, o, "
+            f"CASE WHEN o IS NULL THEN NULL ELSE now() + make_interval(secs => $10) END FROM unnest($1::text[], "
+            f"$2::text[], $3::text[], $4::text[], $5::int8[], $6::text[], $7::text[], $8::text[], $9::text[]) "
+            f"AS u(i, k, l4, b, a, c, s, d, o) ON CONFLICT (idempotency_key) DO NOTHING "
+            f"RETURNING idempotency_key, {_CHARGE}",
+            ["ch_sbx_" + secrets.token_hex(12) for _ in asks], [a.key for a in asks], [a.last4 for a in asks],
+            [a.brand for a in asks], [a.amount for a in asks], [a.currency for a in asks], [a.status for a in asks],
+            [a.decline for a in asks], [a.action for a in asks], float(delay))}
+        if retried := [a.key for a in asks if a.key not in rows]:
+            rows.update({r["idempotency_key"]: r for r in await db.fetch(
+                f"SELECT idempotency_key, {_CHARGE} FROM billing_sandbox_charges WHERE idempotency_key = ANY($1)",
+                retried)})
+        return [_charge(rows[a.key]) for a in asks]
 
     async def _locked(self, conn: asyncpg.Connection, charge_id: str) -> asyncpg.Record:
         row = await conn.fetchrow(f"SELECT {_CHARGE} FROM billing_sandbox_charges WHERE id = $1 FOR UPDATE",
@@ -213,13 +238,29 @@ class SandboxProvider:
         return row
 
     async def capture(self, *, charge_id: str, amount: int, idempotency_key: str) -> Charge:
+        return await self._captures.submit(None, (charge_id, amount))
+
+    async def _capture_many(self, _: None, asks: list[tuple[str, int]]) -> list[Charge | BaseException]:
+        """Captures that arrive together, in one conditional statement; only those it did not make are read, each
+        to say why (or to answer a retried capture)."""
         db = await self._db()
-        # The capture is one conditional statement; only when it changes nothing is the charge read, to say why.
-        row = await db.fetchrow(
-            f"UPDATE billing_sandbox_charges SET status = 'captured', amount_captured = $2 WHERE id = $1 "
-            f"AND status = 'authorized' AND $2 <= amount RETURNING {_CHARGE}", charge_id, amount)
-        if row is not None:
-            return _charge(row)
+        rows = {r["id"]: r for r in await db.fetch(
+            f"UPDATE billing_sandbox_charges c SET status = 'captured', amount_captured = u.a "
+            f"FROM unnest($1::text[], $2::int8[]) AS u(id, a) WHERE c.id = u.id AND c.status = 'authorized' "
+            f"AND u.a <= c.amount RETURNING {postgres.qualified('c', _CHARGE)}",
+            [charge_id for charge_id, _ in asks], [amount for _, amount in asks])}
+        out: list[Charge | BaseException] = []
+        for charge_id, amount in asks:
+            row = rows.get(charge_id)
+            try:
+                out.append(_charge(row) if row is not None and row["amount_captured"] == amount
+                           else await self._not_captured(db, charge_id, amount))
+            except NexusError as err:
+                out.append(err)
+        return out
+
+    async def _not_captured(self, db: asyncpg.Pool, charge_id: str, amount: int) -> Charge:
+        """A capture the statement did not make: a retried capture is answered, anything else refused with why."""
         row = await db.fetchrow(f"SELECT {_CHARGE} FROM billing_sandbox_charges WHERE id = $1", charge_id)
         if row is None:
             raise NotFound(f"sandbox charge {charge_id} not found")

@@ -350,7 +350,7 @@ async def _capture_all(conn: asyncpg.Connection, asks: list[_Capture], hooks: li
         rows = {r["id"]: r for r in await conn.fetch(
             f"WITH u AS (SELECT * FROM unnest($1::uuid[], $2::int8[], $3::uuid[]) AS u(id, a, p)), "
             f"i AS (UPDATE billing_payment_intents b SET status = 'captured', amount_captured = u.a, "
-            f"updated_at = now() FROM u WHERE b.id = u.id RETURNING {_columns('b', _INTENT)}), "
+            f"updated_at = now() FROM u WHERE b.id = u.id RETURNING {postgres.qualified('b', _INTENT)}), "
             f"p AS (INSERT INTO billing_ledger_postings (id, payment_intent_id, kind, source_id, amount, currency, "
             f"status) SELECT u.p, i.id, 'capture', i.id, u.a, i.currency, 'pending' FROM i JOIN u ON u.id = i.id) "
             f"SELECT * FROM i",
@@ -365,11 +365,6 @@ async def _capture_all(conn: asyncpg.Connection, asks: list[_Capture], hooks: li
             answers[i] = (200, intent)
         hooks.append(await webhooks.publish(conn, reports))
     return [a for a in answers if a is not None]
-
-
-def _columns(table: str, columns: str) -> str:
-    """``columns`` (a comma-separated list) each qualified by ``table``."""
-    return ", ".join(f"{table}.{c.strip()}" for c in columns.split(","))
 
 
 #: Captures asked for at the same moment, written together.

@@ -453,7 +453,7 @@ async def _reserve_many(caller: str, asks: list[_Reservation]) -> list[tuple[Res
         if taken := [k for k, _ in claims if k not in ids]:  # used before (a concurrent first one has committed)
             earlier: dict[str, tuple[asyncpg.Record, list[asyncpg.Record]]] = {}
             for r in await conn.fetch(
-                    f"SELECT {', '.join('r.' + c.strip() for c in _RES_COLUMNS.split(','))}, r.idempotency_key, "
+                    f"SELECT {postgres.qualified('r', _RES_COLUMNS)}, r.idempotency_key, "
                     f"l.sku, l.warehouse_id, l.quantity FROM inventory_reservations r "
                     f"LEFT JOIN inventory_reservation_lines l ON l.reservation_id = r.id "
                     f"WHERE r.caller = $1 AND r.idempotency_key = ANY($2::text[]) ORDER BY r.id, l.sku, l.warehouse_id",
@@ -612,7 +612,7 @@ async def _expire_lapsed(conn: asyncpg.Connection, skus: Sequence[str], caller: 
     await _finish(conn, caller, res, "expired")
 
 
-_LOCKED = (f"SELECT {', '.join('r.' + c.strip() for c in _RES_COLUMNS.split(','))}, l.reservation_id, l.sku, "
+_LOCKED = (f"SELECT {postgres.qualified('r', _RES_COLUMNS)}, l.reservation_id, l.sku, "
            f"l.warehouse_id, l.quantity FROM inventory_reservations r LEFT JOIN inventory_reservation_lines l "
            f"ON l.reservation_id = r.id WHERE r.id = ANY($1::uuid[]) ORDER BY r.id, l.sku, l.warehouse_id "
            f"FOR UPDATE OF r")

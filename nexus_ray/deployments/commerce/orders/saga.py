@@ -151,7 +151,7 @@ _WRITES = (
     "attempts = coalesce(u.attempts, o.attempts), lease_owner = CASE WHEN u.let_go IS NULL THEN o.lease_owner END, "
     "lease_until = now() + make_interval(secs => coalesce(u.let_go, $11::float8)), updated_at = now() "
     "FROM u WHERE o.id = u.id AND o.lease_owner = u.runner AND o.status = u.before "
-    f"RETURNING {', '.join('o.' + c.strip() for c in COLUMNS.split(','))}, u.n, u.runner AS writer), "
+    f"RETURNING {postgres.qualified('o', COLUMNS)}, u.n, u.runner AS writer), "
     "l AS (INSERT INTO order_saga_log (order_id, step, phase, outcome, detail, runner) "
     "SELECT o.id, v.s, v.p, v.oc, v.d::jsonb, o.writer FROM unnest($12::int8[], $13::text[], $14::text[], "
     "$15::text[], $16::text[]) WITH ORDINALITY AS v(n, s, p, oc, d, i) JOIN o ON o.n = v.n ORDER BY v.i), "

@@ -121,7 +121,7 @@ async def get_model(*, model_id: UUID) -> ModelRead:
 
 async def active_model() -> ModelRead:
     p = await postgres.pool()
-    row = await p.fetchrow(f"SELECT {', '.join('m.' + c.strip() for c in _MODEL_COLUMNS.split(','))} "
+    row = await p.fetchrow(f"SELECT {postgres.qualified('m', _MODEL_COLUMNS)} "
                            "FROM risk_active a JOIN risk_models m ON m.id = a.model_id")
     if row is None:
         raise NotFound("no model is active yet: train one (POST /training)")

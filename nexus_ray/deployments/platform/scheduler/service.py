@@ -216,7 +216,7 @@ async def list_runs(*, schedule_id: UUID, caller: str, privileged: bool, page: P
 async def get_run(*, run_id: UUID, caller: str, privileged: bool) -> RunRead:
     p = await postgres.pool()
     row = await p.fetchrow(
-        f"SELECT {', '.join('r.' + c.strip() for c in _RUN_COLUMNS.split(','))} FROM scheduler_runs r "
+        f"SELECT {postgres.qualified('r', _RUN_COLUMNS)} FROM scheduler_runs r "
         f"JOIN scheduler_schedules s ON s.id = r.schedule_id WHERE r.id = $1 "
         f"AND ($2::text IS NULL OR s.created_by = $2)", run_id, None if privileged else caller)
     return _run(await one_or_404(row, "run", run_id))
