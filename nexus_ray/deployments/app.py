@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib
 import importlib.util
 import logging
@@ -42,8 +43,10 @@ from nexus_ray.stores import cache, documents, events, postgres
 log = logging.getLogger(__name__)
 
 
+@functools.cache
 def service_module(service: Service) -> ModuleType | None:
-    """The module holding a service's routes, or None while the service has none yet."""
+    """The module holding a service's routes, or None while the service has none yet (looked up once a process:
+    every call between services asks)."""
     try:
         spec = importlib.util.find_spec(service.package)
     except ModuleNotFoundError:

@@ -496,6 +496,20 @@ async def test_price_lines_prices_a_cart_and_names_an_unknown_sku(client, mercha
                                      currency="EUR")
     assert [e["field"] for e in err.value.extra["errors"]] == ["lines[1].sku"]
 
+    # Carts priced at the same moment are looked up together, and each is still priced (or refused) as its own.
+    carts = await asyncio.gather(
+        exports["price_lines"](lines=[{"sku": f"{top}-k1", "quantity": 1}], currency="USD"),
+        exports["price_lines"](lines=[{"sku": f"{top}-e", "quantity": 4}], currency="USD"),
+        exports["price_lines"](lines=[{"sku": f"{top}-k2", "quantity": 1}, {"sku": f"{top}-gone", "quantity": 1}],
+                               currency="USD"),
+        exports["price_lines"](lines=[{"sku": f"{top}-k2", "quantity": 5}], currency="EUR"),
+        return_exceptions=True)
+    assert [c.total for c in (carts[0], carts[1], carts[3])] == [3499, 4 * 999, 5 * 2999]
+    assert [[ln.sku for ln in c.lines] for c in (carts[0], carts[1], carts[3])] == [[f"{top}-k1"], [f"{top}-e"],
+                                                                                    [f"{top}-k2"]]
+    assert isinstance(carts[2], ValidationFailed)
+    assert [e["field"] for e in carts[2].extra["errors"]] == ["lines[1].sku"]
+
     r = await client.post(f"{API}/price-lines", headers=shopper, json={
         "currency": "EUR", "lines": [{"sku": f"{top}-k1", "quantity": 3}]})
     assert r.status_code == 200 and r.json()["total"] == 3 * 2999

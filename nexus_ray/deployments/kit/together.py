@@ -8,6 +8,9 @@ requests arrive in one batch's time: one transaction (one WAL flush, one round t
     ISSUES = GroupCommit(write_issues)          # async def write_issues(series, items) -> outcomes, in order
     number = await ISSUES.submit(series, item)  # the item's outcome, or the exception it came to
 
+The same machinery reads together: look-ups that requests make at the same moment (a cart's SKUs, a country's
+tax rates) are one query for all, each answered from a read that began after it asked -- never an older one.
+
 The writer returns one outcome per item, in order: a value, or an exception for that item alone. If the writer
 itself raises, every item of its batch gets that exception. A request that stops waiting does not stop its item
 (the wait is shielded): it is written with its batch.

@@ -71,6 +71,7 @@ from pymongo.errors import DuplicateKeyError
 
 from nexus_ray.deployments.kit.pages import PageRequest, encode_cursor
 from nexus_ray.deployments.kit.settings import settings_of
+from nexus_ray.deployments.kit.together import GroupCommit
 from nexus_ray.edge.errors import field_name
 from nexus_ray.exceptions import Conflict, Forbidden, NotFound, ServiceUnavailable, ValidationFailed
 from nexus_ray.stores import documents
@@ -445,6 +446,25 @@ async def explain_search(*, query: SearchQuery) -> dict[str, Any]:
 # -- pricing --------------------------------------------------------------------------------------
 
 
+Variants = dict[str, tuple[dict[str, Any], dict[str, Any]]]
+
+
+async def _look_up(_: None, asks: list[list[str]]) -> list[Variants]:
+    """The active products' variants of the SKUs of ``asks`` (carts priced at the same moment), in one query: each
+    ask gets the SKU -> (product, variant) map of all of them, read after it was asked."""
+    found: Variants = {}
+    cursor = (await products()).find({"skus": {"$in": sorted({sku for ask in asks for sku in ask})},
+                                       "status": "active"}, {"title": 1, "variants": 1})
+    async for doc in cursor:
+        for v in doc["variants"]:
+            found[v["sku"]] = (doc, v)
+    return [found] * len(asks)
+
+
+#: The SKU look-ups of carts priced at the same moment, read together.
+_LOOKUPS: GroupCommit[None, list[str], Variants] = GroupCommit(_look_up)
+
+
 async def price_lines(*, lines: Sequence[dict[str, Any]], currency: str) -> PricedCart:
     """The cart priced in ``currency``: each SKU's variant price times its quantity; 422 naming each bad line."""
     try:
@@ -454,13 +474,7 @@ async def price_lines(*, lines: Sequence[dict[str, Any]], currency: str) -> Pric
                   for e in err.errors()]
         raise ValidationFailed("; ".join(f"{e['field']}: {e['message']}" for e in errors),
                                extra={"errors": errors}) from None
-    skus = list(dict.fromkeys(line.sku for line in cart.lines))
-    found: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
-    cursor = (await products()).find({"skus": {"$in": skus}, "status": "active"},
-                                     {"title": 1, "variants": 1})
-    async for doc in cursor:
-        for v in doc["variants"]:
-            found[v["sku"]] = (doc, v)
+    found = await _LOOKUPS.submit(None, list(dict.fromkeys(line.sku for line in cart.lines)))
     errors = []
     priced = []
     for i, line in enumerate(cart.lines):

@@ -206,13 +206,23 @@ class _Priced:
 WORLD = "ZZ"
 
 
-async def _rates(conn: asyncpg.Pool | asyncpg.Connection, country: str, lines: list[LineIn]) -> list[Decimal]:
-    """The rate of each line: the country's own, or the rest of the world's for a country with none."""
-    rows = await conn.fetch(
+async def _country_rates(country: str, asks: list[None]) -> list[dict[str, Decimal]]:
+    """The rates of ``country`` by category (the rest of the world's for a country with none), read once for the
+    requests that ask at the same moment (each gets a read made after it asked)."""
+    pg = await postgres.pool()
+    rows = await pg.fetch(
         "SELECT category, rate FROM invoice_tax_rates WHERE country = (SELECT coalesce("
-        "(SELECT country FROM invoice_tax_rates WHERE country = $1 LIMIT 1), $2)) AND category = ANY($3)",
-        country, WORLD, sorted({ln.tax_category for ln in lines}))
-    found = {r["category"]: r["rate"] for r in rows}
+        "(SELECT country FROM invoice_tax_rates WHERE country = $1 LIMIT 1), $2))", country, WORLD)
+    return [{r["category"]: r["rate"] for r in rows}] * len(asks)
+
+
+#: Rate look-ups of one country asked at the same moment, read together.
+_RATES: GroupCommit[str, None, dict[str, Decimal]] = GroupCommit(_country_rates)
+
+
+async def _rates(country: str, lines: list[LineIn]) -> list[Decimal]:
+    """The rate of each line: the country's own, or the rest of the world's for a country with none."""
+    found = await _RATES.submit(country, None)
     for i, ln in enumerate(lines):
         if ln.tax_category not in found:
             raise ValidationFailed.for_field(
@@ -411,9 +421,8 @@ async def tax_quote(*, country: str, currency: str, lines: list[LineIn]) -> TaxQ
     The same rates and per-line rounding as :func:`issue_invoice`, so a checkout charges exactly what
     the invoice it issues afterwards will say (unless a rate changes in between).
     """
-    pg = await postgres.pool()
     nets = [ln.quantity * ln.unit_price for ln in lines]
-    taxes = [line_tax(net, rate) for net, rate in zip(nets, await _rates(pg, country, lines), strict=True)]
+    taxes = [line_tax(net, rate) for net, rate in zip(nets, await _rates(country, lines), strict=True)]
     return TaxQuote(country=country, currency=currency, subtotal=sum(nets), tax_total=sum(taxes),
                     total=sum(nets) + sum(taxes), tax_rounding=TAX_ROUNDING)
 
@@ -428,13 +437,12 @@ async def issue_invoice(
     h = request_hash("invoice", {
         "series": series, "source": source, "source_id": source_id, "customer": customer, "country": country,
         "currency": currency, "lines": [ln.model_dump() for ln in lines]})
-    pg = await postgres.pool()
     # A retry is not looked up first: its insert finds the key taken (the number given back) and it is answered
     # below. Only a retry that cannot be priced now is looked up before it is refused.
     try:
-        rates = await _rates(pg, country, lines)
+        rates = await _rates(country, lines)
     except NexusError:
-        if (replay := await _replay_invoice(pg, caller, idempotency_key, h)) is not None:
+        if (replay := await _replay_invoice(await postgres.pool(), caller, idempotency_key, h)) is not None:
             return replay, True
         raise
     priced = []
@@ -446,7 +454,7 @@ async def issue_invoice(
                   issued_at=datetime.now(UTC))
     number = await _batches.submit(series, item)
     if number is None:  # the key was used: a retry, or a concurrent request that committed first
-        replay = await _replay_invoice(pg, caller, idempotency_key, h)
+        replay = await _replay_invoice(await postgres.pool(), caller, idempotency_key, h)
         assert replay is not None
         return replay, True
     lines_read = [(i, p.line.description, p.line.quantity, p.line.unit_price, p.line.tax_category, p.rate, p.net,
