@@ -306,6 +306,40 @@ async def all_settled(timeout_s: float = 90.0) -> dict[str, Any]:
         await asyncio.sleep(0.5)
 
 
+async def caught_up(timeout_s: float = 180.0) -> dict[str, Any]:
+    """Wait until the stack has caught up with the load before: every order settled, every event of the outbox
+    published, and the consumer groups' records of processed events no longer growing (two reads 2 s apart
+    agree). How long each took: a closed loop that outran the event path leaves a backlog, and an open loop that
+    began on it would measure the backlog's drain, not the rate's latency."""
+    from nexus_ray.deployments.commerce.orders.models import UNSETTLED
+
+    began = time.perf_counter()
+    out: dict[str, Any] = {"unsettled_at_first": None}
+    conn = await _stack_pg()
+    try:
+        last = None
+        while time.perf_counter() - began < timeout_s:
+            row = await conn.fetchrow(
+                "SELECT (SELECT count(*) FROM orders WHERE status = ANY($1::text[])) AS unsettled, "
+                "(SELECT count(*) FROM outbox WHERE published_at IS NULL) AS unpublished, "
+                "(SELECT count(*) FROM processed_events) AS processed", list(UNSETTLED))
+            if out["unsettled_at_first"] is None:
+                out.update(unsettled_at_first=row["unsettled"], unpublished_at_first=row["unpublished"])
+            now = round(time.perf_counter() - began, 1)
+            if row["unsettled"] == 0:
+                out.setdefault("settled_after_s", now)
+            if row["unpublished"] == 0:
+                out.setdefault("published_after_s", now)
+            if row["unsettled"] == 0 and row["unpublished"] == 0 and row["processed"] == last:
+                out["consumed_after_s"] = round(now - 2.0, 1)
+                return out
+            last = row["processed"]
+            await asyncio.sleep(2.0)
+    finally:
+        await conn.close()
+    return {**out, "timed_out_after_s": timeout_s}
+
+
 async def completed_orders() -> int:
     """How many orders of the stack have completed so far."""
     return sum((await orders_by_status()).get("completed", Counter()).values())
@@ -386,6 +420,7 @@ async def run(args: argparse.Namespace) -> None:
             print_cpu(cpu, top=12)
             print_kinds(cpu, result["completed_per_s"])
         for rate in rates_of(args.rates, result["completed_per_s"]):
+            print("caught up before the fixed rate:", json.dumps(await caught_up()), flush=True)
             if args.wrk:
                 print("open loop (wrk2):", json.dumps(await by_wrk(os.environ.get("WRK2", "wrk2"),
                                                                    args.rate_duration, rate)), flush=True)
