@@ -350,6 +350,40 @@ async def test_saga_writes_sent_together_are_one_transaction_and_each_is_fenced_
                      {"step": "price", "problem": {"status": 503}})
 
 
+async def test_orders_created_at_one_moment_are_one_transaction_and_each_key_makes_one_order(client):
+    """Creations asked at the same moment go out in one statement: each order with its first two log lines and its
+    ``order.created`` event, in one transaction; a key sent twice makes one order (the second gets None, and
+    reads the first), and a key used before makes none."""
+    from nexus_ray.deployments.commerce.orders import saga
+    from nexus_ray.stores import postgres
+
+    customer = f"batch-{uuid.uuid4().hex[:8]}"
+    keys = [uuid.uuid4().hex for _ in range(3)]
+
+    def start(key: str, runner: str = "test-runner:1"):
+        return saga.start(customer=customer, request={"lines": [], "note": key}, currency="EUR",
+                          capture_method="automatic", idempotency_key=key, request_hash=key, runner=runner)
+
+    assert await start(keys[2]) is not None  # used before
+    made = await asyncio.gather(start(keys[0]), start(keys[1]), start(keys[1], "test-runner:2"), start(keys[2]))
+    assert made[0] is not None and made[1] is not None and made[2] is None and made[3] is None
+    assert made[1]["lease_owner"] == "test-runner:1" and made[0]["status"] == "pending"
+    pg = await postgres.pool()
+    rows = await pg.fetch("SELECT id, idempotency_key, xmin::text AS tx FROM orders WHERE customer = $1", customer)
+    assert sorted(r["idempotency_key"] for r in rows) == sorted(keys)
+    ids = [made[0]["id"], made[1]["id"]]
+    assert len({r["tx"] for r in rows if r["id"] in ids}) == 1
+    for order_id in ids:
+        log = await pg.fetch("SELECT step, phase, outcome, runner FROM order_saga_log WHERE order_id = $1 ORDER BY id",
+                             order_id)
+        assert [(r["step"], r["phase"], r["outcome"], r["runner"]) for r in log] == [
+            ("order", "status", "done", "test-runner:1"), ("price", "forward", "started", "test-runner:1")]
+        assert await events_of(order_id) == ["order.created"]
+    # Settled here so the session's recovery loop leaves them alone afterwards.
+    await pg.execute("UPDATE orders SET status = 'failed', failure = $2 WHERE customer = $1", customer,
+                     {"step": "price", "problem": {"status": 503}})
+
+
 async def test_recovered_orders_are_taken_by_one_replica_each(client, ops, until):
     """Ten stranded orders, three recovery passes racing (as three replicas would): every order is driven by
     exactly one runner (its saga log names one)."""

@@ -58,7 +58,7 @@ import os
 import socket
 import uuid
 from collections.abc import Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -107,29 +107,6 @@ def event_payload(row: asyncpg.Record | dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _columns(lines: list[tuple[str, str, str, dict[str, Any]]]) -> list[list[str]]:
-    """``(step, phase, outcome, detail)`` log lines as the four arrays :func:`_log_insert` unnests."""
-    return [[x[0] for x in lines], [x[1] for x in lines], [x[2] for x in lines],
-            [orjson.dumps(x[3] or {}).decode() for x in lines]]
-
-
-def _log_insert(first: int, runner: str) -> str:
-    """The insert of the saga log lines held as :func:`_columns` in parameters ``$first`` to ``$first+3``, in
-    order, for the order the statement's ``o`` changed (none when it changed none), by ``runner`` (an SQL
-    expression)."""
-    a, b, c, d = (f"${n}::text[]" for n in range(first, first + 4))
-    return (f"INSERT INTO order_saga_log (order_id, step, phase, outcome, detail, runner) "
-            f"SELECT o.id, s, p, oc, d::jsonb, {runner} FROM o, unnest({a}, {b}, {c}, {d}) "
-            f"WITH ORDINALITY AS u(s, p, oc, d, n) ORDER BY n")
-
-
-def _event_insert(first: int) -> str:
-    """The insert of the order's event (id, topic, payload in ``$first`` to ``$first+2``, headers after them),
-    keyed by the order, written when ``o`` changed the order and a topic is given."""
-    e, t, p, h = (f"${n}" for n in range(first, first + 4))
-    return outbox_insert(e, t, "o.id", p, h, source=f"FROM o WHERE {t}::text IS NOT NULL")
-
-
 _EVENTS = ("FROM unnest($17::int8[], $18::uuid[], $19::text[], $20::text[]) WITH ORDINALITY AS v(n, e, t, p, i) "
            "JOIN o ON o.n = v.n ORDER BY v.i")
 
@@ -159,30 +136,70 @@ _WRITES = (
     f"SELECT {COLUMNS}, n, CASE WHEN cardinality($18::uuid[]) > 0 THEN {NOTIFY} END FROM o")
 
 
-#: An order's creation in one statement: the order (once per customer and key), its first log line and its
-#: ``order.created`` event; nothing when the key was used already.
-_START = (
-    f"WITH o AS (INSERT INTO orders (id, customer, status, capture_method, currency, request, idempotency_key, "
-    f"request_hash, lease_owner, lease_until) VALUES ($1, $2, 'pending', $3, $4, $5, $6, $7, $8, "
-    f"now() + make_interval(secs => $9::float8)) ON CONFLICT (customer, idempotency_key) DO NOTHING "
-    f"RETURNING {COLUMNS}), l AS ({_log_insert(10, '$8')}), e AS ({_event_insert(14)}) "
+#: The creations of a moment, for many orders in one statement (one round trip, one commit): each order (once per
+#: customer and key: a key used already, or twice in the batch, creates nothing more), its first log lines and its
+#: ``order.created`` event. The orders go in customer and key order, so two batches that share keys claim them in
+#: one order and cannot deadlock on them.
+_STARTS = (
+    "WITH u AS (SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::text[], "
+    "$7::text[], $8::text[], $9::uuid[], $10::text[]) AS u(id, customer, capture_method, currency, request, key, "
+    "hash, runner, event_id, payload)), "
+    "o AS (INSERT INTO orders (id, customer, status, capture_method, currency, request, idempotency_key, "
+    "request_hash, lease_owner, lease_until) SELECT id, customer, 'pending', capture_method, currency, request, key, "
+    "hash, runner, now() + make_interval(secs => $11::float8) FROM u ORDER BY customer, key "
+    f"ON CONFLICT (customer, idempotency_key) DO NOTHING RETURNING {COLUMNS}), "
+    "l AS (INSERT INTO order_saga_log (order_id, step, phase, outcome, detail, runner) "
+    "SELECT o.id, v.s, v.p, v.oc, v.d::jsonb, o.lease_owner FROM o, unnest($12::text[], $13::text[], $14::text[], "
+    "$15::text[]) WITH ORDINALITY AS v(s, p, oc, d, i) ORDER BY o.id, v.i), "
+    f"e AS ({outbox_insert('u.event_id', '$16', 'o.id', 'u.payload', '$17', source='FROM o JOIN u ON u.id = o.id')}) "
     f"SELECT {COLUMNS}, {NOTIFY} FROM o")
+
+#: The log lines every order starts with: created, and the first step's ``started``.
+_FIRST_LINES: tuple[tuple[str, str, str, dict[str, Any]], ...] = (
+    ("order", "status", "done", {"to": "pending"}), (STEPS[0].name, "forward", "started", {}))
+
+
+@dataclass(frozen=True)
+class _Start:
+    """One order's creation as :func:`start` hands it to the batch: the columns of :data:`_STARTS`, in order."""
+
+    id: UUID
+    customer: str
+    capture_method: str
+    currency: str
+    request: dict[str, Any]
+    key: str
+    request_hash: str
+    runner: str
+    event_id: UUID
+    payload: str
+
+
+async def _start_together(_key: None, starts: list[_Start]) -> list[asyncpg.Record | None]:
+    """The creations of a moment in one statement: each order as created, or None where its key was used."""
+    pg = await postgres.pool()
+    rows = await pg.fetch(
+        _STARTS, *([getattr(x, f.name) for x in starts] for f in fields(_Start)),
+        settings_of(OrderSettings).order_lease_s, *([str(ln[i]) for ln in _FIRST_LINES] for i in range(3)),
+        [orjson.dumps(ln[3]).decode() for ln in _FIRST_LINES], topic("pending"), {})
+    made = {r["id"]: r for r in rows}
+    return [made.get(x.id) for x in starts]
+
+
+#: Order creations, a batch at a time per process.
+_starts: GroupCommit[None, _Start, asyncpg.Record | None] = GroupCommit(_start_together)
 
 
 async def start(*, customer: str, request: dict[str, Any], currency: str, capture_method: str,
                 idempotency_key: str, request_hash: str, runner: str) -> asyncpg.Record | None:
     """Create a pending order leased to ``runner``, with its event and its log lines (created, and the first
-    step's ``started``: drive it on with ``announced=STEPS[0].name``), in one statement: its row, or None when
-    the customer's key names an order already."""
+    step's ``started``: drive it on with ``announced=STEPS[0].name``), in one statement with the creations asked
+    at the same moment: its row, or None when the customer's key names an order already."""
     order_id = uuid.uuid4()
-    payload = event_payload({"id": order_id, "customer": customer, "total": None, "currency": currency,
-                             "status": "pending"})
-    lines = [("order", "status", "done", {"to": "pending"}), (STEPS[0].name, "forward", "started", {})]
-    pg = await postgres.pool()
-    return await pg.fetchrow(
-        _START, order_id, customer, capture_method, currency, request, idempotency_key, request_hash, runner,
-        settings_of(OrderSettings).order_lease_s, *_columns(lines), postgres.new_ids(1)[0], topic("pending"),
-        payload, {})
+    payload = orjson.dumps(event_payload({"id": order_id, "customer": customer, "total": None, "currency": currency,
+                                          "status": "pending"})).decode()
+    return await _starts.submit(None, _Start(order_id, customer, capture_method, currency, request, idempotency_key,
+                                             request_hash, runner, postgres.new_ids(1)[0], payload))
 
 
 async def write(row: asyncpg.Record, runner: str, *, line: tuple[str, str, str, dict[str, Any]] | None = None,
