@@ -1,7 +1,7 @@
 """Orders per second end to end: the full saga through the public entrypoint, closed loop and at a fixed rate.
 
     flock /tmp/nexus-ray.lock timeout 1500 bash bench/with_stack.sh python bench/orders.py \
-        [--concurrency 16] [--duration 30] [--rates 25,50,100 | auto] [--rate-duration 30] [--products 1]
+        [--concurrency 16] [--duration 30] [--rates 25,50,100 | auto | half] [--rate-duration 30] [--products 1]
 
 Against a running stack (bench/with_stack.sh starts a private one). Set-up over HTTP: a merchant
 lists ``--products`` products (one unless given) with two variants each in the catalog, operations stock
@@ -346,9 +346,10 @@ async def completed_orders() -> int:
 
 
 def rates_of(spec: str, closed_per_s: float) -> list[float]:
-    """The fixed rates of ``--rates``: ``auto`` is a quarter, half and nine tenths of what the closed loop completed."""
-    if spec == "auto":
-        return [round(closed_per_s * f, 1) for f in (0.25, 0.5, 0.9)]
+    """The fixed rates of ``--rates``: ``auto`` is a quarter, half and nine tenths of what the closed loop completed,
+    ``half`` half of it."""
+    if spec in ("auto", "half"):
+        return [round(closed_per_s * f, 1) for f in ((0.25, 0.5, 0.9) if spec == "auto" else (0.5,))]
     return [r for r in (float(x) for x in spec.split(",") if x) if r > 0]
 
 

@@ -139,6 +139,31 @@ async def test_one_key_sent_at_once_for_many_orders_ships_one_of_them(client):
                              orders) == 1
 
 
+async def test_shipments_requested_at_once_are_one_transaction_and_each_answered_as_alone(client):
+    """Requests of a moment are made in one statement: two new shipments in one transaction, with a retry of one of
+    them (its first shipment) and a parcel no rate holds (422) beside them. Then a batch with a new key for an order
+    that has its shipment (which fails the batch's statement on the key's reference) is made one at a time: each
+    request still gets its answer, and that order its one shipment."""
+    from nexus_ray.exceptions import ValidationFailed
+    from nexus_ray.stores import postgres
+
+    a, b, c = order(), order(), order()
+    key_a = uuid.uuid4().hex
+    first = await asyncio.gather(ship(a, key=key_a), ship(b), ship(a, key=key_a), ship(order(), weight_g=999_999),
+                                 return_exceptions=True)
+    made_a, made_b, again_a, too_heavy = first
+    assert (made_a.order_id, made_b.order_id) == (a, b) and again_a == made_a
+    assert isinstance(too_heavy, ValidationFailed) and too_heavy.extra["errors"][0]["field"] == "weight_g"
+    pg = await postgres.pool()
+    rows = await pg.fetch("SELECT order_id, xmin::text AS tx FROM shipments WHERE order_id = ANY($1::text[])", [a, b])
+    assert len(rows) == 2 and len({r["tx"] for r in rows}) == 1  # one transaction for both
+    again_b, made_c = await asyncio.gather(ship(b), ship(c))  # a new key for b, which has its shipment
+    assert again_b.id == made_b.id and made_c.order_id == c
+    assert await pg.fetchval("SELECT count(*) FROM shipments WHERE order_id = ANY($1::text[])", [a, b, c]) == 3
+    assert await pg.fetchval("SELECT count(*) FROM outbox WHERE topic = 'shipment.created' AND key = ANY($1::text[])",
+                             [a, b, c]) == 3
+
+
 async def test_the_state_machine_refuses_invalid_transitions_with_409(client, admin):
     from nexus_ray.stores import postgres
 

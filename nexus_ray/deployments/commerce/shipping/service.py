@@ -30,13 +30,15 @@ from __future__ import annotations
 import logging
 import secrets
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from uuid import UUID
 
 import asyncpg
 
 from nexus_ray.deployments.kit.pages import Page, PageRequest
-from nexus_ray.exceptions import Conflict, NotFound, ValidationFailed
+from nexus_ray.deployments.kit.together import GroupCommit
+from nexus_ray.exceptions import Conflict, NexusError, NotFound, ValidationFailed
 from nexus_ray.stores import postgres
 from nexus_ray.stores.events import NOTIFY, Event, EventConsumer, emit, outbox_insert
 
@@ -244,19 +246,93 @@ _CREATE = (
     f"CASE WHEN s.id IS NOT NULL THEN {NOTIFY} END FROM (SELECT) AS one LEFT JOIN s ON true")
 
 
+_CREATED_MANY = outbox_insert("u.event_id", "$15", "u.order_id", _WITH_ZONE.replace("$15", "u.payload"), "$16",
+                              source="FROM s JOIN u ON u.id = s.id")
+
+#: Many new shipments in one statement, as :data:`_CREATE` makes one: each parcel's rate, the caller's key, the row
+#: (once per order), its first tracking event and its ``shipment.created`` event. Keys go in caller and key order and
+#: rows in order id order, so two batches cannot deadlock on them. A request whose key is taken, or with no rate,
+#: writes nothing and gets no row. A key written for an order that has its shipment already fails the whole
+#: statement on its reference: the batch is then made one request at a time.
+_CREATE_MANY = (
+    "WITH u AS (SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::text[], $6::int4[], "
+    "$7::text[], $8::text[], $9::text[], $10::text[], $11::uuid[], $12::jsonb[]) AS u(id, order_id, owner, address, "
+    "country, weight_g, service_level, tracking, caller, key, event_id, payload)), "
+    f"q AS (SELECT u.id, rate.* FROM u CROSS JOIN LATERAL "
+    f"({_rate('u.country::char(2)', 'u.service_level', 'u.weight_g')}) AS rate), "
+    "k AS (INSERT INTO shipment_requests (caller, idempotency_key, shipment_id) SELECT u.caller, u.key, u.id FROM u "
+    "JOIN q ON q.id = u.id ORDER BY u.caller, u.key ON CONFLICT DO NOTHING RETURNING shipment_id), "
+    "s AS (INSERT INTO shipments (id, order_id, owner, address, country, zone, weight_g, service_level, rate_amount, "
+    "rate_currency, tracking_number, status, created_by, created_at, updated_at) SELECT u.id, u.order_id, u.owner, "
+    "u.address, u.country, q.zone, u.weight_g, u.service_level, q.amount, q.currency, u.tracking, 'label_created', "
+    "u.caller, $13, $13 FROM u JOIN q ON q.id = u.id JOIN k ON k.shipment_id = u.id ORDER BY u.order_id "
+    f"ON CONFLICT (order_id) DO NOTHING RETURNING {_COLUMNS}), "
+    "t AS (INSERT INTO shipment_events (shipment_id, status, description, source, occurred_at) "
+    "SELECT s.id, 'label_created', $14, 'shipping', $13 FROM s), "
+    f"e AS ({_CREATED_MANY}) "
+    f"SELECT s.*, {NOTIFY} FROM s")
+
+
+@dataclass(frozen=True)
+class _Request:
+    caller: str
+    order_id: str
+    address: Address
+    weight_g: int
+    service_level: str
+    customer: str | None
+    key: str
+
+
 async def request_shipment(
     *, caller: str, order_id: str, address: Address, weight_g: int, service_level: str, customer: str | None,
     idempotency_key: str | None,
 ) -> tuple[ShipmentRead, bool]:
-    """Create the order's shipment (or return the one it has): (shipment, whether it existed)."""
+    """Create the order's shipment (or return the one it has): (shipment, whether it existed).
+
+    The requests of a moment are made together (:data:`_CREATE_MANY`); one that the batch does not make (a retry,
+    a key used for another order, a parcel no rate holds, an order that has its shipment) is answered as it
+    would be alone (:func:`create_shipment`)."""
     if idempotency_key is None:
         raise ValidationFailed.for_field("idempotency_key", "is required (field or Idempotency-Key header)",
                                          "missing")
+    return await _REQUESTS.submit(None, _Request(caller, order_id, address, weight_g, service_level, customer,
+                                                 idempotency_key))
+
+
+async def _request_many(_: None, asks: list[_Request]) -> list[tuple[ShipmentRead, bool] | BaseException]:
     pg = await postgres.pool()
-    async with pg.acquire() as conn:  # no transaction: see create_shipment
-        return await create_shipment(conn, caller=caller, order_id=order_id, address=address, weight_g=weight_g,
-                                     service_level=service_level, customer=customer,
-                                     idempotency_key=idempotency_key)
+    ids = [uuid.uuid4() for _ in asks]
+    wheres = [a.address.model_dump(exclude_none=True) for a in asks]
+    numbers = [tracking_number() for _ in asks]
+    try:
+        rows = {r["id"]: r for r in await pg.fetch(
+            _CREATE_MANY, ids, [a.order_id for a in asks], [a.customer for a in asks], wheres,
+            [a.address.country for a in asks], [a.weight_g for a in asks], [a.service_level for a in asks], numbers,
+            [a.caller for a in asks], [a.key for a in asks], postgres.new_ids(len(asks)),
+            [{"shipment_id": str(i), "order_id": a.order_id, "customer": a.customer, "address": w,
+              "weight_g": a.weight_g, "service_level": a.service_level, "tracking_number": n,
+              "status": "label_created"} for i, a, w, n in zip(ids, asks, wheres, numbers, strict=True)],
+            datetime.now(UTC), DESCRIPTIONS["label_created"], CREATED, {})}
+    except asyncpg.ForeignKeyViolationError:  # a new key for an order that has its shipment: one at a time
+        rows = {}
+    out: list[tuple[ShipmentRead, bool] | BaseException] = []
+    for i, a in zip(ids, asks, strict=True):
+        if i in rows:
+            out.append((_read(rows[i]), False))
+            continue
+        try:
+            async with pg.acquire() as conn:  # no transaction: see create_shipment
+                out.append(await create_shipment(
+                    conn, caller=a.caller, order_id=a.order_id, address=a.address, weight_g=a.weight_g,
+                    service_level=a.service_level, customer=a.customer, idempotency_key=a.key))
+        except NexusError as err:
+            out.append(err)
+    return out
+
+
+#: Shipment requests of a moment, made together.
+_REQUESTS: GroupCommit[None, _Request, tuple[ShipmentRead, bool]] = GroupCommit(_request_many)
 
 
 def _visible(row: asyncpg.Record | None, caller: str, privileged: bool, shipment_id: UUID) -> asyncpg.Record:
