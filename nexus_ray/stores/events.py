@@ -425,6 +425,12 @@ _CLAIM = (
     "WITH forget AS (DELETE FROM event_attempts WHERE consumer = $1 AND event_id = $2) "
     "INSERT INTO processed_events (consumer, event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING true"
 )
+#: :data:`_CLAIM` for a batch's events at once: the ids claimed now come back.
+_CLAIM_MANY = (
+    "WITH forget AS (DELETE FROM event_attempts WHERE consumer = $1 AND event_id = ANY($2::uuid[])) "
+    "INSERT INTO processed_events (consumer, event_id) SELECT $1, e FROM unnest($2::uuid[]) AS e "
+    "ON CONFLICT DO NOTHING RETURNING event_id"
+)
 
 
 class HandlerFailed(Exception):
@@ -661,13 +667,20 @@ class EventConsumer:
         of the batch was written, and the caller handles its events one by one (which retries or dead-letters the
         failing one alone). A database away raises, as in :meth:`handle`.
 
-        One commit instead of one per event: a busy consumer's batches cost the database one transaction each.
+        One commit instead of one per event, and one claim: a busy consumer's batch costs the database one
+        transaction and one statement besides its handlers'.
         """
         fresh = 0
         try:
             async with postgres.transaction() as conn:
+                # Every event claimed in one statement, then the fresh ones handled in order (an event twice in the
+                # batch is handled once).
+                claimed = {r["event_id"] for r in await conn.fetch(_CLAIM_MANY, self.group, [e.id for e in batch])}
                 for event in batch:
-                    fresh += await self._claim_and_handle(conn, event)
+                    if event.id in claimed:
+                        claimed.discard(event.id)
+                        await self._handle_claimed(conn, event)
+                        fresh += 1
         except _HandlerRaised:
             return False
         self.handled += fresh
@@ -699,11 +712,16 @@ class EventConsumer:
         attempt."""
         if not await conn.fetchval(_CLAIM, self.group, event.id):
             return False
+        await self._handle_claimed(conn, event)
+        return True
+
+    async def _handle_claimed(self, conn: asyncpg.Connection, event: Event) -> None:
+        """Run the handler on an event claimed in the transaction on ``conn``; its failure as :class:`_HandlerRaised`
+        (told from the database's, which counts no attempt)."""
         try:
             await self.handler(conn, event)
         except Exception as exc:
             raise _HandlerRaised(exc) from exc
-        return True
 
     async def _failed(self, event: Event, failure: Exception) -> Outcome:
         """Count a failed attempt; at the last one, move the event to the dead letters (one transaction)."""

@@ -266,6 +266,30 @@ async def test_events_fetched_together_are_handled_in_one_transaction(relay, unt
     assert len({r["tx"] for r in rows}) < 5  # and those fetched together committed together
 
 
+async def test_a_batch_claims_its_events_in_one_statement_and_handles_each_fresh_one_once_in_order(migrated):
+    """A batch's events are claimed together: the fresh ones are handled in order, in one transaction with their
+    records; one processed before is skipped, and one sent twice in the batch is handled once."""
+    p = await postgres.pool()
+    seen: list[tuple[int, int]] = []
+
+    async def handler(conn, event):
+        seen.append((event.data["i"], await conn.fetchval("SELECT txid_current()")))
+
+    consumer = _consumer("test.claims", handler)
+    batch = [events.Event(id=uuid.uuid4(), topic="test.claims", key="k", data={"i": i}, occurred_at=datetime.now(UTC),
+                          headers={}) for i in range(4)]
+    await p.execute("INSERT INTO processed_events (consumer, event_id) VALUES ($1, $2)", consumer.group, batch[1].id)
+    assert await consumer.handle_together([*batch, batch[2]])
+    assert [i for i, _ in seen] == [0, 2, 3] and len({tx for _, tx in seen}) == 1
+    assert consumer.handled == 3 and consumer.skipped == 2
+    rows = await p.fetch("SELECT event_id, xmin::text AS tx FROM processed_events WHERE consumer = $1",
+                         consumer.group)
+    assert {r["event_id"] for r in rows} == {e.id for e in batch}
+    assert len({r["tx"] for r in rows if r["event_id"] != batch[1].id}) == 1
+    assert await consumer.handle_together(batch)  # all processed now: nothing runs again
+    assert len(seen) == 3 and consumer.handled == 3 and consumer.skipped == 6
+
+
 async def test_a_failing_event_among_others_fetched_with_it_is_retried_alone(relay, until):
     topic = f"test.together.{uuid.uuid4().hex[:6]}"
     p = await postgres.pool()
