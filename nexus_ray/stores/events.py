@@ -421,12 +421,8 @@ _UNDECODABLE_CHARS = 65536
 
 # Claims the event for this consumer and, in the same statement, forgets its failed attempts: a
 # handled event needs no count, and this costs the handled path no extra round trip.
+#: The claim of a consumer group's events (one, or a batch's) in one statement: the ids claimed now come back.
 _CLAIM = (
-    "WITH forget AS (DELETE FROM event_attempts WHERE consumer = $1 AND event_id = $2) "
-    "INSERT INTO processed_events (consumer, event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING true"
-)
-#: :data:`_CLAIM` for a batch's events at once: the ids claimed now come back.
-_CLAIM_MANY = (
     "WITH forget AS (DELETE FROM event_attempts WHERE consumer = $1 AND event_id = ANY($2::uuid[])) "
     "INSERT INTO processed_events (consumer, event_id) SELECT $1, e FROM unnest($2::uuid[]) AS e "
     "ON CONFLICT DO NOTHING RETURNING event_id"
@@ -670,17 +666,9 @@ class EventConsumer:
         One commit instead of one per event, and one claim: a busy consumer's batch costs the database one
         transaction and one statement besides its handlers'.
         """
-        fresh = 0
         try:
             async with postgres.transaction() as conn:
-                # Every event claimed in one statement, then the fresh ones handled in order (an event twice in the
-                # batch is handled once).
-                claimed = {r["event_id"] for r in await conn.fetch(_CLAIM_MANY, self.group, [e.id for e in batch])}
-                for event in batch:
-                    if event.id in claimed:
-                        claimed.discard(event.id)
-                        await self._handle_claimed(conn, event)
-                        fresh += 1
+                fresh = await self._claim_and_handle(conn, batch)
         except _HandlerRaised:
             return False
         self.handled += fresh
@@ -697,7 +685,7 @@ class EventConsumer:
         """
         try:
             async with postgres.transaction() as conn:
-                if not await self._claim_and_handle(conn, event):
+                if not await self._claim_and_handle(conn, [event]):
                     self.skipped += 1
                     return "duplicate"
         except _HandlerRaised as raised:
@@ -705,23 +693,22 @@ class EventConsumer:
         self.handled += 1
         return "handled"
 
-    async def _claim_and_handle(self, conn: asyncpg.Connection, event: Event) -> bool:
-        """Claim ``event`` for this group and run the handler on it, in the caller's transaction on ``conn``: whether
-        it was fresh (False: processed or dead-lettered before, and the handler did not run). The handler's own
-        failure is raised as :class:`_HandlerRaised`, so the caller tells it from the database's, which counts no
-        attempt."""
-        if not await conn.fetchval(_CLAIM, self.group, event.id):
-            return False
-        await self._handle_claimed(conn, event)
-        return True
-
-    async def _handle_claimed(self, conn: asyncpg.Connection, event: Event) -> None:
-        """Run the handler on an event claimed in the transaction on ``conn``; its failure as :class:`_HandlerRaised`
-        (told from the database's, which counts no attempt)."""
-        try:
-            await self.handler(conn, event)
-        except Exception as exc:
-            raise _HandlerRaised(exc) from exc
+    async def _claim_and_handle(self, conn: asyncpg.Connection, events: Sequence[Event]) -> int:
+        """Claim ``events`` for this group in one statement and run the handler on each fresh one, in order, in the
+        caller's transaction on ``conn``: how many were fresh (the others were processed or dead-lettered before, and
+        an event twice in ``events`` is handled once). The handler's own failure is raised as
+        :class:`_HandlerRaised`, so the caller tells it from the database's, which counts no attempt."""
+        claimed = {r["event_id"] for r in await conn.fetch(_CLAIM, self.group, [e.id for e in events])}
+        fresh = 0
+        for event in events:
+            if event.id in claimed:
+                claimed.discard(event.id)
+                try:
+                    await self.handler(conn, event)
+                except Exception as exc:
+                    raise _HandlerRaised(exc) from exc
+                fresh += 1
+        return fresh
 
     async def _failed(self, event: Event, failure: Exception) -> Outcome:
         """Count a failed attempt; at the last one, move the event to the dead letters (one transaction)."""

@@ -190,13 +190,8 @@ class Idempotency:
             raise ValueError(f"not a table name: {table!r}")
         self.table = table
         self.ttl_s = ttl_s
+        # The claim of keys (one, or a batch's): those claimed now come back; an expired record is claimed anew.
         self._claim = (
-            f"INSERT INTO {table} AS t (scope, key, fingerprint, expires_at) "
-            f"VALUES ($1, $2, $3, now() + make_interval(secs => $4)) "
-            f"ON CONFLICT (scope, key) DO UPDATE SET fingerprint = EXCLUDED.fingerprint, status = NULL, "
-            f"response = NULL, created_at = now(), expires_at = EXCLUDED.expires_at WHERE t.expires_at <= now() "
-            f"RETURNING true")
-        self._claim_many = (
             f"INSERT INTO {table} AS t (scope, key, fingerprint, expires_at) "
             f"SELECT s, k, f, now() + make_interval(secs => $4) FROM unnest($1::text[], $2::text[], $3::text[]) "
             f"AS u(s, k, f) ON CONFLICT (scope, key) DO UPDATE SET fingerprint = EXCLUDED.fingerprint, "
@@ -211,7 +206,8 @@ class Idempotency:
         422 names: the header for HTTP, the argument for a Python caller.
         """
         async with postgres.transaction() as conn:
-            if key is not None and not await conn.fetchval(self._claim, scope, key, fingerprint, float(self.ttl_s())):
+            if key is not None and not await conn.fetch(self._claim, [scope], [key], [fingerprint],
+                                                        float(self.ttl_s())):
                 row = await conn.fetchrow(
                     f"SELECT fingerprint, status, response FROM {self.table} WHERE scope = $1 AND key = $2",
                     scope, key)
@@ -257,7 +253,7 @@ class Idempotency:
             keyed = sorted(first.items())  # two batches that share keys claim them in one order: no deadlock
             if keyed:
                 claimed = {(r["scope"], r["key"]) for r in await conn.fetch(
-                    self._claim_many, [s for (s, _), _ in keyed], [k for (_, k), _ in keyed],
+                    self._claim, [s for (s, _), _ in keyed], [k for (_, k), _ in keyed],
                     [requests[i].fingerprint for _, i in keyed], float(self.ttl_s()))}
                 if taken := [(sk, i) for sk, i in keyed if sk not in claimed]:
                     stored = {(r["scope"], r["key"]): r for r in await conn.fetch(

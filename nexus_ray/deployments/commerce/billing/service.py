@@ -222,6 +222,7 @@ async def _authorize_all(conn: asyncpg.Connection, asks: list[_Authorization], h
             [asks[i].amount for i, _ in made], [asks[i].currency for i, _ in made], [c.status for _, c in made],
             [c.card_brand for _, c in made], [c.card_last4 for _, c in made], [c.decline_code for _, c in made],
             [c.id for _, c in made], [orjson.dumps(asks[i].metadata).decode() for i, _ in made], p.name, now)}
+        replayed: dict[str, asyncpg.Record] = {}
         if known := [c.id for _, c in made if c.id not in rows]:
             # The provider replayed charges recorded under these keys before the keys expired here.
             replayed = {r["provider_charge_id"]: r for r in await conn.fetch(

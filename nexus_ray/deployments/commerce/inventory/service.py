@@ -451,16 +451,12 @@ async def _reserve_many(caller: str, asks: list[_Reservation]) -> list[tuple[Res
             [now + timedelta(seconds=asks[i].ttl_s) for _, i in claims], all_skus)
         ids = {r["key"]: r["id"] for r in claimed}
         if taken := [k for k, _ in claims if k not in ids]:  # used before (a concurrent first one has committed)
-            earlier: dict[str, tuple[asyncpg.Record, list[asyncpg.Record]]] = {}
-            for r in await conn.fetch(
-                    f"SELECT {postgres.qualified('r', _RES_COLUMNS)}, r.idempotency_key, "
-                    f"l.sku, l.warehouse_id, l.quantity FROM inventory_reservations r "
-                    f"LEFT JOIN inventory_reservation_lines l ON l.reservation_id = r.id "
-                    f"WHERE r.caller = $1 AND r.idempotency_key = ANY($2::text[]) ORDER BY r.id, l.sku, l.warehouse_id",
-                    caller, taken):
-                _, lines = earlier.setdefault(r["idempotency_key"], (r, []))
-                if r["sku"] is not None:
-                    lines.append(r)
+            earlier = _with_lines(await conn.fetch(
+                f"SELECT {postgres.qualified('r', _RES_COLUMNS)}, r.idempotency_key, "
+                f"l.sku, l.warehouse_id, l.quantity FROM inventory_reservations r "
+                f"LEFT JOIN inventory_reservation_lines l ON l.reservation_id = r.id "
+                f"WHERE r.caller = $1 AND r.idempotency_key = ANY($2::text[]) ORDER BY r.id, l.sku, l.warehouse_id",
+                caller, taken), "idempotency_key")
             for k in taken:
                 i = first[k]
                 if k not in earlier:  # claimed and refused by another transaction since: the caller retries
@@ -621,9 +617,15 @@ _LOCKED = (f"SELECT {postgres.qualified('r', _RES_COLUMNS)}, l.reservation_id, l
 async def _locked_reservations(conn: asyncpg.Connection, ids: Sequence[UUID]
                                ) -> dict[UUID, tuple[asyncpg.Record, list[asyncpg.Record]]]:
     """The reservations, locked in id order, each with its lines (in SKU and warehouse order), in one statement."""
-    out: dict[UUID, tuple[asyncpg.Record, list[asyncpg.Record]]] = {}
-    for r in await conn.fetch(_LOCKED, sorted(set(ids))):
-        _, lines = out.setdefault(r["id"], (r, []))
+    return _with_lines(await conn.fetch(_LOCKED, sorted(set(ids))), "id")
+
+
+def _with_lines(rows: Sequence[asyncpg.Record], by: str) -> dict[Any, tuple[asyncpg.Record, list[asyncpg.Record]]]:
+    """Rows of reservations joined to their lines (``LEFT JOIN``, a reservation's rows together), as each
+    reservation's row and its lines, keyed by the column ``by``."""
+    out: dict[Any, tuple[asyncpg.Record, list[asyncpg.Record]]] = {}
+    for r in rows:
+        _, lines = out.setdefault(r[by], (r, []))
         if r["sku"] is not None:
             lines.append(r)
     return out
@@ -677,13 +679,16 @@ async def _commit_many(_: str, asks: list[_Commit]) -> list[ReservationRead | Ba
     one change each. A reservation asked for twice is decided once, and both asks see it."""
     async with postgres.transaction() as conn:
         found = await _locked_reservations(conn, [a.reservation_id for a in asks])
-        decided: dict[UUID, _Commit] = {}  # each reservation by the first ask that may change it
+        seen: list[tuple[asyncpg.Record, list[asyncpg.Record]] | NotFound] = []  # each ask's reservation, or 404
         for a in asks:
             try:
-                _visible(found.get(a.reservation_id), a.reservation_id, a.caller, a.privileged)
-            except NotFound:
-                continue
-            decided.setdefault(a.reservation_id, a)
+                seen.append(_visible(found.get(a.reservation_id), a.reservation_id, a.caller, a.privileged))
+            except NotFound as err:
+                seen.append(err)
+        decided: dict[UUID, _Commit] = {}  # each reservation by the first ask that may change it
+        for a, sight in zip(asks, seen, strict=True):
+            if not isinstance(sight, NotFound):
+                decided.setdefault(a.reservation_id, a)
         moving: dict[tuple[str, str], list[asyncpg.Record]] = {}
         refusals: dict[UUID, Conflict] = {}
         for rid, a in decided.items():
@@ -702,14 +707,12 @@ async def _commit_many(_: str, asks: list[_Commit]) -> list[ReservationRead | Ba
             rows.sort(key=lambda r: r["id"])
             reads.update(await _finish(conn, caller, rows, status, [ln for r in rows for ln in found[r["id"]][1]]))
     out: list[ReservationRead | BaseException] = []
-    for a in asks:
-        try:
-            row, lines = _visible(found.get(a.reservation_id), a.reservation_id, a.caller, a.privileged)
-        except NotFound as err:
-            out.append(err)
+    for a, sight in zip(asks, seen, strict=True):
+        if isinstance(sight, NotFound):
+            out.append(sight)
             continue
         refusal = refusals.get(a.reservation_id)
-        out.append(refusal if refusal is not None else reads.get(a.reservation_id) or _read_of(row, lines))
+        out.append(refusal if refusal is not None else reads.get(a.reservation_id) or _read_of(*sight))
     return out
 
 

@@ -32,6 +32,7 @@ import secrets
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 from uuid import UUID
 
 import asyncpg
@@ -172,6 +173,14 @@ async def _keyed_shipment(conn: asyncpg.Connection, caller: str, key: str | None
     return _read(known)
 
 
+def _created(shipment_id: UUID, order_id: str, customer: str | None, address: dict[str, Any], weight_g: int,
+             service_level: str, tracking: str) -> dict[str, Any]:
+    """``shipment.created``'s payload, but for the zone: the statement that creates the shipment adds its rate's."""
+    return {"shipment_id": str(shipment_id), "order_id": order_id, "customer": customer, "address": address,
+            "weight_g": weight_g, "service_level": service_level, "tracking_number": tracking,
+            "status": "label_created"}
+
+
 async def create_shipment(
     conn: asyncpg.Connection, *, caller: str, order_id: str, address: Address, weight_g: int, service_level: str,
     customer: str | None, idempotency_key: str | None,
@@ -191,9 +200,7 @@ async def create_shipment(
         raise RuntimeError("create_shipment() with a key runs outside a transaction")
     shipment_id, number, now = uuid.uuid4(), tracking_number(), datetime.now(UTC)
     where = address.model_dump(exclude_none=True)
-    created = {"shipment_id": str(shipment_id), "order_id": order_id, "customer": customer, "address": where,
-               "weight_g": weight_g, "service_level": service_level, "tracking_number": number,
-               "status": "label_created"}  # and its zone, from the statement's rate
+    created = _created(shipment_id, order_id, customer, where, weight_g, service_level, number)
     try:
         row = await conn.fetchrow(
             _CREATE, shipment_id, order_id, customer, where, address.country, weight_g, service_level, number,
@@ -310,9 +317,8 @@ async def _request_many(_: None, asks: list[_Request]) -> list[tuple[ShipmentRea
             _CREATE_MANY, ids, [a.order_id for a in asks], [a.customer for a in asks], wheres,
             [a.address.country for a in asks], [a.weight_g for a in asks], [a.service_level for a in asks], numbers,
             [a.caller for a in asks], [a.key for a in asks], postgres.new_ids(len(asks)),
-            [{"shipment_id": str(i), "order_id": a.order_id, "customer": a.customer, "address": w,
-              "weight_g": a.weight_g, "service_level": a.service_level, "tracking_number": n,
-              "status": "label_created"} for i, a, w, n in zip(ids, asks, wheres, numbers, strict=True)],
+            [_created(i, a.order_id, a.customer, w, a.weight_g, a.service_level, n)
+             for i, a, w, n in zip(ids, asks, wheres, numbers, strict=True)],
             datetime.now(UTC), DESCRIPTIONS["label_created"], CREATED, {})}
     except asyncpg.ForeignKeyViolationError:  # a new key for an order that has its shipment: one at a time
         rows = {}
