@@ -422,6 +422,10 @@ async def run(args: argparse.Namespace) -> None:
             print_kinds(cpu, result["completed_per_s"])
         for rate in rates_of(args.rates, result["completed_per_s"]):
             print("caught up before the fixed rate:", json.dumps(await caught_up()), flush=True)
+            rate_began = time.time()
+            rate_cpu: dict[str, float] = {}
+            if args.cpu:
+                watchers = watch(rate_cpu, wait_s=5, span_s=max(1.0, args.rate_duration - 10), me=True)
             if args.wrk:
                 print("open loop (wrk2):", json.dumps(await by_wrk(os.environ.get("WRK2", "wrk2"),
                                                                    args.rate_duration, rate)), flush=True)
@@ -429,6 +433,14 @@ async def run(args: argparse.Namespace) -> None:
                 result, done = await open_loop(http, buyer, pairs, rate=rate, seconds=args.rate_duration)
                 completed += done
                 print("open loop:", json.dumps(result), flush=True)
+            print("fixed rate, mean ms from the saga write before to each step's end:",
+                  json.dumps(await step_spans(rate_began)), flush=True)
+            if args.cpu:
+                for t in watchers:
+                    t.join()
+                print(f"fixed rate {rate}/s, 5th second to 5 s before the end:", end=" ")
+                print_cpu(rate_cpu, top=6)
+                print_kinds(rate_cpu, rate)
         if args.wrk:  # wrk does not tell which orders completed: the stack's database does, once all have settled
             print("orders settled:", json.dumps(await all_settled()))
             counted = await orders_by_status()

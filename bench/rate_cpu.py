@@ -33,7 +33,7 @@ from replica_kill import token
 
 from nexus_ray.runtime import cluster
 
-_LOAD_GENERATORS = ("wrk", "wrk2", "wrk2-eof")
+_LOAD_GENERATORS = ("wrk", "wrk2", "wrk2-eof", "wrk2-spread")
 _OTHERS = ("redis-server", "haproxy", *_LOAD_GENERATORS)
 
 

@@ -122,8 +122,8 @@ async def test_order_creation_is_idempotent_and_a_missing_collaborator_fails_it(
     before = await money_snapshot()
     key = uuid.uuid4().hex
     first = await client.post(f"{API}/orders", json={**order_body(sku), "idempotency_key": key}, headers=shopper)
-    # The pricing step is refused (no catalog on this branch: 503; a catalog that does not sell the SKU: 422),
-    # nothing was done, the order failed.
+    # The pricing step is refused (no catalog on this branch: 503; a catalog that does not sell the SKU: 422);
+    # the stock reserved beside the pricing was released, nothing else was done, the order failed.
     assert first.status_code in (422, 503), first.text
     problem = first.json()
     assert problem["failed_step"] == "price" and problem["order_status"] == "failed"
@@ -141,7 +141,9 @@ async def test_order_creation_is_idempotent_and_a_missing_collaborator_fails_it(
     assert missing.status_code == 422 and missing.json()["errors"][0]["field"] == "idempotency_key"
 
     order = await order_of(client, shopper, order_id)
-    assert order["status"] == "failed" and order["total"] is None and order["reservation_id"] is None
+    assert order["status"] == "failed" and order["total"] is None
+    r = await client.get(f"{INV}/reservations/{order['reservation_id']}", headers=ops)
+    assert r.json()["status"] == "released" and r.json()["reference"] == order_id
     assert await events_of(order_id) == ["order.created", "order.compensating", "order.failed"]
     assert await available(client, ops, sku) == 5 and await money_snapshot() == before
     mine = await client.get(f"{API}/orders", headers=shopper)
@@ -290,6 +292,61 @@ async def test_a_step_given_up_unanswered_is_undone_if_it_happened_after_all(cli
         ("reserve", "compensate", "started"), ("reserve", "compensate", "done")]
 
 
+async def test_a_group_runs_its_steps_together_and_keeps_a_done_one_when_another_does_not_answer(
+        client, ops, shopper, until, monkeypatch):
+    """The steps of a group run at the same time. One of them does not answer while the other is done: the done
+    one's result is written (its reservation would otherwise be left held), the order waits, and the next run
+    runs only the step still without a result; here the payment is then declined, and the reservation recorded
+    by the first run is released."""
+    from nexus_ray.deployments.commerce.orders import saga
+    from nexus_ray.deployments.commerce.orders.steps import Step
+    from nexus_ray.stores import postgres
+
+    runs: list[str] = []
+    running = asyncio.Event()
+
+    async def probe(ctx):
+        runs.append(ctx.id)
+        if len(runs) == 1:
+            running.set()
+            raise RuntimeError("no answer")  # the outcome is unknown: run again later
+        return {"id": "probe-1"}
+
+    reserve_step = saga.BY_NAME["reserve"]
+    reserve_started = asyncio.Event()
+
+    async def reserve(ctx):
+        reserve_started.set()
+        await running.wait()  # proves the two run at the same time: each waits for the other to begin
+        return await reserve_step.forward(ctx)
+
+    async def probe_after_reserve(ctx):
+        await reserve_started.wait()
+        return await probe(ctx)
+
+    group = (saga.PLAN[0][0], Step("reserve", reserve, reserve_step.compensate), Step("probe", probe_after_reserve))
+    monkeypatch.setattr(saga, "PLAN", (group, *saga.PLAN[1:]))
+    sku = await stocked_sku(client, ops, 2)
+    order_id = await crashed_order(sku=sku, quantity=2)  # priced; the rest of its first group to run
+
+    async def settled():
+        return (await order_of(client, shopper, order_id))["status"] == "failed"
+
+    await until(settled, within_s=30, every=0.2)
+    assert runs == [str(order_id), str(order_id)]
+    order = await order_of(client, shopper, order_id)
+    assert order["failure"]["step"] == "authorize"
+    r = await client.get(f"{INV}/reservations/{order['reservation_id']}", headers=ops)
+    assert r.json()["status"] == "released"
+    assert await available(client, ops, sku) == 2
+    pg = await postgres.pool()
+    assert await pg.fetchval("SELECT count(*) FROM inventory_reservations WHERE reference = $1", str(order_id)) == 1
+    saga_log = (await client.get(f"{API}/orders/{order_id}/saga", headers=shopper)).json()
+    assert [(s["step"], s["outcome"]) for s in saga_log if s["phase"] == "forward"][2:] == [
+        ("reserve", "started"), ("probe", "started"), ("reserve", "done"), ("probe", "interrupted"),
+        ("probe", "started"), ("probe", "done"), ("authorize", "started"), ("authorize", "failed")]
+
+
 async def test_a_live_lease_keeps_recovery_away_and_a_lost_one_stops_its_runner(client, ops):
     from nexus_ray.deployments.commerce.orders import saga
     from nexus_ray.stores import postgres
@@ -308,7 +365,7 @@ async def test_a_live_lease_keeps_recovery_away_and_a_lost_one_stops_its_runner(
     with pytest.raises(saga.LeaseLost):
         await saga.write(await pg.fetchrow(f"SELECT {saga.COLUMNS} FROM orders WHERE id = $1", order_id),
                          "stale-replica", line=("price", "forward", "failed", {}), status="compensating",
-                         starts="reserve")
+                         starts=("reserve",))
     assert await pg.fetchval("SELECT status FROM orders WHERE id = $1", order_id) == "pending"
     assert await pg.fetchrow(written, order_id) == before
     # Settled here so the session's recovery loop leaves it alone afterwards.
@@ -351,9 +408,9 @@ async def test_saga_writes_sent_together_are_one_transaction_and_each_is_fenced_
 
 
 async def test_orders_created_at_one_moment_are_one_transaction_and_each_key_makes_one_order(client):
-    """Creations asked at the same moment go out in one statement: each order with its first two log lines and its
-    ``order.created`` event, in one transaction; a key sent twice makes one order (the second gets None, and
-    reads the first), and a key used before makes none."""
+    """Creations asked at the same moment go out in one statement: each order with its first log lines (created,
+    and the first group's ``started``) and its ``order.created`` event, in one transaction; a key sent twice makes
+    one order (the second gets None, and reads the first), and a key used before makes none."""
     from nexus_ray.deployments.commerce.orders import saga
     from nexus_ray.stores import postgres
 
@@ -377,7 +434,8 @@ async def test_orders_created_at_one_moment_are_one_transaction_and_each_key_mak
         log = await pg.fetch("SELECT step, phase, outcome, runner FROM order_saga_log WHERE order_id = $1 ORDER BY id",
                              order_id)
         assert [(r["step"], r["phase"], r["outcome"], r["runner"]) for r in log] == [
-            ("order", "status", "done", "test-runner:1"), ("price", "forward", "started", "test-runner:1")]
+            ("order", "status", "done", "test-runner:1"), ("price", "forward", "started", "test-runner:1"),
+            ("reserve", "forward", "started", "test-runner:1")]
         assert await events_of(order_id) == ["order.created"]
     # Settled here so the session's recovery loop leaves them alone afterwards.
     await pg.execute("UPDATE orders SET status = 'failed', failure = $2 WHERE customer = $1", customer,

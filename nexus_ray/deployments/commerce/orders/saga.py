@@ -1,14 +1,21 @@
-"""The checkout saga's engine: steps run one at a time, each persisted, compensated in reverse, recovered.
+"""The checkout saga's engine: steps run a group at a time, each persisted, compensated in reverse, recovered.
 
-Persisted step by step
-----------------------
+Persisted group by group
+------------------------
 An order row carries its saga: ``results`` (what each done forward step returned), ``undone``
-(each compensation that ran), ``status`` and ``failure``. Before a step runs, a ``started`` line is
-written to ``order_saga_log`` (with the step before's ``done`` line, in its transaction, when one
-step follows another); after it, its result and a ``done`` (or ``failed``) line are written
+(each compensation that ran), ``status`` and ``failure``. The forward steps run in the groups of
+:data:`~.steps.PLAN`: the steps of a group at the same time (pricing beside the stock reservation, the invoice
+beside the shipment), the groups one after another. Before a group runs, a ``started`` line for each of its steps
+is written to ``order_saga_log`` (with the group before's ``done`` lines, in its transaction, when one group
+follows another); after it, every result and a ``done`` (or ``failed``) line for each step are written
 in one transaction with the order's new status and its ``order.*`` event (outbox). A runner that
-dies between the two leaves an order whose log ends on ``started``: the step is run again with the
-same idempotency key (see :mod:`.steps`), so the collaborator replays what it did.
+dies between the two leaves an order whose log ends on ``started``: the steps without a result are run again
+with the same idempotency keys (see :mod:`.steps`), so the collaborators replay what they did.
+
+A step of a group that is refused fails the order, and the results of the group's steps that were done are
+written with the failure, so they are compensated with the rest. A step that does not answer while another of
+its group is done: the done one's result is written first, then the order waits for a later run (below), which
+runs only the step still without a result.
 
 The writes that a process's runners make at the same moment go out together: one statement and one commit for
 the batch (:data:`_WRITES`, a :class:`~nexus_ray.deployments.kit.together.GroupCommit`), each write still fenced
@@ -57,7 +64,7 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Collection, Coroutine, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, TypeVar
 from uuid import UUID
@@ -73,7 +80,7 @@ from nexus_ray.stores.events import NOTIFY, outbox_insert
 
 from .models import UNSETTLED, check_transition
 from .settings import OrderSettings
-from .steps import BY_NAME, STEPS, OrderContext, Refused
+from .steps import BY_NAME, PLAN, STEPS, OrderContext, Refused, Step
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -154,9 +161,11 @@ _STARTS = (
     f"e AS ({outbox_insert('u.event_id', '$16', 'o.id', 'u.payload', '$17', source='FROM o JOIN u ON u.id = o.id')}) "
     f"SELECT {COLUMNS}, {NOTIFY} FROM o")
 
-#: The log lines every order starts with: created, and the first step's ``started``.
+#: The steps every order starts with, announced by its creation: drive it on with ``announced=FIRST_STEPS``.
+FIRST_STEPS: tuple[str, ...] = tuple(step.name for step in PLAN[0])
+#: The log lines every order starts with: created, and the first group's ``started`` lines.
 _FIRST_LINES: tuple[tuple[str, str, str, dict[str, Any]], ...] = (
-    ("order", "status", "done", {"to": "pending"}), (STEPS[0].name, "forward", "started", {}))
+    ("order", "status", "done", {"to": "pending"}), *((name, "forward", "started", {}) for name in FIRST_STEPS))
 
 
 @dataclass(frozen=True)
@@ -193,7 +202,7 @@ _starts: GroupCommit[None, _Start, asyncpg.Record | None] = GroupCommit(_start_t
 async def start(*, customer: str, request: dict[str, Any], currency: str, capture_method: str,
                 idempotency_key: str, request_hash: str, runner: str) -> asyncpg.Record | None:
     """Create a pending order leased to ``runner``, with its event and its log lines (created, and the first
-    step's ``started``: drive it on with ``announced=STEPS[0].name``), in one statement with the creations asked
+    group's ``started``: drive it on with ``announced=FIRST_STEPS``), in one statement with the creations asked
     at the same moment: its row, or None when the customer's key names an order already."""
     order_id = uuid.uuid4()
     payload = orjson.dumps(event_payload({"id": order_id, "customer": customer, "total": None, "currency": currency,
@@ -202,37 +211,41 @@ async def start(*, customer: str, request: dict[str, Any], currency: str, captur
                                              request_hash, runner, postgres.new_ids(1)[0], payload))
 
 
-async def write(row: asyncpg.Record, runner: str, *, line: tuple[str, str, str, dict[str, Any]] | None = None,
-                status: str | None = None, result: tuple[str, dict[str, Any]] | None = None,
+Line = tuple[str, str, str, dict[str, Any]]
+
+
+async def write(row: asyncpg.Record, runner: str, *, line: Line | None = None, lines: Sequence[Line] = (),
+                status: str | None = None, results: dict[str, dict[str, Any]] | None = None,
                 undone: tuple[str, dict[str, Any]] | None = None, failure: dict[str, Any] | None = None,
                 total: int | None = None, let_go_s: float | None = None, attempts: int | None = None,
-                starts: str | None = None) -> asyncpg.Record:
+                starts: Sequence[str] = ()) -> asyncpg.Record:
     """One fenced step of the saga, atomically: the order's change, its log lines, its event. Returns the order.
 
     ``row`` is the order as this runner last wrote (or read) it: while the runner holds the lease nobody else
     writes the order, so its status is the one the change starts from, checked against the state machine here
     (a refused transition writes nothing) and fenced on in the statement. ``let_go_s``: give the lease up;
-    recovery may take the order that many seconds from now. ``starts``: the forward step that runs next, whose
-    ``started`` line is written last (so a step that follows another costs one write, not two).
+    recovery may take the order that many seconds from now. ``line``, then ``lines``: the log lines. ``results``:
+    the forward steps' results by step. ``starts``: the forward steps that run next, whose ``started`` lines are
+    written last (so a group that follows another costs one write, not two).
     """
     before = row["status"]
     after = status or before
     moved = after != before
     if moved:
         check_transition(before, after)
-    lines = [line] if line is not None else []
+    written = [line] if line is not None else []
+    written += lines
     if moved:
-        lines.append(("order", "status", "done", {"from": before, "to": after}))
-    if starts is not None:
-        lines.append((starts, "forward", "started", {}))
+        written.append(("order", "status", "done", {"from": before, "to": after}))
+    written += ((name, "forward", "started", {}) for name in starts)
     event: tuple[UUID, str, dict[str, Any]] | None = None
     if moved:
         changed = {**dict(row), "status": after, "total": row["total"] if total is None else total,
                    "failure": row["failure"] if failure is None else failure}
         event = (postgres.new_ids(1)[0], topic(after), event_payload(changed))
     new = await _writes.submit(None, _Write(
-        row["id"], after, dict([result]) if result else {}, dict([undone]) if undone else {}, failure, total,
-        attempts, let_go_s, runner, before, lines, event))
+        row["id"], after, results or {}, dict([undone]) if undone else {}, failure, total,
+        attempts, let_go_s, runner, before, written, event))
     if new is None:  # the lease was taken over (recovery), so the order is not as this runner last saw it
         raise LeaseLost(str(row["id"]))
     return new
@@ -312,13 +325,13 @@ async def _interrupted(row: asyncpg.Record, runner: str, step: str, phase: str, 
 
 
 async def drive(order_id: UUID, runner: str, *, capture_now: bool = False, row: asyncpg.Record | None = None,
-                announced: str | None = None) -> asyncpg.Record:
+                announced: Sequence[str] = ()) -> asyncpg.Record:
     """Move the order on while ``runner`` holds its lease, until it settles or must wait; returns its row.
 
     ``capture_now``: an ``authorized`` order (manual capture) goes on to capture. ``row``: the order
     as ``runner`` just wrote it, if it has it (else it is read). While the runner holds the lease
     nobody else writes the order, so the row each fenced write returns is the order as it stands.
-    ``announced``: the forward step whose ``started`` line that write made (it is not written again).
+    ``announced``: the forward steps whose ``started`` lines that write made (they are not written again).
     """
     pg = await postgres.pool()
     try:
@@ -371,47 +384,74 @@ def _unwaited(task: asyncio.Task[Any]) -> None:
         log.warning("an order's change, which its request stopped waiting for, stopped: %s", type(exc).__name__)
 
 
-def _next_forward(results: set[str], status: str, capture_method: str) -> str | None:
-    """The forward step that runs next for an order with these results and status, if one runs at once."""
-    step = next((s for s in STEPS if s.name not in results), None)
-    if step is None or (step.name == "commit_stock" and capture_method == "manual" and status == "pending"):
-        return None  # settles, or waits for a manual capture
-    return step.name
+def _next_group(results: Collection[str]) -> list[Step]:
+    """The steps without a result of the first group of the plan that has one."""
+    for group in PLAN:
+        todo = [step for step in group if step.name not in results]
+        if todo:
+            return todo
+    return []
 
 
-async def _forward(row: asyncpg.Record, runner: str, announced: str | None) -> tuple[asyncpg.Record, str | None]:
-    """Runs the order's next forward step: (the order as written, the step announced for after it)."""
-    step = next((s for s in STEPS if s.name not in row["results"]), None)
-    if step is None:  # every step done (a crash after the last one's result, before its status): settle
-        return await write(row, runner, status="completed", let_go_s=0), None
-    if step.name == "commit_stock" and row["capture_method"] == "manual" and row["status"] == "pending":
-        return await write(row, runner, line=(step.name, "forward", "skipped", {"waiting": "manual capture"}),
-                           status="authorized", let_go_s=0), None
-    if announced != step.name:
-        row = await write(row, runner, line=(step.name, "forward", "started", {}))
-    try:
-        result = await step.forward(context(row))
-    except Refused as refused:
-        return await write(row, runner, line=(step.name, "forward", "failed", refused.problem),
-                           status="compensating", failure={"step": step.name, "problem": refused.problem}), None
-    except (LeaseLost, asyncio.CancelledError):
-        raise
-    except Exception as exc:
-        await _interrupted(row, runner, step.name, "forward", exc)
+def _next_forward(results: Collection[str], status: str, capture_method: str) -> tuple[str, ...]:
+    """The forward steps that run next for an order with these results and status, if they run at once."""
+    todo = _next_group(results)
+    if any(step.name == "commit_stock" for step in todo) and capture_method == "manual" and status == "pending":
+        return ()  # waits for a manual capture
+    return tuple(step.name for step in todo)  # none: it settles
+
+
+def _priced_wrong(result: dict[str, Any], currency: str) -> dict[str, Any] | None:
+    """The price step's result as a refusal, when the catalog did not price the cart as the order needs."""
+    if result.get("currency") != currency or not isinstance(result.get("total"), int):
+        return {"status": 422, "detail": "the catalog priced the cart in another currency", "code": "pricing_mismatch"}
+    return None
+
+
+async def _forward(row: asyncpg.Record, runner: str,
+                   announced: Sequence[str]) -> tuple[asyncpg.Record, tuple[str, ...]]:
+    """Runs the order's next forward group (its steps at the same time): (the order as written, the steps announced
+    for after it)."""
+    todo = _next_group(row["results"])
+    if not todo:  # every step done (a crash after the last one's result, before its status): settle
+        return await write(row, runner, status="completed", let_go_s=0), ()
+    names = tuple(step.name for step in todo)
+    if "commit_stock" in names and row["capture_method"] == "manual" and row["status"] == "pending":
+        return await write(row, runner, line=("commit_stock", "forward", "skipped", {"waiting": "manual capture"}),
+                           status="authorized", let_go_s=0), ()
+    if tuple(announced) != names:
+        row = await write(row, runner, lines=[(name, "forward", "started", {}) for name in names])
+    ctx = context(row)
+    outcomes = await asyncio.gather(*(step.forward(ctx) for step in todo), return_exceptions=True)
+    done: dict[str, dict[str, Any]] = {}
+    refused: tuple[str, dict[str, Any]] | None = None  # the first in the plan's order
+    unanswered: tuple[str, BaseException] | None = None
+    for step, out in zip(todo, outcomes, strict=True):
+        if isinstance(out, (LeaseLost, asyncio.CancelledError)):
+            raise out
+        if isinstance(out, Refused):
+            refused = refused or (step.name, out.problem)
+        elif isinstance(out, BaseException):
+            unanswered = unanswered or (step.name, out)
+        elif step.name == "price" and (wrong := _priced_wrong(out, str(row["currency"]).strip())) is not None:
+            refused = refused or (step.name, wrong)
+        else:
+            done[step.name] = out
+    total = done["price"]["total"] if "price" in done else None
+    lines: list[Line] = [(name, "forward", "done", {"id": result.get("id")}) for name, result in done.items()]
+    if refused is not None:
+        name, problem = refused
+        return await write(row, runner, lines=[*lines, (name, "forward", "failed", problem)], results=done,
+                           total=total, status="compensating", failure={"step": name, "problem": problem}), ()
+    if unanswered is not None:
+        if done:  # recorded, so that they are not lost if the order is compensated
+            row = await write(row, runner, lines=lines, results=done, total=total)
+        await _interrupted(row, runner, unanswered[0], "forward", unanswered[1])
         raise LeaseLost(str(row["id"])) from None  # let go: a later run takes it on
-    total = None
-    if step.name == "price":
-        if result.get("currency") != str(row["currency"]).strip() or not isinstance(result.get("total"), int):
-            problem = {"status": 422, "detail": "the catalog priced the cart in another currency",
-                       "code": "pricing_mismatch"}
-            return await write(row, runner, line=(step.name, "forward", "failed", problem),
-                               status="compensating", failure={"step": step.name, "problem": problem}), None
-        total = result["total"]
-    reaches = REACHES.get(step.name)
-    after = _next_forward({*row["results"], step.name}, reaches or row["status"], row["capture_method"])
+    reaches = next((REACHES[name] for name in reversed(names) if name in REACHES), None)
+    after = _next_forward({*row["results"], *done}, reaches or row["status"], row["capture_method"])
     # Settled in the same write that lets the lease go: a cancellation right after finds the order free.
-    new = await write(row, runner, line=(step.name, "forward", "done", {"id": result.get("id")}),
-                      result=(step.name, result), total=total, status=reaches, attempts=0,
+    new = await write(row, runner, lines=lines, results=done, total=total, status=reaches, attempts=0,
                       let_go_s=0 if reaches == "completed" else None, starts=after)
     return new, after
 
@@ -442,7 +482,7 @@ async def _resolve_unanswered(row: asyncpg.Record, runner: str) -> asyncpg.Recor
         raise LeaseLost(str(row["id"])) from None
     return await write(row, runner, line=(name, "forward", "done", {"id": result.get("id"),
                                                                           "resolving": "unanswered"}),
-                       result=(name, result))
+                       results={name: result})
 
 
 async def _unwind(row: asyncpg.Record, runner: str) -> asyncpg.Record:

@@ -94,7 +94,7 @@ async def _create(customer: str, request: dict[str, Any], currency: str, capture
                             "type": "idempotency_key_reused"}], "code": "idempotency_key_reused",
                 "order_id": str(earlier["id"])})
         return earlier, True
-    return await saga.drive(row["id"], runner, row=row, announced=saga.STEPS[0].name), False
+    return await saga.drive(row["id"], runner, row=row, announced=saga.FIRST_STEPS), False
 
 
 async def _visible(conn: asyncpg.Connection | asyncpg.Pool, order_id: UUID, caller: str, privileged: bool,

@@ -4,8 +4,8 @@ Each step is a forward action and, where it changes something, its compensation;
 collaborator's export through :func:`nexus_ray.deployments.kit.calls.call` with the contract's
 names (``COMMERCE_CONTRACTS.md``) and an idempotency key derived from the order and the step, so a
 step run twice (a retry, a recovery after a crash) does its work once. The saga engine
-(:mod:`.saga`) runs them in order, persists each result, and compensates the done ones in reverse
-when a later one fails.
+(:mod:`.saga`) runs them in the groups of :data:`PLAN` (a group's steps at the same time), persists each result,
+and compensates the done ones in reverse when a later one fails.
 
 How a step can end, and what the engine does:
 
@@ -192,16 +192,19 @@ class Step:
     compensate: Callable[[OrderContext], Awaitable[dict[str, Any]]] | None = None
 
 
-#: The checkout, in order. A manual-capture order waits (status authorized) after ``authorize``.
-STEPS: tuple[Step, ...] = (
-    Step("price", price),
-    Step("reserve", reserve, release),
-    Step("authorize", authorize, void),
+#: The checkout, in order, as groups: the steps of a group run at the same time, each needing only what the groups
+#: before it returned. Pricing and the stock reservation both need only the cart; the invoice and the shipment both
+#: need only the priced cart and the payment taken. A manual-capture order waits (status authorized) after
+#: ``authorize``.
+PLAN: tuple[tuple[Step, ...], ...] = (
+    (Step("price", price), Step("reserve", reserve, release)),
+    (Step("authorize", authorize, void),),
     # Stock is committed before the money is taken: a reservation that lapsed is refused here, while the
     # payment can still be voided rather than refunded.
-    Step("commit_stock", commit_stock),  # undone by the reservation's release (a return)
-    Step("capture", capture, refund),
-    Step("invoice", invoice, credit_note),
-    Step("ship", ship, cancel_shipment),
+    (Step("commit_stock", commit_stock),),  # undone by the reservation's release (a return)
+    (Step("capture", capture, refund),),
+    (Step("invoice", invoice, credit_note), Step("ship", ship, cancel_shipment)),
 )
+#: Every step in the plan's order (compensations run in the reverse of it).
+STEPS: tuple[Step, ...] = tuple(step for group in PLAN for step in group)
 BY_NAME = {s.name: s for s in STEPS}
