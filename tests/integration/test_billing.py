@@ -615,3 +615,37 @@ async def test_events_go_through_the_outbox(client, merchant):
     topics = [r["topic"] for r in await pg.fetch("SELECT topic FROM outbox WHERE key = $1 ORDER BY id", pi["id"])]
     assert topics == ["payment_intent.created", "payment_intent.authorized", "payment_intent.succeeded",
                       "payment_intent.refunded"]
+
+
+async def test_a_capture_batch_does_not_wait_for_the_ledger_posting_of_the_batch_before(client, merchant, admin,
+                                                                                        until):
+    """The captures of a batch hand their ledger postings over after their commit: while the first capture's
+    posting is held up in the ledger, a second capture is still written (its intent captured), and each answers
+    only once its own posting is done."""
+    from nexus_ray.deployments.commerce.billing import postings, service
+    from nexus_ray.stores import postgres
+
+    accounts = await postings.accounts("NOK")  # opened before the ledger is held up
+    first, second = [await authorized(client, merchant, amount=300 + n, currency="NOK") for n in range(2)]
+    pg = await postgres.pool()
+
+    def captured(pi):
+        async def check() -> bool:
+            return await pg.fetchval("SELECT status FROM billing_payment_intents WHERE id = $1",
+                                     uuid.UUID(pi["id"])) == "captured"
+        return check
+
+    async with pg.acquire() as holder, holder.transaction():
+        # Every balance row of billing's NOK accounts locked: a posting to them waits here.
+        await holder.execute("SELECT 1 FROM ledger_balances WHERE account_id = ANY($1::uuid[]) FOR UPDATE",
+                             list(accounts.values()))
+        one = asyncio.create_task(act(client, merchant, first["id"], "capture"))
+        await until(captured(first), within_s=20, every=0.05)
+        two = asyncio.create_task(act(client, merchant, second["id"], "capture"))
+        await until(captured(second), within_s=20, every=0.05)  # written while the first one's posting waits
+        assert not one.done() and not two.done()  # both wait for their postings
+    answers = await asyncio.gather(one, two)
+    assert [r.status_code for r in answers] == [200, 200]
+    for pi in (first, second):
+        (row,) = await service.ledger_postings(intent_id=uuid.UUID(pi["id"]))
+        assert row["status"] == "posted"

@@ -181,6 +181,36 @@ async def post_after_commit(pending: Sequence[Posting]) -> None:
     await asyncio.gather(*(_together.submit(None, p) for p in pending))
 
 
+#: The postings that :func:`post_soon` started and that are not done yet, by their source's id.
+_started: dict[UUID, asyncio.Future[None]] = {}
+
+
+def post_soon(pending: Sequence[Posting]) -> None:
+    """Start posting ``pending`` (as :func:`post_after_commit` does) without waiting for it: each request waits for
+    its own with :func:`posted`. A batch of captures hands its postings over this way, so that the next batch's
+    transaction need not wait for this one's ledger transaction; each capture still answers once posted."""
+    if not pending:
+        return
+    task = asyncio.ensure_future(post_after_commit(pending))
+    for p in pending:
+        _started[p.source_id] = task
+
+    def forget(_: asyncio.Future[None]) -> None:
+        for p in pending:
+            if _started.get(p.source_id) is task:
+                del _started[p.source_id]
+
+    task.add_done_callback(forget)
+
+
+async def posted(source_id: UUID) -> None:
+    """Wait until the posting that :func:`post_soon` started for ``source_id`` is done (at once when none is out). A
+    request cancelled while it waits leaves the posting to go on."""
+    task = _started.get(source_id)
+    if task is not None:
+        await asyncio.shield(task)
+
+
 async def retry_pending(*, older_than_s: float, limit: int = 200) -> int:
     """Post pending postings older than ``older_than_s`` (their request's own try failed, or it crashed)."""
     pg = await postgres.pool()

@@ -297,14 +297,18 @@ async def capture(
     (:func:`_capture_many`); two captures of one intent in one batch are still one capture and one 409."""
     fp = fingerprint("capture", {"payment_intent_id": str(intent_id), "amount": amount})
     ask = _Capture(caller, privileged, intent_id, amount)
-    return await _CAPTURE.submit("capture", Keyed(caller, idempotency_key, fp, ask, field_name))
+    outcome = await _CAPTURE.submit("capture", Keyed(caller, idempotency_key, fp, ask, field_name))
+    await postings.posted(intent_id)  # answered once the capture's ledger posting is (or is left to the retry loop)
+    return outcome
 
 
 async def _capture_many(_: str, requests: list[Keyed[_Capture]]) -> list[Outcome | NexusError]:
+    """A batch of captures in one transaction; their ledger postings start after its commit, and the next batch
+    need not wait for them (each request does, in :func:`capture`)."""
     hooks: list[int] = []
     queued: list[postings.Posting] = []
     outcomes = await KEYS.run_many(requests, lambda conn, asks: _capture_all(conn, asks, hooks, queued))
-    await postings.post_after_commit(queued)
+    postings.post_soon(queued)
     webhooks.wake(sum(hooks))
     return outcomes
 
