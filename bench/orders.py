@@ -31,6 +31,9 @@ from the orders' rows, 236 ms against 51 ms with 2 connections and 39 ms from th
 client). So the fixed rates use few connections (``--rate-connections``; unless given, 2 for every 20 orders/s
 begun: 2 at 19/s, 4 at 35/s). A late answer delays the next send on its connection, which wrk2 counts against
 the latency, from when the request was due; too few connections for the rate show as seconds of latency.
+``WRK2=wrk2-spread`` (built by bench/build_wrk2_eof.sh) sends a fixed rate's requests evenly spaced whatever the
+number of connections: one every 1/rate seconds, as a fixed rate means. Each fixed rate also prints the mean time of
+each saga step of its own orders (from the saga log) and, with ``--cpu``, the CPU of every stack process.
 
 The load generator runs on the same two cores as the platform: the figures are a floor. ``--cpu`` and
 ``--py-spy PATH`` sample every stack process's CPU, or profile one (``--spy-match``), during the closed loop.

@@ -1,0 +1,105 @@
+"""The group commit of the service kit (``kit/together.py``): what goes out together, and what each request gets."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from nexus_ray.deployments.kit.together import GroupCommit
+
+
+def recording(batches: list[list[int]], *, fail_item: int | None = None):
+    async def write(_key: str, items: list[int]) -> list[int | BaseException]:
+        batches.append(list(items))
+        await asyncio.sleep(0.001)  # a round trip: the requests that come meanwhile queue for the next batch
+        return [ValueError(f"item {i} refused") if i == fail_item else i * 10 for i in items]
+
+    return write
+
+
+async def test_items_handed_over_at_one_moment_go_out_in_one_batch_and_each_gets_its_own_outcome():
+    batches: list[list[int]] = []
+    stage = GroupCommit(recording(batches, fail_item=3))
+    outcomes = await asyncio.gather(*(stage.submit("k", i) for i in range(5)), return_exceptions=True)
+    assert batches == [[0, 1, 2, 3, 4]]
+    assert outcomes[:3] == [0, 10, 20] and outcomes[4] == 40
+    assert isinstance(outcomes[3], ValueError) and "item 3" in str(outcomes[3])
+
+
+async def test_the_requests_one_batch_answers_hand_their_next_items_over_together():
+    """Twelve requests go through two stages. The first stage answers them in one batch; between the two, some go
+    on at once and some take a turn or two of the event loop more (as a saga step run in a task of its own does),
+    yet their items for the second stage still go out as one batch, not the quickest alone and then the rest."""
+    first: list[list[int]] = []
+    second: list[list[int]] = []
+    one, two = GroupCommit(recording(first)), GroupCommit(recording(second))
+
+    async def request(i: int) -> int:
+        await one.submit("k", i)
+        for _ in range(i % 3):
+            await asyncio.sleep(0)
+        return await two.submit("k", i)
+
+    assert await asyncio.gather(*(request(i) for i in range(12))) == [i * 10 for i in range(12)]
+    assert first == [list(range(12))]
+    assert [sorted(batch) for batch in second] == [list(range(12))]  # one batch, in the order they came
+
+
+async def test_items_that_come_while_a_batch_is_out_wait_for_the_next_one():
+    batches: list[list[int]] = []
+    gate, started = asyncio.Event(), asyncio.Event()
+
+    async def write(_key: str, items: list[int]) -> list[int]:
+        batches.append(list(items))
+        started.set()
+        if len(batches) == 1:
+            await gate.wait()
+        return items
+
+    stage: GroupCommit[str, int, int] = GroupCommit(write)
+    first = asyncio.ensure_future(stage.submit("k", 1))
+    await started.wait()
+    later = [asyncio.ensure_future(stage.submit("k", i)) for i in (2, 3)]
+    other_key = await stage.submit("other", 9)  # another key is not held up by this one's batch
+    assert other_key == 9 and not first.done()
+    gate.set()
+    assert await asyncio.gather(first, *later) == [1, 2, 3]
+    assert batches == [[1], [9], [2, 3]]
+
+
+async def test_a_writer_that_fails_fails_every_item_of_its_batch_and_the_next_batch_still_goes():
+    calls = 0
+
+    async def write(_key: str, items: list[int]) -> list[int]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise ConnectionError("store away")
+        return items
+
+    stage: GroupCommit[str, int, int] = GroupCommit(write)
+    failed = await asyncio.gather(*(stage.submit("k", i) for i in range(3)), return_exceptions=True)
+    assert all(isinstance(x, ConnectionError) for x in failed)
+    assert await stage.submit("k", 7) == 7
+
+
+async def test_a_request_that_stops_waiting_leaves_its_item_to_be_written_with_its_batch():
+    written: list[int] = []
+    gate, started = asyncio.Event(), asyncio.Event()
+
+    async def write(_key: str, items: list[int]) -> list[int]:
+        started.set()
+        await gate.wait()
+        written.extend(items)
+        return items
+
+    stage: GroupCommit[str, int, int] = GroupCommit(write)
+    waiter = asyncio.ensure_future(stage.submit("k", 5))
+    await started.wait()
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    gate.set()
+    assert await stage.submit("k", 6) == 6
+    assert written == [5, 6]
