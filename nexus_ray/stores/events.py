@@ -419,9 +419,8 @@ _MAX_BACKOFF_S = 60.0
 _ERROR_MESSAGE_CHARS = 1000
 _UNDECODABLE_CHARS = 65536
 
-# Claims the event for this consumer and, in the same statement, forgets its failed attempts: a
-# handled event needs no count, and this costs the handled path no extra round trip.
-#: The claim of a consumer group's events (one, or a batch's) in one statement: the ids claimed now come back.
+#: The claim of a consumer group's events (one, or a batch's) in one statement: the ids claimed now come back. The
+#: same statement forgets their failed attempts: a handled event needs no count, and this costs no extra round trip.
 _CLAIM = (
     "WITH forget AS (DELETE FROM event_attempts WHERE consumer = $1 AND event_id = ANY($2::uuid[])) "
     "INSERT INTO processed_events (consumer, event_id) SELECT $1, e FROM unnest($2::uuid[]) AS e "

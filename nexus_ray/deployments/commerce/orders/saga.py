@@ -393,12 +393,15 @@ def _next_group(results: Collection[str]) -> list[Step]:
     return []
 
 
+def _waits_for_capture(names: Collection[str], status: str, capture_method: str) -> bool:
+    """Whether an order whose next steps are ``names`` stops here for its merchant's capture (manual capture)."""
+    return "commit_stock" in names and capture_method == "manual" and status == "pending"
+
+
 def _next_forward(results: Collection[str], status: str, capture_method: str) -> tuple[str, ...]:
     """The forward steps that run next for an order with these results and status, if they run at once."""
-    todo = _next_group(results)
-    if any(step.name == "commit_stock" for step in todo) and capture_method == "manual" and status == "pending":
-        return ()  # waits for a manual capture
-    return tuple(step.name for step in todo)  # none: it settles
+    names = tuple(step.name for step in _next_group(results))
+    return () if _waits_for_capture(names, status, capture_method) else names  # none: it settles, or waits
 
 
 def _priced_wrong(result: dict[str, Any], currency: str) -> dict[str, Any] | None:
@@ -416,7 +419,7 @@ async def _forward(row: asyncpg.Record, runner: str,
     if not todo:  # every step done (a crash after the last one's result, before its status): settle
         return await write(row, runner, status="completed", let_go_s=0), ()
     names = tuple(step.name for step in todo)
-    if "commit_stock" in names and row["capture_method"] == "manual" and row["status"] == "pending":
+    if _waits_for_capture(names, row["status"], row["capture_method"]):
         return await write(row, runner, line=("commit_stock", "forward", "skipped", {"waiting": "manual capture"}),
                            status="authorized", let_go_s=0), ()
     if tuple(announced) != names:
