@@ -22,8 +22,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import asyncpg
+import orjson
 
 from nexus_ray.config import get_settings
 
@@ -59,10 +61,40 @@ def qualified(alias: str, columns: str) -> str:
     return ", ".join(f"{alias}.{c.strip()}" for c in columns.split(","))
 
 
+#: Every digit as 0, so that a run of 19 (an integer that may be beyond 64 bits, which orjson would read as a
+#: float) is one plain search: a regular expression takes longer than the standard library's whole reading.
+_DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_LONG_NUMBER = b"0" * 19
+
+
+def json_text(value: Any) -> str:
+    """A JSON parameter's text: orjson's, or the standard library's for what orjson does not write the same way
+    (dict keys that are not strings, integers beyond 64 bits, strings that are not valid UTF-8) -- the same value
+    either way. About 12 times faster than the standard library on a checkout's order row (bench/RESULTS.md,
+    issue 7)."""
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:  # orjson.JSONEncodeError
+        return json.dumps(value)
+
+
+def json_value(text: str) -> Any:
+    """A JSON column's value: orjson's reading, or the standard library's where orjson would read otherwise (an
+    integer beyond 64 bits, which orjson makes a float; a number beyond a double's range, which it refuses).
+    About twice as fast as the standard library on a checkout's order row."""
+    raw = text.encode()
+    if raw.translate(_DIGITS_AS_ZERO).find(_LONG_NUMBER) < 0:
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(text)
+
+
 async def _init_connection(conn: asyncpg.Connection) -> None:
     # JSON columns come back as Python objects, not strings.
     for typ in ("json", "jsonb"):
-        await conn.set_type_codec(typ, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+        await conn.set_type_codec(typ, encoder=json_text, decoder=json_value, schema="pg_catalog")
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:

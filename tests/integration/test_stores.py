@@ -53,6 +53,28 @@ async def test_fresh_database_migrates_once_when_replicas_race(migrated):
         await admin.close()
 
 
+async def test_json_columns_give_back_exactly_the_value_written(migrated):
+    """The pool's JSON codec (orjson, the standard library where orjson would read or write otherwise) gives back
+    what was written: integers beyond 64 bits stay exact integers, keys that are not strings become strings as
+    the standard library makes them, non-ASCII text and nesting survive, in json and jsonb columns alike."""
+    import json
+
+    p = await postgres.pool()
+    values = [
+        {"amount": 2201, "lines": [{"sku": "A-1", "q": 2, "price": 12.5}], "note": None, "ok": True},
+        {"account": 123456789012345678901234567890, "negative": -(2**70), "small": -(2**63)},
+        {1: "one", "2": "two"},
+        {"name": "Zoë — 東京", "nested": {"deep": [[1, [2, [3]]]]}},
+        [],
+        "plain text",
+    ]
+    for column in ("json", "jsonb"):
+        back = [await p.fetchval(f"SELECT $1::{column}", v) for v in values]
+        assert back == [json.loads(json.dumps(v)) for v in values], column
+    assert type((await p.fetchval("SELECT $1::jsonb", {"n": 2**70}))["n"]) is int
+    assert await p.fetchval("SELECT '{\"n\": 1e400}'::json") == {"n": float("inf")}  # as json.loads reads it
+
+
 async def test_transaction_rolls_back_change_and_event(migrated):
     p = await postgres.pool()
     await p.execute("CREATE TABLE IF NOT EXISTS t_rollback (id text PRIMARY KEY)")
