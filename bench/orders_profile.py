@@ -13,7 +13,10 @@ idempotency key, the same order as bench/orders.py. It prints
 * with ``--profile``, the functions that took this process's time (cProfile, sorted by own time);
 * with ``--queries N``, the statements per order and the N most frequent; with ``--trace``, every statement of one
   more order in the order it was sent, numbered by connection (which ones share a transaction, which read again
-  what was just read).
+  what was just read);
+* with ``--statement-times N``, the time PostgreSQL spent on the statements, from its own log
+  (``log_min_duration_statement = 0`` for the measured orders only): per order by protocol phase (bind is where a
+  statement is planned for its parameters) and the N statements that took the most.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import argparse
 import asyncio
 import cProfile
 import pstats
+import re
 import sys
 import time
 from collections import Counter
@@ -75,6 +79,7 @@ async def run(args: argparse.Namespace, store_pids: list[int]) -> None:
             trace: list[tuple[int, str]] = []
             counts = _count_queries(trace) if args.queries or args.trace else None
             profiler = cProfile.Profile() if args.profile else None
+            pg_log = await _log_statements(True) if args.statement_times else None
             before_me, before_stores = time.process_time(), cpu_of(store_pids)
             began = time.perf_counter()
             if profiler:
@@ -85,6 +90,8 @@ async def run(args: argparse.Namespace, store_pids: list[int]) -> None:
             wall = time.perf_counter() - began
             me = time.process_time() - before_me
             after_stores = cpu_of(store_pids)
+            if pg_log is not None:
+                await _log_statements(False)
             n = args.orders
             print(f"{n} orders, concurrency {args.concurrency}: {wall:.1f} s wall, {n / wall:.1f} orders/s, "
                   f"codes {dict(tally.codes)}")
@@ -94,6 +101,8 @@ async def run(args: argparse.Namespace, store_pids: list[int]) -> None:
                 if spent > 0.001 * n:
                     print(f"  {name}: {1000 * spent / n:.1f} ms CPU per order")
             summary = tally.summary(wall)
+            if pg_log is not None:
+                _print_statement_times(pg_log, args.orders, args.statement_times)
             print(f"  latency p50 {summary['p50_ms']} ms, p99 {summary['p99_ms']} ms")
             if counts is not None:
                 print(f"  statements per order: {sum(counts.values()) / n:.1f}")
@@ -123,6 +132,55 @@ async def run(args: argparse.Namespace, store_pids: list[int]) -> None:
                 stats = pstats.Stats(profiler)
                 stats.sort_stats("tottime").print_stats(35)
                 stats.sort_stats("cumulative").print_stats(45)
+
+
+async def _log_statements(on: bool) -> tuple[Path, int]:
+    """Turn PostgreSQL's logging of every statement's duration on or off (the server's setting, reloaded): the
+    log's path and its size at that moment (the measured part starts there)."""
+    from nexus_ray.stores import postgres
+
+    pg = await postgres.pool()
+    await pg.execute(f"ALTER SYSTEM SET log_min_duration_statement = {0 if on else -1}")
+    await pg.execute("SELECT pg_reload_conf()")
+    # The reload is asynchronous: a statement logged from now on shows the new setting took.
+    marker = f"statement-times-{'on' if on else 'off'}-{time.monotonic_ns()}"
+    await pg.execute(f"SELECT '{marker}'")
+    log = DIR / "logs" / "postgres.log"
+    while on and marker not in log.read_text(errors="replace"):
+        await asyncio.sleep(0.05)
+        await pg.execute(f"SELECT '{marker}'")
+    return log, log.stat().st_size
+
+
+_DURATION = re.compile(r"duration: ([\d.]+) ms\s+(parse|bind|execute|statement)[^:]*: (.*)")
+
+
+def _print_statement_times(pg_log: tuple[Path, int], orders: int, top: int) -> None:
+    """The statement times PostgreSQL logged from ``pg_log``'s offset on, per order (see the module's docstring)."""
+    path, offset = pg_log
+    with path.open("rb") as f:
+        f.seek(offset)
+        text = f.read().decode(errors="replace")
+    by_phase: Counter[str] = Counter()
+    by_statement: dict[str, Counter[str]] = {}
+    lines = text.splitlines()
+    for n, line in enumerate(lines):
+        if (m := _DURATION.search(line)) is None:
+            continue
+        ms, phase, statement = float(m.group(1)), m.group(2), " ".join(m.group(3).split())
+        if not statement and n + 1 < len(lines):  # a statement that starts with a line break: its next line
+            statement = " ".join(lines[n + 1].split())
+        if "log_min_duration_statement" in statement or "statement-times-" in statement:
+            continue
+        by_phase[phase] += ms
+        by_statement.setdefault(statement, Counter())[phase] += ms
+    print(f"  PostgreSQL's statement time per order: {sum(by_phase.values()) / orders:.2f} ms; by phase: "
+          + ", ".join(f"{k} {v / orders:.2f}" for k, v in by_phase.most_common()))
+    print("  the statements that took the most, ms per order (bind / execute / simple protocol):")
+    ranked = sorted(by_statement.items(), key=lambda kv: -sum(kv[1].values()))
+    for statement, phases in ranked[:top]:
+        print(f"    {sum(phases.values()) / orders:6.3f}  ({phases['bind'] / orders:.3f} / "
+              f"{phases['execute'] / orders:.3f} / {phases['statement'] / orders:.3f})  {statement[:110]}")
 
 
 def _count_queries(trace: list[tuple[int, str]]) -> Counter[str]:
@@ -173,6 +231,8 @@ if __name__ == "__main__":
     parser.add_argument("--profile", default="")
     parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
     parser.add_argument("--queries", type=int, default=0, help="count statements and print the N most frequent")
+    parser.add_argument("--statement-times", type=int, default=0,
+                        help="PostgreSQL's time on the statements (from its log), and the N that took the most")
     parser.add_argument("--trace", action="store_true", help="print the statements of one more order, in order")
     _args = parser.parse_args()
 
