@@ -30,10 +30,10 @@ async def on_stores(directory: Path, run: Callable[[list[int]], Awaitable[None]]
     from nexus_ray.config import get_settings
     from nexus_ray.runtime import embedded
 
-    stores = embedded.start(directory)
-    os.environ.update(stores.env())
-    get_settings.cache_clear()
-    try:
+    try:  # a start that fails part-way leaves the servers it did start recorded: stop stops them too
+        stores = embedded.start(directory)
+        os.environ.update(stores.env())
+        get_settings.cache_clear()
         await run(list(stores.pids.values()))
     finally:
         embedded.stop(directory)
