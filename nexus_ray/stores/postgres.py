@@ -20,6 +20,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,12 @@ from nexus_ray.config import get_settings
 _MIGRATION_LOCK = 0x6E65787573_01
 
 _pool: asyncpg.Pool | None = None
+_batch_pool: asyncpg.Pool | None = None
 _pool_lock = asyncio.Lock()
+
+#: True while a group commit's writer runs (nexus_ray.deployments.kit.together): :func:`pool` then hands out the
+#: batch pool, whose connections plan each statement once (see :func:`pool`).
+in_batch: ContextVar[bool] = ContextVar("nexus_postgres_in_batch", default=False)
 
 _VERSION_7 = (0x7 << 76) | (0b10 << 62)  # the version and variant bits of RFC 9562's version 7
 _RANDOM_62 = (1 << 62) - 1
@@ -110,21 +116,33 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     """
 
 
-async def open_pool(min_size: int, max_size: int) -> asyncpg.Pool:
+async def open_pool(min_size: int, max_size: int, *, plan_once: bool = False) -> asyncpg.Pool:
     """A new pool on the configured server, its connections set up as every pool of the platform's: JSON
     columns as Python objects, released without a reset round trip. For a part that must not share the
     process-wide :func:`pool` (the sandbox payment provider stands for another company's system); every other
-    caller uses :func:`pool`."""
+    caller uses :func:`pool`. ``plan_once``: the connections plan each prepared statement once, for any
+    parameters (``plan_cache_mode = force_generic_plan``; see :func:`pool`)."""
     s = get_settings()
     if not s.postgres_url:
         raise RuntimeError("NEXUS_POSTGRES_URL is not set: start the embedded stores or configure it")
+    settings = {"plan_cache_mode": "force_generic_plan"} if plan_once else {}
     return await asyncpg.create_pool(s.postgres_url, min_size=min_size, max_size=max_size, init=_init_connection,
-                                     reset=_keep_session, command_timeout=30)
+                                     reset=_keep_session, command_timeout=30, server_settings=settings)
 
 
 async def pool() -> asyncpg.Pool:
-    """The process-wide pool, created (and the schema migrated) on first use."""
-    global _pool
+    """The process-wide pool, created (and the schema migrated) on first use; inside a group commit's writer
+    (:data:`in_batch`), the process-wide batch pool instead.
+
+    The batch pool's connections plan each statement once. PostgreSQL otherwise plans a prepared statement again
+    for each call's parameters for as long as those plans come out cheaper than a plan for any parameters, and a
+    group commit's statements (a batch's rows as arrays, ``unnest``) always do: their arrays are short. Their
+    plans look rows up by key whatever the keys, so planning them again only costs: a fifth of PostgreSQL's time
+    on a checkout's statements at one order a batch, 0.4 ms for shipping's batch insert alone (bench/RESULTS.md,
+    issue 7). Everything else keeps plans made for its parameters: a range, a skewed column or a partial index
+    can make one plan for any value much worse.
+    """
+    global _pool, _batch_pool
     if _pool is None:
         async with _pool_lock:
             if _pool is None:
@@ -132,15 +150,23 @@ async def pool() -> asyncpg.Pool:
                 p = await open_pool(s.postgres_pool_min, s.postgres_pool_max)
                 await migrate(p)
                 _pool = p
-    return _pool
+    if not in_batch.get():
+        return _pool
+    if _batch_pool is None:
+        async with _pool_lock:
+            if _batch_pool is None:
+                s = get_settings()
+                _batch_pool = await open_pool(s.postgres_pool_min, s.postgres_pool_max, plan_once=True)
+    return _batch_pool
 
 
 async def close_pool() -> None:
-    """Close the process-wide pool (tests and shutdown)."""
-    global _pool
-    if _pool is not None:
-        await _pool.close()
-        _pool = None
+    """Close the process-wide pools (tests and shutdown)."""
+    global _pool, _batch_pool
+    for p in (_batch_pool, _pool):
+        if p is not None:
+            await p.close()
+    _pool = _batch_pool = None
 
 
 def migration_folders() -> list[Path]:

@@ -14,6 +14,7 @@ import orjson
 import pytest
 
 from nexus_ray.config import get_settings
+from nexus_ray.deployments.kit.together import GroupCommit
 from nexus_ray.exceptions import NotFound, ValidationFailed
 from nexus_ray.stores import events, postgres
 
@@ -73,6 +74,31 @@ async def test_json_columns_give_back_exactly_the_value_written(migrated):
         assert back == [json.loads(json.dumps(v)) for v in values], column
     assert type((await p.fetchval("SELECT $1::jsonb", {"n": 2**70}))["n"]) is int
     assert await p.fetchval("SELECT '{\"n\": 1e400}'::json") == {"n": float("inf")}  # as json.loads reads it
+
+
+async def _plans_of_a_batch_statement(conn: asyncpg.Connection) -> dict[str, int]:
+    """Run one prepared statement six times on ``conn`` with arrays of other lengths: how PostgreSQL planned it."""
+    statement = "SELECT count(*) FROM unnest($1::int8[]) AS u(n) WHERE u.n > $2"
+    for k in range(1, 7):
+        await conn.fetchval(statement, list(range(k)), 0)
+    row = await conn.fetchrow(
+        "SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE statement = $1", statement)
+    return dict(row)
+
+
+async def test_a_group_commits_statements_are_planned_once_and_the_rest_for_their_parameters(migrated):
+    """A group commit's writer gets the batch pool (postgres.pool inside it): PostgreSQL plans its statements once,
+    for any parameters. Everything else keeps plans made for each call's parameters."""
+
+    async def writer(_key: None, items: list[int]) -> list[dict[str, int]]:
+        async with (await postgres.pool()).acquire() as conn:
+            return [await _plans_of_a_batch_statement(conn) for _ in items]
+
+    assert await GroupCommit(writer).submit(None, 1) == {"generic_plans": 6, "custom_plans": 0}
+    async with (await postgres.pool()).acquire() as conn:
+        assert (await _plans_of_a_batch_statement(conn))["custom_plans"] >= 5  # PostgreSQL's default: 5 at least
+    async with postgres.transaction() as conn:
+        assert await conn.fetchval("SHOW plan_cache_mode") == "auto"
 
 
 async def test_transaction_rolls_back_change_and_event(migrated):

@@ -25,6 +25,9 @@ itself raises, every item of its batch gets that exception. A request that stops
 
 Batches are per event loop as well as per key: a loop that ended with a batch out leaves nothing that holds up
 another loop's items.
+
+A writer's PostgreSQL statements go through the batch pool, whose connections plan each statement once
+(``nexus_ray.stores.postgres.pool`` says why).
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import Generic, TypeVar
+
+from nexus_ray.stores import postgres
 
 #: The event loop's turns a new batch waits before it takes what is waiting.
 _TURNS = 2
@@ -74,6 +79,7 @@ class GroupCommit(Generic[K, T, R]):
             self._draining.pop(slot, None)
 
     async def _settle(self, key: K, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
+        marked = postgres.in_batch.set(True)  # the writer's statements go to the batch pool (postgres.pool)
         try:
             outcomes = await self.write(key, [item for item, _ in batch])
         except BaseException as exc:  # nothing of the batch was written
@@ -83,6 +89,8 @@ class GroupCommit(Generic[K, T, R]):
             if not isinstance(exc, Exception):
                 raise
             return
+        finally:
+            postgres.in_batch.reset(marked)
         for (_, done), outcome in zip(batch, outcomes, strict=True):
             if done.done():
                 continue
