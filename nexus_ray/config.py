@@ -49,8 +49,11 @@ class Settings(BaseSettings):
     redis_pool_wait_s: float = Field(
         10.0, gt=0, description="Longest wait of a Redis command for a free pooled connection before it fails, s."
     )
-    postgres_pool_min: int = Field(1, ge=0, description="Minimum connections in each replica's asyncpg pool.")
-    postgres_pool_max: int = Field(8, ge=1, description="Maximum connections in each replica's asyncpg pool.")
+    postgres_pool_min: int = Field(1, ge=0, description="Minimum connections in each of a replica's asyncpg pools.")
+    postgres_pool_max: int = Field(
+        8, ge=1, description="Maximum connections in each of a replica's asyncpg pools: the process-wide one and, "
+        "in a replica whose services write in group commits, the batch pool (nexus_ray.stores.postgres.pool).",
+    )
 
     event_max_attempts: int = Field(
         5, ge=1, description="Times a consumer's handler may fail on one event before the event is moved to the "
