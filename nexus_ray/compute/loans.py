@@ -304,12 +304,14 @@ def _solve_periodic_rate(target: float, payments: list[float]) -> float:
     positive), so the root is unique. Iterates until the bracket stops shrinking, i.e. to
     the precision of a double (far below the 1e-10 a cent needs on large loans).
     """
+    if target <= 0:
+        raise ArithmeticError("no rate gives a present value of nothing: the amount financed must be positive")
     lo, hi = 0.0, 0.01
-    # The caller guarantees PV(0) = sum(payments) > target, so only the top needs growing.
+    # The caller guarantees PV(0) = sum(payments) > target, so only the top needs growing. It stops: PV(i) is at
+    # most sum(payments) / (1 + i), so the root is below sum(payments) / target, however extreme the loan (1 cent
+    # financed against a 10-million payment is a rate of 1e9 a month).
     while _pv_and_slope(hi, payments)[0] > target:
         lo, hi = hi, hi * 2
-        if hi > 1e9:
-            raise ArithmeticError("no APR below 1e9 % a month reproduces these payments")
     x = (lo + hi) / 2
     for _ in range(400):
         pv, slope = _pv_and_slope(x, payments)

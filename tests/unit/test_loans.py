@@ -6,7 +6,7 @@ from decimal import Decimal
 from fractions import Fraction
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from nexus_ray.compute.loans import (
@@ -200,6 +200,8 @@ def test_schedule_properties(loan):
 
 @settings(max_examples=60, deadline=None)
 @given(loans())
+@example((1_000_000_000, Decimal(0), 1, 999_999_999))  # 1 cent financed, 10 million paid: a rate of 1e9 a month
+@example((1_000_000_000, Decimal("0.36"), 480, 999_999_999))
 def test_apr_reproduces_the_payments(loan):
     principal, rate, months, fees = loan
     s = amortization_schedule(principal, rate, months, fees)
