@@ -63,8 +63,16 @@ async def test_telemetry_queries_and_a_killed_actor_resuming_with_its_positions(
     pid = await handle.pid.remote()
     ray.kill(handle, no_restart=False)
 
-    assert await nearest(available_only="false") == ["nearer-busy", "near", "far"]  # waits out the restart
-    assert await handle.pid.remote() != pid
+    async def restarted() -> bool:
+        # The kill is asynchronous: a call right after it may still reach the old process (a full run saw the
+        # same pid), and one in between gets an error; the restart is when another process answers.
+        try:
+            return await handle.pid.remote() != pid
+        except ray.exceptions.RayActorError:
+            return False
+
+    await until(restarted, within_s=60)
+    assert await nearest(available_only="false") == ["nearer-busy", "near", "far"]
     r = await client.get(f"{FLEET}/fleets/{fleet_id}/vehicles/near", headers=ops)
     assert (r.json()["lat"], r.json()["lon"], r.json()["status"]) == (52.521, 13.401, "available")
     await call("puabo-nexus-fleet-manager", "ingest", fleet_id=fleet_id,
