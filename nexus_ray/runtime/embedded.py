@@ -377,7 +377,13 @@ class _Postgres(_Server):
         options = (
             f"-c listen_addresses={_HOST} -p {port} -c unix_socket_directories='' "
             # Nine ingress replicas with pools of eight, plus actors and jobs, exceed the default 100.
-            "-c max_connections=200"
+            "-c max_connections=200 "
+            # Autovacuum looks at the database every 10 s, not 60, and takes a table on at 5 % of its rows
+            # changed (2 % for fresh statistics), not 20 % (10 %): after a burst of checkouts the tables it
+            # grew (outbox, orders, the saga log) are vacuumed and analysed within seconds. Until then an order
+            # cost PostgreSQL about a third more (bench/RESULTS.md, issue 7).
+            "-c autovacuum_naptime=10 -c autovacuum_vacuum_scale_factor=0.05 "
+            "-c autovacuum_analyze_scale_factor=0.02"
         )
         argv = [str(_pg_bin("pg_ctl")), "-D", str(pgdata), "-w", "-t", str(int(_READY_TIMEOUT_S))]
         argv += ["-l", str(log), "-o", options, "start"]

@@ -107,6 +107,12 @@ async def test_postgres_answers_asyncpg(store_dir: Path) -> None:
         key = uuid.uuid4().hex
         await connection.execute("INSERT INTO probe VALUES ($1, $2::jsonb)", key, json.dumps({"n": 1}))
         assert json.loads(await connection.fetchval("SELECT body FROM probe WHERE id = $1", key)) == {"n": 1}
+        # Autovacuum takes the tables a burst grew on within seconds, not a minute (embedded.py says why).
+        settings = {r["name"]: r["setting"] for r in await connection.fetch(
+            "SELECT name, setting FROM pg_settings WHERE name IN ('autovacuum', 'autovacuum_naptime', "
+            "'autovacuum_vacuum_scale_factor', 'autovacuum_analyze_scale_factor')")}
+        assert settings == {"autovacuum": "on", "autovacuum_naptime": "10", "autovacuum_vacuum_scale_factor": "0.05",
+                            "autovacuum_analyze_scale_factor": "0.02"}
     finally:
         await connection.close()
 
