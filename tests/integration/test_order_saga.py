@@ -412,6 +412,40 @@ async def test_saga_writes_sent_together_are_one_transaction_and_each_is_fenced_
                      {"step": "price", "problem": {"status": 503}})
 
 
+async def test_a_saga_write_returns_the_order_as_the_table_holds_it(client, ops):
+    """The statement returns the order without its request, results and undone steps; the runner merges those into
+    what it holds. Each write's answer, passed on to the next write as a runner does, is the row a fresh read finds:
+    a step's result written again takes the new one, an undone step adds to the others, and a column changed
+    outside the saga's writes (a refund's restock flag, set before its first write) comes from the table."""
+    from nexus_ray.deployments.commerce.orders import saga
+    from nexus_ray.stores import postgres
+
+    sku = await stocked_sku(client, ops, 2)
+    order_id = await crashed_order(sku=sku, quantity=1, lease="1 hour",
+                                   results={"reserve": {"id": "r-1", "lines": [{"sku": sku, "quantity": 1}]}})
+    pg = await postgres.pool()
+
+    async def fresh() -> dict:
+        return dict(await pg.fetchrow(f"SELECT {saga.COLUMNS} FROM orders WHERE id = $1", order_id))
+
+    row = await fresh()
+    await pg.execute("UPDATE orders SET refund_restock = true WHERE id = $1", order_id)
+    row = await saga.write(row, "dead-replica:1", lines=[("authorize", "forward", "done", {"id": "pi-1"})],
+                           results={"authorize": {"id": "pi-1", "status": "authorized"}}, attempts=2)
+    assert dict(row) == await fresh() and row["refund_restock"] is True
+    row = await saga.write(row, "dead-replica:1", results={"reserve": {"id": "r-2"}, "capture": {"id": "pi-1"}},
+                           status="compensating", total=999, failure={"step": "ship", "problem": {"status": 409}})
+    assert dict(row) == await fresh()
+    assert row["results"]["reserve"] == {"id": "r-2"} and set(row["results"]) == {"price", "reserve", "authorize",
+                                                                                 "capture"}
+    row = await saga.write(row, "dead-replica:1", undone=("capture", {"id": "re-1"}))
+    row = await saga.write(row, "dead-replica:1", undone=("reserve", {"id": "r-2"}), let_go_s=0)
+    assert dict(row) == await fresh()
+    assert row["undone"] == {"capture": {"id": "re-1"}, "reserve": {"id": "r-2"}} and row["lease_owner"] is None
+    # Settled here so the session's recovery loop leaves it alone afterwards.
+    await pg.execute("UPDATE orders SET status = 'failed' WHERE id = $1", order_id)
+
+
 async def test_orders_created_at_one_moment_are_one_transaction_and_each_key_makes_one_order(client):
     """Creations asked at the same moment go out in one statement: each order with its first log lines (created,
     and the first group's ``started``) and its ``order.created`` event, in one transaction; a key sent twice makes

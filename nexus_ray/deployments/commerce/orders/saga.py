@@ -64,7 +64,7 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Collection, Coroutine, Sequence
+from collections.abc import Collection, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, TypeVar
 from uuid import UUID
@@ -87,6 +87,13 @@ T = TypeVar("T")
 
 COLUMNS = ("id, customer, status, capture_method, currency, total, request, request_hash, results, undone, "
            "refund_restock, failure, attempts, lease_owner, lease_until, created_at, updated_at")
+#: The columns a saga write returns: all but the order's request, which no write changes, and its results and
+#: undone steps, which the runner merges into those it holds (see :func:`write`). These three are the order's bulk
+#: (its results are about 4 KB of JSON by the last step), which each write would otherwise send back and decode.
+_WRITTEN_COLUMNS = tuple(c for c in COLUMNS.split(", ") if c not in ("request", "results", "undone"))
+_WRITTEN = ", ".join(_WRITTEN_COLUMNS)
+#: An order's columns: a row read from ``orders``, or the order as a saga write left it (:func:`write`).
+OrderRow = Mapping[str, Any]
 #: Where each kind of unwinding ends.
 SETTLES = {"compensating": "failed", "cancelling": "cancelled", "refunding": "refunded"}
 #: The forward steps after which the order's status changes.
@@ -106,7 +113,7 @@ def topic(status: str) -> str:
     return "order.created" if status == "pending" else f"order.{status}"
 
 
-def event_payload(row: asyncpg.Record | dict[str, Any]) -> dict[str, Any]:
+def event_payload(row: OrderRow) -> dict[str, Any]:
     out = {"order_id": str(row["id"]), "customer": row["customer"], "total": row["total"],
            "currency": str(row["currency"]).strip(), "status": row["status"]}
     if row["status"] == "failed" and row["failure"]:
@@ -135,12 +142,12 @@ _WRITES = (
     "attempts = coalesce(u.attempts, o.attempts), lease_owner = CASE WHEN u.let_go IS NULL THEN o.lease_owner END, "
     "lease_until = now() + make_interval(secs => coalesce(u.let_go, $11::float8)), updated_at = now() "
     "FROM u WHERE o.id = u.id AND o.lease_owner = u.runner AND o.status = u.before "
-    f"RETURNING {postgres.qualified('o', COLUMNS)}, u.n, u.runner AS writer), "
+    f"RETURNING {postgres.qualified('o', _WRITTEN)}, u.n, u.runner AS writer), "
     "l AS (INSERT INTO order_saga_log (order_id, step, phase, outcome, detail, runner) "
     "SELECT o.id, v.s, v.p, v.oc, v.d::jsonb, o.writer FROM unnest($12::int8[], $13::text[], $14::text[], "
     "$15::text[], $16::text[]) WITH ORDINALITY AS v(n, s, p, oc, d, i) JOIN o ON o.n = v.n ORDER BY v.i), "
     f"e AS ({outbox_insert('v.e', 'v.t', 'o.id', 'v.p', '$21', source=_EVENTS)}) "
-    f"SELECT {COLUMNS}, n, CASE WHEN cardinality($18::uuid[]) > 0 THEN {NOTIFY} END FROM o")
+    f"SELECT {_WRITTEN}, n, CASE WHEN cardinality($18::uuid[]) > 0 THEN {NOTIFY} END FROM o")
 
 
 #: The creations of a moment, for many orders in one statement (one round trip, one commit): each order (once per
@@ -214,11 +221,11 @@ async def start(*, customer: str, request: dict[str, Any], currency: str, captur
 Line = tuple[str, str, str, dict[str, Any]]
 
 
-async def write(row: asyncpg.Record, runner: str, *, line: Line | None = None, lines: Sequence[Line] = (),
+async def write(row: OrderRow, runner: str, *, line: Line | None = None, lines: Sequence[Line] = (),
                 status: str | None = None, results: dict[str, dict[str, Any]] | None = None,
                 undone: tuple[str, dict[str, Any]] | None = None, failure: dict[str, Any] | None = None,
                 total: int | None = None, let_go_s: float | None = None, attempts: int | None = None,
-                starts: Sequence[str] = ()) -> asyncpg.Record:
+                starts: Sequence[str] = ()) -> OrderRow:
     """One fenced step of the saga, atomically: the order's change, its log lines, its event. Returns the order.
 
     ``row`` is the order as this runner last wrote (or read) it: while the runner holds the lease nobody else
@@ -243,12 +250,17 @@ async def write(row: asyncpg.Record, runner: str, *, line: Line | None = None, l
         changed = {**dict(row), "status": after, "total": row["total"] if total is None else total,
                    "failure": row["failure"] if failure is None else failure}
         event = (postgres.new_ids(1)[0], topic(after), event_payload(changed))
-    new = await _writes.submit(None, _Write(
-        row["id"], after, results or {}, dict([undone]) if undone else {}, failure, total,
-        attempts, let_go_s, runner, before, written, event))
+    change = _Write(row["id"], after, results or {}, dict([undone]) if undone else {}, failure, total, attempts,
+                    let_go_s, runner, before, written, event)
+    new = await _writes.submit(None, change)
     if new is None:  # the lease was taken over (recovery), so the order is not as this runner last saw it
         raise LeaseLost(str(row["id"]))
-    return new
+    # The statement returns the order without its bulk: its request (never changed) and its results and undone
+    # steps, which are those ``row`` holds with this write's added, as the statement merged them (jsonb's ``||``
+    # on objects: a key written again takes the new value). ``row``'s are the order's own while this runner holds
+    # the lease, since only a fenced write changes them, and this one's fence held.
+    return {**{c: new[c] for c in _WRITTEN_COLUMNS}, "request": row["request"],
+            "results": {**row["results"], **change.results}, "undone": {**row["undone"], **change.undone}}
 
 
 @dataclass(frozen=True)
@@ -270,7 +282,8 @@ class _Write:
 
 
 async def _write_together(_key: None, writes: list[_Write]) -> list[asyncpg.Record | None]:
-    """The writes of a moment in one statement: each order as written, or None where its fence held it back."""
+    """The writes of a moment in one statement: each order as written (its :data:`_WRITTEN` columns), or None where
+    its fence held it back."""
     batch = sorted(writes, key=lambda w: w.id)
     lines = [(n, *ln) for n, w in enumerate(batch, 1) for ln in w.lines]
     events = [(n, *w.event) for n, w in enumerate(batch, 1) if w.event is not None]
@@ -291,13 +304,13 @@ async def _write_together(_key: None, writes: list[_Write]) -> list[asyncpg.Reco
 _writes: GroupCommit[None, _Write, asyncpg.Record | None] = GroupCommit(_write_together)
 
 
-def context(row: asyncpg.Record) -> OrderContext:
+def context(row: OrderRow) -> OrderContext:
     return OrderContext(id=str(row["id"]), customer=row["customer"], currency=str(row["currency"]).strip(),
                         total=row["total"], request=row["request"], results=dict(row["results"]),
                         refund_restock=row["refund_restock"], capture_method=row["capture_method"])
 
 
-def _unwinds(row: asyncpg.Record) -> list[str]:
+def _unwinds(row: OrderRow) -> list[str]:
     """The done steps still to undo for the order's status, last first."""
     if row["status"] == "refunding":
         plan = {"capture", "invoice"} | ({"reserve"} if row["refund_restock"] else set())
@@ -307,7 +320,7 @@ def _unwinds(row: asyncpg.Record) -> list[str]:
             and s.name in row["results"] and s.name not in row["undone"]]
 
 
-async def _interrupted(row: asyncpg.Record, runner: str, step: str, phase: str, exc: BaseException) -> None:
+async def _interrupted(row: OrderRow, runner: str, step: str, phase: str, exc: BaseException) -> None:
     """A step did not answer: leave the order for a later run (backing off), or give up and compensate."""
     s = settings_of(OrderSettings)
     attempts = row["attempts"] + 1
@@ -324,8 +337,8 @@ async def _interrupted(row: asyncpg.Record, runner: str, step: str, phase: str, 
                 let_go_s=min(2.0 ** attempts, 60.0))
 
 
-async def drive(order_id: UUID, runner: str, *, capture_now: bool = False, row: asyncpg.Record | None = None,
-                announced: Sequence[str] = ()) -> asyncpg.Record:
+async def drive(order_id: UUID, runner: str, *, capture_now: bool = False, row: OrderRow | None = None,
+                announced: Sequence[str] = ()) -> OrderRow:
     """Move the order on while ``runner`` holds its lease, until it settles or must wait; returns its row.
 
     ``capture_now``: an ``authorized`` order (manual capture) goes on to capture. ``row``: the order
@@ -411,8 +424,8 @@ def _priced_wrong(result: dict[str, Any], currency: str) -> dict[str, Any] | Non
     return None
 
 
-async def _forward(row: asyncpg.Record, runner: str,
-                   announced: Sequence[str]) -> tuple[asyncpg.Record, tuple[str, ...]]:
+async def _forward(row: OrderRow, runner: str,
+                   announced: Sequence[str]) -> tuple[OrderRow, tuple[str, ...]]:
     """Runs the order's next forward group (its steps at the same time): (the order as written, the steps announced
     for after it)."""
     todo = _next_group(row["results"])
@@ -459,7 +472,7 @@ async def _forward(row: asyncpg.Record, runner: str,
     return new, after
 
 
-async def _resolve_unanswered(row: asyncpg.Record, runner: str) -> asyncpg.Record:
+async def _resolve_unanswered(row: OrderRow, runner: str) -> OrderRow:
     """The forward step given up on without an answer may still have happened: the answer, not the action, may
     be what was lost (a connection cut after the collaborator committed). Before the done steps are undone, it
     is run again with its idempotency key, so the collaborator replays what it did (or does it now), and its
@@ -488,7 +501,7 @@ async def _resolve_unanswered(row: asyncpg.Record, runner: str) -> asyncpg.Recor
                        results={name: result})
 
 
-async def _unwind(row: asyncpg.Record, runner: str) -> asyncpg.Record:
+async def _unwind(row: OrderRow, runner: str) -> OrderRow:
     if row["status"] == "compensating":
         row = await _resolve_unanswered(row, runner)
     todo = _unwinds(row)

@@ -41,7 +41,7 @@ _ADDED_BY_STEP = {"reservation_id": "reserve", "payment_intent_id": "authorize",
                   "shipment_id": "ship"}
 
 
-def order_read(row: asyncpg.Record) -> OrderRead:
+def order_read(row: saga.OrderRow) -> OrderRead:
     results = row["results"]
     priced = results.get("price")
     return OrderRead(
@@ -52,7 +52,7 @@ def order_read(row: asyncpg.Record) -> OrderRead:
         **{f: str(results[s]["id"]) for f, s in _ADDED_BY_STEP.items() if s in results and results[s].get("id")})
 
 
-def refusal_of(row: asyncpg.Record) -> NexusError:
+def refusal_of(row: saga.OrderRow) -> NexusError:
     """The error a failed order answers with: its failed step's refusal, naming the order."""
     problem = dict(row["failure"]["problem"])
     err = for_status(int(problem.pop("status", 500)), str(problem.pop("detail", "")))
@@ -68,7 +68,7 @@ def _hash(body: dict[str, Any]) -> str:
 
 
 async def create_order(*, customer: str, request: dict[str, Any], currency: str, capture_method: str,
-                       idempotency_key: str) -> tuple[asyncpg.Record, bool]:
+                       idempotency_key: str) -> tuple[saga.OrderRow, bool]:
     """Create the order (once per key) and run its saga: (the order's row as it stands, replayed).
 
     The creation runs on with its saga when the request stops waiting (:func:`saga.run_on`): a request cancelled
@@ -79,7 +79,7 @@ async def create_order(*, customer: str, request: dict[str, Any], currency: str,
 
 
 async def _create(customer: str, request: dict[str, Any], currency: str, capture_method: str, idempotency_key: str,
-                  h: str) -> tuple[asyncpg.Record, bool]:
+                  h: str) -> tuple[saga.OrderRow, bool]:
     runner = saga.new_runner()
     row = await saga.start(customer=customer, request=request, currency=currency, capture_method=capture_method,
                            idempotency_key=idempotency_key, request_hash=h, runner=runner)
@@ -98,7 +98,7 @@ async def _create(customer: str, request: dict[str, Any], currency: str, capture
 
 
 async def _visible(conn: asyncpg.Connection | asyncpg.Pool, order_id: UUID, caller: str, privileged: bool,
-                   *, lock: bool = False) -> asyncpg.Record:
+                   *, lock: bool = False) -> saga.OrderRow:
     row = await conn.fetchrow(f"SELECT {saga.COLUMNS} FROM orders WHERE id = $1" + (" FOR UPDATE" if lock else ""),
                               order_id)
     # Another customer's order is reported as missing: its existence is not the caller's business.
@@ -137,7 +137,7 @@ async def saga_log(*, order_id: UUID, caller: str, privileged: bool) -> list[Sag
 
 
 async def _take(order_id: UUID, caller: str, privileged: bool, to: str, *, settled: str,
-                allowed: Sequence[str]) -> tuple[asyncpg.Record, str | None]:
+                allowed: Sequence[str]) -> tuple[saga.OrderRow, str | None]:
     """Lease the order to move it to ``to``: (its row, the runner) -- no runner when it is ``settled`` already."""
     runner = saga.new_runner()
     async with postgres.transaction() as conn:
@@ -155,14 +155,14 @@ async def _take(order_id: UUID, caller: str, privileged: bool, to: str, *, settl
     return row, runner
 
 
-async def cancel_order(*, order_id: UUID, caller: str, privileged: bool, reason: str) -> asyncpg.Record:
+async def cancel_order(*, order_id: UUID, caller: str, privileged: bool, reason: str) -> saga.OrderRow:
     """Cancel: before capture the payment is voided and the stock released; after it, the shipment is cancelled
     (409 if it has left), the payment refunded, a credit note issued and the stock returned. Runs on when the
     request stops waiting (:func:`saga.run_on`), as every change of an order does."""
     return await saga.run_on(_cancel(order_id, caller, privileged, reason))
 
 
-async def _cancel(order_id: UUID, caller: str, privileged: bool, reason: str) -> asyncpg.Record:
+async def _cancel(order_id: UUID, caller: str, privileged: bool, reason: str) -> saga.OrderRow:
     row, runner = await _take(order_id, caller, privileged, "cancelling", settled="cancelled",
                               allowed=("authorized", "paid", "completed"))
     if runner is None:
@@ -183,12 +183,12 @@ async def _cancel(order_id: UUID, caller: str, privileged: bool, reason: str) ->
     return await saga.drive(order_id, runner, row=row)
 
 
-async def refund_order(*, order_id: UUID, caller: str, reason: str, restock: bool) -> asyncpg.Record:
+async def refund_order(*, order_id: UUID, caller: str, reason: str, restock: bool) -> saga.OrderRow:
     """Refund a paid order in full with a credit note; its stock returns only when ``restock`` (goods back)."""
     return await saga.run_on(_refund(order_id, caller, reason, restock))
 
 
-async def _refund(order_id: UUID, caller: str, reason: str, restock: bool) -> asyncpg.Record:
+async def _refund(order_id: UUID, caller: str, reason: str, restock: bool) -> saga.OrderRow:
     row, runner = await _take(order_id, caller, True, "refunding", settled="refunded", allowed=("paid", "completed"))
     if runner is None:
         return row
@@ -200,12 +200,12 @@ async def _refund(order_id: UUID, caller: str, reason: str, restock: bool) -> as
     return await saga.drive(order_id, runner, row=row)
 
 
-async def capture_order(*, order_id: UUID, caller: str) -> asyncpg.Record:
+async def capture_order(*, order_id: UUID, caller: str) -> saga.OrderRow:
     """Capture a manual-capture order that is authorised: the saga goes on from the capture step."""
     return await saga.run_on(_capture(order_id, caller))
 
 
-async def _capture(order_id: UUID, caller: str) -> asyncpg.Record:
+async def _capture(order_id: UUID, caller: str) -> saga.OrderRow:
     row, runner = await _take(order_id, caller, True, "paid", settled="completed", allowed=("authorized",))
     if runner is None:
         return row
