@@ -17,11 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import psutil
@@ -60,6 +62,22 @@ def cpu_of(pids: list[int]) -> dict[str, float]:
             except psutil.NoSuchProcess:
                 pass
     return out
+
+
+async def per_call(call: Callable[[int], Awaitable[object]], number: int,
+                   pids: list[int]) -> tuple[float, float, float]:
+    """Await ``call(i)`` for ``i`` in ``range(number)``; per call, in microseconds: the wall time, this process's
+    CPU, and the CPU of the PostgreSQL processes among ``pids`` (and their children)."""
+    def own() -> float:
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
+
+    pg_before, me_before, t0 = cpu_of(pids), own(), time.perf_counter()
+    for i in range(number):
+        await call(i)
+    wall, me = time.perf_counter() - t0, own() - me_before
+    pg = sum(v - pg_before.get(k, 0.0) for k, v in cpu_of(pids).items() if "postgres" in k)
+    return wall * 1e6 / number, me * 1e6 / number, pg * 1e6 / number
 
 
 def stack_cpu(temp_dir: str, wait_s: float, span_s: float, *, me: bool = False) -> dict[str, float]:

@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -29,12 +27,7 @@ from on_stores import on_stores, private_stores
 
 DIR = private_stores("nexus-bench-round-trips-")
 
-from rate_cpu import cpu_of  # noqa: E402
-
-
-def _own_cpu() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
+from rate_cpu import per_call  # noqa: E402
 
 
 async def run(args: argparse.Namespace, store_pids: list[int]) -> None:
@@ -69,15 +62,8 @@ async def run(args: argparse.Namespace, store_pids: list[int]) -> None:
             for label, way in ways:
                 for _ in range(200):  # warm: statements prepared
                     await way()
-                pg_before, me_before, t0 = cpu_of(store_pids), _own_cpu(), time.perf_counter()
-                for _ in range(args.number):
-                    await way()
-                wall, me = time.perf_counter() - t0, _own_cpu() - me_before
-                pg_after = cpu_of(store_pids)
-                pg_cpu = sum(v - pg_before.get(k, 0.0) for k, v in pg_after.items() if "postgres" in k)
-                per = 1e6 / args.number
-                print(f"  {label:<22} wall {wall * per:5.0f}   this process {me * per:4.0f}   "
-                      f"PostgreSQL {pg_cpu * per:4.0f}", flush=True)
+                wall, me, pg = await per_call(lambda _, w=way: w(), args.number, store_pids)
+                print(f"  {label:<22} wall {wall:5.0f}   this process {me:4.0f}   PostgreSQL {pg:4.0f}", flush=True)
     finally:
         await conn.close()
 

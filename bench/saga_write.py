@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -34,15 +32,10 @@ from on_stores import on_stores, private_stores
 
 DIR = private_stores("nexus-bench-saga-write-")
 
-from rate_cpu import cpu_of  # noqa: E402
+from rate_cpu import per_call  # noqa: E402
 
 RUNNER = "bench-runner:1"
 WRITES_AN_ORDER = 5
-
-
-def _own_cpu() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
 
 
 async def run(args: argparse.Namespace, store_pids: list[int]) -> None:
@@ -93,15 +86,10 @@ async def run(args: argparse.Namespace, store_pids: list[int]) -> None:
             for i in range(100):  # warm: the statement prepared
                 await one(warm, i, merge)
             ids = await new_orders()
-            pg_before, me_before, t0 = cpu_of(store_pids), _own_cpu(), time.perf_counter()
-            for i in range(args.writes):
-                await one(ids, i, merge)
-            wall, me = time.perf_counter() - t0, _own_cpu() - me_before
-            pg_after = cpu_of(store_pids)
-            pg_cpu = sum(v - pg_before.get(k, 0.0) for k, v in pg_after.items() if "postgres" in k)
-            per = 1e6 / args.writes
-            print(f"  round {rnd + 1}, {label:<13} wall {wall * per:6.0f} us   this process {me * per:5.0f} us   "
-                  f"PostgreSQL {pg_cpu * per:5.0f} us", flush=True)
+            wall, me, pg_us = await per_call(lambda i, ids=ids, merge=merge: one(ids, i, merge), args.writes,
+                                          store_pids)
+            print(f"  round {rnd + 1}, {label:<13} wall {wall:6.0f} us   this process {me:5.0f} us   "
+                  f"PostgreSQL {pg_us:5.0f} us", flush=True)
     saga._WRITES = slim
 
 
