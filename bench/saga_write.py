@@ -74,8 +74,7 @@ async def run(args: argparse.Namespace, store_pids: list[int]) -> None:
         new = (await saga._write_together(None, [change]))[0]
         assert new is not None, "a fence held a bench write back"
         if merge:  # what saga.write does with the slim answer
-            {**{c: new[c] for c in saga._WRITTEN_COLUMNS}, "request": row["request"],
-             "results": {**row["results"], **change.results}, "undone": {**row["undone"], **change.undone}}
+            saga._merged(row, change, new)
 
     print(f"{args.writes} writes a statement and round, one a batch, to fresh orders ({WRITES_AN_ORDER} writes each) "
           f"with {len(json.dumps(results))} characters of results:")

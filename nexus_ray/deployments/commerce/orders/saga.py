@@ -255,10 +255,15 @@ async def write(row: OrderRow, runner: str, *, line: Line | None = None, lines: 
     new = await _writes.submit(None, change)
     if new is None:  # the lease was taken over (recovery), so the order is not as this runner last saw it
         raise LeaseLost(str(row["id"]))
-    # The statement returns the order without its bulk: its request (never changed) and its results and undone
-    # steps, which are those ``row`` holds with this write's added, as the statement merged them (jsonb's ``||``
-    # on objects: a key written again takes the new value). ``row``'s are the order's own while this runner holds
-    # the lease, since only a fenced write changes them, and this one's fence held.
+    return _merged(row, change, new)
+
+
+def _merged(row: OrderRow, change: _Write, new: asyncpg.Record) -> OrderRow:
+    """The order as ``change`` left it, from what its statement returned (``new``, the :data:`_WRITTEN` columns) and
+    the bulk ``row`` holds: its request (never changed) and its results and undone steps with this write's added,
+    as the statement merged them (jsonb's ``||`` on objects: a key written again takes the new value). ``row``'s
+    are the order's own while its runner holds the lease, since only a fenced write changes them, and this one's
+    fence held."""
     return {**{c: new[c] for c in _WRITTEN_COLUMNS}, "request": row["request"],
             "results": {**row["results"], **change.results}, "undone": {**row["undone"], **change.undone}}
 
