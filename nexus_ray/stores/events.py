@@ -332,9 +332,13 @@ class OutboxRelay:
     async def publish_batch(self, producer: AIOKafkaProducer) -> int:
         """Publish up to ``batch`` unpublished events in outbox order; returns how many."""
         pg = await postgres.pool()
+        # FOR UPDATE makes the read a write (row locks go to the WAL), so its commit waits for the WAL flush, and
+        # the flush, in order, takes every commit the read saw with it: events of commits that did not wait for the
+        # disk (postgres.relaxed) are durable before they go out, and a crash cannot leave a published event
+        # whose change was lost.
         rows = await pg.fetch(
             "SELECT id, event_id, topic, key, payload::text AS payload, headers, created_at FROM outbox "
-            "WHERE published_at IS NULL ORDER BY id LIMIT $1",
+            "WHERE published_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE",
             self.batch,
         )
         if not rows:

@@ -34,12 +34,18 @@ from nexus_ray.config import get_settings
 _MIGRATION_LOCK = 0x6E65787573_01
 
 _pool: asyncpg.Pool | None = None
-_batch_pool: asyncpg.Pool | None = None
+#: The other pools of the process, by (plans once, commits without waiting for the WAL flush); see :func:`pool`.
+_pools: dict[tuple[bool, bool], asyncpg.Pool] = {}
 _pool_lock = asyncio.Lock()
 
 #: True while a group commit's writer runs (nexus_ray.deployments.kit.together): :func:`pool` then hands out the
 #: batch pool, whose connections plan each statement once (see :func:`pool`).
 in_batch: ContextVar[bool] = ContextVar("nexus_postgres_in_batch", default=False)
+
+#: True where the work's commits need not wait for the WAL flush, because a later commit that does wait comes before
+#: anything outside the platform can depend on them (see :func:`pool`): the checkout saga's steps. A group commit
+#: takes it from the items of its batch: all of them, or the batch waits (nexus_ray.deployments.kit.together).
+relaxed: ContextVar[bool] = ContextVar("nexus_postgres_relaxed", default=False)
 
 _VERSION_7 = (0x7 << 76) | (0b10 << 62)  # the version and variant bits of RFC 9562's version 7
 _RANDOM_62 = (1 << 62) - 1
@@ -116,33 +122,53 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     """
 
 
-async def open_pool(min_size: int, max_size: int, *, plan_once: bool = False) -> asyncpg.Pool:
+async def open_pool(min_size: int, max_size: int, *, plan_once: bool = False, relax: bool = False) -> asyncpg.Pool:
     """A new pool on the configured server, its connections set up as every pool of the platform's: JSON
     columns as Python objects, released without a reset round trip. For a part that must not share the
     process-wide :func:`pool` (the sandbox payment provider stands for another company's system); every other
     caller uses :func:`pool`. ``plan_once``: the connections plan each prepared statement once, for any
-    parameters (``plan_cache_mode = force_generic_plan``; see :func:`pool`)."""
+    parameters (``plan_cache_mode = force_generic_plan``; see :func:`pool`). ``relax``: their commits do not wait
+    for the WAL flush (``synchronous_commit = off``; see :func:`pool`)."""
     s = get_settings()
     if not s.postgres_url:
         raise RuntimeError("NEXUS_POSTGRES_URL is not set: start the embedded stores or configure it")
     settings = {"plan_cache_mode": "force_generic_plan"} if plan_once else {}
+    if relax:
+        settings["synchronous_commit"] = "off"
     return await asyncpg.create_pool(s.postgres_url, min_size=min_size, max_size=max_size, init=_init_connection,
                                      reset=_keep_session, command_timeout=30, server_settings=settings)
 
 
 async def pool() -> asyncpg.Pool:
     """The process-wide pool, created (and the schema migrated) on first use; inside a group commit's writer
-    (:data:`in_batch`), the process-wide batch pool instead.
+    (:data:`in_batch`) or where commits may be relaxed (:data:`relaxed`), the process-wide pool for that.
 
-    The batch pool's connections plan each statement once. PostgreSQL otherwise plans a prepared statement again
-    for each call's parameters for as long as those plans come out cheaper than a plan for any parameters, and a
-    group commit's statements (a batch's rows as arrays, ``unnest``) always do: their arrays are short. Their
-    plans look rows up by key whatever the keys, so planning them again only costs. At one order a batch,
-    binding (where the planning is) took 2.0-2.2 ms of PostgreSQL's 8.5-9.1 on a checkout's statements, and 1.0
-    of 7.6 through the batch pool (bench/RESULTS.md, issue 7). Everything else keeps plans made for its
+    **Plans.** The batch pools' connections plan each statement once. PostgreSQL otherwise plans a prepared
+    statement again for each call's parameters for as long as those plans come out cheaper than a plan for any
+    parameters, and a group commit's statements (a batch's rows as arrays, ``unnest``) always do: their arrays are
+    short. Their plans look rows up by key whatever the keys, so planning them again only costs. At one order a
+    batch, binding (where the planning is) took 2.0-2.2 ms of PostgreSQL's 8.5-9.1 on a checkout's statements, and
+    1.0 of 7.6 through the batch pool (bench/RESULTS.md, issue 7). Everything else keeps plans made for its
     parameters: a range, a skewed column or a partial index can make one plan for any value much worse.
+
+    **Relaxed commits.** A relaxed pool's commits return without waiting for the WAL to reach the disk
+    (``synchronous_commit = off``). A crash of PostgreSQL can then lose the last of them, never a part of one, and
+    never one that is followed by a commit which did wait: the WAL is flushed in order, so a waiting commit makes
+    every commit before it durable. What the platform lets out of the database -- an HTTP answer, an event to the
+    broker, a webhook -- must therefore come after a waiting commit:
+
+    * the checkout saga (the only relaxed work) answers its request after a write that waits (the one that lets
+      the order's lease go: :mod:`nexus_ray.deployments.commerce.orders.saga`), so the answer never names what a
+      crash could take back; a crash before it leaves a prefix of the saga, which recovery finishes or compensates
+      as it does after any crash, the collaborators replaying by their idempotency keys;
+    * the outbox relay's read of a batch makes its events durable before they are sent
+      (:meth:`nexus_ray.stores.events.OutboxRelay.publish_batch`), and a webhook is claimed by a waiting commit
+      before it is sent (``billing/webhooks.py``).
+
+    Another request may read a relaxed commit's rows before they are durable (PostgreSQL's own trade,
+    about ``3 x wal_writer_delay`` at most): for the saga those are an order's steps in progress.
     """
-    global _pool, _batch_pool
+    global _pool
     if _pool is None:
         async with _pool_lock:
             if _pool is None:
@@ -150,23 +176,27 @@ async def pool() -> asyncpg.Pool:
                 p = await open_pool(s.postgres_pool_min, s.postgres_pool_max)
                 await migrate(p)
                 _pool = p
-    if not in_batch.get():
+    kind = (in_batch.get(), relaxed.get())
+    if kind == (False, False):
         return _pool
-    if _batch_pool is None:
+    if (other := _pools.get(kind)) is None:
         async with _pool_lock:
-            if _batch_pool is None:
+            if (other := _pools.get(kind)) is None:
                 s = get_settings()
-                _batch_pool = await open_pool(s.postgres_pool_min, s.postgres_pool_max, plan_once=True)
-    return _batch_pool
+                other = _pools[kind] = await open_pool(s.postgres_pool_min, s.postgres_pool_max, plan_once=kind[0],
+                                                       relax=kind[1])
+    return other
 
 
 async def close_pool() -> None:
     """Close the process-wide pools (tests and shutdown)."""
-    global _pool, _batch_pool
-    for p in (_batch_pool, _pool):
+    global _pool
+    others = list(_pools.values())
+    _pools.clear()
+    for p in (*others, _pool):
         if p is not None:
             await p.close()
-    _pool = _batch_pool = None
+    _pool = None
 
 
 def migration_folders() -> list[Path]:

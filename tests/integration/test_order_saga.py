@@ -446,6 +446,45 @@ async def test_a_saga_write_returns_the_order_as_the_table_holds_it(client, ops)
     await pg.execute("UPDATE orders SET status = 'failed' WHERE id = $1", order_id)
 
 
+async def test_a_saga_waits_for_the_disk_only_in_the_write_that_lets_its_lease_go(client, ops, shopper, until,
+                                                                                    monkeypatch):
+    """A saga's commits do not wait for the WAL flush, its own writes and its collaborators' alike (the stock
+    reservation's commit shown here), except the write that lets the order's lease go: that one waits, and makes
+    every commit before it durable, before the saga's run ends and its request is answered."""
+    from nexus_ray.deployments.commerce.inventory import service as inventory
+    from nexus_ray.deployments.commerce.orders import saga
+    from nexus_ray.stores import postgres
+
+    sku = await stocked_sku(client, ops, 3)
+    order_id = await crashed_order(sku=sku, quantity=1, payment_method="pm_card_visa")
+    seen: list[tuple[str, str]] = []  # (which write, synchronous_commit while it was written)
+
+    def recording(together, name):  # type: ignore[no-untyped-def]
+        writer = together.write
+
+        async def write(key, items):  # type: ignore[no-untyped-def]
+            mode = await (await postgres.pool()).fetchval("SHOW synchronous_commit")
+            for item in items:
+                if getattr(item, "id", None) == order_id:
+                    seen.append(("let go" if item.let_go_s is not None else name, mode))
+                elif getattr(item, "reservation_id", None) is not None and name == "commit stock":
+                    seen.append((name, mode))
+            return await writer(key, items)
+
+        monkeypatch.setattr(together, "write", write)
+
+    recording(saga._writes, "saga")
+    recording(inventory._COMMITS, "commit stock")
+
+    async def completed():
+        return (await order_of(client, shopper, order_id))["status"] == "completed"
+
+    await until(completed, within_s=30, every=0.2)
+    assert seen[-1] == ("let go", "on"), seen
+    assert {mode for which, mode in seen[:-1]} == {"off"}, seen
+    assert [which for which, _ in seen].count("saga") >= 3 and ("commit stock", "off") in seen, seen
+
+
 async def test_orders_created_at_one_moment_are_one_transaction_and_each_key_makes_one_order(client):
     """Creations asked at the same moment go out in one statement: each order with its first log lines (created,
     and the first group's ``started``) and its ``order.created`` event, in one transaction; a key sent twice makes

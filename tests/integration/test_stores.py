@@ -101,6 +101,97 @@ async def test_a_group_commits_statements_are_planned_once_and_the_rest_for_thei
         assert await conn.fetchval("SHOW plan_cache_mode") == "auto"
 
 
+async def test_relaxed_work_commits_without_waiting_for_the_disk_and_a_batch_only_when_all_of_it_may(migrated):
+    """Where ``postgres.relaxed`` is set, the pool's commits do not wait for the WAL flush, in a transaction and in
+    a group commit's writer alike; a batch is relaxed only when every item was handed over relaxed. Everywhere else
+    they wait."""
+
+    async def writer(_key: None, items: list[bool]) -> list[str]:
+        mode = await (await postgres.pool()).fetchval("SHOW synchronous_commit")
+        return [mode for _ in items]
+
+    together: GroupCommit[None, bool, str] = GroupCommit(writer)
+
+    async def submit(relax: bool) -> str:
+        token = postgres.relaxed.set(relax)
+        try:
+            return await together.submit(None, relax)
+        finally:
+            postgres.relaxed.reset(token)
+
+    async def in_transaction(relax: bool) -> str:
+        token = postgres.relaxed.set(relax)
+        try:
+            async with postgres.transaction() as conn:
+                return await conn.fetchval("SHOW synchronous_commit")
+        finally:
+            postgres.relaxed.reset(token)
+
+    assert await submit(True) == "off" and await submit(False) == "on"
+    assert await asyncio.gather(submit(True), submit(True)) == ["off", "off"]
+    assert await asyncio.gather(submit(True), submit(False), submit(True)) == ["on", "on", "on"]  # one batch
+    assert await in_transaction(True) == "off" and await in_transaction(False) == "on"
+    assert await (await postgres.pool()).fetchval("SHOW synchronous_commit") == "on"
+
+
+@contextlib.asynccontextmanager
+async def _slow_wal_writer():
+    """The server's WAL writer flushing every 10 s instead of 0.2: a commit that does not wait for the disk stays
+    unflushed until something else flushes it."""
+    p = await postgres.pool()
+    await p.execute("ALTER SYSTEM SET wal_writer_delay = '10s'")
+    await p.execute("SELECT pg_reload_conf()")
+    try:
+        yield
+    finally:
+        await p.execute("ALTER SYSTEM RESET wal_writer_delay")
+        await p.execute("SELECT pg_reload_conf()")
+
+
+async def test_the_relay_sends_an_event_only_once_its_commit_is_on_disk(migrated):
+    """An event committed without waiting for the disk (the saga's steps) is flushed by the relay's read of it,
+    before the relay sends it: a crash of PostgreSQL cannot take back a change whose event went out."""
+    from aiokafka import AIOKafkaProducer
+
+    p = await postgres.pool()
+    sent: list[tuple[set[str], int]] = []  # each batch the relay sent: its event ids, the WAL flushed when it sent
+
+    class Recording(events.OutboxRelay):
+        @staticmethod
+        async def publish(producer, rows):  # type: ignore[no-untyped-def]
+            flushed = await p.fetchval("SELECT pg_current_wal_flush_lsn() - '0/0'::pg_lsn")
+            sent.append(({str(r["event_id"]) for r in rows}, int(flushed)))
+            return await events.OutboxRelay.publish(producer, rows)
+
+    relay = Recording(batch=5000)
+    producer = AIOKafkaProducer(bootstrap_servers=get_settings().kafka_bootstrap, acks="all")
+    await producer.start()
+    checked = 0
+    try:
+        async with _slow_wal_writer():
+            for _ in range(20):
+                token = postgres.relaxed.set(True)
+                try:
+                    async with postgres.transaction() as conn:
+                        event_id = await events.emit(conn, "test.relaxed", {"i": checked})
+                finally:
+                    postgres.relaxed.reset(token)
+                written, flushed = (int(lsn) for lsn in await p.fetchrow(
+                    "SELECT pg_current_wal_insert_lsn() - '0/0'::pg_lsn, pg_current_wal_flush_lsn() - '0/0'::pg_lsn"))
+                sent.clear()
+                await relay.publish_batch(producer)
+                mine = [at for ids, at in sent if str(event_id) in ids]
+                if flushed >= written or not mine:  # flushed by something else, or another relay sent it
+                    continue
+                assert mine[0] >= written, "the relay sent an event before its commit reached the disk"
+                checked += 1
+                if checked == 3:
+                    break
+    finally:
+        await producer.stop()
+    assert checked == 3, "the event's commit was flushed by others each time: nothing was shown"
+
+
 async def test_transaction_rolls_back_change_and_event(migrated):
     p = await postgres.pool()
     await p.execute("CREATE TABLE IF NOT EXISTS t_rollback (id text PRIMARY KEY)")

@@ -27,7 +27,9 @@ Batches are per event loop as well as per key: a loop that ended with a batch ou
 another loop's items.
 
 A writer's PostgreSQL statements go through the batch pool, whose connections plan each statement once
-(``nexus_ray.stores.postgres.pool`` says why).
+(``nexus_ray.stores.postgres.pool`` says why). Its commits wait for the WAL flush unless every item of the batch was
+handed over where commits may be relaxed (``postgres.relaxed``, the checkout saga's steps): one item whose request
+answers right after it makes the whole batch wait.
 """
 
 from __future__ import annotations
@@ -54,7 +56,8 @@ class GroupCommit(Generic[K, T, R]):
     def __init__(self, write: Writer[K, T, R], *, max_batch: int = 200) -> None:
         self.write = write
         self.max_batch = max_batch
-        self._waiting: dict[tuple[asyncio.AbstractEventLoop, K], list[tuple[T, asyncio.Future[R]]]] = {}
+        #: Per loop and key, the items waiting: each with its outcome and whether its commit may be relaxed.
+        self._waiting: dict[tuple[asyncio.AbstractEventLoop, K], list[tuple[T, asyncio.Future[R], bool]]] = {}
         self._draining: dict[tuple[asyncio.AbstractEventLoop, K], asyncio.Task[None]] = {}
 
     async def submit(self, key: K, item: T) -> R:
@@ -62,7 +65,7 @@ class GroupCommit(Generic[K, T, R]):
         loop = asyncio.get_running_loop()
         done: asyncio.Future[R] = loop.create_future()
         slot = (loop, key)
-        self._waiting.setdefault(slot, []).append((item, done))
+        self._waiting.setdefault(slot, []).append((item, done, postgres.relaxed.get()))
         if slot not in self._draining:
             self._draining[slot] = loop.create_task(self._drain(slot))
         return await asyncio.shield(done)
@@ -78,20 +81,22 @@ class GroupCommit(Generic[K, T, R]):
         finally:
             self._draining.pop(slot, None)
 
-    async def _settle(self, key: K, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
+    async def _settle(self, key: K, batch: list[tuple[T, asyncio.Future[R], bool]]) -> None:
         marked = postgres.in_batch.set(True)  # the writer's statements go to the batch pool (postgres.pool)
+        relaxed = postgres.relaxed.set(all(relax for _, _, relax in batch))
         try:
-            outcomes = await self.write(key, [item for item, _ in batch])
+            outcomes = await self.write(key, [item for item, _, _ in batch])
         except BaseException as exc:  # nothing of the batch was written
-            for _, done in batch:
+            for _, done, _ in batch:
                 if not done.done():
                     done.set_exception(exc)
             if not isinstance(exc, Exception):
                 raise
             return
         finally:
+            postgres.relaxed.reset(relaxed)
             postgres.in_batch.reset(marked)
-        for (_, done), outcome in zip(batch, outcomes, strict=True):
+        for (_, done, _), outcome in zip(batch, outcomes, strict=True):
             if done.done():
                 continue
             if isinstance(outcome, BaseException):

@@ -262,7 +262,10 @@ async def _claim_due(limit: int) -> list[asyncpg.Record]:
     s = settings_of(BillingSettings)
     lease = s.billing_webhook_timeout_s + 5
     pg = await postgres.pool()
-    return await pg.fetch(  # one statement: its own transaction
+    # One statement: its own transaction, whose commit waits for the disk (this pool's is never relaxed), and with
+    # it the commit of every delivery it claims, which may not have waited (a checkout's capture): nothing is sent
+    # that a crash of PostgreSQL could take back.
+    return await pg.fetch(
         "UPDATE billing_webhook_deliveries d SET next_attempt_at = now() + make_interval(secs => $2) "
         "FROM billing_webhook_endpoints e WHERE e.id = d.endpoint_id AND d.id IN ("
         "  SELECT id FROM billing_webhook_deliveries WHERE status = 'pending' AND next_attempt_at <= now() "

@@ -47,6 +47,18 @@ The requests that start or move an order (creation, capture, cancellation, refun
 its saga still go on to where it settles or must wait, by the same runner, instead of stopping at the next
 statement with the order leased and its stock held until recovery.
 
+Durable where it is answered
+----------------------------
+A saga's commits, its own writes and its steps' (every collaborator's transactions and batches), do not wait for the
+WAL flush (``postgres.relaxed``), except the write that lets the order's lease go: the last of every run of
+:func:`drive`, whether the order settled, waits for its merchant or a customer's action, or backs off from a step
+that did not answer. That write waits, and the WAL is flushed in order, so when a request is answered everything
+the saga did before it is on disk. A crash of PostgreSQL loses at most the newest of the run's commits, a prefix of
+the saga survives, and recovery goes on from it as from any crash, the collaborators replaying by their keys. The
+events of those commits leave through the outbox relay, which makes them durable first
+(``nexus_ray.stores.postgres.pool`` says why this is safe and what else it asks). Six of an order's seven
+commits stop waiting for the disk.
+
 Compensation
 ------------
 A refused step moves the order to ``compensating``: every done step that has a compensation is
@@ -214,8 +226,13 @@ async def start(*, customer: str, request: dict[str, Any], currency: str, captur
     order_id = uuid.uuid4()
     payload = orjson.dumps(event_payload({"id": order_id, "customer": customer, "total": None, "currency": currency,
                                           "status": "pending"})).decode()
-    return await _starts.submit(None, _Start(order_id, customer, capture_method, currency, request, idempotency_key,
-                                             request_hash, runner, postgres.new_ids(1)[0], payload))
+    relax = postgres.relaxed.set(True)  # the drive that follows answers after a write that waits for the disk
+    try:
+        return await _starts.submit(None, _Start(order_id, customer, capture_method, currency, request,
+                                                 idempotency_key, request_hash, runner, postgres.new_ids(1)[0],
+                                                 payload))
+    finally:
+        postgres.relaxed.reset(relax)
 
 
 Line = tuple[str, str, str, dict[str, Any]]
@@ -252,7 +269,12 @@ async def write(row: OrderRow, runner: str, *, line: Line | None = None, lines: 
         event = (postgres.new_ids(1)[0], topic(after), event_payload(changed))
     change = _Write(row["id"], after, results or {}, dict([undone]) if undone else {}, failure, total, attempts,
                     let_go_s, runner, before, written, event)
-    new = await _writes.submit(None, change)
+    # The write that lets the lease go ends a run of the saga: it waits for the disk, and with it all before it.
+    relax = postgres.relaxed.set(postgres.relaxed.get() and let_go_s is None)
+    try:
+        new = await _writes.submit(None, change)
+    finally:
+        postgres.relaxed.reset(relax)
     if new is None:  # the lease was taken over (recovery), so the order is not as this runner last saw it
         raise LeaseLost(str(row["id"]))
     return _merged(row, change, new)
@@ -350,7 +372,17 @@ async def drive(order_id: UUID, runner: str, *, capture_now: bool = False, row: 
     as ``runner`` just wrote it, if it has it (else it is read). While the runner holds the lease
     nobody else writes the order, so the row each fenced write returns is the order as it stands.
     ``announced``: the forward steps whose ``started`` lines that write made (they are not written again).
+    Its commits, but the last, do not wait for the disk (see the module's docstring).
     """
+    relax = postgres.relaxed.set(True)
+    try:
+        return await _drive(order_id, runner, capture_now=capture_now, row=row, announced=announced)
+    finally:
+        postgres.relaxed.reset(relax)
+
+
+async def _drive(order_id: UUID, runner: str, *, capture_now: bool, row: OrderRow | None,
+                 announced: Sequence[str]) -> OrderRow:
     pg = await postgres.pool()
     try:
         if row is None:
@@ -368,6 +400,7 @@ async def drive(order_id: UUID, runner: str, *, capture_now: bool = False, row: 
                 return await write(row, runner, let_go_s=0)
     except LeaseLost:
         log.info("order %s: lease lost to another runner", order_id)
+        # The order as the runner that took it over has it: in progress, as any read of an order in progress.
         row = await pg.fetchrow(f"SELECT {COLUMNS} FROM orders WHERE id = $1", order_id)
         assert row is not None
         return row
