@@ -56,8 +56,9 @@ that did not answer. That write waits, and the WAL is flushed in order, so when 
 the saga did before it is on disk. A crash of PostgreSQL loses at most the newest of the run's commits, a prefix of
 the saga survives, and recovery goes on from it as from any crash, the collaborators replaying by their keys. The
 events of those commits leave through the outbox relay, which makes them durable first
-(``nexus_ray.stores.postgres.pool`` says why this is safe and what else it asks). Six of an order's seven
-commits stop waiting for the disk.
+(``nexus_ray.stores.postgres.pool`` says why this is safe and what else it asks). An order that runs straight
+through waits for the disk once, in its last write (the sandbox provider's own commits, which stand for another
+company's system, still wait).
 
 Compensation
 ------------
