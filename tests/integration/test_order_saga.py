@@ -446,8 +446,7 @@ async def test_a_saga_write_returns_the_order_as_the_table_holds_it(client, ops)
     await pg.execute("UPDATE orders SET status = 'failed' WHERE id = $1", order_id)
 
 
-async def test_a_saga_waits_for_the_disk_only_in_the_write_that_lets_its_lease_go(client, ops, shopper, until,
-                                                                                    monkeypatch):
+async def test_a_saga_waits_for_the_disk_only_in_the_write_that_lets_its_lease_go(client, ops, monkeypatch):
     """A saga's commits do not wait for the WAL flush, its own writes and its collaborators' alike (the stock
     reservation's commit shown here), except the write that lets the order's lease go: that one waits, and makes
     every commit before it durable, before the saga's run ends and its request is answered."""
@@ -456,7 +455,8 @@ async def test_a_saga_waits_for_the_disk_only_in_the_write_that_lets_its_lease_g
     from nexus_ray.stores import postgres
 
     sku = await stocked_sku(client, ops, 3)
-    order_id = await crashed_order(sku=sku, quantity=1, payment_method="pm_card_visa")
+    # Leased to this test's runner, so that no recovery pass (of this process or of a replica) drives it instead.
+    order_id = await crashed_order(sku=sku, quantity=1, payment_method="pm_card_visa", lease="1 hour")
     seen: list[tuple[str, str]] = []  # (which write, synchronous_commit while it was written)
 
     def recording(together, name):  # type: ignore[no-untyped-def]
@@ -467,7 +467,7 @@ async def test_a_saga_waits_for_the_disk_only_in_the_write_that_lets_its_lease_g
             for item in items:
                 if getattr(item, "id", None) == order_id:
                     seen.append(("let go" if item.let_go_s is not None else name, mode))
-                elif getattr(item, "reservation_id", None) is not None and name == "commit stock":
+                elif name == "commit stock":
                     seen.append((name, mode))
             return await writer(key, items)
 
@@ -475,11 +475,8 @@ async def test_a_saga_waits_for_the_disk_only_in_the_write_that_lets_its_lease_g
 
     recording(saga._writes, "saga")
     recording(inventory._COMMITS, "commit stock")
-
-    async def completed():
-        return (await order_of(client, shopper, order_id))["status"] == "completed"
-
-    await until(completed, within_s=30, every=0.2)
+    row = await saga.drive(order_id, "dead-replica:1")
+    assert row["status"] == "completed", dict(row)
     assert seen[-1] == ("let go", "on"), seen
     assert {mode for which, mode in seen[:-1]} == {"off"}, seen
     assert [which for which, _ in seen].count("saga") >= 3 and ("commit stock", "off") in seen, seen
