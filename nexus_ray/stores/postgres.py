@@ -18,8 +18,8 @@ import json
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from contextvars import ContextVar
 from importlib import resources
 from pathlib import Path
@@ -46,6 +46,16 @@ in_batch: ContextVar[bool] = ContextVar("nexus_postgres_in_batch", default=False
 #: anything outside the platform can depend on them (see :func:`pool`): the checkout saga's steps. A group commit
 #: takes it from the items of its batch: all of them, or the batch waits (nexus_ray.deployments.kit.together).
 relaxed: ContextVar[bool] = ContextVar("nexus_postgres_relaxed", default=False)
+
+
+@contextmanager
+def relaxing(on: bool = True) -> Iterator[None]:
+    """:data:`relaxed` set to ``on`` for the block, and back to what it was after it."""
+    token = relaxed.set(on)
+    try:
+        yield
+    finally:
+        relaxed.reset(token)
 
 _VERSION_7 = (0x7 << 76) | (0b10 << 62)  # the version and variant bits of RFC 9562's version 7
 _RANDOM_62 = (1 << 62) - 1

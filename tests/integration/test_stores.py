@@ -113,19 +113,13 @@ async def test_relaxed_work_commits_without_waiting_for_the_disk_and_a_batch_onl
     together: GroupCommit[None, bool, str] = GroupCommit(writer)
 
     async def submit(relax: bool) -> str:
-        token = postgres.relaxed.set(relax)
-        try:
+        with postgres.relaxing(relax):
             return await together.submit(None, relax)
-        finally:
-            postgres.relaxed.reset(token)
 
     async def in_transaction(relax: bool) -> str:
-        token = postgres.relaxed.set(relax)
-        try:
+        with postgres.relaxing(relax):
             async with postgres.transaction() as conn:
                 return await conn.fetchval("SHOW synchronous_commit")
-        finally:
-            postgres.relaxed.reset(token)
 
     assert await submit(True) == "off" and await submit(False) == "on"
     assert await asyncio.gather(submit(True), submit(True)) == ["off", "off"]
@@ -170,12 +164,9 @@ async def test_the_relay_sends_an_event_only_once_its_commit_is_on_disk(migrated
     try:
         async with _slow_wal_writer():
             for _ in range(20):
-                token = postgres.relaxed.set(True)
-                try:
+                with postgres.relaxing():
                     async with postgres.transaction() as conn:
                         event_id = await events.emit(conn, "test.relaxed", {"i": checked})
-                finally:
-                    postgres.relaxed.reset(token)
                 written, flushed = (int(lsn) for lsn in await p.fetchrow(
                     "SELECT pg_current_wal_insert_lsn() - '0/0'::pg_lsn, pg_current_wal_flush_lsn() - '0/0'::pg_lsn"))
                 sent.clear()

@@ -227,13 +227,10 @@ async def start(*, customer: str, request: dict[str, Any], currency: str, captur
     order_id = uuid.uuid4()
     payload = orjson.dumps(event_payload({"id": order_id, "customer": customer, "total": None, "currency": currency,
                                           "status": "pending"})).decode()
-    relax = postgres.relaxed.set(True)  # the drive that follows answers after a write that waits for the disk
-    try:
+    with postgres.relaxing():  # the drive that follows answers after a write that waits for the disk
         return await _starts.submit(None, _Start(order_id, customer, capture_method, currency, request,
                                                  idempotency_key, request_hash, runner, postgres.new_ids(1)[0],
                                                  payload))
-    finally:
-        postgres.relaxed.reset(relax)
 
 
 Line = tuple[str, str, str, dict[str, Any]]
@@ -271,11 +268,8 @@ async def write(row: OrderRow, runner: str, *, line: Line | None = None, lines: 
     change = _Write(row["id"], after, results or {}, dict([undone]) if undone else {}, failure, total, attempts,
                     let_go_s, runner, before, written, event)
     # The write that lets the lease go ends a run of the saga: it waits for the disk, and with it all before it.
-    relax = postgres.relaxed.set(postgres.relaxed.get() and let_go_s is None)
-    try:
+    with postgres.relaxing(postgres.relaxed.get() and let_go_s is None):
         new = await _writes.submit(None, change)
-    finally:
-        postgres.relaxed.reset(relax)
     if new is None:  # the lease was taken over (recovery), so the order is not as this runner last saw it
         raise LeaseLost(str(row["id"]))
     return _merged(row, change, new)
@@ -375,11 +369,8 @@ async def drive(order_id: UUID, runner: str, *, capture_now: bool = False, row: 
     ``announced``: the forward steps whose ``started`` lines that write made (they are not written again).
     Its commits, but the last, do not wait for the disk (see the module's docstring).
     """
-    relax = postgres.relaxed.set(True)
-    try:
+    with postgres.relaxing():
         return await _drive(order_id, runner, capture_now=capture_now, row=row, announced=announced)
-    finally:
-        postgres.relaxed.reset(relax)
 
 
 async def _drive(order_id: UUID, runner: str, *, capture_now: bool, row: OrderRow | None,
