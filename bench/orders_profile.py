@@ -80,6 +80,8 @@ async def run(args: argparse.Namespace, store_pids: list[int]) -> None:
             counts = _count_queries(trace) if args.queries or args.trace else None
             profiler = cProfile.Profile() if args.profile else None
             pg_log = await _log_statements(True) if args.statement_times else None
+            pool = await postgres.pool()
+            wal0 = await pool.fetchrow(_WAL)
             before_me, before_stores = time.process_time(), cpu_of(store_pids)
             began = time.perf_counter()
             if profiler:
@@ -104,6 +106,8 @@ async def run(args: argparse.Namespace, store_pids: list[int]) -> None:
             if pg_log is not None:
                 _print_statement_times(pg_log, args.orders, args.statement_times)
             print(f"  latency p50 {summary['p50_ms']} ms, p99 {summary['p99_ms']} ms")
+            wal1 = await pool.fetchrow(_WAL)
+            print("  WAL per order: " + ", ".join(f"{k} {(wal1[k] - wal0[k]) / n:,.1f}" for k in wal1.keys()))
             if counts is not None:
                 print(f"  statements per order: {sum(counts.values()) / n:.1f}")
                 for text, k in counts.most_common(args.queries):
@@ -118,7 +122,6 @@ async def run(args: argparse.Namespace, store_pids: list[int]) -> None:
                 for conn, text in trace[1:]:
                     print(f"    {conns.setdefault(conn, len(conns)):2d}  {text[:140]}")
                 trace.clear()
-            pool = await postgres.pool()
             rows = await pool.fetch(
                 "WITH l AS (SELECT order_id, step, phase, outcome, created_at AS at, "
                 "lag(created_at) OVER (PARTITION BY order_id ORDER BY id) AS prev FROM order_saga_log) "
@@ -132,6 +135,11 @@ async def run(args: argparse.Namespace, store_pids: list[int]) -> None:
                 stats = pstats.Stats(profiler)
                 stats.sort_stats("tottime").print_stats(35)
                 stats.sort_stats("cumulative").print_stats(45)
+
+
+#: What PostgreSQL wrote to its WAL so far (the server's counters, and the insert position in bytes).
+_WAL = ("SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), '0/0')::float8 AS bytes, wal_records::float8 AS records, "
+        "wal_fpi::float8 AS full_page_images FROM pg_stat_wal")
 
 
 async def _log_statements(on: bool) -> tuple[Path, int]:

@@ -20,8 +20,8 @@ handler once, in the transaction that marks it replayed.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
+import random
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -32,6 +32,7 @@ import asyncpg
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaConnectionError, KafkaError
+from aiokafka.partitioner import murmur2
 from aiokafka.protocol.metadata import MetadataRequest
 
 from nexus_ray.config import get_settings
@@ -174,7 +175,7 @@ def _encode(row: asyncpg.Record) -> tuple[bytes, bytes | None, list[tuple[str, b
 
 
 def _decode(msg: Any) -> Event:
-    body = json.loads(msg.value)
+    body = orjson.loads(msg.value)
     return Event(
         id=uuid.UUID(body["id"]),
         topic=msg.topic,
@@ -229,6 +230,26 @@ async def purge_events(*, conn: asyncpg.Connection, older_than_days: int) -> dic
     ):
         counts[name] = await conn.fetchval(f"WITH d AS ({sql} RETURNING 1) SELECT count(*) FROM d", older_than_days)
     return counts
+
+
+#: The partition index of each key the relay placed lately, by key and partition count: an order's events share a
+#: few keys, and murmur2 is Python code (kept small: cleared when full).
+_placed_keys: dict[tuple[bytes, int], int] = {}
+_PLACED_KEYS_MAX = 10_000
+
+
+def _partition(key: bytes | None, partitions: Sequence[int]) -> int:
+    """The partition of ``partitions`` (sorted) that Kafka's default partitioner gives ``key``; any of them for no
+    key."""
+    if key is None:
+        return random.choice(partitions)
+    n = len(partitions)
+    index = _placed_keys.get((key, n))
+    if index is None:
+        if len(_placed_keys) >= _PLACED_KEYS_MAX:
+            _placed_keys.clear()
+        index = _placed_keys[(key, n)] = (murmur2(key) & 0x7FFFFFFF) % n
+    return partitions[index]
 
 
 class OutboxRelay:
@@ -353,15 +374,15 @@ class OutboxRelay:
             "FROM unnest($1::bigint[], $2::int4[], $3::int8[]) AS u(id, p, o) WHERE o.id = u.id "
             "AND o.published_at IS NULL",
             [row["id"] for row in rows],
-            [m.partition for m in metas],
-            [m.offset for m in metas],
+            [partition for partition, _ in metas],
+            [offset for _, offset in metas],
         )
         self.published += len(rows)
         return len(rows)
 
     @staticmethod
-    async def publish(producer: AIOKafkaProducer, rows: Sequence[Any]) -> list[Any]:
-        """Send outbox rows (read with their payload as text) to the broker, in order; their record metadata.
+    async def publish(producer: AIOKafkaProducer, rows: Sequence[Any]) -> list[tuple[int, int]]:
+        """Send outbox rows (read with their payload as text) to the broker, in order; each one's partition and offset.
 
         First the metadata of the rows' topics is asked for, in one request (about 0.15 ms of this process's CPU
         for three topics, bench/RESULTS.md). A broker that lost its log (the embedded one after a restart) still
@@ -370,17 +391,47 @@ class OutboxRelay:
         broker's creation sets the partitions' offsets back to nothing under the records already there, so what
         is written next is refused or never reaches consumers (``bench/broker_restart.py`` found it). Asked for
         here, a lost topic is created before anything is written to it.
+
+        The rows go out as record batches, one a partition (more when one fills), built here: each row is placed
+        on the partition Kafka's default partitioner gives its key (the Java client's murmur2, so a key keeps its
+        partition, and its events their order, whoever sends them), and appended to that partition's batch. Sent
+        one by one (``producer.send``), each row cost a future, the producer's partitioning and its metadata wait:
+        the relay spent about 80 microseconds of its CPU an event (bench/RESULTS.md, issue 7).
         """
         topics = sorted({row["topic"] for row in rows})
         node = producer.client.get_random_node()
         if node is None:
             raise KafkaConnectionError("the relay's producer knows no broker")
         await producer.client.send(node, MetadataRequest(topics))
-        futures = []
+        partitions = {topic: sorted(await producer.partitions_for(topic)) for topic in topics}
+        building: dict[tuple[str, int], Any] = {}  # the open batch of each topic and partition
+        sent: list[Awaitable[Any]] = []  # each batch's delivery, in the order the batches were closed
+        placed: list[tuple[int, int]] = []  # each row's batch (in ``sent`` once it is) and offset in it
+        batch_of: dict[int, int] = {}  # an open batch (by its id) -> its place in ``sent`` once sent
         for row in rows:
             value, key, headers = _encode(row)
-            futures.append(await producer.send(row["topic"], value=value, key=key, headers=headers))
-        return await asyncio.wait_for(asyncio.gather(*futures), 60)
+            topic = row["topic"]
+            tp = (topic, _partition(key, partitions[topic]))
+            batch = building.get(tp)
+            meta = batch.append(timestamp=None, key=key, value=value, headers=headers) if batch else None
+            if meta is None:  # no batch for the partition yet, or it is full: the full one goes, a new one opens
+                if batch is not None:
+                    batch_of[id(batch)] = len(sent)
+                    sent.append(await producer.send_batch(batch, topic, partition=tp[1]))
+                batch = building[tp] = producer.create_batch()
+                meta = batch.append(timestamp=None, key=key, value=value, headers=headers)
+                if meta is None:
+                    raise ValueError(f"event {row['event_id']} is larger than a record batch")
+            placed.append((id(batch), meta.offset))
+        for (topic, partition), batch in building.items():
+            batch_of[id(batch)] = len(sent)
+            sent.append(await producer.send_batch(batch, topic, partition=partition))
+        delivered = await asyncio.wait_for(asyncio.gather(*sent), 60)
+        out = []
+        for batch_id, relative in placed:
+            record = delivered[batch_of[batch_id]]
+            out.append((record.partition, record.offset + relative))
+        return out
 
     async def replay_lost(self, probe: AIOKafkaConsumer, producer: AIOKafkaProducer) -> int:
         """Re-publish the recent events if the broker lost its data; returns how many.
