@@ -52,7 +52,7 @@ from nexus_ray.deployments.kit.settings import settings_of
 from nexus_ray.deployments.logistics.drivers import service as drivers
 from nexus_ray.exceptions import Conflict, Forbidden, NexusError, NotFound, ValidationFailed
 from nexus_ray.stores import postgres
-from nexus_ray.stores.events import Event, EventConsumer, emit
+from nexus_ray.stores.events import NOTIFY, Event, EventConsumer, emit, outbox_insert
 
 from .models import DeliveryRead, ProofRead, TimelineEntry
 from .settings import DeliverySettings
@@ -113,22 +113,32 @@ async def _load(conn: asyncpg.Connection | asyncpg.Pool, delivery_id: UUID, call
 # -- creating ------------------------------------------------------------------------------------------
 
 
+#: A delivery, its first timeline entry and its ``delivery.status`` event, in one statement: the entry and the event
+#: only when the delivery was written (its shipment or key may have made one already).
+_INSERT = (
+    "WITH d AS (INSERT INTO deliveries (id, shipment_id, order_id, owner, idempotency_key, status, pickup, dropoff, "
+    "weight_kg, vehicle_types, driver_fee, currency, dispatch_state, created_at, updated_at) "
+    "VALUES ($1, $2, $3, $4, $5, 'created', $6, $7, $8, $9, $10, $11, $12, $13, $13) ON CONFLICT DO NOTHING "
+    "RETURNING *), "
+    "t AS (INSERT INTO delivery_events (delivery_id, status, at, actor) SELECT id, 'created', $13, $4 FROM d), "
+    f"e AS ({outbox_insert('$14', '$15', 'd.id', '$16', '$17', source='FROM d')}) "
+    f"SELECT d.*, {NOTIFY} AS notified FROM d"
+)
+
+
 async def _insert(conn: asyncpg.Connection, *, owner: str, pickup: dict[str, Any], dropoff: dict[str, Any],
                   weight_kg: float, vehicle_types: list[str] | None, driver_fee: int, currency: str,
                   order_id: str | None, shipment_id: str | None, idempotency_key: str | None) -> asyncpg.Record | None:
-    """Insert a delivery with its first timeline entry and event; None if its shipment or key already made one."""
+    """Insert a delivery with its first timeline entry and event (one round trip); None if its shipment or key
+    already made one."""
     now = datetime.now(UTC)
+    delivery_id = uuid.uuid4()
     routable = all(p.get("lat") is not None and p.get("lon") is not None for p in (pickup, dropoff))
-    row = await conn.fetchrow(
-        "INSERT INTO deliveries (id, shipment_id, order_id, owner, idempotency_key, status, pickup, dropoff, "
-        "weight_kg, vehicle_types, driver_fee, currency, dispatch_state, created_at, updated_at) "
-        "VALUES ($1, $2, $3, $4, $5, 'created', $6, $7, $8, $9, $10, $11, $12, $13, $13) "
-        "ON CONFLICT DO NOTHING RETURNING *",
-        uuid.uuid4(), shipment_id, order_id, owner, idempotency_key, pickup, dropoff, weight_kg, vehicle_types,
-        driver_fee, currency, "pending" if routable else "manual", now)
-    if row is not None:
-        await _record(conn, row, "created", actor=owner, note=None, lat=None, lon=None, at=now)
-    return row
+    event = _status_event(delivery_id, shipment_id, order_id, "created", now, None)
+    return await conn.fetchrow(
+        _INSERT, delivery_id, shipment_id, order_id, owner, idempotency_key, pickup, dropoff, weight_kg,
+        vehicle_types, driver_fee, currency, "pending" if routable else "manual", now, postgres.new_ids(1)[0],
+        STATUS_TOPIC, event, {})
 
 
 async def _record(conn: asyncpg.Connection, row: asyncpg.Record, status: str, *, actor: str, note: str | None,
@@ -136,10 +146,15 @@ async def _record(conn: asyncpg.Connection, row: asyncpg.Record, status: str, *,
     await conn.execute(
         "INSERT INTO delivery_events (delivery_id, status, at, actor, note, lat, lon) "
         "VALUES ($1, $2, $3, $4, $5, $6, $7)", row["id"], status, at, actor, note, lat, lon)
-    await emit(conn, STATUS_TOPIC, {
-        "delivery_id": str(row["id"]), "shipment_id": row["shipment_id"], "order_id": row["order_id"],
-        "status": status, "at": at.isoformat(), "driver_id": str(row["driver_id"]) if row["driver_id"] else None,
-    }, key=str(row["id"]))
+    event = _status_event(row["id"], row["shipment_id"], row["order_id"], status, at, row["driver_id"])
+    await emit(conn, STATUS_TOPIC, event, key=str(row["id"]))
+
+
+def _status_event(delivery_id: UUID, shipment_id: str | None, order_id: str | None, status: str, at: datetime,
+                  driver_id: UUID | None) -> dict[str, Any]:
+    """The payload of a ``delivery.status`` event."""
+    return {"delivery_id": str(delivery_id), "shipment_id": shipment_id, "order_id": order_id, "status": status,
+            "at": at.isoformat(), "driver_id": str(driver_id) if driver_id else None}
 
 
 async def create_delivery(
