@@ -221,10 +221,11 @@ async def test_the_label_is_a_pdf_whose_barcode_reads_back_as_the_tracking_numbe
 async def test_delivery_status_events_from_logistics_move_the_shipment_and_its_public_tracking(client, until):
     shipment = await ship()
     start = datetime.now(UTC)
-    for i, status in enumerate(("assigned", "picked_up", "in_transit", "delivered")):
+    sent = []
+    for i, status in enumerate(("created", "assigned", "picked_up", "in_transit", "delivered")):
         at = (start + timedelta(minutes=i + 1)).isoformat()
-        await emit_event("delivery.status", {"delivery_id": str(uuid.uuid4()), "shipment_id": str(shipment.id),
-                                             "status": status, "at": at})
+        sent.append(await emit_event("delivery.status", {"delivery_id": str(uuid.uuid4()),
+                                                         "shipment_id": str(shipment.id), "status": status, "at": at}))
 
     async def tracked() -> dict | None:
         r = await client.get(f"{API}/tracking/{shipment.tracking_number}")  # public: no credentials
@@ -232,6 +233,14 @@ async def test_delivery_status_events_from_logistics_move_the_shipment_and_its_p
 
     public = await until(tracked)
     assert [e["status"] for e in public["events"]] == ["label_created", "picked_up", "in_transit", "delivered"]
+    # Logistics' "created" and "assigned" change nothing here: passed over, with no transaction or record for them.
+    from nexus_ray.deployments.commerce.shipping.service import CONSUMER_GROUP
+    from nexus_ray.stores import postgres
+
+    recorded = await (await postgres.pool()).fetch(
+        "SELECT event_id FROM processed_events WHERE consumer = $1 AND event_id = ANY($2::uuid[])", CONSUMER_GROUP,
+        sent)
+    assert {r["event_id"] for r in recorded} == set(sent[2:])
     # Nothing personal in the public view.
     assert set(public) == {"tracking_number", "status", "service_level", "destination_country", "events"}
     assert all(set(e) == {"status", "description", "occurred_at"} for e in public["events"])

@@ -508,9 +508,15 @@ async def _handle(conn: asyncpg.Connection, event: Event) -> None:
 
 
 def _wanted(event: Event) -> bool:
-    """An ``order.paid`` that asks for no shipping (the checkout saga's: it requests the shipment itself) is
-    passed over, with no transaction or record for it."""
-    return event.topic != "order.paid" or bool(event.data.get("shipping"))
+    """Passed over, with no transaction or record: an ``order.paid`` that asks for no shipping (the checkout saga's:
+    it requests the shipment itself), and a ``delivery.status`` whose status means nothing for a shipment (a
+    delivery created or assigned: one of each for every order shipped)."""
+    if event.topic == "order.paid":
+        return bool(event.data.get("shipping"))
+    if event.topic == "delivery.status":
+        raw = str(event.data.get("status", ""))
+        return raw not in DELIVERY_STATUS or DELIVERY_STATUS[raw] is not None
+    return True
 
 
 async def consume_events() -> None:
