@@ -98,6 +98,11 @@ async def test_the_state_machine_refuses_invalid_moves_with_409(client, admin, u
 
     timeline = (await client.get(f"{API}/deliveries/{d['id']}/timeline", headers=owner)).json()
     assert [t["status"] for t in timeline] == ["created", "assigned", "picked_up", "delivered"]
+    # Each move's event names the delivery's customer (its owner, for one made through the API): the notification
+    # service tells them.
+    moved = await (await postgres.pool()).fetch(
+        "SELECT payload FROM outbox WHERE topic = 'delivery.status' AND key = $1 ORDER BY id", d["id"])
+    assert {m["payload"]["customer"] for m in moved} == {subject_of(owner)} and len(moved) == 4
     assert timeline[2]["lat"] == 52.5 and timeline[3]["note"] == "at the door"
     assert await status_events(d["id"]) == ["created", "assigned", "picked_up", "delivered"]
     # The driver was paid for the job: their earning is the delivery's fee.
@@ -165,7 +170,7 @@ async def test_a_delivery_is_seen_by_its_owner_its_driver_and_admins_only(client
 async def test_one_delivery_per_shipment_and_dispatch_assigns_it(client, admin, user, until):
     driver_id = await new_driver(client, user())
     shipment_id = f"shp-{uuid.uuid4().hex[:10]}"
-    fact = {"shipment_id": shipment_id, "order_id": "ord-1", "weight_g": 1500,
+    fact = {"shipment_id": shipment_id, "order_id": "ord-1", "customer": "cust-41", "weight_g": 1500,
             "address": {"line1": "Unter den Linden 1", "city": "Berlin", "lat": 52.517, "lon": 13.389}}
     async with postgres.transaction() as conn:  # shipping's fact, said twice (as a redelivery would)
         first = await events.emit(conn, "shipment.created", fact, key=shipment_id)
@@ -185,9 +190,10 @@ async def test_one_delivery_per_shipment_and_dispatch_assigns_it(client, admin, 
     assert (delivery["dropoff"]["lat"], delivery["dropoff"]["lon"]) == (52.517, 13.389)
     assert delivery["dispatch_state"] == "manual"  # no depot configured: no pickup coordinates to cost it by
     assert await status_events(str(delivery["id"])) == ["created"]
-    shipment_status = await pg.fetchval("SELECT payload->>'shipment_id' FROM outbox WHERE topic = 'delivery.status' "
-                                        "AND key = $1", str(delivery["id"]))
-    assert shipment_status == shipment_id
+    created = await pg.fetchval("SELECT payload FROM outbox WHERE topic = 'delivery.status' AND key = $1",
+                                str(delivery["id"]))
+    # The order's customer, whom the notification service tells how the parcel moves.
+    assert (created["shipment_id"], created["order_id"], created["customer"]) == (shipment_id, "ord-1", "cust-41")
 
     async with postgres.transaction() as conn:
         await events.emit(conn, "dispatch.assigned", {"job_id": str(delivery["id"]), "driver_id": driver_id,
@@ -199,3 +205,7 @@ async def test_one_delivery_per_shipment_and_dispatch_assigns_it(client, admin, 
 
     got = await until(assigned, within_s=60, every=0.2)
     assert (got["driver_id"], got["offer_id"]) == (driver_id, "offer-x")
+    moved = await pg.fetch("SELECT payload FROM outbox WHERE topic = 'delivery.status' AND key = $1 ORDER BY id",
+                           str(delivery["id"]))
+    assert [(m["payload"]["status"], m["payload"]["customer"]) for m in moved] == [("created", "cust-41"),
+                                                                                 ("assigned", "cust-41")]

@@ -117,8 +117,8 @@ async def _load(conn: asyncpg.Connection | asyncpg.Pool, delivery_id: UUID, call
 #: only when the delivery was written (its shipment or key may have made one already).
 _INSERT = (
     "WITH d AS (INSERT INTO deliveries (id, shipment_id, order_id, owner, idempotency_key, status, pickup, dropoff, "
-    "weight_kg, vehicle_types, driver_fee, currency, dispatch_state, created_at, updated_at) "
-    "VALUES ($1, $2, $3, $4, $5, 'created', $6, $7, $8, $9, $10, $11, $12, $13, $13) ON CONFLICT DO NOTHING "
+    "weight_kg, vehicle_types, driver_fee, currency, dispatch_state, created_at, updated_at, customer) "
+    "VALUES ($1, $2, $3, $4, $5, 'created', $6, $7, $8, $9, $10, $11, $12, $13, $13, $18) ON CONFLICT DO NOTHING "
     "RETURNING *), "
     "t AS (INSERT INTO delivery_events (delivery_id, status, at, actor) SELECT id, 'created', $13, $4 FROM d), "
     f"e AS ({outbox_insert('$14', '$15', 'd.id', '$16', '$17', source='FROM d')}) "
@@ -128,17 +128,18 @@ _INSERT = (
 
 async def _insert(conn: asyncpg.Connection, *, owner: str, pickup: dict[str, Any], dropoff: dict[str, Any],
                   weight_kg: float, vehicle_types: list[str] | None, driver_fee: int, currency: str,
-                  order_id: str | None, shipment_id: str | None, idempotency_key: str | None) -> asyncpg.Record | None:
-    """Insert a delivery with its first timeline entry and event (one round trip); None if its shipment or key
-    already made one."""
+                  order_id: str | None, shipment_id: str | None, idempotency_key: str | None,
+                  customer: str | None) -> asyncpg.Record | None:
+    """Insert a delivery for ``customer`` with its first timeline entry and event (one round trip); None if its
+    shipment or key already made one."""
     now = datetime.now(UTC)
     delivery_id = uuid.uuid4()
     routable = all(p.get("lat") is not None and p.get("lon") is not None for p in (pickup, dropoff))
-    event = _status_event(delivery_id, shipment_id, order_id, "created", now, None)
+    event = _status_event(delivery_id, shipment_id, order_id, customer, "created", now, None)
     return await conn.fetchrow(
         _INSERT, delivery_id, shipment_id, order_id, owner, idempotency_key, pickup, dropoff, weight_kg,
         vehicle_types, driver_fee, currency, "pending" if routable else "manual", now, postgres.new_ids(1)[0],
-        STATUS_TOPIC, event, {})
+        STATUS_TOPIC, event, {}, customer)
 
 
 async def _record(conn: asyncpg.Connection, row: asyncpg.Record, status: str, *, actor: str, note: str | None,
@@ -146,15 +147,16 @@ async def _record(conn: asyncpg.Connection, row: asyncpg.Record, status: str, *,
     await conn.execute(
         "INSERT INTO delivery_events (delivery_id, status, at, actor, note, lat, lon) "
         "VALUES ($1, $2, $3, $4, $5, $6, $7)", row["id"], status, at, actor, note, lat, lon)
-    event = _status_event(row["id"], row["shipment_id"], row["order_id"], status, at, row["driver_id"])
+    event = _status_event(row["id"], row["shipment_id"], row["order_id"], row["customer"], status, at,
+                          row["driver_id"])
     await emit(conn, STATUS_TOPIC, event, key=str(row["id"]))
 
 
-def _status_event(delivery_id: UUID, shipment_id: str | None, order_id: str | None, status: str, at: datetime,
-                  driver_id: UUID | None) -> dict[str, Any]:
-    """The payload of a ``delivery.status`` event."""
-    return {"delivery_id": str(delivery_id), "shipment_id": shipment_id, "order_id": order_id, "status": status,
-            "at": at.isoformat(), "driver_id": str(driver_id) if driver_id else None}
+def _status_event(delivery_id: UUID, shipment_id: str | None, order_id: str | None, customer: str | None,
+                  status: str, at: datetime, driver_id: UUID | None) -> dict[str, Any]:
+    """The payload of a ``delivery.status`` event: the notification service tells its ``customer``."""
+    return {"delivery_id": str(delivery_id), "shipment_id": shipment_id, "order_id": order_id, "customer": customer,
+            "status": status, "at": at.isoformat(), "driver_id": str(driver_id) if driver_id else None}
 
 
 async def create_delivery(
@@ -166,7 +168,7 @@ async def create_delivery(
     async with postgres.transaction() as conn:
         row = await _insert(conn, owner=caller, pickup=pickup, dropoff=dropoff, weight_kg=weight_kg,
                             vehicle_types=vehicle_types, driver_fee=driver_fee, currency=currency,
-                            order_id=order_id, shipment_id=None, idempotency_key=idempotency_key)
+                            order_id=order_id, shipment_id=None, idempotency_key=idempotency_key, customer=caller)
         replayed = row is None
         if row is None:
             row = await conn.fetchrow("SELECT * FROM deliveries WHERE owner = $1 AND idempotency_key = $2",
@@ -190,7 +192,8 @@ async def create_from_shipment(conn: asyncpg.Connection, data: dict[str, Any]) -
     row = await _insert(conn, owner=SERVICE, pickup=pickup, dropoff=dropoff, weight_kg=float(weight_g) / 1000,
                         vehicle_types=None, driver_fee=s.deliveries_default_fee, currency=s.deliveries_currency,
                         order_id=str(data["order_id"]) if data.get("order_id") else None,
-                        shipment_id=str(data["shipment_id"]), idempotency_key=None)
+                        shipment_id=str(data["shipment_id"]), idempotency_key=None,
+                        customer=str(data["customer"]) if data.get("customer") else None)
     return _read(row) if row is not None else None
 
 
