@@ -2,7 +2,8 @@
 drive it: a shipment made by shipping becomes a delivery (shipping's ``shipment.created`` event), an operator
 hands it to dispatch with the coordinates shipping does not know, the dispatch loop offers it to the one driver
 near the pickup, the driver accepts on their socket, sends locations on it (the fleet sees them), picks it up,
-delivers it with a signed proof, and shipping consumes the delivery's events onto the shipment's timeline.
+delivers it with a signed proof, shipping consumes the delivery's events onto the shipment's timeline, and the
+notification service tells the shipment's customer of each move (by e-mail, the address they gave).
 
 Every call is HTTP or WebSocket to the deployed platform; nothing is called in-process. The place is one no
 other test uses (Melbourne), so the loop has no other driver within its pickup radius to offer the job to.
@@ -26,6 +27,7 @@ DELIVERIES = "/logistics/v1/deliveries"
 DRIVERS = "/logistics/v1/drivers"
 DISPATCH = "/logistics/v1/dispatch"
 FLEET = "/logistics/v1/fleet"
+NOTIFICATIONS = "/platform/v1/notifications"
 PICKUP = {"lat": -37.8136, "lon": 144.9631}  # the shop's depot
 DROPOFF = {"lat": -37.8300, "lon": 144.9800}
 DRIVER_AT = {"lat": -37.8150, "lon": 144.9650}  # a few hundred metres from the pickup
@@ -52,8 +54,14 @@ async def test_a_delivery_from_shipment_to_proof_through_the_entrypoint(platform
     driver = bearer("logistics:drivers:read", "logistics:drivers:write", "logistics:deliveries:read",
                     "logistics:deliveries:write", subject=subject)
     fleet_id, vehicle_id = f"mel-{run}", f"van-{run}"
+    customer = f"cust-{run}"
+    shopper = bearer("platform:notifications:read", "platform:notifications:write", subject=customer)
 
     async with httpx.AsyncClient(base_url=platform, timeout=30) as c:
+        # The shop's customer gave an e-mail address for news of their deliveries.
+        r = await c.put(f"{NOTIFICATIONS}/users/{customer}/preferences", headers=shopper,
+                        json={"email": f"{customer}@example.test", "channels": {"deliveries": ["email"]}})
+        assert r.status_code == 200, r.text
         # The fleet's operator registers the driver; the driver starts a shift.
         r = await c.post(f"{FLEET}/fleets", headers=ops, json={"fleet_id": fleet_id, "name": "Melbourne"})
         assert r.status_code == 201, r.text
@@ -78,7 +86,7 @@ async def test_a_delivery_from_shipment_to_proof_through_the_entrypoint(platform
             # Shipping makes the shipment; logistics makes its delivery from shipping's event.
             order_id = f"ord-{run}"
             r = await c.post(f"{SHIPPING}/shipments", headers={**ops, "Idempotency-Key": f"ship-{run}"}, json={
-                "order_id": order_id, "weight_g": 2400, "customer": f"cust-{run}",
+                "order_id": order_id, "weight_g": 2400, "customer": customer,
                 "address": {"name": "Kim", "line1": "1 Flinders St", "city": "Melbourne", "country": "AU"}})
             assert r.status_code == 201, r.text
             shipment = r.json()
@@ -137,6 +145,18 @@ async def test_a_delivery_from_shipment_to_proof_through_the_entrypoint(platform
         events = (await c.get(f"{SHIPPING}/shipments/{shipment['id']}/events", headers=ops)).json()
         from_logistics = [e["status"] for e in events if e["source"] == "logistics"]
         assert from_logistics == ["picked_up", "delivered"]
+
+        # The customer was told of each move, by e-mail.
+        async def told() -> list | None:
+            r = await c.get(f"{NOTIFICATIONS}/users/{customer}/messages", headers=shopper, params={"limit": 20})
+            assert r.status_code == 200, r.text
+            items = [m for m in r.json()["items"] if m["category"] == "deliveries"]
+            return items if len(items) == 4 else None
+
+        news = await until(told, within_s=60, every=0.2)
+        assert {(m["channel"], m["recipient"]) for m in news} == {("email", f"{customer}@example.test")}
+        assert sorted(m["body_text"].split(" is now ")[1].split(".")[0] for m in news) == [
+            "assigned", "created", "delivered", "picked_up"]
 
         # The driver is free again and was paid the delivery's fee for this job.
         async def earned() -> list | None:
