@@ -404,32 +404,33 @@ class OutboxRelay:
             raise KafkaConnectionError("the relay's producer knows no broker")
         await producer.client.send(node, MetadataRequest(topics))
         partitions = {topic: sorted(await producer.partitions_for(topic)) for topic in topics}
-        building: dict[tuple[str, int], Any] = {}  # the open batch of each topic and partition
+        building: dict[tuple[str, int], tuple[int, Any]] = {}  # per topic and partition: its open batch, numbered
         sent: list[Awaitable[Any]] = []  # each batch's delivery, in the order the batches were closed
-        placed: list[tuple[int, int]] = []  # each row's batch (in ``sent`` once it is) and offset in it
-        batch_of: dict[int, int] = {}  # an open batch (by its id) -> its place in ``sent`` once sent
+        sent_as: dict[int, int] = {}  # a batch's number -> its place in ``sent``
+        placed: list[tuple[int, int]] = []  # each row's batch (by number) and offset in it
         for row in rows:
             value, key, headers = _encode(row)
             topic = row["topic"]
             tp = (topic, _partition(key, partitions[topic]))
-            batch = building.get(tp)
-            meta = batch.append(timestamp=None, key=key, value=value, headers=headers) if batch else None
+            number, batch = building.get(tp, (-1, None))
+            meta = batch.append(timestamp=None, key=key, value=value, headers=headers) if batch is not None else None
             if meta is None:  # no batch for the partition yet, or it is full: the full one goes, a new one opens
                 if batch is not None:
-                    batch_of[id(batch)] = len(sent)
+                    sent_as[number] = len(sent)
                     sent.append(await producer.send_batch(batch, topic, partition=tp[1]))
-                batch = building[tp] = producer.create_batch()
+                number, batch = len(placed), producer.create_batch()  # numbered by its first row: never reused
+                building[tp] = (number, batch)
                 meta = batch.append(timestamp=None, key=key, value=value, headers=headers)
                 if meta is None:
                     raise ValueError(f"event {row['event_id']} is larger than a record batch")
-            placed.append((id(batch), meta.offset))
-        for (topic, partition), batch in building.items():
-            batch_of[id(batch)] = len(sent)
+            placed.append((number, meta.offset))
+        for (topic, partition), (number, batch) in building.items():
+            sent_as[number] = len(sent)
             sent.append(await producer.send_batch(batch, topic, partition=partition))
         delivered = await asyncio.wait_for(asyncio.gather(*sent), 60)
         out = []
-        for batch_id, relative in placed:
-            record = delivered[batch_of[batch_id]]
+        for number, relative in placed:
+            record = delivered[sent_as[number]]
             out.append((record.partition, record.offset + relative))
         return out
 
