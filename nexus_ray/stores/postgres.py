@@ -38,13 +38,13 @@ _pool: asyncpg.Pool | None = None
 _pools: dict[tuple[bool, bool], asyncpg.Pool] = {}
 _pool_lock = asyncio.Lock()
 
-#: True while a group commit's writer runs (nexus_ray.deployments.kit.together): :func:`pool` then hands out the
+#: True while a group commit's writer runs (nexus_ray.stores.together): :func:`pool` then hands out the
 #: batch pool, whose connections plan each statement once (see :func:`pool`).
 in_batch: ContextVar[bool] = ContextVar("nexus_postgres_in_batch", default=False)
 
 #: True where the work's commits need not wait for the WAL flush, because a later commit that does wait comes before
 #: anything outside the platform can depend on them (see :func:`pool`): the checkout saga's steps. A group commit
-#: takes it from the items of its batch: all of them, or the batch waits (nexus_ray.deployments.kit.together).
+#: takes it from the items of its batch: all of them, or the batch waits (nexus_ray.stores.together).
 relaxed: ContextVar[bool] = ContextVar("nexus_postgres_relaxed", default=False)
 
 

@@ -8,6 +8,7 @@ count lives in Redis (shared by the replicas); each replica also remembers the a
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 
@@ -17,7 +18,9 @@ import pytest
 from nexus_ray.config import get_settings
 from nexus_ray.deployments.specialized import keys
 from nexus_ray.deployments.specialized.keys import crypto
-from nexus_ray.edge import ratelimit, tokens
+from nexus_ray.edge import ratelimit, revocations, tokens
+from nexus_ray.exceptions import RateLimited, Unauthorized
+from nexus_ray.stores.cache import redis_client
 
 pytestmark = pytest.mark.integration
 
@@ -140,3 +143,33 @@ async def test_a_nul_character_in_a_stored_text_is_a_422_and_nothing_is_written(
     pg = await postgres.pool()
     assert await pg.fetchval("SELECT count(*) FROM notif_contacts WHERE user_id = $1", user) == 0
     assert await pg.fetchval("SELECT count(*) FROM notif_preferences WHERE user_id = $1", user) == 0
+
+
+async def test_admissions_asked_at_one_moment_share_a_redis_call_and_each_is_counted_and_answered(
+        stores, monkeypatch):
+    """A replica's concurrent requests are admitted in one script run: each is still counted against its own
+    limits, answered on its own (20 of 30 pass a limit of 20; the 10 over it get their seconds to wait), and a
+    revoked token among them is refused before it is counted."""
+    clock = _FrozenWindow()
+    monkeypatch.setattr(ratelimit, "time", clock)
+    sizes: list[int] = []
+    write = ratelimit._admissions.write
+
+    async def recorded(key, batch):
+        sizes.append(len(batch))
+        return await write(key, batch)
+
+    monkeypatch.setattr(ratelimit._admissions, "write", recorded)
+    who, jti = f"batch-{secrets.token_hex(4)}", secrets.token_hex(8)
+    await revocations.revoke_token(jti)
+    limits = [("principal", who, 20)]
+    outcomes = await asyncio.gather(*(ratelimit.admit(limits) for _ in range(30)),
+                                    ratelimit.admit(limits, revocation_keys=[revocations.token_key(jti)]),
+                                    return_exceptions=True)
+    assert sizes == [1, 30]  # the first goes at once; the rest, which came while it was out, together
+    limited = [o for o in outcomes[:30] if isinstance(o, RateLimited)]
+    assert outcomes[:30].count(None) == 20 and len(limited) == 10
+    assert all(0 < o.extra["retry_after"] <= ratelimit.WINDOW_S + 1 for o in limited)
+    assert isinstance(outcomes[30], Unauthorized)
+    count = await redis_client().get(f"nexus:rl:principal:{who}:{int(clock.now) // ratelimit.WINDOW_S}")
+    assert int(count) == 30  # the revoked token's request was not counted

@@ -14,9 +14,9 @@ import orjson
 import pytest
 
 from nexus_ray.config import get_settings
-from nexus_ray.deployments.kit.together import GroupCommit
 from nexus_ray.exceptions import NotFound, ValidationFailed
 from nexus_ray.stores import events, postgres
+from nexus_ray.stores.together import GroupCommit
 
 pytestmark = pytest.mark.integration
 

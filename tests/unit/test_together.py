@@ -1,4 +1,4 @@
-"""The group commit of the service kit (``kit/together.py``): what goes out together, and what each request gets."""
+"""The group commit (``stores/together.py``): what goes out together, and what each request gets."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from nexus_ray.deployments.kit.together import GroupCommit
+from nexus_ray.stores.together import GroupCommit
 
 
 def recording(batches: list[list[int]], *, fail_item: int | None = None):
@@ -103,3 +103,21 @@ async def test_a_request_that_stops_waiting_leaves_its_item_to_be_written_with_i
     gate.set()
     assert await stage.submit("k", 6) == 6
     assert written == [5, 6]
+
+
+async def test_with_no_turns_a_lone_item_is_written_at_once_and_those_that_come_meanwhile_go_next_together():
+    """``turns=0`` (the edge's admissions): an item with nothing of its key out is written at once, by its own
+    request, before the loop turns again; what comes while it is out waits, and goes in one batch after it."""
+    batches: list[list[int]] = []
+    stage = GroupCommit(recording(batches, fail_item=4), turns=0)
+    first = asyncio.ensure_future(stage.submit("k", 1))
+    await asyncio.sleep(0)  # one turn: the first item's batch is out already
+    assert batches == [[1]]
+    later = [asyncio.ensure_future(stage.submit("k", i)) for i in (2, 3, 4)]
+    outcomes = await asyncio.gather(first, *later, return_exceptions=True)
+    assert outcomes[:3] == [10, 20, 30] and isinstance(outcomes[3], ValueError)
+    assert batches == [[1], [2, 3, 4]]
+    with pytest.raises(ValueError, match="item 4"):  # alone too, the item's own refusal is raised to its request
+        await stage.submit("k", 4)
+    assert await stage.submit("k", 5) == 50
+    assert batches == [[1], [2, 3, 4], [4], [5]]

@@ -41,8 +41,8 @@ from nexus_ray.deployments.commerce.ledger import service as ledger
 from nexus_ray.deployments.kit import loops
 from nexus_ray.deployments.kit.calls import call
 from nexus_ray.deployments.kit.settings import settings_of
-from nexus_ray.deployments.kit.together import GroupCommit
 from nexus_ray.stores import postgres
+from nexus_ray.stores.together import GroupCommit
 
 from .settings import BillingSettings
 
@@ -167,7 +167,7 @@ async def _post_together(_key: None, batch: list[Posting]) -> list[BaseException
     return [None] * len(batch)
 
 
-#: A group commit (:mod:`nexus_ray.deployments.kit.together`): a request's posting goes out at once when nothing is
+#: A group commit (:mod:`nexus_ray.stores.together`): a request's posting goes out at once when nothing is
 #: being posted; while a batch is out, those of the requests that follow wait for it and then go out together. So an
 #: idle process posts each at once, and a busy one about as many a ledger transaction as requests arrive in one
 #: batch's time, with no delay set.

@@ -47,9 +47,9 @@ import asyncpg
 
 from nexus_ray.deployments.kit import loops
 from nexus_ray.deployments.kit.settings import settings_of
-from nexus_ray.deployments.kit.together import GroupCommit
 from nexus_ray.exceptions import Conflict, NexusError, NotFound, ValidationFailed
 from nexus_ray.stores import postgres
+from nexus_ray.stores.together import GroupCommit
 
 from .settings import BillingSettings
 

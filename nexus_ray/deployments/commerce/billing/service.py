@@ -54,9 +54,9 @@ import orjson
 
 from nexus_ray.deployments.kit.idempotency import Keyed, Outcome, fingerprint
 from nexus_ray.deployments.kit.pages import Page, PageRequest
-from nexus_ray.deployments.kit.together import GroupCommit
 from nexus_ray.exceptions import Conflict, Forbidden, NexusError, NotFound, ValidationFailed
 from nexus_ray.stores import postgres
+from nexus_ray.stores.together import GroupCommit
 
 from . import postings, webhooks
 from .keyed import KEYS

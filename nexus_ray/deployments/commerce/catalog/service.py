@@ -71,10 +71,10 @@ from pymongo.errors import DuplicateKeyError
 
 from nexus_ray.deployments.kit.pages import PageRequest, encode_cursor
 from nexus_ray.deployments.kit.settings import settings_of
-from nexus_ray.deployments.kit.together import GroupCommit
 from nexus_ray.edge.errors import field_name
 from nexus_ray.exceptions import Conflict, Forbidden, NotFound, ServiceUnavailable, ValidationFailed
 from nexus_ray.stores import documents
+from nexus_ray.stores.together import GroupCommit
 
 from .models import (
     CartIn,

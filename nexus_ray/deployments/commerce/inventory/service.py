@@ -64,10 +64,10 @@ import orjson
 from nexus_ray.deployments.kit import loops
 from nexus_ray.deployments.kit.pages import Page, PageRequest
 from nexus_ray.deployments.kit.settings import settings_of
-from nexus_ray.deployments.kit.together import GroupCommit
 from nexus_ray.exceptions import Conflict, NotFound, ValidationFailed
 from nexus_ray.stores import postgres
 from nexus_ray.stores.events import emit, emit_many
+from nexus_ray.stores.together import GroupCommit
 
 from .models import MovementRead, ReservationLine, ReservationRead, StockRead, WarehouseRead, WarehouseStock
 from .settings import InventorySettings

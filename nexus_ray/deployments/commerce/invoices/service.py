@@ -54,10 +54,10 @@ import asyncpg
 import orjson
 
 from nexus_ray.deployments.kit.pages import Page, PageRequest
-from nexus_ray.deployments.kit.together import GroupCommit
 from nexus_ray.exceptions import Conflict, NexusError, NotFound, ValidationFailed
 from nexus_ray.stores import postgres
 from nexus_ray.stores.events import emit, emit_many
+from nexus_ray.stores.together import GroupCommit
 
 from .models import (
     CreditNoteLineRead,
@@ -359,7 +359,7 @@ async def _write_all(conn: asyncpg.Connection, series: str, batch: list[_Issue])
 
 
 async def _write_series(series: str, batch: list[_Issue]) -> list[int | BaseException | None]:
-    """Group commit per series (:class:`~nexus_ray.deployments.kit.together.GroupCommit`): the issues of one series
+    """Group commit per series (:class:`~nexus_ray.stores.together.GroupCommit`): the issues of one series
     waiting in this process share one transaction.
 
     Numbers of a series are taken one transaction at a time (the counter's lock), so with one issue

@@ -18,7 +18,7 @@ its group is done: the done one's result is written first, then the order waits 
 runs only the step still without a result.
 
 The writes that a process's runners make at the same moment go out together: one statement and one commit for
-the batch (:data:`_WRITES`, a :class:`~nexus_ray.deployments.kit.together.GroupCommit`), each write still fenced
+the batch (:data:`_WRITES`, a :class:`~nexus_ray.stores.together.GroupCommit`), each write still fenced
 on its own order's lease (below).
 
 Leases: one runner per order
@@ -87,9 +87,9 @@ import orjson
 
 from nexus_ray.deployments.kit import loops
 from nexus_ray.deployments.kit.settings import settings_of
-from nexus_ray.deployments.kit.together import GroupCommit
 from nexus_ray.stores import postgres
 from nexus_ray.stores.events import NOTIFY, outbox_insert
+from nexus_ray.stores.together import GroupCommit
 
 from .models import UNSETTLED, check_transition
 from .settings import OrderSettings

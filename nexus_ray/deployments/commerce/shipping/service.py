@@ -38,10 +38,10 @@ from uuid import UUID
 import asyncpg
 
 from nexus_ray.deployments.kit.pages import Page, PageRequest
-from nexus_ray.deployments.kit.together import GroupCommit
 from nexus_ray.exceptions import Conflict, NexusError, NotFound, ValidationFailed
 from nexus_ray.stores import postgres
 from nexus_ray.stores.events import NOTIFY, Event, EventConsumer, emit, outbox_insert
+from nexus_ray.stores.together import GroupCommit
 
 from .models import Address, PublicEvent, PublicTracking, RateQuote, RateRead, ShipmentRead, TrackingEventRead
 

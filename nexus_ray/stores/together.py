@@ -20,8 +20,11 @@ The same machinery reads together: look-ups that requests make at the same momen
 tax rates) are one query for all, each answered from a read that began after it asked -- never an older one.
 
 The writer returns one outcome per item, in order: a value, or an exception for that item alone. If the writer
-itself raises, every item of its batch gets that exception. A request that stops waiting does not stop its item
-(the wait is shielded): it is written with its batch.
+itself raises, every item of its batch gets that exception. A request that stops waiting does not stop its item:
+the batch is written by a task of its own, which passes over the outcome nobody waits for.
+
+Items that have no siblings to wait for (a request's admission at the edge) take ``turns=0``: a batch starts at
+once, and only the items that come while it is out wait, for the next.
 
 Batches are per event loop as well as per key: a loop that ended with a batch out leaves nothing that holds up
 another loop's items.
@@ -53,26 +56,48 @@ Writer = Callable[[K, list[T]], Awaitable[Sequence[R | BaseException]]]
 class GroupCommit(Generic[K, T, R]):
     """Items of one key written in batches by ``write`` (see the module's docstring)."""
 
-    def __init__(self, write: Writer[K, T, R], *, max_batch: int = 200) -> None:
+    def __init__(self, write: Writer[K, T, R], *, max_batch: int = 200, turns: int = _TURNS) -> None:
         self.write = write
         self.max_batch = max_batch
+        #: The loop's turns a new batch waits (0: it goes at once, and only those that come while it is out wait).
+        self.turns = turns
         #: Per loop and key, the items waiting: each with its outcome and whether its commit may be relaxed.
         self._waiting: dict[tuple[asyncio.AbstractEventLoop, K], list[tuple[T, asyncio.Future[R], bool]]] = {}
-        self._draining: dict[tuple[asyncio.AbstractEventLoop, K], asyncio.Task[None]] = {}
+        #: Per loop and key, what writes its batches now: a task, or None for a request writing its own (below).
+        self._draining: dict[tuple[asyncio.AbstractEventLoop, K], asyncio.Task[None] | None] = {}
 
     async def submit(self, key: K, item: T) -> R:
         """Hand ``item`` over to be written with the others of ``key``: its outcome, once its batch is written."""
         loop = asyncio.get_running_loop()
-        done: asyncio.Future[R] = loop.create_future()
         slot = (loop, key)
+        if self.turns == 0 and slot not in self._draining:
+            return await self._alone(slot, item)
+        done: asyncio.Future[R] = loop.create_future()
         self._waiting.setdefault(slot, []).append((item, done, postgres.relaxed.get()))
         if slot not in self._draining:
             self._draining[slot] = loop.create_task(self._drain(slot))
-        return await asyncio.shield(done)
+        # Not shielded: cancelling the wait cancels only ``done``, which the batch's task then passes over; a shield
+        # would cost every item a second future and one more turn of the loop before its request wakes.
+        return await done
+
+    async def _alone(self, slot: tuple[asyncio.AbstractEventLoop, K], item: T) -> R:
+        """With ``turns=0`` and nothing of its key out: the item is written at once, in its own batch, by its
+        request's task (no task, future or turn of the loop of its own). What comes meanwhile waits, and goes next,
+        in a batch task. A request cancelled while it writes stops its item, as any awaited call would."""
+        self._draining[slot] = None
+        try:
+            outcome = (await self._written(slot[1], [(item, postgres.relaxed.get())]))[0]
+        finally:
+            del self._draining[slot]
+            if slot in self._waiting:
+                self._draining[slot] = slot[0].create_task(self._drain(slot))
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
 
     async def _drain(self, slot: tuple[asyncio.AbstractEventLoop, K]) -> None:
         try:
-            for _ in range(_TURNS):  # the siblings of the request that started this (see the module's docstring)
+            for _ in range(self.turns):  # the siblings of the request that started this (see the module's docstring)
                 await asyncio.sleep(0)
             while queue := self._waiting.pop(slot, []):
                 if len(queue) > self.max_batch:
@@ -81,11 +106,19 @@ class GroupCommit(Generic[K, T, R]):
         finally:
             self._draining.pop(slot, None)
 
-    async def _settle(self, key: K, batch: list[tuple[T, asyncio.Future[R], bool]]) -> None:
+    async def _written(self, key: K, batch: list[tuple[T, bool]]) -> Sequence[R | BaseException]:
+        """The outcomes of a batch's items (each with whether its commit may be relaxed), as the writer gave them."""
         marked = postgres.in_batch.set(True)  # the writer's statements go to the batch pool (postgres.pool)
-        relaxed = postgres.relaxed.set(all(relax for _, _, relax in batch))
+        relaxed = postgres.relaxed.set(all(relax for _, relax in batch))
         try:
-            outcomes = await self.write(key, [item for item, _, _ in batch])
+            return await self.write(key, [item for item, _ in batch])
+        finally:
+            postgres.relaxed.reset(relaxed)
+            postgres.in_batch.reset(marked)
+
+    async def _settle(self, key: K, batch: list[tuple[T, asyncio.Future[R], bool]]) -> None:
+        try:
+            outcomes = await self._written(key, [(item, relax) for item, _, relax in batch])
         except BaseException as exc:  # nothing of the batch was written
             for _, done, _ in batch:
                 if not done.done():
@@ -93,9 +126,6 @@ class GroupCommit(Generic[K, T, R]):
             if not isinstance(exc, Exception):
                 raise
             return
-        finally:
-            postgres.relaxed.reset(relaxed)
-            postgres.in_batch.reset(marked)
         for (_, done, _), outcome in zip(batch, outcomes, strict=True):
             if done.done():
                 continue
