@@ -380,6 +380,7 @@ async def test_a_failed_change_stream_falls_back_to_the_store_and_rebuilds_the_i
     builds = replica.builds
     await replica.stream.close()  # the stream fails under the index (as when the store restarts)
     await until(lambda: not replica.ready, within_s=10)
+    assert replica.price_cache() is None and len(replica.prices) == 0  # pricing reads the store meanwhile
     meanwhile = stored(top, "Cork coaster", version=1)  # written while the index is down: the rebuild has it
     await direct_write(meanwhile)
     page = await service.search(query=service.SearchQuery(q="coaster", category=top), page=PageRequest(limit=5))
@@ -516,6 +517,54 @@ async def test_price_lines_prices_a_cart_and_names_an_unknown_sku(client, mercha
     r = await client.post(f"{API}/price-lines", headers=shopper, json={
         "currency": "EUR", "lines": [{"sku": f"{top}-unknown", "quantity": 3}]})
     assert r.status_code == 422 and r.json()["errors"][0]["field"] == "lines[0].sku"
+
+
+async def test_carts_priced_again_come_from_the_cache_until_a_change_of_the_product_reaches_this_process(
+        client, merchant, until):
+    """Pricing keeps what it read (``search_index.PriceCache``) and drops a product when the change stream brings a
+    change of it: another writer's new price is charged once the stream delivers it, an archived product is
+    refused, and this process's own change is priced at once."""
+    from nexus_ray.deployments.commerce.catalog import exports
+    from nexus_ray.exceptions import ValidationFailed
+
+    top = root()
+    doc = stored(top, "Slate coaster", version=1, usd=1200)
+    await direct_write(doc)
+    sku = doc["variants"][0]["sku"]
+    await until(lambda: found_by_index(top, "coaster"), within_s=20)  # the stream delivered the insert
+
+    async def priced(which: str = sku) -> int:
+        return (await exports["price_lines"](lines=[{"sku": which, "quantity": 1}], currency="USD")).total
+
+    assert await priced() == 1200
+    hits, misses = replica.prices.hits, replica.prices.misses
+    assert await priced() == 1200
+    assert (replica.prices.hits, replica.prices.misses) == (hits + 1, misses)  # the second from the cache
+
+    await direct_write({**doc, "version": 2, "variants": [{**doc["variants"][0], "prices": {"USD": 1500}}]})
+
+    async def costs_1500() -> bool:
+        return await priced() == 1500
+
+    await until(costs_1500, within_s=20)
+    await direct_write({**doc, "version": 3, "status": "archived"})
+
+    async def refused() -> bool:
+        try:
+            await priced()
+        except ValidationFailed as exc:
+            return exc.extra["errors"][0]["type"] == "unknown_sku"
+        return False
+
+    await until(refused, within_s=20)
+
+    own = await create(client, merchant, product(top, "Clay coaster", skus=[f"{top}-clay"], usd=800))
+    assert await priced(f"{top}-clay") == 800
+    assert await priced(f"{top}-clay") == 800
+    r = await client.patch(f"{API}/products/{own['id']}", headers=merchant, json={
+        "version": 1, "variants": [{"sku": f"{top}-clay", "prices": {"USD": 950}, "weight_g": 250}]})
+    assert r.status_code == 200, r.text
+    assert await priced(f"{top}-clay") == 950  # no waiting: this process's write dropped its entry
 
 
 # -- who may do what ------------------------------------------------------------------------------------------

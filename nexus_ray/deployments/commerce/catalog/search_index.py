@@ -54,6 +54,18 @@ history lost) the index is dropped, search falls back to the store, and it is re
 Until it is ready, :func:`.service.search` answers from the store. Readiness, size and lag are
 Prometheus gauges (:mod:`nexus_ray.edge.metrics`) and :meth:`Replica.status`.
 
+Prices read once
+----------------
+Pricing a cart (:func:`.service.price_lines`, the checkout's first step) reads its SKUs' products from the store:
+one query an order when orders come one at a time, which costs the store about 1.6 ms of CPU (bench/RESULTS.md).
+The same stream keeps a bounded :class:`PriceCache` of what those reads returned: a product's entry is dropped when
+the stream brings any change of it (or this process writes it), and the cache is used only while the stream is
+followed and answered in the last :data:`FOLLOWING_S` seconds (its reads wait at most a second when nothing
+changes). A read that overlapped a drop is not kept, so an entry never outlives a change the stream delivered.
+What it trades: a price changed by another process is seen here when the stream brings it, milliseconds later
+(the ``lag_s`` gauge), not at once; a cart priced in between is charged the price it was quoted, and its invoice
+states the same lines, so money stays consistent. This process's own writes drop their entries at once.
+
 Measured on 100,000 products (bench/catalog_search.py, bench/RESULTS.md, shared 2-core machine): built
 in about 36 s (the store's scan), 23 MB of arrays and about 100 MB of process memory in all; a faceted
 first page of 20 in p50 5 ms, p99 12 ms (closed loop through the service function), the same answers
@@ -87,6 +99,74 @@ PROJECTION = {"status": 1, "version": 1, "title": 1, "brand": 1, "category": 1, 
 _BIG = 2**63 - 1
 _I32 = np.int32
 _EMPTY = np.zeros(0, _I32)
+
+
+#: The cache of prices answers only while the change stream answered this recently (an idle stream answers every
+#: second, :meth:`Replica.run`).
+FOLLOWING_S = 3.0
+
+#: SKU -> (the product as pricing reads it: id, title, variants; the SKU's variant).
+Variants = dict[str, tuple[dict[str, Any], dict[str, Any]]]
+
+
+class PriceCache:
+    """What pricing read of active products, by SKU, until the change stream says the product changed (see the
+    module's docstring). At most ``max_products`` products; the oldest filled goes first."""
+
+    def __init__(self, max_products: int = 10_000) -> None:
+        self.max_products = max_products
+        #: Moves on at every drop: a read that began before one is not kept (:meth:`fill`).
+        self.generation = 0
+        self.hits = 0
+        self.misses = 0
+        self._by_sku: Variants = {}
+        self._skus_of: dict[str, list[str]] = {}
+
+    def get(self, skus: Iterable[str]) -> tuple[Variants, list[str]]:
+        """The cached SKUs' entries, and the SKUs to read from the store."""
+        found: Variants = {}
+        missing: list[str] = []
+        for sku in skus:
+            hit = self._by_sku.get(sku)
+            if hit is None:
+                missing.append(sku)
+            else:
+                found[sku] = hit
+        self.hits += len(found)
+        self.misses += len(missing)
+        return found, missing
+
+    def fill(self, read: Variants, generation: int) -> None:
+        """Keep what a read begun at ``generation`` returned, unless a product was dropped since it began."""
+        if generation != self.generation or self.max_products <= 0:
+            return
+        for sku, entry in read.items():
+            pid = entry[0]["_id"]
+            skus = self._skus_of.get(pid)
+            if skus is None:
+                if len(self._skus_of) >= self.max_products:
+                    self._remove(next(iter(self._skus_of)))
+                skus = self._skus_of[pid] = []
+            if sku not in self._by_sku:
+                skus.append(sku)
+            self._by_sku[sku] = entry
+
+    def drop(self, product_id: Any) -> None:
+        """The product changed (or is gone): read it from the store next time."""
+        self.generation += 1
+        self._remove(product_id)
+
+    def clear(self) -> None:
+        self.generation += 1
+        self._by_sku.clear()
+        self._skus_of.clear()
+
+    def _remove(self, product_id: Any) -> None:
+        for sku in self._skus_of.pop(product_id, ()):
+            self._by_sku.pop(sku, None)
+
+    def __len__(self) -> int:
+        return len(self._skus_of)
 
 
 def id_key(product_id: str) -> int:
@@ -451,18 +531,26 @@ class Replica:
         self.last_event: datetime | None = None
         self.events = 0
         self.served = 0
+        self.prices = PriceCache()
+        self.heard = 0.0  # when the stream last answered (monotonic)
 
     def usable(self) -> SearchIndex | None:
         """The index if it is ready to answer searches, else None (search the store)."""
         return self.index if self.ready else None
 
+    def price_cache(self) -> PriceCache | None:
+        """The cache of prices while the stream is followed and answered lately, else None (read the store)."""
+        return self.prices if self.ready and time.monotonic() - self.heard < FOLLOWING_S else None
+
     def observe(self, doc: dict[str, Any]) -> None:
         """A product this process just wrote: searchable by it at once (ignored if the index holds newer)."""
+        self.prices.drop(doc["_id"])
         if self.index is not None:
             self.index.apply(doc)
 
     def forget(self, product_id: str, version: int) -> None:
         """A product this process just deleted at ``version``."""
+        self.prices.drop(product_id)
         if self.index is not None:
             self.index.remove(product_id, version=version)
 
@@ -472,7 +560,9 @@ class Replica:
         return {"ready": self.ready, "products": idx.live if idx else 0, "builds": self.builds,
                 "build_s": self.build_s, "lag_s": self.lag_s, "events": self.events, "served": self.served,
                 "last_event": self.last_event.isoformat() if self.last_event else None,
-                "array_bytes": idx.nbytes() if idx else 0}
+                "array_bytes": idx.nbytes() if idx else 0,
+                "price_cache": {"products": len(self.prices), "hits": self.prices.hits,
+                                "misses": self.prices.misses}}
 
     def _publish(self) -> None:
         idx = self.index
@@ -480,6 +570,8 @@ class Replica:
 
     def _event(self, idx: SearchIndex, ev: dict[str, Any]) -> None:
         op = ev.get("operationType")
+        if op in ("insert", "replace", "update", "delete"):
+            self.prices.drop((ev.get("documentKey") or {}).get("_id"))
         if op in ("insert", "replace", "update"):
             doc = ev.get("fullDocument")
             if doc:  # None: deleted before the lookup; its delete follows
@@ -501,6 +593,7 @@ class Replica:
         started = time.monotonic()
         idx = SearchIndex()
         self.index, self.ready = idx, False
+        self.prices.clear()
         stream = await collection.watch(full_document="updateLookup")
         try:
             async for doc in collection.find({}, PROJECTION, batch_size=1000):
@@ -527,6 +620,7 @@ class Replica:
             gc.freeze()
         self.build_s = time.monotonic() - started
         self.builds += 1
+        self.heard = time.monotonic()
         self.ready = True
         self._publish()
         log.info("catalog search index ready: %d products in %.1f s", idx.live, self.build_s)
@@ -549,14 +643,22 @@ class Replica:
                     assert idx is not None
                     delay = retry_s
                     while True:
-                        ev = await stream.next()
-                        self._event(idx, ev)
-                        self._publish()
+                        # One read of the stream: an event, or None when nothing changed for a second (or when
+                        # the stream was closed under the index, which then rebuilds).
+                        ev = await stream.try_next()
+                        if not stream.alive:
+                            raise _Rebuild("the change stream closed")
+                        self.heard = time.monotonic()
+                        if ev is not None:
+                            self._event(idx, ev)
+                            self._publish()
             except asyncio.CancelledError:
                 self.ready = False
+                self.prices.clear()
                 raise
             except Exception as exc:  # the type only: a store's message can carry its URL
                 self.ready, self.index, self.stream = False, None, None
+                self.prices.clear()
                 self._publish()
                 log.warning("catalog search index lost (%s): searching the store while it is rebuilt",
                             type(exc).__name__)

@@ -90,7 +90,7 @@ from .models import (
     SearchPage,
     VariantIn,
 )
-from .search_index import TERM_WEIGHT, TITLE_WEIGHT, replica
+from .search_index import TERM_WEIGHT, TITLE_WEIGHT, Variants, replica
 from .settings import CatalogSettings
 from .text import query_terms, terms
 
@@ -428,7 +428,9 @@ async def search(*, query: SearchQuery, page: PageRequest, facets: bool | None =
 
 async def keep_search_index() -> None:
     """Background: build this process's search index from the store and keep it current (see :mod:`.search_index`)."""
-    await replica.run(products, gc_freeze=settings_of(CatalogSettings).catalog_search_gc_freeze)
+    settings = settings_of(CatalogSettings)
+    replica.prices.max_products = settings.catalog_price_cache_products
+    await replica.run(products, gc_freeze=settings.catalog_search_gc_freeze)
 
 
 async def explain_search(*, query: SearchQuery) -> dict[str, Any]:
@@ -444,9 +446,6 @@ async def explain_search(*, query: SearchQuery) -> dict[str, Any]:
 
 
 # -- pricing --------------------------------------------------------------------------------------
-
-
-Variants = dict[str, tuple[dict[str, Any], dict[str, Any]]]
 
 
 async def _look_up(_: None, asks: list[list[str]]) -> list[Variants]:
@@ -465,6 +464,21 @@ async def _look_up(_: None, asks: list[list[str]]) -> list[Variants]:
 _LOOKUPS: GroupCommit[None, list[str], Variants] = GroupCommit(_look_up)
 
 
+async def _variants(skus: list[str]) -> Variants:
+    """The SKUs' products and variants: from this process's cache of prices while the change stream keeps it
+    (:class:`~.search_index.PriceCache`), the rest read from the store (and kept)."""
+    cache = replica.price_cache()
+    if cache is None:
+        return await _LOOKUPS.submit(None, skus)
+    found, missing = cache.get(skus)
+    if missing:
+        generation = cache.generation
+        read = await _LOOKUPS.submit(None, missing)
+        cache.fill(read, generation)
+        found.update(read)
+    return found
+
+
 async def price_lines(*, lines: Sequence[dict[str, Any]], currency: str) -> PricedCart:
     """The cart priced in ``currency``: each SKU's variant price times its quantity; 422 naming each bad line."""
     try:
@@ -474,7 +488,7 @@ async def price_lines(*, lines: Sequence[dict[str, Any]], currency: str) -> Pric
                   for e in err.errors()]
         raise ValidationFailed("; ".join(f"{e['field']}: {e['message']}" for e in errors),
                                extra={"errors": errors}) from None
-    found = await _LOOKUPS.submit(None, list(dict.fromkeys(line.sku for line in cart.lines)))
+    found = await _variants(list(dict.fromkeys(line.sku for line in cart.lines)))
     errors = []
     priced = []
     for i, line in enumerate(cart.lines):

@@ -22,3 +22,6 @@ class CatalogSettings(ServiceSettings):
     catalog_facet_values: int = Field(
         30, ge=1, le=500, description="Most values counted per facet (brand, category, each attribute), "
         "the most frequent first.")
+    catalog_price_cache_products: int = Field(
+        10_000, ge=0, description="Most products whose prices a process keeps from its reads for pricing carts, "
+        "each dropped when the change stream brings a change of it (0: every cart reads the store).")
