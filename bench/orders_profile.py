@@ -100,7 +100,7 @@ async def run(args: argparse.Namespace, store_pids: list[int]) -> None:
             print(f"  this process (app + client): {1000 * me / n:.1f} ms CPU per order")
             for name, t in sorted(after_stores.items(), key=lambda kv: -(kv[1] - before_stores.get(kv[0], 0.0))):
                 spent = t - before_stores.get(name, 0.0)
-                if spent > 0.001 * n:
+                if spent > 0.0001 * n:  # every store process that spent 0.1 ms an order or more
                     print(f"  {name}: {1000 * spent / n:.1f} ms CPU per order")
             summary = tally.summary(wall)
             if pg_log is not None:
