@@ -87,7 +87,9 @@ def stack_cpu(temp_dir: str, wait_s: float, span_s: float, *, me: bool = False) 
     and its children."""
     time.sleep(wait_s)
     procs = {p.pid: p for p in cluster.processes(temp_dir)}
-    procs.update({p.pid: p for p in psutil.process_iter() if p.name() in _OTHERS or p.name().startswith("tansu")})
+    # process_iter's attrs read each name where a process that ends meanwhile is passed over, not raised
+    procs.update({p.pid: p for p in psutil.process_iter(["name"])
+                  if (p.info["name"] or "") in _OTHERS or (p.info["name"] or "").startswith("tansu")})
     data_dir = os.environ.get("NEXUS_DATA_DIR")
     if data_dir:  # the embedded stores (PostgreSQL's backends are its children)
         procs.update({p.pid: p for p in cluster.processes(data_dir)})
