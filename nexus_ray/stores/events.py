@@ -129,7 +129,7 @@ async def emit_many(
     items: Sequence[tuple[str | None, dict[str, Any] | str]],
     *,
     headers: dict[str, str] | None = None,
-    beside: str = "",
+    beside: str | Sequence[str] = "",
     args: Sequence[Any] = (),
 ) -> list[uuid.UUID]:
     """Record one event per ``(key, data)`` of ``items`` in one statement, in order (see :func:`emit`).
@@ -138,7 +138,8 @@ async def emit_many(
     the relay instead of two per event. A payload may be given as its JSON text when the caller has
     made that already (the ledger stores the same text as the idempotent response). ``beside``: the change the
     events report, in the same statement, its parameters numbered from ``$6`` and given in ``args`` (as
-    :func:`emit`'s).
+    :func:`emit`'s). It may be several such statements (a tuple), each a ``WITH`` item of its own: they run as
+    one statement, so triggers at its end see what each wrote.
     """
     if not conn.is_in_transaction():
         raise RuntimeError("emit_many() must run inside the transaction of the change it reports")
@@ -146,7 +147,8 @@ async def emit_many(
         return []
     ids = postgres.new_ids(len(items))  # time-ordered: the event_id index grows at its end
     rows = "FROM unnest($1::uuid[], $3::text[], $4::text[]) WITH ORDINALITY AS u(e, k, p, n) ORDER BY n"
-    change = f"c AS ({beside}), " if beside else ""
+    changes = (beside,) if isinstance(beside, str) else tuple(beside)
+    change = "".join(f"c{i} AS ({c}), " for i, c in enumerate(changes) if c)
     await conn.execute(
         f"WITH {change}e AS ({outbox_insert('e', '$2', 'k', 'p', '$5', source=rows)}) SELECT {NOTIFY}",
         ids,

@@ -29,6 +29,7 @@ import asyncpg
 import orjson
 
 from nexus_ray.config import get_settings
+from nexus_ray.stores import kept
 
 # Any fixed 64-bit number: the advisory lock that serialises migrations cluster-wide.
 _MIGRATION_LOCK = 0x6E65787573_01
@@ -199,8 +200,9 @@ async def pool() -> asyncpg.Pool:
 
 
 async def close_pool() -> None:
-    """Close the process-wide pools (tests and shutdown)."""
+    """Close the process-wide pools (tests and shutdown), and stop listening for what kept reads drop."""
     global _pool
+    await kept.stop()
     others = list(_pools.values())
     _pools.clear()
     for p in (*others, _pool):

@@ -169,6 +169,42 @@ async def test_tax_is_rounded_half_up_per_line_and_the_rule_is_stated(client, ad
     assert r.json()["tax_total"] == 87 and r.json()["lines"][0]["tax_rate"] == "25"
 
 
+async def test_rates_are_kept_until_a_change_of_them_is_notified_and_one_set_here_prices_at_once(client, admin,
+                                                                                                  until):
+    from nexus_ray.deployments.commerce.invoices import service
+    from nexus_ray.deployments.commerce.invoices.models import LineIn
+    from nexus_ray.stores import kept, postgres
+
+    category = await a_rate(client, admin, "10")
+
+    async def tax() -> int:
+        quote = await service.tax_quote(country="DE", currency="EUR", lines=[
+            LineIn(description="Widget", quantity=1, unit_price=1000, tax_category=category)])
+        return quote.tax_total
+
+    async def kept_here() -> bool:  # priced once the process listens: its read is then kept
+        return await tax() == 100 and category in (service._KEPT_RATES.get("DE") or {})
+    await until(kept_here, within_s=20)
+    pg = await postgres.pool()
+    change = "UPDATE invoice_tax_rates SET rate = $2 WHERE country = 'DE' AND category = $1"
+    # A change that no process was told of is not seen: the rates come from what this process kept.
+    await pg.execute(change, category, 20)
+    assert await tax() == 100 and (await issue(lines=[line(1000, 1, category)])).tax_total == 100
+    # Another process sets a rate: its change notifies when it commits, and this process prices with it from
+    # when the notification arrives.
+    await pg.execute(f"WITH c AS ({change} RETURNING 1) SELECT {kept.notify_sql('invoice_tax_rates')} FROM c",
+                     category, 30)
+
+    async def taxed_at_30() -> bool:
+        return await tax() == 300
+    await until(taxed_at_30, within_s=10)
+    assert (await issue(lines=[line(1000, 1, category)])).tax_total == 300
+    # A rate set through this process's API prices its next invoice at once.
+    r = await client.put(f"{API}/tax-rates/DE/{category}", json={"rate": "40"}, headers=admin)
+    assert r.status_code == 200
+    assert (await issue(lines=[line(1000, 1, category)])).tax_total == 400
+
+
 async def test_an_unknown_tax_category_or_bad_line_is_a_422_naming_the_field():
     with pytest.raises(ValidationFailed) as err:
         await issue(lines=[line(), line(category="nonexistent")])

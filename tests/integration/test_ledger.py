@@ -222,7 +222,7 @@ async def test_entries_are_immutable_and_reversed_once(client, admin, bearer):
     assert sorted(r.status_code for r in races) == [201] + [409] * 5
 
 
-async def test_a_posting_must_refer_to_an_existing_entry_and_account_and_accounts_are_kept(client, admin):
+async def test_a_posting_must_refer_to_an_existing_entry_and_account_and_accounts_are_kept_as_opened(client, admin):
     import asyncpg
 
     from nexus_ray.stores import postgres
@@ -249,6 +249,12 @@ async def test_a_posting_must_refer_to_an_existing_entry_and_account_and_account
             await pg.execute(sql, account if "accounts" in sql else entry)
     with pytest.raises(asyncpg.RestrictViolationError):
         await pg.execute("TRUNCATE ledger_accounts CASCADE")
+    # What each process keeps of an account once read is fixed when it is opened; its name may change.
+    for column, value in (("owner", "'someone-else'"), ("type", "'expense'"), ("currency", "'EUR'"),
+                          ("allow_negative", "NOT allow_negative"), ("shards", "shards + 1")):
+        with pytest.raises(asyncpg.RestrictViolationError, match="fixed when it is opened"):
+            await pg.execute(f"UPDATE ledger_accounts SET {column} = {value} WHERE id = $1", account)
+    await pg.execute("UPDATE ledger_accounts SET name = name || ' (renamed)', owner = owner WHERE id = $1", account)
     assert (await reconciled(client, admin))["clean"]
 
 

@@ -55,7 +55,7 @@ import orjson
 
 from nexus_ray.deployments.kit.pages import Page, PageRequest
 from nexus_ray.exceptions import Conflict, NexusError, NotFound, ValidationFailed
-from nexus_ray.stores import postgres
+from nexus_ray.stores import kept, postgres
 from nexus_ray.stores.events import emit, emit_many
 from nexus_ray.stores.together import GroupCommit
 
@@ -206,14 +206,21 @@ class _Priced:
 WORLD = "ZZ"
 
 
+#: The rates of each country read before, kept until a rate is set (:func:`set_tax_rate` notifies every process).
+_KEPT_RATES: kept.Kept[str, dict[str, Decimal]] = kept.Kept("invoice_tax_rates", max_items=1_000)
+
+
 async def _country_rates(country: str, asks: list[None]) -> list[dict[str, Decimal]]:
     """The rates of ``country`` by category (the rest of the world's for a country with none), read once for the
     requests that ask at the same moment (each gets a read made after it asked)."""
     pg = await postgres.pool()
+    stamp = _KEPT_RATES.stamp()
     rows = await pg.fetch(
         "SELECT category, rate FROM invoice_tax_rates WHERE country = (SELECT coalesce("
         "(SELECT country FROM invoice_tax_rates WHERE country = $1 LIMIT 1), $2))", country, WORLD)
-    return [{r["category"]: r["rate"] for r in rows}] * len(asks)
+    rates = {r["category"]: r["rate"] for r in rows}
+    _KEPT_RATES.keep(country, rates, stamp)
+    return [rates] * len(asks)
 
 
 #: Rate look-ups of one country asked at the same moment, read together.
@@ -222,7 +229,9 @@ _RATES: GroupCommit[str, None, dict[str, Decimal]] = GroupCommit(_country_rates)
 
 async def _rates(country: str, lines: list[LineIn]) -> list[Decimal]:
     """The rate of each line: the country's own, or the rest of the world's for a country with none."""
-    found = await _RATES.submit(country, None)
+    found = _KEPT_RATES.get(country)
+    if found is None:
+        found = await _RATES.submit(country, None)
     for i, ln in enumerate(lines):
         if ln.tax_category not in found:
             raise ValidationFailed.for_field(
@@ -676,8 +685,10 @@ async def set_tax_rate(*, country: str, category: str, rate: Decimal) -> TaxRate
     """Set the rate of (country, category) for invoices issued from now on (issued ones keep theirs)."""
     pg = await postgres.pool()
     row = await pg.fetchrow(
-        "INSERT INTO invoice_tax_rates (country, category, rate) VALUES ($1, $2, $3) "
+        "WITH s AS (INSERT INTO invoice_tax_rates (country, category, rate) VALUES ($1, $2, $3) "
         "ON CONFLICT (country, category) DO UPDATE SET rate = EXCLUDED.rate, updated_at = now() "
-        "RETURNING country, category, rate, updated_at", country, category, rate)
+        f"RETURNING country, category, rate, updated_at) SELECT s.*, {kept.notify_sql(_KEPT_RATES.topic)} FROM s",
+        country, category, rate)
+    _KEPT_RATES.drop()  # this process prices with it at once; the others when the notification reaches them
     assert row is not None
     return _rate_read(row)

@@ -137,13 +137,29 @@ def _available(account: _Account, debits_posted: int, credits_posted: int, debit
 _ACCOUNT_COLUMNS = "id, owner, name, type, currency, allow_negative, shards, metadata, created_at"
 
 
+#: Accounts read before, by id, at most :data:`_KNOWN_MAX` (the oldest read dropped first). What they hold is fixed
+#: when an account is opened (the database refuses to change it, migration 1105) and an account is never deleted,
+#: so a kept one is never stale: a posting reads no account row unless one of its accounts is new to this process.
+_KNOWN: dict[UUID, _Account] = {}
+_KNOWN_MAX = 100_000
+
+
 async def _accounts(conn: asyncpg.Connection | asyncpg.Pool, ids: Sequence[UUID]) -> dict[UUID, _Account]:
+    """The accounts of ``ids`` that exist, by id."""
+    found = {i: a for i in ids if (a := _KNOWN.get(i)) is not None}
+    missing = [i for i in set(ids) if i not in found]
+    if not missing:
+        return found
     rows = await conn.fetch(
         "SELECT id, owner, type, currency, allow_negative, shards FROM ledger_accounts WHERE id = ANY($1::uuid[])",
-        list(set(ids)),
+        missing,
     )
-    return {r["id"]: _Account(r["id"], r["owner"], r["type"], r["currency"].strip(), r["allow_negative"], r["shards"])
-            for r in rows}
+    for r in rows:
+        found[r["id"]] = _KNOWN[r["id"]] = _Account(
+            r["id"], r["owner"], r["type"], r["currency"].strip(), r["allow_negative"], r["shards"])
+    while len(_KNOWN) > _KNOWN_MAX:
+        del _KNOWN[next(iter(_KNOWN))]
+    return found
 
 
 def _balance(account_type: str, currency: str, d: int, c: int, dp: int, cp: int) -> Balance:
@@ -697,8 +713,9 @@ def _column(values: list[T]) -> tuple[list[T], T | None]:
 async def _insert_entries(conn: asyncpg.Connection, caller: str, now: datetime,
                           posted: Sequence[tuple[UUID, EntryRequest, dict[str, Any]]],
                           texts: Sequence[str] | None = None) -> None:
-    """Write entries, their postings and one outbox event each: one statement per table. ``texts``: the results
-    as JSON text, when the caller has them already (the events' payloads)."""
+    """Write entries, their postings and one outbox event each, in one statement (the postings' check, a trigger
+    at the end of the statement, sees the entries). ``texts``: the results as JSON text, when the caller has them
+    already (the events' payloads)."""
     if not posted:
         return
     kinds, kind = _column([r.kind for _, r, _ in posted])
@@ -706,28 +723,28 @@ async def _insert_entries(conn: asyncpg.Connection, caller: str, now: datetime,
     holds, hold = _column([res["hold_id"] for _, _, res in posted])
     descriptions, description = _column([r.description for _, r, _ in posted])
     metadata, meta = _column([r.metadata for _, r, _ in posted])
-    await conn.execute(
-        "INSERT INTO ledger_entries (id, kind, reverses, hold_id, description, metadata, created_by, created_at) "
-        "SELECT i, COALESCE(k, $9), COALESCE(r, $12), COALESCE(h, $13), COALESCE(d, $10), COALESCE(m, $11)::jsonb, "
-        "$7, $8 "
-        "FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::uuid[], $5::text[], $6::text[]) AS u(i, k, r, h, d, m)",
-        [e for e, _, _ in posted], kinds, reverses, holds, descriptions, [json_text(m) for m in metadata], caller, now,
-        kind, description, None if meta is None else json_text(meta), reverse, hold,
-    )
     lines = [(e, ln) for e, r, _ in posted for ln in r.lines]
     currencies, currency = _column([ln.currency for _, ln in lines])
-    # The sides as one string of bytes, a letter per line (D or C), read by the line's number (get_byte: a
-    # substr of text counts its characters from the start, so 2,000 of them cost 16 ms a batch).
-    await conn.execute(
+    payloads: Sequence[dict[str, Any] | str] = texts if texts is not None else [res for _, _, res in posted]
+    # The events' own parameters are $1-$5; the entries' and postings' are numbered from $6.
+    await emit_many(conn, ENTRY_POSTED, [(str(e), p) for (e, _, _), p in zip(posted, payloads, strict=True)], beside=(
+        "INSERT INTO ledger_entries (id, kind, reverses, hold_id, description, metadata, created_by, created_at) "
+        "SELECT i, COALESCE(k, $14), COALESCE(r, $17), COALESCE(h, $18), COALESCE(d, $15), COALESCE(m, $16)::jsonb, "
+        "$12, $13 "
+        "FROM unnest($6::uuid[], $7::text[], $8::uuid[], $9::uuid[], $10::text[], $11::text[]) AS u(i, k, r, h, d, m)",
+        # The sides as one string of bytes, a letter per line (D or C), read by the line's number (get_byte: a
+        # substr of text counts its characters from the start, so 2,000 of them cost 16 ms a batch).
         "INSERT INTO ledger_postings (entry_id, account_id, side, amount, currency, created_at) "
-        "SELECT e, a, chr(get_byte($3, n::int - 1)), m, COALESCE(c, $6), $7 "
-        "FROM unnest($1::uuid[], $2::uuid[], $4::int8[], $5::text[]) WITH ORDINALITY AS u(e, a, m, c, n) ORDER BY n",
+        "SELECT e, a, chr(get_byte($21, n::int - 1)), m, COALESCE(c, $24), $13 "
+        "FROM unnest($19::uuid[], $20::uuid[], $22::int8[], $23::text[]) WITH ORDINALITY AS u(e, a, m, c, n) "
+        "ORDER BY n",
+    ), args=(
+        [e for e, _, _ in posted], kinds, reverses, holds, descriptions, [json_text(m) for m in metadata], caller, now,
+        kind, description, None if meta is None else json_text(meta), reverse, hold,
         [e for e, _ in lines], [ln.account_id for _, ln in lines],
         bytes(68 if ln.side == "debit" else 67 for _, ln in lines), [ln.amount for _, ln in lines],  # D, C
-        currencies, currency, now,
-    )
-    payloads: Sequence[dict[str, Any] | str] = texts if texts is not None else [res for _, _, res in posted]
-    await emit_many(conn, ENTRY_POSTED, [(str(e), p) for (e, _, _), p in zip(posted, payloads, strict=True)])
+        currencies, currency,
+    ))
 
 
 def _error_body(err: NexusError) -> dict[str, Any]:
@@ -784,7 +801,9 @@ async def _post(*, caller: str, privileged: bool, requests: Sequence[EntryReques
             first[req.key] = op
             _check_entry(req, accounts, op, caller, privileged)
         now = datetime.now(UTC)
-        ids = iter(postgres.new_ids(len(ops)))
+        # Each op that may post has its entry's id before its key is claimed, so that the key row is written
+        # with it once; the key of one that is refused after all is released (deleted) by _settle_keys.
+        entry_ids = dict(zip((op.index for op in _live(ops)), postgres.new_ids(len(ops)), strict=False))
         # op index -> (entry id, result, its JSON text) if posted; the text is both the key's stored response
         # and the event's payload
         entries: dict[int, tuple[UUID, dict[str, Any], str]] = {}
@@ -792,7 +811,7 @@ async def _post(*, caller: str, privileged: bool, requests: Sequence[EntryReques
         def prepare(live: Sequence[_Op], plan: _Plan) -> None:
             for op in live:
                 if op.key is not None and op.index not in plan.refused:
-                    entry_id = next(ids)
+                    entry_id = entry_ids[op.index]
                     result = _entry_result(entry_id, requests[op.index], caller, now)
                     entries[op.index] = (entry_id, result, json_text(result))
 
@@ -811,7 +830,7 @@ async def _post(*, caller: str, privileged: bool, requests: Sequence[EntryReques
                         op.index for op in live}:
                     raise _Mispredicted
         else:
-            await _claim(conn, caller, ops)
+            await _claim(conn, caller, ops, entry_ids)
             live = _live(ops)
         plan = None if optimistic else _decide(live, *await _totals(conn, live, lock=True))
         if plan is not None:
