@@ -479,7 +479,70 @@ async def test_a_saga_waits_for_the_disk_only_in_the_write_that_lets_its_lease_g
     assert row["status"] == "completed", dict(row)
     assert seen[-1] == ("let go", "on"), seen
     assert {mode for which, mode in seen[:-1]} == {"off"}, seen
-    assert [which for which, _ in seen].count("saga") >= 3 and ("commit stock", "off") in seen, seen
+    # Two before the last: the reservation's group, then the capture's (with the groups it carried, below).
+    assert [which for which, _ in seen].count("saga") == 2 and ("commit stock", "off") in seen, seen
+
+
+async def test_the_groups_after_pricing_are_written_with_the_capture_and_a_crash_before_it_replays_them(
+        client, ops, monkeypatch):
+    """The authorisation and the stock's commit move no status: they are not written on their own but with the
+    capture's write (every log line still there, in order). A runner that dies before that write has done them
+    without a record: the next run does them again with the same keys, and the collaborators replay them, so the
+    money is authorised and taken once and the stock committed once."""
+    from nexus_ray.deployments.commerce.orders import saga
+    from nexus_ray.stores import postgres
+
+    sku = await stocked_sku(client, ops, 3)
+    order_id = uuid.uuid4()
+    held = await held_for(order_id, sku, 1)
+    reserved = {"id": str(held.id), "status": "held"}
+    order_id = await crashed_order(sku=sku, quantity=1, payment_method="pm_card_visa", lease="1 hour",
+                                   order_id=order_id, results={"reserve": reserved},
+                                   log=[("reserve", "forward", "started"), ("reserve", "forward", "done"),
+                                        ("authorize", "forward", "started")])
+    writer = saga._writes.write
+    written: list[list[tuple[str, str, str]]] = []
+
+    async def dies_at_the_capture(key, items):  # type: ignore[no-untyped-def]
+        for item in items:
+            if item.id == order_id:
+                written.append([ln[:3] for ln in item.lines])
+                if ("capture", "forward", "done") in written[-1]:
+                    raise ConnectionResetError("the runner's process died")
+        return await writer(key, items)
+
+    monkeypatch.setattr(saga._writes, "write", dies_at_the_capture)
+    with pytest.raises(ConnectionResetError):
+        await saga.drive(order_id, "dead-replica:1", announced=("authorize",))
+    assert written == [[("authorize", "forward", "done"), ("commit_stock", "forward", "started"),
+                        ("commit_stock", "forward", "done"), ("capture", "forward", "started"),
+                        ("capture", "forward", "done"), ("order", "status", "done"), ("invoice", "forward", "started"),
+                        ("ship", "forward", "started")]]
+    pg = await postgres.pool()
+    row = await pg.fetchrow("SELECT status, results FROM orders WHERE id = $1", order_id)
+    assert (row["status"], set(row["results"])) == ("pending", {"price", "reserve"})  # nothing of them recorded
+
+    monkeypatch.setattr(saga._writes, "write", writer)
+    row = await saga.drive(order_id, "dead-replica:1")
+    assert row["status"] == "completed", dict(row)
+    intents = await pg.fetch("SELECT id, status, amount_captured FROM billing_payment_intents "
+                             "WHERE metadata->>'order_id' = $1", str(order_id))
+    assert [(r["status"], r["amount_captured"]) for r in intents] == [("captured", row["total"])]
+    assert row["results"]["authorize"]["id"] == str(intents[0]["id"])
+    assert await pg.fetchval("SELECT count(*) FROM inventory_movements WHERE reservation_id = $1 AND kind = 'commit'",
+                             held.id) == 1
+    lines = [tuple(r) for r in await pg.fetch(
+        "SELECT step, phase, outcome FROM order_saga_log WHERE order_id = $1 AND step <> 'order' ORDER BY id",
+        order_id)]
+    assert lines == [("price", "forward", "started"), ("price", "forward", "done"),
+                     ("reserve", "forward", "started"), ("reserve", "forward", "done"),
+                     ("authorize", "forward", "started"),
+                     ("authorize", "forward", "started"),  # run again: the first run's result was never written
+                     ("authorize", "forward", "done"),
+                     ("commit_stock", "forward", "started"), ("commit_stock", "forward", "done"),
+                     ("capture", "forward", "started"), ("capture", "forward", "done"),
+                     ("invoice", "forward", "started"), ("ship", "forward", "started"),
+                     ("invoice", "forward", "done"), ("ship", "forward", "done")]
 
 
 async def test_orders_created_at_one_moment_are_one_transaction_and_each_key_makes_one_order(client):

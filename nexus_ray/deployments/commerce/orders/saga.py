@@ -12,6 +12,13 @@ in one transaction with the order's new status and its ``order.*`` event (outbox
 dies between the two leaves an order whose log ends on ``started``: the steps without a result are run again
 with the same idempotency keys (see :mod:`.steps`), so the collaborators replay what they did.
 
+A group after the pricing that moves no status and is followed at once by the next (the authorisation, the
+stock's commit) is not written on its own: its lines and results go with the order's next write (the capture's,
+which moves it to ``paid``), so an order that runs straight through is written three times, not five. A runner
+that dies before that write leaves the log at the group before, and those steps are run again by their keys, as
+above. The pricing's group is always written: a price read again could differ from the one the payment was
+authorised for.
+
 A step of a group that is refused fails the order, and the results of the group's steps that were done are
 written with the failure, so they are compensated with the rest. A step that does not answer while another of
 its group is done: the done one's result is written first, then the order waits for a later run (below), which
@@ -236,6 +243,20 @@ async def start(*, customer: str, request: dict[str, Any], currency: str, captur
 Line = tuple[str, str, str, dict[str, Any]]
 
 
+@dataclass(frozen=True)
+class _Unwritten:
+    """What forward groups that were not written on their own left for the order's next write (see
+    :func:`_forward`): their log lines and results, which the row that carries it (under :data:`_UNWRITTEN`) holds
+    already."""
+
+    lines: tuple[Line, ...]
+    results: dict[str, dict[str, Any]]
+
+
+#: The key of an order row (as its runner holds it) under which its :class:`_Unwritten` part waits.
+_UNWRITTEN = "_unwritten"
+
+
 async def write(row: OrderRow, runner: str, *, line: Line | None = None, lines: Sequence[Line] = (),
                 status: str | None = None, results: dict[str, dict[str, Any]] | None = None,
                 undone: tuple[str, dict[str, Any]] | None = None, failure: dict[str, Any] | None = None,
@@ -255,7 +276,12 @@ async def write(row: OrderRow, runner: str, *, line: Line | None = None, lines: 
     moved = after != before
     if moved:
         check_transition(before, after)
-    written = [line] if line is not None else []
+    unwritten: _Unwritten | None = row.get(_UNWRITTEN)
+    written = list(unwritten.lines) if unwritten is not None else []
+    if unwritten is not None:
+        results = {**unwritten.results, **(results or {})}
+    if line is not None:
+        written.append(line)
     written += lines
     if moved:
         written.append(("order", "status", "done", {"from": before, "to": after}))
@@ -496,6 +522,16 @@ async def _forward(row: OrderRow, runner: str,
         raise LeaseLost(str(row["id"])) from None  # let go: a later run takes it on
     reaches = next((REACHES[name] for name in reversed(names) if name in REACHES), None)
     after = _next_forward({*row["results"], *done}, reaches or row["status"], row["capture_method"])
+    if reaches is None and after and "price" in row["results"]:
+        # Not written on its own: the group moved no status, the next runs at once, and the price is written (a
+        # price read again could differ). Its lines and results go with the order's next write. A crash before
+        # that runs these steps again with their idempotency keys, and the collaborators replay what they did,
+        # as for a step whose result was lost in a crash after it ran.
+        carried = row.get(_UNWRITTEN) or _Unwritten((), {})
+        unwritten = _Unwritten(
+            (*carried.lines, *lines, *((name, "forward", "started", {}) for name in after)),
+            {**carried.results, **done})
+        return {**row, "results": {**row["results"], **done}, _UNWRITTEN: unwritten}, after
     # Settled in the same write that lets the lease go: a cancellation right after finds the order free.
     new = await write(row, runner, lines=lines, results=done, total=total, status=reaches, attempts=0,
                       let_go_s=0 if reaches == "completed" else None, starts=after)
