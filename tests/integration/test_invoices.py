@@ -133,17 +133,31 @@ async def test_retries_among_concurrent_issues_replay_their_invoice_and_leave_no
                              name) == 40
 
 
-async def test_series_count_on_their_own_and_an_event_is_emitted():
+async def test_series_count_on_their_own_and_an_event_is_emitted_with_the_invoice_in_one_statement():
     from nexus_ray.stores import postgres
 
     a, b = series(), series()
-    first = await issue(series_name=a, lines=[line()])
+    first_key = uuid.uuid4().hex
+    first = await issue(series_name=a, lines=[line()], key=first_key)
     assert (await issue(series_name=b, lines=[line()])).number == 1
     assert (await issue(series_name=a, lines=[line()])).number == 2
     pg = await postgres.pool()
     payload = await pg.fetchval("SELECT payload FROM outbox WHERE topic = 'invoice.issued' AND key = $1",
                                 str(first.id))
     assert payload["number"] == 1 and payload["order_id"] == first.order_id and payload["total"] == first.total
+    assert payload["display_number"] == first.display_number == f"{a}-000001"
+    # A lone retry (its issue is one statement on its own) replays the invoice and gives its number back.
+    again = await issue(series_name=a, lines=[line()], key=first_key, order_id=first.order_id)
+    assert (again.id, again.number) == (first.id, 1)
+    assert (await issue(series_name=a, lines=[line()])).number == 3
+    # The event's display number, made where the number is taken, reads as the invoice's past six digits too.
+    await pg.execute("UPDATE invoice_counters SET last_number = 999998 WHERE kind = 'invoice' AND series = $1", b)
+    for number in (999_999, 1_000_000):
+        issued = await issue(series_name=b, lines=[line()])
+        payload = await pg.fetchval("SELECT payload FROM outbox WHERE topic = 'invoice.issued' AND key = $1",
+                                    str(issued.id))
+        assert (issued.number, payload["display_number"]) == (number, issued.display_number)
+    assert issued.display_number == f"{b}-1000000"
 
 
 # -- tax ---------------------------------------------------------------------------------------------------------

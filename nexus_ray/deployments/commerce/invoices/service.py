@@ -56,7 +56,7 @@ import orjson
 from nexus_ray.deployments.kit.pages import Page, PageRequest
 from nexus_ray.exceptions import Conflict, NexusError, NotFound, ValidationFailed
 from nexus_ray.stores import kept, postgres
-from nexus_ray.stores.events import emit, emit_many
+from nexus_ray.stores.events import NOTIFY, emit, emit_many, outbox_insert
 from nexus_ray.stores.together import GroupCommit
 
 from .models import (
@@ -112,6 +112,8 @@ def line_tax(net: int, rate: Decimal) -> int:
 
 
 def display_number(series: str, number: int, *, credit: bool = False) -> str:
+    """How a document's number reads: its series, then the number in at least six digits. (An issue's event gets
+    the same from SQL, in :data:`_INSERT`, where the number is taken.)"""
     return f"{'CN-' if credit else ''}{series}-{number:06d}"
 
 
@@ -276,9 +278,11 @@ class _Issue:
         return sum(p.tax for p in self.priced)
 
 
-# One statement: take the series' next number (and its lock), insert the invoice and its lines. Nothing is
-# returned when the idempotency key is taken (a concurrent duplicate committed): the caller rolls back.
-_INSERT = """
+# One statement: take the series' next number (and its lock), insert the invoice, its lines and its event (whose
+# number and display number are filled in here: they exist only now). When the idempotency key is taken (a concurrent
+# duplicate committed) the statement fails (invoice_key_taken, migration 1501), so the number it took is given back
+# with it, whether it runs on its own or in its batch's savepoint.
+_INSERT = f"""
 WITH n AS (
     INSERT INTO invoice_counters (kind, series, last_number) VALUES ('invoice', $2::text, 1)
     ON CONFLICT (kind, series) DO UPDATE SET last_number = invoice_counters.last_number + 1
@@ -296,23 +300,32 @@ lines AS (
                                net, tax, total)
     SELECT inv.id, l.n - 1, l.d, l.q, l.u, l.c, l.r, l.net, l.tax, l.net + l.tax
     FROM inv, unnest($16::text[], $17::int[], $18::bigint[], $19::text[], $20::numeric[], $21::bigint[],
-                     $22::bigint[]) WITH ORDINALITY AS l(d, q, u, c, r, net, tax, n))
-SELECT number FROM inv"""
+                     $22::bigint[]) WITH ORDINALITY AS l(d, q, u, c, r, net, tax, n)),
+e AS ({outbox_insert(
+    '$23', f"'{ISSUED}'", '$1', "($24::jsonb || jsonb_build_object('number', inv.number, 'display_number', "
+    "$2 || '-' || CASE WHEN inv.number < 1000000 THEN lpad(inv.number::text, 6, '0') ELSE inv.number::text END))",
+    "'{}'", source='FROM inv')})
+SELECT coalesce((SELECT number FROM inv), invoice_key_taken()) AS number, {NOTIFY}"""
 
 
-async def _write(conn: asyncpg.Connection, item: _Issue) -> int | None:
-    """Write ``item`` on ``conn`` (in a savepoint of its batch, or in a transaction of its own): its number;
-    raises _Duplicate when its key was used (roll back: the counter moved)."""
+async def _write(conn: asyncpg.Pool | asyncpg.Connection, item: _Issue) -> int:
+    """Write ``item``, with its event, in one statement on ``conn`` (a pool: on its own; a connection: in a
+    savepoint of its batch): its number. Raises _Duplicate when its key was used (and the number was given back).
+    """
     p = item.priced
-    number = await conn.fetchval(
-        _INSERT, item.id, item.series, item.source, item.source_id, item.customer.get("id"), item.customer,
-        item.country, item.currency, item.subtotal, item.tax_total, TAX_ROUNDING, item.caller, item.key,
-        item.request_hash, item.issued_at, [x.line.description for x in p], [x.line.quantity for x in p],
-        [x.line.unit_price for x in p], [x.line.tax_category for x in p], [x.rate for x in p], [x.net for x in p],
-        [x.tax for x in p])
-    if number is None:
-        raise _Duplicate
-    await emit(conn, ISSUED, _event(item, int(number)), key=str(item.id))
+    event = _event(item, 0)
+    del event["number"], event["display_number"]  # the statement fills them in
+    try:
+        number = await conn.fetchval(
+            _INSERT, item.id, item.series, item.source, item.source_id, item.customer.get("id"), item.customer,
+            item.country, item.currency, item.subtotal, item.tax_total, TAX_ROUNDING, item.caller, item.key,
+            item.request_hash, item.issued_at, [x.line.description for x in p], [x.line.quantity for x in p],
+            [x.line.unit_price for x in p], [x.line.tax_category for x in p], [x.rate for x in p],
+            [x.net for x in p], [x.tax for x in p], postgres.new_ids(1)[0], event)
+    except asyncpg.RaiseError as exc:
+        if "invoice key taken" in str(exc):
+            raise _Duplicate from None
+        raise
     return int(number)
 
 
@@ -382,7 +395,7 @@ async def _write_series(series: str, batch: list[_Issue]) -> list[int | BaseExce
     numbers that commit are still consecutive. If the transaction itself fails (the connection is
     lost, the commit fails), every issue of the batch fails and no number was used. Other
     processes' batches queue on the counter's row lock as single issues would. A batch of one (a quiet
-    series) is written by its one-statement insert in a transaction of its own, without savepoints.
+    series) is its one statement alone, without a transaction to begin and commit or a savepoint.
     """
     if len(batch) == 1:
         return [await _write_alone(batch[0])]
@@ -410,12 +423,11 @@ async def _write_batch(batch: list[_Issue]) -> list[int | BaseException | None]:
 
 
 async def _write_alone(item: _Issue) -> int | None:
-    """A batch of one (no issue of its series was waiting): its one-statement write and its event in a transaction
-    of their own, with no savepoint to set and release. A duplicate key (None) or a failure (raised) rolls the whole
-    transaction back, so its number is given back as in a batch."""
+    """A batch of one (no issue of its series was waiting): its one statement (the invoice, its lines and its
+    event), atomic on its own, with no transaction to begin and commit. A duplicate key (None) or a failure
+    (raised) fails the statement, so its number is given back as in a batch."""
     try:
-        async with postgres.transaction() as conn:
-            return await _write(conn, item)
+        return await _write(await postgres.pool(), item)
     except _Duplicate:
         return None
 
