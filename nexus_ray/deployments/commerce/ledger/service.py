@@ -441,18 +441,25 @@ def _decide(live: Sequence[_Op], available: dict[UUID, int], target: dict[UUID, 
     return _Plan(refused, target, sums)
 
 
+def _balances_update(plan: _Plan, first: int) -> tuple[str, list[Any]]:
+    """The UPDATE that adds a locked plan's sums to the balance rows, its parameters numbered from ``first``."""
+    ids = list(plan.sums)
+    a, sh, d, c, dp, cp = (f"${first + k}" for k in range(6))
+    return (
+        "UPDATE ledger_balances b SET debits_posted = b.debits_posted + u.d, credits_posted = b.credits_posted + u.c, "
+        "debits_pending = b.debits_pending + u.dp, credits_pending = b.credits_pending + u.cp "
+        f"FROM unnest({a}::uuid[], {sh}::int2[], {d}::int8[], {c}::int8[], {dp}::int8[], {cp}::int8[]) "
+        "AS u(a, s, d, c, dp, cp) WHERE b.account_id = u.a AND b.shard = u.s",
+        [ids, [plan.target[i] for i in ids], *([plan.sums[i][k] for i in ids] for k in range(4))],
+    )
+
+
 async def _write_balances(conn: asyncpg.Connection, plan: _Plan) -> None:
     """Add a locked plan's sums to the balance rows, one UPDATE."""
     if not plan.sums:
         return
-    ids = list(plan.sums)
-    await conn.execute(
-        "UPDATE ledger_balances b SET debits_posted = b.debits_posted + u.d, credits_posted = b.credits_posted + u.c, "
-        "debits_pending = b.debits_pending + u.dp, credits_pending = b.credits_pending + u.cp "
-        "FROM unnest($1::uuid[], $2::int2[], $3::int8[], $4::int8[], $5::int8[], $6::int8[]) AS u(a, s, d, c, dp, cp) "
-        "WHERE b.account_id = u.a AND b.shard = u.s",
-        ids, [plan.target[i] for i in ids], *([plan.sums[i][k] for i in ids] for k in range(4)),
-    )
+    sql, args = _balances_update(plan, 1)
+    await conn.execute(sql, *args)
 
 
 def _refuse(live: Sequence[_Op], plan: _Plan) -> None:
@@ -712,12 +719,13 @@ def _column(values: list[T]) -> tuple[list[T], T | None]:
 
 async def _insert_entries(conn: asyncpg.Connection, caller: str, now: datetime,
                           posted: Sequence[tuple[UUID, EntryRequest, dict[str, Any]]],
-                          texts: Sequence[str] | None = None) -> None:
+                          texts: Sequence[str] | None = None, balances: _Plan | None = None) -> bool:
     """Write entries, their postings and one outbox event each, in one statement (the postings' check, a trigger
     at the end of the statement, sees the entries). ``texts``: the results as JSON text, when the caller has them
-    already (the events' payloads)."""
+    already (the events' payloads). ``balances``: a locked plan whose sums the same statement adds to the balance
+    rows. Whether it wrote anything (nothing to post: nothing written, the balances neither)."""
     if not posted:
-        return
+        return False
     kinds, kind = _column([r.kind for _, r, _ in posted])
     reverses, reverse = _column([res["reverses"] for _, _, res in posted])
     holds, hold = _column([res["hold_id"] for _, _, res in posted])
@@ -726,7 +734,8 @@ async def _insert_entries(conn: asyncpg.Connection, caller: str, now: datetime,
     lines = [(e, ln) for e, r, _ in posted for ln in r.lines]
     currencies, currency = _column([ln.currency for _, ln in lines])
     payloads: Sequence[dict[str, Any] | str] = texts if texts is not None else [res for _, _, res in posted]
-    # The events' own parameters are $1-$5; the entries' and postings' are numbered from $6.
+    update, update_args = _balances_update(balances, 25) if balances is not None else ("", [])
+    # The events' own parameters are $1-$5; the entries' and postings' are numbered from $6, the balances' from $25.
     await emit_many(conn, ENTRY_POSTED, [(str(e), p) for (e, _, _), p in zip(posted, payloads, strict=True)], beside=(
         "INSERT INTO ledger_entries (id, kind, reverses, hold_id, description, metadata, created_by, created_at) "
         "SELECT i, COALESCE(k, $14), COALESCE(r, $17), COALESCE(h, $18), COALESCE(d, $15), COALESCE(m, $16)::jsonb, "
@@ -738,13 +747,15 @@ async def _insert_entries(conn: asyncpg.Connection, caller: str, now: datetime,
         "SELECT e, a, chr(get_byte($21, n::int - 1)), m, COALESCE(c, $24), $13 "
         "FROM unnest($19::uuid[], $20::uuid[], $22::int8[], $23::text[]) WITH ORDINALITY AS u(e, a, m, c, n) "
         "ORDER BY n",
+        *([update] if balances is not None and balances.sums else []),
     ), args=(
         [e for e, _, _ in posted], kinds, reverses, holds, descriptions, [json_text(m) for m in metadata], caller, now,
         kind, description, None if meta is None else json_text(meta), reverse, hold,
         [e for e, _ in lines], [ln.account_id for _, ln in lines],
         bytes(68 if ln.side == "debit" else 67 for _, ln in lines), [ln.amount for _, ln in lines],  # D, C
-        currencies, currency,
+        currencies, currency, *(update_args if balances is not None and balances.sums else []),
     ))
+    return True
 
 
 def _error_body(err: NexusError) -> dict[str, Any]:
@@ -841,15 +852,18 @@ async def _post(*, caller: str, privileged: bool, requests: Sequence[EntryReques
             elif op.key is not None:
                 op.error = (predicted if plan is None else plan).refused[op.index]
         written = [op for op in live if op.result is not None]
-        await _insert_entries(conn, caller, now, [(entries[op.index][0], requests[op.index], entries[op.index][1])
-                                                  for op in written], [entries[op.index][2] for op in written])
+        # Decided under the lock already (plan): the balances are added in the entries' statement.
+        balanced = await _insert_entries(
+            conn, caller, now, [(entries[op.index][0], requests[op.index], entries[op.index][1]) for op in written],
+            [entries[op.index][2] for op in written], balances=plan) and plan is not None
         await _settle_keys(conn, caller, ops)
         if plan is None:
             plan = _decide(live, *await _totals(conn, live, lock=True))
             if plan.refused.keys() != {op.index for op in live if op.error is not None}:
                 raise _Mispredicted
             _refuse(live, plan)  # the refusals as the locked totals state them
-        await _write_balances(conn, plan)
+        if not balanced:
+            await _write_balances(conn, plan)
         for dup, orig in duplicates:
             if dup.request_hash != orig.request_hash:
                 dup.error = _key_reused()
