@@ -129,6 +129,39 @@ async def _lock_skus(conn: asyncpg.Connection, skus: Sequence[str]) -> dict[str,
     return {r["sku"]: r for r in rows}
 
 
+def _move_statements(caller: str, moves: Sequence[Move],
+                     first: int) -> tuple[str, str, list[Any], list[tuple[str, str]]]:
+    """The statements that write ``moves``: (their history's INSERT, the stock rows' UPDATE, the parameters of
+    both, numbered from ``first``, and the stock rows they change, as (sku, warehouse))."""
+    totals: dict[tuple[str, str], list[int]] = {}
+    for m in moves:
+        t = totals.setdefault((m.sku, m.warehouse_id), [0, 0])
+        t[0] += m.on_hand
+        t[1] += m.reserved
+    keys = sorted(totals)
+    p = [f"${first + i}" for i in range(12)]
+    history = (
+        "INSERT INTO inventory_movements (sku, warehouse_id, kind, on_hand_delta, reserved_delta, reservation_id, "
+        f"note, created_by) SELECT s, w, k, o, r, i, n, {p[11]} FROM unnest({p[4]}::text[], {p[5]}::text[], "
+        f"{p[6]}::text[], {p[7]}::int8[], {p[8]}::int8[], {p[9]}::uuid[], {p[10]}::text[]) "
+        "WITH ORDINALITY AS u(s, w, k, o, r, i, n, x) ORDER BY x")
+    stock = (
+        "UPDATE inventory_stock s SET on_hand = s.on_hand + u.o, reserved = s.reserved + u.r "
+        f"FROM unnest({p[0]}::text[], {p[1]}::text[], {p[2]}::int8[], {p[3]}::int8[]) AS u(k, w, o, r) "
+        "WHERE s.sku = u.k AND s.warehouse_id = u.w")
+    args = [[k[0] for k in keys], [k[1] for k in keys], [totals[k][0] for k in keys], [totals[k][1] for k in keys],
+            [m.sku for m in moves], [m.warehouse_id for m in moves], [m.kind for m in moves],
+            [m.on_hand for m in moves], [m.reserved for m in moves], [m.reservation_id for m in moves],
+            [m.note for m in moves], caller]
+    return history, stock, args, keys
+
+
+def _oversold() -> Conflict:
+    # Only reachable through a bug in the checks before: the database refuses to oversell.
+    return Conflict("the change would take stock below zero or below what is reserved",
+                    extra={"code": "insufficient_stock"})
+
+
 async def _apply(conn: asyncpg.Connection, caller: str, moves: Sequence[Move],
                  known: dict[str, tuple[int, bool, int]] | None = None) -> None:
     """Write ``moves`` to the stock rows (their SKUs locked by the caller) and to the history; flag low stock.
@@ -138,36 +171,45 @@ async def _apply(conn: asyncpg.Connection, caller: str, moves: Sequence[Move],
     """
     if not moves:
         return
-    totals: dict[tuple[str, str], list[int]] = {}
-    for m in moves:
-        t = totals.setdefault((m.sku, m.warehouse_id), [0, 0])
-        t[0] += m.on_hand
-        t[1] += m.reserved
-    keys = sorted(totals)
+    history, stock, args, keys = _move_statements(caller, moves, 1)
     try:
         # The history and the stock rows in one statement.
         found = {(r["sku"], r["warehouse_id"]) for r in await conn.fetch(
-            "WITH m AS (INSERT INTO inventory_movements (sku, warehouse_id, kind, on_hand_delta, reserved_delta, "
-            "reservation_id, note, created_by) SELECT s, w, k, o, r, i, n, $12 FROM unnest($5::text[], $6::text[], "
-            "$7::text[], $8::int8[], $9::int8[], $10::uuid[], $11::text[]) "
-            "WITH ORDINALITY AS u(s, w, k, o, r, i, n, x) ORDER BY x) "
-            "UPDATE inventory_stock s SET on_hand = s.on_hand + u.o, reserved = s.reserved + u.r "
-            "FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[]) AS u(k, w, o, r) "
-            "WHERE s.sku = u.k AND s.warehouse_id = u.w RETURNING s.sku, s.warehouse_id",
-            [k[0] for k in keys], [k[1] for k in keys], [totals[k][0] for k in keys], [totals[k][1] for k in keys],
-            [m.sku for m in moves], [m.warehouse_id for m in moves], [m.kind for m in moves],
-            [m.on_hand for m in moves], [m.reserved for m in moves], [m.reservation_id for m in moves],
-            [m.note for m in moves], caller)}
+            f"WITH m AS ({history}) {stock} RETURNING s.sku, s.warehouse_id", *args)}
         new = [k for k in keys if k not in found]  # a SKU's first units in a warehouse
         if new:
+            totals = {k: (on_hand, reserved) for k, on_hand, reserved in zip(keys, args[2], args[3], strict=True)}
             await conn.execute(
                 "INSERT INTO inventory_stock (sku, warehouse_id, on_hand, reserved) "
                 "SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[])",
                 [k[0] for k in new], [k[1] for k in new], [totals[k][0] for k in new], [totals[k][1] for k in new])
     except asyncpg.CheckViolationError:
-        # Only reachable through a bug in the checks before: the database refuses to oversell.
-        raise Conflict("the change would take stock below zero or below what is reserved",
-                       extra={"code": "insufficient_stock"}) from None
+        raise _oversold() from None
+    await _after_moves(conn, moves, known)
+
+
+async def _moved_with_events(conn: asyncpg.Connection, caller: str, moves: Sequence[Move], topic: str,
+                             events: Sequence[tuple[str | None, dict[str, Any] | str]], beside: str,
+                             args: Sequence[Any], known: dict[str, tuple[int, bool, int]] | None = None) -> None:
+    """Write ``moves`` (as :func:`_apply` does, to stock rows that exist: those read under the caller's lock), the
+    change ``beside`` (its parameters numbered from ``$6``, given in ``args``) and ``events`` of ``topic``, in one
+    statement; then flag low stock. For a reservation's hold, commit and release, whose moves are on rows they read
+    or reserved from: one round trip instead of two."""
+    if not moves or not events:
+        await _apply(conn, caller, moves, known)
+        await emit_many(conn, topic, events, beside=beside, args=args)
+        return
+    history, stock, move_args, _ = _move_statements(caller, moves, 6 + len(args))
+    try:
+        await emit_many(conn, topic, events, beside=(beside, history, stock), args=[*args, *move_args])
+    except asyncpg.CheckViolationError:
+        raise _oversold() from None
+    await _after_moves(conn, moves, known)
+
+
+async def _after_moves(conn: asyncpg.Connection, moves: Sequence[Move],
+                       known: dict[str, tuple[int, bool, int]] | None) -> None:
+    """Flag the SKUs whose available stock ``moves`` took across their low-stock threshold (see :func:`_apply`)."""
     change: dict[str, int] = {}
     for m in moves:
         change[m.sku] = change.get(m.sku, 0) + m.on_hand - m.reserved
@@ -530,12 +572,12 @@ async def _hold(conn: asyncpg.Connection, caller: str, skus: Sequence[str], clai
             events.append((str(rid), read.model_dump(mode="json")))
             continue
         refused.append(rid)
-    await _apply(conn, caller, moves, known)
-    await emit_many(conn, reservation_topic("held"), events,
-                    beside="INSERT INTO inventory_reservation_lines (reservation_id, sku, warehouse_id, quantity) "
-                           "SELECT * FROM unnest($6::uuid[], $7::text[], $8::text[], $9::int8[])",
-                    args=[[m.reservation_id for m in moves], [m.sku for m in moves], [m.warehouse_id for m in moves],
-                          [m.reserved for m in moves]])
+    await _moved_with_events(
+        conn, caller, moves, reservation_topic("held"), events,
+        "INSERT INTO inventory_reservation_lines (reservation_id, sku, warehouse_id, quantity) "
+        "SELECT * FROM unnest($6::uuid[], $7::text[], $8::text[], $9::int8[])",
+        [[m.reservation_id for m in moves], [m.sku for m in moves], [m.warehouse_id for m in moves],
+         [m.reserved for m in moves]], known)
     return answers, refused
 
 
@@ -567,12 +609,11 @@ async def _finish(conn: asyncpg.Connection, caller: str, res: Sequence[asyncpg.R
         else:
             moves.append(Move(ln["sku"], ln["warehouse_id"], "release" if status == "released" else "expire", 0, -q,
                               rid))
-    await _apply(conn, caller, moves)
     by_reservation: dict[UUID, list[asyncpg.Record]] = {}
     for ln in lines:  # in reservation, SKU and warehouse order
         by_reservation.setdefault(ln["reservation_id"], []).append(ln)
     # Each reservation as it reads after the change (its row is locked: nobody else changes it), and its event, by
-    # topic; the change is written in the statement of the first topic's events.
+    # topic; the change and the stock's moves are written in the statement of the first topic's events.
     now = datetime.now(UTC)
     reads: dict[UUID, ReservationRead] = {}
     events: dict[str, list[tuple[str | None, dict[str, Any] | str]]] = {}
@@ -585,7 +626,10 @@ async def _finish(conn: asyncpg.Connection, caller: str, res: Sequence[asyncpg.R
     change = ("UPDATE inventory_reservations SET status = $7, returned = returned OR status = 'committed', "
               "resolved_at = $8 WHERE id = ANY($6::uuid[])")
     for n, (topic, items) in enumerate(events.items()):
-        await emit_many(conn, topic, items, beside=change if n == 0 else "", args=(ids, status, now) if n == 0 else ())
+        if n == 0:
+            await _moved_with_events(conn, caller, moves, topic, items, change, (ids, status, now))
+        else:
+            await emit_many(conn, topic, items)
     return reads
 
 
