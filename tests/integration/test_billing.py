@@ -516,6 +516,12 @@ async def test_authorizations_and_captures_asked_at_once_are_written_together_an
     stored = await pg.fetch("SELECT key, status FROM billing_idempotency WHERE scope = 'shop-1' AND key = ANY($1)",
                             keys)
     assert sorted(r["status"] for r in stored) == [201, 201, 201, 402, 422]
+    # The answers to the keys are stored by the statement that records the events (the same command of the
+    # transaction), not by one more statement after it.
+    command = await pg.fetchval("SELECT cmin::text FROM billing_idempotency WHERE scope = 'shop-1' AND key = $1",
+                                keys[0])
+    assert await pg.fetchval("SELECT cmin::text FROM outbox WHERE key = $1 AND topic = 'payment_intent.created'",
+                             ok.body["id"]) == command
 
     def take(intent: dict, caller: str = "shop-1", amount: int | None = None):
         return service.capture(caller=caller, privileged=False, intent_id=uuid.UUID(intent["id"]), amount=amount,

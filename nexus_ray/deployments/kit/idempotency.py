@@ -178,8 +178,43 @@ class Keyed(Generic[T]):
     field_name: str = "Idempotency-Key"
 
 
+#: What a batch's work answers each item with: ``(status, body)``, or the error that refuses it.
+Answer = tuple[int, dict[str, Any]] | NexusError
+
+
+class AnswerStore:
+    """Given to a batch's work by :meth:`Idempotency.run_many`: the statement that stores the batch's answers, for
+    the work to run as a part of its own last statement (one round trip fewer). Unused, ``run_many`` stores them
+    itself."""
+
+    def __init__(self, keys: Idempotency, requests: Sequence[Keyed[Any]]) -> None:
+        self._keys = keys
+        self._requests = requests
+        self.answers: list[Answer] | None = None
+
+    def statement(self, answers: Sequence[Answer], first: int) -> tuple[str, list[Any]]:
+        """The UPDATE that stores ``answers`` (the work's final ones, in order), its parameters numbered from
+        ``first``: ``("", [])`` when no request of the batch has a key. The work must run it in its transaction
+        and return these same answers."""
+        self.answers = list(answers)
+        kept = _kept(self._requests, self.answers)
+        if not kept:
+            return "", []
+        return self._keys.store_statement(kept, first)
+
+
+def _kept(requests: Sequence[Keyed[Any]], answers: Sequence[Answer]) -> list[tuple[Keyed[Any], Outcome]]:
+    """The outcomes of the keyed requests among ``requests``, answered by ``answers`` (in order)."""
+    kept = []
+    for r, answer in zip(requests, answers, strict=True):
+        if r.key is not None:
+            status, body = (answer.status, answer.problem()) if isinstance(answer, NexusError) else answer
+            kept.append((r, Outcome(status, body)))
+    return kept
+
+
 #: A batch's work: the items to run, on the batch's connection; an answer for each, in order (see ``run_many``).
-BatchWork = Callable[[asyncpg.Connection, list[T]], Awaitable[Sequence[tuple[int, dict[str, Any]] | NexusError]]]
+BatchWork = Callable[[asyncpg.Connection, list[T], AnswerStore], Awaitable[Sequence[Answer]]]
 
 
 class Idempotency:
@@ -231,8 +266,10 @@ class Idempotency:
 
         ``work`` gets the items to run -- those whose key this batch claimed, and the unkeyed ones -- and answers
         each, in order: ``(status, body)``, or the :class:`NexusError` that refuses it. Its refusals are stored like
-        its successes. Unlike ``run``'s, it must refuse an item before writing anything for it: there is no
-        savepoint per item, so a refused item's writes would be kept. If ``work`` raises, the transaction is
+        its successes. It also gets an :class:`AnswerStore`: the statement that stores its answers, to run as a part
+        of its last statement; if it does not, the answers are stored after it. Unlike ``run``'s, it must refuse an
+        item before writing anything for it: there is no savepoint per item, so a refused item's writes would be
+        kept. If ``work`` raises, the transaction is
         rolled back, nothing is stored and every request gets the exception (no key stays claimed: the callers
         retry).
 
@@ -267,20 +304,16 @@ class Idempotency:
                             outcomes[i] = err
             repeated = set(again)
             runs = [i for i in range(len(requests)) if outcomes[i] is None and i not in repeated]
-            answers = await work(conn, [requests[i].item for i in runs]) if runs else []
-            kept: list[tuple[Keyed[T], Outcome]] = []
+            store = AnswerStore(self, [requests[i] for i in runs])
+            answers = list(await work(conn, [requests[i].item for i in runs], store)) if runs else []
             for i, answer in zip(runs, answers, strict=True):
                 status, body = (answer.status, answer.problem()) if isinstance(answer, NexusError) else answer
-                outcomes[i] = done = Outcome(status, body)
-                if requests[i].key is not None:
-                    kept.append((requests[i], done))
-            if kept:
-                await conn.execute(
-                    f"UPDATE {self.table} t SET status = u.st, response = u.r::jsonb "
-                    f"FROM unnest($1::text[], $2::text[], $3::int2[], $4::text[]) AS u(s, k, st, r) "
-                    f"WHERE t.scope = u.s AND t.key = u.k",
-                    [r.scope for r, _ in kept], [r.key for r, _ in kept], [o.status for _, o in kept],
-                    [orjson.dumps(o.body).decode() for _, o in kept])
+                outcomes[i] = Outcome(status, body)
+            by_work = store.answers is not None and len(store.answers) == len(answers) and all(
+                a is b for a, b in zip(store.answers, answers, strict=True))  # the work stored these very answers
+            if not by_work and (kept := _kept([requests[i] for i in runs], answers)):
+                sql, args = self.store_statement(kept, 1)
+                await conn.execute(sql, *args)
         for i in again:
             r = requests[i]
             j = first[(r.scope, str(r.key))]
@@ -292,6 +325,15 @@ class Idempotency:
             else:
                 outcomes[i] = earlier
         return [o for o in outcomes if o is not None]
+
+    def store_statement(self, kept: Sequence[tuple[Keyed[Any], Outcome]], first: int) -> tuple[str, list[Any]]:
+        """The UPDATE that stores the outcomes of claimed keys, its parameters numbered from ``first``."""
+        s, k, st, r = (f"${first + n}" for n in range(4))
+        return (f"UPDATE {self.table} t SET status = u.st, response = u.r::jsonb "
+                f"FROM unnest({s}::text[], {k}::text[], {st}::int2[], {r}::text[]) AS u(s, k, st, r) "
+                f"WHERE t.scope = u.s AND t.key = u.k",
+                [[q.scope for q, _ in kept], [q.key for q, _ in kept], [o.status for _, o in kept],
+                 [orjson.dumps(o.body).decode() for _, o in kept]])
 
     async def purge(self, *, limit: int = 1000) -> int:
         """Delete up to ``limit`` expired records; returns how many."""

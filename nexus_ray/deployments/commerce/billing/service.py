@@ -52,7 +52,7 @@ from uuid import UUID
 import asyncpg
 import orjson
 
-from nexus_ray.deployments.kit.idempotency import Keyed, Outcome, fingerprint
+from nexus_ray.deployments.kit.idempotency import Answer, AnswerStore, Keyed, Outcome, fingerprint
 from nexus_ray.deployments.kit.pages import Page, PageRequest
 from nexus_ray.exceptions import Conflict, Forbidden, NexusError, NotFound, ValidationFailed
 from nexus_ray.stores import postgres
@@ -188,14 +188,15 @@ async def authorize(
 
 async def _authorize_many(_: str, requests: list[Keyed[_Authorization]]) -> list[Outcome | NexusError]:
     hooks: list[int] = []
-    outcomes = await KEYS.run_many(requests, lambda conn, asks: _authorize_all(conn, asks, hooks))
+    outcomes = await KEYS.run_many(requests, lambda conn, asks, store: _authorize_all(conn, asks, hooks, store))
     webhooks.wake(sum(hooks))
     return outcomes
 
 
-async def _authorize_all(conn: asyncpg.Connection, asks: list[_Authorization], hooks: list[int]
-                         ) -> list[tuple[int, dict[str, Any]] | NexusError]:
-    """Authorise ``asks`` with the provider and record their intents and events, in two statements for all."""
+async def _authorize_all(conn: asyncpg.Connection, asks: list[_Authorization], hooks: list[int],
+                         store: AnswerStore) -> list[Answer]:
+    """Authorise ``asks`` with the provider and record their intents, their events and the answers to their keys,
+    in two statements for all."""
     p = provider()
     charges = await asyncio.gather(*(
         p.authorize(amount=a.amount, currency=a.currency, payment_method=a.payment_method,
@@ -240,8 +241,17 @@ async def _authorize_all(conn: asyncpg.Connection, asks: list[_Authorization], h
             reports.append(_report(["payment_intent.created", topic], asks[i].caller, row["id"], intent))
             answers[i] = _authorized(intent, charge.decline_code)
         if reports:
-            hooks.append(await webhooks.publish(conn, reports))
+            return await _published(conn, reports, answers, hooks, store)
     return [a for a in answers if a is not None]
+
+
+async def _published(conn: asyncpg.Connection, reports: Sequence[webhooks.Report], answers: Sequence[Answer | None],
+                     hooks: list[int], store: AnswerStore) -> list[Answer]:
+    """A batch's last statement: its events and webhooks, and the answers to its keys. Returns the answers."""
+    final = [a for a in answers if a is not None]
+    stored, args = store.statement(final, 9)
+    hooks.append(await webhooks.publish(conn, reports, beside=stored, args=args))
+    return final
 
 
 #: Authorisations asked for at the same moment, written together.
@@ -307,14 +317,14 @@ async def _capture_many(_: str, requests: list[Keyed[_Capture]]) -> list[Outcome
     need not wait for them (each request does, in :func:`capture`)."""
     hooks: list[int] = []
     queued: list[postings.Posting] = []
-    outcomes = await KEYS.run_many(requests, lambda conn, asks: _capture_all(conn, asks, hooks, queued))
+    outcomes = await KEYS.run_many(requests, lambda conn, asks, store: _capture_all(conn, asks, hooks, queued, store))
     postings.post_soon(queued)
     webhooks.wake(sum(hooks))
     return outcomes
 
 
 async def _capture_all(conn: asyncpg.Connection, asks: list[_Capture], hooks: list[int],
-                       queued: list[postings.Posting]) -> list[tuple[int, dict[str, Any]] | NexusError]:
+                       queued: list[postings.Posting], store: AnswerStore) -> list[Answer]:
     """Capture ``asks``: their intents locked in one statement (in id order, as every batch locks them), each
     checked on its own (as the batch's earlier captures left it), the provider asked, and the captures, their
     ledger postings and their events written in two statements for all."""
@@ -368,7 +378,7 @@ async def _capture_all(conn: asyncpg.Connection, asks: list[_Capture], hooks: li
             intent = _intent_read(row).model_dump(mode="json")
             reports.append(_report(["payment_intent.succeeded"], row["created_by"], intent_id, intent))
             answers[i] = (200, intent)
-        hooks.append(await webhooks.publish(conn, reports))
+        return await _published(conn, reports, answers, hooks, store)
     return [a for a in answers if a is not None]
 
 

@@ -224,10 +224,12 @@ class Report(NamedTuple):
     data: dict[str, Any]
 
 
-async def publish(conn: asyncpg.Connection, reports: Sequence[Report]) -> int:
+async def publish(conn: asyncpg.Connection, reports: Sequence[Report], *, beside: str = "",
+                  args: Sequence[Any] = ()) -> int:
     """Record the events of ``reports`` in the outbox, in order, and queue each for its owner's endpoints that want
     its type: in the caller's transaction and in one statement whatever their number. Returns how many deliveries
-    were queued."""
+    were queued. ``beside``: another data-modifying statement run in the same one (its parameters numbered from
+    ``$9``, given in ``args``), as :func:`~nexus_ray.stores.events.emit_many` takes one."""
     if not conn.is_in_transaction():
         raise RuntimeError("publish() must run inside the transaction of the change it reports")
     ids = postgres.new_ids(sum(len(r.events) for r in reports))
@@ -244,9 +246,10 @@ async def publish(conn: asyncpg.Connection, reports: Sequence[Report]) -> int:
             keys.append(report.key)
             owners.append(report.owner)
             payloads.append(payload)
+    change = f"c AS ({beside}), " if beside else ""
     row = await conn.fetchrow(
-        "WITH v AS (SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], "
-        "$7::text[]) WITH ORDINALITY AS v(event_id, topic, event_type, body, key, owner, payload, n)), "
+        f"WITH {change}v AS (SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], "
+        "$6::text[], $7::text[]) WITH ORDINALITY AS v(event_id, topic, event_type, body, key, owner, payload, n)), "
         f"e AS ({outbox_insert('v.event_id', 'v.topic', 'v.key', 'v.payload', '$8', source='FROM v ORDER BY v.n')}), "
         "d AS (INSERT INTO billing_webhook_deliveries (id, endpoint_id, event_id, event_type, body, status, "
         "next_attempt_at) SELECT gen_random_uuid(), w.id, v.event_id, v.event_type, v.body, 'pending', now() "
@@ -254,7 +257,7 @@ async def publish(conn: asyncpg.Connection, reports: Sequence[Report]) -> int:
         "AND ('*' = ANY(w.events) OR v.event_type = ANY(w.events)) WHERE w.status = 'enabled' "
         "ON CONFLICT (endpoint_id, event_id) DO NOTHING RETURNING 1) "
         f"SELECT {NOTIFY}, (SELECT count(*) FROM d) AS queued",
-        ids, topics, types, bodies, keys, owners, payloads, {})
+        ids, topics, types, bodies, keys, owners, payloads, {}, *args)
     return int(row["queued"])
 
 
