@@ -30,7 +30,7 @@ import httpx
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import orders as bench_orders
 
-GROUPS = ("puabo-nuki-shipping-service", "notification-service", "puabo-nexus")
+GROUPS = bench_orders.ORDER_FLOW_GROUPS
 
 # The events of an order: the saga's own (keyed by the order) and shipping's (the order id in the payload).
 PROCESSED = (

@@ -24,8 +24,9 @@ checks, from the stores, that nothing is stuck or half-done:
 * each completed order has one payment captured for its total, and no failed order has money kept (captured and
   not refunded) or a payment still authorised;
 * billing's ledger postings for these payments are all posted, and ledger-mgr's reconciliation report is clean;
-* each consumer group of the order flow (shipping, notification-service, logistics' deliveries) processed an event
-  of every completed order (read from its own record of processed events, as ``bench/broker_restart.py`` does).
+* each consumer group of the order flow that records these orders' events (notification-service, logistics'
+  deliveries) processed an event of every completed order (read from its own record of processed events, as
+  ``bench/broker_restart.py`` does; shipping passes over them with no record).
 """
 
 from __future__ import annotations
@@ -123,7 +124,7 @@ CHECKS = {
 }
 
 
-GROUPS = ("puabo-nuki-shipping-service", "notification-service", "puabo-nexus")
+GROUPS = bench_orders.ORDER_FLOW_GROUPS
 
 # Per consumer group: the completed orders of which it has processed no event (the saga's own events are keyed by
 # the order; shipping's name it in their payload), as bench/broker_restart.py reads them.
