@@ -313,15 +313,13 @@ async def _write(conn: asyncpg.Pool | asyncpg.Connection, item: _Issue) -> int:
     savepoint of its batch): its number. Raises _Duplicate when its key was used (and the number was given back).
     """
     p = item.priced
-    event = _event(item, 0)
-    del event["number"], event["display_number"]  # the statement fills them in
     try:
         number = await conn.fetchval(
             _INSERT, item.id, item.series, item.source, item.source_id, item.customer.get("id"), item.customer,
             item.country, item.currency, item.subtotal, item.tax_total, TAX_ROUNDING, item.caller, item.key,
             item.request_hash, item.issued_at, [x.line.description for x in p], [x.line.quantity for x in p],
             [x.line.unit_price for x in p], [x.line.tax_category for x in p], [x.rate for x in p],
-            [x.net for x in p], [x.tax for x in p], postgres.new_ids(1)[0], event)
+            [x.net for x in p], [x.tax for x in p], postgres.new_ids(1)[0], _event(item, None))
     except asyncpg.RaiseError as exc:
         if "invoice key taken" in str(exc):
             raise _Duplicate from None
@@ -329,14 +327,17 @@ async def _write(conn: asyncpg.Pool | asyncpg.Connection, item: _Issue) -> int:
     return int(number)
 
 
-def _event(item: _Issue, number: int) -> dict[str, Any]:
-    return {
-        "invoice_id": str(item.id), "series": item.series, "number": number,
-        "display_number": display_number(item.series, number), "source": item.source, "source_id": item.source_id,
+def _event(item: _Issue, number: int | None) -> dict[str, Any]:
+    """The ``invoice.issued`` payload; without its number (None) for :data:`_INSERT`, which adds it."""
+    event = {
+        "invoice_id": str(item.id), "series": item.series, "source": item.source, "source_id": item.source_id,
         "order_id": item.source_id if item.source == "order" else None, "customer_id": item.customer.get("id"),
         "currency": item.currency, "subtotal": item.subtotal, "tax_total": item.tax_total,
         "total": item.subtotal + item.tax_total,
     }
+    if number is not None:
+        event |= {"number": number, "display_number": display_number(item.series, number)}
+    return event
 
 
 async def _write_all(conn: asyncpg.Connection, series: str, batch: list[_Issue]) -> list[int]:

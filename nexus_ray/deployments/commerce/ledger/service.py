@@ -734,7 +734,7 @@ async def _insert_entries(conn: asyncpg.Connection, caller: str, now: datetime,
     lines = [(e, ln) for e, r, _ in posted for ln in r.lines]
     currencies, currency = _column([ln.currency for _, ln in lines])
     payloads: Sequence[dict[str, Any] | str] = texts if texts is not None else [res for _, _, res in posted]
-    update, update_args = _balances_update(balances, 25) if balances is not None else ("", [])
+    update, update_args = _balances_update(balances, 25) if balances is not None and balances.sums else ("", [])
     # The events' own parameters are $1-$5; the entries' and postings' are numbered from $6, the balances' from $25.
     await emit_many(conn, ENTRY_POSTED, [(str(e), p) for (e, _, _), p in zip(posted, payloads, strict=True)], beside=(
         "INSERT INTO ledger_entries (id, kind, reverses, hold_id, description, metadata, created_by, created_at) "
@@ -747,13 +747,13 @@ async def _insert_entries(conn: asyncpg.Connection, caller: str, now: datetime,
         "SELECT e, a, chr(get_byte($21, n::int - 1)), m, COALESCE(c, $24), $13 "
         "FROM unnest($19::uuid[], $20::uuid[], $22::int8[], $23::text[]) WITH ORDINALITY AS u(e, a, m, c, n) "
         "ORDER BY n",
-        *([update] if balances is not None and balances.sums else []),
+        update,  # left out when empty
     ), args=(
         [e for e, _, _ in posted], kinds, reverses, holds, descriptions, [json_text(m) for m in metadata], caller, now,
         kind, description, None if meta is None else json_text(meta), reverse, hold,
         [e for e, _ in lines], [ln.account_id for _, ln in lines],
         bytes(68 if ln.side == "debit" else 67 for _, ln in lines), [ln.amount for _, ln in lines],  # D, C
-        currencies, currency, *(update_args if balances is not None and balances.sums else []),
+        currencies, currency, *update_args,
     ))
     return True
 

@@ -255,6 +255,8 @@ class _Unwritten:
 
 #: The key of an order row (as its runner holds it) under which its :class:`_Unwritten` part waits.
 _UNWRITTEN = "_unwritten"
+#: What a row without that key carries.
+_NOTHING_UNWRITTEN = _Unwritten((), {})
 
 
 async def write(row: OrderRow, runner: str, *, line: Line | None = None, lines: Sequence[Line] = (),
@@ -276,10 +278,9 @@ async def write(row: OrderRow, runner: str, *, line: Line | None = None, lines: 
     moved = after != before
     if moved:
         check_transition(before, after)
-    unwritten: _Unwritten | None = row.get(_UNWRITTEN)
-    written = list(unwritten.lines) if unwritten is not None else []
-    if unwritten is not None:
-        results = {**unwritten.results, **(results or {})}
+    unwritten: _Unwritten = row.get(_UNWRITTEN, _NOTHING_UNWRITTEN)
+    written = list(unwritten.lines)
+    results = {**unwritten.results, **(results or {})}
     if line is not None:
         written.append(line)
     written += lines
@@ -291,7 +292,7 @@ async def write(row: OrderRow, runner: str, *, line: Line | None = None, lines: 
         changed = {**dict(row), "status": after, "total": row["total"] if total is None else total,
                    "failure": row["failure"] if failure is None else failure}
         event = (postgres.new_ids(1)[0], topic(after), event_payload(changed))
-    change = _Write(row["id"], after, results or {}, dict([undone]) if undone else {}, failure, total, attempts,
+    change = _Write(row["id"], after, results, dict([undone]) if undone else {}, failure, total, attempts,
                     let_go_s, runner, before, written, event)
     # The write that lets the lease go ends a run of the saga: it waits for the disk, and with it all before it.
     with postgres.relaxing(postgres.relaxed.get() and let_go_s is None):
@@ -527,7 +528,7 @@ async def _forward(row: OrderRow, runner: str,
         # price read again could differ). Its lines and results go with the order's next write. A crash before
         # that runs these steps again with their idempotency keys, and the collaborators replay what they did,
         # as for a step whose result was lost in a crash after it ran.
-        carried = row.get(_UNWRITTEN) or _Unwritten((), {})
+        carried: _Unwritten = row.get(_UNWRITTEN, _NOTHING_UNWRITTEN)
         unwritten = _Unwritten(
             (*carried.lines, *lines, *((name, "forward", "started", {}) for name in after)),
             {**carried.results, **done})
