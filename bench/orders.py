@@ -242,7 +242,7 @@ async def waits(seconds: float, out: dict[str, Any]) -> None:
 
 async def step_spans(since: float) -> dict[str, float]:
     """Mean ms from the saga write before to each forward step's ``done``, for orders created after ``since``
-    (a wall-clock time), from the saga log."""
+    (a wall-clock time), from the saga log; and p50/p99 of the whole saga, its order's first write to its last."""
     conn = await _stack_pg()
     try:
         rows = await conn.fetch(
@@ -250,7 +250,15 @@ async def step_spans(since: float) -> dict[str, float]:
             "lag(l.created_at) OVER (PARTITION BY l.order_id ORDER BY l.id)) * 1000 AS ms FROM order_saga_log l "
             "JOIN orders o ON o.id = l.order_id WHERE o.created_at >= to_timestamp($1)) x "
             "WHERE phase = 'forward' AND outcome = 'done' GROUP BY step ORDER BY ms DESC", since)
-        return {r["step"]: round(float(r["ms"]), 1) for r in rows}
+        whole = await conn.fetchrow(
+            "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms) AS p50, "
+            "percentile_cont(0.99) WITHIN GROUP (ORDER BY ms) AS p99 FROM (SELECT extract(epoch FROM "
+            "max(l.created_at) - o.created_at) * 1000 AS ms FROM orders o JOIN order_saga_log l ON l.order_id = o.id "
+            "WHERE o.created_at >= to_timestamp($1) GROUP BY o.id, o.created_at) x", since)
+        spans = {r["step"]: round(float(r["ms"]), 1) for r in rows}
+        if whole["p50"] is not None:  # the order's first write to its last: what of the answer's wait the saga is
+            spans |= {"saga_p50": round(float(whole["p50"]), 1), "saga_p99": round(float(whole["p99"]), 1)}
+        return spans
     finally:
         await conn.close()
 

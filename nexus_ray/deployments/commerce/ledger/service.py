@@ -376,6 +376,33 @@ def _checked(live: Sequence[_Op]) -> tuple[dict[UUID, _Account], dict[UUID, _Acc
     return checked, touched
 
 
+_LOCKED_BALANCES = (
+    "SELECT b.account_id, b.debits_posted, b.credits_posted, b.debits_pending, b.credits_pending{also} "
+    "FROM ledger_balances b JOIN unnest(${a}::uuid[], ${s}::int2[]) AS u(a, s) "
+    "ON b.account_id = u.a AND b.shard = u.s ORDER BY b.account_id, b.shard FOR UPDATE OF b")
+
+
+def _to_lock(live: Sequence[_Op]) -> tuple[dict[UUID, _Account], dict[UUID, int], list[tuple[UUID, int]]]:
+    """(the accounts whose balance ``live`` must check, the shard each touched account's sums go to, the balance
+    rows a locked read locks: every shard of a checked account and each target, sorted)."""
+    checked, touched = _checked(live)
+    target = {a.id: random.randrange(a.shards) for a in touched.values()}
+    return checked, target, sorted({(a.id, s) for a in checked.values() for s in range(a.shards)} | set(target.items()))
+
+
+def _summed(checked: dict[UUID, _Account], totals: Sequence[asyncpg.Record]) -> dict[UUID, int]:
+    """The available balance of each ``checked`` account, from its balance rows (``totals``: one a shard, or one
+    summed)."""
+    available: dict[UUID, int] = {}
+    for r in totals:
+        a = checked.get(r["account_id"])
+        if a is not None:
+            part = _available(a, int(r["debits_posted"]), int(r["credits_posted"]), int(r["debits_pending"]),
+                              int(r["credits_pending"]))
+            available[a.id] = available.get(a.id, 0) + part
+    return available
+
+
 async def _totals(conn: asyncpg.Connection, live: Sequence[_Op], *, lock: bool
                   ) -> tuple[dict[UUID, int], dict[UUID, int]]:
     """(the available balance of each account ``live`` must check, the shard each touched account's sums go to).
@@ -384,16 +411,10 @@ async def _totals(conn: asyncpg.Connection, live: Sequence[_Op], *, lock: bool
     holds until commit. Without it the totals are read as committed now: a prediction, which a locked read
     confirms later.
     """
-    checked, touched = _checked(live)
-    target = {a.id: random.randrange(a.shards) for a in touched.values()}
+    checked, target, rows = _to_lock(live)
     if lock:
-        rows = sorted({(a.id, s) for a in checked.values() for s in range(a.shards)} | set(target.items()))
-        totals = await conn.fetch(
-            "SELECT b.account_id, b.debits_posted, b.credits_posted, b.debits_pending, b.credits_pending "
-            "FROM ledger_balances b JOIN unnest($1::uuid[], $2::int2[]) AS u(a, s) "
-            "ON b.account_id = u.a AND b.shard = u.s ORDER BY b.account_id, b.shard FOR UPDATE OF b",
-            [r[0] for r in rows], [r[1] for r in rows],
-        ) if rows else []
+        totals = await conn.fetch(_LOCKED_BALANCES.format(also="", a=1, s=2), [r[0] for r in rows],
+                                  [r[1] for r in rows]) if rows else []
     elif checked:
         totals = await conn.fetch(
             "SELECT account_id, sum(debits_posted) AS debits_posted, sum(credits_posted) AS credits_posted, "
@@ -403,14 +424,7 @@ async def _totals(conn: asyncpg.Connection, live: Sequence[_Op], *, lock: bool
         )
     else:
         totals = []
-    available: dict[UUID, int] = {}
-    for r in totals:
-        a = checked.get(r["account_id"])
-        if a is not None:
-            part = _available(a, int(r["debits_posted"]), int(r["credits_posted"]), int(r["debits_pending"]),
-                              int(r["credits_pending"]))
-            available[a.id] = available.get(a.id, 0) + part
-    return available, target
+    return _summed(checked, totals), target
 
 
 def _decide(live: Sequence[_Op], available: dict[UUID, int], target: dict[UUID, int]) -> _Plan:
@@ -519,6 +533,11 @@ def _key_reused() -> Conflict:
     )
 
 
+_CLAIM = ("INSERT INTO ledger_idempotency (principal, key, request_hash, entry_id) "
+          "SELECT $1, k, h, e FROM unnest($2::text[], $3::text[], $4::uuid[]) WITH ORDINALITY AS u(k, h, e, n) "
+          "ORDER BY n ON CONFLICT DO NOTHING RETURNING key")
+
+
 async def _claim(conn: asyncpg.Connection, caller: str, ops: Sequence[_Op],
                  entries: dict[int, UUID] | None = None) -> None:
     """Claim each op's key; an op whose key was used before is replayed (same request) or refused (another).
@@ -527,19 +546,46 @@ async def _claim(conn: asyncpg.Connection, caller: str, ops: Sequence[_Op],
     already; they are stored with the keys (one write of each key row instead of two), and a replay reads the
     entry back (entries never change) instead of a stored copy of its JSON.
     """
+    keyed, answers = _keyed(ops, entries)
+    if keyed:
+        claimed = {r["key"] for r in await conn.fetch(_CLAIM, caller, [op.key for op in keyed],
+                                                      [op.request_hash for op in keyed], answers)}
+        await _after_claim(conn, caller, keyed, answers, claimed)
+
+
+async def _claim_locking(conn: asyncpg.Connection, caller: str, ops: Sequence[_Op], entries: dict[int, UUID]
+                         ) -> tuple[dict[UUID, int], dict[UUID, int]]:
+    """:func:`_claim`, then :func:`_totals` with ``lock`` for the ops left live, in one statement: the keys are
+    claimed before any balance row is locked, as when the two go one after the other (the sort under the lock
+    waits for every row, and each carries the claimed keys). Locks the rows of the ops live before the claim: those
+    replayed or refused by their keys lock rows they do not change, until the commit."""
+    keyed, answers = _keyed(ops, entries)
+    _, target, rows = _to_lock(_live(ops))
+    if not keyed or not rows:
+        await _claim(conn, caller, ops, entries)
+        return await _totals(conn, _live(ops), lock=True)
+    totals = await conn.fetch(
+        f"WITH claim AS ({_CLAIM}) " + _LOCKED_BALANCES.format(
+            also=", (SELECT array_agg(key) FROM claim) AS claimed", a=5, s=6),
+        caller, [op.key for op in keyed], [op.request_hash for op in keyed], answers, [r[0] for r in rows],
+        [r[1] for r in rows])
+    if not totals:  # an account's balance rows are made with it, and its shards never change (migration 1105)
+        raise RuntimeError("the balance rows of an account in use are missing")
+    await _after_claim(conn, caller, keyed, answers, set(totals[0]["claimed"] or ()))
+    still_checked, touched = _checked(_live(ops))
+    return _summed(still_checked, totals), {a: target[a] for a in touched}
+
+
+def _keyed(ops: Sequence[_Op], entries: dict[int, UUID] | None) -> tuple[list[_Op], list[UUID | None]]:
+    """The ops with a key to claim, sorted by it (two batches that share keys claim them in the same order and
+    cannot deadlock on them), and the entry id stored with each (None where not known yet)."""
     keyed = sorted((op for op in ops if op.key is not None and op.error is None), key=lambda o: o.key or "")
-    if not keyed:
-        return
-    entries = entries or {}
-    answers = [entries.get(op.index) for op in keyed]
-    # Sorted: two batches that share keys claim them in the same order and cannot deadlock on them.
-    claimed = {r["key"] for r in await conn.fetch(
-        "INSERT INTO ledger_idempotency (principal, key, request_hash, entry_id) "
-        "SELECT $1, k, h, e FROM unnest($2::text[], $3::text[], $4::uuid[]) WITH ORDINALITY AS u(k, h, e, n) "
-        "ORDER BY n ON CONFLICT DO NOTHING RETURNING key",
-        caller, [op.key for op in keyed], [op.request_hash for op in keyed],
-        answers,
-    )}
+    return keyed, [(entries or {}).get(op.index) for op in keyed]
+
+
+async def _after_claim(conn: asyncpg.Connection, caller: str, keyed: Sequence[_Op], answers: Sequence[UUID | None],
+                       claimed: set[str]) -> None:
+    """Each of ``keyed`` as its claim left it: claimed, or replayed or refused by the key's earlier use."""
     for op, answer in zip(keyed, answers, strict=True):
         op.claimed = op.key in claimed
         op.stored = op.claimed and answer is not None
@@ -826,6 +872,7 @@ async def _post(*, caller: str, privileged: bool, requests: Sequence[EntryReques
                     result = _entry_result(entry_id, requests[op.index], caller, now)
                     entries[op.index] = (entry_id, result, json_text(result))
 
+        plan: _Plan | None = None
         if optimistic:
             # Everything but the balances is written before their rows are locked, so that concurrent batches
             # wait on each other only for the last UPDATE and the commit, not for all of a batch's writes. The
@@ -840,11 +887,10 @@ async def _post(*, caller: str, privileged: bool, requests: Sequence[EntryReques
                 if _decide(live, available, target).refused.keys() != predicted.refused.keys() & {
                         op.index for op in live}:
                     raise _Mispredicted
-        else:
-            await _claim(conn, caller, ops, entry_ids)
+        else:  # the keys claimed and the balances locked in one statement, then decided under the lock
+            locked = await _claim_locking(conn, caller, ops, entry_ids)
             live = _live(ops)
-        plan = None if optimistic else _decide(live, *await _totals(conn, live, lock=True))
-        if plan is not None:
+            plan = _decide(live, *locked)
             prepare(live, plan)
         for op in live:
             if op.index in entries and (plan is None or op.index not in plan.refused):
