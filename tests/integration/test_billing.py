@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import datetime
 
 import pytest
 
@@ -53,6 +54,10 @@ async def test_authorize_capture_refund_walks_the_state_machine(client, merchant
     r = await act(client, merchant, pi["id"], "capture")
     assert r.status_code == 200, r.text
     assert r.json()["status"] == "captured" and r.json()["amount_captured"] == 5000
+    # The capture answers with the intent as it wrote it (made beside the write, not read back): the same as a read.
+    got = await client.get(f"{API}/payment_intents/{pi['id']}", headers=merchant)
+    at = datetime.fromisoformat
+    assert got.json() == r.json() and at(r.json()["updated_at"]) > at(pi["updated_at"])
     r = await act(client, merchant, pi["id"], "refunds", {"amount": 1500})
     assert r.status_code == 201, r.text
     assert r.json()["payment_intent"]["status"] == "partially_refunded"

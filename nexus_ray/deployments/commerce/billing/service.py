@@ -361,25 +361,33 @@ async def _capture_all(conn: asyncpg.Connection, asks: list[_Capture], hooks: li
             raise outcome
         else:
             moved.append((i, row["id"], take, uuid.uuid4()))
-    if moved:
-        rows = {r["id"]: r for r in await conn.fetch(
-            f"WITH u AS (SELECT * FROM unnest($1::uuid[], $2::int8[], $3::uuid[]) AS u(id, a, p)), "
-            f"i AS (UPDATE billing_payment_intents b SET status = 'captured', amount_captured = u.a, "
-            f"updated_at = now() FROM u WHERE b.id = u.id RETURNING {postgres.qualified('b', _INTENT)}), "
-            f"p AS (INSERT INTO billing_ledger_postings (id, payment_intent_id, kind, source_id, amount, currency, "
-            f"status) SELECT u.p, i.id, 'capture', i.id, u.a, i.currency, 'pending' FROM i JOIN u ON u.id = i.id) "
-            f"SELECT * FROM i",
-            [m[1] for m in moved], [m[2] for m in moved], [m[3] for m in moved])}
-        reports: list[webhooks.Report] = []
-        for i, intent_id, take, posting_id in moved:
-            row = rows[intent_id]
-            queued.append(postings.Posting(id=posting_id, payment_intent_id=intent_id, kind="capture",
-                                           source_id=intent_id, amount=take, currency=row["currency"]))
-            intent = _intent_read(row).model_dump(mode="json")
-            reports.append(_report(["payment_intent.succeeded"], row["created_by"], intent_id, intent))
-            answers[i] = (200, intent)
-        return await _published(conn, reports, answers, hooks, store)
-    return [a for a in answers if a is not None]
+    if not moved:
+        return [a for a in answers if a is not None]
+    # Each captured intent as its row will read (it is locked: nothing else changes it), so that the capture, its
+    # ledger posting, its events and the answers go in one statement.
+    now = datetime.now(UTC)
+    reports: list[webhooks.Report] = []
+    for i, intent_id, take, posting_id in moved:
+        row = {**dict(locked[intent_id]), "status": "captured", "amount_captured": take, "updated_at": now}
+        queued.append(postings.Posting(id=posting_id, payment_intent_id=intent_id, kind="capture",
+                                       source_id=intent_id, amount=take, currency=row["currency"]))
+        intent = _intent_read(row).model_dump(mode="json")
+        reports.append(_report(["payment_intent.succeeded"], row["created_by"], intent_id, intent))
+        answers[i] = (200, intent)
+    final = [a for a in answers if a is not None]
+    stored, args = store.statement(final, 9)
+    n = 9 + len(args)
+    captures = (
+        f"UPDATE billing_payment_intents b SET status = 'captured', amount_captured = u.a, updated_at = ${n + 2} "
+        f"FROM unnest(${n}::uuid[], ${n + 1}::int8[]) AS u(id, a) WHERE b.id = u.id",
+        f"INSERT INTO billing_ledger_postings (id, payment_intent_id, kind, source_id, amount, currency, status) "
+        f"SELECT u.p, u.id, 'capture', u.id, u.a, u.c, 'pending' "
+        f"FROM unnest(${n + 3}::uuid[], ${n}::uuid[], ${n + 1}::int8[], ${n + 4}::text[]) AS u(p, id, a, c)")
+    hooks.append(await webhooks.publish(
+        conn, reports, beside=(stored, *captures),
+        args=[*args, [m[1] for m in moved], [m[2] for m in moved], now, [m[3] for m in moved],
+              [locked[m[1]]["currency"] for m in moved]]))
+    return final
 
 
 #: Captures asked for at the same moment, written together.

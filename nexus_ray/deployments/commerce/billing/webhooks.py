@@ -224,12 +224,12 @@ class Report(NamedTuple):
     data: dict[str, Any]
 
 
-async def publish(conn: asyncpg.Connection, reports: Sequence[Report], *, beside: str = "",
+async def publish(conn: asyncpg.Connection, reports: Sequence[Report], *, beside: str | Sequence[str] = "",
                   args: Sequence[Any] = ()) -> int:
     """Record the events of ``reports`` in the outbox, in order, and queue each for its owner's endpoints that want
     its type: in the caller's transaction and in one statement whatever their number. Returns how many deliveries
-    were queued. ``beside``: another data-modifying statement run in the same one (its parameters numbered from
-    ``$9``, given in ``args``), as :func:`~nexus_ray.stores.events.emit_many` takes one."""
+    were queued. ``beside``: other data-modifying statements run in the same one (their parameters numbered from
+    ``$9``, given in ``args``), as :func:`~nexus_ray.stores.events.emit_many` takes them."""
     if not conn.is_in_transaction():
         raise RuntimeError("publish() must run inside the transaction of the change it reports")
     ids = postgres.new_ids(sum(len(r.events) for r in reports))
@@ -246,7 +246,8 @@ async def publish(conn: asyncpg.Connection, reports: Sequence[Report], *, beside
             keys.append(report.key)
             owners.append(report.owner)
             payloads.append(payload)
-    change = f"c AS ({beside}), " if beside else ""
+    changes = (beside,) if isinstance(beside, str) else tuple(beside)
+    change = "".join(f"c{i} AS ({c}), " for i, c in enumerate(changes) if c)
     row = await conn.fetchrow(
         f"WITH {change}v AS (SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], "
         "$6::text[], $7::text[]) WITH ORDINALITY AS v(event_id, topic, event_type, body, key, owner, payload, n)), "
