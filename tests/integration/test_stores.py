@@ -235,6 +235,52 @@ async def test_a_keyed_change_that_refuses_is_stored_as_refused_and_leaves_nothi
     assert (done.status, done.body) == (201, {"marker": kept}) and await written(kept) == (1, 1)
 
 
+async def test_a_batch_lead_read_locks_its_rows_in_the_statement_that_claims_the_keys(migrated):
+    """The kit's ``run_many`` with a lead read: the work gets the read's rows (locked until the batch commits, for
+    the items of every request, replays included), only the keys that statement claimed run, and a lead that
+    matches no row still tells which keys were claimed."""
+    from nexus_ray.deployments.kit.idempotency import Idempotency, Keyed
+
+    p = await postgres.pool()
+    await p.execute("CREATE TABLE IF NOT EXISTS t_keyed (scope text NOT NULL, key text NOT NULL, fingerprint text "
+                    "NOT NULL, status smallint, response jsonb, created_at timestamptz NOT NULL DEFAULT now(), "
+                    "expires_at timestamptz NOT NULL, PRIMARY KEY (scope, key))")
+    await p.execute("CREATE TABLE IF NOT EXISTS t_lead (id text PRIMARY KEY, n int NOT NULL)")
+    keys = Idempotency("t_keyed", ttl_s=lambda: 60.0)
+    rows = [uuid.uuid4().hex for _ in range(3)]
+    await p.execute("INSERT INTO t_lead SELECT i, 0 FROM unnest($1::text[]) AS i", rows)
+    k_old, k1, k2 = (uuid.uuid4().hex for _ in range(3))
+    seen: list[tuple[list[str], list[str], bool]] = []
+
+    def lead(items: list[str], first: int) -> tuple[str, list[object]]:
+        return f"SELECT id, n{{claimed}} FROM t_lead WHERE id = ANY(${first}::text[]) ORDER BY id FOR UPDATE", [items]
+
+    async def work(conn, items, store):  # type: ignore[no-untyped-def]
+        async with p.acquire() as other:  # the lead's rows are locked by this batch's transaction
+            try:
+                await other.fetch("SELECT 1 FROM t_lead WHERE id = ANY($1::text[]) FOR UPDATE NOWAIT", items)
+                locked = False
+            except asyncpg.LockNotAvailableError:
+                locked = True
+        seen.append((list(items), sorted(r["id"] for r in store.led), locked))
+        await conn.execute("UPDATE t_lead SET n = n + 1 WHERE id = ANY($1::text[])", items)
+        return [(201, {"id": i}) for i in items]
+
+    (first,) = await keys.run_many([Keyed("s", k_old, "f", rows[0])], work, lead=lead)
+    assert (first.status, first.replayed, seen[0]) == (201, False, ([rows[0]], [rows[0]], True))
+    out = await keys.run_many([Keyed("s", k_old, "f", rows[0]), Keyed("s", k1, "f", rows[1]),
+                               Keyed("s", k2, "f", rows[2])], work, lead=lead)
+    assert [(o.status, o.replayed) for o in out] == [(201, True), (201, False), (201, False)]
+    assert seen[1] == ([rows[1], rows[2]], sorted(rows), True)  # the replay's row read (and locked), not run
+    assert await p.fetchval("SELECT array_agg(n) FROM t_lead WHERE id = ANY($1::text[])", rows) == [1, 1, 1]
+    # A lead that finds no row: its claim ran all the same, and the keys it claimed are run and answered.
+    missing, k3 = uuid.uuid4().hex, uuid.uuid4().hex
+    (alone,) = await keys.run_many([Keyed("s", k3, "f", missing)], work, lead=lead)
+    assert (alone.status, alone.replayed, seen[-1][:2]) == (201, False, ([missing], []))
+    (again,) = await keys.run_many([Keyed("s", k3, "f", missing)], work, lead=lead)
+    assert (again.status, again.replayed, len(seen)) == (201, True, 3)
+
+
 async def test_an_event_emitted_beside_its_change_is_written_with_it_or_not_at_all(migrated):
     p = await postgres.pool()
     await p.execute("CREATE TABLE IF NOT EXISTS t_beside (id text PRIMARY KEY, n int NOT NULL CHECK (n > 0))")

@@ -185,12 +185,14 @@ Answer = tuple[int, dict[str, Any]] | NexusError
 class AnswerStore:
     """Given to a batch's work by :meth:`Idempotency.run_many`: the statement that stores the batch's answers, for
     the work to run as a part of its own last statement (one round trip fewer). Unused, ``run_many`` stores them
-    itself."""
+    itself. ``led``: the rows of the batch's lead read, when ``run_many`` was given one (see :data:`Lead`)."""
 
-    def __init__(self, keys: Idempotency, requests: Sequence[Keyed[Any]]) -> None:
+    def __init__(self, keys: Idempotency, requests: Sequence[Keyed[Any]],
+                 led: list[asyncpg.Record] | None = None) -> None:
         self._keys = keys
         self._requests = requests
         self.answers: list[Answer] | None = None
+        self.led = led
 
     def statement(self, answers: Sequence[Answer], first: int) -> tuple[str, list[Any]]:
         """The UPDATE that stores ``answers`` (the work's final ones, in order), its parameters numbered from
@@ -215,6 +217,17 @@ def _kept(requests: Sequence[Keyed[Any]], answers: Sequence[Answer]) -> list[tup
 
 #: A batch's work: the items to run, on the batch's connection; an answer for each, in order (see ``run_many``).
 BatchWork = Callable[[asyncpg.Connection, list[T], AnswerStore], Awaitable[Sequence[Answer]]]
+
+#: A batch's lead read, given to ``run_many``: for the items of every request of the batch (replays included) and
+#: the number of its first parameter, ``(sql, args)``: a ``SELECT ... ORDER BY ... FOR UPDATE`` with ``{claimed}``
+#: at the end of its columns. It runs in the statement that claims the keys, which it follows: the claimed keys
+#: are a column of each row, computed below the lock, so they are claimed before any row is locked, as when the
+#: two go one after the other (one round trip fewer). Its rows reach the work as ``store.led``.
+Lead = Callable[[list[T], int], tuple[str, list[Any]]]
+
+#: The columns a lead read carries: the keys the statement claimed, as (scope, key) in two arrays.
+_CLAIMED = (", (SELECT array_agg(scope) FROM claim) AS claimed_scopes, "
+            "(SELECT array_agg(key) FROM claim) AS claimed_keys")
 
 
 class Idempotency:
@@ -261,7 +274,8 @@ class Idempotency:
                     scope, key, status, body)
         return Outcome(status, body)
 
-    async def run_many(self, requests: Sequence[Keyed[T]], work: BatchWork[T]) -> list[Outcome | NexusError]:
+    async def run_many(self, requests: Sequence[Keyed[T]], work: BatchWork[T], *,
+                       lead: Lead[T] | None = None) -> list[Outcome | NexusError]:
         """Many requests, each as :meth:`run` runs one, in one transaction of a few statements whatever their number.
 
         ``work`` gets the items to run -- those whose key this batch claimed, and the unkeyed ones -- and answers
@@ -272,6 +286,8 @@ class Idempotency:
         kept. If ``work`` raises, the transaction is
         rolled back, nothing is stored and every request gets the exception (no key stays claimed: the callers
         retry).
+
+        ``lead``: a locking read the work starts with (see :data:`Lead`), run in the claim's statement.
 
         The answer of each request, in order: its :class:`Outcome` (replayed for a key used before), or the error
         it was refused with before running (a key reused with another request, a key in progress). A key sent
@@ -288,10 +304,17 @@ class Idempotency:
                     first[(r.scope, r.key)] = i
         async with postgres.transaction() as conn:
             keyed = sorted(first.items())  # two batches that share keys claim them in one order: no deadlock
+            led: list[asyncpg.Record] | None = None
             if keyed:
-                claimed = {(r["scope"], r["key"]) for r in await conn.fetch(
-                    self._claim, [s for (s, _), _ in keyed], [k for (_, k), _ in keyed],
-                    [requests[i].fingerprint for _, i in keyed], float(self.ttl_s()))}
+                claim = ([s for (s, _), _ in keyed], [k for (_, k), _ in keyed],
+                         [requests[i].fingerprint for _, i in keyed], float(self.ttl_s()))
+                if lead is None:
+                    claimed = {(r["scope"], r["key"]) for r in await conn.fetch(self._claim, *claim)}
+                else:
+                    sql, args = lead([r.item for r in requests], 5)
+                    led = await conn.fetch(f"WITH claim AS ({self._claim}) {sql.format(claimed=_CLAIMED)}",
+                                           *claim, *args)
+                    claimed = await self._claimed(conn, led, claim[0], claim[1])
                 if taken := [(sk, i) for sk, i in keyed if sk not in claimed]:
                     stored = {(r["scope"], r["key"]): r for r in await conn.fetch(
                         f"SELECT scope, key, fingerprint, status, response FROM {self.table} "
@@ -302,9 +325,12 @@ class Idempotency:
                             outcomes[i] = _replayed(stored.get(sk), requests[i].fingerprint, requests[i].field_name)
                         except NexusError as err:
                             outcomes[i] = err
+            elif lead is not None:
+                sql, args = lead([r.item for r in requests], 1)
+                led = await conn.fetch(sql.format(claimed=""), *args)
             repeated = set(again)
             runs = [i for i in range(len(requests)) if outcomes[i] is None and i not in repeated]
-            store = AnswerStore(self, [requests[i] for i in runs])
+            store = AnswerStore(self, [requests[i] for i in runs], led)
             answers = list(await work(conn, [requests[i].item for i in runs], store)) if runs else []
             for i, answer in zip(runs, answers, strict=True):
                 status, body = (answer.status, answer.problem()) if isinstance(answer, NexusError) else answer
@@ -325,6 +351,17 @@ class Idempotency:
             else:
                 outcomes[i] = earlier
         return [o for o in outcomes if o is not None]
+
+    async def _claimed(self, conn: asyncpg.Connection, led: Sequence[asyncpg.Record], scopes: list[str],
+                       keys: list[str]) -> set[tuple[str, str]]:
+        """The keys a lead read's statement claimed: from its rows, or, when it locked none (its claim ran all the
+        same), the keys of this transaction, which are the ones still unanswered (a committed key has its
+        answer)."""
+        if led:
+            return set(zip(led[0]["claimed_scopes"] or (), led[0]["claimed_keys"] or (), strict=True))
+        return {(r["scope"], r["key"]) for r in await conn.fetch(
+            f"SELECT scope, key FROM {self.table} WHERE (scope, key) IN (SELECT * FROM unnest($1::text[], "
+            f"$2::text[])) AND status IS NULL", scopes, keys)}
 
     def store_statement(self, kept: Sequence[tuple[Keyed[Any], Outcome]], first: int) -> tuple[str, list[Any]]:
         """The UPDATE that stores the outcomes of claimed keys, its parameters numbered from ``first``."""

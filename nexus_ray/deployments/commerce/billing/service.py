@@ -317,20 +317,26 @@ async def _capture_many(_: str, requests: list[Keyed[_Capture]]) -> list[Outcome
     need not wait for them (each request does, in :func:`capture`)."""
     hooks: list[int] = []
     queued: list[postings.Posting] = []
-    outcomes = await KEYS.run_many(requests, lambda conn, asks, store: _capture_all(conn, asks, hooks, queued, store))
+    outcomes = await KEYS.run_many(requests, lambda conn, asks, store: _capture_all(conn, asks, hooks, queued, store),
+                                   lead=_locked_intents)
     postings.post_soon(queued)
     webhooks.wake(sum(hooks))
     return outcomes
 
 
+def _locked_intents(asks: list[_Capture], first: int) -> tuple[str, list[Any]]:
+    """The lead read of a batch of captures: their intents locked in id order, as every batch locks them."""
+    return (f"SELECT {_INTENT}{{claimed}} FROM billing_payment_intents WHERE id = ANY(${first}::uuid[]) "
+            f"ORDER BY id FOR UPDATE", [sorted({a.intent_id for a in asks})])
+
+
 async def _capture_all(conn: asyncpg.Connection, asks: list[_Capture], hooks: list[int],
                        queued: list[postings.Posting], store: AnswerStore) -> list[Answer]:
-    """Capture ``asks``: their intents locked in one statement (in id order, as every batch locks them), each
-    checked on its own (as the batch's earlier captures left it), the provider asked, and the captures, their
-    ledger postings and their events written in two statements for all."""
-    locked = {r["id"]: r for r in await conn.fetch(
-        f"SELECT {_INTENT} FROM billing_payment_intents WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE",
-        sorted({a.intent_id for a in asks}))}
+    """Capture ``asks``: their intents locked (in the statement that claimed their keys: :func:`_locked_intents`),
+    each checked on its own (as the batch's earlier captures left it), the provider asked, and the captures, their
+    ledger postings, their events and the answers written in one statement for all."""
+    assert store.led is not None
+    locked = {r["id"]: r for r in store.led}
     answers: list[tuple[int, dict[str, Any]] | NexusError | None] = [None] * len(asks)
     takes: list[tuple[int, asyncpg.Record, int]] = []
     taken: set[UUID] = set()
