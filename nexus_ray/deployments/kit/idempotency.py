@@ -36,9 +36,9 @@ Each service keeps its records in a table of its own, created by its migrations 
     CREATE INDEX <service>_idempotency_expiry ON <service>_idempotency (expires_at);
 
 Concurrent requests of one kind can be run together by :meth:`Idempotency.run_many`: one transaction claims
-all their keys in one statement, a batch's work answers every request it runs, and one statement stores the
-answers -- the same semantics per request, in a few statements for the whole batch (its work must refuse an item
-before writing for it: see the method).
+all their keys in one statement (which may also lock the rows the work starts from: :data:`Lead`), a batch's work
+answers every request it runs, and one statement stores the answers -- the same semantics per request, in a few
+statements for the whole batch (its work must refuse an item before writing for it: see the method).
 
 Use::
 
