@@ -196,6 +196,13 @@ async def test_transaction_rolls_back_change_and_event(migrated):
     assert await p.fetchval("SELECT count(*) FROM outbox WHERE payload->>'marker' = $1", marker) == 0
 
 
+async def _keyed_table(p: asyncpg.Pool) -> None:
+    """The table of the kit's idempotency tests, in the shape its docstring gives."""
+    await p.execute("CREATE TABLE IF NOT EXISTS t_keyed (scope text NOT NULL, key text NOT NULL, fingerprint text "
+                    "NOT NULL, status smallint, response jsonb, created_at timestamptz NOT NULL DEFAULT now(), "
+                    "expires_at timestamptz NOT NULL, PRIMARY KEY (scope, key))")
+
+
 async def test_a_keyed_change_that_refuses_is_stored_as_refused_and_leaves_nothing_of_itself(migrated):
     """The kit's idempotency keys: a change that wrote (a row, an event) and then refused is stored as its refusal
     with its writes undone, and its key replays the refusal without running it again; one that succeeds keeps
@@ -204,9 +211,7 @@ async def test_a_keyed_change_that_refuses_is_stored_as_refused_and_leaves_nothi
     from nexus_ray.exceptions import Conflict
 
     p = await postgres.pool()
-    await p.execute("CREATE TABLE IF NOT EXISTS t_keyed (scope text NOT NULL, key text NOT NULL, fingerprint text "
-                    "NOT NULL, status smallint, response jsonb, created_at timestamptz NOT NULL DEFAULT now(), "
-                    "expires_at timestamptz NOT NULL, PRIMARY KEY (scope, key))")
+    await _keyed_table(p)
     await p.execute("CREATE TABLE IF NOT EXISTS t_rollback (id text PRIMARY KEY)")
     keys = Idempotency("t_keyed", ttl_s=lambda: 60.0)
     runs: list[str] = []
@@ -242,9 +247,7 @@ async def test_a_batch_lead_read_locks_its_rows_in_the_statement_that_claims_the
     from nexus_ray.deployments.kit.idempotency import Idempotency, Keyed
 
     p = await postgres.pool()
-    await p.execute("CREATE TABLE IF NOT EXISTS t_keyed (scope text NOT NULL, key text NOT NULL, fingerprint text "
-                    "NOT NULL, status smallint, response jsonb, created_at timestamptz NOT NULL DEFAULT now(), "
-                    "expires_at timestamptz NOT NULL, PRIMARY KEY (scope, key))")
+    await _keyed_table(p)
     await p.execute("CREATE TABLE IF NOT EXISTS t_lead (id text PRIMARY KEY, n int NOT NULL)")
     keys = Idempotency("t_keyed", ttl_s=lambda: 60.0)
     rows = [uuid.uuid4().hex for _ in range(3)]
