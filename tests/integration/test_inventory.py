@@ -223,6 +223,39 @@ async def test_a_new_reservation_waits_for_a_lapsed_hold_that_the_sweep_is_endin
     assert [m["kind"] for m in history].count("expire") == 1  # ended once, by the sweep
 
 
+async def test_a_commit_locks_its_reservation_before_it_waits_for_the_sku_and_then_commits(client, ops, svc, until):
+    """A commit locks its reservations and then their SKUs in one statement: while another transaction holds the
+    SKU, the commit waits there with the reservation already locked (as every transaction that touches
+    reservations locks them before their SKUs); once the SKU is free it commits, the stock taken once."""
+    import asyncpg
+
+    from nexus_ray.stores import postgres
+
+    sku = new_sku()
+    wid = await warehouse(client, ops)
+    await restock(client, ops, sku, wid, 3)
+    rid = (await reserve(client, svc, [{"sku": sku, "quantity": 2}])).json()["id"]
+    pg = await postgres.pool()
+
+    async def waiting() -> bool:  # the commit waits on the SKU's row lock
+        return 1 == await pg.fetchval("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                      "AND query LIKE '%SELECT DISTINCT sku FROM locked%'")
+
+    async with pg.acquire() as other, other.transaction():
+        await other.execute("SELECT 1 FROM inventory_skus WHERE sku = $1 FOR UPDATE", sku)
+        commit = asyncio.ensure_future(client.post(f"{API}/reservations/{rid}/commit", headers=svc))
+        await until(waiting, within_s=15, every=0.02)
+        async with pg.acquire() as probe:
+            with pytest.raises(asyncpg.LockNotAvailableError):  # locked by the waiting commit
+                await probe.fetch("SELECT 1 FROM inventory_reservations WHERE id = $1 FOR UPDATE NOWAIT",
+                                  uuid.UUID(rid))
+    r = await commit
+    assert r.status_code == 200 and r.json()["status"] == "committed", r.text
+    found = await stock_of(client, svc, sku)
+    assert (found["on_hand"], found["reserved"], found["available"]) == (1, 0, 1)
+    await assert_history_explains_stock(client, ops, svc, sku)
+
+
 async def test_reserve_commit_and_release_are_idempotent(client, ops, svc, bearer):
     sku = new_sku()
     wid = await warehouse(client, ops)

@@ -586,10 +586,12 @@ _RESERVES: GroupCommit[str, _Reservation, tuple[ReservationRead, bool]] = GroupC
 
 
 async def _finish(conn: asyncpg.Connection, caller: str, res: Sequence[asyncpg.Record], status: str,
-                  lines: Sequence[asyncpg.Record] | None = None) -> dict[UUID, ReservationRead]:
+                  lines: Sequence[asyncpg.Record] | None = None, *,
+                  skus_locked: bool = False) -> dict[UUID, ReservationRead]:
     """Move locked reservations to ``status``: held -> committed/released/expired, committed -> returned.
     Returns each as it now reads. ``lines``: theirs, in reservation, SKU and warehouse order, when the caller has
-    read them with the reservations."""
+    read them with the reservations. ``skus_locked``: the caller has locked their SKUs already
+    (:func:`_locked_reservations`)."""
     if not res:
         return {}
     ids = [r["id"] for r in res]
@@ -598,7 +600,8 @@ async def _finish(conn: asyncpg.Connection, caller: str, res: Sequence[asyncpg.R
         lines = await conn.fetch(
             "SELECT reservation_id, sku, warehouse_id, quantity FROM inventory_reservation_lines "
             "WHERE reservation_id = ANY($1::uuid[]) ORDER BY reservation_id, sku, warehouse_id", ids)
-    await _lock_skus(conn, [ln["sku"] for ln in lines])
+    if not skus_locked:
+        await _lock_skus(conn, [ln["sku"] for ln in lines])
     moves = []
     for ln in lines:
         q, rid = ln["quantity"], ln["reservation_id"]
@@ -658,10 +661,22 @@ _LOCKED = (f"SELECT {postgres.qualified('r', _RES_COLUMNS)}, l.reservation_id, l
            f"FOR UPDATE OF r")
 
 
+#: :data:`_LOCKED`, then the SKUs of the reservations' lines locked (in SKU order), in one statement. The SKUs'
+#: read takes every reservation's row first (``ARRAY(...)`` is computed once, whole, before it), so the reservations
+#: are locked before their SKUs, as every transaction that touches reservations locks them.
+_LOCKED_WITH_SKUS = (
+    f"WITH locked AS ({_LOCKED}), skus AS (SELECT 1 FROM inventory_skus WHERE sku = ANY (ARRAY("
+    f"SELECT DISTINCT sku FROM locked WHERE sku IS NOT NULL)) ORDER BY sku FOR UPDATE) "
+    f"SELECT locked.*, (SELECT count(*) FROM skus) AS skus_locked FROM locked ORDER BY id, sku, warehouse_id")
+
+
 async def _locked_reservations(conn: asyncpg.Connection, ids: Sequence[UUID]
                                ) -> dict[UUID, tuple[asyncpg.Record, list[asyncpg.Record]]]:
-    """The reservations, locked in id order, each with its lines (in SKU and warehouse order), in one statement."""
-    return _with_lines(await conn.fetch(_LOCKED, sorted(set(ids))), "id")
+    """The reservations, locked in id order, each with its lines (in SKU and warehouse order), and the SKUs of
+    their lines locked after them, in one statement: a commit or release moves their stock next (with
+    ``_finish(..., skus_locked=True)``). A reservation that turns out not to move leaves its SKUs locked for
+    nothing, until the commit."""
+    return _with_lines(await conn.fetch(_LOCKED_WITH_SKUS, sorted(set(ids))), "id")
 
 
 def _with_lines(rows: Sequence[asyncpg.Record], by: str) -> dict[Any, tuple[asyncpg.Record, list[asyncpg.Record]]]:
@@ -749,7 +764,8 @@ async def _commit_many(_: str, asks: list[_Commit]) -> list[ReservationRead | Ba
         reads: dict[UUID, ReservationRead] = {}
         for (caller, status), rows in moving.items():
             rows.sort(key=lambda r: r["id"])
-            reads.update(await _finish(conn, caller, rows, status, [ln for r in rows for ln in found[r["id"]][1]]))
+            reads.update(await _finish(conn, caller, rows, status, [ln for r in rows for ln in found[r["id"]][1]],
+                                       skus_locked=True))
     out: list[ReservationRead | BaseException] = []
     for a, sight in zip(asks, seen, strict=True):
         if isinstance(sight, NotFound):
@@ -771,9 +787,10 @@ async def release_reservation(*, reservation_id: UUID, caller: str, privileged: 
         row, lines = await _locked_reservation(conn, reservation_id, caller, privileged)
         reads: dict[UUID, ReservationRead] = {}
         if row["status"] == "held":
-            reads = await _finish(conn, caller, [row], "expired" if _lapsed(row) else "released", lines)
+            reads = await _finish(conn, caller, [row], "expired" if _lapsed(row) else "released", lines,
+                                  skus_locked=True)
         elif row["status"] == "committed":
-            reads = await _finish(conn, caller, [row], "released", lines)
+            reads = await _finish(conn, caller, [row], "released", lines, skus_locked=True)
         return reads.get(row["id"]) or _read_of(row, lines)
 
 
