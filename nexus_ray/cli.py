@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import threading
 import time
 from collections.abc import Coroutine
 from pathlib import Path
@@ -53,7 +52,29 @@ def up(
     detach: bool = typer.Option(False, "--detach", "-d", help="Return once everything is ready; leave it running."),
     timeout: float = typer.Option(240.0, help="Seconds to wait for every service to be ready."),
 ) -> None:
-    """Start the embedded stores and a local Ray head, deploy every service, print where to reach them."""
+    """Start the embedded stores and a local Ray head, deploy every service, print where to reach them.
+
+    Ctrl-C (or SIGTERM) stops everything it started, at any moment: while it starts (as the stores come up, Ray
+    starts or the services deploy) as well as once it runs. A start that fails leaves what it started running, for
+    `nexus status` and the logs; `nexus down` stops it."""
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        if _start(detach, timeout):
+            return  # detached, and running
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    down()
+
+
+def _interrupt(*_: object) -> None:
+    """SIGTERM as Ctrl-C: wherever ``up`` is, it stops what it started."""
+    raise KeyboardInterrupt
+
+
+def _start(detach: bool, timeout: float) -> bool:
+    """What ``up`` does before it waits: True once everything runs detached."""
     from nexus_ray.runtime import cluster, serve_config
 
     s = get_settings()
@@ -82,16 +103,9 @@ def up(
     console.print(f"  Data       {data_dir}")
     if detach:
         console.print("Running in the background; stop with `nexus down`.")
-        return
+        return True
     console.print("Press Ctrl-C to stop everything.")
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    try:
-        while not stop.wait(1.0):
-            pass
-    except KeyboardInterrupt:
-        pass
-    down()
+    return False
 
 
 @app.command()
