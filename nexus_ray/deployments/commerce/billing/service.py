@@ -43,7 +43,7 @@ import asyncio
 import hashlib
 import logging
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -246,11 +246,14 @@ async def _authorize_all(conn: asyncpg.Connection, asks: list[_Authorization], h
 
 
 async def _published(conn: asyncpg.Connection, reports: Sequence[webhooks.Report], answers: Sequence[Answer | None],
-                     hooks: list[int], store: AnswerStore) -> list[Answer]:
-    """A batch's last statement: its events and webhooks, and the answers to its keys. Returns the answers."""
+                     hooks: list[int], store: AnswerStore,
+                     changes: Callable[[int], tuple[Sequence[str], list[Any]]] | None = None) -> list[Answer]:
+    """A batch's last statement: its events and webhooks, the answers to its keys, and ``changes`` (given the number
+    of their first parameter: their statements and parameters). Returns the answers."""
     final = [a for a in answers if a is not None]
     stored, args = store.statement(final, 9)
-    hooks.append(await webhooks.publish(conn, reports, beside=stored, args=args))
+    statements, more = changes(9 + len(args)) if changes is not None else ((), [])
+    hooks.append(await webhooks.publish(conn, reports, beside=(stored, *statements), args=[*args, *more]))
     return final
 
 
@@ -380,20 +383,18 @@ async def _capture_all(conn: asyncpg.Connection, asks: list[_Capture], hooks: li
         intent = _intent_read(row).model_dump(mode="json")
         reports.append(_report(["payment_intent.succeeded"], row["created_by"], intent_id, intent))
         answers[i] = (200, intent)
-    final = [a for a in answers if a is not None]
-    stored, args = store.statement(final, 9)
-    n = 9 + len(args)
-    captures = (
-        f"UPDATE billing_payment_intents b SET status = 'captured', amount_captured = u.a, updated_at = ${n + 2} "
-        f"FROM unnest(${n}::uuid[], ${n + 1}::int8[]) AS u(id, a) WHERE b.id = u.id",
-        f"INSERT INTO billing_ledger_postings (id, payment_intent_id, kind, source_id, amount, currency, status) "
-        f"SELECT u.p, u.id, 'capture', u.id, u.a, u.c, 'pending' "
-        f"FROM unnest(${n + 3}::uuid[], ${n}::uuid[], ${n + 1}::int8[], ${n + 4}::text[]) AS u(p, id, a, c)")
-    hooks.append(await webhooks.publish(
-        conn, reports, beside=(stored, *captures),
-        args=[*args, [m[1] for m in moved], [m[2] for m in moved], now, [m[3] for m in moved],
-              [locked[m[1]]["currency"] for m in moved]]))
-    return final
+
+    def captures(n: int) -> tuple[Sequence[str], list[Any]]:
+        return ((
+            f"UPDATE billing_payment_intents b SET status = 'captured', amount_captured = u.a, updated_at = ${n + 2} "
+            f"FROM unnest(${n}::uuid[], ${n + 1}::int8[]) AS u(id, a) WHERE b.id = u.id",
+            f"INSERT INTO billing_ledger_postings (id, payment_intent_id, kind, source_id, amount, currency, status) "
+            f"SELECT u.p, u.id, 'capture', u.id, u.a, u.c, 'pending' "
+            f"FROM unnest(${n + 3}::uuid[], ${n}::uuid[], ${n + 1}::int8[], ${n + 4}::text[]) AS u(p, id, a, c)"),
+            [[m[1] for m in moved], [m[2] for m in moved], now, [m[3] for m in moved],
+             [locked[m[1]]["currency"] for m in moved]])
+
+    return await _published(conn, reports, answers, hooks, store, captures)
 
 
 #: Captures asked for at the same moment, written together.
