@@ -220,14 +220,10 @@ BatchWork = Callable[[asyncpg.Connection, list[T], AnswerStore], Awaitable[Seque
 
 #: A batch's lead read, given to ``run_many``: for the items of every request of the batch (replays included) and
 #: the number of its first parameter, ``(sql, args)``: a ``SELECT ... ORDER BY ... FOR UPDATE`` with ``{claimed}``
-#: at the end of its columns. It runs in the statement that claims the keys, which it follows: the claimed keys
-#: are a column of each row, computed below the lock, so they are claimed before any row is locked, as when the
-#: two go one after the other (one round trip fewer). Its rows reach the work as ``store.led``.
+#: at the end of its columns. It runs in the statement that claims the keys, after the claim
+#: (:func:`~nexus_ray.stores.postgres.claim_then_lock`, one round trip fewer). Its rows reach the work as
+#: ``store.led``.
 Lead = Callable[[list[T], int], tuple[str, list[Any]]]
-
-#: The columns a lead read carries: the keys the statement claimed, as (scope, key) in two arrays.
-_CLAIMED = (", (SELECT array_agg(scope) FROM claim) AS claimed_scopes, "
-            "(SELECT array_agg(key) FROM claim) AS claimed_keys")
 
 
 class Idempotency:
@@ -304,17 +300,16 @@ class Idempotency:
                     first[(r.scope, r.key)] = i
         async with postgres.transaction() as conn:
             keyed = sorted(first.items())  # two batches that share keys claim them in one order: no deadlock
+            claim = ([s for (s, _), _ in keyed], [k for (_, k), _ in keyed],
+                     [requests[i].fingerprint for _, i in keyed], float(self.ttl_s())) if keyed else None
             led: list[asyncpg.Record] | None = None
-            if keyed:
-                claim = ([s for (s, _), _ in keyed], [k for (_, k), _ in keyed],
-                         [requests[i].fingerprint for _, i in keyed], float(self.ttl_s()))
-                if lead is None:
-                    claimed = {(r["scope"], r["key"]) for r in await conn.fetch(self._claim, *claim)}
-                else:
-                    sql, args = lead([r.item for r in requests], 5)
-                    led = await conn.fetch(f"WITH claim AS ({self._claim}) {sql.format(claimed=_CLAIMED)}",
-                                           *claim, *args)
-                    claimed = await self._claimed(conn, led, claim[0], claim[1])
+            if lead is not None:
+                sql, args = lead([r.item for r in requests], 5 if claim else 1)
+                led = await conn.fetch(postgres.claim_then_lock(sql, self._claim if claim else None, "scope", "key"),
+                                       *(claim or ()), *args)
+            if claim is not None:
+                claimed = (await self._claimed(conn, led, claim[0], claim[1]) if led is not None
+                           else {(r["scope"], r["key"]) for r in await conn.fetch(self._claim, *claim)})
                 if taken := [(sk, i) for sk, i in keyed if sk not in claimed]:
                     stored = {(r["scope"], r["key"]): r for r in await conn.fetch(
                         f"SELECT scope, key, fingerprint, status, response FROM {self.table} "
@@ -325,9 +320,6 @@ class Idempotency:
                             outcomes[i] = _replayed(stored.get(sk), requests[i].fingerprint, requests[i].field_name)
                         except NexusError as err:
                             outcomes[i] = err
-            elif lead is not None:
-                sql, args = lead([r.item for r in requests], 1)
-                led = await conn.fetch(sql.format(claimed=""), *args)
             repeated = set(again)
             runs = [i for i in range(len(requests)) if outcomes[i] is None and i not in repeated]
             store = AnswerStore(self, [requests[i] for i in runs], led)
@@ -358,7 +350,7 @@ class Idempotency:
         same), the keys of this transaction, which are the ones still unanswered (a committed key has its
         answer)."""
         if led:
-            return set(zip(led[0]["claimed_scopes"] or (), led[0]["claimed_keys"] or (), strict=True))
+            return set(zip(led[0]["claimed_scope"] or (), led[0]["claimed_key"] or (), strict=True))
         return {(r["scope"], r["key"]) for r in await conn.fetch(
             f"SELECT scope, key FROM {self.table} WHERE (scope, key) IN (SELECT * FROM unnest($1::text[], "
             f"$2::text[])) AND status IS NULL", scopes, keys)}

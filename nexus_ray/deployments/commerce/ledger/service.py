@@ -376,10 +376,14 @@ def _checked(live: Sequence[_Op]) -> tuple[dict[UUID, _Account], dict[UUID, _Acc
     return checked, touched
 
 
-_LOCKED_BALANCES = (
-    "SELECT b.account_id, b.debits_posted, b.credits_posted, b.debits_pending, b.credits_pending{also} "
-    "FROM ledger_balances b JOIN unnest(${a}::uuid[], ${s}::int2[]) AS u(a, s) "
-    "ON b.account_id = u.a AND b.shard = u.s ORDER BY b.account_id, b.shard FOR UPDATE OF b")
+def _locked_balances(first: int, claim: str | None = None) -> str:
+    """The locked read of balance rows, sorted, its two parameters (accounts and shards) numbered from ``first``;
+    after ``claim`` in the same statement when given (:func:`~nexus_ray.stores.postgres.claim_then_lock`, each row
+    with the keys claimed as ``claimed_key``)."""
+    return postgres.claim_then_lock(
+        "SELECT b.account_id, b.debits_posted, b.credits_posted, b.debits_pending, b.credits_pending{claimed} "
+        f"FROM ledger_balances b JOIN unnest(${first}::uuid[], ${first + 1}::int2[]) AS u(a, s) "
+        "ON b.account_id = u.a AND b.shard = u.s ORDER BY b.account_id, b.shard FOR UPDATE OF b", claim, "key")
 
 
 def _to_lock(live: Sequence[_Op]) -> tuple[dict[UUID, _Account], dict[UUID, int], list[tuple[UUID, int]]]:
@@ -413,7 +417,7 @@ async def _totals(conn: asyncpg.Connection, live: Sequence[_Op], *, lock: bool
     """
     checked, target, rows = _to_lock(live)
     if lock:
-        totals = await conn.fetch(_LOCKED_BALANCES.format(also="", a=1, s=2), [r[0] for r in rows],
+        totals = await conn.fetch(_locked_balances(1), [r[0] for r in rows],
                                   [r[1] for r in rows]) if rows else []
     elif checked:
         totals = await conn.fetch(
@@ -565,13 +569,12 @@ async def _claim_locking(conn: asyncpg.Connection, caller: str, ops: Sequence[_O
         await _claim(conn, caller, ops, entries)
         return await _totals(conn, _live(ops), lock=True)
     totals = await conn.fetch(
-        f"WITH claim AS ({_CLAIM}) " + _LOCKED_BALANCES.format(
-            also=", (SELECT array_agg(key) FROM claim) AS claimed", a=5, s=6),
+        _locked_balances(5, _CLAIM),
         caller, [op.key for op in keyed], [op.request_hash for op in keyed], answers, [r[0] for r in rows],
         [r[1] for r in rows])
     if not totals:  # an account's balance rows are made with it, and its shards never change (migration 1105)
         raise RuntimeError("the balance rows of an account in use are missing")
-    await _after_claim(conn, caller, keyed, answers, set(totals[0]["claimed"] or ()))
+    await _after_claim(conn, caller, keyed, answers, set(totals[0]["claimed_key"] or ()))
     still_checked, touched = _checked(_live(ops))
     return _summed(still_checked, totals), {a: target[a] for a in touched}
 
