@@ -471,6 +471,8 @@ class OutboxRelay:
 
 
 Handler = Callable[[asyncpg.Connection, Event], Awaitable[None]]
+#: A handler of a batch's fresh events at once, in their order (see ``EventConsumer``'s ``handle_many``).
+ManyHandler = Callable[[asyncpg.Connection, list[Event]], Awaitable[None]]
 Outcome = Literal["handled", "duplicate", "dead-lettered"]
 
 _MAX_BACKOFF_S = 60.0
@@ -630,6 +632,14 @@ class _HandlerRaised(Exception):
         self.cause = cause
 
 
+def _one_by_one(handler: Handler) -> ManyHandler:
+    """A batch handler that calls ``handler`` on each event in turn."""
+    async def each(conn: asyncpg.Connection, events: list[Event]) -> None:
+        for event in events:
+            await handler(conn, event)
+    return each
+
+
 class EventConsumer:
     """Consumes topics in a consumer group, at-least-once, idempotent by event id.
 
@@ -649,14 +659,19 @@ class EventConsumer:
 
     ``wants(event)``, when given, picks the events the handler acts on: the others are passed over with no
     transaction and no record (a redelivered one is passed over again), their offsets committed with the rest.
+
+    ``handle_many(conn, events)``, when given, takes the place of ``handler``: it gets a batch's fresh events at
+    once, in order, so that it can write them in a few statements whatever their number. Everything else is as
+    above: a failure rolls the batch back, and its events come again one at a time (a list of one).
     """
 
     def __init__(
         self,
         group: str,
         topics: list[str],
-        handler: Handler,
+        handler: Handler | None,
         *,
+        handle_many: ManyHandler | None = None,
         wants: Callable[[Event], bool] | None = None,
         max_attempts: int | None = None,
         retry_backoff_s: float | None = None,
@@ -667,7 +682,11 @@ class EventConsumer:
         settings = get_settings()
         self.group = group
         self.topics = topics
-        self.handler = handler
+        if handler is not None and handle_many is None:
+            handle_many = _one_by_one(handler)
+        elif handler is not None or handle_many is None:
+            raise ValueError("give a handler or handle_many, not both")
+        self.handle_many: ManyHandler = handle_many
         self.wants = wants
         self.max_attempts = max_attempts if max_attempts is not None else settings.event_max_attempts
         self.retry_backoff_s = retry_backoff_s if retry_backoff_s is not None else settings.event_retry_backoff_s
@@ -756,16 +775,17 @@ class EventConsumer:
         an event twice in ``events`` is handled once). The handler's own failure is raised as
         :class:`_HandlerRaised`, so the caller tells it from the database's, which counts no attempt."""
         claimed = {r["event_id"] for r in await conn.fetch(_CLAIM, self.group, [e.id for e in events])}
-        fresh = 0
+        fresh = []
         for event in events:
             if event.id in claimed:
                 claimed.discard(event.id)
-                try:
-                    await self.handler(conn, event)
-                except Exception as exc:
-                    raise _HandlerRaised(exc) from exc
-                fresh += 1
-        return fresh
+                fresh.append(event)
+        if fresh:
+            try:
+                await self.handle_many(conn, fresh)
+            except Exception as exc:
+                raise _HandlerRaised(exc) from exc
+        return len(fresh)
 
     async def _failed(self, event: Event, failure: Exception) -> Outcome:
         """Count a failed attempt; at the last one, move the event to the dead letters (one transaction)."""
@@ -888,7 +908,7 @@ class EventConsumer:
                 letter = DeadLetter.from_row(row)
                 try:
                     async with conn.transaction():  # a savepoint: a failure undoes the handler's writes only
-                        await self.handler(conn, letter.event)
+                        await self.handle_many(conn, [letter.event])
                 except Exception as exc:
                     failure = exc
                     error_type, error_message = _error_of(exc)

@@ -253,3 +253,57 @@ async def test_a_password_change_in_auth_service_sends_a_security_notice(client,
     [notice] = await until(lambda: mail_to(stores, address) or None, within_s=30)
     assert notice["Subject"] == "Your password was changed"
     assert "If this was not you" in parts(notice)["text/plain"]
+
+
+async def test_a_batch_of_events_queues_each_users_messages_in_four_statements(client, admin):
+    """The consumer's handler takes a fetch's events at once: every user's messages on their channels, in their
+    language, written in four statements for the whole batch; the same events again queue nothing."""
+    from nexus_ray.stores import postgres
+    from nexus_ray.stores.events import Event
+
+    en, fr, unknown = (f"u-{uuid.uuid4().hex[:8]}" for _ in range(3))
+    await set_prefs(client, admin, en, email=f"{en}@shop.test", locale="en-GB")
+    await set_prefs(client, admin, fr, email=f"{fr}@shop.test", phone="+33612345678", locale="fr-CA",
+                    channels={"payments": ["email", "sms"]})
+    now = datetime.now(UTC)
+
+    def event(topic: str, data: dict) -> Event:
+        return Event(id=uuid.uuid4(), topic=topic, key=None, data=data, occurred_at=now, headers={})
+
+    batch = [
+        event("order.created", {"order_id": "o-1", "customer": en, "total": 1, "currency": "EUR"}),
+        event("payment_intent.payment_failed", {"customer": fr, "amount": 990, "currency": "EUR"}),
+        event("order.created", {"order_id": "o-2", "customer": fr, "total": 2, "currency": "EUR"}),
+        event("order.created", {"order_id": "o-3", "customer": unknown, "total": 3, "currency": "EUR"}),
+        event("order.created", {"order_id": "o-4", "total": 4, "currency": "EUR"}),  # names no user
+        event("inventory.low_stock", {"sku": "x"}),  # not a notification
+    ]
+    sent: list[str] = []
+
+    def logged(record) -> None:
+        sent.append(record.query)
+
+    async with postgres.transaction() as conn:
+        conn.add_query_logger(logged)
+        await service.on_events(conn, batch)
+        conn.remove_query_logger(logged)
+    assert len(sent) == 4, sent
+
+    async def messages() -> dict[tuple[str, str], dict]:
+        p = await postgres.pool()
+        rows = await p.fetch("SELECT source_event, channel, recipient, locale, subject, body_text FROM notif_messages "
+                             "WHERE source_event = ANY($1::uuid[])", [e.id for e in batch])
+        return {(str(r["source_event"]), r["channel"]): dict(r) for r in rows}
+
+    got = await messages()
+    assert set(got) == {(str(batch[0].id), "email"), (str(batch[1].id), "email"), (str(batch[1].id), "sms"),
+                        (str(batch[2].id), "email")}
+    assert got[(str(batch[0].id), "email")]["subject"] == "Order o-1 received"
+    assert got[(str(batch[0].id), "email")]["locale"] == "en"
+    assert got[(str(batch[2].id), "email")]["subject"] == "Commande o-2 reçue"  # fr-CA falls back to fr
+    assert got[(str(batch[1].id), "email")]["locale"] == "en"  # no French template: the default language
+    sms = got[(str(batch[1].id), "sms")]
+    assert sms["recipient"] == "+33612345678" and "990 EUR" in sms["body_text"]
+    async with postgres.transaction() as conn:  # delivered again (a consumer's retry): nothing more
+        await service.on_events(conn, batch)
+    assert await messages() == got

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
@@ -90,11 +91,16 @@ class Contact:
     quiet_end: time | None
 
 
-async def _contact(conn: asyncpg.Connection | asyncpg.Pool, user_id: str) -> Contact | None:
-    row = await conn.fetchrow(
+async def _contacts(conn: asyncpg.Connection | asyncpg.Pool, user_ids: Sequence[str]) -> dict[str, Contact]:
+    """The contact details of those of ``user_ids`` who have them, by user."""
+    rows = await conn.fetch(
         "SELECT user_id, email, phone, push, locale, timezone, quiet_start, quiet_end FROM notif_contacts "
-        "WHERE user_id = $1", user_id)
-    return Contact(**dict(row)) if row is not None else None
+        "WHERE user_id = ANY($1::text[])", list(user_ids))
+    return {r["user_id"]: Contact(**dict(r)) for r in rows}
+
+
+async def _contact(conn: asyncpg.Connection | asyncpg.Pool, user_id: str) -> Contact | None:
+    return (await _contacts(conn, [user_id])).get(user_id)
 
 
 def quiet_until(contact: Contact | None, now: datetime) -> datetime | None:
@@ -152,13 +158,20 @@ async def set_preferences(*, user_id: str, body: Preferences) -> Preferences:
     return await get_preferences(user_id=user_id)
 
 
-async def _channels(conn: asyncpg.Connection, user_id: str, category: str) -> list[str]:
-    chosen = await conn.fetchval(
-        "SELECT channels FROM notif_preferences WHERE user_id = $1 AND category = $2", user_id, category)
-    channels = list(chosen) if chosen is not None else DEFAULT_CHANNELS.get(category, ["email"])
-    if category in MANDATORY and "email" not in channels:
-        channels.append("email")
-    return channels
+async def _channels(conn: asyncpg.Connection, wanted: Collection[tuple[str, str]]) -> dict[tuple[str, str], list[str]]:
+    """The channels each (user, category) of ``wanted`` is sent on: the user's choice, else the category's default,
+    with email always among a mandatory category's."""
+    chosen = {(r["user_id"], r["category"]): list(r["channels"]) for r in await conn.fetch(
+        "SELECT user_id, category, channels FROM notif_preferences "
+        "WHERE (user_id, category) IN (SELECT * FROM unnest($1::text[], $2::text[]))",
+        [u for u, _ in wanted], [c for _, c in wanted])}
+    out = {}
+    for user_id, category in wanted:
+        channels = chosen.get((user_id, category), list(DEFAULT_CHANNELS.get(category, ["email"])))
+        if category in MANDATORY and "email" not in channels:
+            channels.append("email")
+        out[(user_id, category)] = channels
+    return out
 
 
 def _addresses(contact: Contact | None, channel: str) -> list[str]:
@@ -174,55 +187,116 @@ def _addresses(contact: Contact | None, channel: str) -> list[str]:
 # -- queueing ---------------------------------------------------------------------------------------
 
 
-async def _queue_one(
-    conn: asyncpg.Connection, *, created_by: str, client_message_id: str | None, user_id: str | None, channel: str,
-    recipient: str, category: str, template: str, locale: str, data: dict[str, Any], urgent: bool,
-    contact: Contact | None, source_event: UUID | None, now: datetime,
-) -> tuple[asyncpg.Record | None, bool]:
-    """Render and insert one message; (its row, whether it is new). None when no template fits."""
+@dataclass(frozen=True)
+class _Queued:
+    """One message to render and queue: the columns of ``notif_messages`` it is written with, its template's
+    data, and when it is due (None: now)."""
+    created_by: str
+    client_message_id: str | None
+    user_id: str | None
+    channel: str
+    recipient: str
+    category: str
+    template: str
+    locale: str
+    data: dict[str, Any]
+    urgent: bool
+    due: datetime | None
+    source_event: UUID | None
+
+
+#: Messages written together; one that its sender queued before (its ``client_message_id``) is left as it was.
+_INSERT_MESSAGES = (
+    "INSERT INTO notif_messages (id, created_by, client_message_id, user_id, channel, category, template, locale, "
+    "recipient, subject, body_text, body_html, urgent, status, max_attempts, next_attempt_at, source_event) "
+    "SELECT i, b, c, u, ch, ca, t, l, r, s, bt, bh, ur, 'queued', $16, coalesce(d, now()), e "
+    "FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], "
+    "$9::text[], $10::text[], $11::text[], $12::text[], $13::bool[], $14::timestamptz[], $15::uuid[]) "
+    "AS m(i, b, c, u, ch, ca, t, l, r, s, bt, bh, ur, d, e) "
+    f"ON CONFLICT (created_by, client_message_id) DO NOTHING RETURNING {_MESSAGE_COLUMNS}")
+
+
+async def _queue_many(conn: asyncpg.Connection, items: Sequence[_Queued], *, replays: bool
+                      ) -> list[tuple[asyncpg.Record | None, bool]]:
+    """Render and insert ``items`` (their templates read in one statement, the messages written in one); for
+    each, in order: (its row, whether it is new), or (None, False) when no template fits. A message its sender
+    queued before is not written again; with ``replays`` its row is read back, else it comes as (None, False)."""
     s = settings()
-    rendered = await templates.render(conn, key=template, channel=channel, locale=locale,
-                                      default_locale=s.notifications_default_locale, data=data)
-    if rendered is None:
-        return None, False
-    due = None if urgent else quiet_until(contact, now)
-    row = await conn.fetchrow(
-        f"INSERT INTO notif_messages (id, created_by, client_message_id, user_id, channel, category, template, "
-        f"locale, recipient, subject, body_text, body_html, urgent, status, max_attempts, next_attempt_at, "
-        f"source_event) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 'queued', $14, "
-        f"coalesce($15, now()), $16) ON CONFLICT (created_by, client_message_id) DO NOTHING "
-        f"RETURNING {_MESSAGE_COLUMNS}",
-        uuid.uuid4(), created_by, client_message_id, user_id, channel, category, template, rendered.locale,
-        recipient, rendered.subject, rendered.text, rendered.html, urgent, s.notifications_max_attempts, due,
-        source_event)
-    if row is not None:
-        return row, True
-    existing = await conn.fetchrow(
-        f"SELECT {_MESSAGE_COLUMNS} FROM notif_messages WHERE created_by = $1 AND client_message_id = $2",
-        created_by, client_message_id)
-    return existing, False
+    rendered = await templates.render_many(
+        conn, [(q.template, q.channel, q.locale, q.data) for q in items], s.notifications_default_locale)
+    ids = [uuid.uuid4() for _ in items]
+    # In one order (the sender's ids), so that two batches that share an id take its lock in the same order.
+    go = sorted((i for i, r in enumerate(rendered) if r is not None),
+                key=lambda i: (items[i].created_by, items[i].client_message_id or ""))
+    rows: dict[UUID, asyncpg.Record] = {}
+    if go:
+        cols = [[ids[i] for i in go], *([getattr(items[i], f) for i in go] for f in (
+            "created_by", "client_message_id", "user_id", "channel", "category", "template"))]
+        done = [rendered[i] for i in go]
+        rows = {r["id"]: r for r in await conn.fetch(
+            _INSERT_MESSAGES, *cols, [r.locale for r in done if r], [items[i].recipient for i in go],
+            [r.subject for r in done if r], [r.text for r in done if r], [r.html for r in done if r],
+            [items[i].urgent for i in go], [items[i].due for i in go], [items[i].source_event for i in go],
+            s.notifications_max_attempts)}
+    before: dict[tuple[str, str | None], asyncpg.Record] = {}
+    if replays and (taken := [items[i] for i in go if ids[i] not in rows]):
+        before = {(r["created_by"], r["client_message_id"]): r for r in await conn.fetch(
+            f"SELECT {_MESSAGE_COLUMNS} FROM notif_messages WHERE (created_by, client_message_id) IN "
+            f"(SELECT * FROM unnest($1::text[], $2::text[]))",
+            [q.created_by for q in taken], [q.client_message_id for q in taken])}
+    out: list[tuple[asyncpg.Record | None, bool]] = []
+    for i, q in enumerate(items):
+        if ids[i] in rows:
+            out.append((rows[ids[i]], True))
+        else:
+            out.append((before.get((q.created_by, q.client_message_id)), False))
+    return out
 
 
-async def notify_user(
-    conn: asyncpg.Connection, *, user_id: str, category: str, template: str, data: dict[str, Any],
-    urgent: bool = False, key: str, created_by: str = "events", source_event: UUID | None = None,
-) -> int:
-    """Queue ``template`` for ``user_id`` on each channel they receive ``category`` on, in the caller's
-    transaction; ``key`` makes it idempotent (one message per key, channel and address). Returns how many."""
-    contact = await _contact(conn, user_id)
-    if contact is None:
-        log.debug("no contact details for user %s: %s not sent", user_id, template)
+@dataclass(frozen=True)
+class Notice:
+    """A notification for a user, on each channel they receive its category on (see :func:`notify_users`)."""
+    user_id: str
+    category: str
+    template: str
+    data: dict[str, Any]
+    key: str
+    urgent: bool = False
+    created_by: str = "events"
+    source_event: UUID | None = None
+
+
+async def notify_users(conn: asyncpg.Connection, notices: Sequence[Notice]) -> int:
+    """Queue each notice's template for its user on each channel they receive its category on, in the caller's
+    transaction, whatever their number in four statements: the contacts, the users' choices, the templates and
+    the messages. A notice's ``key`` makes it idempotent (one message per key, channel and address). Returns how
+    many messages were queued (none for a notice queued before)."""
+    if not notices:
         return 0
+    contacts = await _contacts(conn, sorted({n.user_id for n in notices}))
+    for n in notices:
+        if n.user_id not in contacts:
+            log.debug("no contact details for user %s: %s not sent", n.user_id, n.template)
+    reached = [n for n in notices if n.user_id in contacts]
+    if not reached:
+        return 0
+    channels = await _channels(conn, sorted({(n.user_id, n.category) for n in reached}))
     now = datetime.now(UTC)
-    queued = 0
-    for channel in await _channels(conn, user_id, category):
-        for n, address in enumerate(_addresses(contact, channel)):
-            _, new = await _queue_one(
-                conn, created_by=created_by, client_message_id=f"{key}:{channel}:{n}", user_id=user_id,
-                channel=channel, recipient=address, category=category, template=template, locale=contact.locale,
-                data=data, urgent=urgent, contact=contact, source_event=source_event, now=now)
-            queued += new
-    return queued
+    items = [
+        _Queued(created_by=n.created_by, client_message_id=f"{n.key}:{channel}:{i}", user_id=n.user_id,
+                channel=channel, recipient=address, category=n.category, template=n.template, locale=contact.locale,
+                data=n.data, urgent=n.urgent, due=None if n.urgent else quiet_until(contact, now),
+                source_event=n.source_event)
+        for n in reached for contact in (contacts[n.user_id],) for channel in channels[(n.user_id, n.category)]
+        for i, address in enumerate(_addresses(contact, channel))]
+    return sum(new for _, new in await _queue_many(conn, items, replays=False))
+
+
+async def notify_user(conn: asyncpg.Connection, *, user_id: str, category: str, template: str, data: dict[str, Any],
+                      key: str, urgent: bool = False, created_by: str = "events") -> int:
+    """One :class:`Notice` queued by :func:`notify_users`; how many messages it queued."""
+    return await notify_users(conn, [Notice(user_id=user_id, category=category, template=template, data=data,
+                                            key=key, urgent=urgent, created_by=created_by)])
 
 
 async def send_direct(*, caller: str, body: MessageCreate) -> tuple[MessageRead, bool]:
@@ -245,11 +319,11 @@ async def send_direct(*, caller: str, body: MessageCreate) -> tuple[MessageRead,
                 raise ValidationFailed.for_field("user_id", f"the user has no {body.channel} address")
             recipient = found[0]
         locale = body.locale or (contact.locale if contact else settings().notifications_default_locale)
-        row, new = await _queue_one(
-            conn, created_by=caller, client_message_id=body.client_message_id, user_id=body.user_id,
-            channel=body.channel, recipient=recipient, category=body.category, template=body.template,
-            locale=locale, data=body.data, urgent=body.urgent, contact=contact, source_event=None,
-            now=datetime.now(UTC))
+        [(row, new)] = await _queue_many(conn, [_Queued(
+            created_by=caller, client_message_id=body.client_message_id, user_id=body.user_id, channel=body.channel,
+            recipient=recipient, category=body.category, template=body.template, locale=locale, data=body.data,
+            urgent=body.urgent, due=None if body.urgent else quiet_until(contact, datetime.now(UTC)),
+            source_event=None)], replays=True)
         if row is None:
             raise ValidationFailed.for_field("template", f"no template {body.template!r} for {body.channel}")
     wake()
@@ -432,19 +506,22 @@ ROUTES: dict[str, tuple[str, str, tuple[str, ...], bool]] = {
 CONSUMER_GROUP = "notification-service"
 
 
-async def on_event(conn: asyncpg.Connection, event: Event) -> None:
-    """The consumer's handler: queue the event's notifications in the transaction that marks it processed."""
-    route = ROUTES.get(event.topic)
-    if route is None:
-        return
-    template, category, fields, urgent = route
-    user_id = next((str(event.data[f]) for f in fields if event.data.get(f)), None)
-    if user_id is None:
-        log.debug("event %s (%s) names no user: nothing to notify", event.id, event.topic)
-        return
-    queued = await notify_user(conn, user_id=user_id, category=category, template=template, data=event.data,
-                               urgent=urgent, key=f"event:{event.id}", source_event=event.id)
-    if queued:
+async def on_events(conn: asyncpg.Connection, events: list[Event]) -> None:
+    """The consumer's handler: queue a batch of events' notifications (:func:`notify_users`, a few statements for
+    the whole batch) in the transaction that marks them processed."""
+    notices = []
+    for event in events:
+        route = ROUTES.get(event.topic)
+        if route is None:
+            continue
+        template, category, fields, urgent = route
+        user_id = next((str(event.data[f]) for f in fields if event.data.get(f)), None)
+        if user_id is None:
+            log.debug("event %s (%s) names no user: nothing to notify", event.id, event.topic)
+            continue
+        notices.append(Notice(user_id=user_id, category=category, template=template, data=event.data,
+                              key=f"event:{event.id}", urgent=urgent, source_event=event.id))
+    if await notify_users(conn, notices):
         wake()  # in this process: the commit comes first, then the loop's next round finds them
 
 
@@ -452,11 +529,12 @@ async def consume_events() -> None:
     """Background: the consumer of the events that notify users."""
     if not settings().notifications_consume_events:
         return
-    await EventConsumer(CONSUMER_GROUP, sorted(ROUTES), on_event,
+    await EventConsumer(CONSUMER_GROUP, sorted(ROUTES), None, handle_many=on_events,
                         fetch_max_wait_ms=RELAXED_FETCH_WAIT_MS).run_until_stopped()
 
 
-__all__ = ["consume_events", "deliver_due", "deliver_forever", "notify_user", "on_event", "send_direct"]
+__all__ = ["Notice", "consume_events", "deliver_due", "deliver_forever", "notify_user", "notify_users", "on_events",
+           "send_direct"]
 
 
 async def home_summary(*, user_id: str) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import html
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,14 +61,22 @@ def candidates(locale: str, default: str) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-async def render(conn: asyncpg.Connection | asyncpg.Pool, *, key: str, channel: str, locale: str,
-                 default_locale: str, data: dict[str, Any]) -> Rendered | None:
-    """The template for (key, channel) closest to ``locale``, rendered with ``data``; None if there is none."""
-    wanted = candidates(locale, default_locale)
-    row = await conn.fetchrow(
-        "SELECT locale, subject, body_text, body_html FROM notif_templates WHERE key = $1 AND channel = $2 "
-        "AND locale = ANY($3::text[]) ORDER BY array_position($3::text[], locale) LIMIT 1", key, channel, wanted)
-    if row is None:
-        return None
-    return Rendered(locale=row["locale"], subject=render_subject(row["subject"], data),
-                    text=render_text(row["body_text"], data), html=render_html(row["body_html"], data))
+async def render_many(conn: asyncpg.Connection | asyncpg.Pool, wanted: Sequence[tuple[str, str, str, dict[str, Any]]],
+                      default_locale: str) -> list[Rendered | None]:
+    """For each (key, channel, locale, data) of ``wanted``: the template for (key, channel) closest to the locale,
+    rendered with the data; None where there is none. One statement for all of them."""
+    if not wanted:
+        return []
+    looked = [candidates(locale, default_locale) for _, _, locale, _ in wanted]
+    rows = await conn.fetch(
+        "SELECT key, channel, locale, subject, body_text, body_html FROM notif_templates WHERE key = ANY($1::text[]) "
+        "AND channel = ANY($2::text[]) AND locale = ANY($3::text[])", sorted({w[0] for w in wanted}),
+        sorted({w[1] for w in wanted}), sorted({c for locales in looked for c in locales}))
+    found = {(r["key"], r["channel"], r["locale"]): r for r in rows}
+    out: list[Rendered | None] = []
+    for (key, channel, _, data), locales in zip(wanted, looked, strict=True):
+        row = next((found[(key, channel, c)] for c in locales if (key, channel, c) in found), None)
+        out.append(None if row is None else Rendered(
+            locale=row["locale"], subject=render_subject(row["subject"], data),
+            text=render_text(row["body_text"], data), html=render_html(row["body_html"], data)))
+    return out
