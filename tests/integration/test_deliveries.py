@@ -209,3 +209,50 @@ async def test_one_delivery_per_shipment_and_dispatch_assigns_it(client, admin, 
                            str(delivery["id"]))
     assert [(m["payload"]["status"], m["payload"]["customer"]) for m in moved] == [("created", "cust-41"),
                                                                                  ("assigned", "cust-41")]
+
+
+async def test_a_fetchs_shipments_become_deliveries_in_one_statement(client, admin):
+    """The consumer's handler takes a fetch's events at once: a delivery for each new shipment, each with its
+    timeline entry and its event, in one statement; a shipment that has its delivery already makes none, and the
+    same events again make nothing."""
+    from datetime import UTC, datetime
+
+    from nexus_ray.deployments.logistics.deliveries import service
+    from nexus_ray.stores.events import Event
+
+    shipments = [f"shp-{uuid.uuid4().hex[:10]}" for _ in range(3)]
+
+    def shipped(shipment_id: str, customer: str) -> Event:
+        return Event(id=uuid.uuid4(), topic="shipment.created", key=shipment_id, occurred_at=datetime.now(UTC),
+                     headers={}, data={"shipment_id": shipment_id, "order_id": f"ord-{shipment_id}",
+                                       "customer": customer, "weight_g": 250,
+                                       "address": {"city": "Berlin", "lat": 52.5, "lon": 13.4}})
+
+    async with postgres.transaction() as conn:  # the first shipment's delivery, made by an earlier fetch
+        await service.on_events(conn, [shipped(shipments[0], "cust-0")])
+    batch = [shipped(s, f"cust-{n}") for n, s in enumerate(shipments)]
+    sent: list[str] = []
+
+    def logged(record) -> None:
+        sent.append(record.query)
+
+    async with postgres.transaction() as conn:
+        conn.add_query_logger(logged)
+        await service.on_events(conn, batch)
+        conn.remove_query_logger(logged)
+    assert len(sent) == 1, sent
+    pg = await postgres.pool()
+    rows = {r["shipment_id"]: r for r in await pg.fetch(
+        "SELECT * FROM deliveries WHERE shipment_id = ANY($1::text[])", shipments)}
+    assert set(rows) == set(shipments)
+    for n, shipment_id in enumerate(shipments):
+        row = rows[shipment_id]
+        assert (row["customer"], row["order_id"], row["weight_kg"]) == (f"cust-{n}", f"ord-{shipment_id}", 0.25)
+        assert await status_events(str(row["id"])) == ["created"]
+        timeline = await pg.fetch("SELECT status FROM delivery_events WHERE delivery_id = $1", row["id"])
+        assert [t["status"] for t in timeline] == ["created"]
+    async with postgres.transaction() as conn:  # the same events again (a redelivery)
+        await service.on_events(conn, batch)
+    assert await pg.fetchval("SELECT count(*) FROM deliveries WHERE shipment_id = ANY($1::text[])", shipments) == 3
+    for row in rows.values():
+        assert await status_events(str(row["id"])) == ["created"]

@@ -39,6 +39,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
@@ -52,7 +54,7 @@ from nexus_ray.deployments.kit.settings import settings_of
 from nexus_ray.deployments.logistics.drivers import service as drivers
 from nexus_ray.exceptions import Conflict, Forbidden, NexusError, NotFound, ValidationFailed
 from nexus_ray.stores import postgres
-from nexus_ray.stores.events import NOTIFY, Event, EventConsumer, emit, outbox_insert
+from nexus_ray.stores.events import NOTIFY, Event, EventConsumer, emit, json_text, outbox_insert
 
 from .models import DeliveryRead, ProofRead, TimelineEntry
 from .settings import DeliverySettings
@@ -113,33 +115,53 @@ async def _load(conn: asyncpg.Connection | asyncpg.Pool, delivery_id: UUID, call
 # -- creating ------------------------------------------------------------------------------------------
 
 
-#: A delivery, its first timeline entry and its ``delivery.status`` event, in one statement: the entry and the event
-#: only when the delivery was written (its shipment or key may have made one already).
+#: Deliveries, each with its first timeline entry and its ``delivery.status`` event, in one statement: the entry and
+#: the event only for a delivery that was written (its shipment or key may have made one already). The owner, vehicle
+#: types, fee, currency and time are the statement's, shared by its deliveries; the rest are arrays, one a delivery.
 _INSERT = (
-    "WITH d AS (INSERT INTO deliveries (id, shipment_id, order_id, owner, idempotency_key, status, pickup, dropoff, "
+    "WITH u AS (SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::jsonb[], "
+    "$7::jsonb[], $8::float8[], $9::text[], $10::uuid[], $11::text[]) AS u(id, shipment_id, order_id, "
+    "idempotency_key, customer, pickup, dropoff, weight_kg, dispatch_state, event_id, payload)), "
+    "d AS (INSERT INTO deliveries (id, shipment_id, order_id, owner, idempotency_key, status, pickup, dropoff, "
     "weight_kg, vehicle_types, driver_fee, currency, dispatch_state, created_at, updated_at, customer) "
-    "VALUES ($1, $2, $3, $4, $5, 'created', $6, $7, $8, $9, $10, $11, $12, $13, $13, $18) ON CONFLICT DO NOTHING "
-    "RETURNING *), "
-    "t AS (INSERT INTO delivery_events (delivery_id, status, at, actor) SELECT id, 'created', $13, $4 FROM d), "
-    f"e AS ({outbox_insert('$14', '$15', 'd.id', '$16', '$17', source='FROM d')}) "
+    "SELECT id, shipment_id, order_id, $12, idempotency_key, 'created', pickup, dropoff, weight_kg, $13::text[], "
+    "$14, $15, dispatch_state, $16, $16, customer FROM u ORDER BY shipment_id, idempotency_key "
+    "ON CONFLICT DO NOTHING RETURNING *), "
+    "t AS (INSERT INTO delivery_events (delivery_id, status, at, actor) SELECT id, 'created', $16, $12 FROM d), "
+    f"e AS ({outbox_insert('u.event_id', '$17', 'u.id', 'u.payload', '$18', source='FROM u JOIN d USING (id)')}) "
     f"SELECT d.*, {NOTIFY} AS notified FROM d"
 )
 
 
-async def _insert(conn: asyncpg.Connection, *, owner: str, pickup: dict[str, Any], dropoff: dict[str, Any],
-                  weight_kg: float, vehicle_types: list[str] | None, driver_fee: int, currency: str,
-                  order_id: str | None, shipment_id: str | None, idempotency_key: str | None,
-                  customer: str | None) -> asyncpg.Record | None:
-    """Insert a delivery for ``customer`` with its first timeline entry and event (one round trip); None if its
-    shipment or key already made one."""
+@dataclass(frozen=True)
+class _New:
+    """One delivery to write with :func:`_insert`: what is its own (the rest is its statement's)."""
+    pickup: dict[str, Any]
+    dropoff: dict[str, Any]
+    weight_kg: float
+    order_id: str | None
+    shipment_id: str | None
+    idempotency_key: str | None
+    customer: str | None
+
+
+async def _insert(conn: asyncpg.Connection, news: Sequence[_New], *, owner: str, vehicle_types: list[str] | None,
+                  driver_fee: int, currency: str) -> dict[int, asyncpg.Record]:
+    """Insert deliveries owned by ``owner``, each with its first timeline entry and event, in one round trip: the row
+    of each one written, by its place in ``news`` (one whose shipment or key made one already is left out)."""
     now = datetime.now(UTC)
-    delivery_id = uuid.uuid4()
-    routable = all(p.get("lat") is not None and p.get("lon") is not None for p in (pickup, dropoff))
-    event = _status_event(delivery_id, shipment_id, order_id, customer, "created", now, None)
-    return await conn.fetchrow(
-        _INSERT, delivery_id, shipment_id, order_id, owner, idempotency_key, pickup, dropoff, weight_kg,
-        vehicle_types, driver_fee, currency, "pending" if routable else "manual", now, postgres.new_ids(1)[0],
-        STATUS_TOPIC, event, {}, customer)
+    ids = [uuid.uuid4() for _ in news]
+    routable = [all(p.get("lat") is not None and p.get("lon") is not None for p in (n.pickup, n.dropoff))
+                for n in news]
+    rows = await conn.fetch(
+        _INSERT, ids, [n.shipment_id for n in news], [n.order_id for n in news], [n.idempotency_key for n in news],
+        [n.customer for n in news], [n.pickup for n in news], [n.dropoff for n in news],
+        [n.weight_kg for n in news], ["pending" if r else "manual" for r in routable], postgres.new_ids(len(news)),
+        [json_text(_status_event(i, n.shipment_id, n.order_id, n.customer, "created", now, None))
+         for i, n in zip(ids, news, strict=True)],
+        owner, vehicle_types, driver_fee, currency, now, STATUS_TOPIC, {})
+    place = {i: k for k, i in enumerate(ids)}
+    return {place[r["id"]]: r for r in rows}
 
 
 async def _record(conn: asyncpg.Connection, row: asyncpg.Record, status: str, *, actor: str, note: str | None,
@@ -166,9 +188,10 @@ async def create_delivery(
 ) -> tuple[DeliveryRead, bool]:
     """Create a delivery owned by ``caller``; (delivery, replayed) -- the same key returns the first one."""
     async with postgres.transaction() as conn:
-        row = await _insert(conn, owner=caller, pickup=pickup, dropoff=dropoff, weight_kg=weight_kg,
-                            vehicle_types=vehicle_types, driver_fee=driver_fee, currency=currency,
-                            order_id=order_id, shipment_id=None, idempotency_key=idempotency_key, customer=caller)
+        new = _New(pickup=pickup, dropoff=dropoff, weight_kg=weight_kg, order_id=order_id, shipment_id=None,
+                   idempotency_key=idempotency_key, customer=caller)
+        row = (await _insert(conn, [new], owner=caller, vehicle_types=vehicle_types, driver_fee=driver_fee,
+                             currency=currency)).get(0)
         replayed = row is None
         if row is None:
             row = await conn.fetchrow("SELECT * FROM deliveries WHERE owner = $1 AND idempotency_key = $2",
@@ -181,20 +204,22 @@ async def create_delivery(
     return delivery, replayed
 
 
-async def create_from_shipment(conn: asyncpg.Connection, data: dict[str, Any]) -> DeliveryRead | None:
-    """A delivery for a ``shipment.created`` payload, in the consumer's transaction; None if it already exists."""
+async def create_from_shipments(conn: asyncpg.Connection, shipments: Sequence[dict[str, Any]]) -> int:
+    """A delivery for each ``shipment.created`` payload, in the consumer's transaction and one statement; how many
+    were new (a shipment that has one already makes none)."""
     s = settings_of(DeliverySettings)
-    address = data.get("address") or {}
-    dropoff = {"lat": address.get("lat"), "lon": address.get("lon"), "address": address} \
-        if isinstance(address, dict) else {"address": address}
     pickup = {"lat": s.deliveries_depot_lat, "lon": s.deliveries_depot_lon, "address": "depot"}
-    weight_g = data.get("weight_g") or 0
-    row = await _insert(conn, owner=SERVICE, pickup=pickup, dropoff=dropoff, weight_kg=float(weight_g) / 1000,
-                        vehicle_types=None, driver_fee=s.deliveries_default_fee, currency=s.deliveries_currency,
-                        order_id=str(data["order_id"]) if data.get("order_id") else None,
-                        shipment_id=str(data["shipment_id"]), idempotency_key=None,
-                        customer=str(data["customer"]) if data.get("customer") else None)
-    return _read(row) if row is not None else None
+    news = []
+    for data in shipments:
+        address = data.get("address") or {}
+        dropoff = {"lat": address.get("lat"), "lon": address.get("lon"), "address": address} \
+            if isinstance(address, dict) else {"address": address}
+        news.append(_New(pickup=pickup, dropoff=dropoff, weight_kg=float(data.get("weight_g") or 0) / 1000,
+                         order_id=str(data["order_id"]) if data.get("order_id") else None,
+                         shipment_id=str(data["shipment_id"]), idempotency_key=None,
+                         customer=str(data["customer"]) if data.get("customer") else None))
+    return len(await _insert(conn, news, owner=SERVICE, vehicle_types=None, driver_fee=s.deliveries_default_fee,
+                             currency=s.deliveries_currency))
 
 
 # -- reading -------------------------------------------------------------------------------------------
@@ -435,17 +460,20 @@ async def on_assigned(conn: asyncpg.Connection, data: dict[str, Any]) -> Deliver
 # -- events --------------------------------------------------------------------------------------------
 
 
-async def _on_event(conn: asyncpg.Connection, event: Event) -> None:
-    if event.topic == SHIPMENT_CREATED:
-        if await create_from_shipment(conn, event.data) is not None:
-            log.debug("delivery created from a shipment")
-    elif event.topic == DISPATCH_ASSIGNED:
-        await on_assigned(conn, event.data)
+async def on_events(conn: asyncpg.Connection, events: list[Event]) -> None:
+    """A fetch's events at once: its shipments' deliveries in one statement, then each assignment in turn (a
+    delivery is always made before it is assigned)."""
+    shipments = [e.data for e in events if e.topic == SHIPMENT_CREATED]
+    if shipments and (made := await create_from_shipments(conn, shipments)):
+        log.debug("%d deliveries created from shipments", made)
+    for event in events:
+        if event.topic == DISPATCH_ASSIGNED:
+            await on_assigned(conn, event.data)
 
 
 async def consume_forever() -> None:
     """Background: consume ``shipment.created`` and ``dispatch.assigned`` (at least once, idempotent)."""
-    await EventConsumer(SERVICE, [SHIPMENT_CREATED, DISPATCH_ASSIGNED], _on_event,
+    await EventConsumer(SERVICE, [SHIPMENT_CREATED, DISPATCH_ASSIGNED], None, handle_many=on_events,
                         session_timeout_ms=6000).run_until_stopped()
 
 

@@ -42,6 +42,7 @@ from nexus_ray.deployments.kit.settings import settings_of
 from nexus_ray.exceptions import Conflict, ValidationFailed
 from nexus_ray.stores import postgres
 from nexus_ray.stores.events import RELAXED_FETCH_WAIT_MS, Event, EventConsumer
+from nexus_ray.stores.together import GroupCommit
 
 from . import providers, templates
 from .models import MessageCreate, MessageRead, Preferences, PushSubscription, TemplateBody, TemplateRead
@@ -415,26 +416,55 @@ async def _take(limit: int) -> list[asyncpg.Record]:
         limit, settings().notifications_lease_s))
 
 
+@dataclass(frozen=True)
+class _Sent:
+    """How one message's send ended: ``sent`` (with the provider's id), ``failed`` (again after ``retry_s``) or
+    ``dead``, with the error."""
+    id: UUID
+    status: str
+    provider_id: str | None = None
+    error: str | None = None
+    retry_s: float = 0.0
+
+
+async def _record_sends(_key: None, sends: list[_Sent]) -> list[None]:
+    """The ends of the sends that finished together, in one statement (sorted by id: two batches lock their rows in
+    one order). A failure is recorded only on a message still ``sending`` (its lease may have passed and another
+    round taken it)."""
+    batch = sorted(sends, key=lambda x: x.id)
+    p = await postgres.pool()
+    await p.execute(
+        "UPDATE notif_messages m SET status = u.st, last_error = u.err, lease_until = NULL, updated_at = now(), "
+        "sent_at = CASE WHEN u.st = 'sent' THEN now() ELSE m.sent_at END, "
+        "provider_message_id = CASE WHEN u.st = 'sent' THEN u.pid ELSE m.provider_message_id END, "
+        "next_attempt_at = CASE WHEN u.st = 'sent' THEN m.next_attempt_at "
+        "ELSE now() + make_interval(secs => u.retry) END "
+        "FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::float8[]) AS u(id, st, pid, err, retry) "
+        "WHERE m.id = u.id AND (u.st = 'sent' OR m.status = 'sending')",
+        [x.id for x in batch], [x.status for x in batch], [x.provider_id for x in batch], [x.error for x in batch],
+        [x.retry_s for x in batch])
+    return [None] * len(sends)
+
+
+#: The ends of sends, recorded together: the messages of a round are sent at once and mostly end together.
+_SENDS: GroupCommit[None, _Sent, None] = GroupCommit(_record_sends)
+
+
 async def _deliver(row: asyncpg.Record) -> str:
     outgoing = providers.Outgoing(id=row["id"], channel=row["channel"], recipient=row["recipient"],
                                   subject=row["subject"], text=row["body_text"], html=row["body_html"])
-    p = await postgres.pool()
     try:
         provider_id = await providers.for_channel(row["channel"]).send(outgoing)
     except Exception as exc:
         permanent = isinstance(exc, providers.DeliveryFailed) and exc.permanent
         dead = permanent or row["attempts"] >= row["max_attempts"]
         error = str(exc) if isinstance(exc, providers.DeliveryFailed) else f"{type(exc).__name__}: {exc}"
-        await p.execute(
-            "UPDATE notif_messages SET status = $2, last_error = $3, lease_until = NULL, updated_at = now(), "
-            "next_attempt_at = now() + make_interval(secs => $4) WHERE id = $1 AND status = 'sending'",
-            row["id"], "dead" if dead else "failed", error[:1000], 0.0 if dead else backoff_s(row["attempts"]))
+        await _SENDS.submit(None, _Sent(row["id"], "dead" if dead else "failed", error=error[:1000],
+                                        retry_s=0.0 if dead else backoff_s(row["attempts"])))
         if dead:
             log.warning("message %s is dead after %d attempts: %s", row["id"], row["attempts"], error[:200])
         return "dead" if dead else "failed"
-    await p.execute(
-        "UPDATE notif_messages SET status = 'sent', sent_at = now(), provider_message_id = $2, lease_until = NULL, "
-        "last_error = NULL, updated_at = now() WHERE id = $1", row["id"], provider_id)
+    await _SENDS.submit(None, _Sent(row["id"], "sent", provider_id=provider_id))
     return "sent"
 
 
