@@ -10,6 +10,7 @@ import json
 import uuid
 
 import pytest
+import statements
 
 from nexus_ray.stores import events, postgres
 
@@ -231,15 +232,7 @@ async def test_a_fetchs_shipments_become_deliveries_in_one_statement(client, adm
     async with postgres.transaction() as conn:  # the first shipment's delivery, made by an earlier fetch
         await service.on_events(conn, [shipped(shipments[0], "cust-0")])
     batch = [shipped(s, f"cust-{n}") for n, s in enumerate(shipments)]
-    sent: list[str] = []
-
-    def logged(record) -> None:
-        sent.append(record.query)
-
-    async with postgres.transaction() as conn:
-        conn.add_query_logger(logged)
-        await service.on_events(conn, batch)
-        conn.remove_query_logger(logged)
+    sent = await statements.sent_in_transaction(lambda conn: service.on_events(conn, batch))
     assert len(sent) == 1, sent
     pg = await postgres.pool()
     rows = {r["shipment_id"]: r for r in await pg.fetch(

@@ -14,6 +14,7 @@ from email.message import Message
 
 import jwt
 import pytest
+import statements
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from nexus_ray.deployments.platform.notifications import service
@@ -278,15 +279,7 @@ async def test_a_batch_of_events_queues_each_users_messages_in_four_statements(c
         event("order.created", {"order_id": "o-4", "total": 4, "currency": "EUR"}),  # names no user
         event("inventory.low_stock", {"sku": "x"}),  # not a notification
     ]
-    sent: list[str] = []
-
-    def logged(record) -> None:
-        sent.append(record.query)
-
-    async with postgres.transaction() as conn:
-        conn.add_query_logger(logged)
-        await service.on_events(conn, batch)
-        conn.remove_query_logger(logged)
+    sent = await statements.sent_in_transaction(lambda conn: service.on_events(conn, batch))
     assert len(sent) == 4, sent
 
     async def messages() -> dict[tuple[str, str], dict]:
