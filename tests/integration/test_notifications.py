@@ -8,6 +8,7 @@ import base64
 import email
 import email.policy
 import mailbox
+import socket
 import uuid
 from datetime import UTC, datetime, timedelta
 from email.message import Message
@@ -300,3 +301,24 @@ async def test_a_batch_of_events_queues_each_users_messages_in_four_statements(c
     async with postgres.transaction() as conn:  # delivered again (a consumer's retry): nothing more
         await service.on_events(conn, batch)
     assert await messages() == got
+
+
+async def test_a_send_after_the_kept_connections_went_stale_goes_out_in_one_attempt(stores):
+    """After a quiet spell the SMTP server has closed every kept connection: the send that finds the first one
+    dropped tries once more on a fresh connection, not on the next stale one, and the mail goes in one attempt."""
+    from nexus_ray.deployments.platform.notifications import providers
+
+    email_ = providers.SmtpEmail()
+    for _ in range(3):  # kept connections the server has since closed
+        stale = email_._connect()
+        stale.sock.shutdown(socket.SHUT_RDWR)  # as when the server hung up: the next command finds it dropped
+        email_._idle.put(stale)
+    address = f"stale-{uuid.uuid4().hex[:8]}@shop.test"
+    out = providers.Outgoing(id=uuid.uuid4(), channel="email", recipient=address, subject="After a quiet spell",
+                             text="hello", html="")
+    try:
+        assert await email_.send(out) == f"<{out.id}@nexus-notifications>"
+    finally:
+        email_.close()
+    [mail] = mail_to(stores, address)
+    assert mail["Subject"] == "After a quiet spell"

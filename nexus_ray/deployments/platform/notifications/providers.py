@@ -160,7 +160,9 @@ class SmtpEmail:
         msg = self._message(m)
         for attempt in (1, 2):
             try:
-                client = self._idle.get_nowait()
+                # The retry goes on a fresh connection: the other kept ones are as old as the one that was
+                # dropped, and after a quiet spell (the server's idle timeout) all of them are.
+                client = self._idle.get_nowait() if attempt == 1 else self._connect()
             except queue.Empty:
                 client = self._connect()
             try:
