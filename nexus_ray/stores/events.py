@@ -685,7 +685,7 @@ class EventConsumer:
         if handler is not None and handle_many is None:
             handle_many = _one_by_one(handler)
         elif handler is not None or handle_many is None:
-            raise ValueError("give a handler or handle_many, not both")
+            raise ValueError("give exactly one of handler and handle_many")
         self.handle_many: ManyHandler = handle_many
         self.wants = wants
         self.max_attempts = max_attempts if max_attempts is not None else settings.event_max_attempts

@@ -559,10 +559,10 @@ async def _claim(conn: asyncpg.Connection, caller: str, ops: Sequence[_Op],
 
 async def _claim_locking(conn: asyncpg.Connection, caller: str, ops: Sequence[_Op], entries: dict[int, UUID]
                          ) -> tuple[dict[UUID, int], dict[UUID, int]]:
-    """:func:`_claim`, then :func:`_totals` with ``lock`` for the ops left live, in one statement: the keys are
-    claimed before any balance row is locked, as when the two go one after the other (the sort under the lock
-    waits for every row, and each carries the claimed keys). Locks the rows of the ops live before the claim: those
-    replayed or refused by their keys lock rows they do not change, until the commit."""
+    """:func:`_claim`, then :func:`_totals` with ``lock`` for the ops left live, in one statement
+    (:func:`~nexus_ray.stores.postgres.claim_then_lock`: the keys are claimed before any balance row is locked).
+    Locks the rows of the ops live before the claim: those replayed or refused by their keys lock rows they do not
+    change, until the commit."""
     keyed, answers = _keyed(ops, entries)
     _, target, rows = _to_lock(_live(ops))
     if not keyed or not rows:

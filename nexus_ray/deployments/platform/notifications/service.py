@@ -226,31 +226,31 @@ async def _queue_many(conn: asyncpg.Connection, items: Sequence[_Queued], *, rep
     rendered = await templates.render_many(
         conn, [(q.template, q.channel, q.locale, q.data) for q in items], s.notifications_default_locale)
     ids = [uuid.uuid4() for _ in items]
-    # In one order (the sender's ids), so that two batches that share an id take its lock in the same order.
-    go = sorted((i for i, r in enumerate(rendered) if r is not None),
-                key=lambda i: (items[i].created_by, items[i].client_message_id or ""))
+    # Those with a template, in one order (the sender's ids), so that two batches that share an id take its lock in
+    # the same order.
+    go = sorted(((i, r) for i, r in enumerate(rendered) if r is not None),
+                key=lambda ir: (items[ir[0]].created_by, items[ir[0]].client_message_id or ""))
     rows: dict[UUID, asyncpg.Record] = {}
     if go:
-        cols = [[ids[i] for i in go], *([getattr(items[i], f) for i in go] for f in (
-            "created_by", "client_message_id", "user_id", "channel", "category", "template"))]
-        done = [rendered[i] for i in go]
         rows = {r["id"]: r for r in await conn.fetch(
-            _INSERT_MESSAGES, *cols, [r.locale for r in done if r], [items[i].recipient for i in go],
-            [r.subject for r in done if r], [r.text for r in done if r], [r.html for r in done if r],
-            [items[i].urgent for i in go], [items[i].due for i in go], [items[i].source_event for i in go],
-            s.notifications_max_attempts)}
+            _INSERT_MESSAGES, [ids[i] for i, _ in go], [items[i].created_by for i, _ in go],
+            [items[i].client_message_id for i, _ in go], [items[i].user_id for i, _ in go],
+            [items[i].channel for i, _ in go], [items[i].category for i, _ in go], [items[i].template for i, _ in go],
+            [r.locale for _, r in go], [items[i].recipient for i, _ in go], [r.subject for _, r in go],
+            [r.text for _, r in go], [r.html for _, r in go], [items[i].urgent for i, _ in go],
+            [items[i].due for i, _ in go], [items[i].source_event for i, _ in go], s.notifications_max_attempts)}
+    taken = [i for i, _ in go if ids[i] not in rows]  # queued by their sender before
     before: dict[tuple[str, str | None], asyncpg.Record] = {}
-    if replays and (taken := [items[i] for i in go if ids[i] not in rows]):
+    if replays and taken:
         before = {(r["created_by"], r["client_message_id"]): r for r in await conn.fetch(
             f"SELECT {_MESSAGE_COLUMNS} FROM notif_messages WHERE (created_by, client_message_id) IN "
             f"(SELECT * FROM unnest($1::text[], $2::text[]))",
-            [q.created_by for q in taken], [q.client_message_id for q in taken])}
-    out: list[tuple[asyncpg.Record | None, bool]] = []
-    for i, q in enumerate(items):
-        if ids[i] in rows:
-            out.append((rows[ids[i]], True))
-        else:
-            out.append((before.get((q.created_by, q.client_message_id)), False))
+            [items[i].created_by for i in taken], [items[i].client_message_id for i in taken])}
+    out: list[tuple[asyncpg.Record | None, bool]] = [(None, False)] * len(items)  # no template: nothing queued
+    for i, _ in go:
+        row = rows.get(ids[i])
+        out[i] = (row, True) if row is not None else (before.get((items[i].created_by, items[i].client_message_id)),
+                                                      False)
     return out
 
 
@@ -283,13 +283,16 @@ async def notify_users(conn: asyncpg.Connection, notices: Sequence[Notice]) -> i
         return 0
     channels = await _channels(conn, sorted({(n.user_id, n.category) for n in reached}))
     now = datetime.now(UTC)
-    items = [
-        _Queued(created_by=n.created_by, client_message_id=f"{n.key}:{channel}:{i}", user_id=n.user_id,
-                channel=channel, recipient=address, category=n.category, template=n.template, locale=contact.locale,
-                data=n.data, urgent=n.urgent, due=None if n.urgent else quiet_until(contact, now),
-                source_event=n.source_event)
-        for n in reached for contact in (contacts[n.user_id],) for channel in channels[(n.user_id, n.category)]
-        for i, address in enumerate(_addresses(contact, channel))]
+    items = []
+    for n in reached:
+        contact = contacts[n.user_id]
+        due = None if n.urgent else quiet_until(contact, now)
+        for channel in channels[(n.user_id, n.category)]:
+            for i, address in enumerate(_addresses(contact, channel)):
+                items.append(_Queued(
+                    created_by=n.created_by, client_message_id=f"{n.key}:{channel}:{i}", user_id=n.user_id,
+                    channel=channel, recipient=address, category=n.category, template=n.template,
+                    locale=contact.locale, data=n.data, urgent=n.urgent, due=due, source_event=n.source_event))
     return sum(new for _, new in await _queue_many(conn, items, replays=False))
 
 
