@@ -479,16 +479,17 @@ async def test_a_saga_waits_for_the_disk_only_in_the_write_that_lets_its_lease_g
     assert row["status"] == "completed", dict(row)
     assert seen[-1] == ("let go", "on"), seen
     assert {mode for which, mode in seen[:-1]} == {"off"}, seen
-    # Two before the last: the reservation's group, then the capture's (with the groups it carried, below).
-    assert [which for which, _ in seen].count("saga") == 2 and ("commit stock", "off") in seen, seen
+    # One before the last: the reservation's group (the groups after it are carried by the last, below).
+    assert [which for which, _ in seen].count("saga") == 1 and ("commit stock", "off") in seen, seen
 
 
-async def test_the_groups_after_pricing_are_written_with_the_capture_and_a_crash_before_it_replays_them(
+async def test_the_groups_after_pricing_are_written_with_the_completion_and_a_crash_before_it_replays_them(
         client, ops, monkeypatch):
-    """The authorisation and the stock's commit move no status: they are not written on their own but with the
-    capture's write (every log line still there, in order). A runner that dies before that write has done them
-    without a record: the next run does them again with the same keys, and the collaborators replay them, so the
-    money is authorised and taken once and the stock committed once."""
+    """The authorisation, the stock's commit and the capture are not written on their own but with the write that
+    completes the order (every log line, the move to ``paid`` and its event still there, in order). A runner that
+    dies before that write has done them without a record: the next run does them again with the same keys, and
+    the collaborators replay them, so the money is authorised and taken once, the stock committed once, and one
+    invoice and one shipment made."""
     from nexus_ray.deployments.commerce.orders import saga
     from nexus_ray.stores import postgres
 
@@ -503,21 +504,25 @@ async def test_the_groups_after_pricing_are_written_with_the_capture_and_a_crash
     writer = saga._writes.write
     written: list[list[tuple[str, str, str]]] = []
 
-    async def dies_at_the_capture(key, items):  # type: ignore[no-untyped-def]
+    async def dies_at_the_completion(key, items):  # type: ignore[no-untyped-def]
         for item in items:
             if item.id == order_id:
-                written.append([ln[:3] for ln in item.lines])
-                if ("capture", "forward", "done") in written[-1]:
+                written.append([(*ln[:3], ln[3].get("to")) for ln in item.lines])
+                written.append([topic for _, topic, _ in item.events])
+                if ("capture", "forward", "done", None) in written[-2]:
                     raise ConnectionResetError("the runner's process died")
         return await writer(key, items)
 
-    monkeypatch.setattr(saga._writes, "write", dies_at_the_capture)
+    monkeypatch.setattr(saga._writes, "write", dies_at_the_completion)
     with pytest.raises(ConnectionResetError):
         await saga.drive(order_id, "dead-replica:1", announced=("authorize",))
-    assert written == [[("authorize", "forward", "done"), ("commit_stock", "forward", "started"),
-                        ("commit_stock", "forward", "done"), ("capture", "forward", "started"),
-                        ("capture", "forward", "done"), ("order", "status", "done"), ("invoice", "forward", "started"),
-                        ("ship", "forward", "started")]]
+    assert written == [[("authorize", "forward", "done", None), ("commit_stock", "forward", "started", None),
+                        ("commit_stock", "forward", "done", None), ("capture", "forward", "started", None),
+                        ("capture", "forward", "done", None), ("order", "status", "done", "paid"),
+                        ("invoice", "forward", "started", None), ("ship", "forward", "started", None),
+                        ("invoice", "forward", "done", None), ("ship", "forward", "done", None),
+                        ("order", "status", "done", "completed")],
+                       ["order.paid", "order.completed"]]
     pg = await postgres.pool()
     row = await pg.fetchrow("SELECT status, results FROM orders WHERE id = $1", order_id)
     assert (row["status"], set(row["results"])) == ("pending", {"price", "reserve"})  # nothing of them recorded
@@ -531,6 +536,10 @@ async def test_the_groups_after_pricing_are_written_with_the_capture_and_a_crash
     assert row["results"]["authorize"]["id"] == str(intents[0]["id"])
     assert await pg.fetchval("SELECT count(*) FROM inventory_movements WHERE reservation_id = $1 AND kind = 'commit'",
                              held.id) == 1
+    assert await pg.fetchval("SELECT count(*) FROM invoices WHERE source = 'order' AND source_id = $1",
+                             str(order_id)) == 1
+    assert await pg.fetchval("SELECT count(*) FROM shipments WHERE order_id = $1", str(order_id)) == 1
+    assert await events_of(order_id) == ["order.paid", "order.completed"]
     lines = [tuple(r) for r in await pg.fetch(
         "SELECT step, phase, outcome FROM order_saga_log WHERE order_id = $1 AND step <> 'order' ORDER BY id",
         order_id)]

@@ -12,12 +12,15 @@ in one transaction with the order's new status and its ``order.*`` event (outbox
 dies between the two leaves an order whose log ends on ``started``: the steps without a result are run again
 with the same idempotency keys (see :mod:`.steps`), so the collaborators replay what they did.
 
-A group after the pricing that moves no status and is followed at once by the next (the authorisation, the
-stock's commit) is not written on its own: its lines and results go with the order's next write (the capture's,
-which moves it to ``paid``), so an order that runs straight through is written three times, not five. A runner
-that dies before that write leaves the log at the group before, and those steps are run again by their keys, as
-above. The pricing's group is always written: a price read again could differ from the one the payment was
-authorised for.
+A group after the pricing that is followed at once by the next (the authorisation, the stock's commit, the
+capture) is not written on its own: its lines and results, and the status it reaches with its event (the
+capture's ``paid`` and ``order.paid``), go with the order's next write (the invoice's and the shipment's, which
+completes it), so an order that runs straight through is written twice, not five times. A runner that dies before
+that write leaves the log at the group before, and those steps are run again by their keys, as above. The
+pricing's group is always written: a price read again could differ from the one the payment was authorised for.
+Nothing is skipped by carrying: every line, every status the order passes through and every event is written, in
+order, by the write that carries them, whether it completes the order, fails it, or records a step that did not
+answer.
 
 A step of a group that is refused fails the order, and the results of the group's steps that were done are
 written with the failure, so they are compensated with the rest. A step that does not answer while another of
@@ -241,16 +244,21 @@ async def start(*, customer: str, request: dict[str, Any], currency: str, captur
 
 
 Line = tuple[str, str, str, dict[str, Any]]
+#: An ``order.*`` event as a write hands it over: its id, its topic, its payload.
+Event = tuple[UUID, str, dict[str, Any]]
 
 
 @dataclass(frozen=True)
 class _Unwritten:
     """What forward groups that were not written on their own left for the order's next write (see
     :func:`_forward`): their log lines and results, which the row that carries it (under :data:`_UNWRITTEN`) holds
-    already."""
+    already, and the status they reached with the events of its moves (the row's own ``status`` stays the one the
+    table holds, which the next write is fenced on)."""
 
     lines: tuple[Line, ...]
     results: dict[str, dict[str, Any]]
+    status: str | None = None
+    events: tuple[Event, ...] = ()
 
 
 #: The key of an order row (as its runner holds it) under which its :class:`_Unwritten` part waits.
@@ -259,41 +267,50 @@ _UNWRITTEN = "_unwritten"
 _NOTHING_UNWRITTEN = _Unwritten((), {})
 
 
+def _status_move(row: OrderRow, before: str, after: str, *, total: int | None = None,
+                 failure: dict[str, Any] | None = None) -> tuple[Line, Event]:
+    """The order's move from ``before`` to ``after`` (checked against the state machine): its log line and its
+    event, whose payload is the order as the move leaves it."""
+    check_transition(before, after)
+    changed = {**dict(row), "status": after, "total": row["total"] if total is None else total,
+               "failure": row["failure"] if failure is None else failure}
+    return (("order", "status", "done", {"from": before, "to": after}),
+            (postgres.new_ids(1)[0], topic(after), event_payload(changed)))
+
+
 async def write(row: OrderRow, runner: str, *, line: Line | None = None, lines: Sequence[Line] = (),
                 status: str | None = None, results: dict[str, dict[str, Any]] | None = None,
                 undone: tuple[str, dict[str, Any]] | None = None, failure: dict[str, Any] | None = None,
                 total: int | None = None, let_go_s: float | None = None, attempts: int | None = None,
                 starts: Sequence[str] = ()) -> OrderRow:
-    """One fenced step of the saga, atomically: the order's change, its log lines, its event. Returns the order.
+    """One fenced step of the saga, atomically: the order's change, its log lines, its events. Returns the order.
 
     ``row`` is the order as this runner last wrote (or read) it: while the runner holds the lease nobody else
-    writes the order, so its status is the one the change starts from, checked against the state machine here
-    (a refused transition writes nothing) and fenced on in the statement. ``let_go_s``: give the lease up;
+    writes the order, so its status is the one the table holds, which the statement is fenced on. The change
+    starts from it, or from the status that the groups the row carries reached (:class:`_Unwritten`, written
+    here first, with their lines and events), and is checked against the state machine here (a refused
+    transition writes nothing). ``let_go_s``: give the lease up;
     recovery may take the order that many seconds from now. ``line``, then ``lines``: the log lines. ``results``:
     the forward steps' results by step. ``starts``: the forward steps that run next, whose ``started`` lines are
     written last (so a group that follows another costs one write, not two).
     """
-    before = row["status"]
-    after = status or before
-    moved = after != before
-    if moved:
-        check_transition(before, after)
     unwritten: _Unwritten = row.get(_UNWRITTEN, _NOTHING_UNWRITTEN)
+    before = row["status"]  # as the table holds it: the write is fenced on it
+    reached = unwritten.status or before  # as the groups this write carries left it
+    after = status or reached
+    move = _status_move(row, reached, after, total=total, failure=failure) if after != reached else None
     written = list(unwritten.lines)
     results = {**unwritten.results, **(results or {})}
     if line is not None:
         written.append(line)
     written += lines
-    if moved:
-        written.append(("order", "status", "done", {"from": before, "to": after}))
+    events = list(unwritten.events)
+    if move is not None:
+        written.append(move[0])
+        events.append(move[1])
     written += ((name, "forward", "started", {}) for name in starts)
-    event: tuple[UUID, str, dict[str, Any]] | None = None
-    if moved:
-        changed = {**dict(row), "status": after, "total": row["total"] if total is None else total,
-                   "failure": row["failure"] if failure is None else failure}
-        event = (postgres.new_ids(1)[0], topic(after), event_payload(changed))
     change = _Write(row["id"], after, results, dict([undone]) if undone else {}, failure, total, attempts,
-                    let_go_s, runner, before, written, event)
+                    let_go_s, runner, before, written, events)
     # The write that lets the lease go ends a run of the saga: it waits for the disk, and with it all before it.
     with postgres.relaxing(postgres.relaxed.get() and let_go_s is None):
         new = await _writes.submit(None, change)
@@ -326,8 +343,8 @@ class _Write:
     let_go_s: float | None
     runner: str
     before: str
-    lines: list[tuple[str, str, str, dict[str, Any]]]
-    event: tuple[UUID, str, dict[str, Any]] | None
+    lines: list[Line]
+    events: list[Event]
 
 
 async def _write_together(_key: None, writes: list[_Write]) -> list[asyncpg.Record | None]:
@@ -335,7 +352,7 @@ async def _write_together(_key: None, writes: list[_Write]) -> list[asyncpg.Reco
     its fence held it back."""
     batch = sorted(writes, key=lambda w: w.id)
     lines = [(n, *ln) for n, w in enumerate(batch, 1) for ln in w.lines]
-    events = [(n, *w.event) for n, w in enumerate(batch, 1) if w.event is not None]
+    events = [(n, *e) for n, w in enumerate(batch, 1) for e in w.events]
     dumps = orjson.dumps
     pg = await postgres.pool()
     rows = await pg.fetch(
@@ -523,15 +540,19 @@ async def _forward(row: OrderRow, runner: str,
         raise LeaseLost(str(row["id"])) from None  # let go: a later run takes it on
     reaches = next((REACHES[name] for name in reversed(names) if name in REACHES), None)
     after = _next_forward({*row["results"], *done}, reaches or row["status"], row["capture_method"])
-    if reaches is None and after and "price" in row["results"]:
-        # Not written on its own: the group moved no status, the next runs at once, and the price is written (a
-        # price read again could differ). Its lines and results go with the order's next write. A crash before
-        # that runs these steps again with their idempotency keys, and the collaborators replay what they did,
-        # as for a step whose result was lost in a crash after it ran.
+    if after and "price" in row["results"]:
+        # Not written on its own: the next group runs at once, and the price is written (a price read again could
+        # differ). Its lines and results, and the status it reaches with its event, go with the order's next
+        # write. A crash before that runs these steps again with their idempotency keys, and the collaborators
+        # replay what they did, as for a step whose result was lost in a crash after it ran.
         carried: _Unwritten = row.get(_UNWRITTEN, _NOTHING_UNWRITTEN)
+        status, events, moved = carried.status, carried.events, list[Line]()
+        if reaches is not None:
+            status_line, event = _status_move(row, carried.status or row["status"], reaches)
+            status, events, moved = reaches, (*events, event), [status_line]
         unwritten = _Unwritten(
-            (*carried.lines, *lines, *((name, "forward", "started", {}) for name in after)),
-            {**carried.results, **done})
+            (*carried.lines, *lines, *moved, *((name, "forward", "started", {}) for name in after)),
+            {**carried.results, **done}, status, events)
         return {**row, "results": {**row["results"], **done}, _UNWRITTEN: unwritten}, after
     # Settled in the same write that lets the lease go: a cancellation right after finds the order free.
     new = await write(row, runner, lines=lines, results=done, total=total, status=reaches, attempts=0,
