@@ -554,6 +554,45 @@ async def test_the_groups_after_pricing_are_written_with_the_completion_and_a_cr
                      ("invoice", "forward", "done"), ("ship", "forward", "done")]
 
 
+async def test_a_carried_move_to_paid_starts_the_count_of_unanswered_runs_again(client, ops, monkeypatch):
+    """Runs of an order that did not answer are counted until its status moves, and ``order_max_attempts`` of them
+    give it up. The move to ``paid`` is carried to the next write (above), and so is its new count: an order that
+    had three unanswered runs before its capture, and whose invoice then does not answer, is written at ``paid``
+    with one, not four; its next run makes the invoice alone, and completes it."""
+    from nexus_ray.deployments.commerce.orders import saga
+    from nexus_ray.deployments.commerce.orders.steps import Step
+    from nexus_ray.stores import postgres
+
+    sku = await stocked_sku(client, ops, 3)
+    order_id = uuid.uuid4()
+    held = await held_for(order_id, sku, 1)
+    order_id = await crashed_order(sku=sku, quantity=1, payment_method="pm_card_visa", lease="1 hour",
+                                   order_id=order_id, results={"reserve": {"id": str(held.id), "status": "held"}},
+                                   log=[("reserve", "forward", "started"), ("reserve", "forward", "done")])
+    pg = await postgres.pool()
+    await pg.execute("UPDATE orders SET attempts = 3 WHERE id = $1", order_id)
+
+    async def no_answer(ctx):  # type: ignore[no-untyped-def]
+        raise ConnectionResetError("the invoice service did not answer")
+
+    plan = saga.PLAN
+    last = tuple(Step("invoice", no_answer, step.compensate) if step.name == "invoice" else step for step in plan[-1])
+    monkeypatch.setattr(saga, "PLAN", (*plan[:-1], last))
+    row = await saga.drive(order_id, "dead-replica:1")
+    assert (row["status"], row["attempts"], row["lease_owner"]) == ("paid", 1, None), dict(row)
+    assert {"capture", "ship"} <= set(row["results"]) and "invoice" not in row["results"]
+    assert await events_of(order_id) == ["order.paid"]
+
+    monkeypatch.setattr(saga, "PLAN", plan)
+    await pg.execute("UPDATE orders SET lease_owner = 'test-runner:1', lease_until = now() + interval '1 hour' "
+                     "WHERE id = $1", order_id)
+    row = await saga.drive(order_id, "test-runner:1")
+    assert (row["status"], row["attempts"]) == ("completed", 0), dict(row)
+    assert await events_of(order_id) == ["order.paid", "order.completed"]
+    assert await pg.fetchval("SELECT count(*) FROM order_saga_log WHERE order_id = $1 AND step = 'ship' "
+                             "AND outcome = 'started'", order_id) == 1  # the shipment was not asked for again
+
+
 async def test_orders_created_at_one_moment_are_one_transaction_and_each_key_makes_one_order(client):
     """Creations asked at the same moment go out in one statement: each order with its first log lines (created,
     and the first group's ``started``) and its ``order.created`` event, in one transaction; a key sent twice makes
