@@ -734,6 +734,34 @@ async def test_a_paid_order_runs_to_completion_and_is_cancelled_with_every_step_
 
 
 @WIRED
+async def test_a_manual_capture_runs_from_authorised_to_completed_in_one_write_with_every_move(client, ops, shopper):
+    """A manual-capture order waits at authorised; the merchant's capture commits the stock, takes the money and
+    makes the invoice and the shipment, and the write that completes it carries the groups before it: both moves
+    (authorised to paid, paid to completed) and both events, in order, with one capture and one stock commit."""
+    from nexus_ray.deployments.commerce.orders import saga
+    from nexus_ray.deployments.kit.calls import call
+    from nexus_ray.stores import postgres
+
+    sku = await stocked_sku(client, ops, 3)
+    order_id = await crashed_order(sku=sku, quantity=1, payment_method="pm_card_visa", capture_method="manual",
+                                   lease="1 hour")
+    row = await saga.drive(order_id, "dead-replica:1")
+    assert (row["status"], row["lease_owner"]) == ("authorized", None), dict(row)
+    r = await client.post(f"{API}/orders/{order_id}/capture", headers=ops)
+    assert r.status_code == 200 and r.json()["status"] == "completed", r.text
+    assert await events_of(order_id) == ["order.authorized", "order.paid", "order.completed"]
+    pg = await postgres.pool()
+    moves = [(r["detail"]["from"], r["detail"]["to"]) for r in await pg.fetch(
+        "SELECT detail FROM order_saga_log WHERE order_id = $1 AND step = 'order' ORDER BY id", order_id)]
+    assert moves == [("pending", "authorized"), ("authorized", "paid"), ("paid", "completed")]
+    order = await order_of(client, shopper, order_id)
+    intent = await call("billing-service", "get_payment_intent", payment_intent_id=order["payment_intent_id"])
+    assert intent.status == "captured" and intent.amount_captured == order["total"]
+    stock = (await client.get(f"{INV}/stock", params={"sku": sku}, headers=ops)).json()[0]
+    assert (stock["on_hand"], stock["reserved"]) == (2, 0)  # committed once
+
+
+@WIRED
 async def test_a_declined_card_leaves_no_money_moved_and_a_refund_keeps_the_goods_out(client, ops, shopper, until):
     sku = await stocked_sku(client, ops, 4)
     before = await money_snapshot()
