@@ -253,14 +253,13 @@ class _Unwritten:
     """What forward groups that were not written on their own left for the order's next write (see
     :func:`_forward`): their log lines and results, which the row that carries it (under :data:`_UNWRITTEN`) holds
     already, and the status they reached with the events of its moves (the row's own ``status`` stays the one the
-    table holds, which the next write is fenced on). A move also starts the count of the order's unanswered runs
-    again (``attempts`` 0, which the carrying row holds already), as a status written on its own does."""
+    table holds, which the next write is fenced on). The row's ``attempts`` is the count the groups left: a move
+    starts the count of the order's unanswered runs again, as a status written on its own does."""
 
     lines: tuple[Line, ...]
     results: dict[str, dict[str, Any]]
     status: str | None = None
     events: tuple[Event, ...] = ()
-    attempts: int | None = None
 
 
 #: The key of an order row (as its runner holds it) under which its :class:`_Unwritten` part waits.
@@ -311,7 +310,8 @@ async def write(row: OrderRow, runner: str, *, line: Line | None = None, lines: 
         written.append(move[0])
         events.append(move[1])
     written += ((name, "forward", "started", {}) for name in starts)
-    attempts = unwritten.attempts if attempts is None else attempts
+    if attempts is None and _UNWRITTEN in row:  # the count as the carried groups left it
+        attempts = row["attempts"]
     change = _Write(row["id"], after, results, dict([undone]) if undone else {}, failure, total, attempts,
                     let_go_s, runner, before, written, events)
     # The write that lets the lease go ends a run of the saga: it waits for the disk, and with it all before it.
@@ -549,15 +549,14 @@ async def _forward(row: OrderRow, runner: str,
         # write. A crash before that runs these steps again with their idempotency keys, and the collaborators
         # replay what they did, as for a step whose result was lost in a crash after it ran.
         carried: _Unwritten = row.get(_UNWRITTEN, _NOTHING_UNWRITTEN)
-        status, events, moved, attempts = carried.status, carried.events, list[Line](), carried.attempts
+        status, events, moved, attempts = carried.status, carried.events, list[Line](), row["attempts"]
         if reaches is not None:
             status_line, event = _status_move(row, carried.status or row["status"], reaches)
             status, events, moved, attempts = reaches, (*events, event), [status_line], 0
         unwritten = _Unwritten(
             (*carried.lines, *lines, *moved, *((name, "forward", "started", {}) for name in after)),
-            {**carried.results, **done}, status, events, attempts)
-        return {**row, "results": {**row["results"], **done}, "attempts": row["attempts"] if attempts is None
-                else attempts, _UNWRITTEN: unwritten}, after
+            {**carried.results, **done}, status, events)
+        return {**row, "results": {**row["results"], **done}, "attempts": attempts, _UNWRITTEN: unwritten}, after
     # Settled in the same write that lets the lease go: a cancellation right after finds the order free.
     new = await write(row, runner, lines=lines, results=done, total=total, status=reaches, attempts=0,
                       let_go_s=0 if reaches == "completed" else None, starts=after)
