@@ -440,7 +440,8 @@ async def run(args: argparse.Namespace) -> None:
             rate_began = time.time()
             rate_cpu: dict[str, float] = {}
             if args.cpu:
-                watchers = watch(rate_cpu, wait_s=5, span_s=max(1.0, args.rate_duration - 10), me=True)
+                watchers = watch(rate_cpu, wait_s=5, span_s=max(1.0, args.rate_duration - 10), me=True,
+                                 spy_out=args.rate_py_spy and f"{args.rate_py_spy}.{rate:g}", spy_match=args.spy_match)
             if args.wrk:
                 print("open loop (wrk2):", json.dumps(await by_wrk(os.environ.get("WRK2", "wrk2"),
                                                                    args.rate_duration, rate)), flush=True)
@@ -478,6 +479,8 @@ def main() -> None:
     parser.add_argument("--waits", action="store_true", help="What the closed loop waited on: the machine's time "
                         "split, PostgreSQL's backends sampled, and the saga's step times.")
     parser.add_argument("--py-spy", help="Write a raw py-spy profile of one stack process during the closed loop here.")
+    parser.add_argument("--rate-py-spy", help="With --cpu: write a raw py-spy profile of one stack process during "
+                        "each fixed rate here (PATH.RATE).")
     parser.add_argument("--spy-match", default="ServeReplica:commerce")
     parser.add_argument("--wrk", action="store_true", help="Send the closed loop's orders with wrk and the fixed "
                         "rates' with wrk2 -R (bench/orders.lua), instead of this process's own client.")

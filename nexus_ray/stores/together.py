@@ -23,6 +23,13 @@ The writer returns one outcome per item, in order: a value, or an exception for 
 itself raises, every item of its batch gets that exception. A request that stops waiting does not stop its item:
 the batch is written by a task of its own, which passes over the outcome nobody waits for.
 
+A ``spacing`` makes each batch of a key begin at least that long after the one before it began: what comes
+meanwhile waits and goes in the next, while an item that finds the key quiet for longer goes at once. It is for
+the first stage of a pipeline whose requests arrive apart (the checkout saga's creations): spaced so, they leave in
+waves, and each wave goes on through the later stages as one batch a stage. Measured through the entrypoint at 100
+orders/s, where orders arrive about 10 ms apart: without it most batches hold one order and an order costs what it
+costs alone (bench/RESULTS.md, issue 7).
+
 Items that have no siblings to wait for (a request's admission at the edge) take ``turns=0``: a batch starts at
 once, and only the items that come while it is out wait, for the next.
 
@@ -53,14 +60,26 @@ R = TypeVar("R")
 Writer = Callable[[K, list[T]], Awaitable[Sequence[R | BaseException]]]
 
 
+def _wake(waiting: asyncio.Future[None]) -> None:
+    if not waiting.done():
+        waiting.set_result(None)
+
+
 class GroupCommit(Generic[K, T, R]):
     """Items of one key written in batches by ``write`` (see the module's docstring)."""
 
-    def __init__(self, write: Writer[K, T, R], *, max_batch: int = 200, turns: int = _TURNS) -> None:
+    def __init__(self, write: Writer[K, T, R], *, max_batch: int = 200, turns: int = _TURNS,
+                 spacing: Callable[[], float] | None = None, enough: int = 16) -> None:
         self.write = write
         self.max_batch = max_batch
         #: The loop's turns a new batch waits (0: it goes at once, and only those that come while it is out wait).
         self.turns = turns
+        #: Seconds from one batch's beginning to the next one's at the earliest, read before each batch's end...
+        self.spacing = spacing
+        #: ... unless this many items wait for it: a batch that large gains little from waiting for more.
+        self.enough = enough
+        #: Per loop and key, while a drain waits out the spacing: what wakes it early, once enough items wait.
+        self._spaced: dict[tuple[asyncio.AbstractEventLoop, K], asyncio.Future[None]] = {}
         #: Per loop and key, the items waiting: each with its outcome and whether its commit may be relaxed.
         self._waiting: dict[tuple[asyncio.AbstractEventLoop, K], list[tuple[T, asyncio.Future[R], bool]]] = {}
         #: Per loop and key, what writes its batches now: a task, or None for a request writing its own (below).
@@ -73,9 +92,12 @@ class GroupCommit(Generic[K, T, R]):
         if self.turns == 0 and slot not in self._draining:
             return await self._alone(slot, item)
         done: asyncio.Future[R] = loop.create_future()
-        self._waiting.setdefault(slot, []).append((item, done, postgres.relaxed.get()))
+        queue = self._waiting.setdefault(slot, [])
+        queue.append((item, done, postgres.relaxed.get()))
         if slot not in self._draining:
             self._draining[slot] = loop.create_task(self._drain(slot))
+        elif len(queue) >= self.enough and (spaced := self._spaced.get(slot)) is not None:
+            _wake(spaced)
         # Not shielded: cancelling the wait cancels only ``done``, which the batch's task then passes over; a shield
         # would cost every item a second future and one more turn of the loop before its request wakes.
         return await done
@@ -102,9 +124,28 @@ class GroupCommit(Generic[K, T, R]):
             while queue := self._waiting.pop(slot, []):
                 if len(queue) > self.max_batch:
                     queue, self._waiting[slot] = queue[: self.max_batch], queue[self.max_batch:]
+                began = slot[0].time()
                 await self._settle(slot[1], queue)
+                if self.spacing is not None:
+                    await self._space(slot, began + self.spacing())
         finally:
             self._draining.pop(slot, None)
+
+    async def _space(self, slot: tuple[asyncio.AbstractEventLoop, K], until: float) -> None:
+        """Wait until the loop's time ``until``, or until :attr:`enough` items wait. Still draining meanwhile, so
+        what comes queues for the next batch; nothing queued by then ends the drain, and the next item, past the
+        spacing, goes at once."""
+        loop = slot[0]
+        if until <= loop.time() or len(self._waiting.get(slot, ())) >= self.enough:
+            return
+        wake: asyncio.Future[None] = loop.create_future()
+        timer = loop.call_at(until, _wake, wake)
+        self._spaced[slot] = wake
+        try:
+            await wake
+        finally:
+            timer.cancel()
+            del self._spaced[slot]
 
     async def _written(self, key: K, batch: list[tuple[T, bool]]) -> Sequence[R | BaseException]:
         """The outcomes of a batch's items (each with whether its commit may be relaxed), as the writer gave them."""

@@ -121,3 +121,32 @@ async def test_with_no_turns_a_lone_item_is_written_at_once_and_those_that_come_
         await stage.submit("k", 4)
     assert await stage.submit("k", 5) == 50
     assert batches == [[1], [2, 3, 4], [4], [5]]
+
+
+async def test_with_a_spacing_items_that_come_within_it_wait_for_one_batch_unless_enough_are_waiting():
+    """``spacing`` (the saga's creations): the first item goes at once; those that come before the spacing has
+    passed since its batch began wait, together, for one batch after it, and go early once ``enough`` wait."""
+    batches: list[list[int]] = []
+    spacing = {"s": 30.0}  # far longer than the test: only ``enough`` can end the wait
+    stage = GroupCommit(recording(batches), spacing=lambda: spacing["s"], enough=4)
+    assert await stage.submit("k", 1) == 10
+    later = [asyncio.ensure_future(stage.submit("k", i)) for i in (2, 3)]
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert batches == [[1]] and not any(x.done() for x in later)  # held by the spacing, not written one by one
+    spacing["s"] = 0.0  # read as the next batch ends: the drain then stops at once
+    later += [asyncio.ensure_future(stage.submit("k", i)) for i in (4, 5)]  # four waiting: enough
+    assert await asyncio.gather(*later) == [20, 30, 40, 50]
+    assert batches == [[1], [2, 3, 4, 5]]
+
+
+async def test_with_a_spacing_an_item_after_a_quiet_spell_goes_at_once(until):
+    batches: list[list[int]] = []
+    stage = GroupCommit(recording(batches), spacing=lambda: 0.05)
+    assert await stage.submit("k", 1) == 10
+    await until(lambda: not stage._draining, within_s=10)  # the spacing passes with nothing waiting: the drain ends
+    second = asyncio.ensure_future(stage.submit("k", 2))
+    for _ in range(6):  # the request's turn, the batch's two, then it is out: no spacing is waited
+        await asyncio.sleep(0)
+    assert batches == [[1], [2]]
+    assert await second == 20

@@ -225,8 +225,9 @@ async def _start_together(_key: None, starts: list[_Start]) -> list[asyncpg.Reco
     return [made.get(x.id) for x in starts]
 
 
-#: Order creations, a batch at a time per process.
-_starts: GroupCommit[None, _Start, asyncpg.Record | None] = GroupCommit(_start_together)
+#: Order creations, a batch at a time per process, spaced so that orders arriving apart start (and go on) in waves.
+_starts: GroupCommit[None, _Start, asyncpg.Record | None] = GroupCommit(
+    _start_together, spacing=lambda: settings_of(OrderSettings).order_start_spacing_ms / 1000)
 
 
 async def start(*, customer: str, request: dict[str, Any], currency: str, capture_method: str,

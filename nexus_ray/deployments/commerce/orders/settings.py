@@ -28,3 +28,9 @@ class OrderSettings(ServiceSettings):
         5, ge=1, description="Runs of the saga that may end on an unanswered step before the order is compensated.",
     )
     order_invoice_series: str = Field("ORD", description="Invoice series of orders.")
+    order_start_spacing_ms: float = Field(
+        50.0, ge=0, description="Milliseconds from one batch of a process's order creations to the next at the "
+        "earliest. Orders that arrive apart then start in waves and go through every later step together, a batch "
+        "a step; an order that finds none started within it starts at once. 0 starts each batch as soon as the "
+        "one before is written.",
+    )
