@@ -23,12 +23,14 @@ The writer returns one outcome per item, in order: a value, or an exception for 
 itself raises, every item of its batch gets that exception. A request that stops waiting does not stop its item:
 the batch is written by a task of its own, which passes over the outcome nobody waits for.
 
-A ``spacing`` makes each batch of a key begin at least that long after the one before it began: what comes
-meanwhile waits and goes in the next, while an item that finds the key quiet for longer goes at once. It is for
-the first stage of a pipeline whose requests arrive apart (the checkout saga's creations): spaced so, they leave in
-waves, and each wave goes on through the later stages as one batch a stage. Measured through the entrypoint at 100
-orders/s, where orders arrive about 10 ms apart: without it most batches hold one order and an order costs what it
-costs alone (bench/RESULTS.md, issue 7).
+A ``spacing`` makes each batch of a key begin at least that long after the one before it began, where items come
+at least twice in a spacing (by the mean time between them, recent ones weighing most): what comes meanwhile waits
+and goes in the next, unless ``enough`` items wait. Where they come less often, a wait would mostly hold one item
+back alone, so none is waited; and an item that finds the key quiet for longer than the spacing goes at once. It
+is for the first stage of a pipeline whose requests arrive apart (the checkout saga's creations): spaced so, they
+leave in waves, and each wave goes on through the later stages as one batch a stage. Measured through the
+entrypoint at 100 orders/s, where orders arrive about 10 ms apart: without it most batches hold one order and an
+order costs what it costs alone (bench/RESULTS.md, issue 7).
 
 Items that have no siblings to wait for (a request's admission at the edge) take ``turns=0``: a batch starts at
 once, and only the items that come while it is out wait, for the next.
@@ -45,6 +47,7 @@ answers right after it makes the whole batch wait.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import Generic, TypeVar
 
@@ -80,6 +83,9 @@ class GroupCommit(Generic[K, T, R]):
         self.enough = enough
         #: Per loop and key, while a drain waits out the spacing: what wakes it early, once enough items wait.
         self._spaced: dict[tuple[asyncio.AbstractEventLoop, K], asyncio.Future[None]] = {}
+        #: Per key, with a spacing: the loop's time of the last item, and the mean time between items (recent ones
+        #: weigh most). The spacing is waited only where items come at least twice in it.
+        self._pace: dict[K, tuple[float, float]] = {}
         #: Per loop and key, the items waiting: each with its outcome and whether its commit may be relaxed.
         self._waiting: dict[tuple[asyncio.AbstractEventLoop, K], list[tuple[T, asyncio.Future[R], bool]]] = {}
         #: Per loop and key, what writes its batches now: a task, or None for a request writing its own (below).
@@ -91,6 +97,8 @@ class GroupCommit(Generic[K, T, R]):
         slot = (loop, key)
         if self.turns == 0 and slot not in self._draining:
             return await self._alone(slot, item)
+        if self.spacing is not None:
+            self._paced(key, loop.time())
         done: asyncio.Future[R] = loop.create_future()
         queue = self._waiting.setdefault(slot, [])
         queue.append((item, done, postgres.relaxed.get()))
@@ -127,16 +135,27 @@ class GroupCommit(Generic[K, T, R]):
                 began = slot[0].time()
                 await self._settle(slot[1], queue)
                 if self.spacing is not None:
-                    await self._space(slot, began + self.spacing())
+                    await self._space(slot, self.spacing(), began)
         finally:
             self._draining.pop(slot, None)
 
-    async def _space(self, slot: tuple[asyncio.AbstractEventLoop, K], until: float) -> None:
-        """Wait until the loop's time ``until``, or until :attr:`enough` items wait. Still draining meanwhile, so
-        what comes queues for the next batch; nothing queued by then ends the drain, and the next item, past the
-        spacing, goes at once."""
+    def _paced(self, key: K, now: float) -> None:
+        """Count an item of ``key`` handed over at ``now`` into the mean time between items: a moving mean in
+        which each gap weighs an eighth, the first gap taken whole."""
+        last, gap = self._pace.get(key, (None, math.inf))
+        if last is not None:
+            gap = now - last if gap == math.inf else gap + (now - last - gap) / 8
+        self._pace[key] = (now, gap)
+
+    async def _space(self, slot: tuple[asyncio.AbstractEventLoop, K], spacing: float, began: float) -> None:
+        """Wait until ``spacing`` seconds after ``began``, or until :attr:`enough` items wait; not at all where
+        items come less than twice in a spacing (a wait would mostly hold one item back, alone). Still draining
+        meanwhile, so what comes queues for the next batch; nothing queued by then ends the drain, and the next
+        item goes at once."""
         loop = slot[0]
-        if until <= loop.time() or len(self._waiting.get(slot, ())) >= self.enough:
+        until = began + spacing
+        if (until <= loop.time() or len(self._waiting.get(slot, ())) >= self.enough
+                or 2 * self._pace.get(slot[1], (0.0, math.inf))[1] > spacing):
             return
         wake: asyncio.Future[None] = loop.create_future()
         timer = loop.call_at(until, _wake, wake)

@@ -124,20 +124,20 @@ async def test_with_no_turns_a_lone_item_is_written_at_once_and_those_that_come_
 
 
 async def test_with_a_spacing_items_that_come_within_it_wait_for_one_batch_unless_enough_are_waiting():
-    """``spacing`` (the saga's creations): the first item goes at once; those that come before the spacing has
-    passed since its batch began wait, together, for one batch after it, and go early once ``enough`` wait."""
+    """``spacing`` (the saga's creations), where items come often: those that come before the spacing has passed
+    since the last batch began wait, together, for one batch after it, and go early once ``enough`` wait."""
     batches: list[list[int]] = []
     spacing = {"s": 30.0}  # far longer than the test: only ``enough`` can end the wait
     stage = GroupCommit(recording(batches), spacing=lambda: spacing["s"], enough=4)
-    assert await stage.submit("k", 1) == 10
-    later = [asyncio.ensure_future(stage.submit("k", i)) for i in (2, 3)]
+    assert await asyncio.gather(stage.submit("k", 1), stage.submit("k", 2)) == [10, 20]  # two at once: items come often
+    later = [asyncio.ensure_future(stage.submit("k", i)) for i in (3, 4)]
     for _ in range(20):
         await asyncio.sleep(0)
-    assert batches == [[1]] and not any(x.done() for x in later)  # held by the spacing, not written one by one
+    assert batches == [[1, 2]] and not any(x.done() for x in later)  # held by the spacing, not written one by one
     spacing["s"] = 0.0  # read as the next batch ends: the drain then stops at once
-    later += [asyncio.ensure_future(stage.submit("k", i)) for i in (4, 5)]  # four waiting: enough
-    assert await asyncio.gather(*later) == [20, 30, 40, 50]
-    assert batches == [[1], [2, 3, 4, 5]]
+    later += [asyncio.ensure_future(stage.submit("k", i)) for i in (5, 6)]  # four waiting: enough
+    assert await asyncio.gather(*later) == [30, 40, 50, 60]
+    assert batches == [[1, 2], [3, 4, 5, 6]]
 
 
 async def test_with_a_spacing_an_item_after_a_quiet_spell_goes_at_once(until):
@@ -150,3 +150,22 @@ async def test_with_a_spacing_an_item_after_a_quiet_spell_goes_at_once(until):
         await asyncio.sleep(0)
     assert batches == [[1], [2]]
     assert await second == 20
+
+
+async def test_with_a_spacing_items_that_come_less_often_than_twice_in_it_are_not_held(until):
+    """Where items come apart by more than half the spacing, a wait would mostly hold one item back alone: each
+    goes at once, as without a spacing."""
+    batches: list[list[int]] = []
+    stage = GroupCommit(recording(batches), spacing=lambda: 1.0)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    assert await stage.submit("k", 1) == 10
+    await until(lambda: loop.time() > began + 0.6, within_s=10, every=0.05)  # 0.6 s apart: more than half of 1 s
+    second = asyncio.ensure_future(stage.submit("k", 2))
+    for _ in range(6):  # the request's turn, the batch's two, then it is out
+        await asyncio.sleep(0)
+    assert batches == [[1], [2]] and await second == 20
+    third = asyncio.ensure_future(stage.submit("k", 3))  # at once after it: the mean gap is still over 0.5 s
+    for _ in range(6):
+        await asyncio.sleep(0)
+    assert batches == [[1], [2], [3]] and await third == 30
