@@ -141,15 +141,18 @@ async def test_with_a_spacing_items_that_come_within_it_wait_for_one_batch_unles
 
 
 async def test_with_a_spacing_an_item_after_a_quiet_spell_goes_at_once(until):
+    """Items come often (two at once), so the batch's drain waits out the spacing; once it has passed with
+    nothing waiting, the drain ends, and the next item goes at once instead of waiting a spacing of its own."""
     batches: list[list[int]] = []
-    stage = GroupCommit(recording(batches), spacing=lambda: 0.05)
-    assert await stage.submit("k", 1) == 10
+    stage = GroupCommit(recording(batches), spacing=lambda: 0.5)
+    assert await asyncio.gather(stage.submit("k", 1), stage.submit("k", 2)) == [10, 20]
+    assert stage._draining  # waiting out the spacing
     await until(lambda: not stage._draining, within_s=10)  # the spacing passes with nothing waiting: the drain ends
-    second = asyncio.ensure_future(stage.submit("k", 2))
+    third = asyncio.ensure_future(stage.submit("k", 3))
     for _ in range(6):  # the request's turn, the batch's two, then it is out: no spacing is waited
         await asyncio.sleep(0)
-    assert batches == [[1], [2]]
-    assert await second == 20
+    assert batches == [[1, 2], [3]]
+    assert await third == 30
 
 
 async def test_with_a_spacing_items_that_come_less_often_than_twice_in_it_are_not_held(until):
