@@ -29,7 +29,10 @@ runs only the step still without a result.
 
 The writes that a process's runners make at the same moment go out together: one statement and one commit for
 the batch (:data:`_WRITES`, a :class:`~nexus_ray.stores.together.GroupCommit`), each write still fenced
-on its own order's lease (below).
+on its own order's lease (below). So do every step's calls (each collaborator batches its own). The creations are
+spaced (``order_start_spacing_ms``): where orders come at least twice in the spacing, a process starts them in
+waves, and the orders of a wave then reach each later step at about the same moment and go out as one batch there;
+without it, orders arriving 10 ms apart each went through every step alone (bench/RESULTS.md, issue 7).
 
 Leases: one runner per order
 ----------------------------
