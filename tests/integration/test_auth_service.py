@@ -260,7 +260,7 @@ async def test_another_users_session_cannot_be_ended_by_its_id(client, bearer):
     r = await client.delete(f"{AUTH}/sessions/{theirs.json()['session_id']}", headers=lesser)
     assert r.status_code == 403 and [e["field"] for e in r.json()["errors"]] == ["user_id"]
     r = await client.delete(f"{AUTH}/sessions/{theirs.json()['session_id']}",
-                            headers=bearer("auth:*", "platform:*", subject="admin-2"))
+                            headers=bearer("auth:*", "platform:*", "commerce:*", subject="admin-2"))
     assert r.status_code == 204
     assert (await client.get(f"{USERS}/me", headers=bearer_of(theirs))).status_code == 401
 
@@ -337,7 +337,7 @@ async def test_admin_reset_ends_every_credential_if_the_admin_outranks_the_accou
     assert r.status_code == 403 and [e["field"] for e in r.json()["errors"]] == ["user_id"]
     assert await still_working(client, user, creds) == list(creds)
 
-    admin = bearer("auth:*", "platform:*", subject="admin-2")
+    admin = bearer("auth:*", "platform:*", "commerce:*", subject="admin-2")
     r = await client.put(f"{AUTH}/users/{user['user_id']}/password", json={"new_password": new_password},
                          headers=admin)
     assert r.status_code == 200, r.text
@@ -360,7 +360,10 @@ async def test_exchange_gives_a_v2_token_with_the_users_scopes(client):
     assert body["token_type"] == "Bearer" and body["access_token"].count(".") == 2
     assert 0 < body["expires_in"] <= auth_settings().auth_exchange_ttl_s
     assert set(body["scope"].split()) == {"auth:users:read", "auth:users:write", "auth:auth:read", "auth:auth:write",
-                                          "platform:sessions:read", "platform:sessions:write"}
+                                          "platform:sessions:read", "platform:sessions:write",
+                                          "commerce:catalog:read", "commerce:order-processor:read",
+                                          "commerce:order-processor:write", "commerce:invoices:read",
+                                          "commerce:shipping:read"}
     v2 = {"Authorization": f"Bearer {body['access_token']}"}
     me = await client.get(f"{USERS}/me", headers=v2)
     assert me.status_code == 200 and me.json()["user_id"] == user["user_id"]

@@ -180,7 +180,8 @@ async def test_roles_map_to_the_scopes_tokens_carry(client, bearer):
 
     assert await users.scopes_for(uid) == sorted(
         ["auth:users:read", "auth:users:write", "auth:auth:read", "auth:auth:write", "platform:sessions:read",
-         "platform:sessions:write"]
+         "platform:sessions:write", "commerce:catalog:read", "commerce:order-processor:read",
+         "commerce:order-processor:write", "commerce:invoices:read", "commerce:shipping:read"]
     )
     body = {"description": "Reads orders", "scopes": ["commerce:orders:read"]}
     r = await client.put(f"{USERS}/roles/{role}", json=body, headers=admin)
