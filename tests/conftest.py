@@ -130,17 +130,18 @@ def edge_knows(bearer):
     Tests elsewhere in the session rotate signing keys, after which this process signs with a key
     the replicas have not read yet: a replica refuses such a token at once (401, unknown key) and
     learns the key in the background. A real client sees the same once and retries; a test that
-    asserts on its first request waits here first.
+    asserts on its first request waits here first. Each namespace's replicas learn the key on their own:
+    ``edge_knows(api, path, scope)`` waits for those that answer ``GET path`` (with a token of ``scope``).
     """
     import httpx
 
-    async def wait(api: str) -> None:
-        headers = bearer("platform:gateway:read", subject="edge-probe")
+    async def wait(api: str, path: str = "/platform/v1/gateway/notice", scope: str = "platform:gateway:read") -> None:
+        headers = bearer(scope, subject="edge-probe")
         accepted = 0
         async with httpx.AsyncClient(base_url=api, timeout=10) as c:
             async def several_in_a_row() -> bool:
                 nonlocal accepted
-                r = await c.get("/platform/v1/gateway/notice", headers=headers)
+                r = await c.get(path, headers=headers)
                 accepted = accepted + 1 if r.status_code == 200 else 0
                 return accepted >= 6  # both replicas, whichever HAProxy picks
 

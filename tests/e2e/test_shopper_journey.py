@@ -68,7 +68,7 @@ async def test_a_shopper_registers_signs_in_finds_and_orders_and_every_service_d
         platform, bearer, edge_knows, until):
     from nexus_ray.stores import postgres
 
-    await edge_knows(platform)
+    await edge_knows(platform, f"{CATALOG}/search", "commerce:catalog:read")  # the commerce replicas
     run = uuid.uuid4().hex[:8]
     merchant = bearer("commerce:catalog:read", "commerce:catalog:write", subject=f"merchant-{run}")
     ops = bearer("commerce:inventory:*", "commerce:billing:*", "commerce:ledger:*", subject=f"ops-{run}")
@@ -189,7 +189,7 @@ async def test_200_orders_at_once_for_50_units_take_exactly_50_and_sent_again_ma
         platform, bearer, edge_knows):
     from nexus_ray.stores import postgres
 
-    await edge_knows(platform)
+    await edge_knows(platform, f"{CATALOG}/search", "commerce:catalog:read")  # the commerce replicas
     run = uuid.uuid4().hex[:8]
     merchant = bearer("commerce:catalog:read", "commerce:catalog:write", subject=f"merchant-{run}")
     ops = bearer("commerce:inventory:*", subject=f"ops-{run}")
