@@ -77,7 +77,7 @@ class GroupCommit(Generic[K, T, R]):
         self.max_batch = max_batch
         #: The loop's turns a new batch waits (0: it goes at once, and only those that come while it is out wait).
         self.turns = turns
-        #: Seconds from one batch's beginning to the next one's at the earliest, read before each batch's end...
+        #: Seconds from one batch's beginning to the next one's at the earliest, read as each batch ends...
         self.spacing = spacing
         #: ... unless this many items wait for it: a batch that large gains little from waiting for more.
         self.enough = enough

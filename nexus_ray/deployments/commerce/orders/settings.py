@@ -30,7 +30,8 @@ class OrderSettings(ServiceSettings):
     order_invoice_series: str = Field("ORD", description="Invoice series of orders.")
     order_start_spacing_ms: float = Field(
         50.0, ge=0, description="Milliseconds from one batch of a process's order creations to the next at the "
-        "earliest. Orders that arrive apart then start in waves and go through every later step together, a batch "
-        "a step; an order that finds none started within it starts at once. 0 starts each batch as soon as the "
-        "one before is written.",
+        "earliest, where orders come at least twice in it (by the mean time between them); a batch goes at once "
+        "once 16 creations wait. Orders that arrive apart then start in waves and go through every later step "
+        "together, a batch a step; where they come less often, or an order finds none started within it, it "
+        "starts at once. 0 starts each batch as soon as the one before is written.",
     )
